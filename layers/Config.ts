@@ -1,0 +1,192 @@
+import { FileSystem } from "@effect/platform"
+import { NodeFileSystem } from "@effect/platform-node"
+import { Context, Duration, Effect, Either, Layer, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { createHash } from "node:crypto"
+import * as NodePath from "node:path"
+import type { MeshConfig } from "../schemas/Config.js"
+import { ConfigInvalid, ConfigUnreadable } from "../schemas/Errors.js"
+import { parseConfig } from "../src/ConfigDocument.js"
+import { configReloads } from "./Metrics.js"
+
+/** The config in force, with where it came from. */
+export interface LoadedConfig {
+  readonly config: MeshConfig
+  /** sha256 of the source text: equal hashes mean nothing changed. */
+  readonly hash: string
+  readonly loadedAt: Date
+  readonly source: string
+}
+
+/** The outcome of the last attempt to reload. */
+export type ReloadResult =
+  | { readonly _tag: "Applied"; readonly at: Date; readonly hash: string }
+  | { readonly _tag: "Unchanged"; readonly at: Date; readonly hash: string }
+  | { readonly _tag: "Rejected"; readonly at: Date; readonly errors: ReadonlyArray<string> }
+
+export interface ConfigStatus {
+  readonly source: string
+  readonly hash: string
+  readonly loadedAt: string
+  readonly lastReload: ReloadResult | null
+}
+
+/**
+ * The decoded config and its changes. A reload that does not validate is rejected and the config
+ * in force stays as it was.
+ */
+export class Config extends Context.Tag("mesh-controller/Config")<
+  Config,
+  {
+    readonly get: Effect.Effect<LoadedConfig>
+    /** The current config first, then every applied change. */
+    readonly changes: Stream.Stream<LoadedConfig>
+    /** Re-reads the source now (the file variant) and applies it if it is valid. */
+    readonly reload: Effect.Effect<ReloadResult>
+    /** Applies an already-decoded config (memory variant, tests, other sources). */
+    readonly apply: (config: MeshConfig, source: string) => Effect.Effect<void>
+    readonly status: Effect.Effect<ConfigStatus>
+  }
+>() {
+  static readonly layer = (options: ConfigFileOptions): Layer.Layer<Config, ConfigInvalid | ConfigUnreadable> =>
+    Layer.scoped(Config, makeFile(options)).pipe(Layer.provide(NodeFileSystem.layer))
+
+  static readonly layerMemory = (config: MeshConfig): Layer.Layer<Config> => Layer.effect(Config, makeMemory(config))
+}
+
+export interface ConfigFileOptions {
+  readonly path: string
+  /** How long the file must be quiet before a reload (editors write in several steps). */
+  readonly debounce?: Duration.DurationInput
+  /** A slow periodic check that also catches changes a file watch can miss. */
+  readonly pollInterval?: Duration.DurationInput
+  /** Whether to watch the file at all (the `validate` command does not). */
+  readonly watch?: boolean
+}
+
+const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
+
+const describeReadError = (error: unknown): string => {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause
+  switch (cause?.code) {
+    case "ENOENT":
+      return "no such file"
+    case "EACCES":
+    case "EPERM":
+      return "permission denied"
+    case "EISDIR":
+      return "is a directory, not a file"
+    default:
+      return cause?.message ?? String(error)
+  }
+}
+
+/** Reads and decodes a config file once; used at start, by `validate`, and by every reload. */
+export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const text = yield* fs.readFileString(path).pipe(
+      Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeReadError(error) }))
+    )
+    const config = yield* Either.match(parseConfig(text, path), {
+      onLeft: (error) => Effect.fail(error),
+      onRight: (config) => Effect.succeed(config)
+    })
+    return { config, hash: sha256(text), loadedAt: new Date(), source: path }
+  })
+
+const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>): ConfigStatus => ({
+  source: loaded.source,
+  hash: loaded.hash,
+  loadedAt: loaded.loadedAt.toISOString(),
+  lastReload: Option.getOrNull(lastReload)
+})
+
+const makeMemory = (initial: MeshConfig) =>
+  Effect.gen(function*() {
+    const first: LoadedConfig = { config: initial, hash: sha256(JSON.stringify(initial)), loadedAt: new Date(), source: "memory" }
+    const current = yield* SubscriptionRef.make(first)
+    const last = yield* Ref.make(Option.none<ReloadResult>())
+    const apply = (config: MeshConfig, source: string) =>
+      Effect.gen(function*() {
+        const hash = sha256(JSON.stringify(config))
+        yield* SubscriptionRef.set(current, { config, hash, loadedAt: new Date(), source })
+        yield* Ref.set(last, Option.some({ _tag: "Applied", at: new Date(), hash }))
+      })
+    return Config.of({
+      get: SubscriptionRef.get(current),
+      changes: current.changes,
+      reload: Effect.map(SubscriptionRef.get(current), (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })),
+      apply,
+      status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
+    })
+  })
+
+const makeFile = (options: ConfigFileOptions) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const path = NodePath.resolve(options.path)
+    const initial = yield* loadFile(path)
+    const current = yield* SubscriptionRef.make(initial)
+    const last = yield* Ref.make(Option.none<ReloadResult>())
+    const withFs = Effect.provideService(FileSystem.FileSystem, fs)
+
+    // Reloads are serialised so two events close together cannot apply out of order.
+    const lock = yield* Effect.makeSemaphore(1)
+    const reload: Effect.Effect<ReloadResult> = lock.withPermits(1)(
+      Effect.gen(function*() {
+        const attempt = yield* Effect.either(withFs(loadFile(path)))
+        const at = new Date()
+        const result: ReloadResult = yield* Either.match(attempt, {
+          onLeft: (error) =>
+            Effect.as(
+              Effect.logError("config reload rejected; keeping the config in force").pipe(
+                Effect.annotateLogs({ source: path, errors: errorLines(error) })
+              ),
+              { _tag: "Rejected" as const, at, errors: errorLines(error) }
+            ),
+          onRight: (loaded) =>
+            Effect.gen(function*() {
+              const before = yield* SubscriptionRef.get(current)
+              if (before.hash === loaded.hash) return { _tag: "Unchanged" as const, at, hash: loaded.hash }
+              yield* SubscriptionRef.set(current, loaded)
+              yield* Effect.logInfo("config reloaded").pipe(Effect.annotateLogs({ source: path, hash: loaded.hash }))
+              return { _tag: "Applied" as const, at, hash: loaded.hash }
+            })
+        })
+        if (result._tag !== "Unchanged") {
+          yield* Ref.set(last, Option.some(result))
+          configReloads.inc({ result: result._tag === "Applied" ? "ok" : "failed" })
+        }
+        return result
+      })
+    )
+
+    if (options.watch !== false) {
+      const directory = NodePath.dirname(path)
+      const name = NodePath.basename(path)
+      // Watch the directory, not the file: editors and config managers replace files by rename,
+      // which would leave a watch on the old inode blind.
+      const events = fs.watch(directory).pipe(
+        Stream.filter((event) => NodePath.basename(event.path) === name),
+        Stream.debounce(options.debounce ?? Duration.millis(150)),
+        Stream.runForEach(() => reload),
+        Effect.tapError((error) => Effect.logWarning("config file watch failed; retrying", error)),
+        Effect.retry(Schedule.spaced(Duration.seconds(1)))
+      )
+      const poll = reload.pipe(Effect.repeat(Schedule.spaced(options.pollInterval ?? Duration.seconds(5))))
+      yield* Effect.forkScoped(events)
+      yield* Effect.forkScoped(Effect.delay(poll, options.pollInterval ?? Duration.seconds(5)))
+    }
+
+    return Config.of({
+      get: SubscriptionRef.get(current),
+      changes: current.changes,
+      reload,
+      apply: (config, source) =>
+        SubscriptionRef.set(current, { config, hash: sha256(JSON.stringify(config)), loadedAt: new Date(), source }),
+      status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
+    })
+  })
+
+const errorLines = (error: ConfigInvalid | ConfigUnreadable): ReadonlyArray<string> =>
+  error._tag === "ConfigInvalid" ? error.issues.map((issue) => issue.toString()) : [error.message]

@@ -1,0 +1,379 @@
+import { Duration, Schema } from "effect"
+import { DurationString, PositiveDuration } from "./Duration.js"
+
+// ---------------------------------------------------------------------------------------------
+// Small values
+// ---------------------------------------------------------------------------------------------
+
+const intBetween = (min: number, max: number, what: string) =>
+  Schema.Number.annotations({ message: (issue) => `expected ${what}, got ${JSON.stringify(issue.actual)}` }).pipe(
+    Schema.filter((n) => (Number.isInteger(n) && n >= min && n <= max) || `expected ${what}, got ${n}`, {
+      jsonSchema: { type: "integer", minimum: min, maximum: max }
+    })
+  )
+
+/** A port a service listens on. */
+export const Port = intBetween(1, 65535, "a port number from 1 to 65535")
+/** A port the controller binds; 0 asks the system for a free one (tests use this). */
+export const ListenPort = intBetween(0, 65535, "a port number from 0 to 65535 (0 picks a free port)")
+const PositiveInt = intBetween(1, Number.MAX_SAFE_INTEGER, "a whole number greater than zero")
+const NonNegativeInt = intBetween(0, Number.MAX_SAFE_INTEGER, "a whole number, zero or more")
+
+/** A choice among fixed strings, with a message that lists them. */
+export const oneOf = <const L extends ReadonlyArray<string>>(...values: L) =>
+  Schema.Literal(...values).annotations({
+    message: (issue) => ({
+      message: `expected one of ${values.map((v) => JSON.stringify(v)).join(", ")}, got ${JSON.stringify(issue.actual)}`,
+      override: true
+    })
+  })
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/
+
+/** A service name: a DNS label, since it becomes part of host names and SPIFFE IDs. */
+export const ServiceName = Schema.String.pipe(
+  Schema.filter(
+    (s) =>
+      DNS_LABEL.test(s) ||
+      `expected a service name (lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit), got ${JSON.stringify(s)}`,
+    { jsonSchema: { pattern: DNS_LABEL.source } }
+  )
+)
+
+const NonEmptyString = Schema.String.pipe(
+  Schema.filter((s) => s.trim().length > 0 || "expected a non-empty string", { jsonSchema: { minLength: 1 } })
+)
+
+const TRUST_DOMAIN = /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/
+const TrustDomain = Schema.String.pipe(
+  Schema.filter(
+    (s) =>
+      (TRUST_DOMAIN.test(s) && s.length <= 255) ||
+      `expected a trust domain (lowercase letters, digits, '-' and '.'), got ${JSON.stringify(s)}`,
+    { jsonSchema: { pattern: TRUST_DOMAIN.source } }
+  )
+)
+
+const StringMap = Schema.Record({ key: Schema.String, value: Schema.String })
+
+const withDefault = <A, I, R>(schema: Schema.Schema<A, I, R>, value: () => NoInfer<A>) =>
+  Schema.optionalWith(schema, { default: value, exact: true })
+
+const emptyArray = <A>(): ReadonlyArray<A> => []
+const emptyMap = (): Readonly<Record<string, string>> => ({})
+
+// ---------------------------------------------------------------------------------------------
+// mesh, controller
+// ---------------------------------------------------------------------------------------------
+
+export const Mesh = Schema.Struct({
+  name: ServiceName,
+  trustDomain: withDefault(TrustDomain, () => "mesh.local")
+})
+export type Mesh = typeof Mesh.Type
+
+export const ListenAddress = (host: string, port: number) =>
+  Schema.Struct({
+    host: withDefault(NonEmptyString, () => host),
+    port: withDefault(ListenPort, () => port)
+  })
+
+const XdsListen = ListenAddress("0.0.0.0", 15010)
+const AdminListen = ListenAddress("127.0.0.1", 15014)
+
+export const Debounce = Schema.Struct({
+  /** Rebuild once inputs have been quiet this long. */
+  quiet: withDefault(DurationString, () => Duration.millis(100)),
+  /** …but never delay a rebuild by more than this. */
+  max: withDefault(PositiveDuration, () => Duration.seconds(1))
+})
+
+export const Controller = Schema.Struct({
+  xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010 })),
+  admin: withDefault(AdminListen, () => ({ host: "127.0.0.1", port: 15014 })),
+  shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
+  debounce: withDefault(Debounce, () => ({ quiet: Duration.millis(100), max: Duration.seconds(1) }))
+})
+export type Controller = typeof Controller.Type
+
+// ---------------------------------------------------------------------------------------------
+// discovery
+// ---------------------------------------------------------------------------------------------
+
+export const ConsulSettings = Schema.Struct({
+  address: withDefault(NonEmptyString, () => "http://127.0.0.1:8500"),
+  datacenter: Schema.optionalWith(NonEmptyString, { exact: true })
+})
+
+export const Discovery = Schema.Struct({
+  /** Absent: the embedded registry (services from this file) only. */
+  consul: Schema.optionalWith(ConsulSettings, { exact: true })
+})
+
+// ---------------------------------------------------------------------------------------------
+// services
+// ---------------------------------------------------------------------------------------------
+
+export const Protocol = oneOf("http", "grpc", "tcp")
+export type Protocol = typeof Protocol.Type
+
+export const EndpointConfig = Schema.Struct({
+  /** An IP address or a host name (host names are resolved before they reach xDS). */
+  address: NonEmptyString,
+  /** Defaults to the service's port. */
+  port: Schema.optionalWith(Port, { exact: true }),
+  labels: withDefault(StringMap, emptyMap),
+  weight: withDefault(PositiveInt, () => 1)
+})
+export type EndpointConfig = typeof EndpointConfig.Type
+
+const checkTiming = {
+  interval: withDefault(PositiveDuration, () => Duration.seconds(10)),
+  timeout: withDefault(PositiveDuration, () => Duration.seconds(1)),
+  healthyThreshold: withDefault(PositiveInt, () => 2),
+  unhealthyThreshold: withDefault(PositiveInt, () => 3)
+}
+
+const StatusCode = intBetween(100, 599, "an HTTP status code from 100 to 599")
+
+export const HttpCheck = Schema.Struct({
+  type: Schema.Literal("http"),
+  ...checkTiming,
+  method: withDefault(oneOf("GET", "HEAD", "POST", "PUT", "OPTIONS"), () => "GET" as const),
+  path: withDefault(
+    Schema.String.pipe(Schema.filter((p) => p.startsWith("/") || `expected a path starting with "/", got ${JSON.stringify(p)}`)),
+    () => "/healthz"
+  ),
+  expectedStatuses: withDefault(Schema.Array(StatusCode), () => [200]),
+  host: Schema.optionalWith(NonEmptyString, { exact: true }),
+  https: withDefault(Schema.Boolean, () => false),
+  /** With https: trust the mesh CA instead of the system roots. */
+  trustMeshCa: withDefault(Schema.Boolean, () => false)
+})
+
+export const TcpCheck = Schema.Struct({
+  type: Schema.Literal("tcp"),
+  ...checkTiming
+})
+
+export const GrpcCheck = Schema.Struct({
+  type: Schema.Literal("grpc"),
+  ...checkTiming,
+  /** The service name sent in grpc.health.v1 HealthCheckRequest; "" asks about the server as a whole. */
+  service: withDefault(Schema.String, () => "")
+})
+
+export const HealthCheck = Schema.Union(HttpCheck, TcpCheck, GrpcCheck)
+export type HealthCheck = typeof HealthCheck.Type
+
+export const ServiceConfig = Schema.Struct({
+  name: ServiceName,
+  protocol: withDefault(Protocol, () => "http" as const),
+  port: Port,
+  endpoints: withDefault(Schema.Array(EndpointConfig), emptyArray),
+  healthCheck: Schema.optionalWith(HealthCheck, { exact: true }),
+  /** When every endpoint is unhealthy: keep routing to all of them (open) or to none (closed). */
+  failMode: withDefault(oneOf("open", "closed"), () => "open" as const),
+  tags: withDefault(Schema.Array(NonEmptyString), emptyArray),
+  metadata: withDefault(StringMap, emptyMap)
+})
+export type ServiceConfig = typeof ServiceConfig.Type
+
+// ---------------------------------------------------------------------------------------------
+// policies
+// ---------------------------------------------------------------------------------------------
+
+export const RetryOn = oneOf(
+  "unavailable",
+  "reset",
+  "cancelled",
+  "deadline-exceeded",
+  "resource-exhausted",
+  "internal",
+  "connect-failure",
+  "refused-stream",
+  "5xx",
+  "gateway-error",
+  "retriable-4xx"
+)
+export type RetryOn = typeof RetryOn.Type
+
+export const Retries = Schema.Struct({
+  attempts: intBetween(1, 10, "a number of attempts from 1 to 10"),
+  perTryTimeout: Schema.optionalWith(PositiveDuration, { exact: true }),
+  on: withDefault(Schema.Array(RetryOn), () => ["unavailable", "reset", "connect-failure"] as const)
+})
+export type Retries = typeof Retries.Type
+
+export const Destination = Schema.Struct({
+  service: ServiceName,
+  weight: withDefault(PositiveInt, () => 1)
+})
+export type Destination = typeof Destination.Type
+
+export const Route = Schema.Struct({
+  destinations: Schema.NonEmptyArray(Destination).annotations({
+    message: () => "expected at least one destination"
+  }),
+  timeout: Schema.optionalWith(PositiveDuration, { exact: true }),
+  retries: Schema.optionalWith(Retries, { exact: true })
+})
+export type Route = typeof Route.Type
+
+export const TrafficPolicy = Schema.Struct({
+  name: NonEmptyString,
+  /** The service whose callers this policy applies to. */
+  service: ServiceName,
+  routes: Schema.NonEmptyArray(Route).annotations({ message: () => "expected at least one route" })
+})
+export type TrafficPolicy = typeof TrafficPolicy.Type
+
+export const Peer = Schema.Struct({
+  service: ServiceName
+})
+
+export const Condition = Schema.Struct({
+  methods: Schema.optionalWith(Schema.Array(NonEmptyString), { exact: true }),
+  paths: Schema.optionalWith(Schema.Array(NonEmptyString), { exact: true }),
+  ports: Schema.optionalWith(Schema.Array(Port), { exact: true }),
+  headers: Schema.optionalWith(StringMap, { exact: true })
+})
+
+export const AuthorizationRule = Schema.Struct({
+  name: NonEmptyString,
+  action: oneOf("allow", "deny"),
+  from: withDefault(Schema.Array(Peer), emptyArray),
+  to: ServiceName,
+  when: Schema.optionalWith(Condition, { exact: true })
+})
+export type AuthorizationRule = typeof AuthorizationRule.Type
+
+export const Security = Schema.Struct({
+  mtls: withDefault(oneOf("strict", "permissive"), () => "permissive" as const),
+  authorization: withDefault(Schema.Array(AuthorizationRule), emptyArray)
+})
+
+export const Policies = Schema.Struct({
+  traffic: withDefault(Schema.Array(TrafficPolicy), emptyArray),
+  security: withDefault(Security, () => ({ mtls: "permissive" as const, authorization: [] }))
+})
+export type Policies = typeof Policies.Type
+
+// ---------------------------------------------------------------------------------------------
+// certificates, sidecar
+// ---------------------------------------------------------------------------------------------
+
+export const Certificates = Schema.Struct({
+  dir: withDefault(NonEmptyString, () => "/var/lib/mesh-controller/certs"),
+  workloadTtl: withDefault(PositiveDuration, () => Duration.hours(24))
+})
+
+export const Envoy = Schema.Struct({
+  enabled: withDefault(Schema.Boolean, () => false),
+  path: withDefault(NonEmptyString, () => "envoy"),
+  concurrency: withDefault(PositiveInt, () => 1),
+  drainTime: withDefault(PositiveDuration, () => Duration.seconds(10)),
+  args: withDefault(Schema.Array(Schema.String), emptyArray)
+})
+
+export const Sidecar = Schema.Struct({
+  envoy: withDefault(Envoy, () => ({
+    enabled: false,
+    path: "envoy",
+    concurrency: 1,
+    drainTime: Duration.seconds(10),
+    args: []
+  }))
+})
+
+// ---------------------------------------------------------------------------------------------
+// The file
+// ---------------------------------------------------------------------------------------------
+
+const MeshConfigFields = Schema.Struct({
+  mesh: Mesh,
+  controller: withDefault(Controller, () => Schema.decodeSync(Controller)({})),
+  discovery: withDefault(Discovery, () => ({})),
+  services: withDefault(Schema.Array(ServiceConfig), emptyArray),
+  policies: withDefault(Policies, () => Schema.decodeSync(Policies)({})),
+  certificates: withDefault(Certificates, () => Schema.decodeSync(Certificates)({})),
+  sidecar: withDefault(Sidecar, () => Schema.decodeSync(Sidecar)({}))
+})
+
+type Fields = typeof MeshConfigFields.Type
+type Issue = { readonly path: ReadonlyArray<PropertyKey>; readonly message: string }
+
+/** Rules that span fields: names are unique and every reference points at something that exists. */
+export const crossFieldIssues = (config: Fields): ReadonlyArray<Issue> => {
+  const issues: Array<Issue> = []
+  const firstIndex = new Map<string, number>()
+  config.services.forEach((service, i) => {
+    const seen = firstIndex.get(service.name)
+    if (seen === undefined) firstIndex.set(service.name, i)
+    else issues.push({ path: ["services", i, "name"], message: `duplicate service name "${service.name}" (first defined at services[${seen}])` })
+    const endpointKeys = new Set<string>()
+    service.endpoints.forEach((endpoint, j) => {
+      const key = `${endpoint.address}:${endpoint.port ?? service.port}`
+      if (endpointKeys.has(key)) issues.push({ path: ["services", i, "endpoints", j], message: `duplicate endpoint ${key}` })
+      endpointKeys.add(key)
+    })
+  })
+  const known = (name: string) => firstIndex.has(name)
+  const unknown = (name: string) => `unknown service "${name}"`
+
+  const policyNames = new Map<string, number>()
+  config.policies.traffic.forEach((policy, i) => {
+    const base = ["policies", "traffic", i] as const
+    const seen = policyNames.get(policy.name)
+    if (seen !== undefined) issues.push({ path: [...base, "name"], message: `duplicate traffic policy name "${policy.name}" (first defined at policies.traffic[${seen}])` })
+    else policyNames.set(policy.name, i)
+    if (!known(policy.service)) issues.push({ path: [...base, "service"], message: unknown(policy.service) })
+    policy.routes.forEach((route, r) =>
+      route.destinations.forEach((destination, d) => {
+        if (!known(destination.service)) {
+          issues.push({ path: [...base, "routes", r, "destinations", d, "service"], message: unknown(destination.service) })
+        }
+      })
+    )
+  })
+  const targets = new Map<string, number>()
+  config.policies.traffic.forEach((policy, i) => {
+    const seen = targets.get(policy.service)
+    if (seen !== undefined) {
+      issues.push({
+        path: ["policies", "traffic", i, "service"],
+        message: `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`
+      })
+    } else targets.set(policy.service, i)
+  })
+
+  const ruleNames = new Map<string, number>()
+  config.policies.security.authorization.forEach((rule, i) => {
+    const base = ["policies", "security", "authorization", i] as const
+    const seen = ruleNames.get(rule.name)
+    if (seen !== undefined) issues.push({ path: [...base, "name"], message: `duplicate rule name "${rule.name}" (first defined at policies.security.authorization[${seen}])` })
+    else ruleNames.set(rule.name, i)
+    if (!known(rule.to)) issues.push({ path: [...base, "to"], message: unknown(rule.to) })
+    rule.from.forEach((peer, p) => {
+      if (!known(peer.service)) issues.push({ path: [...base, "from", p, "service"], message: unknown(peer.service) })
+    })
+  })
+
+  if (Duration.greaterThan(config.controller.debounce.quiet, config.controller.debounce.max)) {
+    issues.push({ path: ["controller", "debounce", "quiet"], message: "the quiet window must not be longer than debounce.max" })
+  }
+  return issues
+}
+
+/** The config file, as decoded from YAML: structure, defaults, and the rules that span fields. */
+export const MeshConfig = MeshConfigFields.pipe(
+  Schema.filter((config) => {
+    const issues = crossFieldIssues(config)
+    return issues.length === 0 ? true : issues
+  })
+).annotations({
+  identifier: "MeshConfig",
+  title: "mesh-controller configuration",
+  description: "The configuration file of mesh-controller (mesh.yaml)."
+})
+export type MeshConfig = typeof MeshConfig.Type

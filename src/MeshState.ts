@@ -1,0 +1,70 @@
+import type { MeshConfig, Mesh, Policies, Protocol } from "../schemas/Config.js"
+
+/** What the controller currently believes about one endpoint's health. */
+export type EndpointHealth = "healthy" | "unhealthy" | "unknown"
+
+/** Where a service or endpoint came from (see the README for precedence). */
+export type RegistrySource = "config" | "api" | "consul"
+
+export interface Endpoint {
+  /** An IP address once it reaches the snapshot builder (host names are resolved before). */
+  readonly address: string
+  readonly port: number
+  readonly weight: number
+  readonly labels: Readonly<Record<string, string>>
+  readonly health: EndpointHealth
+  readonly source: RegistrySource
+}
+
+export interface Service {
+  readonly name: string
+  readonly protocol: Protocol
+  readonly port: number
+  readonly endpoints: ReadonlyArray<Endpoint>
+  readonly failMode: "open" | "closed"
+  readonly tags: ReadonlyArray<string>
+  readonly metadata: Readonly<Record<string, string>>
+  readonly source: RegistrySource
+}
+
+/**
+ * Everything the xDS resources are computed from, as one immutable value. Nothing reaches the
+ * snapshot builder except through this.
+ */
+export interface MeshState {
+  readonly mesh: Mesh
+  /** Sorted by name, so equal states build byte-identical resources. */
+  readonly services: ReadonlyArray<Service>
+  readonly policies: Policies
+}
+
+/** `address:port`, the key an endpoint is known by across layers (health, discovery). */
+export const endpointKey = (endpoint: { readonly address: string; readonly port: number }): string =>
+  endpoint.address.includes(":") ? `[${endpoint.address}]:${endpoint.port}` : `${endpoint.address}:${endpoint.port}`
+
+const byName = <A extends { readonly name: string }>(a: A, b: A) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+
+/** The mesh as the config file alone describes it: every endpoint's health still unknown. */
+export const fromConfig = (config: MeshConfig): MeshState => ({
+  mesh: config.mesh,
+  policies: config.policies,
+  services: config.services
+    .map((service): Service => ({
+      name: service.name,
+      protocol: service.protocol,
+      port: service.port,
+      failMode: service.failMode,
+      tags: service.tags,
+      metadata: service.metadata,
+      source: "config",
+      endpoints: service.endpoints.map((endpoint): Endpoint => ({
+        address: endpoint.address,
+        port: endpoint.port ?? service.port,
+        weight: endpoint.weight,
+        labels: endpoint.labels,
+        health: "unknown",
+        source: "config"
+      }))
+    }))
+    .sort(byName)
+})
