@@ -1,4 +1,4 @@
-import type { MeshConfig, Mesh, Policies, Protocol } from "../schemas/Config.js"
+import type { HealthCheck, Mesh, MeshConfig, Policies, Protocol } from "../schemas/Config.js"
 
 /** What the controller currently believes about one endpoint's health. */
 export type EndpointHealth = "healthy" | "unhealthy" | "unknown"
@@ -22,6 +22,8 @@ export interface Service {
   readonly port: number
   readonly endpoints: ReadonlyArray<Endpoint>
   readonly failMode: "open" | "closed"
+  /** Absent: the endpoints are not probed and their health stays "unknown". */
+  readonly healthCheck?: HealthCheck
   readonly tags: ReadonlyArray<string>
   readonly metadata: Readonly<Record<string, string>>
   readonly source: RegistrySource
@@ -57,6 +59,7 @@ export const fromConfig = (config: MeshConfig): MeshState => ({
       tags: service.tags,
       metadata: service.metadata,
       source: "config",
+      ...(service.healthCheck ? { healthCheck: service.healthCheck } : {}),
       endpoints: service.endpoints.map((endpoint): Endpoint => ({
         address: endpoint.address,
         port: endpoint.port ?? service.port,
