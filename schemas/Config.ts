@@ -100,15 +100,52 @@ export type Controller = typeof Controller.Type
 // discovery
 // ---------------------------------------------------------------------------------------------
 
-export const ConsulSettings = Schema.Struct({
-  address: withDefault(NonEmptyString, () => "http://127.0.0.1:8500"),
-  datacenter: Schema.optionalWith(NonEmptyString, { exact: true })
+/** TLS to the Consul HTTP API (an `https://` address). Files are PEM. */
+export const ConsulTls = Schema.Struct({
+  caFile: Schema.optionalWith(NonEmptyString, { exact: true }),
+  certFile: Schema.optionalWith(NonEmptyString, { exact: true }),
+  keyFile: Schema.optionalWith(NonEmptyString, { exact: true }),
+  serverName: Schema.optionalWith(NonEmptyString, { exact: true }),
+  insecureSkipVerify: withDefault(Schema.Boolean, () => false)
 })
 
-export const Discovery = Schema.Struct({
-  /** Absent: the embedded registry (services from this file) only. */
-  consul: Schema.optionalWith(ConsulSettings, { exact: true })
+/**
+ * Who checks a service registered in Consul: `consul` (the agent runs the service's healthCheck
+ * itself) or `ttl` (a TTL check the controller keeps up to date with its own probe results).
+ */
+export const RegistrationCheck = oneOf("consul", "ttl")
+export type RegistrationCheck = typeof RegistrationCheck.Type
+
+/** The ACL token is not here: it comes from the CONSUL_HTTP_TOKEN environment variable. */
+export const ConsulSettings = Schema.Struct({
+  address: withDefault(NonEmptyString, () => "http://127.0.0.1:8500"),
+  datacenter: Schema.optionalWith(NonEmptyString, { exact: true }),
+  tls: Schema.optionalWith(ConsulTls, { exact: true }),
+  /** The default check mode of services marked `register` (a service may override it). */
+  registration: withDefault(RegistrationCheck, () => "consul" as const),
+  /** How often registrations are verified against the agent and restored. */
+  antiEntropyInterval: withDefault(PositiveDuration, () => Duration.seconds(30)),
+  /** The `wait` of blocking queries. */
+  watchWait: withDefault(PositiveDuration, () => Duration.minutes(5)),
+  /** A KV key holding a `policies` document (YAML or JSON) shared by several controllers. */
+  policiesKey: Schema.optionalWith(NonEmptyString, { exact: true })
 })
+export type ConsulSettings = typeof ConsulSettings.Type
+
+export const DnsSettings = Schema.Struct({
+  /** How often host-name endpoint addresses are resolved again. */
+  refreshInterval: withDefault(PositiveDuration, () => Duration.seconds(30)),
+  /** Consul's DNS interface (`host:port`), used for `*.consul` names. */
+  consulServer: withDefault(NonEmptyString, () => "127.0.0.1:8600")
+})
+export type DnsSettings = typeof DnsSettings.Type
+
+export const Discovery = Schema.Struct({
+  /** Absent: the embedded registry (services from this file and the registration API) only. */
+  consul: Schema.optionalWith(ConsulSettings, { exact: true }),
+  dns: withDefault(DnsSettings, () => ({ refreshInterval: Duration.seconds(30), consulServer: "127.0.0.1:8600" }))
+})
+export type Discovery = typeof Discovery.Type
 
 // ---------------------------------------------------------------------------------------------
 // services
@@ -175,7 +212,12 @@ export const ServiceConfig = Schema.Struct({
   /** When every endpoint is unhealthy: keep routing to all of them (open) or to none (closed). */
   failMode: withDefault(oneOf("open", "closed"), () => "open" as const),
   tags: withDefault(Schema.Array(NonEmptyString), emptyArray),
-  metadata: withDefault(StringMap, emptyMap)
+  metadata: withDefault(StringMap, emptyMap),
+  /**
+   * Runs on this host: register its endpoints with the local Consul agent. `true` uses
+   * `discovery.consul.registration`; `{ check: ttl }` or `{ check: consul }` overrides it.
+   */
+  register: Schema.optionalWith(Schema.Union(Schema.Boolean, Schema.Struct({ check: RegistrationCheck })), { exact: true })
 })
 export type ServiceConfig = typeof ServiceConfig.Type
 
@@ -293,7 +335,7 @@ export const Sidecar = Schema.Struct({
 const MeshConfigFields = Schema.Struct({
   mesh: Mesh,
   controller: withDefault(Controller, () => Schema.decodeSync(Controller)({})),
-  discovery: withDefault(Discovery, () => ({})),
+  discovery: withDefault(Discovery, () => Schema.decodeSync(Discovery)({})),
   services: withDefault(Schema.Array(ServiceConfig), emptyArray),
   policies: withDefault(Policies, () => Schema.decodeSync(Policies)({})),
   certificates: withDefault(Certificates, () => Schema.decodeSync(Certificates)({})),
