@@ -1,0 +1,360 @@
+/**
+ * Envoy's v3 protobuf definitions, loaded at run time from the `.proto` files that
+ * `@grpc/grpc-js-xds` ships (we keep no copies), plus a strict validator: protobufjs `fromObject`
+ * silently drops fields it does not know, so a misspelled `conect_timeout` would vanish without a
+ * word. `check` rejects unknown field names, wrong JSON types, two members of one oneof, unknown
+ * enum names and the commonest protoc-gen-validate rules (required messages and oneofs, non-empty
+ * strings, minimum repeated sizes), naming the exact path.
+ *
+ * Field names are the proto names (snake_case, `keepCase`), as in Envoy's docs and YAML configs.
+ * One exception comes from protobufjs itself: its built-in `google/protobuf/struct.proto` names
+ * `Value`'s fields in camelCase (`stringValue`, `numberValue`), and `check` enforces that too.
+ * Inside an `Any`, the JSON form `{ "@type": "type.googleapis.com/<full name>", ...fields }` is
+ * accepted and checked against the named type.
+ */
+import { Duration, Either, Schema } from "effect"
+import { createRequire } from "node:module"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import protobuf from "protobufjs"
+
+/** The `.proto` files we load; everything they import comes along. */
+const PROTO_FILES: ReadonlyArray<string> = [
+  "envoy/service/discovery/v3/ads.proto",
+  "envoy/service/secret/v3/sds.proto",
+  "envoy/config/bootstrap/v3/bootstrap.proto",
+  "envoy/config/listener/v3/listener.proto",
+  "envoy/config/route/v3/route.proto",
+  "envoy/config/cluster/v3/cluster.proto",
+  "envoy/config/endpoint/v3/endpoint.proto",
+  "envoy/config/rbac/v3/rbac.proto",
+  "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
+  "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+  "envoy/extensions/filters/network/rbac/v3/rbac.proto",
+  "envoy/extensions/filters/http/router/v3/router.proto",
+  "envoy/extensions/filters/http/rbac/v3/rbac.proto",
+  "envoy/extensions/filters/http/fault/v3/fault.proto",
+  "envoy/extensions/transport_sockets/tls/v3/tls.proto",
+  "envoy/extensions/transport_sockets/tls/v3/secret.proto",
+  "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
+  "envoy/extensions/access_loggers/stream/v3/stream.proto"
+]
+
+/** Fully-qualified names of the types the mesh uses most. */
+export const Types = {
+  Listener: "envoy.config.listener.v3.Listener",
+  RouteConfiguration: "envoy.config.route.v3.RouteConfiguration",
+  Cluster: "envoy.config.cluster.v3.Cluster",
+  ClusterLoadAssignment: "envoy.config.endpoint.v3.ClusterLoadAssignment",
+  Secret: "envoy.extensions.transport_sockets.tls.v3.Secret",
+  HttpConnectionManager: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+  Router: "envoy.extensions.filters.http.router.v3.Router",
+  HttpRbac: "envoy.extensions.filters.http.rbac.v3.RBAC",
+  NetworkRbac: "envoy.extensions.filters.network.rbac.v3.RBAC",
+  TcpProxy: "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+  UpstreamTlsContext: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+  DownstreamTlsContext: "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+  HttpProtocolOptions: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+  StdoutAccessLog: "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+  Bootstrap: "envoy.config.bootstrap.v3.Bootstrap",
+  DiscoveryRequest: "envoy.service.discovery.v3.DiscoveryRequest",
+  DiscoveryResponse: "envoy.service.discovery.v3.DiscoveryResponse",
+  DeltaDiscoveryRequest: "envoy.service.discovery.v3.DeltaDiscoveryRequest",
+  DeltaDiscoveryResponse: "envoy.service.discovery.v3.DeltaDiscoveryResponse",
+  Any: "google.protobuf.Any"
+} as const
+
+export const TYPE_URL_PREFIX = "type.googleapis.com/"
+/** `type.googleapis.com/<full name>`, the form xDS uses in `type_url` and `@type`. */
+export const typeUrl = (fullName: string): string => TYPE_URL_PREFIX + fullName
+
+/** The xDS resource type URLs (what a DiscoveryRequest's `type_url` names). */
+export const TypeUrls = {
+  Listener: typeUrl(Types.Listener),
+  RouteConfiguration: typeUrl(Types.RouteConfiguration),
+  Cluster: typeUrl(Types.Cluster),
+  ClusterLoadAssignment: typeUrl(Types.ClusterLoadAssignment),
+  Secret: typeUrl(Types.Secret)
+} as const
+
+const require = createRequire(import.meta.url)
+
+/** Where the `.proto` files live: grpc-js-xds's deps, and protobufjs's own google/protobuf. */
+const includeDirs = (): ReadonlyArray<string> => {
+  const xds = NodePath.dirname(require.resolve("@grpc/grpc-js-xds/package.json"))
+  const pbjs = NodePath.dirname(require.resolve("protobufjs/package.json"))
+  return [
+    ...["envoy-api", "xds", "googleapis", "protoc-gen-validate"].map((dir) => NodePath.join(xds, "deps", dir)),
+    pbjs
+  ]
+}
+
+let loaded: protobuf.Root | undefined
+
+/**
+ * The loaded and resolved protobufjs Root (about 0.4 s on first use, then cached for the process).
+ * A missing or broken proto file is a packaging bug, so it throws rather than returning an error.
+ */
+export const root = (): protobuf.Root => {
+  if (loaded !== undefined) return loaded
+  const dirs = includeDirs()
+  const r = new protobuf.Root()
+  r.resolvePath = (_origin, target) => {
+    for (const dir of dirs) {
+      const candidate = NodePath.join(dir, target)
+      if (NodeFs.existsSync(candidate)) return candidate
+    }
+    return target
+  }
+  r.loadSync([...PROTO_FILES], { keepCase: true })
+  r.resolveAll()
+  loaded = r
+  return r
+}
+
+/** Looks up a message type by full name (with or without a leading dot). */
+export const lookupType = (fullName: string): protobuf.Type => root().lookupType(fullName.replace(/^\./, ""))
+
+// ---------------------------------------------------------------------------------------------
+// Strict validation
+// ---------------------------------------------------------------------------------------------
+
+/** A plain object that does not fit an Envoy proto type, with every problem found in it. */
+export class ProtoInvalid extends Schema.TaggedError<ProtoInvalid>()("ProtoInvalid", {
+  type: Schema.String,
+  issues: Schema.Array(Schema.String)
+}) {
+  override get message(): string {
+    return `not a valid ${this.type}:\n${this.issues.map((issue) => `  ${issue}`).join("\n")}`
+  }
+}
+
+const isPlainObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array)
+
+const INT64 = new Set(["int64", "uint64", "sint64", "fixed64", "sfixed64"])
+const INT32 = new Set(["int32", "uint32", "sint32", "fixed32", "sfixed32"])
+
+const closest = (name: string, candidates: ReadonlyArray<string>): string | undefined => {
+  let best: string | undefined
+  let bestDistance = Math.max(2, Math.floor(name.length / 3)) + 1
+  for (const candidate of candidates) {
+    const d = editDistance(name, candidate)
+    if (d < bestDistance) {
+      best = candidate
+      bestDistance = d
+    }
+  }
+  return best
+}
+
+const editDistance = (a: string, b: string): number => {
+  const row = Array.from({ length: b.length + 1 }, (_, i) => i)
+  for (let i = 1; i <= a.length; i++) {
+    let previous = row[0]!
+    row[0] = i
+    for (let j = 1; j <= b.length; j++) {
+      const current = row[j]!
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1))
+      previous = current
+    }
+  }
+  return row[b.length]!
+}
+
+const show = (value: unknown): string => {
+  const text = JSON.stringify(value)
+  return text === undefined ? String(value) : text.length > 60 ? `${text.slice(0, 57)}...` : text
+}
+
+type Issues = Array<string>
+
+const checkScalar = (type: string, value: unknown, path: string, issues: Issues): void => {
+  const fail = (expected: string) => issues.push(`${path}: expected ${expected}, got ${show(value)}`)
+  switch (type) {
+    case "string":
+      if (typeof value !== "string") fail("a string")
+      return
+    case "bool":
+      if (typeof value !== "boolean") fail("true or false")
+      return
+    case "bytes":
+      if (!(value instanceof Uint8Array) && typeof value !== "string") fail("bytes (Uint8Array or base64 string)")
+      return
+    case "double":
+    case "float":
+      if (typeof value !== "number") fail("a number")
+      return
+    default:
+      if (INT32.has(type)) {
+        if (typeof value !== "number" || !Number.isInteger(value)) fail(`an integer (${type})`)
+        else if (type.startsWith("u") || type === "fixed32") {
+          if (value < 0) fail(`a non-negative integer (${type})`)
+        }
+        return
+      }
+      if (INT64.has(type)) {
+        const ok = (typeof value === "number" && Number.isInteger(value)) ||
+          (typeof value === "string" && /^-?\d+$/.test(value)) ||
+          typeof value === "bigint"
+        if (!ok) fail(`an integer (${type})`)
+        return
+      }
+      issues.push(`${path}: unsupported scalar type ${type}`)
+  }
+}
+
+const rulesOf = (options: Record<string, unknown> | undefined) => ({
+  required: options?.["(validate.rules).message.required"] === true,
+  minLen: typeof options?.["(validate.rules).string.min_len"] === "number"
+    ? (options["(validate.rules).string.min_len"] as number)
+    : undefined,
+  minItems: typeof options?.["(validate.rules).repeated.min_items"] === "number"
+    ? (options["(validate.rules).repeated.min_items"] as number)
+    : undefined
+})
+
+const checkValue = (field: protobuf.Field, value: unknown, path: string, issues: Issues): void => {
+  const resolved = field.resolvedType
+  if (resolved instanceof protobuf.Type) {
+    checkMessage(resolved, value, path, issues)
+  } else if (resolved instanceof protobuf.Enum) {
+    if (typeof value === "string") {
+      if (!(value in resolved.values)) {
+        issues.push(`${path}: unknown ${resolved.name} value ${show(value)} (one of ${Object.keys(resolved.values).join(", ")})`)
+      }
+    } else if (typeof value !== "number" || !Number.isInteger(value)) {
+      issues.push(`${path}: expected a ${resolved.name} name, got ${show(value)}`)
+    }
+  } else {
+    checkScalar(field.type, value, path, issues)
+  }
+}
+
+const checkAny = (value: Record<string, unknown>, path: string, issues: Issues): void => {
+  const url = value["@type"]
+  if (url === undefined) {
+    for (const key of Object.keys(value)) {
+      if (key !== "type_url" && key !== "value") issues.push(`${path}.${key}: unknown field in google.protobuf.Any (use "@type")`)
+    }
+    if (typeof value["type_url"] !== "string") issues.push(`${path}.type_url: expected a string`)
+    return
+  }
+  if (typeof url !== "string") {
+    issues.push(`${path}["@type"]: expected a type URL string, got ${show(url)}`)
+    return
+  }
+  const name = url.slice(url.lastIndexOf("/") + 1)
+  let inner: protobuf.Type
+  try {
+    inner = lookupType(name)
+  } catch {
+    issues.push(`${path}["@type"]: unknown type ${show(url)} (not among the loaded Envoy protos)`)
+    return
+  }
+  const { ["@type"]: _, ...rest } = value
+  checkMessage(inner, rest, path, issues)
+}
+
+const checkMessage = (type: protobuf.Type, value: unknown, path: string, issues: Issues): void => {
+  if (!isPlainObject(value)) {
+    issues.push(`${path || "(root)"}: expected a ${type.fullName.slice(1)} object, got ${show(value)}`)
+    return
+  }
+  if (type.fullName === ".google.protobuf.Any") return checkAny(value, path, issues)
+  const at = (key: string) => (path === "" ? key : `${path}.${key}`)
+  const present = new Set<string>()
+  for (const [key, fieldValue] of Object.entries(value)) {
+    if (fieldValue === undefined) continue
+    const field = type.fields[key]
+    if (field === undefined) {
+      const hint = closest(key, Object.keys(type.fields))
+      issues.push(`${at(key)}: unknown field in ${type.fullName.slice(1)}${hint ? ` (did you mean "${hint}"?)` : ""}`)
+      continue
+    }
+    present.add(key)
+    if (fieldValue === null) {
+      issues.push(`${at(key)}: null is not a value (leave the field out instead)`)
+      continue
+    }
+    const rules = rulesOf(field.options)
+    if (field.map) {
+      if (!isPlainObject(fieldValue)) {
+        issues.push(`${at(key)}: expected a map object, got ${show(fieldValue)}`)
+        continue
+      }
+      for (const [mapKey, mapValue] of Object.entries(fieldValue)) checkValue(field, mapValue, `${at(key)}[${show(mapKey)}]`, issues)
+    } else if (field.repeated) {
+      if (!Array.isArray(fieldValue)) {
+        issues.push(`${at(key)}: expected a list, got ${show(fieldValue)}`)
+        continue
+      }
+      if (rules.minItems !== undefined && fieldValue.length < rules.minItems) {
+        issues.push(`${at(key)}: needs at least ${rules.minItems} item(s)`)
+      }
+      fieldValue.forEach((item, i) => checkValue(field, item, `${at(key)}[${i}]`, issues))
+    } else {
+      checkValue(field, fieldValue, at(key), issues)
+      if (rules.minLen !== undefined && typeof fieldValue === "string" && fieldValue.length < rules.minLen) {
+        issues.push(`${at(key)}: must not be empty`)
+      }
+    }
+  }
+  for (const field of type.fieldsArray) {
+    // A rule on a oneof member applies only when that member is the one chosen.
+    if (field.partOf === null && rulesOf(field.options).required && !present.has(field.name)) issues.push(`${at(field.name)}: required`)
+  }
+  for (const oneof of type.oneofsArray) {
+    const set = oneof.oneof.filter((name) => present.has(name))
+    if (set.length > 1) issues.push(`${path || "(root)"}: only one of ${set.join(", ")} may be set (oneof ${oneof.name})`)
+    if (set.length === 0 && oneof.options?.["(validate.required)"] === true) {
+      issues.push(`${path || "(root)"}: one of ${oneof.oneof.join(", ")} is required`)
+    }
+  }
+}
+
+/** Every problem with `value` as a `typeName` (a full name like "envoy.config.cluster.v3.Cluster"); empty when it fits. */
+export const check = (typeName: string, value: unknown): ReadonlyArray<string> => {
+  const issues: Issues = []
+  checkMessage(lookupType(typeName), value, "", issues)
+  return issues
+}
+
+/** Checks strictly, then builds the protobufjs message. */
+export const validate = (typeName: string, value: unknown): Either.Either<protobuf.Message, ProtoInvalid> => {
+  const issues = check(typeName, value)
+  if (issues.length > 0) return Either.left(new ProtoInvalid({ type: typeName, issues }))
+  return Either.right(lookupType(typeName).fromObject(value as Record<string, unknown>))
+}
+
+/** Checks strictly and encodes to protobuf bytes. */
+export const encode = (typeName: string, value: unknown): Either.Either<Uint8Array, ProtoInvalid> =>
+  Either.map(validate(typeName, value), (message) => lookupType(typeName).encode(message).finish())
+
+/** An encoded `google.protobuf.Any`: what xDS responses carry. */
+export interface EncodedAny {
+  readonly type_url: string
+  readonly value: Uint8Array
+}
+
+/** Checks strictly and encodes as an `Any` whose `type_url` names `typeName`. */
+export const encodeAny = (typeName: string, value: unknown): Either.Either<EncodedAny, ProtoInvalid> =>
+  Either.map(encode(typeName, value), (bytes) => ({ type_url: typeUrl(typeName), value: bytes }))
+
+/** Decodes bytes to a plain object in the proto's own field names (enums as names, 64-bit ints as strings, Anys expanded). */
+export const decode = (typeName: string, bytes: Uint8Array): Record<string, unknown> => {
+  const type = lookupType(typeName)
+  // json: nested Anys come out in their `@type` form, readable in tests and status output.
+  return type.toObject(type.decode(bytes), { enums: String, longs: String, bytes: String, json: true })
+}
+
+/** Decodes an `Any` into its inner type (when loaded), in the same plain form as `decode`. */
+export const decodeAny = (any: { readonly type_url: string; readonly value: Uint8Array }): Record<string, unknown> =>
+  decode(any.type_url.slice(any.type_url.lastIndexOf("/") + 1), any.value)
+
+/** A `google.protobuf.Duration` object from an Effect Duration. */
+export const durationProto = (duration: Duration.DurationInput): { seconds: number; nanos: number } => {
+  const nanos = Duration.toNanos(Duration.decode(duration))
+  const total = nanos._tag === "Some" ? nanos.value : BigInt(Number.MAX_SAFE_INTEGER) * 1_000_000_000n
+  return { seconds: Number(total / 1_000_000_000n), nanos: Number(total % 1_000_000_000n) }
+}
