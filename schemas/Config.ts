@@ -78,7 +78,11 @@ export const ListenAddress = (host: string, port: number) =>
     port: withDefault(ListenPort, () => port)
   })
 
-const XdsListen = ListenAddress("0.0.0.0", 15010)
+const XdsListen = Schema.Struct({
+  ...ListenAddress("0.0.0.0", 15010).fields,
+  /** "mtls": only clients with a certificate from the mesh CA may connect (see layers/Certificates.ts). */
+  tls: withDefault(oneOf("off", "mtls"), () => "off" as const)
+})
 const AdminListen = ListenAddress("127.0.0.1", 15014)
 
 export const Debounce = Schema.Struct({
@@ -89,7 +93,7 @@ export const Debounce = Schema.Struct({
 })
 
 export const Controller = Schema.Struct({
-  xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010 })),
+  xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const })),
   admin: withDefault(AdminListen, () => ({ host: "127.0.0.1", port: 15014 })),
   shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
   debounce: withDefault(Debounce, () => ({ quiet: Duration.millis(100), max: Duration.seconds(1) }))
@@ -305,27 +309,97 @@ export type Policies = typeof Policies.Type
 // certificates, sidecar
 // ---------------------------------------------------------------------------------------------
 
+const Fraction = (what: string) =>
+  Schema.Number.pipe(
+    Schema.filter((n) => (n > 0 && n < 1) || `expected ${what} between 0 and 1 (exclusive), got ${n}`, {
+      jsonSchema: { exclusiveMinimum: 0, exclusiveMaximum: 1 }
+    })
+  )
+
+/** An operator-provided CA ("bring your own"): files the controller reads and never writes. */
+export const CaFiles = Schema.Struct({
+  /** PEM certificate that signs workload certificates (a root, or an intermediate). */
+  cert: NonEmptyString,
+  /** Its PEM private key (PKCS#8, SEC1 or PKCS#1). */
+  key: NonEmptyString,
+  /** PEM intermediates from `cert`'s issuer up to and including the self-signed root. */
+  chain: Schema.optionalWith(NonEmptyString, { exact: true })
+})
+
+export const KeyAlgorithm = oneOf("ecdsa-p256", "rsa-2048", "rsa-3072")
+export type KeyAlgorithm = typeof KeyAlgorithm.Type
+
 export const Certificates = Schema.Struct({
+  /** Where the mesh CA lives (0700; keys 0600). Unused when `ca` is given. */
   dir: withDefault(NonEmptyString, () => "/var/lib/mesh-controller/certs"),
-  workloadTtl: withDefault(PositiveDuration, () => Duration.hours(24))
+  workloadTtl: withDefault(PositiveDuration, () => Duration.hours(24)),
+  /** Key type of the root the controller creates and of every workload key. */
+  keyAlgorithm: withDefault(KeyAlgorithm, () => "ecdsa-p256" as const),
+  /** Lifetime of a root the controller creates. */
+  caValidity: withDefault(PositiveDuration, () => Duration.days(3650)),
+  /** Renew a workload certificate once this fraction of its lifetime has passed… */
+  renewAt: withDefault(Fraction("a fraction of the lifetime"), () => 0.5),
+  /** …minus up to this fraction of that point, at random per certificate, so renewals spread out. */
+  renewJitter: withDefault(
+    Schema.Number.pipe(Schema.filter((n) => (n >= 0 && n < 1) || `expected a fraction from 0 to below 1, got ${n}`)),
+    () => 0.1
+  ),
+  /** How often the wall clock is compared with renewal times (and the CA directory re-read). */
+  checkInterval: withDefault(PositiveDuration, () => Duration.seconds(30)),
+  /** Absent: the controller creates (once) and keeps its own root under `dir`. */
+  ca: Schema.optionalWith(CaFiles, { exact: true })
+})
+export type Certificates = typeof Certificates.Type
+
+export const EnvoyRestart = Schema.Struct({
+  /** The first restart after a crash waits this long; each further crash doubles it… */
+  initialBackoff: withDefault(PositiveDuration, () => Duration.millis(500)),
+  /** …up to this. */
+  maxBackoff: withDefault(PositiveDuration, () => Duration.seconds(30)),
+  /** This many crashes within `window` is a crash loop: restarts stop and /status says why. */
+  maxCrashes: withDefault(PositiveInt, () => 5),
+  window: withDefault(PositiveDuration, () => Duration.minutes(2))
+})
+
+export const EnvoyOverload = Schema.Struct({
+  /** Envoy's heap budget: it shrinks its heap at 90% and stops accepting requests at 98%. */
+  maxHeapMiB: withDefault(PositiveInt, () => 256),
+  /** Downstream connections across all listeners. */
+  maxConnections: withDefault(PositiveInt, () => 1024)
 })
 
 export const Envoy = Schema.Struct({
   enabled: withDefault(Schema.Boolean, () => false),
+  /** The service this Envoy fronts (node.cluster, and node.id `<service>~<instance>`); required when enabled. */
+  service: Schema.optionalWith(ServiceName, { exact: true }),
+  /** The instance part of node.id; defaults to the host name. */
+  instance: Schema.optionalWith(NonEmptyString, { exact: true }),
   path: withDefault(NonEmptyString, () => "envoy"),
   concurrency: withDefault(PositiveInt, () => 1),
   drainTime: withDefault(PositiveDuration, () => Duration.seconds(10)),
-  args: withDefault(Schema.Array(Schema.String), emptyArray)
+  args: withDefault(Schema.Array(Schema.String), emptyArray),
+  /** Envoy's admin interface (readiness, drain, stats). Port 0 picks a free one (tests). */
+  admin: withDefault(ListenAddress("127.0.0.1", 15000), () => ({ host: "127.0.0.1", port: 15000 })),
+  /** A listener serving Envoy's stats at /stats/prometheus; absent: only through the admin port. */
+  prometheus: Schema.optionalWith(Schema.Struct({ host: withDefault(NonEmptyString, () => "0.0.0.0"), port: ListenPort }), { exact: true }),
+  /** Envoy's --base-id: distinct per Envoy on one host (hot restart shares memory by it). */
+  baseId: withDefault(NonNegativeInt, () => 0),
+  /** Where the bootstrap and Envoy's files go; default: `envoy/` next to the certificates dir. */
+  stateDir: Schema.optionalWith(NonEmptyString, { exact: true }),
+  /** Where Envoy reaches the controller's xDS server; default: controller.xds (127.0.0.1 if it binds all addresses). */
+  xdsAddress: Schema.optionalWith(Schema.Struct({ host: NonEmptyString, port: Port }), { exact: true }),
+  /** Delta xDS (default) or state-of-the-world. */
+  xdsApi: withDefault(oneOf("delta", "sotw"), () => "delta" as const),
+  initialFetchTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
+  /** How long a started Envoy may take to answer 200 on /ready before it counts as failed. */
+  readinessTimeout: withDefault(PositiveDuration, () => Duration.seconds(30)),
+  restart: withDefault(EnvoyRestart, () => Schema.decodeSync(EnvoyRestart)({})),
+  overload: withDefault(EnvoyOverload, () => Schema.decodeSync(EnvoyOverload)({}))
 })
+export type Envoy = typeof Envoy.Type
 
 export const Sidecar = Schema.Struct({
-  envoy: withDefault(Envoy, () => ({
-    enabled: false,
-    path: "envoy",
-    concurrency: 1,
-    drainTime: Duration.seconds(10),
-    args: []
-  }))
+  envoy: withDefault(Envoy, () => Schema.decodeSync(Envoy)({}))
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -400,6 +474,16 @@ export const crossFieldIssues = (config: Fields): ReadonlyArray<Issue> => {
       if (!known(peer.service)) issues.push({ path: [...base, "from", p, "service"], message: unknown(peer.service) })
     })
   })
+
+  const envoy = config.sidecar.envoy
+  if (envoy.service !== undefined && !known(envoy.service)) {
+    issues.push({ path: ["sidecar", "envoy", "service"], message: unknown(envoy.service) })
+  } else if (envoy.enabled && envoy.service === undefined) {
+    issues.push({ path: ["sidecar", "envoy", "service"], message: "name the service this Envoy fronts (required when enabled)" })
+  }
+  if (Duration.greaterThan(envoy.restart.initialBackoff, envoy.restart.maxBackoff)) {
+    issues.push({ path: ["sidecar", "envoy", "restart", "initialBackoff"], message: "must not be longer than restart.maxBackoff" })
+  }
 
   if (Duration.greaterThan(config.controller.debounce.quiet, config.controller.debounce.max)) {
     issues.push({ path: ["controller", "debounce", "quiet"], message: "the quiet window must not be longer than debounce.max" })
