@@ -1,0 +1,41 @@
+import { Args, Command, Options } from "@effect/cli"
+import { Config as EffectConfig, Console, Effect, Layer } from "effect"
+import { loadFile } from "../layers/Config.js"
+import { NodeFileSystem } from "@effect/platform-node"
+import { summarize } from "./commands/Summary.js"
+import { configJsonSchema } from "./ConfigSchema.js"
+import { makeProgram } from "./program.js"
+import { version } from "./Version.js"
+
+/** `--config FILE`, or `MESH_CONFIG` from the environment. */
+export const configOption = Options.file("config", { exists: "yes" }).pipe(
+  Options.withAlias("c"),
+  Options.withDescription("The mesh config file (YAML). Defaults to $MESH_CONFIG."),
+  Options.withFallbackConfig(EffectConfig.string("MESH_CONFIG"))
+)
+
+const run = Command.make("run", { config: configOption }, ({ config }) =>
+  Layer.launch(makeProgram({ configPath: config, version }))).pipe(
+    Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT.")
+  )
+
+const validate = Command.make(
+  "validate",
+  { file: Args.file({ name: "FILE" }).pipe(Args.withDescription("The config file to check.")) },
+  ({ file }) =>
+    loadFile(file).pipe(
+      Effect.flatMap(({ config }) => Console.log(summarize(file, config))),
+      Effect.provide(NodeFileSystem.layer)
+    )
+).pipe(Command.withDescription("Check a config file; print every problem found, with its path."))
+
+const schema = Command.make("schema", {}, () => Console.log(JSON.stringify(configJsonSchema(), null, 2))).pipe(
+  Command.withDescription("Print the config file's JSON Schema (for yaml-language-server and other editors).")
+)
+
+export const rootCommand = Command.make("mesh-controller").pipe(
+  Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
+  Command.withSubcommands([run, validate, schema])
+)
+
+export const cli = Command.run(rootCommand, { name: "mesh-controller", version })
