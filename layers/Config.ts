@@ -1,7 +1,8 @@
 import { FileSystem } from "@effect/platform"
 import { NodeFileSystem } from "@effect/platform-node"
-import { Context, Duration, Effect, Either, Layer, Option, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Queue, Ref, Schedule, Stream, SubscriptionRef } from "effect"
 import { createHash } from "node:crypto"
+import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { MeshConfig } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigUnreadable } from "../schemas/Errors.js"
@@ -164,18 +165,29 @@ const makeFile = (options: ConfigFileOptions) =>
     if (options.watch !== false) {
       const directory = NodePath.dirname(path)
       const name = NodePath.basename(path)
+      const events = yield* Queue.sliding<void>(1)
       // Watch the directory, not the file: editors and config managers replace files by rename,
-      // which would leave a watch on the old inode blind.
-      const events = fs.watch(directory).pipe(
-        Stream.filter((event) => NodePath.basename(event.path) === name),
+      // which would leave a watch on the old inode blind. The watch is registered before this
+      // layer is ready, so no edit made after start can slip past it.
+      yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const watcher = NodeFs.watch(directory, (_event, filename) => {
+            if (filename === null || filename === name) Queue.unsafeOffer(events, undefined)
+          })
+          watcher.on("error", () => Queue.unsafeOffer(events, undefined))
+          return watcher
+        }),
+        (watcher) => Effect.sync(() => watcher.close())
+      )
+      yield* Stream.fromQueue(events).pipe(
         Stream.debounce(options.debounce ?? Duration.millis(150)),
         Stream.runForEach(() => reload),
-        Effect.tapError((error) => Effect.logWarning("config file watch failed; retrying", error)),
-        Effect.retry(Schedule.spaced(Duration.seconds(1)))
+        Effect.forkScoped
       )
-      const poll = reload.pipe(Effect.repeat(Schedule.spaced(options.pollInterval ?? Duration.seconds(5))))
-      yield* Effect.forkScoped(events)
-      yield* Effect.forkScoped(Effect.delay(poll, options.pollInterval ?? Duration.seconds(5)))
+      // A slow periodic check as well, for file systems whose change events do not arrive
+      // (network mounts, some container bind mounts).
+      const every = options.pollInterval ?? Duration.seconds(5)
+      yield* reload.pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
     }
 
     return Config.of({

@@ -258,9 +258,9 @@ export const Destination = Schema.Struct({
 export type Destination = typeof Destination.Type
 
 export const Route = Schema.Struct({
-  destinations: Schema.NonEmptyArray(Destination).annotations({
-    message: () => "expected at least one destination"
-  }),
+  destinations: Schema.Array(Destination).pipe(
+    Schema.minItems(1, { message: () => "expected at least one destination" })
+  ),
   timeout: Schema.optionalWith(PositiveDuration, { exact: true }),
   retries: Schema.optionalWith(Retries, { exact: true })
 })
@@ -270,7 +270,7 @@ export const TrafficPolicy = Schema.Struct({
   name: NonEmptyString,
   /** The service whose callers this policy applies to. */
   service: ServiceName,
-  routes: Schema.NonEmptyArray(Route).annotations({ message: () => "expected at least one route" })
+  routes: Schema.Array(Route).pipe(Schema.minItems(1, { message: () => "expected at least one route" }))
 })
 export type TrafficPolicy = typeof TrafficPolicy.Type
 

@@ -38,7 +38,7 @@ export const decodeConfig = (value: unknown, source: string): Either.Either<Mesh
  * errors with line and column, schema errors with the path of the offending value.
  */
 export const parseConfig = (text: string, source: string): Either.Either<MeshConfig, ConfigInvalid> => {
-  const document = YAML.parseDocument(text, { prettyErrors: false, uniqueKeys: true, merge: true })
+  const document = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true })
   if (document.errors.length > 0) {
     return Either.left(
       new ConfigInvalid({

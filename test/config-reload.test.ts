@@ -1,0 +1,79 @@
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { mkdtempSync, renameSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Config } from "../layers/Config.js"
+import { eventually } from "./support/eventually.js"
+
+const yaml = (name: string, port = 80) => `mesh: { name: ${name} }\nservices: [ { name: web, port: ${port} } ]\n`
+
+const withConfigFile = (initial: string) => {
+  const dir = mkdtempSync(join(tmpdir(), "mesh-config-"))
+  const path = join(dir, "mesh.yaml")
+  writeFileSync(path, initial)
+  return { dir, path }
+}
+
+const meshName = Effect.map(Effect.flatMap(Config, (c) => c.get), (loaded) => loaded.config.mesh.name)
+
+describe("Config file layer", () => {
+  it.live("applies a valid edit and reports it", () => {
+    const { path } = withConfigFile(yaml("first"))
+    return Effect.gen(function*() {
+      const config = yield* Config
+      assert.strictEqual(yield* meshName, "first")
+      writeFileSync(path, yaml("second"))
+      yield* eventually(Effect.filterOrFail(meshName, (name) => name === "second"))
+      const status = yield* config.status
+      expect(status.lastReload?._tag).toBe("Applied")
+      expect(status.source).toBe(path)
+    }).pipe(Effect.provide(Config.layer({ path, pollInterval: "200 millis" })))
+  })
+
+  it.live("rejects an invalid edit, keeps the config in force, and says why", () => {
+    const { path } = withConfigFile(yaml("good"))
+    return Effect.gen(function*() {
+      const config = yield* Config
+      const before = yield* config.get
+      writeFileSync(path, yaml("good", 70000))
+      const status = yield* eventually(
+        Effect.filterOrFail(config.status, (s) => s.lastReload?._tag === "Rejected")
+      )
+      assert.deepStrictEqual(status.lastReload?._tag === "Rejected" && status.lastReload.errors, [
+        "services[0].port: expected a port number from 1 to 65535, got 70000"
+      ])
+      const after = yield* config.get
+      assert.strictEqual(after.hash, before.hash)
+      assert.strictEqual(after.config.services[0]!.port, 80)
+      // A later valid edit is still picked up.
+      writeFileSync(path, yaml("fixed"))
+      yield* eventually(Effect.filterOrFail(meshName, (name) => name === "fixed"))
+    }).pipe(Effect.provide(Config.layer({ path, pollInterval: "200 millis" })))
+  })
+
+  it.live("picks up a file replaced by rename, as editors and config managers write it", () => {
+    const { dir, path } = withConfigFile(yaml("before"))
+    return Effect.gen(function*() {
+      const temp = join(dir, ".mesh.yaml.tmp")
+      writeFileSync(temp, yaml("after"))
+      renameSync(temp, path)
+      // The periodic check is an hour away: only the directory watch can see this in time.
+      yield* eventually(Effect.filterOrFail(meshName, (name) => name === "after"))
+      // And the watch still works on the new inode afterwards.
+      writeFileSync(temp, yaml("again"))
+      renameSync(temp, path)
+      yield* eventually(Effect.filterOrFail(meshName, (name) => name === "again"))
+    }).pipe(Effect.provide(Config.layer({ path, pollInterval: "1 hour" })))
+  })
+
+  it.live("fails to start on an invalid file, naming every problem", () => {
+    const { path } = withConfigFile("mesh: { name: Bad }\nservices: [ { name: a, port: 0 } ]\n")
+    return Effect.gen(function*() {
+      const error = yield* Effect.flip(Layer.build(Config.layer({ path })).pipe(Effect.scoped))
+      assert.strictEqual(error._tag, "ConfigInvalid")
+      expect(error.message).toContain("mesh.name: expected a service name")
+      expect(error.message).toContain("services[0].port: expected a port number from 1 to 65535, got 0")
+    })
+  })
+})
