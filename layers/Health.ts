@@ -1,26 +1,445 @@
-import { Context, Effect, Layer, Stream } from "effect"
-import type { EndpointHealth } from "../src/MeshState.js"
+import {
+  Cause,
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  FiberMap,
+  Layer,
+  Random,
+  RcMap,
+  Ref,
+  type Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
+import type { HealthCheck } from "../schemas/Config.js"
+import { formatDuration } from "../schemas/Duration.js"
+import { type EndpointState, initialState, type ProbeResult, step } from "../src/health/HealthState.js"
+import { availability, type HealthView, routing, sameView } from "../src/health/Routing.js"
+import { type EndpointHealth, endpointKey, type Service } from "../src/MeshState.js"
+import { Discovery } from "./Discovery.js"
+import { grpcProbe, httpProbe, makeGrpcPool, ProbeFailed, type ProbeTarget, tcpProbe } from "./HealthProbes.js"
+import { counter, gauge, histogram, layerUp } from "./Metrics.js"
 
-/** service name → endpoint key (`address:port`) → health. Endpoints absent from it are "unknown". */
-export type HealthView = ReadonlyMap<string, ReadonlyMap<string, EndpointHealth>>
+export type { HealthView } from "../src/health/Routing.js"
 
-/** Active health checking of every endpoint that has a health check. */
+/** One endpoint as `/status` shows it. */
+export interface EndpointStatus {
+  readonly endpoint: string
+  readonly health: EndpointHealth
+  /** When `health` took its current value (ISO 8601). */
+  readonly since: string
+  readonly consecutiveSuccesses: number
+  readonly consecutiveFailures: number
+  /** The last `historySize` results, oldest first. */
+  readonly history: ReadonlyArray<{
+    readonly at: string
+    readonly ok: boolean
+    readonly latencyMs: number
+    readonly lagMs: number
+    readonly error?: string
+  }>
+}
+
+export interface ServiceStatus {
+  readonly name: string
+  readonly failMode: "open" | "closed"
+  readonly check: Readonly<Record<string, unknown>>
+  readonly available: boolean
+  /** Every endpoint unhealthy: routed to all (failMode open) or none (closed). */
+  readonly panic: boolean
+  readonly endpoints: ReadonlyArray<EndpointStatus>
+}
+
+export interface HealthStatus {
+  readonly checks: "on" | "off"
+  readonly maxConcurrentProbes?: number
+  /** Probe fibers running (one per checked endpoint). */
+  readonly probes?: number
+  readonly probesInFlight?: number
+  /** Open gRPC health-check channels (one per gRPC target). */
+  readonly grpcChannels?: number
+  readonly services: ReadonlyArray<ServiceStatus>
+}
+
+/**
+ * Active health checking of every endpoint whose service has a `healthCheck`.
+ *
+ * Endpoints start "unknown" and are routed to until a threshold decides (see
+ * src/health/HealthState.ts). Availability of a service (what grpc.health.v1 on the controller
+ * reports): at least one endpoint is healthy or unknown; a service with no endpoints, or whose
+ * endpoints are all unhealthy (panic), is unavailable.
+ */
 export class Health extends Context.Tag("mesh-controller/Health")<
   Health,
   {
     readonly view: Effect.Effect<HealthView>
-    /** The current view first, then every change. */
+    /** The current view first, then every change (transitions, endpoints added or removed). */
     readonly changes: Stream.Stream<HealthView>
-    readonly status: Effect.Effect<unknown>
+    /** service name → available, for every service Discovery knows. */
+    readonly availability: Effect.Effect<ReadonlyMap<string, boolean>>
+    readonly status: Effect.Effect<HealthStatus>
   }
 >() {
+  /** Probes the endpoints Discovery reports; probes start and stop as endpoints come and go. */
+  static readonly layer = (options: HealthOptions = {}): Layer.Layer<Health, never, Discovery> =>
+    Layer.scoped(Health, make(options))
+
+  /** A fixed view for tests; `SubscriptionRef.set` on the ref changes it. */
+  static readonly layerMemory = (ref: SubscriptionRef.SubscriptionRef<HealthView>): Layer.Layer<Health> =>
+    Layer.succeed(
+      Health,
+      Health.of({
+        view: SubscriptionRef.get(ref),
+        changes: ref.changes,
+        availability: Effect.map(SubscriptionRef.get(ref), (view) =>
+          new Map([...view].map(([service, endpoints]) => [service, [...endpoints.values()].some((h) => h !== "unhealthy")]))),
+        status: Effect.succeed({ checks: "off", services: [] })
+      })
+    )
+
   /** No checks: every endpoint stays "unknown" (and is routed to). */
   static readonly layerNoop: Layer.Layer<Health> = Layer.succeed(
     Health,
     Health.of({
       view: Effect.succeed(new Map()),
       changes: Stream.make(new Map()),
-      status: Effect.succeed({ checks: "off" })
+      availability: Effect.succeed(new Map()),
+      status: Effect.succeed({ checks: "off", services: [] })
     })
   )
 }
+
+export interface HealthOptions {
+  /** Probes in flight at once, across all endpoints (default 64). */
+  readonly maxConcurrentProbes?: number
+  /** Results kept per endpoint (default 10). */
+  readonly historySize?: number
+  /** Each interval is varied by up to ± this fraction, so probes spread out (default 0.1). */
+  readonly jitter?: number
+  /** Start each endpoint's first probe at a random point within its first interval (default true). */
+  readonly spreadStart?: boolean
+  /**
+   * The mesh CA (PEM) for `https` checks with `trustMeshCa`; an effect is read at every probe so a
+   * rotated CA is picked up. Without it such checks fail with a reason saying so.
+   */
+  readonly meshCa?: string | Effect.Effect<string>
+  /** The cap on grpc-js reconnect backoff for health-check channels (default 1s). */
+  readonly grpcMaxReconnectBackoff?: Duration.DurationInput
+}
+
+// ---------------------------------------------------------------------------------------------
+// metrics
+// ---------------------------------------------------------------------------------------------
+
+const probeResults = counter("mesh_controller_health_probes_total", "Health probes by check type and result (success, failure).", [
+  "type",
+  "result"
+])
+const probeLatency = histogram("mesh_controller_health_probe_duration_seconds", "Health probe latency by check type.", ["type"])
+const probeLag = histogram(
+  "mesh_controller_health_probe_lag_seconds",
+  "How late health probes start against their schedule (waiting for a probe slot included)."
+)
+const endpointsByState = gauge("mesh_controller_health_endpoints", "Checked endpoints by health state.", ["state"])
+const transitions = counter("mesh_controller_health_transitions_total", "Endpoint health transitions.", ["from", "to"])
+const servicePanic = gauge(
+  "mesh_controller_health_service_panic",
+  "1 while every endpoint of the service is unhealthy (routed to all when failMode is open, none when closed).",
+  ["service", "fail_mode"]
+)
+
+// ---------------------------------------------------------------------------------------------
+// the live layer
+// ---------------------------------------------------------------------------------------------
+
+interface Entry {
+  readonly service: string
+  readonly endpoint: string
+  readonly check: HealthCheck
+  state: EndpointState
+}
+
+interface Probe {
+  readonly key: string
+  readonly service: Service
+  readonly target: ProbeTarget
+  readonly check: HealthCheck
+}
+
+const checkJson = (check: HealthCheck): Readonly<Record<string, unknown>> =>
+  Object.fromEntries(
+    Object.entries(check).map(([k, v]) => [k, Duration.isDuration(v) ? formatDuration(v) : v])
+  )
+
+/** A changed check definition is a different key, so its probe restarts with the new settings. */
+const probeKey = (service: string, endpoint: string, check: HealthCheck): string =>
+  `${service} ${endpoint} ${JSON.stringify(checkJson(check))}`
+
+const desiredProbes = (services: ReadonlyArray<Service>): Map<string, Probe> => {
+  const probes = new Map<string, Probe>()
+  for (const service of services) {
+    const check = service.healthCheck
+    if (check === undefined) continue
+    for (const endpoint of service.endpoints) {
+      const key = probeKey(service.name, endpointKey(endpoint), check)
+      probes.set(key, { key, service, target: { address: endpoint.address, port: endpoint.port }, check })
+    }
+  }
+  return probes
+}
+
+export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<Health>, never, Discovery | Scope.Scope> =>
+  Effect.gen(function*() {
+    const discovery = yield* Discovery
+    const maxConcurrent = Math.max(1, options.maxConcurrentProbes ?? 64)
+    const historySize = Math.max(0, options.historySize ?? 10)
+    const jitter = Math.min(0.5, Math.max(0, options.jitter ?? 0.1))
+    const spreadStart = options.spreadStart ?? true
+    const meshCa: Effect.Effect<string | undefined> = options.meshCa === undefined
+      ? Effect.succeed(undefined)
+      : typeof options.meshCa === "string"
+      ? Effect.succeed(options.meshCa)
+      : options.meshCa
+
+    const slots = yield* Effect.makeSemaphore(maxConcurrent)
+    let inFlight = 0
+    const grpcPool = yield* makeGrpcPool({
+      maxReconnectBackoff: Duration.decode(options.grpcMaxReconnectBackoff ?? Duration.seconds(1))
+    })
+    const fibers = yield* FiberMap.make<string>()
+    const services = yield* Ref.make<ReadonlyArray<Service>>([])
+    const view = yield* SubscriptionRef.make<HealthView>(new Map())
+    // Every probe result updates its entry; with a thousand endpoints probed each second, copying
+    // an immutable map per result would cost more than the probes. The map is only touched inside
+    // Effect.sync, so each update is atomic.
+    const entries = new Map<string, Entry>()
+    let panicking = new Set<string>()
+
+    const computeView = (): HealthView => {
+      const next = new Map<string, Map<string, EndpointHealth>>()
+      for (const entry of entries.values()) {
+        let endpoints = next.get(entry.service)
+        if (endpoints === undefined) next.set(entry.service, endpoints = new Map())
+        endpoints.set(entry.endpoint, entry.state.health)
+      }
+      return next
+    }
+
+    /** Publishes the view if it changed; refreshes gauges and logs panic changes. */
+    const publish = Effect.gen(function*() {
+      const next = computeView()
+      const current = yield* SubscriptionRef.get(view)
+      if (!sameView(current, next)) yield* SubscriptionRef.set(view, next)
+      const counts: Record<EndpointHealth, number> = { healthy: 0, unhealthy: 0, unknown: 0 }
+      for (const entry of entries.values()) counts[entry.state.health]++
+      for (const [state, n] of Object.entries(counts)) endpointsByState.set({ state }, n)
+      const known = yield* Ref.get(services)
+      const nowPanicking = new Set<string>()
+      servicePanic.reset()
+      for (const service of known) {
+        if (service.healthCheck === undefined) continue
+        const decision = routing(service, next)
+        servicePanic.set({ service: service.name, fail_mode: service.failMode }, decision.panic ? 1 : 0)
+        if (decision.panic) nowPanicking.add(service.name)
+      }
+      for (const name of nowPanicking) {
+        if (!panicking.has(name)) {
+          const failMode = known.find((s) => s.name === name)?.failMode ?? "open"
+          yield* Effect.logWarning(
+            failMode === "open"
+              ? "every endpoint is unhealthy; failing open (routing to all of them)"
+              : "every endpoint is unhealthy; failing closed (routing to none)"
+          ).pipe(Effect.annotateLogs({ service: name, failMode }))
+        }
+      }
+      for (const name of panicking) {
+        if (!nowPanicking.has(name)) yield* Effect.logInfo("service has a routable endpoint again").pipe(Effect.annotateLogs({ service: name }))
+      }
+      panicking = nowPanicking
+    })
+
+    const record = (probe: Probe, result: ProbeResult) =>
+      Effect.gen(function*() {
+        const entry = entries.get(probe.key)
+        if (entry === undefined) return
+        const { state, transition } = step(entry.state, result, probe.check, historySize)
+        entry.state = state
+        if (transition === undefined) return
+        transitions.inc({ from: transition.from, to: transition.to })
+        const log = transition.to === "unhealthy" ? Effect.logWarning : Effect.logInfo
+        yield* log("endpoint health changed").pipe(
+          Effect.annotateLogs({
+            service: probe.service.name,
+            endpoint: entry.endpoint,
+            from: transition.from,
+            to: transition.to,
+            ...(result.error !== undefined ? { error: result.error } : {})
+          })
+        )
+        yield* publish
+      })
+
+    /**
+     * The probe of one endpoint, ready to run. A gRPC probe takes its target's pooled channel here,
+     * once, in the probe loop's scope: the channel lives as long as some probe uses it.
+     */
+    const prepare = (probe: Probe): Effect.Effect<Effect.Effect<void, ProbeFailed>, never, Scope.Scope> => {
+      const check = probe.check
+      switch (check.type) {
+        case "tcp":
+          return Effect.succeed(tcpProbe(probe.target))
+        case "http":
+          return Effect.succeed(
+            check.https && check.trustMeshCa
+              ? Effect.flatMap(meshCa, (ca) =>
+                ca === undefined
+                  ? Effect.fail(new ProbeFailed({ reason: "trustMeshCa is set but no mesh CA is available to the health checker" }))
+                  : httpProbe(probe.target, check, ca))
+              : httpProbe(probe.target, check, undefined)
+          )
+        case "grpc":
+          return Effect.map(RcMap.get(grpcPool, endpointKey(probe.target)), (client) => grpcProbe(client, check))
+      }
+    }
+
+    /** One timed probe, holding a slot of the global bound while it runs. */
+    const timedProbe = (probe: Probe, run: Effect.Effect<void, ProbeFailed>, scheduledAt: number): Effect.Effect<ProbeResult> =>
+      slots.withPermits(1)(
+        Effect.gen(function*() {
+          inFlight++
+          const startNanos = yield* Clock.currentTimeNanos
+          const at = yield* Clock.currentTimeMillis
+          const outcome = yield* run.pipe(
+            Effect.timeoutFail({
+              duration: probe.check.timeout,
+              onTimeout: () => new ProbeFailed({ reason: `timed out after ${formatDuration(probe.check.timeout)}` })
+            }),
+            Effect.either
+          )
+          const latencyMs = Number((yield* Clock.currentTimeNanos) - startNanos) / 1e6
+          const ok = outcome._tag === "Right"
+          probeResults.inc({ type: probe.check.type, result: ok ? "success" : "failure" })
+          probeLatency.observe({ type: probe.check.type }, latencyMs / 1000)
+          probeLag.observe(Math.max(0, at - scheduledAt) / 1000)
+          return {
+            at,
+            ok,
+            latencyMs,
+            lagMs: Math.max(0, at - scheduledAt),
+            ...(outcome._tag === "Left" ? { error: outcome.left.reason } : {})
+          }
+        }).pipe(Effect.ensuring(Effect.sync(() => inFlight--)))
+      )
+
+    const jittered = (interval: number) =>
+      jitter === 0 ? Effect.succeed(interval) : Effect.map(Random.nextRange(1 - jitter, 1 + jitter), (f) => interval * f)
+
+    /**
+     * The probe loop of one endpoint, at a fixed rate: the next probe is due one (jittered)
+     * interval after the previous was due, not after it finished, so slow probes do not drift the
+     * schedule; a probe that overran its slot is followed at once by the next.
+     */
+    const probeLoop = (probe: Probe): Effect.Effect<never> =>
+      Effect.gen(function*() {
+        const run = yield* prepare(probe)
+        const interval = Duration.toMillis(probe.check.interval)
+        let due = (yield* Clock.currentTimeMillis) + (spreadStart ? yield* Random.nextRange(0, interval) : 0)
+        while (true) {
+          const now = yield* Clock.currentTimeMillis
+          if (due > now) yield* Effect.sleep(Duration.millis(due - now))
+          const result = yield* timedProbe(probe, run, due)
+          yield* record(probe, result)
+          due = Math.max(due + (yield* jittered(interval)), yield* Clock.currentTimeMillis)
+        }
+      }).pipe(
+        Effect.scoped,
+        Effect.tapErrorCause((cause) =>
+          Cause.isInterruptedOnly(cause)
+            ? Effect.void
+            : Effect.logError("health probe loop died", cause).pipe(Effect.annotateLogs({ probe: probe.key }))
+        )
+      )
+
+    /** Starts probes for new endpoints and stops those of endpoints (or checks) that went away. */
+    const reconcile = (next: ReadonlyArray<Service>) =>
+      Effect.gen(function*() {
+        yield* Ref.set(services, next)
+        const desired = desiredProbes(next)
+        const stale = [...entries.keys()].filter((key) => !desired.has(key))
+        // Interrupting waits for each probe to finish its cleanup (socket destroyed, call cancelled).
+        yield* Effect.forEach(stale, (key) => FiberMap.remove(fibers, key), { discard: true, concurrency: "unbounded" })
+        for (const key of stale) entries.delete(key)
+        const now = yield* Clock.currentTimeMillis
+        const started: Array<Probe> = []
+        for (const [key, probe] of desired) {
+          if (entries.has(key)) continue
+          entries.set(key, { service: probe.service.name, endpoint: endpointKey(probe.target), check: probe.check, state: initialState(now) })
+          started.push(probe)
+        }
+        yield* Effect.forEach(started, (probe) => FiberMap.run(fibers, probe.key, probeLoop(probe)), { discard: true })
+        yield* publish
+      })
+
+    yield* Effect.acquireRelease(
+      Effect.sync(() => layerUp.set({ layer: "health" }, 1)),
+      () => Effect.sync(() => layerUp.set({ layer: "health" }, 0))
+    )
+    // The first reconcile happens before the layer is ready, so `view` is complete from the start.
+    yield* reconcile(yield* discovery.services)
+    yield* discovery.changes.pipe(Stream.drop(1), Stream.runForEach(reconcile), Effect.forkScoped)
+
+    const serviceStatus = (service: Service, check: HealthCheck, current: HealthView): ServiceStatus => {
+      const decision = routing(service, current)
+      const byEndpoint = new Map<string, Entry>()
+      for (const [key, entry] of entries) if (entry.service === service.name && key === probeKey(service.name, entry.endpoint, check)) byEndpoint.set(entry.endpoint, entry)
+      return {
+        name: service.name,
+        failMode: service.failMode,
+        check: checkJson(check),
+        available: decision.available,
+        panic: decision.panic,
+        endpoints: service.endpoints.flatMap((endpoint) => {
+          const entry = byEndpoint.get(endpointKey(endpoint))
+          if (entry === undefined) return []
+          return [{
+            endpoint: entry.endpoint,
+            health: entry.state.health,
+            since: new Date(entry.state.since).toISOString(),
+            consecutiveSuccesses: entry.state.successes,
+            consecutiveFailures: entry.state.failures,
+            history: entry.state.history.map((r) => ({
+              at: new Date(r.at).toISOString(),
+              ok: r.ok,
+              latencyMs: Math.round(r.latencyMs * 1000) / 1000,
+              lagMs: Math.round(r.lagMs),
+              ...(r.error !== undefined ? { error: r.error } : {})
+            }))
+          }]
+        })
+      }
+    }
+
+    const status: Effect.Effect<HealthStatus> = Effect.gen(function*() {
+      const known = yield* Ref.get(services)
+      const current = yield* SubscriptionRef.get(view)
+      return {
+        checks: "on" as const,
+        maxConcurrentProbes: maxConcurrent,
+        probes: yield* FiberMap.size(fibers),
+        probesInFlight: inFlight,
+        grpcChannels: (yield* RcMap.keys(grpcPool)).length,
+        services: known.flatMap((service) =>
+          service.healthCheck === undefined ? [] : [serviceStatus(service, service.healthCheck, current)]
+        )
+      }
+    })
+
+    return Health.of({
+      view: SubscriptionRef.get(view),
+      changes: view.changes,
+      availability: Effect.zipWith(Ref.get(services), SubscriptionRef.get(view), availability),
+      status
+    })
+  })

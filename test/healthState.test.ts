@@ -65,7 +65,8 @@ const service = (failMode: "open" | "closed", ports: ReadonlyArray<number>): Ser
   endpoints: ports.map((p) => endpoint(p)),
   failMode,
   tags: [],
-  metadata: {}
+  metadata: {},
+  source: "config"
 })
 
 const view = (entries: Record<string, EndpointHealth>): HealthView => new Map([["echo", new Map(Object.entries(entries))]])

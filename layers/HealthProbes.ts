@@ -1,0 +1,160 @@
+import * as grpc from "@grpc/grpc-js"
+import { Data, Duration, Effect, RcMap, type Scope } from "effect"
+import * as Http from "node:http"
+import * as Https from "node:https"
+import * as Net from "node:net"
+import type { HealthCheck } from "../schemas/Config.js"
+import {
+  HEALTH_CHECK_PATH,
+  type HealthCheckRequest,
+  type HealthCheckResponse,
+  healthPackageDefinition
+} from "../src/health/GrpcHealthProto.js"
+
+/**
+ * The three probes (HTTP(S), TCP connect, grpc.health.v1 Check). Each is an interruptible effect
+ * that owns the socket or call it opens: interrupting it (timeout, endpoint removed, shutdown)
+ * destroys the socket or cancels the call, so nothing outlives the probe.
+ */
+
+/** A probe that did not succeed, with a reason a person can act on. */
+export class ProbeFailed extends Data.TaggedError("ProbeFailed")<{ readonly reason: string; readonly cause?: unknown }> {}
+
+export type HttpCheck = Extract<HealthCheck, { type: "http" }>
+export type GrpcCheck = Extract<HealthCheck, { type: "grpc" }>
+
+export interface ProbeTarget {
+  readonly address: string
+  readonly port: number
+}
+
+const describeSocketError = (error: unknown): string => {
+  const code = (error as { code?: string }).code
+  switch (code) {
+    case "ECONNREFUSED":
+      return "connection refused"
+    case "ECONNRESET":
+      return "connection reset"
+    case "EHOSTUNREACH":
+      return "host unreachable"
+    case "ENETUNREACH":
+      return "network unreachable"
+    case "ENOTFOUND":
+    case "EAI_AGAIN":
+      return "host name does not resolve"
+    default:
+      return error instanceof Error ? error.message : String(error)
+  }
+}
+
+const hostName = (host: string): string => host.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1")
+
+/** An HTTP(S) request on a fresh connection (`Connection: close`): no idle sockets per endpoint. */
+export const httpProbe = (target: ProbeTarget, check: HttpCheck, ca: string | undefined): Effect.Effect<void, ProbeFailed> =>
+  Effect.async<void, ProbeFailed>((resume) => {
+    const headers: Record<string, string> = { connection: "close", "user-agent": "mesh-controller-health/1" }
+    if (check.host !== undefined) headers.host = check.host
+    const serverName = check.host !== undefined ? hostName(check.host) : target.address
+    const options: Https.RequestOptions = {
+      host: target.address,
+      port: target.port,
+      method: check.method,
+      path: check.path,
+      headers,
+      agent: false
+    }
+    const request = check.https
+      ? Https.request({
+        ...options,
+        ...(ca !== undefined ? { ca } : {}),
+        ...(Net.isIP(serverName) === 0 ? { servername: serverName } : {}),
+        rejectUnauthorized: true
+      })
+      : Http.request(options)
+    request.once("response", (response) => {
+      const status = response.statusCode ?? 0
+      // Read the body to its end so the server's close, not ours, ends the connection.
+      response.resume()
+      response.once("end", () =>
+        resume(
+          check.expectedStatuses.includes(status)
+            ? Effect.void
+            : Effect.fail(new ProbeFailed({ reason: `status ${status}` }))
+        ))
+      response.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error }))))
+    })
+    request.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error }))))
+    request.end()
+    return Effect.sync(() => request.destroy())
+  })
+
+/** Succeeds once a TCP connection is established, then closes it. */
+export const tcpProbe = (target: ProbeTarget): Effect.Effect<void, ProbeFailed> =>
+  Effect.async<void, ProbeFailed>((resume) => {
+    const socket = Net.connect({ host: target.address, port: target.port })
+    socket.once("connect", () => {
+      socket.destroy()
+      resume(Effect.void)
+    })
+    socket.once("error", (error) => {
+      socket.destroy()
+      resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error })))
+    })
+    return Effect.sync(() => socket.destroy())
+  })
+
+const checkMethod = healthPackageDefinition["grpc.health.v1.Health"] as unknown as {
+  readonly Check: {
+    readonly requestSerialize: (value: HealthCheckRequest) => Buffer
+    readonly responseDeserialize: (bytes: Buffer) => HealthCheckResponse
+  }
+}
+
+/** One grpc.health.v1 Check call on a pooled channel; SERVING is the only success. */
+export const grpcProbe = (client: grpc.Client, check: GrpcCheck): Effect.Effect<void, ProbeFailed> =>
+  Effect.async<void, ProbeFailed>((resume) => {
+    const call = client.makeUnaryRequest<HealthCheckRequest, HealthCheckResponse>(
+      HEALTH_CHECK_PATH,
+      checkMethod.Check.requestSerialize,
+      checkMethod.Check.responseDeserialize,
+      { service: check.service },
+      new grpc.Metadata(),
+      {},
+      (error, response) => {
+        if (error) {
+          const code = grpc.status[error.code] ?? String(error.code)
+          resume(Effect.fail(new ProbeFailed({ reason: `${code}: ${error.details}`, cause: error })))
+        } else if (response?.status === "SERVING") {
+          resume(Effect.void)
+        } else {
+          resume(Effect.fail(new ProbeFailed({ reason: response?.status ?? "empty response" })))
+        }
+      }
+    )
+    return Effect.sync(() => call.cancel())
+  })
+
+export interface GrpcPoolOptions {
+  /**
+   * grpc-js backs off reconnects up to 120 s by default, and a channel in backoff fails calls at
+   * once: a recovered target would look down for minutes. Capping the backoff near the probe
+   * interval keeps recovery detection within a probe or two.
+   */
+  readonly maxReconnectBackoff: Duration.Duration
+}
+
+/** Channels to gRPC targets, one per `address:port`, closed when the last probe using it stops. */
+export const makeGrpcPool = (options: GrpcPoolOptions): Effect.Effect<RcMap.RcMap<string, grpc.Client>, never, Scope.Scope> =>
+  RcMap.make({
+    lookup: (target: string) =>
+      Effect.acquireRelease(
+        Effect.sync(() =>
+          new grpc.Client(target, grpc.credentials.createInsecure(), {
+            "grpc.initial_reconnect_backoff_ms": Math.min(1000, Duration.toMillis(options.maxReconnectBackoff)),
+            "grpc.max_reconnect_backoff_ms": Duration.toMillis(options.maxReconnectBackoff),
+            "grpc.enable_retries": 0
+          })
+        ),
+        (client) => Effect.sync(() => client.close())
+      )
+  })
