@@ -38,6 +38,12 @@ export interface MeshState {
   /** Sorted by name, so equal states build byte-identical resources. */
   readonly services: ReadonlyArray<Service>
   readonly policies: Policies
+  /**
+   * SDS secrets (workload certificates, trust bundles) to serve as Envoy `Secret` resources, keyed
+   * by resource name. Absent: none. The Certificates layer fills this; the snapshot builder encodes
+   * each as `envoy.extensions.transport_sockets.tls.v3.Secret` (the object must omit `name`).
+   */
+  readonly secrets?: ReadonlyMap<string, Readonly<Record<string, unknown>>>
 }
 
 /** `address:port`, the key an endpoint is known by across layers (health, discovery). */

@@ -9,6 +9,8 @@
  * Field names are the proto names (snake_case, `keepCase`), as in Envoy's docs and YAML configs.
  * One exception comes from protobufjs itself: its built-in `google/protobuf/struct.proto` names
  * `Value`'s fields in camelCase (`stringValue`, `numberValue`), and `check` enforces that too.
+ * Wrapper types (`google.protobuf.UInt32Value` and friends) are objects here: `{ value: 3 }`, not
+ * the bare `3` of Envoy's JSON/YAML form.
  * Inside an `Any`, the JSON form `{ "@type": "type.googleapis.com/<full name>", ...fields }` is
  * accepted and checked against the named type.
  */

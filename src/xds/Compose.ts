@@ -1,0 +1,19 @@
+import type { MeshConfig } from "../../schemas/Config.js"
+import { type HealthView, withHealth } from "../health/Routing.js"
+import type { MeshState, Service } from "../MeshState.js"
+
+/**
+ * The one value the snapshot is built from: the config's mesh and policies, Discovery's services
+ * with each endpoint's health from the Health view, and the Certificates layer's SDS secrets.
+ */
+export const composeMeshState = (
+  config: MeshConfig,
+  services: ReadonlyArray<Service>,
+  health: HealthView,
+  secrets?: MeshState["secrets"]
+): MeshState => ({
+  mesh: config.mesh,
+  policies: config.policies,
+  services: [...withHealth(services, health)].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+  ...(secrets !== undefined && secrets.size > 0 ? { secrets } : {})
+})

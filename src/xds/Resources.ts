@@ -1,0 +1,276 @@
+/**
+ * Plain-object builders for the xDS resources of one service. Field names are Envoy's proto names;
+ * `Protos.check` validates every object before it is encoded, so a typo here fails a test rather
+ * than vanishing on the wire.
+ *
+ * Resource names:
+ * - proxyless gRPC (`xds:///<service>`): Listener, RouteConfiguration, Cluster and
+ *   ClusterLoadAssignment are all named `<service>`.
+ * - Envoy sidecars: `inbound|<service>` (listener and local cluster), `outbound|http` (one listener
+ *   and route configuration for every HTTP/gRPC service), `outbound|<service>` (the cluster, and
+ *   for TCP services a listener), each outbound cluster reading the `<service>` assignment over EDS.
+ */
+import * as NodeNet from "node:net"
+import type { Route, TrafficPolicy } from "../../schemas/Config.js"
+import { routing } from "../health/Routing.js"
+import type { Endpoint, Service } from "../MeshState.js"
+import { durationProto, typeUrl, Types } from "./Protos.js"
+
+/** Ports an Envoy sidecar binds (the bootstrap and README document them). */
+export const SidecarPorts = {
+  /** Callers' plaintext HTTP/gRPC traffic to any mesh service, routed by Host/:authority. */
+  outbound: 15001,
+  /** Traffic to the local service from the mesh, forwarded to 127.0.0.1:<service port>. */
+  inbound: 15006
+} as const
+
+export const OUTBOUND_HTTP = "outbound|http"
+export const inboundName = (service: string) => `inbound|${service}`
+export const outboundName = (service: string) => `outbound|${service}`
+
+export type PlainObject = Record<string, unknown>
+
+const ads = { ads: {}, resource_api_version: "V3" }
+const CONNECT_TIMEOUT = durationProto("5 seconds")
+
+/** A fault in the input for one service: the service's name and why. */
+export class ServiceInvalid {
+  readonly _tag = "ServiceInvalid"
+  constructor(readonly service: string, readonly message: string) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clusters and endpoints
+// ---------------------------------------------------------------------------------------------
+
+const localityOf = (endpoint: Endpoint): PlainObject => {
+  const locality: PlainObject = {}
+  const region = endpoint.labels["region"]
+  const zone = endpoint.labels["zone"]
+  if (region !== undefined) locality["region"] = region
+  if (zone !== undefined) locality["zone"] = zone
+  return locality
+}
+
+const healthStatus = (endpoint: Endpoint) =>
+  endpoint.health === "healthy" ? "HEALTHY" : endpoint.health === "unhealthy" ? "UNHEALTHY" : "UNKNOWN"
+
+/**
+ * The service's ClusterLoadAssignment: routable endpoints only (see `routing`: unhealthy ones are
+ * left out, unless all are and the service fails open), grouped by their region/zone labels.
+ * Every locality carries a weight, since gRPC silently drops a locality without one.
+ */
+export const loadAssignment = (service: Service, name: string = service.name): PlainObject => {
+  const routed = routing(service, new Map()).endpoints
+  for (const endpoint of routed) {
+    if (NodeNet.isIP(endpoint.address) === 0) {
+      throw new ServiceInvalid(service.name, `endpoint address "${endpoint.address}" is not an IP address (host names must be resolved before the snapshot)`)
+    }
+  }
+  const localities = new Map<string, { locality: PlainObject; endpoints: Array<Endpoint> }>()
+  for (const endpoint of routed) {
+    const locality = localityOf(endpoint)
+    const key = JSON.stringify(locality)
+    const group = localities.get(key) ?? { locality, endpoints: [] }
+    group.endpoints.push(endpoint)
+    localities.set(key, group)
+  }
+  return {
+    cluster_name: name,
+    endpoints: [...localities.values()].map((group) => ({
+      locality: group.locality,
+      load_balancing_weight: { value: group.endpoints.reduce((sum, e) => sum + e.weight, 0) },
+      lb_endpoints: group.endpoints.map((endpoint) => ({
+        endpoint: { address: { socket_address: { address: endpoint.address, port_value: endpoint.port } } },
+        health_status: healthStatus(endpoint),
+        load_balancing_weight: { value: endpoint.weight }
+      }))
+    }))
+  }
+}
+
+/** An EDS cluster reading `<service>` over ADS, round-robin. */
+export const edsCluster = (name: string, service: Service, forEnvoy: boolean): PlainObject => ({
+  name,
+  type: "EDS",
+  eds_cluster_config: { eds_config: ads, service_name: service.name },
+  lb_policy: "ROUND_ROBIN",
+  connect_timeout: CONNECT_TIMEOUT,
+  ...(forEnvoy && service.protocol === "grpc" ? http2Options : {})
+})
+
+const http2Options = {
+  typed_extension_protocol_options: {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+      "@type": typeUrl(Types.HttpProtocolOptions),
+      explicit_http_config: { http2_protocol_options: {} }
+    }
+  }
+}
+
+/** The sidecar's cluster for its own service: the application on 127.0.0.1. */
+export const inboundCluster = (service: Service): PlainObject => ({
+  name: inboundName(service.name),
+  type: "STATIC",
+  connect_timeout: CONNECT_TIMEOUT,
+  load_assignment: {
+    cluster_name: inboundName(service.name),
+    endpoints: [{
+      locality: {},
+      lb_endpoints: [{ endpoint: { address: { socket_address: { address: "127.0.0.1", port_value: service.port } } } }]
+    }]
+  },
+  ...(service.protocol === "grpc" ? http2Options : {})
+})
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------------------
+
+const retryPolicy = (route: Route): PlainObject | undefined => {
+  if (route.retries === undefined) return undefined
+  return {
+    retry_on: route.retries.on.join(","),
+    // `attempts` counts the first try; Envoy and gRPC count retries after it.
+    num_retries: { value: route.retries.attempts - 1 },
+    ...(route.retries.perTryTimeout ? { per_try_timeout: durationProto(route.retries.perTryTimeout) } : {})
+  }
+}
+
+/** One RouteAction for a policy route; `clusterOf` names the cluster a destination service is in. */
+const routeAction = (
+  route: Route,
+  clusterOf: (service: string) => string,
+  known: (service: string) => boolean,
+  owner: string
+): PlainObject => {
+  for (const destination of route.destinations) {
+    if (!known(destination.service)) throw new ServiceInvalid(owner, `route to unknown service "${destination.service}"`)
+  }
+  const [first, ...rest] = route.destinations
+  if (first === undefined) throw new ServiceInvalid(owner, "a route without destinations")
+  const target: PlainObject = rest.length === 0
+    ? { cluster: clusterOf(first.service) }
+    : {
+      weighted_clusters: {
+        clusters: route.destinations.map((d) => ({ name: clusterOf(d.service), weight: { value: d.weight } }))
+      }
+    }
+  const retry = retryPolicy(route)
+  return {
+    ...target,
+    ...(route.timeout
+      ? {
+        // Envoy reads `timeout`; gRPC clients read `max_stream_duration`.
+        timeout: durationProto(route.timeout),
+        max_stream_duration: { max_stream_duration: durationProto(route.timeout) }
+      }
+      : {}),
+    ...(retry ? { retry_policy: retry } : {})
+  }
+}
+
+/** The routes for callers of `service`: its traffic policy's, or one route to itself. */
+export const routesFor = (
+  service: Service,
+  policy: TrafficPolicy | undefined,
+  clusterOf: (service: string) => string,
+  known: (service: string) => boolean
+): ReadonlyArray<PlainObject> => {
+  const routes: ReadonlyArray<Route> = policy?.routes ?? [{ destinations: [{ service: service.name, weight: 1 }] }]
+  return routes.map((route, i) => ({
+    name: `${service.name}-${i}`,
+    match: { prefix: "" },
+    route: routeAction(route, clusterOf, known, service.name)
+  }))
+}
+
+/** The domains a caller may use for `service`: its name, with or without the port. */
+const domainsOf = (service: Service): ReadonlyArray<string> => [service.name, `${service.name}:${service.port}`]
+
+export const virtualHost = (service: Service, routes: ReadonlyArray<PlainObject>): PlainObject => ({
+  name: service.name,
+  domains: domainsOf(service),
+  routes
+})
+
+export const routeConfiguration = (name: string, virtualHosts: ReadonlyArray<PlainObject>): PlainObject => ({
+  name,
+  virtual_hosts: virtualHosts
+})
+
+// ---------------------------------------------------------------------------------------------
+// Listeners
+// ---------------------------------------------------------------------------------------------
+
+const routerFilter = { name: "envoy.filters.http.router", typed_config: { "@type": typeUrl(Types.Router) } }
+
+/** The proxyless gRPC listener: an api_listener whose HttpConnectionManager reads RDS `<service>`. */
+export const apiListener = (service: Service): PlainObject => ({
+  name: service.name,
+  api_listener: {
+    api_listener: {
+      "@type": typeUrl(Types.HttpConnectionManager),
+      stat_prefix: service.name,
+      rds: { route_config_name: service.name, config_source: ads },
+      http_filters: [routerFilter]
+    }
+  }
+})
+
+const socketAddress = (address: string, port: number) => ({ socket_address: { address, port_value: port } })
+
+/** The sidecar's outbound listener for HTTP and gRPC: every destination by Host/:authority. */
+export const outboundHttpListener = (): PlainObject => ({
+  name: OUTBOUND_HTTP,
+  address: socketAddress("127.0.0.1", SidecarPorts.outbound),
+  filter_chains: [{
+    filters: [{
+      name: "envoy.filters.network.http_connection_manager",
+      typed_config: {
+        "@type": typeUrl(Types.HttpConnectionManager),
+        stat_prefix: OUTBOUND_HTTP,
+        codec_type: "AUTO",
+        rds: { route_config_name: OUTBOUND_HTTP, config_source: ads },
+        http_filters: [routerFilter]
+      }
+    }]
+  }]
+})
+
+/** A TCP service gets its own outbound listener on 127.0.0.1:<service port>. */
+export const outboundTcpListener = (service: Service): PlainObject => ({
+  name: outboundName(service.name),
+  address: socketAddress("127.0.0.1", service.port),
+  filter_chains: [{ filters: [tcpProxy(outboundName(service.name), outboundName(service.name))] }]
+})
+
+const tcpProxy = (statPrefix: string, cluster: string) => ({
+  name: "envoy.filters.network.tcp_proxy",
+  typed_config: { "@type": typeUrl(Types.TcpProxy), stat_prefix: statPrefix, cluster }
+})
+
+/** The sidecar's inbound listener: the mesh's traffic to the local service. */
+export const inboundListener = (service: Service): PlainObject => {
+  const cluster = inboundName(service.name)
+  const filter = service.protocol === "tcp"
+    ? tcpProxy(cluster, cluster)
+    : {
+      name: "envoy.filters.network.http_connection_manager",
+      typed_config: {
+        "@type": typeUrl(Types.HttpConnectionManager),
+        stat_prefix: cluster,
+        codec_type: "AUTO",
+        route_config: {
+          name: cluster,
+          virtual_hosts: [{ name: service.name, domains: ["*"], routes: [{ match: { prefix: "" }, route: { cluster } }] }]
+        },
+        http_filters: [routerFilter]
+      }
+    }
+  return {
+    name: cluster,
+    address: socketAddress("0.0.0.0", SidecarPorts.inbound),
+    filter_chains: [{ filters: [filter] }]
+  }
+}

@@ -1,0 +1,226 @@
+/**
+ * The pure snapshot builder: MeshState → versioned, encoded xDS resources. Each resource is
+ * encoded once here (an encoded `google.protobuf.Any`) and its version is a hash of those bytes;
+ * the server writes the same bytes to every stream.
+ *
+ * One service's bad input (a route to a service that does not exist, a host name where an IP
+ * address belongs, a resource Envoy's protos reject) is reported with the service's name; that
+ * service keeps the resources of the previous snapshot, if it had any, and the others are built
+ * as usual.
+ */
+import { createHash } from "node:crypto"
+import protobuf from "protobufjs"
+import { routing } from "../health/Routing.js"
+import type { MeshState, Service } from "../MeshState.js"
+import { check, encode, typeUrl, Types, TypeUrls } from "./Protos.js"
+import {
+  apiListener,
+  edsCluster,
+  inboundCluster,
+  inboundListener,
+  inboundName,
+  loadAssignment,
+  OUTBOUND_HTTP,
+  outboundHttpListener,
+  outboundName,
+  outboundTcpListener,
+  type PlainObject,
+  routeConfiguration,
+  routesFor,
+  ServiceInvalid,
+  virtualHost
+} from "./Resources.js"
+
+/** One encoded resource. */
+export interface XdsResource {
+  readonly name: string
+  readonly typeUrl: string
+  /** A hash of the encoded resource: equal bytes, equal version. */
+  readonly version: string
+  /** The encoded `google.protobuf.Any` (type_url + value), ready to be embedded in a response. */
+  readonly any: Uint8Array
+}
+
+/** Everything built from one service, kept so an unchanged service is not rebuilt. */
+export interface ServiceGroup {
+  readonly service: string
+  /** The inputs the group was built from; equal keys, equal resources. */
+  readonly key: string
+  readonly resources: ReadonlyArray<XdsResource>
+  /** The service's virtual host in the sidecars' shared outbound route configuration. */
+  readonly outboundVirtualHost: PlainObject | undefined
+  readonly tcp: boolean
+}
+
+export interface SnapshotError {
+  readonly service: string
+  readonly message: string
+  /** The service is still served with the resources of an earlier snapshot. */
+  readonly servingPrevious: boolean
+}
+
+export interface XdsSnapshot {
+  /** A hash over every resource's name and version. */
+  readonly version: string
+  /** type URL → resource name → resource. */
+  readonly resources: ReadonlyMap<string, ReadonlyMap<string, XdsResource>>
+  readonly groups: ReadonlyMap<string, ServiceGroup>
+  readonly errors: ReadonlyArray<SnapshotError>
+  /** service → can take traffic (at least one endpoint healthy or unknown); for grpc.health.v1. */
+  readonly availability: ReadonlyMap<string, boolean>
+}
+
+export const emptySnapshot: XdsSnapshot = {
+  version: "",
+  resources: new Map(),
+  groups: new Map(),
+  errors: [],
+  availability: new Map()
+}
+
+const hash = (data: Uint8Array | string): string => createHash("sha256").update(data).digest("base64url").slice(0, 16)
+
+/** Hash of a set of resources: what a SotW `version_info` names. */
+export const versionOf = (resources: Iterable<XdsResource>): string => {
+  const h = createHash("sha256")
+  for (const resource of resources) h.update(resource.name).update("\0").update(resource.version).update("\n")
+  return h.digest("base64url").slice(0, 16)
+}
+
+/** Wraps encoded bytes into an encoded `google.protobuf.Any`. */
+const encodeAnyBytes = (url: string, value: Uint8Array): Uint8Array =>
+  protobuf.Writer.create().uint32(10).string(url).uint32(18).bytes(value).finish()
+
+/** Strictly checks and encodes one resource; a problem becomes the owning service's error. */
+export const resource = (owner: string, typeName: string, name: string, object: PlainObject): XdsResource => {
+  const encoded = encode(typeName, object)
+  if (encoded._tag === "Left") {
+    throw new ServiceInvalid(owner, `${typeName.slice(typeName.lastIndexOf(".") + 1)} "${name}": ${encoded.left.issues.join("; ")}`)
+  }
+  const url = typeUrl(typeName)
+  return { name, typeUrl: url, version: hash(encoded.right), any: encodeAnyBytes(url, encoded.right) }
+}
+
+const buildGroup = (
+  service: Service,
+  key: string,
+  state: MeshState,
+  known: (name: string) => boolean
+): ServiceGroup => {
+  const policy = state.policies.traffic.find((p) => p.service === service.name)
+  const name = service.name
+  const resources: Array<XdsResource> = [
+    resource(name, Types.Listener, name, apiListener(service)),
+    resource(
+      name,
+      Types.RouteConfiguration,
+      name,
+      routeConfiguration(name, [virtualHost(service, routesFor(service, policy, (s) => s, known))])
+    ),
+    resource(name, Types.Cluster, name, edsCluster(name, service, false)),
+    resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service)),
+    resource(name, Types.Cluster, outboundName(name), edsCluster(outboundName(name), service, true)),
+    resource(name, Types.Listener, inboundName(name), inboundListener(service)),
+    resource(name, Types.Cluster, inboundName(name), inboundCluster(service))
+  ]
+  const tcp = service.protocol === "tcp"
+  if (tcp) resources.push(resource(name, Types.Listener, outboundName(name), outboundTcpListener(service)))
+  const outboundVirtualHost = tcp ? undefined : virtualHost(service, routesFor(service, policy, outboundName, known))
+  if (outboundVirtualHost !== undefined) {
+    const issues = check("envoy.config.route.v3.VirtualHost", outboundVirtualHost)
+    if (issues.length > 0) throw new ServiceInvalid(name, `outbound virtual host: ${issues.join("; ")}`)
+  }
+  return { service: name, key, resources, outboundVirtualHost, tcp }
+}
+
+/** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
+const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>): string => {
+  const policy = state.policies.traffic.find((p) => p.service === service.name)
+  const destinations = policy?.routes.flatMap((r) => r.destinations.map((d) => `${d.service}:${known.has(d.service)}`))
+  return JSON.stringify([service, policy ?? null, destinations ?? null])
+}
+
+/** Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change. */
+export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySnapshot): XdsSnapshot => {
+  const known = new Set(state.services.map((s) => s.name))
+  const groups = new Map<string, ServiceGroup>()
+  const errors: Array<SnapshotError> = []
+  for (const service of state.services) {
+    const key = groupKey(service, state, known)
+    const before = previous.groups.get(service.name)
+    if (before !== undefined && before.key === key) {
+      groups.set(service.name, before)
+      continue
+    }
+    try {
+      groups.set(service.name, buildGroup(service, key, state, (name) => known.has(name)))
+    } catch (error) {
+      if (!(error instanceof ServiceInvalid)) throw error
+      errors.push({ service: error.service, message: error.message, servingPrevious: before !== undefined })
+      if (before !== undefined) groups.set(service.name, before)
+    }
+  }
+  const byType = new Map<string, Map<string, XdsResource>>(
+    Object.values(TypeUrls).map((url) => [url, new Map<string, XdsResource>()])
+  )
+  const add = (r: XdsResource) => byType.get(r.typeUrl)!.set(r.name, r)
+  for (const group of groups.values()) group.resources.forEach(add)
+
+  const virtualHosts = [...groups.values()].flatMap((g) => (g.outboundVirtualHost ? [g.outboundVirtualHost] : []))
+  add(resource("(mesh)", Types.Listener, OUTBOUND_HTTP, outboundHttpListener()))
+  add(resource("(mesh)", Types.RouteConfiguration, OUTBOUND_HTTP, routeConfiguration(OUTBOUND_HTTP, virtualHosts)))
+
+  for (const [name, secret] of state.secrets ?? []) {
+    try {
+      add(resource("(secrets)", Types.Secret, name, { ...secret, name }))
+    } catch (error) {
+      if (!(error instanceof ServiceInvalid)) throw error
+      errors.push({ service: `secret ${name}`, message: error.message, servingPrevious: false })
+    }
+  }
+
+  const all: Array<XdsResource> = []
+  for (const [, resources] of [...byType].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    all.push(...[...resources.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)))
+  }
+  return {
+    version: versionOf(all),
+    resources: byType,
+    groups,
+    errors,
+    availability: new Map(state.services.map((s) => [s.name, routing(s, new Map()).available]))
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who gets what
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Node id convention for Envoy sidecars: `<service>~<instance>` (e.g. `echo~host-a-1`). The part
+ * before the first `~` names the service the sidecar fronts; it gets that service's inbound
+ * listener and cluster. Any other Envoy (say, a gateway) gets the outbound view only.
+ */
+export const sidecarService = (nodeId: string): string | undefined => {
+  const i = nodeId.indexOf("~")
+  return i > 0 ? nodeId.slice(0, i) : undefined
+}
+
+/**
+ * The names a wildcard subscription (Envoy's LDS and CDS) receives. Proxyless gRPC clients never
+ * subscribe by wildcard: they name `<service>` resources.
+ */
+export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> => {
+  const own = sidecarService(nodeId)
+  const names = [...(snapshot.resources.get(url)?.keys() ?? [])]
+  if (url === TypeUrls.Listener) {
+    return names.filter((n) =>
+      n === OUTBOUND_HTTP || (n.startsWith("outbound|") && n !== outboundName(own ?? "")) ||
+      (own !== undefined && n === inboundName(own))
+    )
+  }
+  if (url === TypeUrls.Cluster) {
+    return names.filter((n) => n.startsWith("outbound|") || (own !== undefined && n === inboundName(own)))
+  }
+  return []
+}
