@@ -1,10 +1,25 @@
-import { Context, Effect, Layer, Stream, SubscriptionRef } from "effect"
-import { fromConfig, type Service } from "../src/MeshState.js"
+import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import * as NodeDns from "node:dns"
+import type { ConsulSettings } from "../schemas/Config.js"
+import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
+import { decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
+import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
+import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
+import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
 import { Config } from "./Config.js"
+import { ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import { counter, gauge } from "./Metrics.js"
+
+export type { ApiRegistration } from "../src/discovery/Merge.js"
 
 /**
  * The one place that knows the mesh's services and their endpoints. Everything downstream (health
  * checks, the snapshot) reads services from here, never from the config directly.
+ *
+ * Sources, merged with the precedence **config file > registration API > Consul** (see
+ * `mergeRegistry` in src/discovery/Merge.ts): a service's attributes come from the highest source
+ * that defines it, its endpoints are the union of all sources (a duplicate `address:port` takes the
+ * higher source's entry). Host-name addresses are resolved before they reach `changes`.
  */
 export class Discovery extends Context.Tag("mesh-controller/Discovery")<
   Discovery,
@@ -13,28 +28,24 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     /** The current services first, then every change. */
     readonly changes: Stream.Stream<ReadonlyArray<Service>>
     readonly status: Effect.Effect<unknown>
+    /** Adds (or replaces) an endpoint registered at run time; kept across config reloads. */
+    readonly register: (registration: ApiRegistration) => Effect.Effect<void>
+    /** Removes a runtime registration; false when there was none. Config and Consul entries are untouched. */
+    readonly deregister: (service: string, address: string, port: number) => Effect.Effect<boolean>
+    readonly registrations: Effect.Effect<ReadonlyArray<ApiRegistration>>
   }
 >() {
-  /** The embedded registry: services and endpoints from the config file. */
+  /**
+   * Services from the config file and the registration API, plus Consul when the config has a
+   * `discovery.consul` section (read at start; a change to that section needs a restart).
+   */
+  static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, Config> =>
+    Layer.scoped(Discovery, make({ ...options, consul: true }))
+
+  /** The embedded registry only (config file + registration API), whatever the config says about Consul. */
   static readonly layerEmbedded: Layer.Layer<Discovery, never, Config> = Layer.scoped(
     Discovery,
-    Effect.gen(function*() {
-      const config = yield* Config
-      const initial = fromConfig((yield* config.get).config).services
-      const ref = yield* SubscriptionRef.make(initial)
-      yield* config.changes.pipe(
-        Stream.runForEach((loaded) => SubscriptionRef.set(ref, fromConfig(loaded.config).services)),
-        Effect.forkScoped
-      )
-      return Discovery.of({
-        services: SubscriptionRef.get(ref),
-        changes: ref.changes,
-        status: Effect.map(SubscriptionRef.get(ref), (services) => ({
-          source: "embedded",
-          services: services.map((s) => ({ name: s.name, source: s.source, endpoints: s.endpoints.length }))
-        }))
-      })
-    })
+    Effect.suspend(() => make({ consul: false }))
   )
 
   /** A fixed registry for tests; `SubscriptionRef.set` on the returned ref changes it. */
@@ -44,7 +55,384 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
       Discovery.of({
         services: SubscriptionRef.get(ref),
         changes: ref.changes,
-        status: Effect.succeed({ source: "memory" })
+        status: Effect.succeed({ source: "memory" }),
+        register: (registration) => SubscriptionRef.update(ref, (services) => mergeRegistry(services, [registration], new Map())),
+        deregister: (service, address, port) =>
+          SubscriptionRef.modify(ref, (services) => {
+            const key = endpointKey({ address, port })
+            let found = false
+            const next = services.map((s) =>
+              s.name !== service ? s : {
+                ...s,
+                endpoints: s.endpoints.filter((e) => {
+                  const match = e.source === "api" && endpointKey(e) === key
+                  found ||= match
+                  return !match
+                })
+              }
+            )
+            return [found, next] as const
+          }),
+        registrations: Effect.map(SubscriptionRef.get(ref), (services) =>
+          services.flatMap((s) =>
+            s.endpoints.filter((e) => e.source === "api").map((e) => ({ service: s.name, address: e.address, port: e.port, weight: e.weight, labels: e.labels }))
+          ))
       })
     )
+}
+
+export interface DiscoveryOptions {
+  /** Backoff of failed Consul calls (default 200ms doubling, capped at 10s, jittered). */
+  readonly retry?: RetryOptions
+  /** Consul's rate-limit rule: a watch issues queries at most this often (default 50ms). */
+  readonly minQueryInterval?: Duration.DurationInput
+  /** Deadline of one DNS resolution (default 5s). */
+  readonly dnsTimeout?: Duration.DurationInput
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+const watchUpdates = counter(
+  "mesh_controller_discovery_watch_updates_total",
+  "Blocking-query answers from Consul that carried a new index, by watch (catalog, service).",
+  ["watch"]
+)
+const syncLag = gauge(
+  "mesh_controller_discovery_consul_sync_lag_seconds",
+  "Seconds since Consul last answered, while a watch is failing (0 while every watch is answered)."
+)
+const servicesBySource = gauge("mesh_controller_discovery_services", "Services known, by the source that defines them.", ["source"])
+const dnsFailures = counter("mesh_controller_discovery_dns_failures_total", "Failed resolutions of endpoint host names.", ["resolver"])
+
+// ---------------------------------------------------------------------------------------------
+// DNS
+// ---------------------------------------------------------------------------------------------
+
+interface DnsEntry {
+  readonly addresses: ReadonlyArray<string>
+  readonly resolvedAt: Date | null
+  readonly error: string | null
+}
+
+/** `*.consul` through Consul's DNS interface; everything else through the system resolver (getaddrinfo, /etc/hosts). */
+const resolveHost = (host: string, consulServer: string, timeout: Duration.DurationInput) =>
+  Effect.tryPromise({
+    try: async (): Promise<ReadonlyArray<string>> => {
+      if (isConsulName(host)) {
+        const resolver = new NodeDns.promises.Resolver({ timeout: 1000, tries: 2 })
+        resolver.setServers([consulServer])
+        return (await resolver.resolve4(host)).sort()
+      }
+      const found = await NodeDns.promises.lookup(host, { all: true })
+      return [...new Set(found.map((a) => a.address))].sort()
+    },
+    catch: (cause) => (cause as { code?: string }).code ?? String(cause)
+  }).pipe(
+    Effect.timeoutFail({ duration: timeout, onTimeout: () => "timed out" }),
+    Effect.tapError(() => Effect.sync(() => dnsFailures.inc({ resolver: isConsulName(host) ? "consul" : "system" })))
+  )
+
+// ---------------------------------------------------------------------------------------------
+// The registry
+// ---------------------------------------------------------------------------------------------
+
+interface ConsulState {
+  readonly connected: boolean
+  readonly lastSuccessAt: Date | null
+  readonly lastError: string | null
+  readonly lastErrorAt: Date | null
+  /** Every watched service has been answered at least once since start. */
+  readonly synced: boolean
+}
+
+const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) => a === b || JSON.stringify(a) === JSON.stringify(b)
+
+const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
+  Effect.gen(function*() {
+    const config = yield* Config
+    const initial = yield* config.get
+    const consulSettings = options.consul ? initial.config.discovery.consul : undefined
+    const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)
+
+    const configServices = yield* Ref.make(fromConfig(initial.config).services)
+    const dnsSettings = yield* Ref.make(initial.config.discovery.dns)
+    const api = yield* Ref.make<ReadonlyArray<ApiRegistration>>([])
+    const consulView = yield* Ref.make<ReadonlyMap<string, ConsulService>>(new Map())
+    const dns = yield* Ref.make<ReadonlyMap<string, DnsEntry>>(new Map())
+    const output = yield* SubscriptionRef.make<ReadonlyArray<Service>>([])
+    const restartRequired = yield* Ref.make(false)
+
+    const resolveInto = (hosts: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
+        const { consulServer } = yield* Ref.get(dnsSettings)
+        yield* Effect.forEach(hosts, (host) =>
+          Effect.either(resolveHost(host, consulServer, dnsTimeout)).pipe(
+            Effect.flatMap((result) =>
+              Ref.update(dns, (entries) => {
+                const before = entries.get(host)
+                const entry: DnsEntry = Either.match(result, {
+                  // A failed refresh keeps the addresses last resolved: a DNS hiccup never empties a service.
+                  onLeft: (error) => ({ addresses: before?.addresses ?? [], resolvedAt: before?.resolvedAt ?? null, error }),
+                  onRight: (addresses) => ({ addresses, resolvedAt: new Date(), error: null })
+                })
+                return new Map(entries).set(host, entry)
+              })
+            )
+          ), { concurrency: 16, discard: true })
+      })
+
+    // One publisher at a time, so two sources changing together cannot publish out of order.
+    const lock = yield* Effect.makeSemaphore(1)
+    const publish = lock.withPermits(1)(
+      Effect.gen(function*() {
+        const merged = mergeRegistry(yield* Ref.get(configServices), yield* Ref.get(api), yield* Ref.get(consulView))
+        const hosts = hostNamesOf(merged)
+        const known = yield* Ref.get(dns)
+        const fresh = hosts.filter((host) => !known.has(host))
+        if (fresh.length > 0) yield* resolveInto(fresh)
+        // Forget names no source uses any more.
+        yield* Ref.update(dns, (entries) => new Map([...entries].filter(([host]) => hosts.includes(host))))
+        const entries = yield* Ref.get(dns)
+        const resolved = expandHostNames(merged, (host) => entries.get(host)?.addresses ?? [])
+        const before = yield* SubscriptionRef.get(output)
+        if (!sameServices(before, resolved)) yield* SubscriptionRef.set(output, resolved)
+        for (const source of ["config", "api", "consul"] as const) {
+          servicesBySource.set({ source }, resolved.filter((s) => s.source === source).length)
+        }
+      })
+    )
+    yield* publish
+
+    yield* config.changes.pipe(
+      Stream.drop(1),
+      Stream.runForEach((loaded) =>
+        Effect.gen(function*() {
+          yield* Ref.set(configServices, fromConfig(loaded.config).services)
+          yield* Ref.set(dnsSettings, loaded.config.discovery.dns)
+          if (options.consul && JSON.stringify(loaded.config.discovery.consul) !== JSON.stringify(consulSettings)) {
+            yield* Ref.set(restartRequired, true)
+            yield* Effect.logWarning("discovery.consul changed in the config; it takes effect at the next restart")
+          }
+          yield* publish
+        })
+      ),
+      Effect.forkScoped
+    )
+
+    // DNS refresh: names are resolved again every `discovery.dns.refreshInterval` (read each round,
+    // so a reload changes it).
+    yield* Effect.gen(function*() {
+      const { refreshInterval } = yield* Ref.get(dnsSettings)
+      yield* Effect.sleep(refreshInterval)
+      const hosts = [...(yield* Ref.get(dns)).keys()]
+      if (hosts.length > 0) {
+        yield* resolveInto(hosts)
+        yield* publish
+      }
+    }).pipe(Effect.forever, Effect.forkScoped)
+
+    const consul = consulSettings
+      ? yield* startConsulWatch(consulSettings, options, consulView, publish)
+      : undefined
+
+    const register = (registration: ApiRegistration) =>
+      Ref.update(api, (all) => [
+        ...all.filter((r) => !(r.service === registration.service && endpointKey(r) === endpointKey(registration))),
+        registration
+      ]).pipe(Effect.zipRight(publish))
+
+    const deregister = (service: string, address: string, port: number) =>
+      Ref.modify(api, (all) => {
+        const key = endpointKey({ address, port })
+        const rest = all.filter((r) => !(r.service === service && endpointKey(r) === key))
+        return [rest.length !== all.length, rest] as const
+      }).pipe(Effect.tap((removed) => (removed ? publish : Effect.void)))
+
+    const status = Effect.gen(function*() {
+      const services = yield* SubscriptionRef.get(output)
+      const entries = yield* Ref.get(dns)
+      const count = (s: Service, source: RegistrySource) => s.endpoints.filter((e) => e.source === source).length
+      return {
+        source: consul ? "config+api+consul" : "config+api",
+        precedence: ["config", "api", "consul"],
+        services: services.map((s) => ({
+          name: s.name,
+          source: s.source,
+          endpoints: s.endpoints.length,
+          endpointsBySource: { config: count(s, "config"), api: count(s, "api"), consul: count(s, "consul") }
+        })),
+        apiRegistrations: (yield* Ref.get(api)).length,
+        consul: consul ? { ...(yield* consul.status), restartRequired: yield* Ref.get(restartRequired) } : null,
+        dns: {
+          refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
+          names: [...entries].map(([host, entry]) => ({
+            host,
+            addresses: entry.addresses,
+            resolvedAt: entry.resolvedAt?.toISOString() ?? null,
+            error: entry.error
+          }))
+        }
+      }
+    })
+
+    return Discovery.of({
+      services: SubscriptionRef.get(output),
+      changes: output.changes,
+      status,
+      register,
+      deregister,
+      registrations: Ref.get(api)
+    })
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Consul watches
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Watches the catalog's service list, and each listed service's instances and checks, with blocking
+ * queries. An unreachable Consul is retried for ever; the view (and so the mesh) keeps the last
+ * answer Consul gave, until Consul gives another.
+ */
+const startConsulWatch = (
+  settings: ConsulSettings,
+  options: DiscoveryOptions,
+  view: Ref.Ref<ReadonlyMap<string, ConsulService>>,
+  publish: Effect.Effect<void>
+): Effect.Effect<{ readonly status: Effect.Effect<Record<string, unknown>> }, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null, synced: false })
+    const startedAt = new Date()
+    const answered = yield* Ref.make<ReadonlySet<string>>(new Set())
+    const watched = yield* Ref.make<ReadonlySet<string>>(new Set())
+    const client = yield* makeConsulClient(settings).pipe(
+      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
+      Effect.orDie
+    )
+    const schedule = retrySchedule(options.retry)
+    const minInterval = Duration.toMillis(options.minQueryInterval ?? Duration.millis(50))
+    const wait = Duration.toMillis(settings.watchWait)
+    // The client gives up on a blocking query a little after the server should have answered it.
+    const timeout = Math.ceil(wait + wait / 16 + 5_000)
+
+    const failed = (error: ConsulUnavailable) =>
+      Effect.gen(function*() {
+        const before = yield* Ref.getAndUpdate(state, (s) => ({ ...s, connected: false, lastError: error.reason, lastErrorAt: new Date() }))
+        if (before.connected || before.lastError === null) yield* Effect.logWarning("Consul unreachable; serving the last known services", error.reason)
+      })
+    const succeeded = Effect.gen(function*() {
+      const before = yield* Ref.getAndUpdate(state, (s) => ({ ...s, connected: true, lastSuccessAt: new Date() }))
+      if (!before.connected && before.lastError !== null) yield* Effect.logInfo("Consul reachable again")
+    })
+
+    /** One blocking-query watch: index rules from src/discovery/ConsulIndex.ts, retries on `schedule`. */
+    const watch = <A>(
+      name: string,
+      query: (blocking: BlockingOptions) => (ctx: unknown) => Promise<unknown>,
+      decode: (body: unknown) => Either.Either<A, string>,
+      onChange: (value: A) => Effect.Effect<void>
+    ) =>
+      Effect.gen(function*() {
+        let index = 0n
+        let lastStart = 0
+        while (true) {
+          const now = yield* Clock.currentTimeMillis
+          const delay = rateLimitDelay(lastStart, now, minInterval)
+          if (delay > 0) yield* Effect.sleep(Duration.millis(delay))
+          lastStart = yield* Clock.currentTimeMillis
+          const blocking: BlockingOptions = { index: index.toString(), wait: `${wait}ms`, timeout }
+          // The schedule never ends, so the retried call cannot fail (orDie only fixes the type).
+          const [response, body] = yield* client.callWithResponse<unknown>(name, (ctx) => query(blocking)(ctx)).pipe(
+            Effect.tapError(failed),
+            Effect.retry(schedule),
+            Effect.orDie
+          )
+          yield* succeeded
+          const step = advance(index, parseIndex(response.headers["x-consul-index"]))
+          if (!step.changed) {
+            index = step.next
+            continue
+          }
+          const decoded = decode(body)
+          if (Either.isLeft(decoded)) {
+            // Keep the index: the next query asks again rather than skipping this state.
+            yield* failed(new ConsulUnavailable({ operation: name, cause: new Error(`unexpected answer: ${decoded.left}`) }))
+            yield* Effect.sleep(Duration.seconds(1))
+            continue
+          }
+          index = step.next
+          watchUpdates.inc({ watch: name.startsWith("health") ? "service" : "catalog" })
+          yield* onChange(decoded.right)
+        }
+      })
+
+    const services = yield* FiberMap.make<string>()
+    const watchService = (service: string) =>
+      watch(
+        `health.service ${service}`,
+        (blocking) => (ctx) => client.consul.health.service({ service, ...blocking, ctx } as { service: string }),
+        (body) => decodeHealthService(service, body),
+        (discovered) =>
+          Effect.gen(function*() {
+            yield* Ref.update(view, (all) => new Map(all).set(service, discovered))
+            yield* Ref.update(answered, (all) => new Set(all).add(service))
+            yield* publish
+          })
+      )
+
+    const onCatalog = (names: ReadonlyArray<string>) =>
+      Effect.gen(function*() {
+        const before = yield* Ref.get(watched)
+        const removed = [...before].filter((name) => !names.includes(name))
+        for (const name of names) if (!before.has(name)) yield* FiberMap.run(services, name, watchService(name))
+        for (const name of removed) yield* FiberMap.remove(services, name)
+        yield* Ref.set(watched, new Set(names))
+        if (removed.length > 0) {
+          // Consul says these services are gone: that, unlike an outage, does remove their endpoints.
+          yield* Ref.update(view, (all) => new Map([...all].filter(([name]) => !removed.includes(name))))
+          yield* Ref.update(answered, (all) => new Set([...all].filter((name) => !removed.includes(name))))
+          yield* publish
+        }
+      })
+
+    yield* Effect.forkScoped(
+      watch(
+        "catalog.services",
+        (blocking) => (ctx) => client.consul.catalog.service.list({ ...blocking, ctx } as object),
+        decodeCatalogServices,
+        onCatalog
+      )
+    )
+
+    yield* Effect.gen(function*() {
+      const s = yield* Ref.get(state)
+      const since = s.lastSuccessAt ?? startedAt
+      syncLag.set(s.connected ? 0 : (Date.now() - since.getTime()) / 1000)
+    }).pipe(Effect.repeat(Schedule.spaced(Duration.seconds(1))), Effect.forkScoped)
+
+    return {
+      status: Effect.gen(function*() {
+        const s = yield* Ref.get(state)
+        const names = yield* Ref.get(watched)
+        const done = yield* Ref.get(answered)
+        return {
+          address: settings.address,
+          datacenter: settings.datacenter ?? null,
+          connected: s.connected,
+          lastSuccessAt: s.lastSuccessAt?.toISOString() ?? null,
+          lastError: s.lastError,
+          lastErrorAt: s.lastErrorAt?.toISOString() ?? null,
+          watchedServices: names.size,
+          synced: s.lastSuccessAt !== null && [...names].every((name) => done.has(name))
+        }
+      })
+    }
+  })
+
+interface BlockingOptions {
+  readonly index: string
+  readonly wait: string
+  readonly timeout: number
 }

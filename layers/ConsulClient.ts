@@ -1,0 +1,142 @@
+/**
+ * The `consul` npm client, wrapped once for every layer that talks to Consul: construction from
+ * the config (address, datacenter, TLS, the ACL token from the environment), interruption that
+ * aborts the HTTP request, a typed error, and the retry schedule every call uses.
+ */
+import { Config as EffectConfig, Data, Duration, Effect, Option, Redacted, Schedule, type Scope } from "effect"
+import Consul from "consul"
+import { EventEmitter } from "node:events"
+import * as NodeFs from "node:fs"
+import * as Https from "node:https"
+import * as Http from "node:http"
+import type { ConsulSettings } from "../schemas/Config.js"
+import { counter, gauge } from "./Metrics.js"
+
+export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
+  readonly operation: string
+  readonly cause: unknown
+}> {
+  /** The reason without anything from the request (headers carry the token). */
+  get reason(): string {
+    const cause = this.cause as { message?: unknown; code?: unknown; statusCode?: unknown; response?: { statusCode?: number } }
+    const status = cause?.response?.statusCode ?? cause?.statusCode
+    const text = typeof cause?.message === "string" ? cause.message.split("\n")[0] : String(this.cause)
+    return `${this.operation}: ${status !== undefined ? `HTTP ${status}: ` : ""}${text}`
+  }
+}
+
+export const consulUp = gauge("mesh_controller_consul_up", "1 while the last call to Consul succeeded, 0 while Consul is unreachable or failing.")
+export const consulErrors = counter("mesh_controller_consul_errors_total", "Failed calls to Consul, by operation.", ["operation"])
+
+/** The ACL token: from the environment only, never the config file, and never logged. */
+export const consulToken = EffectConfig.option(
+  EffectConfig.redacted("CONSUL_HTTP_TOKEN").pipe(EffectConfig.withDescription("Consul ACL token sent with every request"))
+)
+
+export interface RetryOptions {
+  /** First delay after a failure. */
+  readonly base?: Duration.DurationInput
+  /** Longest delay between two attempts. */
+  readonly cap?: Duration.DurationInput
+}
+
+/** Capped, jittered exponential backoff; never gives up (callers bound it where they must). */
+export const retrySchedule = (options: RetryOptions = {}): Schedule.Schedule<unknown, unknown> =>
+  Schedule.exponential(options.base ?? Duration.millis(200), 2).pipe(
+    Schedule.union(Schedule.spaced(options.cap ?? Duration.seconds(10))),
+    Schedule.jittered
+  )
+
+/** The response half of a call made with `includeResponse`. */
+export interface ConsulResponse {
+  readonly statusCode?: number
+  readonly headers: Readonly<Record<string, string | ReadonlyArray<string> | undefined>>
+}
+
+/** papi aborts a request when its `ctx` emitter fires `cancel`; `includeResponse` returns `[res, body]`. */
+type CallContext = EventEmitter & { includeResponse: true }
+
+export interface ConsulClient {
+  readonly consul: Consul
+  readonly address: string
+  /** Runs one request; interrupting the fiber aborts it. */
+  readonly call: <A>(
+    operation: string,
+    request: (ctx: CallContext) => Promise<A>
+  ) => Effect.Effect<A, ConsulUnavailable>
+  /** Like `call`, with the response (for `X-Consul-Index`). */
+  readonly callWithResponse: <A>(
+    operation: string,
+    request: (ctx: CallContext) => Promise<unknown>
+  ) => Effect.Effect<readonly [ConsulResponse, A], ConsulUnavailable>
+}
+
+const readPem = (path: string | undefined, what: string) =>
+  path === undefined
+    ? Effect.succeed(undefined)
+    : Effect.try({
+      try: () => NodeFs.readFileSync(path),
+      catch: (cause) => new ConsulUnavailable({ operation: `read TLS ${what} ${path}`, cause })
+    })
+
+/** A client for the configured agent; its keep-alive sockets close with the scope. */
+export const makeConsulClient = (
+  settings: ConsulSettings
+): Effect.Effect<ConsulClient, ConsulUnavailable, Scope.Scope> =>
+  Effect.gen(function*() {
+    const token = yield* Effect.orDie(consulToken)
+    const url = new URL(settings.address)
+    const secure = url.protocol === "https:"
+    const tls = settings.tls
+    const ca = yield* readPem(tls?.caFile, "CA")
+    const cert = yield* readPem(tls?.certFile, "certificate")
+    const key = yield* readPem(tls?.keyFile, "key")
+    const agent = secure
+      ? new Https.Agent({
+        keepAlive: true,
+        ...(ca ? { ca } : {}),
+        ...(cert ? { cert } : {}),
+        ...(key ? { key } : {}),
+        ...(tls?.serverName ? { servername: tls.serverName } : {}),
+        rejectUnauthorized: !(tls?.insecureSkipVerify ?? false)
+      })
+      : new Http.Agent({ keepAlive: true })
+    const consul = yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        new Consul({
+          host: url.hostname,
+          port: Number(url.port || (secure ? 443 : 80)),
+          secure,
+          agent,
+          defaults: {
+            ...(settings.datacenter ? { dc: settings.datacenter } : {}),
+            ...(Option.isSome(token) ? { token: Redacted.value(token.value) } : {})
+          }
+        })
+      ),
+      (consul) => Effect.sync(() => consul.destroy())
+    )
+    const run = <A>(operation: string, request: (ctx: CallContext) => Promise<A>) =>
+      Effect.tryPromise({
+        try: (signal) => {
+          const ctx = Object.assign(new EventEmitter(), { includeResponse: true as const })
+          signal.addEventListener("abort", () => ctx.emit("cancel"), { once: true })
+          return request(ctx)
+        },
+        catch: (cause) => new ConsulUnavailable({ operation, cause })
+      }).pipe(
+        Effect.tapBoth({
+          onFailure: () => Effect.sync(() => { consulErrors.inc({ operation }); consulUp.set(0) }),
+          onSuccess: () => Effect.sync(() => consulUp.set(1))
+        })
+      )
+    return {
+      consul,
+      address: settings.address,
+      // With `includeResponse` the client resolves `[res, body]`; `call` returns the body only.
+      call: <A>(operation: string, request: (ctx: CallContext) => Promise<A>) =>
+        Effect.map(run(operation, request as (ctx: CallContext) => Promise<unknown>), (result) => (result as readonly [unknown, A])[1]),
+      callWithResponse: <A>(operation: string, request: (ctx: CallContext) => Promise<unknown>) =>
+        run(operation, request) as Effect.Effect<readonly [ConsulResponse, A], ConsulUnavailable>
+    }
+  })

@@ -1,0 +1,184 @@
+import { Duration, Either, ParseResult, Schema } from "effect"
+import type { MeshConfig, RegistrationCheck, ServiceConfig } from "../../schemas/Config.js"
+import type { EndpointHealth } from "../MeshState.js"
+import type { ConsulInstance, ConsulService } from "./Merge.js"
+
+// ---------------------------------------------------------------------------------------------
+// Responses → domain values. Only the fields the controller uses are decoded; Consul adds fields
+// across versions and those are ignored.
+// ---------------------------------------------------------------------------------------------
+
+const CheckStatus = Schema.String
+const HealthEntry = Schema.Struct({
+  Node: Schema.Struct({ Node: Schema.String, Address: Schema.String }),
+  Service: Schema.Struct({
+    ID: Schema.String,
+    Service: Schema.String,
+    Address: Schema.optionalWith(Schema.String, { default: () => "" }),
+    Port: Schema.Number,
+    Tags: Schema.optionalWith(Schema.NullOr(Schema.Array(Schema.String)), { default: () => null }),
+    Meta: Schema.optionalWith(Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String })), { default: () => null }),
+    Weights: Schema.optional(Schema.NullOr(Schema.Struct({ Passing: Schema.Number, Warning: Schema.Number })))
+  }),
+  Checks: Schema.optionalWith(Schema.NullOr(Schema.Array(Schema.Struct({ Status: CheckStatus }))), { default: () => null })
+})
+const HealthResponse = Schema.Array(HealthEntry)
+
+/** The worst of an instance's checks (node checks included), as Consul's own DNS interface reads it. */
+export const healthOfChecks = (statuses: ReadonlyArray<string>): EndpointHealth => {
+  if (statuses.some((status) => status !== "passing" && status !== "warning")) return "unhealthy"
+  return "healthy"
+}
+
+/** `/v1/health/service/:name` → the service's instances; an error names what did not decode. */
+export const decodeHealthService = (name: string, body: unknown): Either.Either<ConsulService, string> =>
+  Either.map(
+    Either.mapLeft(Schema.decodeUnknownEither(HealthResponse)(body), (error) => ParseResult.TreeFormatter.formatErrorSync(error)),
+    (entries): ConsulService => ({
+      name,
+      instances: entries.map((entry): ConsulInstance => {
+        const statuses = (entry.Checks ?? []).map((check) => check.Status)
+        const warning = statuses.includes("warning")
+        return {
+          id: entry.Service.ID,
+          address: entry.Service.Address !== "" ? entry.Service.Address : entry.Node.Address,
+          port: entry.Service.Port,
+          weight: Math.max(1, (warning ? entry.Service.Weights?.Warning : entry.Service.Weights?.Passing) ?? 1),
+          tags: entry.Service.Tags ?? [],
+          meta: entry.Service.Meta ?? {},
+          health: healthOfChecks(statuses)
+        }
+      })
+    })
+  )
+
+/** `/v1/catalog/services` → service names (Consul's own `consul` service is not part of the mesh). */
+export const decodeCatalogServices = (body: unknown): Either.Either<ReadonlyArray<string>, string> =>
+  Either.mapLeft(
+    Either.map(
+      Schema.decodeUnknownEither(Schema.Record({ key: Schema.String, value: Schema.Unknown }))(body),
+      (record) => Object.keys(record).filter((name) => name !== "consul").sort()
+    ),
+    (error) => ParseResult.TreeFormatter.formatErrorSync(error)
+  )
+
+// ---------------------------------------------------------------------------------------------
+// Config → registrations
+// ---------------------------------------------------------------------------------------------
+
+/** Meta key that marks a Consul service instance as registered by this controller. */
+export const OWNER_META = "mesh-controller"
+
+export type CheckDefinition =
+  | { readonly kind: "ttl"; readonly ttl: string }
+  | { readonly kind: "http"; readonly url: string; readonly method: string; readonly interval: string; readonly timeout: string }
+  | { readonly kind: "tcp"; readonly target: string; readonly interval: string; readonly timeout: string }
+  | { readonly kind: "grpc"; readonly target: string; readonly interval: string; readonly timeout: string }
+
+/** One Consul service instance the controller keeps registered: one per endpoint of a `register`ed service. */
+export interface Registration {
+  readonly id: string
+  readonly service: string
+  readonly address: string
+  readonly port: number
+  readonly tags: ReadonlyArray<string>
+  readonly meta: Readonly<Record<string, string>>
+  readonly mode: RegistrationCheck
+  /** Absent: no check (a `consul`-mode service without a healthCheck). */
+  readonly check?: CheckDefinition
+}
+
+const goDuration = (duration: Duration.Duration): string => `${Math.max(1, Math.round(Duration.toMillis(duration)))}ms`
+
+const hostPort = (address: string, port: number) => (address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`)
+
+/** Instance IDs are URL path segments in the agent API: keep them to safe characters. */
+export const registrationId = (service: string, address: string, port: number): string =>
+  `mesh-${service}-${address.replace(/[^A-Za-z0-9.-]/g, "_")}-${port}`
+
+const modeOf = (service: ServiceConfig, defaultMode: RegistrationCheck): RegistrationCheck | undefined => {
+  if (service.register === undefined || service.register === false) return undefined
+  return service.register === true ? defaultMode : service.register.check
+}
+
+const checkOf = (service: ServiceConfig, address: string, port: number, mode: RegistrationCheck, ttl: Duration.Duration): CheckDefinition | undefined => {
+  if (mode === "ttl") return { kind: "ttl", ttl: goDuration(ttl) }
+  const check = service.healthCheck
+  if (!check) return undefined
+  const timing = { interval: goDuration(check.interval), timeout: goDuration(check.timeout) }
+  switch (check.type) {
+    case "http":
+      return { kind: "http", url: `${check.https ? "https" : "http"}://${hostPort(address, port)}${check.path}`, method: check.method, ...timing }
+    case "tcp":
+      return { kind: "tcp", target: hostPort(address, port), ...timing }
+    case "grpc":
+      return { kind: "grpc", target: check.service === "" ? hostPort(address, port) : `${hostPort(address, port)}/${check.service}`, ...timing }
+  }
+}
+
+/**
+ * The registrations the config asks for. A TTL check expires after three anti-entropy rounds, so
+ * a controller that stops reporting (it crashed) turns its services critical.
+ */
+export const registrationsOf = (config: MeshConfig): ReadonlyArray<Registration> => {
+  const consul = config.discovery.consul
+  if (!consul) return []
+  const ttl = Duration.times(consul.antiEntropyInterval, 3)
+  return config.services.flatMap((service) => {
+    const mode = modeOf(service, consul.registration)
+    if (mode === undefined) return []
+    return service.endpoints.map((endpoint): Registration => {
+      const port = endpoint.port ?? service.port
+      const check = checkOf(service, endpoint.address, port, mode, ttl)
+      return {
+        id: registrationId(service.name, endpoint.address, port),
+        service: service.name,
+        address: endpoint.address,
+        port,
+        tags: service.tags,
+        meta: { ...service.metadata, ...endpoint.labels, protocol: service.protocol, [OWNER_META]: config.mesh.name },
+        mode,
+        ...(check ? { check } : {})
+      }
+    })
+  })
+}
+
+/** The body the `consul` client's `agent.service.register` takes. */
+export const registerOptions = (registration: Registration) => ({
+  id: registration.id,
+  name: registration.service,
+  address: registration.address,
+  port: registration.port,
+  tags: [...registration.tags],
+  meta: { ...registration.meta },
+  ...(registration.check ? { check: checkOptions(registration) } : {})
+})
+
+const checkOptions = (registration: Registration) => {
+  const check = registration.check!
+  const name = `mesh-controller ${check.kind} check`
+  switch (check.kind) {
+    case "ttl":
+      return { name, ttl: check.ttl, timeout: check.ttl, status: "warning", notes: "reported by mesh-controller from its own probes" }
+    case "http":
+      return { name, http: check.url, method: check.method, interval: check.interval, timeout: check.timeout }
+    case "tcp":
+      return { name, tcp: check.target, interval: check.interval, timeout: check.timeout }
+    case "grpc":
+      return { name, grpc: check.target, interval: check.interval, timeout: check.timeout }
+  }
+}
+
+/** Consul gives a service's single check the ID `service:<service id>`. */
+export const checkId = (registration: Registration): string => `service:${registration.id}`
+
+/** How an agent's `/v1/agent/services` entry must look for a registration to count as present. */
+export const isRegistered = (
+  registration: Registration,
+  agentServices: Readonly<Record<string, { readonly Service?: string; readonly Address?: string; readonly Port?: number }>>
+): boolean => {
+  const found = agentServices[registration.id]
+  return found !== undefined && found.Service === registration.service && found.Address === registration.address &&
+    found.Port === registration.port
+}

@@ -1,0 +1,307 @@
+/**
+ * Discovery and registration against Consul, with the real `consul` npm client.
+ *
+ * By default the target is the Consul HTTP API stand-in (test/support/ConsulStandIn.ts). With
+ * CONSUL_HTTP_ADDR set (e.g. `http://127.0.0.1:8500`; CONSUL_HTTP_TOKEN is honoured), the same
+ * behaviour tests run against that real agent, and the fault tests, which need the stand-in's
+ * fault injection, are skipped. Describe titles say which target ran.
+ */
+import { assert, describe, expect, it } from "@effect/vitest"
+import Consul from "consul"
+import { Context, Duration, Effect, Either, Exit, Layer, Scope, SubscriptionRef } from "effect"
+import { Config } from "../layers/Config.js"
+import { ConsulRegistration } from "../layers/ConsulRegistration.js"
+import { Discovery } from "../layers/Discovery.js"
+import { Health, type HealthView } from "../layers/Health.js"
+import { registry } from "../layers/Metrics.js"
+import type { MeshConfig } from "../schemas/Config.js"
+import { decodeConfig } from "../src/ConfigDocument.js"
+import type { Service } from "../src/MeshState.js"
+import { ConsulStandIn } from "./support/ConsulStandIn.js"
+import { eventually } from "./support/eventually.js"
+
+const REAL_AGENT = process.env["CONSUL_HTTP_ADDR"]
+const TARGET = REAL_AGENT
+  ? `a real Consul agent at ${REAL_AGENT}`
+  : "the Consul stand-in (set CONSUL_HTTP_ADDR to run against a real agent)"
+
+/** Names unique to this run, so a real agent's other services and earlier runs do not interfere. */
+const run = Math.random().toString(36).slice(2, 7)
+const unique = (name: string) => `${name}-${run}`
+
+const fast = { retry: { base: Duration.millis(20), cap: Duration.millis(200) }, minQueryInterval: Duration.millis(5) }
+
+interface Target {
+  readonly address: string
+  readonly client: Consul
+  /** The stand-in, when the target is the stand-in. */
+  readonly standIn?: ConsulStandIn
+}
+
+const clientFor = (address: string) => {
+  const url = new URL(address)
+  const token = process.env["CONSUL_HTTP_TOKEN"]
+  return new Consul({
+    host: url.hostname,
+    port: Number(url.port || (url.protocol === "https:" ? 443 : 80)),
+    secure: url.protocol === "https:",
+    ...(token ? { defaults: { token } } : {})
+  })
+}
+
+const target: Effect.Effect<Target, never, Scope.Scope> = REAL_AGENT
+  ? Effect.acquireRelease(Effect.sync(() => ({ address: REAL_AGENT, client: clientFor(REAL_AGENT) })), (t) =>
+    Effect.sync(() => t.client.destroy()))
+  : Effect.gen(function*() {
+    const standIn = yield* ConsulStandIn.make
+    const client = yield* Effect.acquireRelease(Effect.sync(() => clientFor(standIn.address)), (c) => Effect.sync(() => c.destroy()))
+    return { address: standIn.address, client, standIn }
+  })
+
+const configOf = (address: string, fields: Record<string, unknown> = {}, consul: Record<string, unknown> = {}): MeshConfig =>
+  Either.getOrThrowWith(
+    decodeConfig({
+      mesh: { name: unique("mesh") },
+      discovery: { consul: { address, watchWait: "2s", antiEntropyInterval: "300ms", ...consul } },
+      ...fields
+    }, "test"),
+    (error) => new Error(error.message)
+  )
+
+const startDiscovery = (config: MeshConfig) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(Discovery.layer(fast).pipe(Layer.provide(Config.layerMemory(config))))
+    return Context.get(context, Discovery)
+  })
+
+const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+
+const registerInConsul = (client: Consul, name: string, port: number, extra: Record<string, unknown> = {}) =>
+  promise(() => client.agent.service.register({ name, id: `${name}-${port}`, address: "127.0.0.1", port, ...extra }))
+
+const deregisterInConsul = (client: Consul, id: string) => promise(() => client.agent.service.deregister(id))
+
+const find = (services: ReadonlyArray<Service>, name: string) => services.find((s) => s.name === name)
+
+/** Waits until Discovery lists `name` with exactly these ports (sorted). */
+const waitForPorts = (discovery: Context.Tag.Service<Discovery>, name: string, ports: ReadonlyArray<number>) =>
+  eventually(
+    Effect.flatMap(discovery.services, (services) => {
+      const got = find(services, name)?.endpoints.map((e) => e.port) ?? []
+      return JSON.stringify(got) === JSON.stringify(ports) ? Effect.succeed(find(services, name)) : Effect.fail(new Error(`${name}: ${JSON.stringify(got)}`))
+    })
+  )
+
+const consulStatus = (discovery: Context.Tag.Service<Discovery>) =>
+  Effect.map(discovery.status, (status) => (status as { consul: { connected: boolean; lastError: string | null; synced: boolean } }).consul)
+
+const metric = (name: string) =>
+  promise(async () => (await registry.getSingleMetric(name)?.get())?.values[0]?.value)
+
+describe(`Discovery watches Consul — ${TARGET}`, () => {
+  it.scopedLive("a service registered in Consul reaches Discovery.changes, and leaves when deregistered", () =>
+    Effect.gen(function*() {
+      const { address, client } = yield* target
+      const discovery = yield* startDiscovery(configOf(address))
+      const name = unique("web")
+      yield* registerInConsul(client, name, 7001, { meta: { protocol: "grpc" } })
+      yield* registerInConsul(client, name, 7002, { meta: { protocol: "grpc" } })
+      const web = yield* waitForPorts(discovery, name, [7001, 7002])
+      assert.strictEqual(web?.source, "consul")
+      assert.strictEqual(web?.protocol, "grpc")
+      assert.deepStrictEqual(web?.endpoints.map((e) => e.source), ["consul", "consul"])
+
+      yield* deregisterInConsul(client, `${name}-7001`)
+      yield* waitForPorts(discovery, name, [7002])
+      yield* deregisterInConsul(client, `${name}-7002`)
+      yield* eventually(Effect.flatMap(discovery.services, (s) => (find(s, name) ? Effect.fail("still there") : Effect.void)))
+      const status = yield* consulStatus(discovery)
+      assert.isTrue(status.connected)
+      assert.isTrue(status.synced)
+    }))
+
+  it.scopedLive("precedence: config > API > Consul for the same address:port; other endpoints merge", () =>
+    Effect.gen(function*() {
+      const { address, client } = yield* target
+      const name = unique("api")
+      const discovery = yield* startDiscovery(configOf(address, {
+        services: [{ name, protocol: "grpc", port: 7100, endpoints: [{ address: "127.0.0.1", port: 7101, weight: 5 }] }]
+      }))
+      yield* discovery.register({ service: name, address: "127.0.0.1", port: 7102, weight: 3, labels: { from: "api" } })
+      yield* registerInConsul(client, name, 7101, { meta: { protocol: "http" } })
+      yield* registerInConsul(client, name, 7102)
+      yield* registerInConsul(client, name, 7103)
+      const service = yield* waitForPorts(discovery, name, [7101, 7102, 7103])
+      assert.strictEqual(service?.source, "config")
+      assert.strictEqual(service?.protocol, "grpc", "a Consul meta never overrides the file")
+      assert.deepStrictEqual(service?.endpoints.map((e) => [e.port, e.source, e.weight]), [
+        [7101, "config", 5],
+        [7102, "api", 3],
+        [7103, "consul", 1]
+      ])
+      for (const port of [7101, 7102, 7103]) yield* deregisterInConsul(client, `${name}-${port}`)
+      yield* waitForPorts(discovery, name, [7101, 7102])
+    }))
+})
+
+describe(`ConsulRegistration — ${TARGET}`, () => {
+  const agentServices = (client: Consul) => promise(() => client.agent.service.list() as Promise<Record<string, { Service: string; Port: number }>>)
+  const agentChecks = (client: Consul) =>
+    promise(() => client.agent.check.list() as Promise<Record<string, { Status: string; ServiceID: string }>>)
+
+  const startRegistration = (config: MeshConfig, view: SubscriptionRef.SubscriptionRef<HealthView>) =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+      const context = yield* Layer.buildWithScope(
+        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(Config.layerMemory(config), Health.layerMemory(view)))),
+        scope
+      )
+      return { registration: Context.get(context, ConsulRegistration), close: Scope.close(scope, Exit.void) }
+    })
+
+  it.scopedLive("registers services marked `register` with their check, and deregisters them on shutdown", () =>
+    Effect.gen(function*() {
+      const { address, client } = yield* target
+      const name = unique("local")
+      const config = configOf(address, {
+        services: [{
+          name,
+          port: 7200,
+          register: true,
+          endpoints: [{ address: "127.0.0.1" }],
+          healthCheck: { type: "tcp", interval: "5s", timeout: "1s" }
+        }]
+      })
+      const view = yield* SubscriptionRef.make<HealthView>(new Map())
+      const { close } = yield* startRegistration(config, view)
+      const id = `mesh-${name}-127.0.0.1-7200`
+      yield* eventually(Effect.flatMap(agentServices(client), (all) => (all[id]?.Port === 7200 ? Effect.void : Effect.fail("not registered"))))
+      const checks = yield* agentChecks(client)
+      assert.isDefined(checks[`service:${id}`], "the agent runs the service's TCP check")
+      yield* close
+      const after = yield* agentServices(client)
+      assert.isUndefined(after[id], "deregistered on shutdown")
+    }))
+
+  it.scopedLive("ttl mode: the controller's probe results reach Consul's TTL check", () =>
+    Effect.gen(function*() {
+      const { address, client } = yield* target
+      const name = unique("ttl")
+      const config = configOf(address, {
+        services: [{ name, port: 7300, register: { check: "ttl" }, endpoints: [{ address: "127.0.0.1" }] }]
+      })
+      const view = yield* SubscriptionRef.make<HealthView>(new Map())
+      yield* startRegistration(config, view)
+      const checkId = `service:mesh-${name}-127.0.0.1-7300`
+      const statusOf = (wanted: string) =>
+        eventually(Effect.flatMap(agentChecks(client), (all) => (all[checkId]?.Status === wanted ? Effect.void : Effect.fail(all[checkId]?.Status))))
+      yield* statusOf("warning")
+      yield* SubscriptionRef.set(view, new Map([[name, new Map([["127.0.0.1:7300", "healthy" as const]])]]))
+      yield* statusOf("passing")
+      yield* SubscriptionRef.set(view, new Map([[name, new Map([["127.0.0.1:7300", "unhealthy" as const]])]]))
+      yield* statusOf("critical")
+    }))
+})
+
+describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in only (fault injection)", () => {
+  it.scopedLive("Consul unreachable at start: config services are served, status and metric say so, sync on return", () =>
+    Effect.gen(function*() {
+      const standIn = yield* ConsulStandIn.make
+      const client = clientFor(standIn.address)
+      yield* promise(() => standIn.refuseConnections())
+      const discovery = yield* startDiscovery(configOf(standIn.address, {
+        services: [{ name: "cfg", port: 7400, endpoints: [{ address: "127.0.0.1" }] }]
+      }))
+      yield* waitForPorts(discovery, "cfg", [7400])
+      const down = yield* eventually(Effect.flatMap(consulStatus(discovery), (s) => (s.lastError !== null ? Effect.succeed(s) : Effect.fail("no error yet"))))
+      assert.isFalse(down.connected)
+      expect(down.lastError).toMatch(/ECONNREFUSED/)
+      assert.strictEqual(yield* metric("mesh_controller_consul_up"), 0)
+
+      yield* promise(() => standIn.acceptConnections())
+      yield* registerInConsul(client, "late", 7401)
+      yield* waitForPorts(discovery, "late", [7401])
+      yield* waitForPorts(discovery, "cfg", [7400])
+      assert.isTrue((yield* consulStatus(discovery)).connected)
+      assert.strictEqual(yield* metric("mesh_controller_consul_up"), 1)
+      client.destroy()
+    }))
+
+  it.scopedLive("an outage mid-run (500s, then refused connections) keeps the last known endpoints", () =>
+    Effect.gen(function*() {
+      const standIn = yield* ConsulStandIn.make
+      const client = clientFor(standIn.address)
+      const discovery = yield* startDiscovery(configOf(standIn.address))
+      yield* registerInConsul(client, "keep", 7500)
+      yield* waitForPorts(discovery, "keep", [7500])
+
+      standIn.failWith(500)
+      standIn.restart() // drops the open blocking queries, so the watches ask again and meet the 500s
+      yield* eventually(Effect.flatMap(consulStatus(discovery), (s) => (s.lastError?.includes("500") ? Effect.void : Effect.fail(s))))
+      yield* waitForPorts(discovery, "keep", [7500])
+      yield* promise(() => standIn.refuseConnections())
+      yield* eventually(Effect.flatMap(consulStatus(discovery), (s) => (s.lastError?.includes("ECONNREFUSED") ? Effect.void : Effect.fail(s))))
+      yield* waitForPorts(discovery, "keep", [7500])
+
+      standIn.failWith(undefined)
+      yield* promise(() => standIn.acceptConnections())
+      // The restarted stand-in forgot "keep": once Consul answers again, that answer is the truth.
+      yield* registerInConsul(client, "keep", 7501)
+      yield* waitForPorts(discovery, "keep", [7501])
+      client.destroy()
+    }))
+
+  it.scopedLive("a restart that forgets all registrations: anti-entropy registers them again", () =>
+    Effect.gen(function*() {
+      const standIn = yield* ConsulStandIn.make
+      const config = configOf(standIn.address, {
+        services: [{ name: "mine", port: 7600, register: true, endpoints: [{ address: "127.0.0.1" }] }]
+      })
+      const view = yield* SubscriptionRef.make<HealthView>(new Map())
+      const context = yield* Layer.build(
+        Layer.merge(Discovery.layer(fast), ConsulRegistration.layer(fast)).pipe(
+          Layer.provide(Layer.merge(Config.layerMemory(config), Health.layerMemory(view)))
+        )
+      )
+      const discovery = Context.get(context, Discovery)
+      const registration = Context.get(context, ConsulRegistration)
+      const id = "mesh-mine-127.0.0.1-7600"
+      const registered = eventually(Effect.suspend(() =>
+        standIn.registeredServices().some((s) => s.ID === id) ? Effect.void : Effect.fail("not registered")
+      ))
+      yield* registered
+      // Consul's view of it arrives through the watch, merged with the config entry.
+      yield* eventually(Effect.flatMap(discovery.status, (status) => {
+        const entry = (status as { services: ReadonlyArray<{ name: string; endpointsBySource: { consul: number } }> }).services
+          .find((s) => s.name === "mine")
+        return entry?.endpointsBySource.consul === 0 ? Effect.void : Effect.fail(entry)
+      }))
+
+      standIn.restart()
+      assert.isFalse(standIn.registeredServices().some((s) => s.ID === id))
+      yield* registered
+      const status = (yield* registration.status) as { registrations: ReadonlyArray<{ restored: number; registered: boolean }> }
+      assert.isTrue(status.registrations[0]!.registered)
+      expect(status.registrations[0]!.restored).toBeGreaterThanOrEqual(1)
+      yield* waitForPorts(discovery, "mine", [7600])
+    }))
+
+  it.scopedLive("the index going backwards resets the watch; slow answers still arrive", () =>
+    Effect.gen(function*() {
+      const standIn = yield* ConsulStandIn.make
+      const client = clientFor(standIn.address)
+      const discovery = yield* startDiscovery(configOf(standIn.address))
+      yield* registerInConsul(client, "rewind", 7700)
+      yield* waitForPorts(discovery, "rewind", [7700])
+      standIn.rewindIndex(3n)
+      yield* registerInConsul(client, "rewind", 7701)
+      yield* waitForPorts(discovery, "rewind", [7700, 7701])
+
+      standIn.slowDown(300)
+      yield* registerInConsul(client, "rewind", 7702)
+      yield* waitForPorts(discovery, "rewind", [7700, 7701, 7702])
+      standIn.slowDown(0)
+      client.destroy()
+    }))
+})
