@@ -420,7 +420,7 @@ type Fields = typeof MeshConfigFields.Type
 type Issue = { readonly path: ReadonlyArray<PropertyKey>; readonly message: string }
 
 /** Rules that span fields: names are unique and every reference points at something that exists. */
-export const crossFieldIssues = (config: Fields): ReadonlyArray<Issue> => {
+export const crossFieldIssues = (config: Fields, options: { readonly partial?: boolean } = {}): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
   const firstIndex = new Map<string, number>()
   config.services.forEach((service, i) => {
@@ -475,6 +475,8 @@ export const crossFieldIssues = (config: Fields): ReadonlyArray<Issue> => {
     })
   })
 
+  // Rules below read decoded values (durations, defaults): skipped on a partial (undecodable) document.
+  if (options.partial === true) return issues
   const envoy = config.sidecar.envoy
   if (envoy.service !== undefined && !known(envoy.service)) {
     issues.push({ path: ["sidecar", "envoy", "service"], message: unknown(envoy.service) })
@@ -494,7 +496,7 @@ export const crossFieldIssues = (config: Fields): ReadonlyArray<Issue> => {
 /** The config file, as decoded from YAML: structure, defaults, and the rules that span fields. */
 export const MeshConfig = MeshConfigFields.pipe(
   Schema.filter((config) => {
-    const issues = crossFieldIssues(config)
+    const issues = crossFieldIssues(config, {})
     return issues.length === 0 ? true : issues
   })
 ).annotations({

@@ -1,6 +1,6 @@
 import { Either, ParseResult, Schema } from "effect"
 import * as YAML from "yaml"
-import { MeshConfig } from "../schemas/Config.js"
+import { crossFieldIssues, MeshConfig } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 
 /** `["services", 2, "healthCheck"]` → `services[2].healthCheck` */
@@ -29,9 +29,58 @@ const issuesOf = (error: ParseResult.ParseError): ReadonlyArray<ConfigIssue> => 
   return issues
 }
 
+const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === "object" && value !== null
+
+const recordsOf = (value: unknown): Array<Record<string, unknown>> =>
+  Array.isArray(value) ? value.map((item) => (isRecord(item) ? item : {})) : []
+
+const textOf = (value: unknown): string => (typeof value === "string" ? value : "")
+
+/**
+ * When the structure does not decode, the cross-field rules (unique names, references) still run
+ * on what can be read, so one pass reports every problem in the file.
+ */
+const rawCrossFieldIssues = (value: unknown): ReadonlyArray<ConfigIssue> => {
+  if (!isRecord(value)) return []
+  const policies = isRecord(value.policies) ? value.policies : {}
+  const security = isRecord(policies.security) ? policies.security : {}
+  const lenient = {
+    services: recordsOf(value.services).map((service) => ({
+      name: textOf(service.name),
+      port: service.port,
+      endpoints: recordsOf(service.endpoints).map((e) => ({ address: textOf(e.address), port: e.port }))
+    })),
+    policies: {
+      traffic: recordsOf(policies.traffic).map((policy) => ({
+        name: textOf(policy.name),
+        service: textOf(policy.service),
+        routes: recordsOf(policy.routes).map((route) => ({
+          destinations: recordsOf(route.destinations).map((d) => ({ service: textOf(d.service) }))
+        }))
+      })),
+      security: {
+        authorization: recordsOf(security.authorization).map((rule) => ({
+          name: textOf(rule.name),
+          to: textOf(rule.to),
+          from: recordsOf(rule.from).map((peer) => ({ service: textOf(peer.service) }))
+        }))
+      }
+    }
+  }
+  return crossFieldIssues(lenient as unknown as Parameters<typeof crossFieldIssues>[0], { partial: true })
+    .map((issue) => new ConfigIssue({ path: formatPath(issue.path), message: issue.message }))
+}
+
 /** Decodes an already-parsed value (JSON, a KV entry, a test fixture) as the config. */
 export const decodeConfig = (value: unknown, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
-  Either.mapLeft(decode(value), (error) => new ConfigInvalid({ source, issues: issuesOf(error) }))
+  Either.mapLeft(decode(value), (error) => {
+    const issues = [...issuesOf(error)]
+    const known = new Set(issues.map(String))
+    for (const issue of rawCrossFieldIssues(value)) {
+      if (!known.has(issue.toString())) issues.push(issue)
+    }
+    return new ConfigInvalid({ source, issues })
+  })
 
 /**
  * Parses YAML text and decodes it as the config. Every problem is reported at once: YAML syntax

@@ -1,0 +1,3 @@
+export * from "./Config.js"
+export * from "./Duration.js"
+export * from "./Errors.js"
