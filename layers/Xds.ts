@@ -1,0 +1,251 @@
+import * as grpc from "@grpc/grpc-js"
+import { Clock, Context, Duration, Effect, FiberMap, Layer, Option, Queue, Runtime, Schema, Stream } from "effect"
+import type { DeltaRequest, HealthCheckRequest, SotwRequest } from "../src/xds/Wire.js"
+import { adsService, sdsService, healthService, ServingStatus } from "../src/xds/Wire.js"
+import {
+  describeStream,
+  kindOf,
+  newStream,
+  onDeltaRequest,
+  onSotwRequest,
+  type Protocol,
+  push,
+  type StreamState
+} from "../src/xds/XdsStream.js"
+import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
+import { Config } from "./Config.js"
+import { counter, gauge, histogram } from "./Metrics.js"
+import { type Published, Snapshot } from "./Snapshot.js"
+
+/** The xDS server could not listen on its address. */
+export class XdsBindFailed extends Schema.TaggedError<XdsBindFailed>()("XdsBindFailed", {
+  address: Schema.String,
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return `cannot serve xDS on ${this.address}: ${this.reason}`
+  }
+}
+
+export interface XdsOptions {
+  /** Overrides `controller.xds` (tests pass port 0). */
+  readonly host?: string
+  readonly port?: number
+  /** Plaintext when absent. The Certificates layer supplies mTLS credentials here. */
+  readonly credentials?: grpc.ServerCredentials
+  /** How long shutdown waits for streams to close before it forces them (default 2 s). */
+  readonly shutdownGrace?: Duration.DurationInput
+}
+
+/**
+ * The gRPC server data planes talk to: ADS (State of the World and Delta), SDS, and
+ * grpc.health.v1 reporting the controller ("") and each service's availability.
+ */
+export class Xds extends Context.Tag("mesh-controller/Xds")<
+  Xds,
+  {
+    /** The bound address (the real port when 0 was asked for). */
+    readonly address: { readonly host: string; readonly port: number }
+    readonly status: Effect.Effect<XdsStatus>
+  }
+>() {
+  static readonly layer = (options: XdsOptions = {}): Layer.Layer<Xds, XdsBindFailed, Snapshot | Config> =>
+    Layer.scoped(Xds, make(options))
+}
+
+export interface XdsStatus {
+  readonly address: string
+  readonly snapshotVersion: string
+  readonly clients: ReadonlyArray<ReturnType<typeof describeStream>>
+}
+
+const streamsGauge = gauge("mesh_controller_xds_streams", "Open xDS streams, by protocol and client kind.", ["protocol", "kind"])
+const pushesTotal = counter("mesh_controller_xds_pushes_total", "xDS responses sent, by protocol and resource type.", ["protocol", "type"])
+const pushLatency = histogram(
+  "mesh_controller_xds_push_latency_seconds",
+  "Time from a snapshot's publication to its push on a stream, by resource type.",
+  ["type"]
+)
+const ackLatency = histogram("mesh_controller_xds_ack_latency_seconds", "Time from a push to its ACK, by resource type.", ["type"])
+const nacksTotal = counter("mesh_controller_xds_nacks_total", "xDS responses a client rejected, by resource type.", ["type"])
+
+const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
+
+type StreamEvent =
+  | { readonly _tag: "Request"; readonly request: SotwRequest | DeltaRequest }
+  | { readonly _tag: "Snapshot"; readonly published: Published }
+  | { readonly _tag: "Closed" }
+
+type AdsCall<Req> = grpc.ServerDuplexStream<Req, Buffer>
+
+export const make = (options: XdsOptions) =>
+  Effect.gen(function*() {
+    const snapshots = yield* Snapshot
+    const listen = (yield* (yield* Config).get).config.controller.xds
+    const host = options.host ?? listen.host
+    const requestedPort = options.port ?? listen.port
+    const runtime = yield* Effect.runtime<never>()
+    const runFork = Runtime.runFork(runtime)
+    const streams = new Map<number, StreamState>()
+    const fibers = yield* FiberMap.make<number>()
+    const calls = new Set<{ end: () => void }>()
+    let nextId = 0
+
+    const serveAds = <Req extends SotwRequest | DeltaRequest>(protocol: Protocol, call: AdsCall<Req>) =>
+      Effect.gen(function*() {
+        const id = ++nextId
+        const now = yield* Clock.currentTimeMillis
+        const stream = newStream(id, protocol, call.getPeer(), now)
+        const events = yield* Queue.unbounded<StreamEvent>()
+        call.on("data", (request: Req) => Queue.unsafeOffer(events, { _tag: "Request", request }))
+        const closed = () => Queue.unsafeOffer(events, { _tag: "Closed" })
+        call.on("end", closed)
+        call.on("error", closed)
+        call.on("cancelled", closed)
+        yield* snapshots.changes.pipe(
+          Stream.runForEach((published) => Queue.offer(events, { _tag: "Snapshot", published })),
+          Effect.forkScoped
+        )
+        streams.set(id, stream)
+        const entry = { end: () => call.end() }
+        calls.add(entry)
+        let kind = "unknown"
+        yield* Effect.addFinalizer(() =>
+          Effect.sync(() => {
+            streams.delete(id)
+            calls.delete(entry)
+            streamsGauge.dec({ protocol, kind })
+            if (!call.writableEnded) call.end()
+          })
+        )
+        streamsGauge.inc({ protocol, kind })
+
+        let current: Published = yield* snapshots.current
+        const send = (url: string, snapshot: XdsSnapshot, since: number | undefined, at: number) => {
+          const response = push(stream, url, snapshot, at)
+          if (response === undefined) return
+          call.write(response.bytes)
+          pushesTotal.inc({ protocol, type: shortType(url) })
+          if (since !== undefined) pushLatency.observe({ type: shortType(url) }, Math.max(0, at - since) / 1000)
+        }
+
+        while (true) {
+          const event = yield* Queue.take(events)
+          const at = yield* Clock.currentTimeMillis
+          if (event._tag === "Closed") return
+          if (event._tag === "Snapshot") {
+            if (event.published.snapshot.version === current.snapshot.version) continue
+            current = event.published
+            for (const url of stream.types.keys()) send(url, current.snapshot, current.publishedAt, at)
+            continue
+          }
+          const request = event.request
+          const hadNode = stream.node !== undefined
+          const outcome = protocol === "sotw"
+            ? onSotwRequest(stream, request as SotwRequest, at)
+            : onDeltaRequest(stream, request as DeltaRequest, at)
+          if (!hadNode && stream.node !== undefined) {
+            streamsGauge.dec({ protocol, kind })
+            kind = kindOf(stream.node)
+            streamsGauge.inc({ protocol, kind })
+            yield* Effect.logInfo("xds: client connected").pipe(
+              Effect.annotateLogs({ node: stream.node.id, kind, protocol, peer: stream.peer })
+            )
+          }
+          const type = shortType(request.type_url)
+          if (outcome._tag === "Nack") {
+            nacksTotal.inc({ type })
+            yield* Effect.logWarning("xds: client rejected a response (NACK)").pipe(
+              Effect.annotateLogs({ node: stream.node?.id ?? "", type, version: outcome.nack.version, error: outcome.nack.message })
+            )
+          } else if (outcome._tag === "Ack") {
+            ackLatency.observe({ type }, outcome.latency / 1000)
+          }
+          send(request.type_url, current.snapshot, undefined, at)
+        }
+      }).pipe(Effect.scoped)
+
+    const serveHealth = {
+      Check: (call: grpc.ServerUnaryCall<HealthCheckRequest, ServingStatus>, callback: grpc.sendUnaryData<ServingStatus>) => {
+        runFork(Effect.map(snapshots.current, (published) => {
+          const status = servingStatus(call.request.service, published.snapshot)
+          if (status === ServingStatus.SERVICE_UNKNOWN) {
+            callback({ code: grpc.status.NOT_FOUND, details: `unknown service "${call.request.service}"` })
+          } else callback(null, status)
+        }))
+      },
+      Watch: (call: grpc.ServerWritableStream<HealthCheckRequest, ServingStatus>) => {
+        const id = ++nextId
+        const entry = { end: () => call.end() }
+        const watch = snapshots.changes.pipe(
+          Stream.map((published) => servingStatus(call.request.service, published.snapshot)),
+          Stream.changes,
+          Stream.runForEach((status) => Effect.sync(() => call.write(status))),
+          Effect.ensuring(Effect.sync(() => {
+            calls.delete(entry)
+            if (!call.writableEnded) call.end()
+          }))
+        )
+        calls.add(entry)
+        call.on("cancelled", () => runFork(FiberMap.remove(fibers, id)))
+        runFork(FiberMap.run(fibers, id, watch))
+      }
+    }
+
+    const runStream = (protocol: Protocol) => <Req extends SotwRequest | DeltaRequest>(call: AdsCall<Req>) => {
+      const id = ++nextId
+      runFork(FiberMap.run(fibers, id, serveAds(protocol, call)))
+    }
+
+    const server = yield* Effect.acquireRelease(
+      Effect.async<{ server: grpc.Server; port: number }, XdsBindFailed>((resume) => {
+        const server = new grpc.Server({
+          // Envoy keeps one ADS stream for its lifetime; these keep idle proxies' streams alive
+          // through NATs without letting a busy client ping us to death.
+          "grpc.keepalive_permit_without_calls": 1,
+          "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+          "grpc.max_receive_message_length": 16 * 1024 * 1024
+        })
+        const ads = {
+          StreamAggregatedResources: runStream("sotw"),
+          DeltaAggregatedResources: runStream("delta")
+        }
+        server.addService(adsService, ads)
+        server.addService(sdsService, { StreamSecrets: runStream("sotw"), DeltaSecrets: runStream("delta") })
+        server.addService(healthService, serveHealth)
+        const address = `${host.includes(":") ? `[${host}]` : host}:${requestedPort}`
+        server.bindAsync(address, options.credentials ?? grpc.ServerCredentials.createInsecure(), (error, port) => {
+          if (error) {
+            server.forceShutdown()
+            resume(Effect.fail(new XdsBindFailed({ address, reason: error.message })))
+          } else resume(Effect.succeed({ server, port }))
+        })
+      }),
+      ({ server }) =>
+        Effect.gen(function*() {
+          // Streams never end by themselves: end them, then give the server a bounded grace.
+          for (const call of calls) call.end()
+          yield* FiberMap.clear(fibers)
+          const drained = yield* Effect.async<void>((resume) => server.tryShutdown(() => resume(Effect.void))).pipe(
+            Effect.timeoutOption(options.shutdownGrace ?? Duration.seconds(2))
+          )
+          if (Option.isNone(drained)) server.forceShutdown()
+        })
+    )
+    yield* Effect.logInfo("xds: serving").pipe(Effect.annotateLogs({ host, port: server.port }))
+
+    return Xds.of({
+      address: { host, port: server.port },
+      status: Effect.map(snapshots.current, (published) => ({
+        address: `${host}:${server.port}`,
+        snapshotVersion: published.snapshot.version,
+        clients: [...streams.values()].map(describeStream)
+      }))
+    })
+  })
+
+const servingStatus = (service: string, snapshot: XdsSnapshot): ServingStatus => {
+  if (service === "") return ServingStatus.SERVING
+  const available = snapshot.availability.get(service)
+  return available === undefined ? ServingStatus.SERVICE_UNKNOWN : available ? ServingStatus.SERVING : ServingStatus.NOT_SERVING
+}

@@ -1,0 +1,212 @@
+/**
+ * The gRPC wire for xDS: service definitions whose response serializer is the identity (responses
+ * are assembled from pre-encoded resource bytes), request decoding through the loaded protos, and
+ * grpc.health.v1 (two one-field messages, encoded by hand rather than shipping a .proto file).
+ */
+import type * as grpc from "@grpc/grpc-js"
+import protobuf from "protobufjs"
+import { lookupType, Types } from "./Protos.js"
+import type { XdsResource } from "./XdsSnapshot.js"
+
+export interface NodeInfo {
+  readonly id: string
+  readonly cluster: string
+  readonly user_agent_name: string
+  readonly user_agent_version: string
+}
+
+export interface RequestError {
+  readonly code: number
+  readonly message: string
+}
+
+export interface SotwRequest {
+  readonly version_info: string
+  readonly node: NodeInfo | undefined
+  readonly resource_names: ReadonlyArray<string>
+  readonly type_url: string
+  readonly response_nonce: string
+  readonly error_detail: RequestError | undefined
+}
+
+export interface DeltaRequest {
+  readonly node: NodeInfo | undefined
+  readonly type_url: string
+  readonly resource_names_subscribe: ReadonlyArray<string>
+  readonly resource_names_unsubscribe: ReadonlyArray<string>
+  readonly initial_resource_versions: Readonly<Record<string, string>>
+  readonly response_nonce: string
+  readonly error_detail: RequestError | undefined
+}
+
+const nodeOf = (node: unknown): NodeInfo | undefined => {
+  if (node === null || node === undefined) return undefined
+  const n = node as Partial<Record<keyof NodeInfo, unknown>> & { user_agent_version_type?: string }
+  return {
+    id: typeof n.id === "string" ? n.id : "",
+    cluster: typeof n.cluster === "string" ? n.cluster : "",
+    user_agent_name: typeof n.user_agent_name === "string" ? n.user_agent_name : "",
+    user_agent_version: typeof n.user_agent_version === "string" ? n.user_agent_version : ""
+  }
+}
+
+const errorOf = (status: unknown): RequestError | undefined => {
+  if (status === null || status === undefined) return undefined
+  const s = status as { code?: number; message?: string }
+  return { code: s.code ?? 0, message: s.message ?? "" }
+}
+
+export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
+  const m = lookupType(Types.DiscoveryRequest).decode(bytes) as unknown as Record<string, unknown>
+  return {
+    version_info: (m["version_info"] as string | undefined) ?? "",
+    node: nodeOf(m["node"]),
+    resource_names: (m["resource_names"] as Array<string> | undefined) ?? [],
+    type_url: (m["type_url"] as string | undefined) ?? "",
+    response_nonce: (m["response_nonce"] as string | undefined) ?? "",
+    error_detail: errorOf(m["error_detail"])
+  }
+}
+
+export const decodeDeltaRequest = (bytes: Buffer): DeltaRequest => {
+  const m = lookupType(Types.DeltaDiscoveryRequest).decode(bytes) as unknown as Record<string, unknown>
+  return {
+    node: nodeOf(m["node"]),
+    type_url: (m["type_url"] as string | undefined) ?? "",
+    resource_names_subscribe: (m["resource_names_subscribe"] as Array<string> | undefined) ?? [],
+    resource_names_unsubscribe: (m["resource_names_unsubscribe"] as Array<string> | undefined) ?? [],
+    initial_resource_versions: (m["initial_resource_versions"] as Record<string, string> | undefined) ?? {},
+    response_nonce: (m["response_nonce"] as string | undefined) ?? "",
+    error_detail: errorOf(m["error_detail"])
+  }
+}
+
+const CONTROL_PLANE = "mesh-controller"
+
+/** DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}}. */
+export const encodeSotwResponse = (
+  version: string,
+  resources: Iterable<XdsResource>,
+  typeUrl: string,
+  nonce: string
+): Buffer => {
+  const w = protobuf.Writer.create().uint32(10).string(version)
+  for (const r of resources) w.uint32(18).bytes(r.any)
+  w.uint32(34).string(typeUrl).uint32(42).string(nonce)
+  w.uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim()
+  return Buffer.from(w.finish())
+}
+
+/**
+ * DeltaDiscoveryResponse {system_version_info=1, resources=2 (Resource{version=1, resource=2,
+ * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}.
+ */
+export const encodeDeltaResponse = (
+  systemVersion: string,
+  resources: Iterable<XdsResource>,
+  removed: Iterable<string>,
+  typeUrl: string,
+  nonce: string
+): Buffer => {
+  const w = protobuf.Writer.create().uint32(10).string(systemVersion)
+  for (const r of resources) {
+    w.uint32(18).fork().uint32(10).string(r.version).uint32(18).bytes(r.any).uint32(26).string(r.name).ldelim()
+  }
+  w.uint32(34).string(typeUrl).uint32(42).string(nonce)
+  for (const name of removed) w.uint32(50).string(name)
+  w.uint32(58).fork().uint32(10).string(CONTROL_PLANE).ldelim()
+  return Buffer.from(w.finish())
+}
+
+const identity = (b: Buffer) => b
+
+const bidi = <Req>(path: string, typeName: string, decode: (b: Buffer) => Req): grpc.MethodDefinition<Req, Buffer> => ({
+  path,
+  requestStream: true,
+  responseStream: true,
+  requestSerialize: (request) => {
+    const type = lookupType(typeName)
+    return Buffer.from(type.encode(type.fromObject(request as Record<string, unknown>)).finish())
+  },
+  requestDeserialize: decode,
+  responseSerialize: identity,
+  responseDeserialize: identity
+})
+
+const ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService"
+const SDS = "/envoy.service.secret.v3.SecretDiscoveryService"
+
+export const adsService = {
+  StreamAggregatedResources: bidi(`${ADS}/StreamAggregatedResources`, Types.DiscoveryRequest, decodeSotwRequest),
+  DeltaAggregatedResources: bidi(`${ADS}/DeltaAggregatedResources`, Types.DeltaDiscoveryRequest, decodeDeltaRequest)
+} satisfies grpc.ServiceDefinition
+
+/** SDS is the same protocol restricted to Secrets; Envoy uses it when a config source names SDS. */
+export const sdsService = {
+  StreamSecrets: bidi(`${SDS}/StreamSecrets`, Types.DiscoveryRequest, decodeSotwRequest),
+  DeltaSecrets: bidi(`${SDS}/DeltaSecrets`, Types.DeltaDiscoveryRequest, decodeDeltaRequest)
+} satisfies grpc.ServiceDefinition
+
+// ---------------------------------------------------------------------------------------------
+// grpc.health.v1
+// ---------------------------------------------------------------------------------------------
+
+export const ServingStatus = { UNKNOWN: 0, SERVING: 1, NOT_SERVING: 2, SERVICE_UNKNOWN: 3 } as const
+export type ServingStatus = (typeof ServingStatus)[keyof typeof ServingStatus]
+
+/** HealthCheckRequest {service=1}. An object, not a bare string: grpc-js takes "" for "no message". */
+export interface HealthCheckRequest {
+  readonly service: string
+}
+
+export const decodeHealthRequest = (bytes: Buffer): HealthCheckRequest => {
+  const reader = protobuf.Reader.create(bytes)
+  let service = ""
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32()
+    if (tag >>> 3 === 1 && (tag & 7) === 2) service = reader.string()
+    else reader.skipType(tag & 7)
+  }
+  return { service }
+}
+
+/** HealthCheckResponse {status=1}. */
+export const encodeHealthResponse = (status: ServingStatus): Buffer =>
+  Buffer.from(protobuf.Writer.create().uint32(8).uint32(status).finish())
+
+export const decodeHealthResponse = (bytes: Buffer): ServingStatus => {
+  const reader = protobuf.Reader.create(bytes)
+  let status = 0
+  while (reader.pos < reader.len) {
+    const tag = reader.uint32()
+    if (tag >>> 3 === 1 && (tag & 7) === 0) status = reader.uint32()
+    else reader.skipType(tag & 7)
+  }
+  return status as ServingStatus
+}
+
+export const encodeHealthRequest = (request: HealthCheckRequest): Buffer =>
+  Buffer.from(protobuf.Writer.create().uint32(10).string(request.service).finish())
+
+const HEALTH = "/grpc.health.v1.Health"
+
+export const healthService = {
+  Check: {
+    path: `${HEALTH}/Check`,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: encodeHealthRequest,
+    requestDeserialize: decodeHealthRequest,
+    responseSerialize: encodeHealthResponse,
+    responseDeserialize: decodeHealthResponse
+  },
+  Watch: {
+    path: `${HEALTH}/Watch`,
+    requestStream: false,
+    responseStream: true,
+    requestSerialize: encodeHealthRequest,
+    requestDeserialize: decodeHealthRequest,
+    responseSerialize: encodeHealthResponse,
+    responseDeserialize: decodeHealthResponse
+  }
+} satisfies grpc.ServiceDefinition

@@ -1,0 +1,274 @@
+/**
+ * The protocol state of one ADS stream, per resource type: subscriptions, nonces, ACK/NACK, and
+ * the decision whether (and what) to push. Owned by the stream's single fiber, so the mutation
+ * here is never concurrent; the functions take the current time instead of reading a clock.
+ *
+ * Rules (both variants):
+ * - At most one unacknowledged push per type: nothing is sent for a type while its last response
+ *   waits for an ACK or NACK. A burst of snapshot changes becomes one push after the ACK.
+ * - A request whose `response_nonce` is not the pending push's nonce is stale: its ACK/NACK is
+ *   ignored (SotW ignores the whole request, as go-control-plane does).
+ * - On a NACK the client keeps its last acknowledged state; the error is recorded, and the
+ *   rejected content is not sent again: only a change of content (or, SotW, of subscription)
+ *   leads to another push.
+ *
+ * SotW: every response holds every subscribed resource that exists (a client treats an LDS/CDS
+ * resource left out as deleted), and a changed subscription always gets a fresh response, since
+ * gRPC clients subscribe one name at a time and wait for an answer to each.
+ * Delta: only changed resources are sent; names the client has that are gone (or left the
+ * wildcard set) go in `removed_resources`.
+ */
+import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
+import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
+import { TypeUrls } from "./Protos.js"
+import { versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
+
+export type Protocol = "sotw" | "delta"
+export type ClientKind = "proxyless" | "envoy" | "unknown"
+
+export interface Nack {
+  readonly version: string
+  readonly message: string
+  readonly at: number
+}
+
+export interface TypeState {
+  subscribed: boolean
+  wildcard: boolean
+  names: Set<string>
+  /** SotW: the subscription changed since the last push. */
+  dirty: boolean
+  pendingNonce: string | undefined
+  pendingVersion: string | undefined
+  pendingSince: number
+  /** SotW: the content version of the last push. */
+  lastSent: string | undefined
+  /** SotW: the content version the client rejected last. */
+  rejected: string | undefined
+  /** Delta: resource name → version the client has been sent (or told it has). */
+  readonly known: Map<string, string>
+  acked: { version: string; at: number } | undefined
+  lastNack: Nack | undefined
+  nacks: number
+  pushes: number
+}
+
+export interface StreamState {
+  readonly id: number
+  readonly protocol: Protocol
+  readonly peer: string
+  readonly connectedAt: number
+  node: NodeInfo | undefined
+  readonly types: Map<string, TypeState>
+  nonce: number
+}
+
+export const newStream = (id: number, protocol: Protocol, peer: string, now: number): StreamState => ({
+  id,
+  protocol,
+  peer,
+  connectedAt: now,
+  node: undefined,
+  types: new Map(),
+  nonce: 0
+})
+
+const typeState = (stream: StreamState, url: string): TypeState => {
+  let t = stream.types.get(url)
+  if (t === undefined) {
+    t = {
+      subscribed: false,
+      wildcard: false,
+      names: new Set(),
+      dirty: false,
+      pendingNonce: undefined,
+      pendingVersion: undefined,
+      pendingSince: 0,
+      lastSent: undefined,
+      rejected: undefined,
+      known: new Map(),
+      acked: undefined,
+      lastNack: undefined,
+      nacks: 0,
+      pushes: 0
+    }
+    stream.types.set(url, t)
+  }
+  return t
+}
+
+export const kindOf = (node: NodeInfo | undefined): ClientKind => {
+  const agent = node?.user_agent_name.toLowerCase() ?? ""
+  if (agent === "envoy") return "envoy"
+  if (agent.includes("grpc")) return "proxyless"
+  return "unknown"
+}
+
+/** LDS and CDS are the types a client may subscribe to by wildcard (an empty first request). */
+const wildcardType = (url: string) => url === TypeUrls.Listener || url === TypeUrls.Cluster
+
+/** What a request meant, for logs and metrics. */
+export type RequestOutcome =
+  | { readonly _tag: "Subscribe" }
+  | { readonly _tag: "Ack"; readonly version: string; readonly latency: number }
+  | { readonly _tag: "Nack"; readonly nack: Nack }
+  | { readonly _tag: "Stale" }
+
+const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest["error_detail"], now: number): RequestOutcome => {
+  if (nonce === "") return { _tag: "Subscribe" }
+  if (t.pendingNonce === undefined || nonce !== t.pendingNonce) return { _tag: "Stale" }
+  const latency = now - t.pendingSince
+  const sent = t.pendingVersion ?? ""
+  t.pendingNonce = undefined
+  t.pendingVersion = undefined
+  if (error !== undefined) {
+    const nack = { version: sent, message: error.message, at: now }
+    t.lastNack = nack
+    t.rejected = sent
+    t.nacks++
+    return { _tag: "Nack", nack }
+  }
+  t.acked = { version: version === "" ? sent : version, at: now }
+  return { _tag: "Ack", version: t.acked.version, latency }
+}
+
+const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((x) => b.has(x))
+
+export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
+  if (stream.node === undefined && request.node !== undefined) stream.node = request.node
+  const t = typeState(stream, request.type_url)
+  const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
+  if (outcome._tag === "Stale") return outcome
+  const names = new Set(request.resource_names.filter((n) => n !== "*"))
+  const wildcard = request.resource_names.includes("*") ||
+    (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
+  if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) t.dirty = true
+  t.subscribed = true
+  t.wildcard = wildcard
+  t.names = names
+  return outcome
+}
+
+export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: number): RequestOutcome => {
+  if (stream.node === undefined && request.node !== undefined) stream.node = request.node
+  const t = typeState(stream, request.type_url)
+  const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
+  if (!t.subscribed) {
+    for (const [name, version] of Object.entries(request.initial_resource_versions)) t.known.set(name, version)
+    t.wildcard = request.resource_names_subscribe.length === 0 && wildcardType(request.type_url)
+  }
+  for (const name of request.resource_names_subscribe) {
+    if (name === "*") t.wildcard = true
+    else t.names.add(name)
+  }
+  for (const name of request.resource_names_unsubscribe) {
+    if (name === "*") t.wildcard = false
+    else {
+      t.names.delete(name)
+      t.known.delete(name)
+    }
+  }
+  t.subscribed = true
+  return outcome
+}
+
+const wanted = (stream: StreamState, t: TypeState, url: string, snapshot: XdsSnapshot): ReadonlyArray<string> => {
+  if (!t.wildcard) return [...t.names]
+  const names = new Set(wildcardNames(snapshot, url, stream.node?.id ?? ""))
+  for (const n of t.names) names.add(n)
+  return [...names]
+}
+
+const byName = (a: XdsResource, b: XdsResource) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+
+export interface Push {
+  readonly bytes: Buffer
+  readonly resources: number
+  readonly removed: number
+}
+
+const nextNonce = (stream: StreamState) => String(++stream.nonce)
+
+/** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
+export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  const t = stream.types.get(url)
+  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
+  const names = wanted(stream, t, url, snapshot)
+  if (!t.wildcard && names.length === 0) {
+    t.dirty = false
+    return undefined
+  }
+  const table = snapshot.resources.get(url)
+  const resources = names.flatMap((n) => {
+    const r = table?.get(n)
+    return r === undefined ? [] : [r]
+  }).sort(byName)
+  const version = versionOf(resources)
+  if (!t.dirty && (version === t.lastSent || version === t.rejected)) return undefined
+  const nonce = nextNonce(stream)
+  t.pendingNonce = nonce
+  t.pendingVersion = version
+  t.pendingSince = now
+  t.lastSent = version
+  t.dirty = false
+  t.pushes++
+  return { bytes: encodeSotwResponse(version, resources, url, nonce), resources: resources.length, removed: 0 }
+}
+
+/** The Delta response for `url` if anything changed for this client, recording it as pending. */
+export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  const t = stream.types.get(url)
+  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
+  const names = new Set(wanted(stream, t, url, snapshot))
+  const table = snapshot.resources.get(url)
+  const updates: Array<XdsResource> = []
+  for (const n of names) {
+    const r = table?.get(n)
+    if (r !== undefined && t.known.get(n) !== r.version) updates.push(r)
+  }
+  const removed = [...t.known.keys()].filter((n) => !names.has(n) || table?.get(n) === undefined)
+  if (updates.length === 0 && removed.length === 0) return undefined
+  updates.sort(byName)
+  for (const r of updates) t.known.set(r.name, r.version)
+  for (const n of removed) t.known.delete(n)
+  const nonce = nextNonce(stream)
+  t.pendingNonce = nonce
+  t.pendingVersion = snapshot.version
+  t.pendingSince = now
+  t.pushes++
+  return {
+    bytes: encodeDeltaResponse(snapshot.version, updates, removed, url, nonce),
+    resources: updates.length,
+    removed: removed.length
+  }
+}
+
+export const push = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined =>
+  stream.protocol === "sotw" ? sotwPush(stream, url, snapshot, now) : deltaPush(stream, url, snapshot, now)
+
+const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
+const iso = (ms: number) => new Date(ms).toISOString()
+const MAX_LISTED = 50
+
+/** The stream as `/status` shows it. */
+export const describeStream = (stream: StreamState) => ({
+  stream: stream.id,
+  nodeId: stream.node?.id ?? null,
+  kind: kindOf(stream.node),
+  userAgent: stream.node ? `${stream.node.user_agent_name} ${stream.node.user_agent_version}`.trim() : null,
+  protocol: stream.protocol,
+  peer: stream.peer,
+  connectedAt: iso(stream.connectedAt),
+  types: Object.fromEntries(
+    [...stream.types].map(([url, t]) => [shortType(url), {
+      subscribed: t.wildcard ? ["*", ...[...t.names].slice(0, MAX_LISTED)] : [...t.names].slice(0, MAX_LISTED),
+      subscribedCount: t.names.size,
+      acknowledgedVersion: t.acked?.version ?? null,
+      acknowledgedAt: t.acked ? iso(t.acked.at) : null,
+      waitingForAck: t.pendingNonce !== undefined,
+      pushes: t.pushes,
+      nacks: t.nacks,
+      lastNack: t.lastNack ? { version: t.lastNack.version, message: t.lastNack.message, at: iso(t.lastNack.at) } : null
+    }])
+  )
+})
