@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+#
+# Multi-arch build (Raspberry Pi and x86 hosts):
+#   docker buildx build --platform linux/arm64,linux/amd64 -t mesh-controller:latest .
+# The builder runs on the target platform (under QEMU when cross-building), so any optional
+# platform-specific package in node_modules matches the runtime's architecture.
+
+FROM node:22-bookworm-slim AS build
+WORKDIR /app
+ENV npm_config_fund=false npm_config_audit=false
+COPY package.json package-lock.json ./
+RUN npm ci --ignore-scripts
+COPY tsconfig.json tsconfig.build.json ./
+COPY schemas schemas
+COPY layers layers
+COPY src src
+RUN npm run build && npm prune --omit=dev --ignore-scripts \
+  && mkdir -p /state && chmod 0700 /state
+
+FROM gcr.io/distroless/nodejs22-debian12:nonroot
+WORKDIR /app
+COPY --from=build --chown=0:0 /app/package.json ./
+COPY --from=build --chown=0:0 /app/node_modules ./node_modules
+COPY --from=build --chown=0:0 /app/dist ./dist
+COPY --chown=0:0 examples/container.yaml /etc/mesh-controller/mesh.yaml
+# The CA and workload keys live here, owned by the runtime user; mount a volume so they survive
+# the container (a named volume copies this ownership on first use).
+COPY --from=build --chown=65532:65532 /state /var/lib/mesh-controller
+VOLUME ["/var/lib/mesh-controller"]
+USER 65532:65532
+ENV NODE_ENV=production LOG_FORMAT=json
+# xDS (gRPC) and the admin HTTP server
+EXPOSE 15010 15014
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["/nodejs/bin/node", "dist/src/healthcheck.js", "http://127.0.0.1:15014/healthz"]
+ENTRYPOINT ["/nodejs/bin/node", "dist/src/main.js"]
+CMD ["run", "--config", "/etc/mesh-controller/mesh.yaml"]

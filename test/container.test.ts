@@ -1,0 +1,94 @@
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { execFileSync } from "node:child_process"
+import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { requireBuild, startDaemon } from "./support/daemon.js"
+
+/**
+ * No Docker engine runs here, so this runs what the image runs, the way it runs it: the built
+ * dist/ with production dependencies only (`npm ci --omit=dev`, as the Dockerfile's prune leaves
+ * them), as UID 65532 when the tests run as root, with the config on a read-only path, and the
+ * image's own entry point, health check and stop signal.
+ */
+const RUNTIME_UID = 65532
+const asRoot = process.getuid?.() === 0
+
+let root = ""
+let app = ""
+let etc = ""
+let state = ""
+
+beforeAll(() => {
+  requireBuild()
+  root = mkdtempSync(join(tmpdir(), "mesh-container-"))
+  chmodSync(root, 0o755)
+  app = join(root, "app")
+  mkdirSync(app)
+  cpSync("dist", join(app, "dist"), { recursive: true })
+  for (const file of ["package.json", "package-lock.json"]) cpSync(file, join(app, file))
+  execFileSync("npm", ["ci", "--omit=dev", "--ignore-scripts", "--prefer-offline", "--no-audit", "--no-fund"], {
+    cwd: app,
+    stdio: "pipe"
+  })
+  etc = join(root, "etc")
+  mkdirSync(etc)
+  const config = readFileSync("examples/container.yaml", "utf8")
+    .replace("xds: { host: 0.0.0.0, port: 15010 }", "xds: { host: 127.0.0.1, port: 0 }")
+    .replace("admin: { host: 0.0.0.0, port: 15014 }", "admin: { host: 127.0.0.1, port: 0 }")
+    .replace("/var/lib/mesh-controller/certs", join(root, "state", "certs"))
+  writeFileSync(join(etc, "mesh.yaml"), config)
+  chmodSync(join(etc, "mesh.yaml"), 0o444)
+  chmodSync(etc, 0o555)
+  state = join(root, "state")
+  mkdirSync(state, { mode: 0o700 })
+  if (asRoot) chownSync(state, RUNTIME_UID, RUNTIME_UID)
+}, 180_000)
+
+afterAll(() => {
+  if (root) rmSync(root, { recursive: true, force: true })
+})
+
+describe("the container's process, run as the image runs it", () => {
+  it("has no development dependency installed", () => {
+    for (const devOnly of ["vitest", "typescript", "@effect/vitest"]) {
+      expect(existsSync(join(app, "node_modules", devOnly))).toBe(false)
+    }
+    expect(existsSync(join(app, "node_modules", "effect"))).toBe(true)
+  })
+
+  it("becomes ready as a non-root user with a read-only config, passes its health check, and stops on SIGTERM", async () => {
+    const command = asRoot ? "setpriv" : process.execPath
+    const prefix = asRoot
+      ? [`--reuid=${RUNTIME_UID}`, `--regid=${RUNTIME_UID}`, "--clear-groups", process.execPath]
+      : []
+    const daemon = await startDaemon(join(etc, "mesh.yaml"), {
+      command,
+      args: [...prefix, join(app, "dist", "src", "main.js")],
+      cwd: app,
+      env: { NODE_ENV: "production" }
+    })
+    try {
+      const health = execFileSync(process.execPath, [join(app, "dist", "src", "healthcheck.js"), `${daemon.adminUrl}/healthz`], {
+        stdio: "pipe"
+      })
+      expect(health.toString()).toBe("")
+      if (asRoot) {
+        const status = readFileSync(`/proc/${daemon.child.pid}/status`, "utf8")
+        const child = Number(/\nUid:\s+(\d+)/.exec(status)?.[1] ?? -1)
+        // setpriv execs node in place, so the pid is the daemon's.
+        expect(child).toBe(RUNTIME_UID)
+      }
+      daemon.child.kill("SIGTERM")
+      expect(await daemon.exited).toEqual({ code: 0, signal: null })
+    } finally {
+      daemon.child.kill("SIGKILL")
+    }
+  })
+
+  it("the health check fails when nothing answers", () => {
+    expect(() =>
+      execFileSync(process.execPath, [join(app, "dist", "src", "healthcheck.js"), "http://127.0.0.1:1/healthz"], { stdio: "pipe" })
+    ).toThrow()
+  })
+})
