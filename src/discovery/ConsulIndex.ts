@@ -27,8 +27,9 @@ export const parseIndex = (header: string | ReadonlyArray<string> | undefined): 
 
 export const advance = (previous: bigint, returned: bigint | undefined): IndexStep => {
   if (returned === undefined) return { next: 0n, changed: true, reset: true }
-  if (returned < previous) return { next: 0n, changed: true, reset: true }
+  // Zero first: resetting to 0 on it would make the next query non-blocking again.
   if (returned <= 0n) return { next: 1n, changed: previous !== 1n, reset: false }
+  if (returned < previous) return { next: 0n, changed: true, reset: true }
   return { next: returned, changed: returned !== previous, reset: false }
 }
 

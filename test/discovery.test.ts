@@ -1,0 +1,224 @@
+/**
+ * Discovery without Consul: the pure rules (merge precedence, Consul index handling, response and
+ * registration mapping), the embedded registry across config reloads, and the registration API
+ * over real HTTP.
+ */
+import { HttpRouter, HttpServer } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Either, Layer } from "effect"
+import * as NodeHttp from "node:http"
+import { Config } from "../layers/Config.js"
+import { Discovery } from "../layers/Discovery.js"
+import { RegistrationApi } from "../layers/RegistrationApi.js"
+import type { MeshConfig } from "../schemas/Config.js"
+import { decodeConfig } from "../src/ConfigDocument.js"
+import { decodeHealthService, registerOptions, registrationsOf } from "../src/discovery/Consul.js"
+import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
+import { type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
+import { fromConfig } from "../src/MeshState.js"
+import { eventually } from "./support/eventually.js"
+
+const decode = (value: Record<string, unknown>): MeshConfig =>
+  Either.getOrThrowWith(decodeConfig({ mesh: { name: "unit" }, ...value }, "test"), (error) => new Error(error.message))
+
+describe("Consul index rules", () => {
+  it("advances, resets when the index goes backwards or is missing, and never uses zero", () => {
+    assert.deepStrictEqual(advance(0n, 5n), { next: 5n, changed: true, reset: false })
+    assert.deepStrictEqual(advance(5n, 5n), { next: 5n, changed: false, reset: false })
+    assert.deepStrictEqual(advance(5n, 9n), { next: 9n, changed: true, reset: false })
+    assert.deepStrictEqual(advance(9n, 3n), { next: 0n, changed: true, reset: true })
+    assert.deepStrictEqual(advance(9n, undefined), { next: 0n, changed: true, reset: true })
+    assert.deepStrictEqual(advance(0n, 0n), { next: 1n, changed: true, reset: false })
+    assert.deepStrictEqual(advance(1n, 0n).next, 1n)
+  })
+
+  it("parses X-Consul-Index and rate-limits rapid returns", () => {
+    assert.strictEqual(parseIndex("42"), 42n)
+    assert.strictEqual(parseIndex(["7"]), 7n)
+    assert.isUndefined(parseIndex("abc"))
+    assert.isUndefined(parseIndex(undefined))
+    assert.strictEqual(rateLimitDelay(1000, 1010, 50), 40)
+    assert.strictEqual(rateLimitDelay(1000, 2000, 50), 0)
+  })
+})
+
+describe("merge precedence: config > API > Consul", () => {
+  const config = fromConfig(decode({
+    services: [{ name: "echo", protocol: "grpc", port: 50051, endpoints: [{ address: "10.0.0.1", weight: 7 }] }]
+  })).services
+  const consul: ReadonlyMap<string, ConsulService> = new Map([
+    ["echo", {
+      name: "echo",
+      instances: [
+        { id: "a", address: "10.0.0.1", port: 50051, weight: 1, tags: [], meta: { protocol: "http" }, health: "unhealthy" },
+        { id: "b", address: "10.0.0.3", port: 50051, weight: 2, tags: [], meta: {}, health: "healthy" }
+      ]
+    }],
+    ["only-consul", {
+      name: "only-consul",
+      instances: [{ id: "c", address: "10.9.0.1", port: 9000, weight: 1, tags: ["tcp"], meta: {}, health: "healthy" }]
+    }],
+    ["empty", { name: "empty", instances: [] }]
+  ])
+
+  it("keeps the file's service attributes and endpoint entries; unions endpoints", () => {
+    const merged = mergeRegistry(config, [
+      { service: "echo", address: "10.0.0.1", port: 50051, weight: 3, labels: {} },
+      { service: "echo", address: "10.0.0.2", port: 50051, weight: 4, labels: { v: "2" }, protocol: "tcp" }
+    ], consul)
+    const echo = merged.find((s) => s.name === "echo")!
+    assert.strictEqual(echo.source, "config")
+    assert.strictEqual(echo.protocol, "grpc")
+    assert.deepStrictEqual(echo.endpoints.map((e) => [e.address, e.source, e.weight, e.health]), [
+      ["10.0.0.1", "config", 7, "unknown"],
+      ["10.0.0.2", "api", 4, "unknown"],
+      ["10.0.0.3", "consul", 2, "healthy"]
+    ])
+  })
+
+  it("a service only Consul knows takes its protocol from meta or tags; one with no instances is left out", () => {
+    const merged = mergeRegistry([], [], consul)
+    assert.deepStrictEqual(merged.map((s) => [s.name, s.source, s.protocol, s.port]), [
+      ["echo", "consul", "http", 50051],
+      ["only-consul", "consul", "tcp", 9000]
+    ])
+  })
+
+  it("an API registration creates a service the file does not define", () => {
+    const merged = mergeRegistry(config, [{ service: "new", address: "10.5.0.1", port: 81, weight: 1, labels: {}, protocol: "tcp" }], new Map())
+    const created = merged.find((s) => s.name === "new")!
+    assert.deepStrictEqual([created.source, created.protocol, created.port], ["api", "tcp", 81])
+  })
+})
+
+describe("Consul mapping", () => {
+  it("maps /v1/health/service entries: service address over node address, worst check, weights", () => {
+    const decoded = decodeHealthService("web", [
+      {
+        Node: { Node: "n1", Address: "10.0.0.9" },
+        Service: { ID: "web-1", Service: "web", Address: "", Port: 80, Tags: null, Meta: null, Weights: { Passing: 5, Warning: 1 } },
+        Checks: [{ Status: "passing" }, { Status: "passing" }]
+      },
+      {
+        Node: { Node: "n2", Address: "10.0.0.8" },
+        Service: { ID: "web-2", Service: "web", Address: "10.1.0.2", Port: 81, Tags: ["a"], Meta: { k: "v" }, Weights: { Passing: 5, Warning: 1 } },
+        Checks: [{ Status: "passing" }, { Status: "warning" }]
+      },
+      { Node: { Node: "n3", Address: "10.0.0.7" }, Service: { ID: "web-3", Service: "web", Port: 82 }, Checks: [{ Status: "critical" }] }
+    ])
+    const web = Either.getOrThrow(decoded)
+    assert.deepStrictEqual(web.instances.map((i) => [i.address, i.port, i.weight, i.health]), [
+      ["10.0.0.9", 80, 5, "healthy"],
+      ["10.1.0.2", 81, 1, "healthy"],
+      ["10.0.0.7", 82, 1, "unhealthy"]
+    ])
+    assert.isTrue(Either.isLeft(decodeHealthService("web", { not: "an array" })))
+  })
+
+  it("builds registrations per endpoint of `register`ed services, with the configured check mode", () => {
+    const config = decode({
+      discovery: { consul: { registration: "consul", antiEntropyInterval: "10s" } },
+      services: [
+        {
+          name: "api",
+          port: 8080,
+          register: true,
+          endpoints: [{ address: "127.0.0.1" }, { address: "127.0.0.1", port: 8081 }],
+          healthCheck: { type: "http", path: "/ready" }
+        },
+        { name: "worker", port: 9000, register: { check: "ttl" }, endpoints: [{ address: "127.0.0.1" }] },
+        { name: "elsewhere", port: 7000, endpoints: [{ address: "10.0.0.1" }] }
+      ]
+    })
+    const registrations = registrationsOf(config)
+    assert.deepStrictEqual(registrations.map((r) => [r.id, r.check?.kind]), [
+      ["mesh-api-127.0.0.1-8080", "http"],
+      ["mesh-api-127.0.0.1-8081", "http"],
+      ["mesh-worker-127.0.0.1-9000", "ttl"]
+    ])
+    const http = registerOptions(registrations[0]!)
+    expect(http.check).toMatchObject({ http: "http://127.0.0.1:8080/ready", interval: "10000ms", timeout: "1000ms" })
+    expect(registerOptions(registrations[2]!).check).toMatchObject({ ttl: "30000ms" })
+    assert.deepStrictEqual(registrationsOf(decode({ services: [{ name: "x", port: 1, register: true }] })), [], "no Consul: nothing to register")
+  })
+})
+
+describe("embedded registry and the registration API", () => {
+  const initial = decode({ services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.1" }] }] })
+
+  const serve = Effect.gen(function*() {
+    const context = yield* Layer.build(
+      Layer.mergeAll(
+        HttpServer.serve(HttpRouter.toHttpApp(RegistrationApi).pipe(Effect.flatten)).pipe(Layer.provide(Discovery.layerEmbedded)),
+        Discovery.layerEmbedded
+      ).pipe(
+        Layer.provideMerge(NodeHttpServer.layer(() => NodeHttp.createServer(), { port: 0, host: "127.0.0.1" })),
+        Layer.provideMerge(Config.layerMemory(initial))
+      )
+    )
+    const address = Context.get(context, HttpServer.HttpServer).address
+    const port = address._tag === "TcpAddress" ? address.port : 0
+    return { discovery: Context.get(context, Discovery), config: Context.get(context, Config), base: `http://127.0.0.1:${port}` }
+  })
+
+  const request = (url: string, init?: RequestInit) =>
+    Effect.promise(async () => {
+      const response = await fetch(url, init)
+      const text = await response.text()
+      return { status: response.status, body: text === "" ? null : (JSON.parse(text) as Record<string, unknown>) }
+    })
+  const post = (url: string, body: unknown) =>
+    request(url, { method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json" } })
+
+  it.scopedLive("POST adds an endpoint, GET lists it, DELETE removes it; registrations survive a config reload", () =>
+    Effect.gen(function*() {
+      const { base, config, discovery } = yield* serve
+      const created = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 50052, weight: 3, labels: { zone: "b" } })
+      assert.strictEqual(created.status, 201)
+      assert.strictEqual(created.body?.["endpoint"], "10.0.0.2:50052")
+      yield* post(`${base}/v1/services/fresh/endpoints`, { address: "10.7.0.1", port: 80, protocol: "tcp" })
+
+      const listed = yield* request(`${base}/v1/services`)
+      const services = listed.body?.["services"] as ReadonlyArray<{ name: string; source: string; endpoints: ReadonlyArray<{ address: string; source: string }> }>
+      assert.deepStrictEqual(services.map((s) => [s.name, s.source, s.endpoints.map((e) => `${e.address}/${e.source}`)]), [
+        ["echo", "config", ["10.0.0.1/config", "10.0.0.2/api"]],
+        ["fresh", "api", ["10.7.0.1/api"]]
+      ])
+
+      // A reload replaces the file's part only.
+      yield* config.apply(decode({ services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.9" }] }] }), "reload")
+      const after = yield* eventually(Effect.flatMap(discovery.services, (services) => {
+        const addresses = services.find((s) => s.name === "echo")?.endpoints.map((e) => e.address)
+        return JSON.stringify(addresses) === JSON.stringify(["10.0.0.2", "10.0.0.9"]) ? Effect.succeed(services) : Effect.fail(addresses)
+      }))
+      assert.isDefined(after.find((s) => s.name === "fresh"))
+
+      const removed = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, { method: "DELETE" })
+      assert.strictEqual(removed.status, 204)
+      const again = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, { method: "DELETE" })
+      assert.strictEqual(again.status, 404)
+      const configOwned = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.9/50051`, { method: "DELETE" })
+      assert.strictEqual(configOwned.status, 404, "the API cannot remove what the file defines")
+      assert.deepStrictEqual((yield* discovery.services).find((s) => s.name === "echo")?.endpoints.map((e) => e.address), ["10.0.0.9"])
+    }))
+
+  it.scopedLive("bad requests get 400 with a message that names the field", () =>
+    Effect.gen(function*() {
+      const { base } = yield* serve
+      const badPort = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 70000 })
+      assert.strictEqual(badPort.status, 400)
+      expect(String(badPort.body?.["message"])).toMatch(/^body: port: expected a port number/)
+      const badName = yield* post(`${base}/v1/services/Not_A_Name/endpoints`, { address: "10.0.0.2", port: 80 })
+      assert.strictEqual(badName.status, 400)
+      expect(String(badName.body?.["message"])).toMatch(/^path: name: expected a service name/)
+      const unknownField = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 80, colour: "red" })
+      assert.strictEqual(unknownField.status, 400)
+      expect(String(unknownField.body?.["message"])).toMatch(/colour/)
+      const notJson = yield* request(`${base}/v1/services/echo/endpoints`, { method: "POST", body: "{", headers: { "content-type": "application/json" } })
+      assert.strictEqual(notJson.status, 400)
+      const badAddress = yield* post(`${base}/v1/services/echo/endpoints`, { address: "not an address!", port: 80 })
+      assert.strictEqual(badAddress.status, 400)
+      expect(String(badAddress.body?.["message"])).toMatch(/address: expected an IP address or a host name/)
+    }))
+})
