@@ -1,0 +1,278 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Context, Duration, Effect, Either, Exit, Layer, Option, Redacted, Stream, SubscriptionRef, TestClock } from "effect"
+import * as NodeFs from "node:fs/promises"
+import * as NodePath from "node:path"
+import { activateRoot, caPaths, type CertificateState, Certificates, introduceRoot } from "../layers/Certificates.js"
+import { createRoot, loadAuthority } from "../src/certs/Authority.js"
+import { renewalTime, serialFraction } from "../src/certs/Rotation.js"
+import { mayReadSecret, ROOT_CA_SECRET, secretResources } from "../src/certs/Sds.js"
+import { parseMeshPrincipal, parseSpiffeId } from "../src/certs/Spiffe.js"
+import { check, Types } from "../src/xds/Protos.js"
+import type { Service } from "../src/MeshState.js"
+import { certConfig, ephemeralLayer, openssl, persistentLayer, service, tempDir, writeFiles } from "./support/certs.js"
+
+const START = Date.parse("2026-03-01T00:00:00Z")
+const HOUR = 3_600_000
+
+const build = <A, E>(layer: Layer.Layer<A, E>) => Effect.map(Layer.build(layer), (context) => context)
+
+const startPersistent = (dir: string, services: ReadonlyArray<string>, certificates: Record<string, unknown> = {}) =>
+  Effect.gen(function*() {
+    const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>(services.map(service))
+    const context = yield* build(persistentLayer(certConfig({ dir, ...certificates }, services), registry))
+    return { registry, certs: Context.get(context, Certificates) }
+  })
+
+/** Waits (on the state stream, not on time) for a state that satisfies `predicate`. */
+const awaitState = (certs: Certificates["Type"], predicate: (state: CertificateState) => boolean) =>
+  certs.changes.pipe(Stream.filter(predicate), Stream.runHead, Effect.map(Option.getOrThrow))
+
+/** The state as the background loop left it (no freshness check, unlike `state`). */
+const peek = (certs: Certificates["Type"]) => certs.changes.pipe(Stream.runHead, Effect.map(Option.getOrThrow))
+
+const mode = (path: string) => Effect.promise(() => NodeFs.stat(path)).pipe(Effect.map((s) => s.mode & 0o777))
+
+describe("SPIFFE IDs", () => {
+  it("parses mesh IDs and rejects malformed ones with a reason", () => {
+    const ok = parseMeshPrincipal("spiffe://mesh.local/service/echo", "mesh.local")
+    assert.deepStrictEqual(Either.map(ok, (p) => p._tag === "Service" && p.name), Either.right("echo"))
+    assert.isTrue(Either.isRight(parseMeshPrincipal("spiffe://mesh.local/controller", "mesh.local")))
+    for (const bad of [
+      "https://mesh.local/service/echo",
+      "spiffe://Mesh.local/service/echo",
+      "spiffe://mesh.local:8443/service/echo",
+      "spiffe://mesh.local/service//echo",
+      "spiffe://mesh.local/service/../admin",
+      "spiffe://mesh.local/service/echo?x=1",
+      "spiffe:///service/echo"
+    ]) {
+      assert.isTrue(Either.isLeft(parseSpiffeId(bad)), bad)
+    }
+    const foreign = parseMeshPrincipal("spiffe://other.example/service/echo", "mesh.local")
+    assert.include(Either.getLeft(foreign).pipe(Option.getOrThrow).message, "trust domain")
+  })
+})
+
+describe("issued certificates", () => {
+  for (const keyAlgorithm of ["ecdsa-p256", "rsa-2048"] as const) {
+    it.scopedLive(`openssl verifies the chain and shows the SPIFFE SAN and usages (${keyAlgorithm})`, () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const context = yield* build(ephemeralLayer(certConfig({ keyAlgorithm })))
+        const certs = Context.get(context, Certificates)
+        const state = yield* certs.state
+        const echo = state.services.get("echo")!
+        const files = yield* writeFiles(dir, { "bundle.pem": state.bundle.pem, "echo.pem": echo.chainPem })
+        const verify = openssl(["verify", "-CAfile", files["bundle.pem"]!, "-purpose", "sslclient", files["echo.pem"]!])
+        assert.strictEqual(verify.status, 0, verify.output)
+        assert.include(verify.output, "OK")
+        const text = openssl(["x509", "-in", files["echo.pem"]!, "-noout", "-text"]).output
+        assert.include(text, "URI:spiffe://mesh.local/service/echo")
+        assert.include(text, "DNS:echo")
+        assert.include(text, "TLS Web Server Authentication, TLS Web Client Authentication")
+        assert.match(text, /Key Usage: critical\s+Digital Signature/)
+        assert.match(text, /Basic Constraints: critical\s+CA:FALSE/)
+        assert.include(text, keyAlgorithm === "ecdsa-p256" ? "prime256v1" : "Public-Key: (2048 bit)")
+        // A one-off certificate (`certs issue`) verifies the same way.
+        const oneOff = yield* certs.issue("batch")
+        const oneOffFile = (yield* writeFiles(dir, { "batch.pem": oneOff.chainPem }))["batch.pem"]!
+        assert.strictEqual(openssl(["verify", "-CAfile", files["bundle.pem"]!, oneOffFile]).status, 0)
+      })
+    )
+  }
+
+  it.scoped("the controller has its own identity; SDS secrets pass Envoy's Secret schema and are named by SPIFFE ID", () =>
+    Effect.gen(function*() {
+      const context = yield* build(ephemeralLayer(certConfig()))
+      const certs = Context.get(context, Certificates)
+      const state = yield* certs.state
+      assert.strictEqual(state.controller.spiffeId, "spiffe://mesh.local/controller")
+      const secrets = secretResources({ trustDomain: "mesh.local", bundlePem: state.bundle.pem, identities: state.services.values() })
+      assert.deepStrictEqual(secrets.map((s) => s.name), [
+        ROOT_CA_SECRET,
+        "spiffe://mesh.local/service/echo",
+        "spiffe://mesh.local/service/gateway"
+      ])
+      for (const secret of secrets) assert.deepStrictEqual(check(Types.Secret, secret), [], secret.name)
+      const map = yield* certs.secrets
+      assert.deepStrictEqual([...map.keys()], secrets.map((s) => s.name))
+      assert.isFalse("name" in map.get(ROOT_CA_SECRET)!)
+      assert.isTrue(mayReadSecret(undefined, ROOT_CA_SECRET))
+      assert.isTrue(mayReadSecret("spiffe://mesh.local/service/echo", "spiffe://mesh.local/service/echo"))
+      assert.isFalse(mayReadSecret("spiffe://mesh.local/service/gateway", "spiffe://mesh.local/service/echo"))
+      // Key material stays out of status.
+      const status = JSON.stringify(yield* certs.status)
+      assert.notInclude(status, "PRIVATE KEY")
+      assert.include(status, state.services.get("echo")!.serial)
+    })
+  )
+})
+
+describe("persistence", () => {
+  it.scoped("a restart reuses the CA; the directory is 0700 and the key 0600", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const first = yield* Effect.scoped(Effect.flatMap(startPersistent(dir, ["echo"]), ({ certs }) => certs.bundle))
+      const paths = caPaths(dir)
+      assert.strictEqual(yield* mode(dir), 0o700)
+      assert.strictEqual(yield* mode(paths.key), 0o600)
+      const keyBefore = yield* Effect.promise(() => NodeFs.readFile(paths.key))
+      const second = yield* Effect.scoped(Effect.flatMap(startPersistent(dir, ["echo"]), ({ certs }) => certs.bundle))
+      assert.deepStrictEqual(second.roots.map((r) => r.fingerprint), first.roots.map((r) => r.fingerprint))
+      assert.isTrue(keyBefore.equals(yield* Effect.promise(() => NodeFs.readFile(paths.key))))
+      const leftovers = (yield* Effect.promise(() => NodeFs.readdir(dir))).filter((name) => name.includes(".tmp-"))
+      assert.deepStrictEqual(leftovers, [])
+    })
+  )
+
+  it.scoped("a corrupt CA file stops the start with the file and reason, and is left byte-for-byte unchanged", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      yield* Effect.scoped(startPersistent(dir, ["echo"]))
+      const paths = caPaths(dir)
+      const original = yield* Effect.promise(() => NodeFs.readFile(paths.cert, "utf8"))
+      const corrupt = original.slice(0, 200) + "!!garbage!!" + original.slice(211)
+      yield* Effect.promise(() => NodeFs.writeFile(paths.cert, corrupt))
+      const exit = yield* Effect.exit(Effect.scoped(startPersistent(dir, ["echo"])))
+      assert.isTrue(Exit.isFailure(exit))
+      const error = Exit.isFailure(exit) ? Cause.failureOption(exit.cause).pipe(Option.getOrThrow) : undefined
+      assert.strictEqual(error?._tag, "CaInvalid")
+      assert.strictEqual(error?.message, `${paths.cert}: not a valid PEM certificate (corrupt or truncated?)`)
+      assert.strictEqual(yield* Effect.promise(() => NodeFs.readFile(paths.cert, "utf8")), corrupt)
+    })
+  )
+
+  it.scoped("a key that does not match the certificate is refused, naming the key file", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      yield* Effect.scoped(startPersistent(dir, []))
+      const paths = caPaths(dir)
+      const other = yield* createRoot({ meshName: "x", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: HOUR })
+      yield* Effect.promise(() => NodeFs.writeFile(paths.key, Redacted.value(other.keyPem)))
+      const error = yield* Effect.flip(Effect.scoped(startPersistent(dir, [])))
+      assert.strictEqual(error._tag, "CaInvalid")
+      assert.strictEqual(error.message, `${paths.key}: the key does not match the certificate in ${paths.cert}`)
+      assert.notInclude(error.message, "PRIVATE")
+    })
+  )
+
+  it.effect("loading checks the chain of an operator-provided CA", () =>
+    Effect.gen(function*() {
+      const root = yield* createRoot({ meshName: "x", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: HOUR })
+      const stranger = yield* createRoot({ meshName: "y", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: HOUR })
+      const error = yield* Effect.flip(
+        loadAuthority({ certPem: root.certPem, certFile: "ca.pem", keyPem: root.keyPem, keyFile: "key.pem", chainPem: stranger.certPem, chainFile: "chain.pem" })
+      )
+      assert.strictEqual(error.file, "chain.pem")
+      assert.include(error.reason, "did not issue")
+    })
+  )
+})
+
+describe("rotation", () => {
+  it("the renewal time sits at the fraction, minus a per-certificate jitter", () => {
+    const cert = { serial: "7f00000000000000000000000000ffff", issuedAt: new Date(0), notAfter: new Date(24 * HOUR), issuer: "x" }
+    assert.strictEqual(renewalTime(cert, { renewAt: 0.5, jitter: 0 }).getTime(), 12 * HOUR)
+    const jittered = renewalTime(cert, { renewAt: 0.5, jitter: 0.1 }).getTime()
+    assert.strictEqual(jittered, Math.round(12 * HOUR * (1 - 0.1 * serialFraction(cert.serial))))
+    assert.isTrue(jittered <= 12 * HOUR && jittered >= 10.8 * HOUR)
+  })
+
+  it.scoped("renews at the configured fraction of the lifetime (TestClock)", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(START)
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const { certs } = yield* startPersistent(dir, ["echo"], { workloadTtl: "24h", renewAt: 0.5, renewJitter: 0.1, checkInterval: "1m" })
+      const first = (yield* certs.state).services.get("echo")!
+      const renewAt = first.renewAt.getTime()
+      assert.isTrue(renewAt >= START + 10.8 * HOUR && renewAt <= START + 12 * HOUR)
+      const status = yield* certs.status
+      assert.strictEqual(status.identities.find((i) => i.spiffeId.endsWith("/echo"))!.renewAt, first.renewAt.toISOString())
+
+      yield* TestClock.adjust(Duration.millis(renewAt - START - 2 * 60_000))
+      assert.strictEqual((yield* peek(certs)).services.get("echo")!.serial, first.serial)
+
+      yield* TestClock.adjust(Duration.minutes(3))
+      const renewed = yield* awaitState(certs, (s) => s.services.get("echo")!.serial !== first.serial)
+      const echo = renewed.services.get("echo")!
+      assert.isTrue(echo.issuedAt.getTime() >= renewAt)
+      assert.strictEqual(echo.notAfter.getTime(), echo.issuedAt.getTime() + 24 * HOUR)
+      assert.strictEqual(renewed.bundle.pem, (yield* certs.bundle).pem)
+    })
+  )
+
+  it.scoped("a wall-clock jump past expiry (a host back from a week asleep) renews at once", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(START)
+      // A check interval longer than the sleep: no timer fires, so only the wall clock can tell.
+      const context = yield* build(ephemeralLayer(certConfig({ checkInterval: "30d" })))
+      const certs = Context.get(context, Certificates)
+      const before = yield* certs.state
+      yield* TestClock.adjust(Duration.days(7))
+      assert.strictEqual((yield* peek(certs)).services.get("echo")!.serial, before.services.get("echo")!.serial)
+      const after = yield* certs.state
+      const now = START + 7 * 24 * HOUR
+      for (const name of ["echo", "gateway"]) {
+        const identity = after.services.get(name)!
+        assert.notStrictEqual(identity.serial, before.services.get(name)!.serial)
+        assert.isTrue(identity.notBefore.getTime() < now && identity.notAfter.getTime() > now, name)
+      }
+      assert.isTrue(after.controller.notAfter.getTime() > now)
+      // …and the renewal was published to watchers (SDS, the controller's TLS servers).
+      assert.strictEqual((yield* peek(certs)).services.get("echo")!.serial, after.services.get("echo")!.serial)
+    })
+  )
+
+  it.scoped("identities follow Discovery: a new service gets one, a removed service loses it", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const { certs, registry } = yield* startPersistent(dir, ["echo"])
+      yield* SubscriptionRef.set(registry, [service("echo"), service("billing")])
+      const added = yield* awaitState(certs, (s) => s.services.has("billing"))
+      assert.strictEqual(added.services.get("billing")!.spiffeId, "spiffe://mesh.local/service/billing")
+      yield* SubscriptionRef.set(registry, [service("billing")])
+      const removed = yield* awaitState(certs, (s) => !s.services.has("echo"))
+      assert.deepStrictEqual([...removed.services.keys()], ["billing"])
+    })
+  )
+
+  it.scoped("root rotation: introduce (trusted, not signing), activate (re-issue at once), old root drops after one TTL", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(START)
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const certificates = { workloadTtl: "24h", checkInterval: "1m" }
+      const { certs } = yield* startPersistent(dir, ["echo"], certificates)
+      const config = certConfig({ dir, ...certificates }, ["echo"])
+      const store = { settings: config.certificates, meshName: "home-lab", trustDomain: "mesh.local" }
+      const initial = yield* certs.state
+      const oldRoot = initial.bundle.roots[0]!
+
+      const next = yield* introduceRoot(store)
+      const refused = yield* Effect.flip(introduceRoot(store))
+      assert.include(refused.message, "already waiting")
+      yield* TestClock.adjust(Duration.minutes(1))
+      const introduced = yield* awaitState(certs, (s) => s.bundle.roots.length === 2)
+      assert.deepStrictEqual(introduced.bundle.roots.map((r) => [r.fingerprint, r.state]), [
+        [oldRoot.fingerprint, "active"],
+        [next.fingerprint, "next"]
+      ])
+      assert.strictEqual(introduced.services.get("echo")!.serial, initial.services.get("echo")!.serial)
+
+      yield* activateRoot(store)
+      yield* TestClock.adjust(Duration.minutes(1))
+      const activated = yield* awaitState(certs, (s) => s.bundle.roots[0]!.fingerprint === next.fingerprint)
+      assert.deepStrictEqual(activated.bundle.roots.map((r) => r.state), ["active", "previous"])
+      const echo = yield* awaitState(certs, (s) => s.services.get("echo")!.issuer === next.fingerprint)
+      assert.notStrictEqual(echo.services.get("echo")!.serial, initial.services.get("echo")!.serial)
+      assert.strictEqual(echo.controller.issuer, next.fingerprint)
+
+      yield* TestClock.adjust(Duration.hours(25))
+      const pruned = yield* awaitState(certs, (s) => s.bundle.roots.length === 1)
+      assert.strictEqual(pruned.bundle.roots[0]!.fingerprint, next.fingerprint)
+      // The retired root is kept on disk.
+      const kept = yield* Effect.promise(() => NodeFs.readdir(caPaths(dir).previousDir))
+      assert.strictEqual(kept.length, 2)
+    })
+  )
+})
+
