@@ -2,7 +2,10 @@ import { Context, Duration, Effect, Layer } from "effect"
 import { Admin } from "../layers/Admin.js"
 import { Config } from "../layers/Config.js"
 import { Discovery } from "../layers/Discovery.js"
+import { Health } from "../layers/Health.js"
 import { Lifecycle } from "../layers/Lifecycle.js"
+import { Snapshot } from "../layers/Snapshot.js"
+import { Xds } from "../layers/Xds.js"
 
 export interface ProgramOptions {
   readonly configPath: string
@@ -10,7 +13,7 @@ export interface ProgramOptions {
 }
 
 /** The layers, in start order; /readyz waits for all of them. */
-export const LAYER_NAMES = ["config", "discovery", "admin"] as const
+export const LAYER_NAMES = ["config", "discovery", "admin", "health", "snapshot", "xds"] as const
 
 /**
  * Marks the daemon ready once every other layer is built, and not ready as soon as shutdown
@@ -45,8 +48,10 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
   const ConfigLive = Lifecycle.track("config", Config.layer({ path: options.configPath }), (ctx) =>
     Context.get(ctx, Config).status)
 
-  const DiscoveryLive = Lifecycle.track("discovery", Discovery.layerEmbedded, (ctx) =>
-    Context.get(ctx, Discovery).status)
+  const DiscoveryLive = Lifecycle.track("discovery", Discovery.layer(), (ctx) => Context.get(ctx, Discovery).status)
+  const HealthLive = Lifecycle.track("health", Health.layer(), (ctx) => Context.get(ctx, Health).status)
+  const SnapshotLive = Lifecycle.track("snapshot", Snapshot.layer, (ctx) => Context.get(ctx, Snapshot).status)
+  const XdsLive = Lifecycle.track("xds", Xds.layer(), (ctx) => Context.get(ctx, Xds).status)
 
   const AdminLive = Lifecycle.track(
     "admin",
@@ -62,6 +67,9 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
   )
 
   return Ready.pipe(
+    Layer.provide(XdsLive),
+    Layer.provide(SnapshotLive),
+    Layer.provideMerge(HealthLive),
     Layer.provide(AdminLive),
     Layer.provideMerge(DiscoveryLive),
     Layer.provideMerge(ConfigLive),
