@@ -14,10 +14,13 @@ import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health, type HealthView } from "../layers/Health.js"
 import { registry } from "../layers/Metrics.js"
+import { Snapshot } from "../layers/Snapshot.js"
+import { Xds } from "../layers/Xds.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import type { Service } from "../src/MeshState.js"
 import { ConsulStandIn } from "./support/ConsulStandIn.js"
+import { echoBackend, xdsClient } from "./support/EchoBackends.js"
 import { eventually } from "./support/eventually.js"
 
 const REAL_AGENT = process.env["CONSUL_HTTP_ADDR"]
@@ -141,6 +144,37 @@ describe(`Discovery watches Consul — ${TARGET}`, () => {
       ])
       for (const port of [7101, 7102, 7103]) yield* deregisterInConsul(client, `${name}-${port}`)
       yield* waitForPorts(discovery, name, [7101, 7102])
+    }))
+})
+
+describe(`Consul to a proxyless gRPC client — ${TARGET}`, () => {
+  it.scopedLive("an endpoint registered in Consul reaches a @grpc/grpc-js-xds client through the xDS server", () =>
+    Effect.gen(function*() {
+      const { address, client } = yield* target
+      const first = yield* echoBackend("first")
+      const second = yield* echoBackend("second")
+      const name = unique("echo")
+      const config = configOf(address)
+      const inputs = Layer.mergeAll(Config.layerMemory(config), Health.layerNoop)
+      const discovery = Discovery.layer(fast).pipe(Layer.provide(inputs))
+      const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
+      const context = yield* Layer.build(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))))
+      const controller = `127.0.0.1:${Context.get(context, Xds).address.port}`
+
+      yield* registerInConsul(client, name, first.port, { meta: { protocol: "grpc" } })
+      const grpc = yield* xdsClient(controller, name, `consul-e2e-${run}`)
+      assert.strictEqual(yield* grpc.call, "first")
+
+      yield* registerInConsul(client, name, second.port, { meta: { protocol: "grpc" } })
+      yield* eventually(Effect.filterOrFail(grpc.call, (answer) => answer === "second"))
+
+      yield* deregisterInConsul(client, `${name}-${first.port}`)
+      yield* eventually(Effect.gen(function*() {
+        const before = first.calls()
+        const answers = yield* Effect.all(Array.from({ length: 10 }, () => grpc.call), { concurrency: 1 })
+        return before === first.calls() && answers.every((a) => a === "second") ? Effect.void : Effect.fail("still reaching the deregistered endpoint")
+      }).pipe(Effect.flatten))
+      yield* deregisterInConsul(client, `${name}-${second.port}`)
     }))
 })
 
