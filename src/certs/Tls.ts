@@ -101,16 +101,23 @@ export class IdentityProvider implements grpc.experimental.CertificateProvider {
     for (const listener of this.identityListeners) listener(this.identity)
   }
 
+  // The first value is delivered on the next microtask, not inside `add…Listener`: grpc-js's
+  // server registers its own watcher only after adding these listeners, so a synchronous first
+  // update would be lost and the server would drop every connection until the first renewal.
   addCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
     this.caListeners.add(listener)
-    listener(this.ca)
+    queueMicrotask(() => {
+      if (this.caListeners.has(listener)) listener(this.ca)
+    })
   }
   removeCaCertificateListener(listener: grpc.experimental.CaCertificateUpdateListener): void {
     this.caListeners.delete(listener)
   }
   addIdentityCertificateListener(listener: grpc.experimental.IdentityCertificateUpdateListener): void {
     this.identityListeners.add(listener)
-    listener(this.identity)
+    queueMicrotask(() => {
+      if (this.identityListeners.has(listener)) listener(this.identity)
+    })
   }
   removeIdentityCertificateListener(listener: grpc.experimental.IdentityCertificateUpdateListener): void {
     this.identityListeners.delete(listener)
