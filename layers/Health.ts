@@ -387,8 +387,10 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       () => Effect.sync(() => layerUp.set({ layer: "health" }, 0))
     )
     // The first reconcile happens before the layer is ready, so `view` is complete from the start.
+    // The watch then sees the current services again (reconciling is idempotent): dropping that
+    // first element would lose a change made between the read above and the subscription.
     yield* reconcile(yield* discovery.services)
-    yield* discovery.changes.pipe(Stream.drop(1), Stream.runForEach(reconcile), Effect.forkScoped)
+    yield* discovery.changes.pipe(Stream.runForEach(reconcile), Effect.forkScoped)
 
     const serviceStatus = (service: Service, check: HealthCheck, current: HealthView): ServiceStatus => {
       const decision = routing(service, current)

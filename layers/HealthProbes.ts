@@ -143,7 +143,15 @@ export interface GrpcPoolOptions {
   readonly maxReconnectBackoff: Duration.Duration
 }
 
-/** Channels to gRPC targets, one per `address:port`, closed when the last probe using it stops. */
+const nextTurn = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
+/**
+ * Channels to gRPC targets, one per `address:port`, closed when the last probe using it stops
+ * (and with it, its connection).
+ */
 export const makeGrpcPool = (options: GrpcPoolOptions): Effect.Effect<RcMap.RcMap<string, grpc.Client>, never, Scope.Scope> =>
   RcMap.make({
     lookup: (target: string) =>
@@ -155,6 +163,10 @@ export const makeGrpcPool = (options: GrpcPoolOptions): Effect.Effect<RcMap.RcMa
             "grpc.enable_retries": 0
           })
         ),
-        (client) => Effect.sync(() => client.close())
+        // grpc-js leaks the connection of a channel closed while its name resolution is still
+        // pending (the resolver's answer, one tick later, builds a subchannel nobody releases).
+        // A channel whose endpoint comes and goes at once hits this; waiting a turn of the event
+        // loop lets the resolution land so `close` releases it.
+        (client) => Effect.zipRight(nextTurn, Effect.sync(() => client.close()))
       )
   })
