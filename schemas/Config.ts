@@ -1,5 +1,6 @@
 import { Duration, Schema } from "effect"
 import { DurationString, PositiveDuration } from "./Duration.js"
+import { Re2Regex } from "./Regex.js"
 
 // ---------------------------------------------------------------------------------------------
 // Small values
@@ -244,10 +245,19 @@ export const RetryOn = oneOf(
 )
 export type RetryOn = typeof RetryOn.Type
 
+/** Waits between retries: jittered, growing from `baseInterval` up to `maxInterval`. */
+export const RetryBackoff = Schema.Struct({
+  baseInterval: PositiveDuration,
+  /** Default: 10 × baseInterval (what Envoy and gRPC assume). */
+  maxInterval: Schema.optionalWith(PositiveDuration, { exact: true })
+})
+export type RetryBackoff = typeof RetryBackoff.Type
+
 export const Retries = Schema.Struct({
   attempts: intBetween(1, 10, "a number of attempts from 1 to 10"),
   perTryTimeout: Schema.optionalWith(PositiveDuration, { exact: true }),
-  on: withDefault(Schema.Array(RetryOn), () => ["unavailable", "reset", "connect-failure"] as const)
+  on: withDefault(Schema.Array(RetryOn), () => ["unavailable", "reset", "connect-failure"] as const),
+  backoff: Schema.optionalWith(RetryBackoff, { exact: true })
 })
 export type Retries = typeof Retries.Type
 
@@ -257,12 +267,89 @@ export const Destination = Schema.Struct({
 })
 export type Destination = typeof Destination.Type
 
+/** A percentage of requests, 0 to 100 (fractions allowed). */
+export const Percent = Schema.Number.pipe(
+  Schema.filter((n) => (n >= 0 && n <= 100) || `expected a percentage from 0 to 100, got ${n}`, {
+    jsonSchema: { minimum: 0, maximum: 100 }
+  })
+)
+
+const exactlyOne = (what: string, keys: ReadonlyArray<string>) => (value: object): true | string => {
+  const set = keys.filter((key) => (value as Record<string, unknown>)[key] !== undefined)
+  return set.length === 1 || `${what}: give exactly one of ${keys.join(", ")}${set.length > 1 ? ` (got ${set.join(" and ")})` : ""}`
+}
+
+const RequestPath = Schema.String.pipe(
+  Schema.filter((p) => p.startsWith("/") || `expected a path starting with "/", got ${JSON.stringify(p)}`)
+)
+
+/** The request path: a prefix, the exact path, or an RE2 regex matching the whole path. */
+export const PathMatch = Schema.Struct({
+  prefix: Schema.optionalWith(RequestPath, { exact: true }),
+  exact: Schema.optionalWith(RequestPath, { exact: true }),
+  regex: Schema.optionalWith(Re2Regex, { exact: true })
+}).pipe(Schema.filter(exactlyOne("path", ["prefix", "exact", "regex"])))
+export type PathMatch = typeof PathMatch.Type
+
+/** One request header: its value exactly, by prefix, by RE2 regex, or just present; `invert` negates. */
+export const HeaderMatch = Schema.Struct({
+  name: NonEmptyString,
+  exact: Schema.optionalWith(Schema.String, { exact: true }),
+  prefix: Schema.optionalWith(NonEmptyString, { exact: true }),
+  regex: Schema.optionalWith(Re2Regex, { exact: true }),
+  present: Schema.optionalWith(Schema.Boolean, { exact: true }),
+  invert: withDefault(Schema.Boolean, () => false)
+}).pipe(Schema.filter(exactlyOne("header", ["exact", "prefix", "regex", "present"])))
+export type HeaderMatch = typeof HeaderMatch.Type
+
+export const HttpMethod = oneOf("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+
+/**
+ * Which requests a route takes; every given part must match. Absent: all requests. Routes are
+ * tried in order and the first match wins.
+ */
+export const RouteMatch = Schema.Struct({
+  path: Schema.optionalWith(PathMatch, { exact: true }),
+  headers: withDefault(Schema.Array(HeaderMatch), emptyArray),
+  method: Schema.optionalWith(HttpMethod, { exact: true }),
+  /** A gRPC service (`package.Service`) and optionally one method: the path `/<service>/<method>`. */
+  grpc: Schema.optionalWith(
+    Schema.Struct({ service: NonEmptyString, method: Schema.optionalWith(NonEmptyString, { exact: true }) }),
+    { exact: true }
+  )
+}).pipe(Schema.filter((m) => !(m.path !== undefined && m.grpc !== undefined) || "match: give path or grpc, not both"))
+export type RouteMatch = typeof RouteMatch.Type
+
+/** Fault injection on the caller's side: delay and/or fail a percentage of requests. */
+export const Fault = Schema.Struct({
+  delay: Schema.optionalWith(Schema.Struct({ fixed: PositiveDuration, percent: Percent }), { exact: true }),
+  abort: Schema.optionalWith(
+    Schema.Struct({
+      httpStatus: Schema.optionalWith(intBetween(200, 599, "an HTTP status code from 200 to 599"), { exact: true }),
+      grpcStatus: Schema.optionalWith(intBetween(1, 16, "a gRPC status code from 1 to 16"), { exact: true }),
+      percent: Percent
+    }).pipe(Schema.filter(exactlyOne("abort", ["httpStatus", "grpcStatus"]))),
+    { exact: true }
+  )
+}).pipe(Schema.filter((f) => f.delay !== undefined || f.abort !== undefined || "fault: give delay, abort or both"))
+export type Fault = typeof Fault.Type
+
+/** Copies a percentage of the route's requests to another service; the copies' responses are dropped. */
+export const Mirror = Schema.Struct({
+  service: ServiceName,
+  percent: withDefault(Percent, () => 100)
+})
+export type Mirror = typeof Mirror.Type
+
 export const Route = Schema.Struct({
+  match: Schema.optionalWith(RouteMatch, { exact: true }),
   destinations: Schema.Array(Destination).pipe(
     Schema.minItems(1, { message: () => "expected at least one destination" })
   ),
   timeout: Schema.optionalWith(PositiveDuration, { exact: true }),
-  retries: Schema.optionalWith(Retries, { exact: true })
+  retries: Schema.optionalWith(Retries, { exact: true }),
+  fault: Schema.optionalWith(Fault, { exact: true }),
+  mirror: Schema.optionalWith(Mirror, { exact: true })
 })
 export type Route = typeof Route.Type
 
@@ -274,9 +361,21 @@ export const TrafficPolicy = Schema.Struct({
 })
 export type TrafficPolicy = typeof TrafficPolicy.Type
 
-export const Peer = Schema.Struct({
-  service: ServiceName
-})
+const SPIFFE_ID = /^spiffe:\/\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?(\/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$/
+
+/** A caller: a mesh service (its identity in this mesh's trust domain) or any SPIFFE ID. */
+export const Peer = Schema.Union(
+  Schema.Struct({ service: ServiceName }),
+  Schema.Struct({
+    principal: Schema.String.pipe(
+      Schema.filter(
+        (s) => SPIFFE_ID.test(s) || `expected a SPIFFE ID such as "spiffe://mesh.local/service/web", got ${JSON.stringify(s)}`,
+        { jsonSchema: { pattern: SPIFFE_ID.source } }
+      )
+    )
+  })
+)
+export type Peer = typeof Peer.Type
 
 export const Condition = Schema.Struct({
   methods: Schema.optionalWith(Schema.Array(NonEmptyString), { exact: true }),
@@ -296,12 +395,76 @@ export type AuthorizationRule = typeof AuthorizationRule.Type
 
 export const Security = Schema.Struct({
   mtls: withDefault(oneOf("strict", "permissive"), () => "permissive" as const),
+  /** What a request gets when no deny rule matches and no allow rule targets its service. */
+  defaultAction: withDefault(oneOf("allow", "deny"), () => "allow" as const),
   authorization: withDefault(Schema.Array(AuthorizationRule), emptyArray)
 })
 
+export const CircuitBreakers = Schema.Struct({
+  maxConnections: Schema.optionalWith(PositiveInt, { exact: true }),
+  maxPendingRequests: Schema.optionalWith(PositiveInt, { exact: true }),
+  maxRequests: Schema.optionalWith(PositiveInt, { exact: true }),
+  maxRetries: Schema.optionalWith(PositiveInt, { exact: true })
+})
+export type CircuitBreakers = typeof CircuitBreakers.Type
+
+/** Ejects an endpoint that keeps failing, for baseEjectionTime × the number of its ejections. */
+export const OutlierDetection = Schema.Struct({
+  consecutive5xx: withDefault(PositiveInt, () => 5),
+  consecutiveGatewayErrors: Schema.optionalWith(PositiveInt, { exact: true }),
+  interval: withDefault(PositiveDuration, () => Duration.seconds(10)),
+  baseEjectionTime: withDefault(PositiveDuration, () => Duration.seconds(30)),
+  maxEjectionPercent: withDefault(Percent, () => 10)
+})
+export type OutlierDetection = typeof OutlierDetection.Type
+
+/** A token bucket at the service's own sidecar: `burst` tokens, refilled at `requestsPerSecond`. */
+export const RateLimit = Schema.Struct({
+  requestsPerSecond: PositiveInt,
+  /** Default: requestsPerSecond. */
+  burst: Schema.optionalWith(PositiveInt, { exact: true })
+})
+export type RateLimit = typeof RateLimit.Type
+
+export const ResiliencePolicy = Schema.Struct({
+  /** The service being protected: its callers' clusters and its own sidecar. */
+  service: ServiceName,
+  circuitBreakers: Schema.optionalWith(CircuitBreakers, { exact: true }),
+  outlierDetection: Schema.optionalWith(OutlierDetection, { exact: true }),
+  rateLimit: Schema.optionalWith(RateLimit, { exact: true })
+})
+export type ResiliencePolicy = typeof ResiliencePolicy.Type
+
+const HOST_PORT = /^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$/
+
+export const Observability = Schema.Struct({
+  accessLogs: withDefault(
+    Schema.Struct({
+      enabled: withDefault(Schema.Boolean, () => false),
+      format: withDefault(oneOf("text", "json"), () => "text" as const)
+    }),
+    () => ({ enabled: false, format: "text" as const })
+  ),
+  /** Absent: no tracing. Spans go to an OpenTelemetry collector (OTLP/gRPC). */
+  tracing: Schema.optionalWith(
+    Schema.Struct({
+      samplingPercent: withDefault(Percent, () => 1),
+      collector: Schema.String.pipe(
+        Schema.filter((s) => HOST_PORT.test(s) || `expected host:port, got ${JSON.stringify(s)}`, { jsonSchema: { pattern: HOST_PORT.source } })
+      )
+    }),
+    { exact: true }
+  ),
+  /** Fixed tags added to every stat and span of the mesh's proxies. */
+  statsTags: withDefault(StringMap, emptyMap)
+})
+export type Observability = typeof Observability.Type
+
 export const Policies = Schema.Struct({
   traffic: withDefault(Schema.Array(TrafficPolicy), emptyArray),
-  security: withDefault(Security, () => ({ mtls: "permissive" as const, authorization: [] }))
+  security: withDefault(Security, () => ({ mtls: "permissive" as const, defaultAction: "allow" as const, authorization: [] })),
+  resilience: withDefault(Schema.Array(ResiliencePolicy), emptyArray),
+  observability: withDefault(Observability, () => Schema.decodeSync(Observability)({}))
 })
 export type Policies = typeof Policies.Type
 
@@ -444,13 +607,18 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
     if (seen !== undefined) issues.push({ path: [...base, "name"], message: `duplicate traffic policy name "${policy.name}" (first defined at policies.traffic[${seen}])` })
     else policyNames.set(policy.name, i)
     if (!known(policy.service)) issues.push({ path: [...base, "service"], message: unknown(policy.service) })
-    policy.routes.forEach((route, r) =>
+    policy.routes.forEach((route, r) => {
       route.destinations.forEach((destination, d) => {
         if (!known(destination.service)) {
           issues.push({ path: [...base, "routes", r, "destinations", d, "service"], message: unknown(destination.service) })
         }
       })
-    )
+      // `mirror` is absent on a partial (undecodable) document.
+      const mirror = route.mirror
+      if (mirror !== undefined && !known(mirror.service)) {
+        issues.push({ path: [...base, "routes", r, "mirror", "service"], message: unknown(mirror.service) })
+      }
+    })
   })
   const targets = new Map<string, number>()
   config.policies.traffic.forEach((policy, i) => {
@@ -471,8 +639,37 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
     else ruleNames.set(rule.name, i)
     if (!known(rule.to)) issues.push({ path: [...base, "to"], message: unknown(rule.to) })
     rule.from.forEach((peer, p) => {
-      if (!known(peer.service)) issues.push({ path: [...base, "from", p, "service"], message: unknown(peer.service) })
+      // A `{ principal }` peer names no service (and reads as service "" on a partial document).
+      if ("service" in peer && peer.service !== "" && !known(peer.service)) {
+        issues.push({ path: [...base, "from", p, "service"], message: unknown(peer.service) })
+      }
     })
+  })
+  // An allow rule with the same callers, target and conditions as a deny rule can never allow anything.
+  const denyKeys = new Map<string, number>()
+  const ruleKey = (rule: AuthorizationRule) => JSON.stringify([rule.to, [...rule.from.map((p) => JSON.stringify(p))].sort(), rule.when ?? null])
+  config.policies.security.authorization.forEach((rule, i) => {
+    if (rule.action === "deny" && !denyKeys.has(ruleKey(rule))) denyKeys.set(ruleKey(rule), i)
+  })
+  config.policies.security.authorization.forEach((rule, i) => {
+    const deny = rule.action === "allow" ? denyKeys.get(ruleKey(rule)) : undefined
+    if (deny !== undefined) {
+      issues.push({
+        path: ["policies", "security", "authorization", i],
+        message: `allow rule "${rule.name}" conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`
+      })
+    }
+  })
+
+  // `resilience` is absent on a partial (undecodable) document.
+  const resilienceTargets = new Map<string, number>()
+  ;(config.policies.resilience ?? []).forEach((policy, i) => {
+    const path = ["policies", "resilience", i, "service"] as const
+    if (!known(policy.service)) issues.push({ path, message: unknown(policy.service) })
+    const seen = resilienceTargets.get(policy.service)
+    if (seen !== undefined) {
+      issues.push({ path, message: `service "${policy.service}" already has a resilience policy (policies.resilience[${seen}]); merge them into one` })
+    } else resilienceTargets.set(policy.service, i)
   })
 
   // Rules below read decoded values (durations, defaults): skipped on a partial (undecodable) document.
