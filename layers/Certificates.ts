@@ -305,7 +305,7 @@ export type CaSource =
   | { readonly _tag: "Ephemeral" }
 
 /** The CA as loaded: the signer, the trust bundle, and a digest of the files it came from. */
-interface CaMaterial {
+export interface CaMaterial {
   readonly authority: Authority
   readonly active: string
   readonly next: Option.Option<string>
@@ -455,6 +455,10 @@ export const loadCaFiles = (files: NonNullable<CertificateSettings["ca"]>): Effe
     }
   })
 
+/** The CA the settings name: operator files when `certificates.ca` is set, else the directory. */
+export const openCa = (options: StoreOptions): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
+  loadCa(options.settings.ca === undefined ? { _tag: "Dir" } : { _tag: "Files" }, options)
+
 const loadCa = (source: CaSource, options: StoreOptions) => {
   switch (source._tag) {
     case "Dir":
@@ -551,9 +555,9 @@ export const activateRoot = (options: StoreSettings): Effect.Effect<RootSummary,
   })
 
 /** What `ca show` prints: every root in the bundle now. */
-export const showRoots = (options: StoreSettings, source: CaSource): Effect.Effect<TrustBundle, CaInvalid | CertificateStoreError | SigningFailed> =>
+export const showRoots = (options: StoreSettings): Effect.Effect<TrustBundle, CaInvalid | CertificateStoreError | SigningFailed> =>
   Effect.gen(function*() {
-    const material = yield* loadCa(source, { ...options, create: false })
+    const material = yield* openCa({ ...options, create: false })
     return bundleOf(material, yield* Clock.currentTimeMillis, Duration.toMillis(options.settings.workloadTtl))
   })
 
@@ -567,6 +571,62 @@ export interface MakeOptions {
   readonly trustDomain: string
   readonly ca: CaSource
 }
+
+/** Issues the identity of a service (or of the controller, `CONTROLLER`) at `now`. */
+export const issueIdentity = (
+  authority: Authority,
+  options: StoreSettings,
+  name: string,
+  now: number
+): Effect.Effect<WorkloadIdentity, SigningFailed> =>
+  Effect.map(
+    issueWorkload(authority, {
+      spiffeId: name === CONTROLLER ? controllerId(options.trustDomain) : serviceId(options.trustDomain, name),
+      commonName: name === CONTROLLER ? "mesh-controller" : name,
+      organization: options.meshName,
+      dnsNames: name === CONTROLLER ? [] : [name],
+      keyAlgorithm: options.settings.keyAlgorithm,
+      now: new Date(now),
+      ttlMillis: Duration.toMillis(options.settings.workloadTtl)
+    }),
+    (issued): WorkloadIdentity => ({
+      ...issued,
+      name,
+      renewAt: renewalTime(issued, { renewAt: options.settings.renewAt, jitter: options.settings.renewJitter })
+    })
+  )
+
+/** The files `certs issue` writes. */
+export interface IssuedFiles {
+  readonly identity: WorkloadIdentity
+  readonly cert: string
+  readonly key: string
+  readonly ca: string
+}
+
+/**
+ * `certs issue`: opens the CA (creating it under `dir` on first use, as the daemon would), issues
+ * a certificate for `service`, and writes `cert.pem` (leaf + intermediates), `key.pem` (0600) and
+ * `ca.pem` (the trust bundle) into `out`, each atomically; re-running replaces them (renewal).
+ */
+export const issueToFiles = (
+  options: StoreSettings,
+  service: string,
+  out: string
+): Effect.Effect<IssuedFiles, CaInvalid | CertificateStoreError | SigningFailed> =>
+  Effect.gen(function*() {
+    const material = yield* openCa({ ...options, create: true })
+    const now = yield* Clock.currentTimeMillis
+    const identity = yield* issueIdentity(material.authority, options, service, now)
+    const bundle = bundleOf(material, now, Duration.toMillis(options.settings.workloadTtl))
+    const dir = NodePath.resolve(out)
+    yield* Effect.tryPromise({ try: () => NodeFs.mkdir(dir, { recursive: true, mode: 0o700 }), catch: storeError(dir) })
+    const files = { cert: NodePath.join(dir, "cert.pem"), key: NodePath.join(dir, "key.pem"), ca: NodePath.join(dir, "ca.pem") }
+    yield* writeAtomic(files.key, Redacted.value(identity.keyPem), { mode: 0o600, replace: true })
+    yield* writeAtomic(files.cert, identity.chainPem, { mode: 0o644, replace: true })
+    yield* writeAtomic(files.ca, bundle.pem, { mode: 0o644, replace: true })
+    return { identity, ...files }
+  })
 
 /** SDS secrets of a state, in `MeshState.secrets` form: feed `changes` through this into the snapshot. */
 export const secretsOf = (state: CertificateState): ReadonlyMap<string, Readonly<Record<string, unknown>>> =>
@@ -600,19 +660,7 @@ export const make = (
     const wanted = yield* Ref.make<ReadonlyArray<string>>((yield* discovery.services).map((s) => s.name))
     const counts = yield* Ref.make({ renewals: 0, failures: 0, lastError: null as string | null })
 
-    const issueFor = (name: string, authority: Authority, now: number) =>
-      Effect.map(
-        issueWorkload(authority, {
-          spiffeId: name === CONTROLLER ? controllerId(trustDomain) : serviceId(trustDomain, name),
-          commonName: name === CONTROLLER ? "mesh-controller" : name,
-          organization: meshName,
-          dnsNames: name === CONTROLLER ? [] : [name],
-          keyAlgorithm: settings.keyAlgorithm,
-          now: new Date(now),
-          ttlMillis
-        }),
-        (issued): WorkloadIdentity => ({ ...issued, name, renewAt: renewalTime(issued, policy) })
-      )
+    const issueFor = (name: string, authority: Authority, now: number) => issueIdentity(authority, options, name, now)
 
     const recordFailure = (what: "issue" | "ca", error: { readonly message: string }) =>
       Effect.zipRight(

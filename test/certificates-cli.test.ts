@@ -1,0 +1,78 @@
+import { Command, Options } from "@effect/cli"
+import { NodeContext } from "@effect/platform-node"
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit } from "effect"
+import * as NodeFs from "node:fs/promises"
+import * as NodePath from "node:path"
+import { caPaths, showRoots } from "../layers/Certificates.js"
+import { formatRoots, makeCertsCommands } from "../src/commands/certs.js"
+import { certConfig, openssl, tempDir } from "./support/certs.js"
+
+/** The commands as the CLI mounts them, run in-process (the CLI module is the lead's; this avoids depending on its wiring). */
+const { ca, certs } = makeCertsCommands(Options.file("config", { exists: "yes" }))
+const root = Command.make("mesh-controller").pipe(Command.withSubcommands([certs, ca]))
+const run = (args: ReadonlyArray<string>) =>
+  Command.run(root, { name: "mesh-controller", version: "test" })(["node", "mesh-controller", ...args]).pipe(
+    Effect.provide(NodeContext.layer),
+    Effect.exit
+  )
+
+const writeConfig = (dir: string) =>
+  Effect.promise(async () => {
+    const path = NodePath.join(dir, "mesh.yaml")
+    await NodeFs.writeFile(path, `mesh: { name: home-lab, trustDomain: mesh.local }\ncertificates: { dir: ${NodePath.join(dir, "ca")} }\n`)
+    return path
+  })
+
+describe("certs and ca commands", () => {
+  it.scopedLive("certs issue writes cert.pem, key.pem (0600) and ca.pem that openssl accepts", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const config = yield* writeConfig(dir)
+      const out = NodePath.join(dir, "out")
+      const exit = yield* run(["certs", "issue", "--config", config, "--service", "echo", "--out", out])
+      assert.isTrue(Exit.isSuccess(exit), String(exit))
+      const stat = yield* Effect.promise(() => NodeFs.stat(NodePath.join(out, "key.pem")))
+      assert.strictEqual(stat.mode & 0o777, 0o600)
+      const verify = openssl(["verify", "-CAfile", NodePath.join(out, "ca.pem"), NodePath.join(out, "cert.pem")])
+      assert.strictEqual(verify.status, 0, verify.output)
+      assert.include(openssl(["x509", "-in", NodePath.join(out, "cert.pem"), "-noout", "-ext", "subjectAltName"]).output, "URI:spiffe://mesh.local/service/echo")
+      // The key matches the certificate.
+      const keyPub = openssl(["pkey", "-in", NodePath.join(out, "key.pem"), "-pubout"]).output
+      const certPub = openssl(["x509", "-in", NodePath.join(out, "cert.pem"), "-noout", "-pubkey"]).output
+      assert.strictEqual(keyPub, certPub)
+
+      const bad = yield* run(["certs", "issue", "--config", config, "--service", "Not_A_Name", "--out", out])
+      assert.isTrue(Exit.isFailure(bad))
+    })
+  )
+
+  it.scopedLive("ca rotate introduces a second root, --activate makes it active; ca show lists both", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const config = yield* writeConfig(dir)
+      const refused = yield* run(["ca", "show", "--config", config])
+      assert.isTrue(Exit.isFailure(refused), "no CA yet: ca show does not create one")
+      assert.isTrue(Exit.isSuccess(yield* run(["certs", "issue", "--config", config, "--service", "echo", "--out", NodePath.join(dir, "out")])))
+      const settings = { settings: certConfig({ dir: NodePath.join(dir, "ca") }).certificates, meshName: "home-lab", trustDomain: "mesh.local" }
+      const [first] = (yield* showRoots(settings)).roots
+
+      assert.isTrue(Exit.isSuccess(yield* run(["ca", "rotate", "--config", config])))
+      const introduced = yield* showRoots(settings)
+      assert.deepStrictEqual(introduced.roots.map((r) => r.state), ["active", "next"])
+      assert.strictEqual(introduced.roots[0]!.fingerprint, first!.fingerprint)
+
+      assert.isTrue(Exit.isSuccess(yield* run(["ca", "rotate", "--activate", "--config", config])))
+      const activated = yield* showRoots(settings)
+      assert.deepStrictEqual(activated.roots.map((r) => [r.state, r.fingerprint]), [
+        ["active", introduced.roots[1]!.fingerprint],
+        ["previous", first!.fingerprint]
+      ])
+      const text = formatRoots(activated)
+      assert.include(text, `active root: CN=home-lab mesh root`)
+      assert.include(text, `fingerprint (SHA-256): ${first!.fingerprint}`)
+      const keyMode = (yield* Effect.promise(() => NodeFs.stat(caPaths(NodePath.join(dir, "ca")).key))).mode & 0o777
+      assert.strictEqual(keyMode, 0o600)
+    })
+  )
+})
