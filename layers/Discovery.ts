@@ -1,4 +1,4 @@
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
@@ -233,8 +233,13 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
       }
     }).pipe(Effect.forever, Effect.forkScoped)
 
+    // Consul answers arrive in bursts (a thousand watches answer at start, or after an outage):
+    // they only mark the view dirty, and one fiber publishes, so a burst costs a few merges, not
+    // one per answer. The sliding queue of one keeps at most one publish pending.
+    const dirty = yield* Queue.sliding<void>(1)
+    yield* Queue.take(dirty).pipe(Effect.zipRight(publish), Effect.forever, Effect.forkScoped)
     const consul = consulSettings
-      ? yield* startConsulWatch(consulSettings, options, consulView, publish)
+      ? yield* startConsulWatch(consulSettings, options, consulView, Queue.offer(dirty, undefined))
       : undefined
 
     const register = (registration: ApiRegistration) =>
@@ -300,7 +305,8 @@ const startConsulWatch = (
   settings: ConsulSettings,
   options: DiscoveryOptions,
   view: Ref.Ref<ReadonlyMap<string, ConsulService>>,
-  publish: Effect.Effect<void>
+  /** Asks for the view to be merged and published (coalesced). */
+  publish: Effect.Effect<unknown>
 ): Effect.Effect<{ readonly status: Effect.Effect<Record<string, unknown>> }, never, Scope.Scope> =>
   Effect.gen(function*() {
     const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null, synced: false })
