@@ -1,0 +1,406 @@
+/**
+ * The Envoy bootstrap for one service's sidecar, as a pure function of the config. The value is
+ * written in proto3 JSON form (what Envoy reads from YAML/JSON: durations as "10s", wrappers as
+ * plain numbers, `Any` with "@type"), and `checkBootstrap` checks it against Envoy's own
+ * `envoy.config.bootstrap.v3.Bootstrap` definition through src/xds/Protos.ts before anyone writes it.
+ */
+import { Data, Duration, Either } from "effect"
+import { createHash } from "node:crypto"
+import * as NodeNet from "node:net"
+import * as NodePath from "node:path"
+import * as YAML from "yaml"
+import type { MeshConfig } from "../../schemas/Config.js"
+import { controllerId, serviceId } from "../certs/Spiffe.js"
+import * as Protos from "../xds/Protos.js"
+
+/** The static cluster Envoy reaches the controller's ADS server through. */
+export const XDS_CLUSTER = "mesh-controller-xds"
+const ADMIN_CLUSTER = "envoy-admin"
+const TRACING_CLUSTER = "mesh-tracing"
+
+/**
+ * Where a service's identity files are: the Certificates layer writes them (atomically, by rename
+ * in this directory, which Envoy watches) and Envoy reads them for mTLS to the controller.
+ */
+export interface IdentityFiles {
+  readonly directory: string
+  readonly certificateChain: string
+  readonly privateKey: string
+  readonly trustedCa: string
+}
+
+/** The convention shared with the Certificates layer: `<certificates.dir>/workloads/<service>/{cert,key,ca}.pem`. */
+export const identityFiles = (certificatesDir: string, service: string): IdentityFiles => {
+  const directory = NodePath.join(certificatesDir, "workloads", service)
+  return {
+    directory,
+    certificateChain: NodePath.join(directory, "cert.pem"),
+    privateKey: NodePath.join(directory, "key.pem"),
+    trustedCa: NodePath.join(directory, "ca.pem")
+  }
+}
+
+/**
+ * A tracing provider, when observability policy asks for one. The policy schema does not exist
+ * yet: this is the seam it will fill (Sidecar.layer's `tracing` option, the CLI passes none).
+ */
+export interface TracingProvider {
+  readonly kind: "opentelemetry"
+  readonly collector: { readonly host: string; readonly port: number }
+  /** The service name spans carry; defaults to the sidecar's service. */
+  readonly serviceName?: string
+}
+
+export interface BootstrapInput {
+  readonly mesh: { readonly name: string; readonly trustDomain: string }
+  readonly service: string
+  readonly instance: string
+  readonly xds: {
+    readonly host: string
+    readonly port: number
+    readonly api: "delta" | "sotw"
+    readonly initialFetchTimeout: Duration.Duration
+    /** Present: mTLS to the controller with the service's identity. */
+    readonly identity?: IdentityFiles
+  }
+  readonly admin: { readonly host: string; readonly port: number }
+  readonly prometheus?: { readonly host: string; readonly port: number }
+  readonly overload: { readonly maxHeapMiB: number; readonly maxConnections: number }
+  readonly tracing?: TracingProvider
+}
+
+/** The sidecar section cannot produce a bootstrap (no service named, unknown service). */
+export class BootstrapUnavailable extends Data.TaggedError("BootstrapUnavailable")<{ readonly reason: string }> {
+  override get message(): string {
+    return this.reason
+  }
+}
+
+/** `<service>~<instance>`: the node id convention the xDS server parses. */
+export const nodeId = (service: string, instance: string): string => `${service}~${instance}`
+
+const WILDCARD = new Set(["0.0.0.0", "::", "[::]", ""])
+
+/** Gathers the bootstrap's inputs from the config; `service` overrides `sidecar.envoy.service` (the CLI). */
+export const inputFromConfig = (
+  config: MeshConfig,
+  options: { readonly instance: string; readonly service?: string; readonly tracing?: TracingProvider }
+): Either.Either<BootstrapInput, BootstrapUnavailable> => {
+  const envoy = config.sidecar.envoy
+  const service = options.service ?? envoy.service
+  if (service === undefined) {
+    return Either.left(new BootstrapUnavailable({ reason: "no service named: set sidecar.envoy.service (or pass --service)" }))
+  }
+  if (!config.services.some((s) => s.name === service)) {
+    const known = config.services.map((s) => s.name).join(", ") || "none"
+    return Either.left(new BootstrapUnavailable({ reason: `unknown service "${service}" (services in the config: ${known})` }))
+  }
+  const xds = envoy.xdsAddress ?? {
+    host: WILDCARD.has(config.controller.xds.host) ? "127.0.0.1" : config.controller.xds.host,
+    port: config.controller.xds.port
+  }
+  return Either.right({
+    mesh: config.mesh,
+    service,
+    instance: options.instance,
+    xds: {
+      host: xds.host,
+      port: xds.port,
+      api: envoy.xdsApi,
+      initialFetchTimeout: envoy.initialFetchTimeout,
+      ...(config.controller.xds.tls === "mtls" ? { identity: identityFiles(config.certificates.dir, service) } : {})
+    },
+    admin: envoy.admin,
+    ...(envoy.prometheus !== undefined ? { prometheus: envoy.prometheus } : {}),
+    overload: envoy.overload,
+    ...(options.tracing !== undefined ? { tracing: options.tracing } : {})
+  })
+}
+
+/** proto3 JSON duration: "10s", "0.250s". */
+export const durationJson = (duration: Duration.Duration): string => {
+  const millis = Math.round(Duration.toMillis(duration))
+  return millis % 1000 === 0 ? `${millis / 1000}s` : `${(millis / 1000).toFixed(3)}s`
+}
+
+const socketAddress = (host: string, port: number) => ({ socket_address: { address: host, port_value: port } })
+
+const staticCluster = (name: string, host: string, port: number, extra: Record<string, unknown> = {}) => ({
+  name,
+  // An IP needs no resolver; a name is re-resolved (the controller may move).
+  type: NodeNet.isIP(host) === 0 ? "STRICT_DNS" : "STATIC",
+  connect_timeout: "1s",
+  load_assignment: {
+    cluster_name: name,
+    endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(host, port) } }] }]
+  },
+  ...extra
+})
+
+const http2Options = {
+  "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": Protos.typeUrl(Protos.Types.HttpProtocolOptions),
+    explicit_http_config: { http2_protocol_options: { connection_keepalive: { interval: "30s", timeout: "5s" } } }
+  }
+}
+
+const upstreamMtls = (input: BootstrapInput, identity: IdentityFiles) => ({
+  name: "envoy.transport_sockets.tls",
+  typed_config: {
+    "@type": Protos.typeUrl(Protos.Types.UpstreamTlsContext),
+    common_tls_context: {
+      tls_certificates: [{
+        certificate_chain: { filename: identity.certificateChain },
+        private_key: { filename: identity.privateKey },
+        // Rotation: the Certificates layer replaces the files by rename in this directory.
+        watched_directory: { path: identity.directory }
+      }],
+      validation_context: {
+        trusted_ca: { filename: identity.trustedCa },
+        watched_directory: { path: identity.directory },
+        match_typed_subject_alt_names: [{ san_type: "URI", matcher: { exact: controllerId(input.mesh.trustDomain) } }]
+      },
+      alpn_protocols: ["h2"]
+    }
+  }
+})
+
+const prometheusListener = (input: BootstrapInput, prometheus: { readonly host: string; readonly port: number }) => ({
+  name: "prometheus-stats",
+  address: socketAddress(prometheus.host, prometheus.port),
+  filter_chains: [{
+    filters: [{
+      name: "envoy.filters.network.http_connection_manager",
+      typed_config: {
+        "@type": Protos.typeUrl(Protos.Types.HttpConnectionManager),
+        stat_prefix: "prometheus_stats",
+        route_config: {
+          name: "prometheus-stats",
+          virtual_hosts: [{
+            name: "stats",
+            domains: ["*"],
+            routes: [{ match: { path: "/stats/prometheus" }, route: { cluster: ADMIN_CLUSTER } }]
+          }]
+        },
+        http_filters: [{ name: "envoy.filters.http.router", typed_config: { "@type": Protos.typeUrl(Protos.Types.Router) } }]
+      }
+    }]
+  }]
+})
+
+const FIXED_HEAP = "envoy.resource_monitors.fixed_heap"
+const MAX_CONNECTIONS = "envoy.resource_monitors.global_downstream_max_connections"
+export const OVERLOAD_TYPES = {
+  FixedHeap: "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+  DownstreamConnections: "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+  OpenTelemetry: "envoy.config.trace.v3.OpenTelemetryConfig"
+} as const
+
+/** Limits for a small host: shrink the heap at 90% of the budget, refuse new requests at 98%. */
+const overloadManager = (overload: BootstrapInput["overload"]) => ({
+  refresh_interval: "0.250s",
+  resource_monitors: [
+    {
+      name: FIXED_HEAP,
+      typed_config: { "@type": Protos.typeUrl(OVERLOAD_TYPES.FixedHeap), max_heap_size_bytes: overload.maxHeapMiB * 1024 * 1024 }
+    },
+    {
+      name: MAX_CONNECTIONS,
+      typed_config: {
+        "@type": Protos.typeUrl(OVERLOAD_TYPES.DownstreamConnections),
+        max_active_downstream_connections: overload.maxConnections
+      }
+    }
+  ],
+  actions: [
+    { name: "envoy.overload_actions.shrink_heap", triggers: [{ name: FIXED_HEAP, threshold: { value: 0.9 } }] },
+    { name: "envoy.overload_actions.stop_accepting_requests", triggers: [{ name: FIXED_HEAP, threshold: { value: 0.98 } }] }
+  ]
+})
+
+/** The bootstrap, in proto3 JSON form (serialise it with `toYaml`). */
+export const buildBootstrap = (input: BootstrapInput): Record<string, unknown> => {
+  const configSource = {
+    ads: {},
+    resource_api_version: "V3",
+    initial_fetch_timeout: durationJson(input.xds.initialFetchTimeout)
+  }
+  const identity = input.xds.identity
+  const clusters: Array<Record<string, unknown>> = [
+    staticCluster(XDS_CLUSTER, input.xds.host, input.xds.port, {
+      typed_extension_protocol_options: http2Options,
+      ...(identity !== undefined ? { transport_socket: upstreamMtls(input, identity) } : {})
+    })
+  ]
+  if (input.prometheus !== undefined) clusters.push(staticCluster(ADMIN_CLUSTER, input.admin.host, input.admin.port))
+  if (input.tracing !== undefined) {
+    clusters.push(staticCluster(TRACING_CLUSTER, input.tracing.collector.host, input.tracing.collector.port, {
+      typed_extension_protocol_options: http2Options
+    }))
+  }
+  return {
+    node: {
+      id: nodeId(input.service, input.instance),
+      cluster: input.service,
+      metadata: {
+        mesh: input.mesh.name,
+        service: input.service,
+        instance: input.instance,
+        spiffe_id: serviceId(input.mesh.trustDomain, input.service)
+      }
+    },
+    dynamic_resources: {
+      ads_config: {
+        api_type: input.xds.api === "delta" ? "DELTA_GRPC" : "GRPC",
+        transport_api_version: "V3",
+        set_node_on_first_message_only: true,
+        grpc_services: [{ envoy_grpc: { cluster_name: XDS_CLUSTER } }]
+      },
+      cds_config: configSource,
+      lds_config: configSource
+    },
+    static_resources: {
+      clusters,
+      ...(input.prometheus !== undefined ? { listeners: [prometheusListener(input, input.prometheus)] } : {})
+    },
+    admin: { address: socketAddress(input.admin.host, input.admin.port) },
+    stats_config: { use_all_default_tags: true },
+    overload_manager: overloadManager(input.overload),
+    ...(input.tracing !== undefined
+      ? {
+        tracing: {
+          http: {
+            name: "envoy.tracers.opentelemetry",
+            typed_config: {
+              "@type": Protos.typeUrl(OVERLOAD_TYPES.OpenTelemetry),
+              grpc_service: { envoy_grpc: { cluster_name: TRACING_CLUSTER } },
+              service_name: input.tracing.serviceName ?? input.service
+            }
+          }
+        }
+      }
+      : {})
+  }
+}
+
+/** The YAML Envoy reads (`-c bootstrap.yaml`). */
+export const toYaml = (bootstrap: Record<string, unknown>): string =>
+  YAML.stringify(bootstrap, { lineWidth: 0, aliasDuplicateObjects: false })
+
+/** The bootstrap's version: the first 12 hex digits of the sha256 of its YAML. */
+export const versionOf = (yaml: string): string => createHash("sha256").update(yaml).digest("hex").slice(0, 12)
+
+// ---------------------------------------------------------------------------------------------
+// Checking against Envoy's protobuf definitions
+// ---------------------------------------------------------------------------------------------
+
+/** Extension types a bootstrap names in `@type` that src/xds/Protos.ts does not load itself. */
+const EXTRA_PROTOS: ReadonlyArray<string> = [
+  "envoy/extensions/resource_monitors/fixed_heap/v3/fixed_heap.proto",
+  "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
+  "envoy/config/trace/v3/opentelemetry.proto"
+]
+
+let extrasLoaded = false
+/** Adds the extension types above to the shared Root (same loader and include paths). */
+const ensureExtras = (): void => {
+  if (extrasLoaded) return
+  const root = Protos.root()
+  root.loadSync([...EXTRA_PROTOS], { keepCase: true })
+  root.resolveAll()
+  extrasLoaded = true
+}
+
+type ProtoType = ReturnType<typeof Protos.lookupType>
+
+const WRAPPERS = new Set(
+  ["DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value", "UInt32Value", "BoolValue", "StringValue", "BytesValue"]
+    .map((name) => `.google.protobuf.${name}`)
+)
+
+const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+const structValue = (value: unknown): unknown => {
+  if (value === null) return { nullValue: "NULL_VALUE" }
+  if (typeof value === "number") return { numberValue: value }
+  if (typeof value === "string") return { stringValue: value }
+  if (typeof value === "boolean") return { boolValue: value }
+  if (Array.isArray(value)) return { listValue: { values: value.map(structValue) } }
+  if (isObject(value)) return { structValue: struct(value) }
+  return value
+}
+const struct = (value: Record<string, unknown>) => ({
+  fields: Object.fromEntries(Object.entries(value).map(([k, v]) => [k, structValue(v)]))
+})
+
+const DURATION = /^(-?\d+)(?:\.(\d{1,9}))?s$/
+
+/**
+ * proto3 JSON (Envoy's YAML form) → the object form src/xds/Protos.ts checks: durations to
+ * `{ seconds, nanos }`, wrappers to `{ value }`, Struct to `{ fields }`, recursing through `Any`.
+ * What it does not recognise it leaves alone, for the checker to report.
+ */
+export const fromProto3Json = (type: ProtoType, value: unknown): unknown => {
+  const name = type.fullName
+  if (name === ".google.protobuf.Duration" && typeof value === "string") {
+    const match = DURATION.exec(value)
+    if (match === null) return value
+    return { seconds: Number(match[1]), nanos: Number((match[2] ?? "").padEnd(9, "0")) }
+  }
+  if (WRAPPERS.has(name) && !isObject(value)) return { value }
+  if (name === ".google.protobuf.Struct" && isObject(value)) return struct(value)
+  if (!isObject(value)) return value
+  if (name === ".google.protobuf.Any") {
+    const url = value["@type"]
+    if (typeof url !== "string") return value
+    let inner: ProtoType
+    try {
+      inner = Protos.lookupType(url.slice(url.lastIndexOf("/") + 1))
+    } catch {
+      return value
+    }
+    const { ["@type"]: _, ...rest } = value
+    return { "@type": url, ...(fromProto3Json(inner, rest) as Record<string, unknown>) }
+  }
+  const out: Record<string, unknown> = {}
+  for (const [key, fieldValue] of Object.entries(value)) {
+    const field = type.fields[key]
+    const resolved = field?.resolvedType
+    if (field === undefined || resolved === null || resolved === undefined || !("fields" in resolved)) {
+      out[key] = fieldValue
+      continue
+    }
+    const inner = resolved as ProtoType
+    if (field.map && isObject(fieldValue)) {
+      out[key] = Object.fromEntries(Object.entries(fieldValue).map(([k, v]) => [k, fromProto3Json(inner, v)]))
+    } else if (field.repeated && Array.isArray(fieldValue)) {
+      out[key] = fieldValue.map((item) => fromProto3Json(inner, item))
+    } else {
+      out[key] = fromProto3Json(inner, fieldValue)
+    }
+  }
+  return out
+}
+
+/** Checks a bootstrap (proto3 JSON form, e.g. parsed from YAML) against Envoy's `Bootstrap` message. */
+export const checkBootstrap = (bootstrap: unknown): Either.Either<Uint8Array, Protos.ProtoInvalid> => {
+  ensureExtras()
+  const type = Protos.lookupType(Protos.Types.Bootstrap)
+  return Protos.encode(Protos.Types.Bootstrap, fromProto3Json(type, bootstrap))
+}
+
+/** Builds, checks and renders: what `envoy bootstrap` prints and the Sidecar layer writes. */
+export interface RenderedBootstrap {
+  readonly json: Record<string, unknown>
+  readonly yaml: string
+  readonly version: string
+}
+
+export const renderBootstrap = (input: BootstrapInput): Either.Either<RenderedBootstrap, Protos.ProtoInvalid> => {
+  const json = buildBootstrap(input)
+  return Either.map(checkBootstrap(json), () => {
+    const yaml = toYaml(json)
+    return { json, yaml, version: versionOf(yaml) }
+  })
+}
