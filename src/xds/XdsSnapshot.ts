@@ -50,6 +50,8 @@ export interface ServiceGroup {
   /** The service's virtual host in the sidecars' shared outbound route configuration. */
   readonly outboundVirtualHost: PlainObject | undefined
   readonly tcp: boolean
+  /** `versionOf(resources)`. */
+  readonly version: string
 }
 
 export interface SnapshotError {
@@ -68,6 +70,12 @@ export interface XdsSnapshot {
   readonly errors: ReadonlyArray<SnapshotError>
   /** service → can take traffic (at least one endpoint healthy or unknown); for grpc.health.v1. */
   readonly availability: ReadonlyMap<string, boolean>
+  /** The sidecars' shared outbound listener and route configuration, kept for reuse. */
+  readonly outbound?: {
+    readonly virtualHosts: ReadonlyArray<PlainObject>
+    readonly listener: XdsResource
+    readonly routes: XdsResource
+  }
 }
 
 export const emptySnapshot: XdsSnapshot = {
@@ -82,9 +90,9 @@ const hash = (data: Uint8Array | string): string => createHash("sha256").update(
 
 /** Hash of a set of resources: what a SotW `version_info` names. */
 export const versionOf = (resources: Iterable<XdsResource>): string => {
-  const h = createHash("sha256")
-  for (const resource of resources) h.update(resource.name).update("\0").update(resource.version).update("\n")
-  return h.digest("base64url").slice(0, 16)
+  const parts: Array<string> = []
+  for (const resource of resources) parts.push(resource.name, resource.version)
+  return hash(parts.join("\n"))
 }
 
 /** Wraps encoded bytes into an encoded `google.protobuf.Any`. */
@@ -130,7 +138,7 @@ const buildGroup = (
     const issues = check("envoy.config.route.v3.VirtualHost", outboundVirtualHost)
     if (issues.length > 0) throw new ServiceInvalid(name, `outbound virtual host: ${issues.join("; ")}`)
   }
-  return { service: name, key, resources, outboundVirtualHost, tcp }
+  return { service: name, key, resources, outboundVirtualHost, tcp, version: versionOf(resources) }
 }
 
 /** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
@@ -166,9 +174,20 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const add = (r: XdsResource) => byType.get(r.typeUrl)!.set(r.name, r)
   for (const group of groups.values()) group.resources.forEach(add)
 
+  // The shared outbound route configuration holds every service's virtual host: re-encode it only
+  // when one of them changed (unchanged groups keep their virtual host object).
   const virtualHosts = [...groups.values()].flatMap((g) => (g.outboundVirtualHost ? [g.outboundVirtualHost] : []))
-  add(resource("(mesh)", Types.Listener, OUTBOUND_HTTP, outboundHttpListener()))
-  add(resource("(mesh)", Types.RouteConfiguration, OUTBOUND_HTTP, routeConfiguration(OUTBOUND_HTTP, virtualHosts)))
+  const before = previous.outbound
+  const outbound = before !== undefined && before.virtualHosts.length === virtualHosts.length &&
+      before.virtualHosts.every((v, i) => v === virtualHosts[i] || JSON.stringify(v) === JSON.stringify(virtualHosts[i]))
+    ? before
+    : {
+      virtualHosts,
+      listener: before?.listener ?? resource("(mesh)", Types.Listener, OUTBOUND_HTTP, outboundHttpListener()),
+      routes: resource("(mesh)", Types.RouteConfiguration, OUTBOUND_HTTP, routeConfiguration(OUTBOUND_HTTP, virtualHosts))
+    }
+  add(outbound.listener)
+  add(outbound.routes)
 
   for (const [name, secret] of state.secrets ?? []) {
     try {
@@ -179,16 +198,18 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
     }
   }
 
-  const all: Array<XdsResource> = []
-  for (const [, resources] of [...byType].sort(([a], [b]) => (a < b ? -1 : 1))) {
-    all.push(...[...resources.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)))
-  }
+  // The snapshot's version from the groups' versions: no need to walk every resource again.
+  const parts: Array<string> = []
+  for (const group of groups.values()) parts.push(group.service, group.version)
+  parts.push(outbound.listener.version, outbound.routes.version)
+  for (const secret of byType.get(TypeUrls.Secret)!.values()) parts.push(secret.name, secret.version)
   return {
-    version: versionOf(all),
+    version: hash(parts.join("\n")),
     resources: byType,
     groups,
     errors,
-    availability: new Map(state.services.map((s) => [s.name, routing(s, new Map()).available]))
+    availability: new Map(state.services.map((s) => [s.name, routing(s, new Map()).available])),
+    outbound
   }
 }
 
