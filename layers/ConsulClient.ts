@@ -3,13 +3,14 @@
  * the config (address, datacenter, TLS, the ACL token from the environment), interruption that
  * aborts the HTTP request, a typed error, and the retry schedule every call uses.
  */
-import { Config as EffectConfig, Data, Duration, Effect, Option, Redacted, Schedule, type Scope } from "effect"
+import { Clock, Config as EffectConfig, Data, Duration, Effect, Either, Option, Redacted, Schedule, type Scope } from "effect"
 import Consul from "consul"
 import { EventEmitter } from "node:events"
 import * as NodeFs from "node:fs"
 import * as Https from "node:https"
 import * as Http from "node:http"
 import type { ConsulSettings } from "../schemas/Config.js"
+import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
 import { counter, gauge } from "./Metrics.js"
 
 export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
@@ -138,5 +139,68 @@ export const makeConsulClient = (
         Effect.map(run(operation, request as (ctx: CallContext) => Promise<unknown>), (result) => (result as readonly [unknown, A])[1]),
       callWithResponse: <A>(operation: string, request: (ctx: CallContext) => Promise<unknown>) =>
         run(operation, request) as Effect.Effect<readonly [ConsulResponse, A], ConsulUnavailable>
+    }
+  })
+
+/** What a blocking query adds to a client call: the index rules' `index`, the `wait`, and a client-side deadline. */
+export interface BlockingQuery {
+  readonly index: string
+  readonly wait: string
+  /** Milliseconds; the client gives up a little after the server should have answered. */
+  readonly timeout: number
+}
+
+export interface BlockingWatchOptions<A> {
+  readonly name: string
+  readonly wait: Duration.Duration
+  /** Consul's rate-limit rule: queries start at most this often. */
+  readonly minInterval: Duration.DurationInput
+  /** Retries of a failed query (never ending). */
+  readonly schedule: Schedule.Schedule<unknown, unknown>
+  readonly query: (blocking: BlockingQuery) => (ctx: unknown) => Promise<unknown>
+  readonly decode: (body: unknown) => Either.Either<A, string>
+  /** Called with each answer that carries a new index. */
+  readonly onChange: (value: A) => Effect.Effect<void>
+  readonly onError: (error: ConsulUnavailable) => Effect.Effect<void>
+  readonly onSuccess: Effect.Effect<void>
+}
+
+/**
+ * One blocking-query watch, for ever: the index rules of src/discovery/ConsulIndex.ts, failed
+ * queries retried on `schedule`, and an answer that does not decode reported and asked again
+ * (keeping the index, so that state is not skipped).
+ */
+export const blockingWatch = <A>(client: ConsulClient, options: BlockingWatchOptions<A>): Effect.Effect<never> =>
+  Effect.gen(function*() {
+    const wait = Duration.toMillis(options.wait)
+    const minInterval = Duration.toMillis(options.minInterval)
+    const timeout = Math.ceil(wait + wait / 16 + 5_000)
+    let index = 0n
+    let lastStart = 0
+    for (;;) {
+      const delay = rateLimitDelay(lastStart, yield* Clock.currentTimeMillis, minInterval)
+      if (delay > 0) yield* Effect.sleep(Duration.millis(delay))
+      lastStart = yield* Clock.currentTimeMillis
+      const blocking: BlockingQuery = { index: index.toString(), wait: `${wait}ms`, timeout }
+      // The schedule never ends, so the retried call cannot fail (orDie only fixes the type).
+      const [response, body] = yield* client.callWithResponse<unknown>(options.name, (ctx) => options.query(blocking)(ctx)).pipe(
+        Effect.tapError(options.onError),
+        Effect.retry(options.schedule),
+        Effect.orDie
+      )
+      yield* options.onSuccess
+      const step = advance(index, parseIndex(response.headers["x-consul-index"]))
+      if (!step.changed) {
+        index = step.next
+        continue
+      }
+      const decoded = options.decode(body)
+      if (Either.isLeft(decoded)) {
+        yield* options.onError(new ConsulUnavailable({ operation: options.name, cause: new Error(`unexpected answer: ${decoded.left}`) }))
+        yield* Effect.sleep(Duration.seconds(1))
+        continue
+      }
+      index = step.next
+      yield* options.onChange(decoded.right)
     }
   })

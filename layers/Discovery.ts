@@ -1,13 +1,12 @@
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
-import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
 import { decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
 import { Config } from "./Config.js"
-import { ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import { type BlockingQuery, blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { counter, gauge } from "./Metrics.js"
 
 export type { ApiRegistration } from "../src/discovery/Merge.js"
@@ -318,10 +317,6 @@ const startConsulWatch = (
       Effect.orDie
     )
     const schedule = retrySchedule(options.retry)
-    const minInterval = Duration.toMillis(options.minQueryInterval ?? Duration.millis(50))
-    const wait = Duration.toMillis(settings.watchWait)
-    // The client gives up on a blocking query a little after the server should have answered it.
-    const timeout = Math.ceil(wait + wait / 16 + 5_000)
 
     const failed = (error: ConsulUnavailable) =>
       Effect.gen(function*() {
@@ -333,45 +328,22 @@ const startConsulWatch = (
       if (!before.connected && before.lastError !== null) yield* Effect.logInfo("Consul reachable again")
     })
 
-    /** One blocking-query watch: index rules from src/discovery/ConsulIndex.ts, retries on `schedule`. */
     const watch = <A>(
       name: string,
-      query: (blocking: BlockingOptions) => (ctx: unknown) => Promise<unknown>,
+      query: (blocking: BlockingQuery) => (ctx: unknown) => Promise<unknown>,
       decode: (body: unknown) => Either.Either<A, string>,
       onChange: (value: A) => Effect.Effect<void>
     ) =>
-      Effect.gen(function*() {
-        let index = 0n
-        let lastStart = 0
-        while (true) {
-          const now = yield* Clock.currentTimeMillis
-          const delay = rateLimitDelay(lastStart, now, minInterval)
-          if (delay > 0) yield* Effect.sleep(Duration.millis(delay))
-          lastStart = yield* Clock.currentTimeMillis
-          const blocking: BlockingOptions = { index: index.toString(), wait: `${wait}ms`, timeout }
-          // The schedule never ends, so the retried call cannot fail (orDie only fixes the type).
-          const [response, body] = yield* client.callWithResponse<unknown>(name, (ctx) => query(blocking)(ctx)).pipe(
-            Effect.tapError(failed),
-            Effect.retry(schedule),
-            Effect.orDie
-          )
-          yield* succeeded
-          const step = advance(index, parseIndex(response.headers["x-consul-index"]))
-          if (!step.changed) {
-            index = step.next
-            continue
-          }
-          const decoded = decode(body)
-          if (Either.isLeft(decoded)) {
-            // Keep the index: the next query asks again rather than skipping this state.
-            yield* failed(new ConsulUnavailable({ operation: name, cause: new Error(`unexpected answer: ${decoded.left}`) }))
-            yield* Effect.sleep(Duration.seconds(1))
-            continue
-          }
-          index = step.next
-          watchUpdates.inc({ watch: name.startsWith("health") ? "service" : "catalog" })
-          yield* onChange(decoded.right)
-        }
+      blockingWatch(client, {
+        name,
+        wait: settings.watchWait,
+        minInterval: options.minQueryInterval ?? Duration.millis(50),
+        schedule,
+        query,
+        decode,
+        onChange: (value: A) => Effect.zipRight(Effect.sync(() => watchUpdates.inc({ watch: name.startsWith("health") ? "service" : "catalog" })), onChange(value)),
+        onError: failed,
+        onSuccess: succeeded
       })
 
     const services = yield* FiberMap.make<string>()
@@ -391,14 +363,16 @@ const startConsulWatch = (
     const onCatalog = (names: ReadonlyArray<string>) =>
       Effect.gen(function*() {
         const before = yield* Ref.get(watched)
-        const removed = [...before].filter((name) => !names.includes(name))
+        const listed = new Set(names)
+        const removed = [...before].filter((name) => !listed.has(name))
+        const gone = new Set(removed)
         for (const name of names) if (!before.has(name)) yield* FiberMap.run(services, name, watchService(name))
         for (const name of removed) yield* FiberMap.remove(services, name)
         yield* Ref.set(watched, new Set(names))
         if (removed.length > 0) {
           // Consul says these services are gone: that, unlike an outage, does remove their endpoints.
-          yield* Ref.update(view, (all) => new Map([...all].filter(([name]) => !removed.includes(name))))
-          yield* Ref.update(answered, (all) => new Set([...all].filter((name) => !removed.includes(name))))
+          yield* Ref.update(view, (all) => new Map([...all].filter(([name]) => !gone.has(name))))
+          yield* Ref.update(answered, (all) => new Set([...all].filter((name) => !gone.has(name))))
           yield* publish
         }
       })
@@ -436,9 +410,3 @@ const startConsulWatch = (
       })
     }
   })
-
-interface BlockingOptions {
-  readonly index: string
-  readonly wait: string
-  readonly timeout: number
-}

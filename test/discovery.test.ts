@@ -141,6 +141,11 @@ describe("Consul mapping", () => {
     expect(http.check).toMatchObject({ http: "http://127.0.0.1:8080/ready", interval: "10000ms", timeout: "1000ms" })
     expect(registerOptions(registrations[2]!).check).toMatchObject({ ttl: "30000ms" })
     assert.deepStrictEqual(registrationsOf(decode({ services: [{ name: "x", port: 1, register: true }] })), [], "no Consul: nothing to register")
+    const labelled = registrationsOf(decode({
+      discovery: { consul: {} },
+      services: [{ name: "y", port: 1, register: true, metadata: { "app.kubernetes.io/name": "y", team: "core", "consul-x": "1" }, endpoints: [{ address: "10.0.0.1" }] }]
+    }))
+    assert.deepStrictEqual(labelled[0]!.meta, { "mesh-controller": "unit", protocol: "http", team: "core" }, "meta Consul would refuse is left out")
   })
 })
 

@@ -136,13 +136,29 @@ export const registrationsOf = (config: MeshConfig): ReadonlyArray<Registration>
         address: endpoint.address,
         port,
         tags: service.tags,
-        meta: { ...service.metadata, ...endpoint.labels, protocol: service.protocol, [OWNER_META]: config.mesh.name },
+        meta: consulMeta({ ...service.metadata, ...endpoint.labels, protocol: service.protocol, [OWNER_META]: config.mesh.name }),
         mode,
         ...(check ? { check } : {})
       }
     })
   })
 }
+
+const META_KEY = /^[A-Za-z0-9_-]{1,128}$/
+
+/**
+ * Consul refuses a registration whose meta breaks its rules (keys of letters, digits, `_` and `-`,
+ * at most 128 characters, not starting with `consul-`; values at most 512 characters; at most 64
+ * pairs). Labels such as `app.kubernetes.io/name` are legal in the file, so they are left out of
+ * the registration rather than making it fail for ever.
+ */
+export const consulMeta = (meta: Readonly<Record<string, string>>): Readonly<Record<string, string>> =>
+  Object.fromEntries(
+    Object.entries(meta)
+      .filter(([key, value]) => META_KEY.test(key) && !key.toLowerCase().startsWith("consul-") && value.length <= 512)
+      .sort(([a], [b]) => (a === OWNER_META ? -1 : b === OWNER_META ? 1 : a === "protocol" ? -1 : b === "protocol" ? 1 : 0))
+      .slice(0, 64)
+  )
 
 /** The body the `consul` client's `agent.service.register` takes. */
 export const registerOptions = (registration: Registration) => ({
