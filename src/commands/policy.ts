@@ -1,0 +1,111 @@
+/**
+ * `policy check --config FILE --from A --to B [--method M] [--path P] [--port N] [--header k=v ...]`:
+ * "why was this request denied?" answered from the same compiled policy the controller enforces.
+ *
+ * Prints the decision and the rule that decided. Exit codes: 0 allow; 3 deny (`PolicyDenied`
+ * carries `exitCode: 3`); 1 a config or policy problem; 2 a usage error.
+ */
+import { Command, Options } from "@effect/cli"
+import { NodeFileSystem } from "@effect/platform-node"
+import { Console, Effect, Either, HashMap, Option, Schema } from "effect"
+import { loadFile } from "../../layers/Config.js"
+import type { MeshConfig } from "../../schemas/Config.js"
+import { type AuthzRequest, authorize, callerIdentity, type Decision, describeDecision } from "../policy/Authorize.js"
+import { type CompiledPolicy, compileConfig } from "../policy/Compile.js"
+
+/** The request was denied: a result, not a failure, but the exit code must say so. */
+export class PolicyDenied extends Schema.TaggedError<PolicyDenied>()("PolicyDenied", {
+  to: Schema.String,
+  rule: Schema.NullOr(Schema.String)
+}) {
+  /** The process exit code for a deny (0 is allow, 1 a user error, 2 a usage error). */
+  readonly exitCode = 3
+  override get message(): string {
+    return this.rule === null ? `request to "${this.to}" denied` : `request to "${this.to}" denied by rule "${this.rule}"`
+  }
+}
+
+export class PolicyCheckInvalid extends Schema.TaggedError<PolicyCheckInvalid>()("PolicyCheckInvalid", {
+  reason: Schema.String
+}) {
+  override get message(): string {
+    return this.reason
+  }
+}
+
+export interface CheckInput {
+  readonly from: string
+  readonly to: string
+  readonly request: AuthzRequest
+}
+
+/** The lines `policy check` prints for one decision. */
+export const formatCheck = (policy: CompiledPolicy, input: CheckInput, decision: Decision): string => {
+  const r = input.request
+  const what = [r.method ?? "(any method)", r.path ?? "(no path)", r.port === undefined ? "" : `port ${r.port}`]
+    .filter((s) => s !== "")
+    .join(" ")
+  const headers = Object.entries(r.headers ?? {}).map(([k, v]) => `${k}=${v}`).join(" ")
+  return [
+    describeDecision(policy, decision, input.to),
+    `  from ${callerIdentity(policy, input.from)} to ${input.to}: ${what}${headers === "" ? "" : ` [${headers}]`}`
+  ].join("\n")
+}
+
+/** Compiles `config`'s policies and decides `input`; the printed text and the decision. */
+export const checkConfig = (
+  config: MeshConfig,
+  input: CheckInput
+): Either.Either<{ readonly text: string; readonly decision: Decision; readonly warnings: ReadonlyArray<string> }, PolicyCheckInvalid> => {
+  if (!config.services.some((s) => s.name === input.to)) {
+    return Either.left(new PolicyCheckInvalid({ reason: `--to: unknown service "${input.to}"` }))
+  }
+  if (!input.from.startsWith("spiffe://") && !config.services.some((s) => s.name === input.from)) {
+    return Either.left(new PolicyCheckInvalid({ reason: `--from: unknown service "${input.from}" (give a service name or a spiffe:// ID)` }))
+  }
+  return Either.match(compileConfig(config), {
+    onLeft: (error) => Either.left(new PolicyCheckInvalid({ reason: error.message })),
+    onRight: (policy) => {
+      const decision = authorize(policy, input.from, input.to, input.request)
+      return Either.right({ text: formatCheck(policy, input, decision), decision, warnings: policy.warnings.map(String) })
+    }
+  })
+}
+
+const optionalText = (name: string, description: string) =>
+  Options.text(name).pipe(Options.withDescription(description), Options.optional)
+
+/** `policy check`, built around the CLI's own `--config` option (as `makeCertsCommands`). */
+export const makePolicyCommand = (configOption: Options.Options<string>) => {
+  const check = Command.make(
+    "check",
+    {
+      config: configOption,
+      from: Options.text("from").pipe(Options.withDescription("The caller: a service name or a spiffe:// ID.")),
+      to: Options.text("to").pipe(Options.withDescription("The service called.")),
+      method: optionalText("method", "The HTTP method (gRPC calls are POST)."),
+      path: optionalText("path", "The request path (for gRPC: /package.Service/Method)."),
+      port: Options.integer("port").pipe(Options.withDescription("The port the request arrives on."), Options.optional),
+      header: Options.keyValueMap("header").pipe(Options.withDescription("A request header, k=v; repeat for more."), Options.optional)
+    },
+    (args) =>
+      Effect.gen(function*() {
+        const { config } = yield* loadFile(args.config).pipe(Effect.provide(NodeFileSystem.layer))
+        const request: AuthzRequest = {
+          method: Option.getOrUndefined(args.method),
+          path: Option.getOrUndefined(args.path),
+          port: Option.getOrUndefined(args.port),
+          headers: Option.match(args.header, { onNone: () => undefined, onSome: (map) => Object.fromEntries(HashMap.toEntries(map)) })
+        }
+        const result = yield* checkConfig(config, { from: args.from, to: args.to, request })
+        for (const warning of result.warnings) yield* Console.error(`warning: ${warning}`)
+        yield* Console.log(result.text)
+        if (!result.decision.allowed) return yield* Effect.fail(new PolicyDenied({ to: args.to, rule: result.decision.rule }))
+      })
+  ).pipe(Command.withDescription("Decide one request with the config's policy: prints allow/deny and the rule that decided. Exit 0 allow, 3 deny."))
+
+  return Command.make("policy").pipe(
+    Command.withDescription("Inspect the mesh's compiled policy."),
+    Command.withSubcommands([check])
+  )
+}
