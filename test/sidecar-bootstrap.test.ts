@@ -1,0 +1,159 @@
+/** Generated Envoy bootstraps, checked against Envoy's own `envoy.config.bootstrap.v3.Bootstrap` protobuf. */
+import { assert, describe, it } from "@effect/vitest"
+import { Either } from "effect"
+import * as YAML from "yaml"
+import type { MeshConfig } from "../schemas/Config.js"
+import { decodeConfig } from "../src/ConfigDocument.js"
+import {
+  buildBootstrap,
+  checkBootstrap,
+  inputFromConfig,
+  renderBootstrap,
+  type TracingProvider
+} from "../src/sidecar/Bootstrap.js"
+import * as Protos from "../src/xds/Protos.js"
+
+const configOf = (extra: { controller?: unknown; sidecar?: unknown; certificates?: unknown } = {}): MeshConfig =>
+  Either.getOrThrow(decodeConfig({
+    mesh: { name: "lab", trustDomain: "home.arpa" },
+    services: [{ name: "echo", port: 50051, protocol: "grpc" }, { name: "web", port: 8080 }],
+    ...extra
+  }, "test"))
+
+const render = (config: MeshConfig, options: { service?: string; tracing?: TracingProvider } = {}) => {
+  const input = Either.getOrThrow(inputFromConfig(config, { instance: "pi-1", service: "echo", ...options }))
+  const rendered = renderBootstrap(input)
+  if (Either.isLeft(rendered)) assert.fail(rendered.left.message)
+  return Either.getOrThrow(rendered)
+}
+
+/** Encodes with Envoy's proto and decodes back: what Envoy would see. */
+const roundTrip = (json: Record<string, unknown>) => {
+  const bytes = Either.getOrThrow(checkBootstrap(json))
+  return Protos.decode(Protos.Types.Bootstrap, bytes) as Record<string, any>
+}
+
+/** protobufjs decodes a loaded `Any` in place, as `{ "@type", ...fields }`: the fields. */
+const unpack = (any: Record<string, unknown>): Record<string, unknown> => {
+  const { ["@type"]: type, ...fields } = any
+  assert.isString(type)
+  return fields
+}
+
+describe("Envoy bootstrap", () => {
+  it("defaults: node id and cluster, Delta ADS to the controller, admin on 127.0.0.1:15000, overload limits", () => {
+    const rendered = render(configOf())
+    const decoded = roundTrip(rendered.json)
+    assert.deepStrictEqual(decoded.node.id, "echo~pi-1")
+    assert.deepStrictEqual(decoded.node.cluster, "echo")
+    assert.strictEqual(decoded.dynamic_resources.ads_config.api_type, "DELTA_GRPC")
+    assert.strictEqual(decoded.dynamic_resources.ads_config.transport_api_version, "V3")
+    assert.deepStrictEqual(decoded.dynamic_resources.cds_config.initial_fetch_timeout, { seconds: "10", nanos: 0 })
+    assert.deepInclude(decoded.dynamic_resources.lds_config, { resource_api_version: "V3" })
+    assert.deepStrictEqual(decoded.admin.address.socket_address, { address: "127.0.0.1", port_value: 15000 })
+
+    const xds = decoded.static_resources.clusters[0]
+    assert.strictEqual(xds.name, "mesh-controller-xds")
+    assert.deepStrictEqual(xds.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, {
+      address: "127.0.0.1",
+      port_value: 15010
+    })
+    assert.isUndefined(xds.transport_socket)
+
+    const monitors = decoded.overload_manager.resource_monitors.map((m: any) => unpack(m.typed_config))
+    assert.deepStrictEqual(monitors[0], { max_heap_size_bytes: String(256 * 1024 * 1024) })
+    assert.deepStrictEqual(monitors[1], { max_active_downstream_connections: "1024" })
+    assert.strictEqual(decoded.overload_manager.actions.length, 2)
+  })
+
+  it("mTLS with the service's identity files, state-of-the-world, Prometheus listener, tracing, a named controller", () => {
+    const config = configOf({
+      controller: { xds: { tls: "mtls", port: 15011 } },
+      certificates: { dir: "/srv/mesh/certs" },
+      sidecar: {
+        envoy: {
+          service: "echo",
+          xdsApi: "sotw",
+          initialFetchTimeout: "2500ms",
+          xdsAddress: { host: "controller.home.arpa", port: 15011 },
+          prometheus: { port: 15090 },
+          overload: { maxHeapMiB: 64, maxConnections: 200 }
+        }
+      }
+    })
+    const rendered = render(config, { tracing: { kind: "opentelemetry", collector: { host: "10.0.0.9", port: 4317 } } })
+    const decoded = roundTrip(rendered.json)
+    assert.strictEqual(decoded.dynamic_resources.ads_config.api_type, "GRPC")
+    assert.deepStrictEqual(decoded.dynamic_resources.cds_config.initial_fetch_timeout, { seconds: "2", nanos: 500_000_000 })
+
+    const [xds, admin, tracing] = decoded.static_resources.clusters
+    assert.strictEqual(xds.type, "STRICT_DNS")
+    const tls = unpack(xds.transport_socket.typed_config) as any
+    const certificate = tls.common_tls_context.tls_certificates[0]
+    assert.strictEqual(certificate.certificate_chain.filename, "/srv/mesh/certs/workloads/echo/cert.pem")
+    assert.strictEqual(certificate.private_key.filename, "/srv/mesh/certs/workloads/echo/key.pem")
+    assert.strictEqual(tls.common_tls_context.validation_context.trusted_ca.filename, "/srv/mesh/certs/workloads/echo/ca.pem")
+    assert.deepStrictEqual(tls.common_tls_context.validation_context.match_typed_subject_alt_names, [
+      { san_type: "URI", matcher: { exact: "spiffe://home.arpa/controller" } }
+    ])
+
+    assert.strictEqual(admin.name, "envoy-admin")
+    assert.strictEqual(decoded.static_resources.listeners[0].address.socket_address.port_value, 15090)
+    assert.strictEqual(tracing.name, "mesh-tracing")
+    assert.deepStrictEqual(unpack(decoded.tracing.http.typed_config), {
+      grpc_service: { envoy_grpc: { cluster_name: "mesh-tracing" } },
+      service_name: "echo"
+    })
+    const heap = unpack(decoded.overload_manager.resource_monitors[0].typed_config)
+    assert.deepStrictEqual(heap, { max_heap_size_bytes: String(64 * 1024 * 1024) })
+  })
+
+  it("prints YAML that still checks when read back (what Envoy reads from -c)", () => {
+    for (const config of [configOf(), configOf({ controller: { xds: { tls: "mtls" } }, sidecar: { envoy: { prometheus: { port: 15090 } } } })]) {
+      const rendered = render(config)
+      const reread = YAML.parse(rendered.yaml) as unknown
+      assert.isTrue(Either.isRight(checkBootstrap(reread)))
+      assert.deepStrictEqual(reread, rendered.json)
+      assert.match(rendered.version, /^[0-9a-f]{12}$/)
+    }
+  })
+
+  it("is deterministic: equal configs give equal versions, a change gives a new one", () => {
+    assert.strictEqual(render(configOf()).version, render(configOf()).version)
+    assert.notStrictEqual(render(configOf()).version, render(configOf({ sidecar: { envoy: { xdsApi: "sotw" } } })).version)
+  })
+
+  it("the checker names misspelled fields, malformed durations and unknown types by path", () => {
+    const json = buildBootstrap(Either.getOrThrow(inputFromConfig(configOf(), { instance: "pi-1", service: "echo" })))
+    const cluster = (json["static_resources"] as any).clusters[0]
+    const broken = {
+      ...json,
+      static_resources: {
+        clusters: [{ ...cluster, conect_timeout: "1s" }, { ...cluster, name: "b", connect_timeout: "ten seconds" }]
+      },
+      overload_manager: { resource_monitors: [{ name: "x", typed_config: { "@type": "type.googleapis.com/envoy.nope.Missing" } }] }
+    }
+    const result = checkBootstrap(broken)
+    assert.isTrue(Either.isLeft(result))
+    const issues = Either.isLeft(result) ? result.left.issues.join("\n") : ""
+    assert.include(issues, "static_resources.clusters[0].conect_timeout: unknown field")
+    assert.include(issues, "did you mean \"connect_timeout\"")
+    assert.include(issues, "static_resources.clusters[1].connect_timeout")
+    assert.include(issues, "overload_manager.resource_monitors[0].typed_config")
+  })
+
+  it("needs a known service", () => {
+    const none = inputFromConfig(configOf(), { instance: "pi-1" })
+    assert.isTrue(Either.isLeft(none))
+    assert.include(Either.isLeft(none) ? none.left.message : "", "sidecar.envoy.service")
+    const unknown = inputFromConfig(configOf(), { instance: "pi-1", service: "db" })
+    assert.include(Either.isLeft(unknown) ? unknown.left.message : "", 'unknown service "db" (services in the config: echo, web)')
+  })
+
+  it("the config file rejects an enabled sidecar without a service, and an unknown one", () => {
+    const missing = decodeConfig({ mesh: { name: "lab" }, sidecar: { envoy: { enabled: true } } }, "mesh.yaml")
+    assert.include(Either.isLeft(missing) ? missing.left.message : "", "sidecar.envoy.service: name the service")
+    const unknown = decodeConfig({ mesh: { name: "lab" }, sidecar: { envoy: { service: "ghost" } } }, "mesh.yaml")
+    assert.include(Either.isLeft(unknown) ? unknown.left.message : "", 'sidecar.envoy.service: unknown service "ghost"')
+  })
+})
