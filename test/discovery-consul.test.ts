@@ -8,8 +8,9 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import Consul from "consul"
-import { Context, Duration, Effect, Either, Exit, Layer, Scope, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Either, Exit, Layer, Option, Scope, SubscriptionRef } from "effect"
 import { Config } from "../layers/Config.js"
+import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health, type HealthView } from "../layers/Health.js"
@@ -235,6 +236,34 @@ describe(`ConsulRegistration — ${TARGET}`, () => {
       yield* statusOf("passing")
       yield* SubscriptionRef.set(view, new Map([[name, new Map([["127.0.0.1:7300", "unhealthy" as const]])]]))
       yield* statusOf("critical")
+    }))
+})
+
+describe(`policies from a Consul KV key — ${TARGET}`, () => {
+  it.scopedLive("a valid value is applied, a bad one rejected with its path (the last good kept), a deleted key falls back to the file", () =>
+    Effect.gen(function*() {
+      const { address, client } = yield* target
+      const key = `mesh-controller/${unique("policies")}`
+      const config = configOf(address, { services: [{ name: "echo", port: 1 }, { name: "echo-v2", port: 2 }] }, { policiesKey: key })
+      const context = yield* Layer.build(ConsulPolicies.layer(fast).pipe(Layer.provide(Config.layerMemory(config))))
+      const policies = Context.get(context, ConsulPolicies)
+      const status = Effect.map(policies.status, (s) => s as { last: { _tag: string; errors?: ReadonlyArray<string> } | null; inForce: string })
+      yield* eventually(Effect.filterOrFail(status, (s) => s.last?._tag === "Absent"))
+      assert.isTrue(Option.isNone(yield* policies.current))
+
+      const canary = "traffic:\n  - name: canary\n    service: echo\n    routes:\n      - destinations: [{ service: echo, weight: 90 }, { service: echo-v2, weight: 10 }]\n"
+      yield* promise(() => client.kv.set(key, canary))
+      const applied = yield* eventually(Effect.filterOrFail(policies.current, Option.isSome))
+      assert.deepStrictEqual(applied.value.traffic[0]!.routes[0]!.destinations.map((d) => d.weight), [90, 10])
+
+      yield* promise(() => client.kv.set(key, "traffic:\n  - name: bad\n    service: nowhere\n    routes: [{ destinations: [{ service: echo }] }]\n"))
+      const rejected = yield* eventually(Effect.filterOrFail(status, (s) => s.last?._tag === "Rejected"))
+      assert.include(rejected.last!.errors!.join("\n"), 'policies.traffic[0].service: unknown service "nowhere"')
+      assert.strictEqual((yield* policies.current).pipe(Option.map((p) => p.traffic[0]!.name), Option.getOrNull), "canary", "the last good value stays")
+
+      yield* promise(() => client.kv.del(key))
+      yield* eventually(Effect.filterOrFail(policies.current, Option.isNone))
+      assert.strictEqual((yield* status).inForce, "config file")
     }))
 })
 

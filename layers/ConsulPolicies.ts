@@ -1,0 +1,146 @@
+import { Context, Duration, Effect, Either, Layer, Option, Ref, Schema, Stream, SubscriptionRef } from "effect"
+import * as YAML from "yaml"
+import { MeshConfig, type Policies } from "../schemas/Config.js"
+import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
+import { decodeConfig } from "../src/ConfigDocument.js"
+import { Config } from "./Config.js"
+import { blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import { counter } from "./Metrics.js"
+
+/**
+ * Policies shared by several controllers through one Consul KV key (`discovery.consul.policiesKey`).
+ * The value is the `policies` section of the config file (YAML or JSON: `traffic`, `security`).
+ *
+ * A value is checked exactly like a config reload: with the config in force (so it may only name
+ * services that exist), every problem reported with its path. A bad value is rejected and the last
+ * good one kept; a config reload re-checks the value against the new services. A missing key
+ * means "no shared policies": `current` is None and the file's own `policies` apply. Consumers
+ * (the policy/snapshot side) take `Some` over the file's section.
+ */
+export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies")<
+  ConsulPolicies,
+  {
+    /** The last good policies from the key; None without a key, while it is absent, or before any valid value. */
+    readonly current: Effect.Effect<Option.Option<Policies>>
+    /** The current value first, then every change. */
+    readonly changes: Stream.Stream<Option.Option<Policies>>
+    readonly status: Effect.Effect<unknown>
+  }
+>() {
+  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, Config> =>
+    Layer.scoped(ConsulPolicies, make(options))
+
+  /** No shared policies. */
+  static readonly layerNoop: Layer.Layer<ConsulPolicies> = Layer.succeed(
+    ConsulPolicies,
+    ConsulPolicies.of({ current: Effect.succeedNone, changes: Stream.make(Option.none()), status: Effect.succeed({ enabled: false }) })
+  )
+}
+
+export interface ConsulPoliciesOptions {
+  readonly retry?: RetryOptions
+  readonly minQueryInterval?: Duration.DurationInput
+}
+
+const results = counter("mesh_controller_consul_policies_total", "Values of the policies KV key, by result (applied, rejected, absent).", ["result"])
+
+type Outcome =
+  | { readonly _tag: "Applied"; readonly at: string }
+  | { readonly _tag: "Rejected"; readonly at: string; readonly errors: ReadonlyArray<string> }
+  | { readonly _tag: "Absent"; readonly at: string }
+
+const encodeConfig = Schema.encodeSync(MeshConfig)
+
+/** The KV text as the `policies` of the config in force: the whole document is decoded, as a reload would be. */
+export const checkPolicies = (text: string, config: MeshConfig, source: string): Either.Either<Policies, ConfigInvalid> => {
+  const document = YAML.parseDocument(text, { prettyErrors: false, uniqueKeys: true })
+  if (document.errors.length > 0) {
+    return Either.left(new ConfigInvalid({
+      source,
+      issues: document.errors.map((error) => new ConfigIssue({ path: "", message: `YAML syntax error: ${error.message.split("\n")[0]}` }))
+    }))
+  }
+  const value = document.toJS({ maxAliasCount: 100 }) as unknown
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "expected a policies mapping (traffic, security)" })] }))
+  }
+  return Either.map(decodeConfig({ ...encodeConfig(config), policies: value }, source), (decoded) => decoded.policies)
+}
+
+const make = (options: ConsulPoliciesOptions) =>
+  Effect.gen(function*() {
+    const config = yield* Config
+    const initial = (yield* config.get).config
+    const settings = initial.discovery.consul
+    const key = settings?.policiesKey
+    const good = yield* SubscriptionRef.make(Option.none<Policies>())
+    if (!settings || key === undefined) {
+      return ConsulPolicies.of({ current: SubscriptionRef.get(good), changes: good.changes, status: Effect.succeed({ enabled: false }) })
+    }
+    const source = `consul-kv:${key}`
+    const raw = yield* Ref.make(Option.none<string>())
+    const seen = yield* Ref.make(false)
+    const outcome = yield* Ref.make<Outcome | null>(null)
+    const lastError = yield* Ref.make<string | null>(null)
+    const client = yield* makeConsulClient(settings).pipe(
+      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
+      Effect.orDie
+    )
+
+    const lock = yield* Effect.makeSemaphore(1)
+    const evaluate = lock.withPermits(1)(Effect.gen(function*() {
+      if (!(yield* Ref.get(seen))) return
+      const at = new Date().toISOString()
+      const text = yield* Ref.get(raw)
+      if (Option.isNone(text)) {
+        yield* SubscriptionRef.set(good, Option.none())
+        yield* Ref.set(outcome, { _tag: "Absent", at })
+        results.inc({ result: "absent" })
+        return
+      }
+      const checked = checkPolicies(text.value, (yield* config.get).config, source)
+      if (Either.isLeft(checked)) {
+        const errors = checked.left.issues.map((issue) => issue.toString())
+        yield* Ref.set(outcome, { _tag: "Rejected", at, errors })
+        results.inc({ result: "rejected" })
+        yield* Effect.logError("policies from Consul KV rejected; keeping the last good ones").pipe(Effect.annotateLogs({ source, errors }))
+        return
+      }
+      yield* SubscriptionRef.set(good, Option.some(checked.right))
+      yield* Ref.set(outcome, { _tag: "Applied", at })
+      results.inc({ result: "applied" })
+    }))
+
+    yield* Effect.forkScoped(blockingWatch(client, {
+      name: `kv.get ${key}`,
+      wait: settings.watchWait,
+      minInterval: options.minQueryInterval ?? Duration.millis(50),
+      schedule: retrySchedule(options.retry),
+      query: (blocking) => (ctx) => client.consul.kv.get({ key, ...blocking, ctx } as { key: string }),
+      decode: (body) => {
+        if (body === undefined || body === null) return Either.right(Option.none<string>())
+        const value = (body as { Value?: unknown }).Value
+        return typeof value === "string" || value === null || value === undefined
+          ? Either.right(Option.some(value ?? ""))
+          : Either.left("the KV entry has no text value")
+      },
+      onChange: (value) => Ref.set(raw, value).pipe(Effect.zipRight(Ref.set(seen, true)), Effect.zipRight(evaluate)),
+      onError: (error: ConsulUnavailable) => Ref.set(lastError, error.reason),
+      onSuccess: Ref.set(lastError, null)
+    }))
+    yield* config.changes.pipe(Stream.drop(1), Stream.runForEach(() => evaluate), Effect.forkScoped)
+
+    return ConsulPolicies.of({
+      current: SubscriptionRef.get(good),
+      changes: good.changes,
+      status: Effect.gen(function*() {
+        return {
+          enabled: true,
+          key,
+          inForce: Option.isSome(yield* SubscriptionRef.get(good)) ? "consul-kv" : "config file",
+          last: yield* Ref.get(outcome),
+          consulError: yield* Ref.get(lastError)
+        }
+      })
+    })
+  })
