@@ -118,6 +118,8 @@ export const closedPort: Effect.Effect<number> = Effect.gen(function*() {
 
 export interface GrpcTarget {
   readonly port: number
+  /** Calls to `/mesh.test.Echo/Call` served (each answered with the target's name). */
+  readonly echoCalls: () => number
   /** The status Check reports for `service` ("" is the server as a whole). */
   readonly setStatus: (service: string, status: ServingStatus) => void
   readonly checks: () => number
@@ -127,11 +129,37 @@ const healthService = (grpc.loadPackageDefinition(healthPackageDefinition) as un
   grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } }
 }).grpc.health.v1.Health.service
 
-/** A gRPC server implementing grpc.health.v1.Health/Check; unknown services get NOT_FOUND, as the spec says. */
-export const grpcTarget: Effect.Effect<GrpcTarget, never, Scope.Scope> = Effect.gen(function*() {
+const identity = (b: Buffer) => b
+/** The echo service of test/support/EchoBackends.ts: answers with the backend's name. */
+const echoService = {
+  Call: {
+    path: "/mesh.test.Echo/Call",
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity
+  }
+} satisfies grpc.ServiceDefinition
+
+/**
+ * A gRPC server implementing grpc.health.v1.Health/Check (unknown services get NOT_FOUND, as the
+ * spec says) and, so it can be a mesh backend, `/mesh.test.Echo/Call` answering with `name`.
+ */
+export const grpcTarget: Effect.Effect<GrpcTarget, never, Scope.Scope> = Effect.suspend(() => grpcBackend("grpc-target"))
+
+export const grpcBackend = (name: string): Effect.Effect<GrpcTarget, never, Scope.Scope> => Effect.gen(function*() {
   const statuses = new Map<string, ServingStatus>([["", "SERVING"]])
   let count = 0
+  let echoes = 0
   const server = new grpc.Server()
+  server.addService(echoService, {
+    Call: (_call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+      echoes++
+      callback(null, Buffer.from(name))
+    }
+  })
   server.addService(healthService, {
     Check: (
       call: grpc.ServerUnaryCall<HealthCheckRequest, HealthCheckResponse>,
@@ -155,6 +183,7 @@ export const grpcTarget: Effect.Effect<GrpcTarget, never, Scope.Scope> = Effect.
   )
   return {
     port,
+    echoCalls: () => echoes,
     setStatus: (service, status) => {
       statuses.set(service, status)
     },
