@@ -50,10 +50,13 @@ export const generateKeyPair = (algorithm: KeyAlgorithm): Effect.Effect<CryptoKe
     webcrypto.subtle.generateKey(keyGenParams(algorithm), true, ["sign", "verify"]) as Promise<CryptoKeyPair>
   )
 
+// Key exports go through KeyObject, synchronously: WebCrypto's exportKey is a thread-pool round
+// trip each time, which on a busy Raspberry Pi costs more than the conversion itself.
 const exportKeyPem = (key: CryptoKey): Effect.Effect<Redacted.Redacted<string>, SigningFailed> =>
-  attempt("exporting a private key", async () =>
-    Redacted.make(x509.PemConverter.encode(await webcrypto.subtle.exportKey("pkcs8", key), "PRIVATE KEY"))
-  )
+  Effect.try({
+    try: () => Redacted.make(NodeCrypto.KeyObject.from(key).export({ format: "pem", type: "pkcs8" }).toString()),
+    catch: (cause) => new SigningFailed({ what: "exporting a private key", cause })
+  })
 
 /** WebCrypto import parameters for a private key, from what Node can tell about it. */
 const importParams = (key: NodeCrypto.KeyObject): NodeCrypto.webcrypto.RsaHashedImportParams | NodeCrypto.webcrypto.EcKeyImportParams | string => {
@@ -103,6 +106,8 @@ export interface Authority {
   /** The self-signed root this authority chains to. */
   readonly rootPem: string
   readonly fingerprint: string
+  /** Its key identifier, copied into the authorityKeyIdentifier of what it signs. */
+  readonly keyId: string
 }
 
 export interface CaPem {
@@ -144,7 +149,7 @@ export const createRoot = (options: RootOptions): Effect.Effect<CaPem, SigningFa
               true
             ),
             new x509.SubjectAlternativeNameExtension([{ type: "url", value: `spiffe://${options.trustDomain}` }]),
-            await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto)
+            new x509.SubjectKeyIdentifierExtension(cryptoKeyIdentifier(keys.publicKey), false)
           ]
         },
         webcrypto
@@ -226,9 +231,11 @@ export const loadAuthority = (source: CaSource): Effect.Effect<Authority, CaInva
       catch: () => new CaInvalid({ file: keyFile, reason: "WebCrypto cannot use this key" })
     })
     const pems = chain.map((c) => c.toString())
+    const certificate = new x509.X509Certificate(cert.raw)
     return {
       certPem: cert.toString(),
-      certificate: new x509.X509Certificate(cert.raw),
+      certificate,
+      keyId: issuerKeyId(certificate),
       key,
       intermediates: pems.slice(0, Math.max(0, pems.length - 1)),
       rootPem: pems.length === 0 ? cert.toString() : pems[pems.length - 1]!,
@@ -267,17 +274,67 @@ export interface IssuedCertificate {
   readonly issuer: string
 }
 
+/** DER: a tag, its length, then the content. */
+const derTlv = (tag: number, content: Uint8Array): Uint8Array => {
+  const n = content.length
+  const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff]
+  return Uint8Array.from([tag, ...length, ...content])
+}
+
+/**
+ * subjectAltName with the URI and DNS names, encoded directly: @peculiar/x509's JSON-to-ASN.1 path
+ * for this one extension costs more than the CA signature (see bench/certs.ts).
+ */
+const subjectAltName = (uri: string, dnsNames: ReadonlyArray<string>): x509.Extension => {
+  const ascii = (text: string) => Uint8Array.from(Buffer.from(text, "ascii"))
+  const names = [derTlv(0x86, ascii(uri)), ...dnsNames.map((name) => derTlv(0x82, ascii(name)))]
+  return new x509.Extension("2.5.29.17", false, derTlv(0x30, Uint8Array.from(names.flatMap((n) => [...n]))))
+}
+
+/** The extensions every workload certificate shares, built once (they are immutable values). */
+const workloadConstants = (() => {
+  const common = [
+    new x509.BasicConstraintsExtension(false, undefined, true),
+    new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth], false)
+  ]
+  const ec = new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true)
+  const rsa = new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true)
+  return (algorithm: KeyAlgorithm): ReadonlyArray<x509.Extension> => [common[0]!, algorithm === "ecdsa-p256" ? ec : rsa, common[1]!]
+})()
+
 /** What a peer needs between a leaf and the root: the authority itself unless it is the root, then its intermediates. */
 const issuerChain = (authority: Authority): ReadonlyArray<string> =>
   authority.certPem === authority.rootPem ? [] : [authority.certPem, ...authority.intermediates]
 
-/** Copies the issuer's own key identifier, so chains built by name and by key id agree (a CA we did not make may hash differently). */
-const authorityKeyIdentifier = async (issuer: x509.X509Certificate): Promise<x509.AuthorityKeyIdentifierExtension> => {
-  const ski = issuer.getExtension(x509.SubjectKeyIdentifierExtension)
-  return ski === null
-    ? x509.AuthorityKeyIdentifierExtension.create(issuer.publicKey, false, webcrypto)
-    : new x509.AuthorityKeyIdentifierExtension(ski.keyId, false)
+/** Reads a DER length at `offset`; returns [length, offset of the content]. */
+const derLength = (der: Uint8Array, offset: number): readonly [number, number] => {
+  const first = der[offset]!
+  if (first < 0x80) return [first, offset + 1]
+  const bytes = first & 0x7f
+  let length = 0
+  for (let i = 1; i <= bytes; i++) length = length * 256 + der[offset + i]!
+  return [length, offset + 1 + bytes]
 }
+
+/**
+ * RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING of an SPKI. Computed here
+ * because @peculiar/x509's helper costs more than the rest of an issuance together.
+ */
+export const keyIdentifier = (spki: Uint8Array): string => {
+  const [, outer] = derLength(spki, 1) // SEQUENCE SubjectPublicKeyInfo
+  const [algorithmLength, algorithm] = derLength(spki, outer + 1) // SEQUENCE AlgorithmIdentifier
+  const bitString = algorithm + algorithmLength
+  const [length, content] = derLength(spki, bitString + 1)
+  // Skip the "unused bits" octet.
+  return NodeCrypto.createHash("sha1").update(spki.subarray(content + 1, content + length)).digest("hex")
+}
+
+const cryptoKeyIdentifier = (key: CryptoKey): string =>
+  keyIdentifier(NodeCrypto.KeyObject.from(key).export({ format: "der", type: "spki" }))
+
+/** The issuer's own key identifier (a CA we did not make may hash differently), or one computed from its key. */
+const issuerKeyId = (issuer: x509.X509Certificate): string =>
+  issuer.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId ?? keyIdentifier(new Uint8Array(issuer.publicKey.rawData))
 
 /**
  * An X.509-SVID: the SPIFFE ID as the only URI SAN, DNS SANs, CA:FALSE, digitalSignature
@@ -288,9 +345,8 @@ export const issueWorkload = (authority: Authority, request: WorkloadRequest): E
     const keys = yield* generateKeyPair(request.keyAlgorithm)
     const notBefore = new Date(request.now.getTime() - WORKLOAD_BACKDATE_MILLIS)
     const notAfter = new Date(Math.min(request.now.getTime() + request.ttlMillis, authority.certificate.notAfter.getTime()))
-    const usages = request.keyAlgorithm === "ecdsa-p256"
-      ? x509.KeyUsageFlags.digitalSignature
-      : x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment
+    // The public key as SPKI bytes, converted here synchronously (the library would export it again).
+    const spki = NodeCrypto.KeyObject.from(keys.publicKey).export({ format: "der", type: "spki" })
     const certificate = yield* attempt(`signing the certificate of ${request.spiffeId}`, async () =>
       x509.X509CertificateGenerator.create(
         {
@@ -299,19 +355,14 @@ export const issueWorkload = (authority: Authority, request: WorkloadRequest): E
           issuer: authority.certificate.subjectName,
           notBefore,
           notAfter,
-          publicKey: keys.publicKey,
+          publicKey: spki,
           signingKey: authority.key,
           signingAlgorithm: signingAlgorithm(authority.key),
           extensions: [
-            new x509.BasicConstraintsExtension(false, undefined, true),
-            new x509.KeyUsagesExtension(usages, true),
-            new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth], false),
-            new x509.SubjectAlternativeNameExtension([
-              { type: "url", value: request.spiffeId },
-              ...request.dnsNames.map((value) => ({ type: "dns" as const, value }))
-            ]),
-            await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto),
-            await authorityKeyIdentifier(authority.certificate)
+            ...workloadConstants(request.keyAlgorithm),
+            subjectAltName(request.spiffeId, request.dnsNames),
+            new x509.SubjectKeyIdentifierExtension(keyIdentifier(spki), false),
+            new x509.AuthorityKeyIdentifierExtension(authority.keyId, false)
           ]
         },
         webcrypto
