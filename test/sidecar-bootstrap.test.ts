@@ -1,8 +1,14 @@
 /** Generated Envoy bootstraps, checked against Envoy's own `envoy.config.bootstrap.v3.Bootstrap` protobuf. */
+import { Command, Options } from "@effect/cli"
+import { NodeContext } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Either } from "effect"
+import { Cause, Console, Effect, Either, Option } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
 import * as YAML from "yaml"
 import type { MeshConfig } from "../schemas/Config.js"
+import { makeEnvoyCommand } from "../src/commands/envoy.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import {
   buildBootstrap,
@@ -156,4 +162,38 @@ describe("Envoy bootstrap", () => {
     const unknown = decodeConfig({ mesh: { name: "lab" }, sidecar: { envoy: { service: "ghost" } } }, "mesh.yaml")
     assert.include(Either.isLeft(unknown) ? unknown.left.message : "", 'sidecar.envoy.service: unknown service "ghost"')
   })
+})
+
+describe("envoy bootstrap (CLI)", () => {
+  const runCli = (args: ReadonlyArray<string>) =>
+    Effect.gen(function*() {
+      const printed: Array<string> = []
+      const console = { ...(yield* Effect.console), log: (...items: ReadonlyArray<unknown>) => Effect.sync(() => void printed.push(items.join(" "))) }
+      const cli = Command.run(makeEnvoyCommand(Options.file("config")), { name: "mesh-controller", version: "test" })
+      const exit = yield* Effect.exit(cli(["node", "mesh-controller", ...args]).pipe(Effect.withConsole(console as Console.Console)))
+      return { exit, printed: printed.join("\n") }
+    }).pipe(Effect.provide(NodeContext.layer))
+
+  const file = () => {
+    const path = NodePath.join(NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "envoy-cli-")), "mesh.yaml")
+    NodeFs.writeFileSync(path, "mesh: { name: lab }\nservices:\n  - { name: echo, port: 50051 }\nsidecar: { envoy: { instance: pi-7 } }\n")
+    return path
+  }
+
+  it.effect("prints a bootstrap that checks against Envoy's proto", () =>
+    Effect.gen(function*() {
+      const { exit, printed } = yield* runCli(["bootstrap", "--service", "echo", "--config", file()])
+      assert.isTrue(exit._tag === "Success")
+      const parsed = YAML.parse(printed) as Record<string, any>
+      assert.strictEqual(parsed.node.id, "echo~pi-7")
+      assert.isTrue(Either.isRight(checkBootstrap(parsed)))
+    }))
+
+  it.effect("fails with a readable message for an unknown service", () =>
+    Effect.gen(function*() {
+      const { exit } = yield* runCli(["bootstrap", "--service", "nope", "--config", file()])
+      assert.isTrue(exit._tag === "Failure")
+      const failure = exit._tag === "Failure" ? Cause.failureOption(exit.cause) : Option.none()
+      assert.include(Option.isSome(failure) ? (failure.value as Error).message : "", 'unknown service "nope"')
+    }))
 })
