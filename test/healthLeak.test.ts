@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Schema, SubscriptionRef } from "effect"
+import { Context, Effect, Layer, Schema, Stream, SubscriptionRef } from "effect"
 import { Discovery } from "../layers/Discovery.js"
-import { Health } from "../layers/Health.js"
+import { Health, type HealthView } from "../layers/Health.js"
 import { HealthCheck } from "../schemas/Config.js"
 import type { Service } from "../src/MeshState.js"
 import { grpcTarget, httpTarget, silentTarget, tcpTarget } from "./support/healthTargets.js"
@@ -58,16 +58,19 @@ describe("Health: nothing outlives its endpoint", () => {
       )
       const health = Context.get(context, Health)
       const baseline = tcpSockets()
+      const untilView = (predicate: (view: HealthView) => boolean) =>
+        health.changes.pipe(Stream.filter(predicate), Stream.take(1), Stream.runDrain)
 
       for (let i = 0; i < CYCLES; i++) {
         // A gRPC channel takes a few milliseconds to set up: one cycle in ten includes the gRPC target.
         const these = i % 10 === 0 ? services : services.filter((s) => s.name !== "g")
         yield* SubscriptionRef.set(registry, these)
-        yield* waitFor(health.status, (s) => s.probes === these.length, `cycle ${i}: probes to start`)
+        // The view lists an endpoint once its probe fiber is running, and drops it once it is stopped.
+        yield* untilView((view) => view.size === these.length)
         // Every tenth cycle, let probes get under way (sockets open, the gRPC channel connecting).
         if (i % 10 === 0) yield* waitFor(Effect.sync(() => silent.openConnections()), (n) => n > 0, `cycle ${i}: a probe to connect`)
         yield* SubscriptionRef.set(registry, [])
-        yield* waitFor(health.status, (s) => s.probes === 0, `cycle ${i}: probes to stop`)
+        yield* untilView((view) => view.size === 0)
       }
 
       const status = yield* health.status
