@@ -8,7 +8,11 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import Consul from "consul"
-import { Context, Duration, Effect, Either, Exit, Layer, Option, Scope, SubscriptionRef } from "effect"
+import { ConfigProvider, Context, Duration, Effect, Either, Exit, Layer, Option, Scope, SubscriptionRef } from "effect"
+import * as NodeFs from "node:fs"
+import * as Https from "node:https"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
 import { Config } from "../layers/Config.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
@@ -23,6 +27,7 @@ import type { Service } from "../src/MeshState.js"
 import { ConsulStandIn } from "./support/ConsulStandIn.js"
 import { echoBackend, xdsClient } from "./support/EchoBackends.js"
 import { eventually } from "./support/eventually.js"
+import { makeTestTls } from "./support/healthTls.js"
 
 const REAL_AGENT = process.env["CONSUL_HTTP_ADDR"]
 const TARGET = REAL_AGENT
@@ -365,6 +370,38 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       yield* registerInConsul(client, "rewind", 7702)
       yield* waitForPorts(discovery, "rewind", [7700, 7701, 7702])
       standIn.slowDown(0)
+      client.destroy()
+    }))
+
+  it.scopedLive("TLS to Consul with the configured CA and server name; the ACL token is sent and never shown", () =>
+    Effect.gen(function*() {
+      const tls = yield* makeTestTls("consul.mesh.local")
+      const standIn = yield* ConsulStandIn.makeTls(tls)
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "consul-tls-"))),
+        (d) => Effect.sync(() => NodeFs.rmSync(d, { recursive: true, force: true }))
+      )
+      const caFile = NodePath.join(dir, "ca.pem")
+      NodeFs.writeFileSync(caFile, tls.caPem)
+      const withToken = Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["CONSUL_HTTP_TOKEN", "s3cret-token"]])))
+      const start = (tlsOptions: Record<string, unknown>) =>
+        Layer.build(
+          Discovery.layer(fast).pipe(
+            Layer.provide(Config.layerMemory(configOf(standIn.address, {}, { tls: tlsOptions }))),
+            Layer.provide(withToken)
+          )
+        ).pipe(Effect.map((context) => Context.get(context, Discovery)))
+
+      const untrusted = yield* start({})
+      const refused = yield* eventually(Effect.filterOrFail(consulStatus(untrusted), (s) => s.lastError !== null))
+      expect(refused.lastError).toMatch(/certificate/i)
+
+      const trusted = yield* start({ caFile, serverName: "consul.mesh.local" })
+      const client = new Consul({ host: "127.0.0.1", port: standIn.port, secure: true, agent: new Https.Agent({ ca: tls.caPem, servername: "consul.mesh.local" }) })
+      yield* registerInConsul(client, "secure", 7800)
+      yield* waitForPorts(trusted, "secure", [7800])
+      assert.isTrue(standIn.tokens.has("s3cret-token"))
+      assert.notInclude(JSON.stringify(yield* trusted.status), "s3cret")
       client.destroy()
     }))
 })

@@ -10,6 +10,7 @@
  */
 import { Effect, type Scope } from "effect"
 import * as Http from "node:http"
+import * as Https from "node:https"
 import type { AddressInfo, Socket } from "node:net"
 
 export type CheckStatus = "passing" | "warning" | "critical"
@@ -70,24 +71,34 @@ export class ConsulStandIn {
   private refusing = false
   /** Every request as `METHOD /path` (no query), in order. */
   readonly requests: Array<string> = []
+  /** Every `X-Consul-Token` received. */
+  readonly tokens = new Set<string>()
   port = 0
 
-  private constructor() {
+  private constructor(private readonly tls?: { readonly certPem: string; readonly keyPem: string }) {
     this.server = this.newServer()
   }
 
   /** Starts on 127.0.0.1 with a free port; stops with the scope. */
-  static readonly make: Effect.Effect<ConsulStandIn, never, Scope.Scope> = Effect.acquireRelease(
-    Effect.promise(async () => {
-      const standIn = new ConsulStandIn()
-      await standIn.listen(0)
-      return standIn
-    }),
-    (standIn) => Effect.promise(() => standIn.close()).pipe(Effect.timeoutOption("5 seconds"))
-  )
+  static readonly make: Effect.Effect<ConsulStandIn, never, Scope.Scope> = Effect.suspend(() => ConsulStandIn.start(undefined))
+
+  /** The same over HTTPS with this certificate (Consul's `https://` API). */
+  static readonly makeTls = (tls: { readonly certPem: string; readonly keyPem: string }): Effect.Effect<ConsulStandIn, never, Scope.Scope> =>
+    ConsulStandIn.start(tls)
+
+  private static start(tls: { readonly certPem: string; readonly keyPem: string } | undefined) {
+    return Effect.acquireRelease(
+      Effect.promise(async () => {
+        const standIn = new ConsulStandIn(tls)
+        await standIn.listen(0)
+        return standIn
+      }),
+      (standIn) => Effect.promise(() => standIn.close()).pipe(Effect.timeoutOption("5 seconds"))
+    )
+  }
 
   get address(): string {
-    return `http://127.0.0.1:${this.port}`
+    return `${this.tls ? "https" : "http"}://127.0.0.1:${this.port}`
   }
 
   // -------------------------------------------------------------------------------------------
@@ -157,8 +168,9 @@ export class ConsulStandIn {
   // -------------------------------------------------------------------------------------------
 
   private newServer(): Http.Server {
-    const server = Http.createServer((req, res) => void this.handle(req, res))
-    server.on("connection", (socket) => {
+    const handler = (req: Http.IncomingMessage, res: Http.ServerResponse) => void this.handle(req, res)
+    const server: Http.Server = this.tls ? Https.createServer({ cert: this.tls.certPem, key: this.tls.keyPem }, handler) : Http.createServer(handler)
+    server.on(this.tls ? "secureConnection" : "connection", (socket) => {
       this.sockets.add(socket)
       socket.on("close", () => this.sockets.delete(socket))
     })
@@ -214,6 +226,8 @@ export class ConsulStandIn {
     const url = new URL(req.url ?? "/", "http://standin")
     const method = req.method ?? "GET"
     this.requests.push(`${method} ${url.pathname}`)
+    const token = req.headers["x-consul-token"]
+    if (typeof token === "string") this.tokens.add(token)
     const body = await readBody(req)
     if (this.delayMillis > 0) await new Promise((r) => setTimeout(r, this.delayMillis))
     if (this.failStatus !== undefined) return send(res, this.failStatus, "stand-in: injected fault\n")
