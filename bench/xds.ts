@@ -176,7 +176,12 @@ if (argv[0] === "--scenario") {
   const result = kind === "controller"
     ? await controllerScenario(a, Number(b), Number(c))
     : await floorScenario(Number(a), Number(b))
-  process.send!(result, () => process.exit(0))
+  // Run directly (e.g. under --cpu-prof) a scenario prints its result instead.
+  if (process.send) process.send(result, () => process.exit(0))
+  else {
+    console.log(JSON.stringify(result))
+    process.exit(0)
+  }
 } else {
   await main()
 }

@@ -91,6 +91,20 @@ export const make = (options: XdsOptions) =>
     const calls = new Set<{ end: () => void }>()
     let nextId = 0
 
+    // One subscription to the snapshot fans out to every stream's queue: a Stream pipeline per
+    // stream costs more than the push itself once there are hundreds of streams.
+    let latest: Published = yield* snapshots.current
+    const listeners = new Set<(published: Published) => void>()
+    yield* snapshots.changes.pipe(
+      Stream.runForEach((published) =>
+        Effect.sync(() => {
+          latest = published
+          for (const listener of listeners) listener(published)
+        })
+      ),
+      Effect.forkScoped
+    )
+
     const serveAds = <Req extends SotwRequest | DeltaRequest>(protocol: Protocol, call: AdsCall<Req>) =>
       Effect.gen(function*() {
         const id = ++nextId
@@ -102,16 +116,16 @@ export const make = (options: XdsOptions) =>
         call.on("end", closed)
         call.on("error", closed)
         call.on("cancelled", closed)
-        yield* snapshots.changes.pipe(
-          Stream.runForEach((published) => Queue.offer(events, { _tag: "Snapshot", published })),
-          Effect.forkScoped
-        )
+        const listener = (published: Published) => Queue.unsafeOffer(events, { _tag: "Snapshot", published })
+        listeners.add(listener)
+        let current: Published = latest
         streams.set(id, stream)
         const entry = { end: () => call.end() }
         calls.add(entry)
         let kind = "unknown"
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
+            listeners.delete(listener)
             streams.delete(id)
             calls.delete(entry)
             streamsGauge.dec({ protocol, kind })
@@ -120,7 +134,6 @@ export const make = (options: XdsOptions) =>
         )
         streamsGauge.inc({ protocol, kind })
 
-        let current: Published = yield* snapshots.current
         const send = (url: string, snapshot: XdsSnapshot, since: number | undefined, at: number) => {
           const response = push(stream, url, snapshot, at)
           if (response === undefined) return

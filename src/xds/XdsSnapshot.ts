@@ -70,6 +70,11 @@ export interface XdsSnapshot {
   readonly errors: ReadonlyArray<SnapshotError>
   /** service → can take traffic (at least one endpoint healthy or unknown); for grpc.health.v1. */
   readonly availability: ReadonlyMap<string, boolean>
+  /**
+   * What changed since the snapshot this one was built from (`from` is its version): type URL →
+   * names added, changed or removed. Lets a Delta stream look at those names only.
+   */
+  readonly changes?: { readonly from: string; readonly names: ReadonlyMap<string, ReadonlySet<string>> }
   /** The sidecars' shared outbound listener and route configuration, kept for reuse. */
   readonly outbound?: {
     readonly virtualHosts: ReadonlyArray<PlainObject>
@@ -203,7 +208,27 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   for (const group of groups.values()) parts.push(group.service, group.version)
   parts.push(outbound.listener.version, outbound.routes.version)
   for (const secret of byType.get(TypeUrls.Secret)!.values()) parts.push(secret.name, secret.version)
+  const changed = new Map<string, Set<string>>([...byType.keys()].map((url) => [url, new Set<string>()]))
+  const mark = (r: XdsResource) => changed.get(r.typeUrl)?.add(r.name)
+  for (const [name, group] of groups) {
+    const old = previous.groups.get(name)
+    if (old !== group) {
+      group.resources.forEach(mark)
+      old?.resources.forEach(mark)
+    }
+  }
+  for (const [name, old] of previous.groups) if (!groups.has(name)) old.resources.forEach(mark)
+  if (previous.outbound !== outbound) {
+    mark(outbound.listener)
+    mark(outbound.routes)
+  }
+  const secrets = byType.get(TypeUrls.Secret)!
+  const oldSecrets = previous.resources.get(TypeUrls.Secret) ?? new Map<string, XdsResource>()
+  for (const [name, r] of secrets) if (oldSecrets.get(name)?.version !== r.version) mark(r)
+  for (const [name, r] of oldSecrets) if (!secrets.has(name)) mark(r)
+
   return {
+    changes: { from: previous.version, names: changed },
     version: hash(parts.join("\n")),
     resources: byType,
     groups,
@@ -232,16 +257,17 @@ export const sidecarService = (nodeId: string): string | undefined => {
  * subscribe by wildcard: they name `<service>` resources.
  */
 export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> => {
+  if (url !== TypeUrls.Listener && url !== TypeUrls.Cluster) return []
   const own = sidecarService(nodeId)
-  const names = [...(snapshot.resources.get(url)?.keys() ?? [])]
+  return [...(snapshot.resources.get(url)?.keys() ?? [])].filter((n) => inWildcard(url, own, n))
+}
+
+/** Whether resource `name` of type `url` belongs to the wildcard set of the sidecar of `own`. */
+export const inWildcard = (url: string, own: string | undefined, name: string): boolean => {
   if (url === TypeUrls.Listener) {
-    return names.filter((n) =>
-      n === OUTBOUND_HTTP || (n.startsWith("outbound|") && n !== outboundName(own ?? "")) ||
-      (own !== undefined && n === inboundName(own))
-    )
+    return name === OUTBOUND_HTTP || (name.startsWith("outbound|") && name !== outboundName(own ?? "")) ||
+      (own !== undefined && name === inboundName(own))
   }
-  if (url === TypeUrls.Cluster) {
-    return names.filter((n) => n.startsWith("outbound|") || (own !== undefined && n === inboundName(own)))
-  }
-  return []
+  if (url === TypeUrls.Cluster) return name.startsWith("outbound|") || (own !== undefined && name === inboundName(own))
+  return false
 }

@@ -21,7 +21,7 @@
 import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
 import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
 import { TypeUrls } from "./Protos.js"
-import { versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
+import { inWildcard, sidecarService, versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
 
 export type Protocol = "sotw" | "delta"
 export type ClientKind = "proxyless" | "envoy" | "unknown"
@@ -47,6 +47,8 @@ export interface TypeState {
   rejected: string | undefined
   /** Delta: resource name → version the client has been sent (or told it has). */
   readonly known: Map<string, string>
+  /** Delta: the snapshot version `known` was last reconciled with (unset after a subscription change). */
+  synced: string | undefined
   acked: { version: string; at: number } | undefined
   lastNack: Nack | undefined
   nacks: number
@@ -87,6 +89,7 @@ const typeState = (stream: StreamState, url: string): TypeState => {
       lastSent: undefined,
       rejected: undefined,
       known: new Map(),
+      synced: undefined,
       acked: undefined,
       lastNack: undefined,
       nacks: 0,
@@ -157,6 +160,9 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
     for (const [name, version] of Object.entries(request.initial_resource_versions)) t.known.set(name, version)
     t.wildcard = request.resource_names_subscribe.length === 0 && wildcardType(request.type_url)
   }
+  if (request.resource_names_subscribe.length > 0 || request.resource_names_unsubscribe.length > 0 || !t.subscribed) {
+    t.synced = undefined
+  }
   for (const name of request.resource_names_subscribe) {
     if (name === "*") t.wildcard = true
     else t.names.add(name)
@@ -215,18 +221,36 @@ export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot
   return { bytes: encodeSotwResponse(version, resources, url, nonce), resources: resources.length, removed: 0 }
 }
 
-/** The Delta response for `url` if anything changed for this client, recording it as pending. */
+/**
+ * The Delta response for `url` if anything changed for this client, recording it as pending.
+ * When the client is in step with the snapshot this one was built from, only the names that
+ * changed between the two are examined, so a push costs what changed, not what exists.
+ */
 export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
   const t = stream.types.get(url)
   if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
-  const names = new Set(wanted(stream, t, url, snapshot))
   const table = snapshot.resources.get(url)
   const updates: Array<XdsResource> = []
-  for (const n of names) {
-    const r = table?.get(n)
-    if (r !== undefined && t.known.get(n) !== r.version) updates.push(r)
+  const removed: Array<string> = []
+  const delta = snapshot.changes
+  if (t.synced !== undefined && delta !== undefined && delta.from === t.synced) {
+    const own = sidecarService(stream.node?.id ?? "")
+    for (const n of delta.names.get(url) ?? []) {
+      const want = t.names.has(n) || (t.wildcard && inWildcard(url, own, n))
+      const r = table?.get(n)
+      if (want && r !== undefined) {
+        if (t.known.get(n) !== r.version) updates.push(r)
+      } else if (t.known.has(n)) removed.push(n)
+    }
+  } else {
+    const names = new Set(wanted(stream, t, url, snapshot))
+    for (const n of names) {
+      const r = table?.get(n)
+      if (r !== undefined && t.known.get(n) !== r.version) updates.push(r)
+    }
+    for (const n of t.known.keys()) if (!names.has(n) || table?.get(n) === undefined) removed.push(n)
   }
-  const removed = [...t.known.keys()].filter((n) => !names.has(n) || table?.get(n) === undefined)
+  t.synced = snapshot.version
   if (updates.length === 0 && removed.length === 0) return undefined
   updates.sort(byName)
   for (const r of updates) t.known.set(r.name, r.version)
