@@ -733,9 +733,10 @@ export const make = (
 
     // One reconciliation at a time: the tick, Discovery changes and freshness checks all land here.
     const lock = yield* Effect.makeSemaphore(1)
-    const reconcile = lock.withPermits(1)(
+    /** `rereadCa` on the periodic check only: Discovery changes and readers need no file reads. */
+    const reconcile = (rereadCa: boolean) => lock.withPermits(1)(
       Effect.gen(function*() {
-        yield* refreshCa
+        if (rereadCa) yield* refreshCa
         const before = yield* SubscriptionRef.get(state)
         const after = yield* renewDue(before).pipe(
           Effect.catchAll((error) => Effect.as(recordFailure("issue", error), before))
@@ -747,14 +748,18 @@ export const make = (
       })
     )
 
-    yield* reconcile.pipe(
+    yield* reconcile(true).pipe(
+      // A defect in one check must not end the checking (and with it every renewal).
+      Effect.catchAllCause((cause) => Effect.logError("certificate check failed; retrying at the next check", cause)),
       Effect.repeat(Schedule.spaced(settings.checkInterval)),
       Effect.delay(settings.checkInterval),
       Effect.forkScoped
     )
     yield* discovery.changes.pipe(
       Stream.map((services) => services.map((s) => s.name)),
-      Stream.runForEach((names) => Effect.zipRight(Ref.set(wanted, names), reconcile)),
+      // Endpoint and health churn does not change which identities exist.
+      Stream.changesWith((a, b) => a.length === b.length && a.every((name, i) => name === b[i])),
+      Stream.runForEach((names) => Effect.zipRight(Ref.set(wanted, names), reconcile(false))),
       Effect.forkScoped
     )
 
@@ -766,7 +771,7 @@ export const make = (
       const stale = [current.controller, ...current.services.values()].some((identity) =>
         Option.isSome(renewalReason(identity, now, policy, authority.fingerprint))
       )
-      if (stale) yield* reconcile
+      if (stale) yield* reconcile(false)
       return yield* SubscriptionRef.get(state)
     })
 

@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Either, Exit, Layer, Option, Redacted, Stream, SubscriptionRef, TestClock } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
+import { registry } from "../layers/Metrics.js"
 import { activateRoot, caPaths, type CertificateState, Certificates, introduceRoot } from "../layers/Certificates.js"
 import { createRoot, loadAuthority } from "../src/certs/Authority.js"
 import { renewalTime, serialFraction } from "../src/certs/Rotation.js"
@@ -100,6 +101,8 @@ describe("issued certificates", () => {
       assert.isTrue(mayReadSecret(undefined, ROOT_CA_SECRET))
       assert.isTrue(mayReadSecret("spiffe://mesh.local/service/echo", "spiffe://mesh.local/service/echo"))
       assert.isFalse(mayReadSecret("spiffe://mesh.local/service/gateway", "spiffe://mesh.local/service/echo"))
+      const expiry = yield* Effect.promise(() => registry.getSingleMetricAsString("mesh_controller_certificate_expiry_seconds"))
+      assert.match(expiry, /mesh_controller_certificate_expiry_seconds\{identity="spiffe:\/\/mesh\.local\/service\/echo"\} \d+/)
       // Key material stays out of status.
       const status = JSON.stringify(yield* certs.status)
       assert.notInclude(status, "PRIVATE KEY")
@@ -165,6 +168,40 @@ describe("persistence", () => {
       )
       assert.strictEqual(error.file, "chain.pem")
       assert.include(error.reason, "did not issue")
+    })
+  )
+})
+
+describe("bring your own CA", () => {
+  it.scopedLive("an operator's intermediate (SEC1 key) signs; the bundle holds the operator root; nothing is written", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const at = (name: string) => NodePath.join(dir, name)
+      const run = (...args: Array<string>) => {
+        const result = openssl(args)
+        assert.strictEqual(result.status, 0, `openssl ${args.join(" ")}: ${result.output}`)
+      }
+      yield* writeFiles(dir, {
+        "int.ext": "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+      })
+      run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", at("root.key"))
+      run("req", "-x509", "-new", "-key", at("root.key"), "-subj", "/CN=Operator Root", "-days", "30", "-out", at("root.pem"),
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+      run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", at("int.key"))
+      run("req", "-new", "-key", at("int.key"), "-subj", "/CN=Operator Intermediate", "-out", at("int.csr"))
+      run("x509", "-req", "-in", at("int.csr"), "-CA", at("root.pem"), "-CAkey", at("root.key"), "-CAcreateserial", "-days", "30",
+        "-out", at("int.pem"), "-extfile", at("int.ext"))
+
+      const stateDir = at("never-written")
+      const { certs } = yield* startPersistent(stateDir, ["echo"], { ca: { cert: at("int.pem"), key: at("int.key"), chain: at("root.pem") } })
+      const state = yield* certs.state
+      assert.deepStrictEqual(state.bundle.roots.map((r) => [r.state, r.subject]), [["external", "CN=Operator Root"]])
+      const files = yield* writeFiles(dir, { "echo.pem": state.services.get("echo")!.chainPem, "bundle.pem": state.bundle.pem })
+      // The chain a peer receives (leaf + intermediate) verifies against the operator's root alone.
+      const verify = openssl(["verify", "-CAfile", files["bundle.pem"]!, "-untrusted", files["echo.pem"]!, files["echo.pem"]!])
+      assert.strictEqual(verify.status, 0, verify.output)
+      assert.isTrue(Exit.isFailure(yield* Effect.exit(Effect.promise(() => NodeFs.stat(stateDir)))))
+      assert.strictEqual((yield* certs.status).ca, "files")
     })
   )
 })
