@@ -106,12 +106,41 @@ export const compileConfig = (config: MeshConfig): Either.Either<CompiledPolicy,
   compilePolicies(config.policies, { trustDomain: config.mesh.trustDomain, services: config.services.map((s) => s.name) })
 
 export const compilePolicies = (policies: Policies, catalogue: Catalogue): Either.Either<CompiledPolicy, PolicyInvalid> => {
-  const known = new Set(catalogue.services)
+  const { issues, policy } = compileAll(policies, catalogue.trustDomain, new Set(catalogue.services))
+  return issues.length > 0 ? Either.left(new PolicyInvalid({ issues })) : Either.right(policy)
+}
+
+const memo = new WeakMap<Policies, Map<string, CompiledPolicy>>()
+
+/**
+ * The compiled form for the xDS snapshot builder, which sees policies only after they were
+ * validated (the config decoder rejects what the compiler would; the Policy layer reports the
+ * rest), and whose service catalogue also holds services discovered elsewhere: so nothing is
+ * checked against services here. Memoized per `policies` value, since a snapshot is rebuilt far
+ * more often than the config changes.
+ */
+export const compileForSnapshot = (policies: Policies, trustDomain: string): CompiledPolicy => {
+  const byDomain = memo.get(policies) ?? new Map<string, CompiledPolicy>()
+  memo.set(policies, byDomain)
+  const cached = byDomain.get(trustDomain)
+  if (cached !== undefined) return cached
+  const { policy } = compileAll(policies, trustDomain, undefined)
+  byDomain.set(trustDomain, policy)
+  return policy
+}
+
+/** Compiles everything it can and lists every problem; `known` undefined skips the service checks. */
+const compileAll = (
+  policies: Policies,
+  trustDomain: string,
+  known: ReadonlySet<string> | undefined
+): { readonly policy: CompiledPolicy; readonly issues: ReadonlyArray<PolicyIssue> } => {
+  const catalogue = { trustDomain }
   const issues: Array<PolicyIssue> = []
   const warnings: Array<PolicyIssue> = []
   const issue = (policy: string, field: string, message: string) => issues.push(new PolicyIssue({ policy, field, message }))
   const service = (policy: string, field: string, name: string) => {
-    if (!known.has(name)) issue(policy, field, `unknown service "${name}"`)
+    if (known !== undefined && !known.has(name)) issue(policy, field, `unknown service "${name}"`)
   }
 
   const traffic = new Map<string, TrafficPolicy>()
@@ -166,18 +195,20 @@ export const compilePolicies = (policies: Policies, catalogue: Catalogue): Eithe
     else resilience.set(policy.service, policy)
   })
 
-  if (issues.length > 0) return Either.left(new PolicyInvalid({ issues }))
-  return Either.right({
-    trustDomain: catalogue.trustDomain,
-    mtls: policies.security.mtls,
-    defaultAction: policies.security.defaultAction,
-    rules,
-    ruleCount: policies.security.authorization.length,
-    traffic,
-    resilience,
-    observability: policies.observability,
-    warnings
-  })
+  return {
+    issues,
+    policy: {
+      trustDomain: catalogue.trustDomain,
+      mtls: policies.security.mtls,
+      defaultAction: policies.security.defaultAction,
+      rules,
+      ruleCount: policies.security.authorization.length,
+      traffic,
+      resilience,
+      observability: policies.observability,
+      warnings
+    }
+  }
 }
 
 type Report = (policy: string, field: string, message: string) => void

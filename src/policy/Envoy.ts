@@ -360,3 +360,33 @@ export const tracingCluster = (observability: Observability): PlainObject | unde
 export const statsConfig = (observability: Observability): PlainObject => ({
   stats_tags: Object.entries(observability.statsTags).map(([tag_name, fixed_value]) => ({ tag_name, fixed_value }))
 })
+
+// ---------------------------------------------------------------------------------------------
+// For the snapshot builder
+// ---------------------------------------------------------------------------------------------
+
+const plainRule = (rule: CompiledRule) => ({
+  name: rule.name,
+  action: rule.action,
+  principals: rule.principals === "any" ? "any" : [...rule.principals].sort(),
+  methods: rule.methods === undefined ? null : [...rule.methods].sort(),
+  paths: rule.paths ?? null,
+  ports: rule.ports === undefined ? null : [...rule.ports].sort(),
+  headers: rule.headers ?? null
+})
+
+/**
+ * What `service`'s resources take from the policy beyond its traffic policy (authorization rules
+ * for it, its resilience, the default action, observability): part of its snapshot group key, so
+ * a change to any of them rebuilds the service's resources, and nothing else does.
+ */
+export const servicePolicyKey = (policy: CompiledPolicy, service: string): string => {
+  const rules = policy.rules.get(service)
+  return JSON.stringify([
+    policy.trustDomain,
+    policy.defaultAction,
+    rules === undefined ? null : [rules.deny.map(plainRule), rules.allow.map(plainRule)],
+    policy.resilience.get(service) ?? null,
+    policy.observability
+  ])
+}
