@@ -58,14 +58,17 @@ const clientFor = (address: string) => {
   })
 }
 
+/** A fresh stand-in and a client for it, both closed with the scope. */
+const standInTarget = Effect.gen(function*() {
+  const standIn = yield* ConsulStandIn.make
+  const client = yield* Effect.acquireRelease(Effect.sync(() => clientFor(standIn.address)), (c) => Effect.sync(() => c.destroy()))
+  return { address: standIn.address, client, standIn }
+})
+
 const target: Effect.Effect<Target, never, Scope.Scope> = REAL_AGENT
   ? Effect.acquireRelease(Effect.sync(() => ({ address: REAL_AGENT, client: clientFor(REAL_AGENT) })), (t) =>
     Effect.sync(() => t.client.destroy()))
-  : Effect.gen(function*() {
-    const standIn = yield* ConsulStandIn.make
-    const client = yield* Effect.acquireRelease(Effect.sync(() => clientFor(standIn.address)), (c) => Effect.sync(() => c.destroy()))
-    return { address: standIn.address, client, standIn }
-  })
+  : standInTarget
 
 const configOf = (address: string, fields: Record<string, unknown> = {}, consul: Record<string, unknown> = {}): MeshConfig =>
   Either.getOrThrowWith(
@@ -275,8 +278,7 @@ describe(`policies from a Consul KV key — ${TARGET}`, () => {
 describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in only (fault injection)", () => {
   it.scopedLive("Consul unreachable at start: config services are served, status and metric say so, sync on return", () =>
     Effect.gen(function*() {
-      const standIn = yield* ConsulStandIn.make
-      const client = clientFor(standIn.address)
+      const { client, standIn } = yield* standInTarget
       yield* promise(() => standIn.refuseConnections())
       const discovery = yield* startDiscovery(configOf(standIn.address, {
         services: [{ name: "cfg", port: 7400, endpoints: [{ address: "127.0.0.1" }] }]
@@ -293,13 +295,11 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       yield* waitForPorts(discovery, "cfg", [7400])
       assert.isTrue((yield* consulStatus(discovery)).connected)
       assert.strictEqual(yield* metric("mesh_controller_consul_up"), 1)
-      client.destroy()
     }))
 
   it.scopedLive("an outage mid-run (500s, then refused connections) keeps the last known endpoints", () =>
     Effect.gen(function*() {
-      const standIn = yield* ConsulStandIn.make
-      const client = clientFor(standIn.address)
+      const { client, standIn } = yield* standInTarget
       const discovery = yield* startDiscovery(configOf(standIn.address))
       yield* registerInConsul(client, "keep", 7500)
       yield* waitForPorts(discovery, "keep", [7500])
@@ -317,7 +317,6 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       // The restarted stand-in forgot "keep": once Consul answers again, that answer is the truth.
       yield* registerInConsul(client, "keep", 7501)
       yield* waitForPorts(discovery, "keep", [7501])
-      client.destroy()
     }))
 
   it.scopedLive("a restart that forgets all registrations: anti-entropy registers them again", () =>
@@ -357,8 +356,7 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
 
   it.scopedLive("the index going backwards resets the watch; slow answers still arrive", () =>
     Effect.gen(function*() {
-      const standIn = yield* ConsulStandIn.make
-      const client = clientFor(standIn.address)
+      const { client, standIn } = yield* standInTarget
       const discovery = yield* startDiscovery(configOf(standIn.address))
       yield* registerInConsul(client, "rewind", 7700)
       yield* waitForPorts(discovery, "rewind", [7700])
@@ -370,7 +368,6 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       yield* registerInConsul(client, "rewind", 7702)
       yield* waitForPorts(discovery, "rewind", [7700, 7701, 7702])
       standIn.slowDown(0)
-      client.destroy()
     }))
 
   it.scopedLive("TLS to Consul with the configured CA and server name; the ACL token is sent and never shown", () =>
@@ -397,11 +394,13 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       expect(refused.lastError).toMatch(/certificate/i)
 
       const trusted = yield* start({ caFile, serverName: "consul.mesh.local" })
-      const client = new Consul({ host: "127.0.0.1", port: standIn.port, secure: true, agent: new Https.Agent({ ca: tls.caPem, servername: "consul.mesh.local" }) })
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => new Consul({ host: "127.0.0.1", port: standIn.port, secure: true, agent: new Https.Agent({ ca: tls.caPem, servername: "consul.mesh.local" }) })),
+        (c) => Effect.sync(() => c.destroy())
+      )
       yield* registerInConsul(client, "secure", 7800)
       yield* waitForPorts(trusted, "secure", [7800])
       assert.isTrue(standIn.tokens.has("s3cret-token"))
       assert.notInclude(JSON.stringify(yield* trusted.status), "s3cret")
-      client.destroy()
     }))
 })
