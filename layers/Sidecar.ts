@@ -126,7 +126,7 @@ export class Sidecar extends Context.Tag("mesh-controller/Sidecar")<
     Layer.scoped(
       Sidecar,
       Effect.flatMap(Config, (config) =>
-        Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.map(Sidecar, (none) => none).pipe(Effect.provide(Sidecar.layerNone)))))
+        Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone))))
     )
 
   /** No sidecar on this host. */
@@ -314,7 +314,8 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
     const setState = (state: SidecarState) =>
       Effect.zipRight(
         Effect.sync(() => {
-          readyGauge.set(state === "ready" ? 1 : 0)
+          // While a hot restart is under way the running epoch still serves.
+          readyGauge.set(state === "ready" || state === "hot-restarting" ? 1 : 0)
           crashLoopGauge.set(state === "crash-loop" ? 1 : 0)
         }),
         update((s) => ({ ...s, state }))
@@ -613,7 +614,7 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
               update((s) => ({ ...s, lastError: error.message })),
               Effect.logError("sidecar config change rejected; Envoy keeps its bootstrap", error)
             ),
-          onRight: (launch) => SubscriptionRef.set(desired, launch)
+          onRight: (launch) => Effect.zipRight(update((s) => ({ ...s, lastError: null })), SubscriptionRef.set(desired, launch))
         })
       ),
       Effect.forkScoped

@@ -121,7 +121,10 @@ const start = (config: MeshConfig, options: Parameters<typeof Sidecar.layer>[0] 
       scope
     )
     return { scope, sidecar: Context.get(context, Sidecar), config: Context.get(context, Config) }
-  })
+  }).pipe(
+    // Quiet test output: the default logger goes (a test that replaced it keeps its own).
+    Effect.provide(Logger.remove(Logger.defaultLogger))
+  )
 
 const metricValue = async (name: string): Promise<number | undefined> => {
   const metric = registry.getSingleMetric(name)
@@ -236,6 +239,36 @@ describe("Sidecar (against the Envoy stand-in)", () => {
       assert.isTrue(events.some((e) => e.event === "shutdown-admin" && e.pid === before.pid))
       assert.isTrue(events.some((e) => e.event === "terminated-by-child" && e.pid === before.pid))
       assert.strictEqual((yield* sidecar.status).state, "ready")
+      yield* Scope.close(scope, Exit.void)
+    }))
+
+  it.scopedLive("counts an Envoy that never becomes ready as a failed start, and stops it", () =>
+    Effect.gen(function*() {
+      const t = setup()
+      const { scope, sidecar } = yield* start(
+        t.config({ readinessTimeout: "500ms", restart: { maxCrashes: 1 }, args: ["--standin-ready-delay-ms", "600000"] })
+      )
+      const spawned = yield* waitFor(sidecar, (s) => s.pid !== null, "spawned")
+      const looped = yield* waitFor(sidecar, (s) => s.state === "crash-loop", "crash loop")
+      assert.include(looped.lastExit!.description, "not ready within 500ms")
+      assert.isTrue(looped.lastExit!.beforeReady)
+      assert.isFalse(alive(spawned.pid!))
+      yield* Scope.close(scope, Exit.void)
+    }))
+
+  it.scopedLive("falls back to a cold start when the hot-restarted epoch fails", () =>
+    Effect.gen(function*() {
+      const t = setup()
+      const { config, scope, sidecar } = yield* start(t.config())
+      const before = yield* waitFor(sidecar, (s) => s.state === "ready", "ready")
+      yield* config.apply(t.config({ args: ["--standin-crash", "start"] }), "test")
+      const looped = yield* waitFor(sidecar, (s) => s.state === "crash-loop", "crash loop after the failed hot restart")
+
+      assert.strictEqual(looped.hotRestarts, 0)
+      assert.isFalse(alive(before.pid!))
+      const starts = readEvents(t.events).filter((e) => e.event === "start").map((e) => e.epoch)
+      // epoch 0 (good), epoch 1 (the failed hot restart), then cold starts at epoch 0 again
+      assert.deepStrictEqual(starts.slice(0, 3), [0, 1, 0])
       yield* Scope.close(scope, Exit.void)
     }))
 
