@@ -502,14 +502,19 @@ const bundleOf = (material: CaMaterial, now: number, workloadTtlMillis: number):
 // Root rotation (the CLI's `ca rotate`)
 // ---------------------------------------------------------------------------------------------
 
-/** Step 1: create next/ (a new root, trusted but not yet signing). */
-export const introduceRoot = (options: StoreSettings): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
+/** The CA directory, for rotation: refused when the CA is the operator's files. */
+const ownCa = (options: StoreSettings) =>
   Effect.gen(function*() {
     if (options.settings.ca !== undefined) {
       return yield* new CaOperationRefused({ reason: "the CA is operator-provided (certificates.ca); rotate it by replacing those files" })
     }
-    const material = yield* loadCaDir({ ...options, create: false })
-    const paths = caPaths(options.settings.dir)
+    return { material: yield* loadCaDir({ ...options, create: false }), paths: caPaths(options.settings.dir) }
+  })
+
+/** Step 1: create next/ (a new root, trusted but not yet signing). */
+export const introduceRoot = (options: StoreSettings): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
+  Effect.gen(function*() {
+    const { material, paths } = yield* ownCa(options)
     if (Option.isSome(material.next)) {
       return yield* new CaOperationRefused({
         reason: `a new root is already waiting in ${paths.nextDir}; run \`ca rotate --activate\` once every workload trusts it`
@@ -524,11 +529,7 @@ export const introduceRoot = (options: StoreSettings): Effect.Effect<RootSummary
 /** Step 2: next/ becomes the active root; the old one moves to previous/ (kept, and trusted for one workload TTL). */
 export const activateRoot = (options: StoreSettings): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
   Effect.gen(function*() {
-    if (options.settings.ca !== undefined) {
-      return yield* new CaOperationRefused({ reason: "the CA is operator-provided (certificates.ca); rotate it by replacing those files" })
-    }
-    const material = yield* loadCaDir({ ...options, create: false })
-    const paths = caPaths(options.settings.dir)
+    const { material, paths } = yield* ownCa(options)
     if (Option.isNone(material.next)) {
       return yield* new CaOperationRefused({ reason: `no new root in ${paths.nextDir}; run \`ca rotate\` first` })
     }
