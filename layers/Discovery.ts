@@ -1,7 +1,7 @@
 import { Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
-import { decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
+import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
@@ -312,6 +312,7 @@ const startConsulWatch = (
     const startedAt = new Date()
     const answered = yield* Ref.make<ReadonlySet<string>>(new Set())
     const watched = yield* Ref.make<ReadonlySet<string>>(new Set())
+    const ignoredNames = yield* Ref.make<ReadonlyArray<string>>([])
     const client = yield* makeConsulClient(settings).pipe(
       Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
       Effect.orDie
@@ -360,8 +361,12 @@ const startConsulWatch = (
           })
       )
 
-    const onCatalog = (names: ReadonlyArray<string>) =>
+    const onCatalog = ({ ignored, names }: CatalogServices) =>
       Effect.gen(function*() {
+        const ignoredBefore = yield* Ref.getAndSet(ignoredNames, ignored)
+        if (ignored.some((name) => !ignoredBefore.includes(name))) {
+          yield* Effect.logWarning("Consul services with names that cannot be mesh services are ignored").pipe(Effect.annotateLogs({ ignored }))
+        }
         const before = yield* Ref.get(watched)
         const listed = new Set(names)
         const removed = [...before].filter((name) => !listed.has(name))
@@ -405,6 +410,7 @@ const startConsulWatch = (
           lastError: s.lastError,
           lastErrorAt: s.lastErrorAt?.toISOString() ?? null,
           watchedServices: names.size,
+          ignoredServices: yield* Ref.get(ignoredNames),
           synced: s.lastSuccessAt !== null && [...names].every((name) => done.has(name))
         }
       })

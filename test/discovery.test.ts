@@ -13,7 +13,7 @@ import { Discovery } from "../layers/Discovery.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
-import { decodeHealthService, registerOptions, registrationsOf } from "../src/discovery/Consul.js"
+import { decodeCatalogServices, decodeHealthService, registerOptions, registrationsOf } from "../src/discovery/Consul.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
 import { type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { fromConfig } from "../src/MeshState.js"
@@ -114,6 +114,10 @@ describe("Consul mapping", () => {
       ["10.0.0.7", 82, 1, "unhealthy"]
     ])
     assert.isTrue(Either.isLeft(decodeHealthService("web", { not: "an array" })))
+    assert.deepStrictEqual(Either.getOrThrow(decodeCatalogServices({ consul: [], web: [], "Bad_Name": [], api: ["x"] })), {
+      names: ["api", "web"],
+      ignored: ["Bad_Name"]
+    })
   })
 
   it("builds registrations per endpoint of `register`ed services, with the configured check mode", () => {

@@ -1,5 +1,5 @@
 import { Duration, Either, ParseResult, Schema } from "effect"
-import type { MeshConfig, RegistrationCheck, ServiceConfig } from "../../schemas/Config.js"
+import { type MeshConfig, type RegistrationCheck, type ServiceConfig, ServiceName } from "../../schemas/Config.js"
 import type { EndpointHealth } from "../MeshState.js"
 import type { ConsulInstance, ConsulService } from "./Merge.js"
 
@@ -52,12 +52,24 @@ export const decodeHealthService = (name: string, body: unknown): Either.Either<
     })
   )
 
+export interface CatalogServices {
+  /** Services of the mesh, sorted. */
+  readonly names: ReadonlyArray<string>
+  /** Names that cannot be mesh services (they become host names and SPIFFE IDs), sorted. */
+  readonly ignored: ReadonlyArray<string>
+}
+
+const isServiceName = Schema.is(ServiceName)
+
 /** `/v1/catalog/services` → service names (Consul's own `consul` service is not part of the mesh). */
-export const decodeCatalogServices = (body: unknown): Either.Either<ReadonlyArray<string>, string> =>
+export const decodeCatalogServices = (body: unknown): Either.Either<CatalogServices, string> =>
   Either.mapLeft(
     Either.map(
       Schema.decodeUnknownEither(Schema.Record({ key: Schema.String, value: Schema.Unknown }))(body),
-      (record) => Object.keys(record).filter((name) => name !== "consul").sort()
+      (record) => {
+        const names = Object.keys(record).filter((name) => name !== "consul").sort()
+        return { names: names.filter(isServiceName), ignored: names.filter((name) => !isServiceName(name)) }
+      }
     ),
     (error) => ParseResult.TreeFormatter.formatErrorSync(error)
   )
