@@ -32,6 +32,7 @@ import type { Envoy, MeshConfig } from "../schemas/Config.js"
 import { formatDuration } from "../schemas/Duration.js"
 import {
   type BootstrapInput,
+  type IdentityFiles,
   inputFromConfig,
   renderBootstrap,
   type RenderedBootstrap,
@@ -241,6 +242,9 @@ interface Launch {
   readonly bootstrapPath: string
   readonly stateDir: string
   readonly key: string
+  /** With mTLS to the controller: the files Envoy reads its identity from. */
+  readonly identity: IdentityFiles | undefined
+  readonly service: string
 }
 
 const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<Launch, SidecarConfigInvalid> => {
@@ -260,6 +264,8 @@ const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<La
             envoy,
             stateDir,
             bootstrapPath: NodePath.join(stateDir, "bootstrap.yaml"),
+            identity: input.xds.identity,
+            service: input.service,
             key: createHash("sha256").update(rendered.version).update(settings).digest("hex").slice(0, 16)
           }
         }
@@ -464,6 +470,20 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
     const nextLaunch = (key: string) =>
       desired.changes.pipe(Stream.filter((launch) => launch.key !== key), Stream.runHead, Effect.map(Option.getOrThrow))
 
+    /** Envoy cannot start without its identity files; say which are missing and how to make them. */
+    const identityPresent = (launch: Launch) =>
+      Effect.gen(function*() {
+        const identity = launch.identity
+        if (identity === undefined) return
+        const files = [identity.certificateChain, identity.privateKey, identity.trustedCa]
+        const missing = files.filter((file) => !NodeFs.existsSync(file))
+        if (missing.length === 0) return
+        return yield* new SidecarConfigInvalid({
+          reason: `controller.xds.tls is "mtls" but the sidecar's identity files are missing: ${missing.join(", ")} ` +
+            `(mesh-controller certs issue --service ${launch.service} --out ${identity.directory})`
+        })
+      })
+
     /** Watches a hot-restarted parent: its child terminates it; if it lingers, stop it. */
     const retireParent = (parent: EnvoyProcess, envoy: Envoy) =>
       Deferred.await(parent.exited).pipe(
@@ -476,6 +496,7 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
       Effect.gen(function*() {
         let launch = start
         yield* writeBootstrap(launch)
+        yield* identityPresent(launch)
         let proc = yield* spawnEnvoy(launch, 0)
         const first = yield* awaitReady(proc, launch.envoy.readinessTimeout)
         if (first._tag === "Exited") return crashed(proc, first.exit, true)
@@ -497,11 +518,11 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
 
           // Hot restart: the new epoch takes over from the running one.
           const next = event.next
-          const wrote = yield* Effect.either(writeBootstrap(next))
+          const wrote = yield* Effect.either(Effect.zipRight(identityPresent(next), writeBootstrap(next)))
           if (Either.isLeft(wrote)) {
             // The running Envoy keeps its bootstrap; the next change tries again.
             yield* update((s) => ({ ...s, lastError: wrote.left.message }))
-            yield* Effect.logError("cannot write the new Envoy bootstrap; keeping the running one", wrote.left)
+            yield* Effect.logError("cannot hot-restart Envoy with the new bootstrap; keeping the running one", wrote.left)
             launch = next
             continue
           }

@@ -272,6 +272,18 @@ describe("Sidecar (against the Envoy stand-in)", () => {
       yield* Scope.close(scope, Exit.void)
     }))
 
+  it.scopedLive("with mTLS to the controller, names missing identity files instead of starting Envoy", () =>
+    Effect.gen(function*() {
+      const t = setup()
+      const base = t.config({ restart: { maxCrashes: 1 } })
+      const mtls: MeshConfig = { ...base, controller: { ...base.controller, xds: { ...base.controller.xds, tls: "mtls" } } }
+      const { sidecar } = yield* start(mtls)
+      const looped = yield* waitFor(sidecar, (s) => s.state === "crash-loop", "crash loop")
+      assert.include(looped.crashLoop!, NodePath.join(t.dir, "certs", "workloads", "echo", "cert.pem"))
+      assert.include(looped.crashLoop!, "mesh-controller certs issue --service echo")
+      assert.deepStrictEqual(readEvents(t.events), [])
+    }))
+
   it.scopedLive("on shutdown drains listeners, then SIGTERMs, leaving no process behind", () =>
     Effect.gen(function*() {
       const t = setup()
