@@ -115,7 +115,15 @@ export const root = (): protobuf.Root => {
 }
 
 /** Looks up a message type by full name (with or without a leading dot). */
-export const lookupType = (fullName: string): protobuf.Type => root().lookupType(fullName.replace(/^\./, ""))
+const typeCache = new Map<string, protobuf.Type>()
+export const lookupType = (fullName: string): protobuf.Type => {
+  let type = typeCache.get(fullName)
+  if (type === undefined) {
+    type = root().lookupType(fullName.replace(/^\./, ""))
+    typeCache.set(fullName, type)
+  }
+  return type
+}
 
 // ---------------------------------------------------------------------------------------------
 // Strict validation
@@ -206,7 +214,40 @@ const checkScalar = (type: string, value: unknown, path: string, issues: Issues)
   }
 }
 
-const rulesOf = (options: Record<string, unknown> | undefined) => ({
+interface Rules {
+  readonly required: boolean
+  readonly minLen: number | undefined
+  readonly minItems: number | undefined
+}
+
+/** What the checker needs of a type, computed once per type (protobufjs getters are not cheap). */
+interface TypeInfo {
+  readonly name: string
+  readonly isAny: boolean
+  readonly rules: ReadonlyMap<string, Rules>
+  readonly required: ReadonlyArray<string>
+  readonly oneofs: ReadonlyArray<{ readonly name: string; readonly members: ReadonlyArray<string>; readonly required: boolean }>
+}
+
+const infoCache = new WeakMap<protobuf.Type, TypeInfo>()
+const infoOf = (type: protobuf.Type): TypeInfo => {
+  let info = infoCache.get(type)
+  if (info === undefined) {
+    const rules = new Map(type.fieldsArray.map((field) => [field.name, rulesOf(field.options)]))
+    info = {
+      name: type.fullName.slice(1),
+      isAny: type.fullName === ".google.protobuf.Any",
+      rules,
+      // A rule on a oneof member applies only when that member is the one chosen.
+      required: type.fieldsArray.filter((f) => f.partOf === null && rules.get(f.name)!.required).map((f) => f.name),
+      oneofs: type.oneofsArray.map((o) => ({ name: o.name, members: o.oneof, required: o.options?.["(validate.required)"] === true }))
+    }
+    infoCache.set(type, info)
+  }
+  return info
+}
+
+const rulesOf = (options: Record<string, unknown> | undefined): Rules => ({
   required: options?.["(validate.rules).message.required"] === true,
   minLen: typeof options?.["(validate.rules).string.min_len"] === "number"
     ? (options["(validate.rules).string.min_len"] as number)
@@ -258,60 +299,61 @@ const checkAny = (value: Record<string, unknown>, path: string, issues: Issues):
   checkMessage(inner, rest, path, issues)
 }
 
+const join = (path: string, key: string) => (path === "" ? key : `${path}.${key}`)
+
 const checkMessage = (type: protobuf.Type, value: unknown, path: string, issues: Issues): void => {
+  const info = infoOf(type)
   if (!isPlainObject(value)) {
-    issues.push(`${path || "(root)"}: expected a ${type.fullName.slice(1)} object, got ${show(value)}`)
+    issues.push(`${path || "(root)"}: expected a ${info.name} object, got ${show(value)}`)
     return
   }
-  if (type.fullName === ".google.protobuf.Any") return checkAny(value, path, issues)
-  const at = (key: string) => (path === "" ? key : `${path}.${key}`)
+  if (info.isAny) return checkAny(value, path, issues)
   const present = new Set<string>()
-  for (const [key, fieldValue] of Object.entries(value)) {
+  for (const key in value) {
+    const fieldValue = value[key]
     if (fieldValue === undefined) continue
     const field = type.fields[key]
     if (field === undefined) {
       const hint = closest(key, Object.keys(type.fields))
-      issues.push(`${at(key)}: unknown field in ${type.fullName.slice(1)}${hint ? ` (did you mean "${hint}"?)` : ""}`)
+      issues.push(`${join(path, key)}: unknown field in ${info.name}${hint ? ` (did you mean "${hint}"?)` : ""}`)
       continue
     }
     present.add(key)
     if (fieldValue === null) {
-      issues.push(`${at(key)}: null is not a value (leave the field out instead)`)
+      issues.push(`${join(path, key)}: null is not a value (leave the field out instead)`)
       continue
     }
-    const rules = rulesOf(field.options)
+    const rules = info.rules.get(key)!
     if (field.map) {
       if (!isPlainObject(fieldValue)) {
-        issues.push(`${at(key)}: expected a map object, got ${show(fieldValue)}`)
+        issues.push(`${join(path, key)}: expected a map object, got ${show(fieldValue)}`)
         continue
       }
-      for (const [mapKey, mapValue] of Object.entries(fieldValue)) checkValue(field, mapValue, `${at(key)}[${show(mapKey)}]`, issues)
+      for (const mapKey in fieldValue) checkValue(field, fieldValue[mapKey], `${join(path, key)}[${show(mapKey)}]`, issues)
     } else if (field.repeated) {
       if (!Array.isArray(fieldValue)) {
-        issues.push(`${at(key)}: expected a list, got ${show(fieldValue)}`)
+        issues.push(`${join(path, key)}: expected a list, got ${show(fieldValue)}`)
         continue
       }
       if (rules.minItems !== undefined && fieldValue.length < rules.minItems) {
-        issues.push(`${at(key)}: needs at least ${rules.minItems} item(s)`)
+        issues.push(`${join(path, key)}: needs at least ${rules.minItems} item(s)`)
       }
-      fieldValue.forEach((item, i) => checkValue(field, item, `${at(key)}[${i}]`, issues))
+      for (let i = 0; i < fieldValue.length; i++) checkValue(field, fieldValue[i], `${join(path, key)}[${i}]`, issues)
     } else {
-      checkValue(field, fieldValue, at(key), issues)
+      checkValue(field, fieldValue, join(path, key), issues)
       if (rules.minLen !== undefined && typeof fieldValue === "string" && fieldValue.length < rules.minLen) {
-        issues.push(`${at(key)}: must not be empty`)
+        issues.push(`${join(path, key)}: must not be empty`)
       }
     }
   }
-  for (const field of type.fieldsArray) {
-    // A rule on a oneof member applies only when that member is the one chosen.
-    if (field.partOf === null && rulesOf(field.options).required && !present.has(field.name)) issues.push(`${at(field.name)}: required`)
-  }
-  for (const oneof of type.oneofsArray) {
-    const set = oneof.oneof.filter((name) => present.has(name))
-    if (set.length > 1) issues.push(`${path || "(root)"}: only one of ${set.join(", ")} may be set (oneof ${oneof.name})`)
-    if (set.length === 0 && oneof.options?.["(validate.required)"] === true) {
-      issues.push(`${path || "(root)"}: one of ${oneof.oneof.join(", ")} is required`)
+  for (const name of info.required) if (!present.has(name)) issues.push(`${join(path, name)}: required`)
+  for (const oneof of info.oneofs) {
+    let set = 0
+    for (const member of oneof.members) if (present.has(member)) set++
+    if (set > 1) {
+      issues.push(`${path || "(root)"}: only one of ${oneof.members.filter((m) => present.has(m)).join(", ")} may be set (oneof ${oneof.name})`)
     }
+    if (set === 0 && oneof.required) issues.push(`${path || "(root)"}: one of ${oneof.members.join(", ")} is required`)
   }
 }
 

@@ -229,6 +229,8 @@ export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot
 export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
   const t = stream.types.get(url)
   if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
+  // Reconciled with this very snapshot and no subscription change since: nothing to send.
+  if (t.synced === snapshot.version) return undefined
   const table = snapshot.resources.get(url)
   const updates: Array<XdsResource> = []
   const removed: Array<string> = []
