@@ -6,7 +6,7 @@
 import { HttpRouter, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer } from "effect"
+import { Context, Effect, Either, Layer, TestClock } from "effect"
 import * as NodeHttp from "node:http"
 import { Config } from "../layers/Config.js"
 import { Discovery } from "../layers/Discovery.js"
@@ -155,6 +155,15 @@ describe("Consul mapping", () => {
 
 describe("embedded registry and the registration API", () => {
   const initial = decode({ services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.1" }] }] })
+
+  it.scoped("with IP addresses only, no timer runs: a day of TestClock passes at once and changes nothing", () =>
+    Effect.gen(function*() {
+      const context = yield* Layer.build(Discovery.layerEmbedded.pipe(Layer.provide(Config.layerMemory(initial))))
+      const discovery = Context.get(context, Discovery)
+      const before = yield* discovery.services
+      yield* TestClock.adjust("24 hours")
+      assert.strictEqual(yield* discovery.services, before)
+    }))
 
   const serve = Effect.gen(function*() {
     const context = yield* Layer.build(
