@@ -1,8 +1,13 @@
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer, Option } from "effect"
+import { Context, Effect, Either, Layer, Option, SubscriptionRef } from "effect"
 import * as NodeTls from "node:tls"
 import { Certificates, type WorkloadIdentity } from "../layers/Certificates.js"
+import { Config } from "../layers/Config.js"
+import { Discovery } from "../layers/Discovery.js"
+import { Health } from "../layers/Health.js"
+import { Snapshot } from "../layers/Snapshot.js"
+import { Xds } from "../layers/Xds.js"
 import { createRoot, issueWorkload, loadAuthority } from "../src/certs/Authority.js"
 import { controllerId, serviceId } from "../src/certs/Spiffe.js"
 import {
@@ -16,7 +21,7 @@ import {
   socketPeer,
   type TlsIdentity
 } from "../src/certs/Tls.js"
-import { certConfig, ephemeralLayer } from "./support/certs.js"
+import { certConfig, ephemeralLayer, service as meshService } from "./support/certs.js"
 
 const TD = "mesh.local"
 
@@ -200,6 +205,48 @@ describe("gRPC with controller.xds.tls: mtls credentials", () => {
       const renewed = yield* service.issue("echo")
       provider.update(renewed, state.bundle.pem)
       assert.strictEqual(yield* serverSerial(watching(serviceId(TD, "echo"))), renewed.serial)
+    })
+  )
+})
+
+describe("the real xDS server with controller.xds.tls: mtls", () => {
+  const HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+  /** grpc.health.v1 Check for the server as a whole (an empty request); the raw response bytes. */
+  const check = (port: number, credentials: grpc.ChannelCredentials) =>
+    Effect.acquireUseRelease(
+      Effect.sync(() => new grpc.Client(`127.0.0.1:${port}`, credentials)),
+      (client) =>
+        Effect.async<Either.Either<Buffer, grpc.ServiceError>>((resume) => {
+          client.makeUnaryRequest(HEALTH_CHECK, identity, identity, Buffer.alloc(0), { deadline: Date.now() + 10_000 }, (error, value) =>
+            resume(Effect.succeed(error ? Either.left(error) : Either.right(value!)))
+          )
+        }),
+      (client) => Effect.sync(() => client.close())
+    )
+
+  it.scopedLive("a mesh member reads from the xDS server; a client without a mesh certificate is refused", () =>
+    Effect.gen(function*() {
+      const config = certConfig({}, ["echo", "gateway"])
+      const registry = yield* SubscriptionRef.make<ReadonlyArray<ReturnType<typeof meshService>>>(config.services.map((s) => meshService(s.name)))
+      const base = Layer.mergeAll(Config.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
+      const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
+      const xdsLayer = Xds.layer({ host: "127.0.0.1", port: 0, credentials: certs.xdsServerCredentials }).pipe(
+        Layer.provide(Snapshot.layer),
+        Layer.provide(base)
+      )
+      const { port } = Context.get(yield* Layer.build(xdsLayer), Xds).address
+      const state = yield* certs.state
+
+      const member = mtlsChannelCredentials(new IdentityProvider(identityOf(state, "gateway"), state.bundle.pem), TD, controllerId(TD))
+      const answer = yield* check(port, member)
+      assert.isTrue(Either.isRight(answer), String(Either.getLeft(answer).pipe(Option.map((e) => e.message), Option.getOrElse(() => ""))))
+
+      const anonymous = grpc.credentials.createSsl(Buffer.from(state.bundle.pem), null, null, { checkServerIdentity: checkServerSpiffeId(TD) })
+      const refused = yield* check(port, anonymous)
+      assert.strictEqual(Either.getLeft(refused).pipe(Option.getOrThrow).code, grpc.status.UNAVAILABLE)
+
+      const plaintext = yield* check(port, grpc.credentials.createInsecure())
+      assert.isTrue(Either.isLeft(plaintext))
     })
   )
 })
