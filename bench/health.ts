@@ -137,7 +137,7 @@ const runController = async (): Promise<Measurement> => {
       lagMs: { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? Number.NaN }
     }
   })
-  return Effect.runPromise(program.pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Warning)))
+  return Effect.runPromise(program.pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Error)))
 }
 
 /** The floor: per endpoint, a timer loop at the same fixed rate, one plain HTTP request per tick. */

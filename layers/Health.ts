@@ -289,7 +289,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       const check = probe.check
       switch (check.type) {
         case "tcp":
-          return Effect.succeed(tcpProbe(probe.target))
+          return Effect.succeed(tcpProbe(probe.target, check.timeout))
         case "http":
           return Effect.succeed(
             check.https && check.trustMeshCa
@@ -311,13 +311,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
           inFlight++
           const startNanos = yield* Clock.currentTimeNanos
           const at = yield* Clock.currentTimeMillis
-          const outcome = yield* run.pipe(
-            Effect.timeoutFail({
-              duration: probe.check.timeout,
-              onTimeout: () => new ProbeFailed({ reason: `timed out after ${formatDuration(probe.check.timeout)}` })
-            }),
-            Effect.either
-          )
+          const outcome = yield* Effect.either(run)
           const latencyMs = Number((yield* Clock.currentTimeNanos) - startNanos) / 1e6
           const ok = outcome._tag === "Right"
           probeResults.inc({ type: probe.check.type, result: ok ? "success" : "failure" })

@@ -4,6 +4,7 @@ import * as Http from "node:http"
 import * as Https from "node:https"
 import * as Net from "node:net"
 import type { HealthCheck } from "../schemas/Config.js"
+import { formatDuration } from "../schemas/Duration.js"
 import {
   HEALTH_CHECK_PATH,
   type HealthCheckRequest,
@@ -13,8 +14,9 @@ import {
 
 /**
  * The three probes (HTTP(S), TCP connect, grpc.health.v1 Check). Each is an interruptible effect
- * that owns the socket or call it opens: interrupting it (timeout, endpoint removed, shutdown)
- * destroys the socket or cancels the call, so nothing outlives the probe.
+ * with the check's timeout built in, that owns the socket or call it opens: finishing, timing out
+ * or being interrupted (endpoint removed, shutdown) destroys the socket or cancels the call, so
+ * nothing outlives the probe.
  */
 
 /** A probe that did not succeed, with a reason a person can act on. */
@@ -47,11 +49,44 @@ const describeSocketError = (error: unknown): string => {
   }
 }
 
+/**
+ * An async probe with its deadline built in. A probe is a socket or a call plus one timer; racing
+ * it against an Effect timeout forks fibers per probe, which at a thousand probes a second cost
+ * more CPU than the probes themselves (bench/health.ts). `start` opens the resource, calls
+ * `settle` once with the outcome, and returns how to close it; the resource is closed on success,
+ * failure, timeout and interruption alike.
+ */
+const deadlined = (
+  timeout: Duration.Duration,
+  start: (settle: (outcome: Effect.Effect<void, ProbeFailed>) => void) => () => void
+): Effect.Effect<void, ProbeFailed> =>
+  Effect.async<void, ProbeFailed>((resume) => {
+    let done = false
+    let close = () => {}
+    const finish = () => {
+      done = true
+      clearTimeout(timer)
+      close()
+    }
+    const settle = (outcome: Effect.Effect<void, ProbeFailed>) => {
+      if (done) return
+      finish()
+      resume(outcome)
+    }
+    const timer = setTimeout(
+      () => settle(Effect.fail(new ProbeFailed({ reason: `timed out after ${formatDuration(timeout)}` }))),
+      Duration.toMillis(timeout)
+    )
+    close = start(settle)
+    if (done) close()
+    return Effect.sync(finish)
+  })
+
 const hostName = (host: string): string => host.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1")
 
 /** An HTTP(S) request on a fresh connection (`Connection: close`): no idle sockets per endpoint. */
 export const httpProbe = (target: ProbeTarget, check: HttpCheck, ca: string | undefined): Effect.Effect<void, ProbeFailed> =>
-  Effect.async<void, ProbeFailed>((resume) => {
+  deadlined(check.timeout, (resume) => {
     const headers: Record<string, string> = { connection: "close", "user-agent": "mesh-controller-health/1" }
     if (check.host !== undefined) headers.host = check.host
     const serverName = check.host !== undefined ? hostName(check.host) : target.address
@@ -85,12 +120,12 @@ export const httpProbe = (target: ProbeTarget, check: HttpCheck, ca: string | un
     })
     request.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error }))))
     request.end()
-    return Effect.sync(() => request.destroy())
+    return () => request.destroy()
   })
 
 /** Succeeds once a TCP connection is established, then closes it. */
-export const tcpProbe = (target: ProbeTarget): Effect.Effect<void, ProbeFailed> =>
-  Effect.async<void, ProbeFailed>((resume) => {
+export const tcpProbe = (target: ProbeTarget, timeout: Duration.Duration): Effect.Effect<void, ProbeFailed> =>
+  deadlined(timeout, (resume) => {
     const socket = Net.connect({ host: target.address, port: target.port })
     socket.once("connect", () => {
       socket.destroy()
@@ -100,7 +135,7 @@ export const tcpProbe = (target: ProbeTarget): Effect.Effect<void, ProbeFailed> 
       socket.destroy()
       resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error })))
     })
-    return Effect.sync(() => socket.destroy())
+    return () => socket.destroy()
   })
 
 const checkMethod = healthPackageDefinition["grpc.health.v1.Health"] as unknown as {
@@ -112,7 +147,7 @@ const checkMethod = healthPackageDefinition["grpc.health.v1.Health"] as unknown 
 
 /** One grpc.health.v1 Check call on a pooled channel; SERVING is the only success. */
 export const grpcProbe = (client: grpc.Client, check: GrpcCheck): Effect.Effect<void, ProbeFailed> =>
-  Effect.async<void, ProbeFailed>((resume) => {
+  deadlined(check.timeout, (resume) => {
     const call = client.makeUnaryRequest<HealthCheckRequest, HealthCheckResponse>(
       HEALTH_CHECK_PATH,
       checkMethod.Check.requestSerialize,
@@ -131,7 +166,7 @@ export const grpcProbe = (client: grpc.Client, check: GrpcCheck): Effect.Effect<
         }
       }
     )
-    return Effect.sync(() => call.cancel())
+    return () => call.cancel()
   })
 
 export interface GrpcPoolOptions {

@@ -4,14 +4,14 @@
  */
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer } from "effect"
+import { Context, Effect, Either, Layer, Schema } from "effect"
 import { Config } from "../layers/Config.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { grpcProbe } from "../layers/HealthProbes.js"
 import { Snapshot } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
-import type { MeshConfig } from "../schemas/Config.js"
+import { GrpcCheck, type MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { xdsClient } from "./support/EchoBackends.js"
 import { eventually } from "./support/eventually.js"
@@ -42,7 +42,8 @@ const controller = (config: MeshConfig) => {
 }
 
 /** Whether the controller's grpc.health.v1 says `echo` is SERVING. */
-const controllerSays = (client: grpc.Client) => Effect.either(grpcProbe(client, { type: "grpc", service: "echo" } as never))
+const echoCheck = Schema.decodeUnknownSync(GrpcCheck)({ type: "grpc", service: "echo" })
+const controllerSays = (client: grpc.Client) => Effect.either(grpcProbe(client, echoCheck))
 
 const onlyReaches = (call: Effect.Effect<string, unknown>, names: ReadonlyArray<string>) =>
   Effect.gen(function*() {
