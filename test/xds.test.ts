@@ -1,9 +1,9 @@
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Either, Layer, Option, Stream, TestClock } from "effect"
+import { Context, Effect, Either, Layer, Option, Queue, Stream, SubscriptionRef, TestClock } from "effect"
 import { Config } from "../layers/Config.js"
 import { Discovery } from "../layers/Discovery.js"
-import { Health } from "../layers/Health.js"
+import { Health, type HealthView } from "../layers/Health.js"
 import { Snapshot } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 import type { MeshConfig } from "../schemas/Config.js"
@@ -28,8 +28,8 @@ const echo = (ports: ReadonlyArray<number>) => ({
 const echoV2 = { name: "echo-v2", protocol: "grpc", port: 50051, endpoints: [{ address: "127.0.0.1", port: 7100 }] }
 const initial = meshConfig([echo([7001, 7002]), echoV2])
 
-const serverLayer = (config: MeshConfig) => {
-  const inputs = Layer.mergeAll(Config.layerMemory(config), Health.layerNoop)
+const serverLayer = (config: MeshConfig, health: Layer.Layer<Health> = Health.layerNoop) => {
+  const inputs = Layer.mergeAll(Config.layerMemory(config), health)
   const discovery = Discovery.layerEmbedded.pipe(Layer.provide(inputs))
   const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
   return Layer.mergeAll(
@@ -232,6 +232,49 @@ describe("grpc.health.v1", () => {
       yield* apply(closedEmpty)
       yield* eventually(Effect.filterOrFail(check("echo"), (s) => s === ServingStatus.NOT_SERVING))
     }).pipe(Effect.provide(serverLayer(initial))))
+})
+
+describe("health in the snapshot", () => {
+  const view = (entries: Record<string, "healthy" | "unhealthy">): HealthView => new Map([["echo", new Map(Object.entries(entries))]])
+
+  it.scopedLive("an unhealthy endpoint leaves the assignment; grpc.health.v1 Watch follows availability", () =>
+    Effect.gen(function*() {
+      const health = yield* SubscriptionRef.make<HealthView>(new Map())
+      const context = yield* Layer.build(serverLayer(initial, Health.layerMemory(health)))
+      const address = `127.0.0.1:${Context.get(context, Xds).address.port}`
+      const ads = yield* AdsClient.sotw(address)
+      yield* ads.send({ node: grpcNode("c"), ...sotwRequest(TypeUrls.ClusterLoadAssignment, ["echo"]) })
+      const first = yield* ads.next()
+      assert.deepStrictEqual(ports(first.resources[0]!), [7001, 7002])
+      yield* ads.send(sotwRequest(TypeUrls.ClusterLoadAssignment, ["echo"], first))
+
+      const client = yield* Effect.acquireRelease(
+        Effect.sync(() => new grpc.Client(address, grpc.credentials.createInsecure())),
+        (c) => Effect.sync(() => c.close())
+      )
+      const statuses = yield* Queue.unbounded<ServingStatus>()
+      const watch = client.makeServerStreamRequest(
+        healthService.Watch.path,
+        healthService.Watch.requestSerialize,
+        healthService.Watch.responseDeserialize,
+        { service: "echo" }
+      )
+      watch.on("data", (status: ServingStatus) => Queue.unsafeOffer(statuses, status))
+      watch.on("error", () => {})
+      yield* Effect.addFinalizer(() => Effect.sync(() => watch.cancel()))
+      assert.strictEqual(yield* Queue.take(statuses), ServingStatus.SERVING)
+
+      yield* SubscriptionRef.set(health, view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "healthy" }))
+      const second = yield* ads.next()
+      assert.deepStrictEqual(ports(second.resources[0]!), [7002])
+      yield* ads.send(sotwRequest(TypeUrls.ClusterLoadAssignment, ["echo"], second))
+
+      // Every endpoint unhealthy: fail open keeps both in the assignment, but echo is not serving.
+      yield* SubscriptionRef.set(health, view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "unhealthy" }))
+      const third = yield* ads.next()
+      assert.deepStrictEqual(ports(third.resources[0]!), [7001, 7002])
+      assert.strictEqual(yield* Queue.take(statuses), ServingStatus.NOT_SERVING)
+    }))
 })
 
 describe("Snapshot debounce", () => {

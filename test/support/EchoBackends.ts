@@ -9,7 +9,8 @@ import { Effect, type Scope } from "effect"
 const PATH = "/mesh.test.Echo/Call"
 const identity = (b: Buffer) => b
 
-const echoService = {
+/** `/mesh.test.Echo/Call`: raw bytes both ways; the backend answers with its name. */
+export const echoService = {
   Call: {
     path: PATH,
     requestStream: false,
@@ -74,7 +75,7 @@ export const xdsClient = (controller: string, service: string, nodeId = "e2e-cli
         identity,
         Buffer.alloc(0),
         new grpc.Metadata(),
-        { deadline: Date.now() + 10_000, waitForReady: true },
+        { deadline: Date.now() + 10_000 },
         (error, value) => resume(error ? Effect.fail(error) : Effect.succeed(value!.toString()))
       )
     })
