@@ -1,12 +1,14 @@
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer, Option, SubscriptionRef } from "effect"
+import { Context, Effect, Either, Layer, Option, Stream, SubscriptionRef } from "effect"
 import * as NodeTls from "node:tls"
-import { Certificates, type WorkloadIdentity } from "../layers/Certificates.js"
+import { Certificates, secretsOf, type WorkloadIdentity } from "../layers/Certificates.js"
+import { decode, TypeUrls, Types } from "../src/xds/Protos.js"
+import { ROOT_CA_SECRET } from "../src/certs/Sds.js"
 import { Config } from "../layers/Config.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
-import { Snapshot } from "../layers/Snapshot.js"
+import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 import { createRoot, issueWorkload, loadAuthority } from "../src/certs/Authority.js"
 import { controllerId, serviceId } from "../src/certs/Spiffe.js"
@@ -247,6 +249,43 @@ describe("the real xDS server with controller.xds.tls: mtls", () => {
 
       const plaintext = yield* check(port, grpc.credentials.createInsecure())
       assert.isTrue(Either.isLeft(plaintext))
+    })
+  )
+})
+
+describe("SDS through the snapshot", () => {
+  it.scopedLive("each service's certificate and the trust bundle become Secret resources, and follow Discovery", () =>
+    Effect.gen(function*() {
+      const config = certConfig({}, ["echo", "gateway"])
+      const registry = yield* SubscriptionRef.make<ReadonlyArray<ReturnType<typeof meshService>>>(config.services.map((s) => meshService(s.name)))
+      const base = Layer.mergeAll(Config.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
+      const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
+      // The wiring program.ts uses: the Certificates layer's changes, as MeshState secrets.
+      const secrets = Layer.succeed(SnapshotSecrets, { changes: certs.changes.pipe(Stream.map(secretsOf)) })
+      const snapshot = Context.get(
+        yield* Layer.build(Snapshot.layerWithSecrets.pipe(Layer.provide(secrets), Layer.provide(base))),
+        Snapshot
+      )
+      const secretsIn = (names: ReadonlyArray<string>) =>
+        snapshot.changes.pipe(
+          Stream.map((p) => p.snapshot.resources.get(TypeUrls.Secret) ?? new Map()),
+          Stream.filter((resources) => names.every((name) => resources.has(name))),
+          Stream.runHead,
+          Effect.map(Option.getOrThrow)
+        )
+      const echoId = serviceId(TD, "echo")
+      const resources = yield* secretsIn([ROOT_CA_SECRET, echoId, serviceId(TD, "gateway")])
+      const echo = decode(Types.Any, resources.get(echoId)!.any)
+      const state = yield* certs.state
+      assert.deepStrictEqual(
+        (echo as { tls_certificate: { certificate_chain: { inline_string: string } } }).tls_certificate.certificate_chain.inline_string,
+        state.services.get("echo")!.chainPem
+      )
+      const root = decode(Types.Any, resources.get(ROOT_CA_SECRET)!.any)
+      assert.strictEqual((root as { validation_context: { trusted_ca: { inline_string: string } } }).validation_context.trusted_ca.inline_string, state.bundle.pem)
+
+      yield* SubscriptionRef.update(registry, (services) => [...services, meshService("billing")])
+      yield* secretsIn([serviceId(TD, "billing")])
     })
   )
 })
