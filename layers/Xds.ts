@@ -40,6 +40,16 @@ export interface XdsOptions {
 /**
  * The gRPC server data planes talk to: ADS (State of the World and Delta), SDS, and
  * grpc.health.v1 reporting the controller ("") and each service's availability.
+ *
+ * A proxyless gRPC client (GRPC_XDS_BOOTSTRAP=<file>, then dial `xds:///<service>`):
+ *   { "xds_servers": [{ "server_uri": "controller:15010", "channel_creds": [{ "type": "insecure" }],
+ *                       "server_features": ["xds_v3"] }],
+ *     "node": { "id": "<anything>", "locality": {} } }
+ * An Envoy sidecar: node id `<service>~<instance>`, `dynamic_resources` with `ads_config`
+ * (api_type GRPC or DELTA_GRPC, transport_api_version V3) to a static cluster pointing here
+ * (HTTP/2), and `lds_config` / `cds_config` set to `{ ads: {}, resource_api_version: V3 }`.
+ * It gets `inbound|<service>` on 0.0.0.0:15006 → 127.0.0.1:<service port>, and `outbound|http`
+ * on 127.0.0.1:15001 (HTTP/gRPC by Host/:authority) plus `outbound|<tcp service>` listeners.
  */
 export class Xds extends Context.Tag("mesh-controller/Xds")<
   Xds,
