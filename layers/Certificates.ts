@@ -24,7 +24,7 @@ import type { X509Certificate } from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import type { PeerCertificate } from "node:tls"
-import type { Certificates as CertificateSettings } from "../schemas/Config.js"
+import type { Certificates as CertificateSettings, MeshConfig } from "../schemas/Config.js"
 import {
   type Authority,
   type CaPem,
@@ -145,32 +145,27 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
 >() {
   /** The CA from `certificates.dir` (created on first start) or `certificates.ca`; identities for Discovery's services. */
   static readonly layer: Layer.Layer<Certificates, CaInvalid | CertificateStoreError | SigningFailed, Config | Discovery> =
-    Layer.scoped(
-      Certificates,
-      Effect.gen(function*() {
-        const { config } = yield* (yield* Config).get
-        return yield* make({
-          settings: config.certificates,
-          meshName: config.mesh.name,
-          trustDomain: config.mesh.trustDomain,
-          ca: config.certificates.ca === undefined ? { _tag: "Dir" } : { _tag: "Files" }
-        })
-      })
-    )
+    Layer.scoped(Certificates, fromConfig((config) => (config.certificates.ca === undefined ? { _tag: "Dir" } : { _tag: "Files" })))
 
   /** A root made in memory at start and never written: tests, and programs that want a throwaway mesh. */
   static readonly layerEphemeral: Layer.Layer<Certificates, SigningFailed, Config | Discovery> = Layer.scoped(
     Certificates,
-    Effect.gen(function*() {
-      const { config } = yield* (yield* Config).get
-      return yield* make({
-        settings: config.certificates,
-        meshName: config.mesh.name,
-        trustDomain: config.mesh.trustDomain,
-        ca: { _tag: "Ephemeral" }
-      })
-    }).pipe(Effect.catchTag("CaInvalid", "CertificateStoreError", Effect.die))
+    fromConfig(() => ({ _tag: "Ephemeral" })).pipe(Effect.catchTag("CaInvalid", "CertificateStoreError", Effect.die))
   )
+}
+
+/** `make` with the settings of the config in force at start (certificate settings apply at start). */
+// A function declaration: the static layers above use it while the class is being defined.
+function fromConfig(source: (config: MeshConfig) => CaSource) {
+  return Effect.gen(function*() {
+    const { config } = yield* (yield* Config).get
+    return yield* make({
+      settings: config.certificates,
+      meshName: config.mesh.name,
+      trustDomain: config.mesh.trustDomain,
+      ca: source(config)
+    })
+  })
 }
 
 // ---------------------------------------------------------------------------------------------
