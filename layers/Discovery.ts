@@ -85,6 +85,8 @@ export interface DiscoveryOptions {
   readonly retry?: RetryOptions
   /** Consul's rate-limit rule: a watch issues queries at most this often (default 50ms). */
   readonly minQueryInterval?: Duration.DurationInput
+  /** While Consul answers keep coming, the merged view is published at most this often (default 50ms). */
+  readonly consulPublishInterval?: Duration.DurationInput
   /** Deadline of one DNS resolution (default 5s). */
   readonly dnsTimeout?: Duration.DurationInput
 }
@@ -235,10 +237,13 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
     }).pipe(Effect.forever, Effect.forkScoped)
 
     // Consul answers arrive in bursts (a thousand watches answer at start, or after an outage):
-    // they only mark the view dirty, and one fiber publishes, so a burst costs a few merges, not
-    // one per answer. The sliding queue of one keeps at most one publish pending.
+    // they only mark the view dirty, and one fiber publishes at once, then at most once per
+    // `consulPublishInterval` while answers keep coming (the sliding queue of one keeps at most
+    // one publish pending). A lone change is published without delay; a burst costs a few dozen
+    // merges instead of one per answer.
     const dirty = yield* Queue.sliding<void>(1)
-    yield* Queue.take(dirty).pipe(Effect.zipRight(publish), Effect.forever, Effect.forkScoped)
+    const throttle = options.consulPublishInterval ?? Duration.millis(50)
+    yield* Queue.take(dirty).pipe(Effect.zipRight(publish), Effect.zipRight(Effect.sleep(throttle)), Effect.forever, Effect.forkScoped)
     const consul = consulSettings
       ? yield* startConsulWatch(consulSettings, options, consulView, Queue.offer(dirty, undefined))
       : undefined
