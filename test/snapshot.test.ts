@@ -94,7 +94,7 @@ describe("snapshot builder", () => {
       )
     assert.deepStrictEqual(ports(composeMeshState(base, services, view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "healthy" }))), [[7002, "HEALTHY"]])
     const allDown = view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "unhealthy" })
-    assert.deepStrictEqual(ports(composeMeshState(base, services, allDown)), [[7001, "UNHEALTHY"], [7002, "UNHEALTHY"]])
+    assert.deepStrictEqual(ports(composeMeshState(base, services, allDown)), [[7001, "UNKNOWN"], [7002, "UNKNOWN"]])
     const closed = services.map((s) => (s.name === "echo" ? { ...s, failMode: "closed" as const } : s))
     const snapshot = buildSnapshot(composeMeshState(base, closed, allDown))
     assert.deepStrictEqual(body(snapshot, TypeUrls.ClusterLoadAssignment, "echo").endpoints ?? [], [])
@@ -122,6 +122,10 @@ describe("snapshot builder", () => {
     assert.deepStrictEqual(action.max_stream_duration.max_stream_duration, { seconds: "2", nanos: 0 })
     assert.strictEqual(action.retry_policy.retry_on, "unavailable,reset")
     assert.deepStrictEqual(action.retry_policy.num_retries, { value: 2 })
+    const single = buildSnapshot(fromConfig(config({
+      policies: { traffic: [{ name: "one", service: "echo", routes: [{ destinations: [{ service: "echo" }], retries: { attempts: 1 } }] }] }
+    })))
+    assert.isUndefined(body(single, TypeUrls.RouteConfiguration, "echo").virtual_hosts[0].routes[0].route.retry_policy)
     const outbound = body(snapshot, TypeUrls.RouteConfiguration, "outbound|http").virtual_hosts[0].routes[0].route
     assert.deepStrictEqual(outbound.weighted_clusters.clusters.map((c: any) => c.name), ["outbound|echo", "outbound|echo-v2"])
   })

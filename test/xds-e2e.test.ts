@@ -102,7 +102,11 @@ describe("proxyless gRPC through the controller", () => {
           traffic: [{
             name: "canary",
             service: "echo",
-            routes: [{ destinations: [{ service: "echo", weight: 80 }, { service: "echo-v2", weight: 20 }], timeout: "5s" }]
+            routes: [{
+              destinations: [{ service: "echo", weight: 80 }, { service: "echo-v2", weight: 20 }],
+              timeout: "5s",
+              retries: { attempts: 3, perTryTimeout: "1s", on: ["unavailable", "reset", "connect-failure"] }
+            }]
           }]
         }
       })
@@ -114,6 +118,11 @@ describe("proxyless gRPC through the controller", () => {
           // Binomial(400, 0.2): the standard deviation is 2%; 0.12..0.28 is four of them either side.
           assert.isAbove(share, 0.12)
           assert.isBelow(share, 0.28)
+          // The client took the route configuration (timeout, retries) without a NACK.
+          const status = yield* Effect.flatMap(Xds, (x) => x.status)
+          const rds = status.clients.find((c) => c.kind === "proxyless")!.types["RouteConfiguration"]!
+          assert.strictEqual(rds.nacks, 0)
+          assert.isNotNull(rds.acknowledgedVersion)
         }))
     }))
 

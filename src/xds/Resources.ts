@@ -52,8 +52,12 @@ const localityOf = (endpoint: Endpoint): PlainObject => {
   return locality
 }
 
-const healthStatus = (endpoint: Endpoint) =>
-  endpoint.health === "healthy" ? "HEALTHY" : endpoint.health === "unhealthy" ? "UNHEALTHY" : "UNKNOWN"
+/**
+ * Every endpoint in an assignment is one to route to, so none is sent as UNHEALTHY: with fail-open
+ * (all unhealthy) they go out as UNKNOWN, since gRPC clients drop UNHEALTHY endpoints outright
+ * and the service would get no traffic at all.
+ */
+const healthStatus = (endpoint: Endpoint) => (endpoint.health === "healthy" ? "HEALTHY" : "UNKNOWN")
 
 /**
  * The service's ClusterLoadAssignment: routable endpoints only (see `routing`: unhealthy ones are
@@ -128,7 +132,8 @@ export const inboundCluster = (service: Service): PlainObject => ({
 // ---------------------------------------------------------------------------------------------
 
 const retryPolicy = (route: Route): PlainObject | undefined => {
-  if (route.retries === undefined) return undefined
+  // One attempt means no retries; gRPC clients reject `num_retries: 0` (it would NACK the route).
+  if (route.retries === undefined || route.retries.attempts <= 1) return undefined
   return {
     retry_on: route.retries.on.join(","),
     // `attempts` counts the first try; Envoy and gRPC count retries after it.
