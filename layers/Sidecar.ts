@@ -13,7 +13,6 @@ import {
   Layer,
   LogLevel,
   Option,
-  Ref,
   Runtime,
   Schema,
   Scope,
@@ -34,6 +33,7 @@ import {
   type BootstrapInput,
   type IdentityFiles,
   inputFromConfig,
+  nodeId,
   renderBootstrap,
   type RenderedBootstrap,
   type TracingProvider
@@ -232,7 +232,6 @@ interface EnvoyProcess {
   readonly epoch: number
   readonly adminAddressPath: string
   readonly exited: Deferred.Deferred<ExitInfo>
-  readonly ready: Ref.Ref<boolean>
 }
 
 /** What one start of Envoy is made of; a different `key` means a (hot) restart. */
@@ -245,6 +244,7 @@ interface Launch {
   /** With mTLS to the controller: the files Envoy reads its identity from. */
   readonly identity: IdentityFiles | undefined
   readonly service: string
+  readonly instance: string
 }
 
 const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<Launch, SidecarConfigInvalid> => {
@@ -266,6 +266,7 @@ const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<La
             bootstrapPath: NodePath.join(stateDir, "bootstrap.yaml"),
             identity: input.xds.identity,
             service: input.service,
+            instance: input.instance,
             key: createHash("sha256").update(rendered.version).update(settings).digest("hex").slice(0, 16)
           }
         }
@@ -289,31 +290,157 @@ const fetchAdmin = (address: string, path: string, method: "GET" | "POST" = "GET
   }))).pipe(Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => new Error(`admin ${path} timed out`) }))
 
 // ---------------------------------------------------------------------------------------------
-// The supervisor
+// One Envoy process
 // ---------------------------------------------------------------------------------------------
 
+type RunFork = <A, E>(effect: Effect.Effect<A, E>) => unknown
+
+/** Each line Envoy prints goes to the controller's log at its own level, tagged with its pid and epoch. */
+const pipeLines = (runFork: RunFork, proc: EnvoyProcess, stream: NodeJS.ReadableStream | null, name: "stdout" | "stderr") => {
+  if (stream === null) return
+  const lines = NodeReadline.createInterface({ input: stream, crlfDelay: Infinity })
+  lines.on("line", (line) => {
+    const parsed = parseEnvoyLogLine(line)
+    runFork(
+      Effect.logWithLevel(
+        LogLevel.fromLiteral(parsed.level === undefined ? (name === "stderr" ? "Warning" : "Info") : LOG_LEVEL[parsed.level]),
+        parsed.message
+      ).pipe(
+        Effect.annotateLogs({
+          source: "envoy",
+          envoyPid: proc.pid ?? -1,
+          envoyEpoch: proc.epoch,
+          ...(parsed.logger !== undefined ? { envoyLogger: parsed.logger } : {})
+        })
+      )
+    )
+  })
+}
+
+/** Starts one Envoy process; it is in `live` from the moment it exists until it has exited. */
+const spawnEnvoy = (runFork: RunFork, live: Set<EnvoyProcess>, launch: Launch, epoch: number) =>
+  Effect.gen(function*() {
+    const adminAddressPath = NodePath.join(launch.stateDir, `admin-address.${epoch}`)
+    yield* Effect.promise(() => NodeFs.promises.rm(adminAddressPath, { force: true }))
+    const args = envoyArgs({
+      bootstrapPath: launch.bootstrapPath,
+      adminAddressPath,
+      baseId: launch.envoy.baseId,
+      concurrency: launch.envoy.concurrency,
+      drainTime: launch.envoy.drainTime,
+      args: launch.envoy.args
+    }, epoch)
+    const exited = yield* Deferred.make<ExitInfo>()
+    // Spawning and registering happen in one step, so an interruption cannot orphan a process.
+    const proc = yield* Effect.sync(() => {
+      const child = spawn(launch.envoy.path, args, { stdio: ["ignore", "pipe", "pipe"] })
+      const proc: EnvoyProcess = { child, pid: child.pid ?? null, epoch, adminAddressPath, exited }
+      live.add(proc)
+      child.once("error", (error) => {
+        live.delete(proc)
+        runFork(Deferred.succeed(exited, { code: null, signal: null, error: `cannot start ${launch.envoy.path}: ${error.message}` }))
+      })
+      child.once("exit", (code, signal) => {
+        live.delete(proc)
+        runFork(Deferred.succeed(exited, { code, signal, error: null }))
+      })
+      pipeLines(runFork, proc, child.stdout, "stdout")
+      pipeLines(runFork, proc, child.stderr, "stderr")
+      return proc
+    })
+    yield* Effect.logInfo("Envoy started").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1, epoch, path: launch.envoy.path }))
+    return proc
+  }).pipe(Effect.uninterruptible)
+
+const adminAddressOf = (proc: EnvoyProcess) =>
+  Effect.promise(() => NodeFs.promises.readFile(proc.adminAddressPath, "utf8").catch(() => "")).pipe(
+    Effect.map((text) => (text.trim() === "" ? Option.none<string>() : Option.some(text.trim())))
+  )
+
+/** Polls /ready until 200; fails when the process exits first or the timeout passes. */
+const awaitReady = (proc: EnvoyProcess, timeout: Duration.Duration) => {
+  const poll = Effect.gen(function*() {
+    while (true) {
+      const address = yield* adminAddressOf(proc)
+      if (Option.isSome(address)) {
+        const answer = yield* Effect.either(fetchAdmin(address.value, "/ready"))
+        if (Either.isRight(answer) && answer.right.status === 200) return address.value
+      }
+      yield* Effect.sleep(Duration.millis(100))
+    }
+  })
+  return Effect.raceFirst(
+    Effect.map(poll, (address) => ({ _tag: "Ready" as const, address })),
+    Effect.map(Deferred.await(proc.exited), (exit) => ({ _tag: "Exited" as const, exit }))
+  ).pipe(
+    Effect.timeoutTo({
+      duration: timeout,
+      onTimeout: () => ({ _tag: "TimedOut" as const }),
+      onSuccess: (result) => result
+    })
+  )
+}
+
+/** Drain (optional), wait out the drain time, SIGTERM, and SIGKILL if it still runs. */
+const stopProcess = (proc: EnvoyProcess, drainTime: Duration.Duration, drain: boolean) =>
+  Effect.gen(function*() {
+    if (yield* Deferred.isDone(proc.exited)) return
+    if (drain) {
+      const address = yield* adminAddressOf(proc)
+      if (Option.isSome(address)) {
+        const drained = yield* Effect.either(fetchAdmin(address.value, "/drain_listeners?graceful", "POST"))
+        if (Either.isLeft(drained)) yield* Effect.logWarning("Envoy drain request failed", drained.left)
+        yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(drainTime))
+      }
+    }
+    if (yield* Deferred.isDone(proc.exited)) return
+    yield* Effect.sync(() => proc.child.kill("SIGTERM"))
+    const grace = Duration.min(drainTime, Duration.seconds(5))
+    const exited = yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(grace))
+    if (Option.isNone(exited)) {
+      yield* Effect.logWarning("Envoy ignored SIGTERM; sending SIGKILL").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1 }))
+      yield* Effect.sync(() => proc.child.kill("SIGKILL"))
+      yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(Duration.seconds(2)))
+    }
+  })
+
 /** Envoy's outcome while it was supposed to be running. */
-type Outcome =
-  | { readonly _tag: "Crashed"; readonly exit: ExitInfo; readonly beforeReady: boolean; readonly epoch: number; readonly why: string }
+interface Outcome {
+  readonly _tag: "Crashed"
+  readonly exit: ExitInfo
+  readonly beforeReady: boolean
+  readonly epoch: number
+  readonly why: string
+}
+
+const crashed = (proc: EnvoyProcess, exit: ExitInfo, beforeReady: boolean, why?: string): Outcome => ({
+  _tag: "Crashed",
+  exit,
+  beforeReady,
+  epoch: proc.epoch,
+  why: why ?? exit.error ?? describeExit(exit.code, exit.signal)
+})
+
+// ---------------------------------------------------------------------------------------------
+// The supervisor
+// ---------------------------------------------------------------------------------------------
 
 export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Service<Sidecar>, SidecarConfigInvalid, Config | Scope.Scope> =>
   Effect.gen(function*() {
     const config = yield* Config
     const first = yield* config.get
     const initial = yield* Either.match(toLaunch(first.config, options), { onLeft: Effect.fail, onRight: Effect.succeed })
-    const policyOf = (envoy: Envoy) => envoy.restart
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const check = options.preflight ?? (yield* hostPreflight)
     if (check.verdict === "likely-crash") yield* Effect.logWarning(`Envoy preflight: ${explain(check)}`)
     else yield* Effect.logDebug(`Envoy preflight: ${check.message}`)
 
-    const envoyService = initial.rendered.json["node"] as { readonly cluster: string; readonly id: string }
     const status = yield* SubscriptionRef.make<SidecarStatus>({
       ...disabledStatus,
       state: "starting",
-      service: envoyService.cluster,
-      nodeId: envoyService.id,
+      service: initial.service,
+      nodeId: nodeId(initial.service, initial.instance),
       preflight: check
     })
     const update = (f: (s: SidecarStatus) => SidecarStatus) => SubscriptionRef.update(status, f)
@@ -349,124 +476,6 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
         yield* update((s) => ({ ...s, bootstrap: { version: launch.rendered.version, path: launch.bootstrapPath, generation: written } }))
       })
 
-    // ---- one process ----
-    const pipeLines = (proc: EnvoyProcess, stream: NodeJS.ReadableStream | null, name: "stdout" | "stderr") => {
-      if (stream === null) return
-      const lines = NodeReadline.createInterface({ input: stream, crlfDelay: Infinity })
-      lines.on("line", (line) => {
-        const parsed = parseEnvoyLogLine(line)
-        runFork(
-          Effect.logWithLevel(
-            LogLevel.fromLiteral(parsed.level === undefined ? (name === "stderr" ? "Warning" : "Info") : LOG_LEVEL[parsed.level]),
-            parsed.message
-          ).pipe(
-            Effect.annotateLogs({
-              source: "envoy",
-              envoyPid: proc.pid ?? -1,
-              envoyEpoch: proc.epoch,
-              ...(parsed.logger !== undefined ? { envoyLogger: parsed.logger } : {})
-            })
-          )
-        )
-      })
-    }
-
-    const spawnEnvoy = (launch: Launch, epoch: number) =>
-      Effect.gen(function*() {
-        const adminAddressPath = NodePath.join(launch.stateDir, `admin-address.${epoch}`)
-        yield* Effect.promise(() => NodeFs.promises.rm(adminAddressPath, { force: true }))
-        const args = envoyArgs({
-          bootstrapPath: launch.bootstrapPath,
-          adminAddressPath,
-          baseId: launch.envoy.baseId,
-          concurrency: launch.envoy.concurrency,
-          drainTime: launch.envoy.drainTime,
-          args: launch.envoy.args
-        }, epoch)
-        const exited = yield* Deferred.make<ExitInfo>()
-        const ready = yield* Ref.make(false)
-        // Spawning and registering happen in one step, so an interruption cannot orphan a process.
-        const proc = yield* Effect.sync(() => {
-          const child = spawn(launch.envoy.path, args, { stdio: ["ignore", "pipe", "pipe"] })
-          const proc: EnvoyProcess = { child, pid: child.pid ?? null, epoch, adminAddressPath, exited, ready }
-          live.add(proc)
-          child.once("error", (error) => {
-            live.delete(proc)
-            runFork(Deferred.succeed(exited, { code: null, signal: null, error: `cannot start ${launch.envoy.path}: ${error.message}` }))
-          })
-          child.once("exit", (code, signal) => {
-            live.delete(proc)
-            runFork(Deferred.succeed(exited, { code, signal, error: null }))
-          })
-          pipeLines(proc, child.stdout, "stdout")
-          pipeLines(proc, child.stderr, "stderr")
-          return proc
-        })
-        yield* Effect.logInfo("Envoy started").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1, epoch, path: launch.envoy.path }))
-        yield* update((s) => ({ ...s, pid: proc.pid, epoch }))
-        return proc
-      }).pipe(Effect.uninterruptible)
-
-    const adminAddressOf = (proc: EnvoyProcess) =>
-      Effect.promise(() => NodeFs.promises.readFile(proc.adminAddressPath, "utf8").catch(() => "")).pipe(
-        Effect.map((text) => (text.trim() === "" ? Option.none<string>() : Option.some(text.trim())))
-      )
-
-    /** Polls /ready until 200; fails when the process exits first or the timeout passes. */
-    const awaitReady = (proc: EnvoyProcess, timeout: Duration.Duration) => {
-      const poll = Effect.gen(function*() {
-        while (true) {
-          const address = yield* adminAddressOf(proc)
-          if (Option.isSome(address)) {
-            const answer = yield* Effect.either(fetchAdmin(address.value, "/ready"))
-            if (Either.isRight(answer) && answer.right.status === 200) return address.value
-          }
-          yield* Effect.sleep(Duration.millis(100))
-        }
-      })
-      return Effect.raceFirst(
-        Effect.map(poll, (address) => ({ _tag: "Ready" as const, address })),
-        Effect.map(Deferred.await(proc.exited), (exit) => ({ _tag: "Exited" as const, exit }))
-      ).pipe(
-        Effect.timeoutTo({
-          duration: timeout,
-          onTimeout: () => ({ _tag: "TimedOut" as const }),
-          onSuccess: (result) => result
-        })
-      )
-    }
-
-    /** Drain (optional), wait out the drain time, SIGTERM, and SIGKILL if it still runs. */
-    const stopProcess = (proc: EnvoyProcess, drainTime: Duration.Duration, drain: boolean) =>
-      Effect.gen(function*() {
-        if (yield* Deferred.isDone(proc.exited)) return
-        if (drain) {
-          const address = yield* adminAddressOf(proc)
-          if (Option.isSome(address)) {
-            const drained = yield* Effect.either(fetchAdmin(address.value, "/drain_listeners?graceful", "POST"))
-            if (Either.isLeft(drained)) yield* Effect.logWarning("Envoy drain request failed", drained.left)
-            yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(drainTime))
-          }
-        }
-        if (yield* Deferred.isDone(proc.exited)) return
-        yield* Effect.sync(() => proc.child.kill("SIGTERM"))
-        const grace = Duration.min(drainTime, Duration.seconds(5))
-        const exited = yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(grace))
-        if (Option.isNone(exited)) {
-          yield* Effect.logWarning("Envoy ignored SIGTERM; sending SIGKILL").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1 }))
-          yield* Effect.sync(() => proc.child.kill("SIGKILL"))
-          yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(Duration.seconds(2)))
-        }
-      })
-
-    const crashed = (proc: EnvoyProcess, exit: ExitInfo, beforeReady: boolean, why?: string): Outcome => ({
-      _tag: "Crashed",
-      exit,
-      beforeReady,
-      epoch: proc.epoch,
-      why: why ?? exit.error ?? describeExit(exit.code, exit.signal)
-    })
-
     const nextLaunch = (key: string) =>
       desired.changes.pipe(Stream.filter((launch) => launch.key !== key), Stream.runHead, Effect.map(Option.getOrThrow))
 
@@ -497,14 +506,14 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
         let launch = start
         yield* writeBootstrap(launch)
         yield* identityPresent(launch)
-        let proc = yield* spawnEnvoy(launch, 0)
+        let proc = yield* spawnEnvoy(runFork, live, launch, 0)
+        yield* update((s) => ({ ...s, pid: proc.pid, epoch: 0 }))
         const first = yield* awaitReady(proc, launch.envoy.readinessTimeout)
         if (first._tag === "Exited") return crashed(proc, first.exit, true)
         if (first._tag === "TimedOut") {
           yield* stopProcess(proc, launch.envoy.drainTime, false)
           return crashed(proc, yield* Deferred.await(proc.exited), true, `not ready within ${formatDuration(launch.envoy.readinessTimeout)}`)
         }
-        yield* Ref.set(proc.ready, true)
         yield* update((s) => ({ ...s, admin: first.address, crashLoop: null }))
         yield* setState("ready")
         yield* Effect.logInfo("Envoy is ready").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1, admin: first.address }))
@@ -527,7 +536,7 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
             continue
           }
           yield* setState("hot-restarting")
-          const child = yield* spawnEnvoy(next, proc.epoch + 1)
+          const child = yield* spawnEnvoy(runFork, live, next, proc.epoch + 1)
           const result = yield* awaitReady(child, next.envoy.readinessTimeout)
           if (result._tag !== "Ready") {
             yield* Effect.logError("Envoy hot restart failed; stopping both epochs for a cold start").pipe(
@@ -541,7 +550,6 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
             return crashed(child, exit, true, result._tag === "TimedOut" ? "hot restart: not ready in time" : undefined)
           }
           restartsTotal.inc({ reason: "hot-restart" })
-          yield* Ref.set(child.ready, true)
           yield* Effect.forkScoped(retireParent(proc, launch.envoy))
           proc = child
           launch = next
@@ -573,7 +581,7 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
         }
         crashes = [...crashes, { at: now, beforeReady: outcome.beforeReady, code: outcome.exit.code, signal: outcome.exit.signal }]
         const current = yield* SubscriptionRef.get(desired)
-        const policy = policyOf(current.envoy)
+        const policy = current.envoy.restart
         const decision = decide(crashes, now, policy)
         yield* update((s) => ({ ...s, pid: null, lastExit: exit, lastError: outcome.exit.error ?? s.lastError }))
         if (decision._tag === "Restart") {

@@ -16,7 +16,9 @@
 //   unknown options: "PARSE ERROR", exit 1 (as Envoy's TCLAP parser)
 //
 // Switches for tests (not Envoy's):
-//   --standin-crash start|after:MS|never   (or ENVOY_STANDIN_CRASH) crash at start / MS after start
+//   --standin-crash start|after:MS|after-ready:MS|never   (or ENVOY_STANDIN_CRASH) crash at start,
+//                                          MS after start, or MS after the first 200 on /ready
+//                                          (so the supervisor has certainly seen it ready)
 //   --standin-control FILE                 if FILE exists, its content overrides --standin-crash
 //                                          (read at each start: lets a test change the next start)
 //   --standin-crash-signal SIG             die by this signal instead of exit code 1
@@ -144,6 +146,8 @@ if (crash === "start") {
   die("external/com_github_google_tcmalloc/tcmalloc/system-alloc.cc:625] MmapAligned() failed - unable to allocate with tag (hint, size, alignment)")
 }
 const after = /^after:(\d+)$/.exec(crash)
+const afterReady = /^after-ready:(\d+)$/.exec(crash)
+let crashScheduled = false
 if (after !== null) setTimeout(() => die(`caught Segmentation fault, suspect faulting address 0x0 (after ${after[1]} ms)`), Number(after[1]))
 
 // ---- hot restart: a domain socket per (base id, epoch) ---------------------------------------
@@ -219,6 +223,10 @@ const handle = (req, res) => {
   switch (url.pathname) {
     case "/ready":
       res.writeHead(state === "LIVE" ? 200 : 503, { "content-type": "text/plain" }).end(`${state}\n`)
+      if (state === "LIVE" && afterReady !== null && !crashScheduled) {
+        crashScheduled = true
+        setTimeout(() => die(`caught Segmentation fault, suspect faulting address 0x0 (${afterReady[1]} ms after ready)`), Number(afterReady[1]))
+      }
       return
     case "/server_info":
       res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(serverInfo(), null, 2))
