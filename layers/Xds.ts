@@ -13,6 +13,7 @@ import {
   type StreamState
 } from "../src/xds/XdsStream.js"
 import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
+import { TypeUrls } from "../src/xds/Protos.js"
 import { Config } from "./Config.js"
 import { counter, gauge, histogram } from "./Metrics.js"
 import { type Published, Snapshot } from "./Snapshot.js"
@@ -159,7 +160,7 @@ export const make = (options: XdsOptions) =>
           if (event._tag === "Snapshot") {
             if (event.published.snapshot.version === current.snapshot.version) continue
             current = event.published
-            for (const url of stream.types.keys()) send(url, current.snapshot, current.publishedAt, at)
+            for (const url of pushOrder(stream)) send(url, current.snapshot, current.publishedAt, at)
             continue
           }
           const request = event.request
@@ -266,6 +267,23 @@ export const make = (options: XdsOptions) =>
       }))
     })
   })
+
+/**
+ * Envoy's make-before-break order: secrets and clusters (and their endpoints) before the
+ * listeners and routes that refer to them, so a new route never points at a cluster not yet sent.
+ */
+const ORDER: ReadonlyArray<string> = [
+  TypeUrls.Secret,
+  TypeUrls.Cluster,
+  TypeUrls.ClusterLoadAssignment,
+  TypeUrls.Listener,
+  TypeUrls.RouteConfiguration
+]
+const rank = (url: string) => {
+  const i = ORDER.indexOf(url)
+  return i < 0 ? ORDER.length : i
+}
+const pushOrder = (stream: StreamState): ReadonlyArray<string> => [...stream.types.keys()].sort((a, b) => rank(a) - rank(b))
 
 const servingStatus = (service: string, snapshot: XdsSnapshot): ServingStatus => {
   if (service === "") return ServingStatus.SERVING
