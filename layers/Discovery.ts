@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
@@ -144,8 +144,6 @@ interface ConsulState {
   readonly lastSuccessAt: Date | null
   readonly lastError: string | null
   readonly lastErrorAt: Date | null
-  /** Every watched service has been answered at least once since start. */
-  readonly synced: boolean
 }
 
 const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) => a === b || JSON.stringify(a) === JSON.stringify(b)
@@ -194,7 +192,11 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
         const fresh = hosts.filter((host) => !known.has(host))
         if (fresh.length > 0) yield* resolveInto(fresh)
         // Forget names no source uses any more.
-        yield* Ref.update(dns, (entries) => new Map([...entries].filter(([host]) => hosts.includes(host))))
+        const inUse = new Set(hosts)
+        const cached = yield* Ref.get(dns)
+        if ([...cached.keys()].some((host) => !inUse.has(host))) {
+          yield* Ref.set(dns, new Map([...cached].filter(([host]) => inUse.has(host))))
+        }
         const entries = yield* Ref.get(dns)
         const resolved = expandHostNames(merged, (host) => entries.get(host)?.addresses ?? [])
         const before = yield* SubscriptionRef.get(output)
@@ -315,7 +317,7 @@ const startConsulWatch = (
   publish: Effect.Effect<unknown>
 ): Effect.Effect<{ readonly status: Effect.Effect<Record<string, unknown>> }, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null, synced: false })
+    const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null })
     const startedAt = new Date()
     const answered = yield* Ref.make<ReadonlySet<string>>(new Set())
     const watched = yield* Ref.make<ReadonlySet<string>>(new Set())
@@ -401,7 +403,8 @@ const startConsulWatch = (
     yield* Effect.gen(function*() {
       const s = yield* Ref.get(state)
       const since = s.lastSuccessAt ?? startedAt
-      syncLag.set(s.connected ? 0 : (Date.now() - since.getTime()) / 1000)
+      const now = yield* Clock.currentTimeMillis
+      syncLag.set(s.connected ? 0 : (now - since.getTime()) / 1000)
     }).pipe(Effect.repeat(Schedule.spaced(Duration.seconds(1))), Effect.forkScoped)
 
     return {
