@@ -35,8 +35,7 @@ import {
   inputFromConfig,
   nodeId,
   renderBootstrap,
-  type RenderedBootstrap,
-  type TracingProvider
+  type RenderedBootstrap
 } from "../src/sidecar/Bootstrap.js"
 import { explain, preflight, type PreflightResult } from "../src/sidecar/Preflight.js"
 import {
@@ -140,8 +139,6 @@ export class Sidecar extends Context.Tag("mesh-controller/Sidecar")<
 export interface SidecarOptions {
   /** The instance part of node.id; default `sidecar.envoy.instance`, then the host name. */
   readonly instance?: string
-  /** The tracing provider observability policy asks for (a seam until the policy schema exists). */
-  readonly tracing?: TracingProvider
   /** The Raspberry Pi preflight's result; default: examine this host. */
   readonly preflight?: PreflightResult
 }
@@ -250,7 +247,7 @@ interface Launch {
 const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<Launch, SidecarConfigInvalid> => {
   const envoy = config.sidecar.envoy
   const instance = options.instance ?? envoy.instance ?? NodeOs.hostname()
-  const input = inputFromConfig(config, { instance, ...(options.tracing !== undefined ? { tracing: options.tracing } : {}) })
+  const input = inputFromConfig(config, { instance })
   return Either.flatMap(
     Either.mapLeft(input, (error) => new SidecarConfigInvalid({ reason: error.reason })),
     (input: BootstrapInput) =>

@@ -14,19 +14,18 @@ import {
   buildBootstrap,
   checkBootstrap,
   inputFromConfig,
-  renderBootstrap,
-  type TracingProvider
+  renderBootstrap
 } from "../src/sidecar/Bootstrap.js"
 import * as Protos from "../src/xds/Protos.js"
 
-const configOf = (extra: { controller?: unknown; sidecar?: unknown; certificates?: unknown } = {}): MeshConfig =>
+const configOf = (extra: { controller?: unknown; sidecar?: unknown; certificates?: unknown; policies?: unknown } = {}): MeshConfig =>
   Either.getOrThrow(decodeConfig({
     mesh: { name: "lab", trustDomain: "home.arpa" },
     services: [{ name: "echo", port: 50051, protocol: "grpc" }, { name: "web", port: 8080 }],
     ...extra
   }, "test"))
 
-const render = (config: MeshConfig, options: { service?: string; tracing?: TracingProvider } = {}) => {
+const render = (config: MeshConfig, options: { service?: string } = {}) => {
   const input = Either.getOrThrow(inputFromConfig(config, { instance: "pi-1", service: "echo", ...options }))
   const rendered = renderBootstrap(input)
   if (Either.isLeft(rendered)) assert.fail(rendered.left.message)
@@ -72,7 +71,7 @@ describe("Envoy bootstrap", () => {
     assert.strictEqual(decoded.overload_manager.actions.length, 2)
   })
 
-  it("mTLS with the service's identity files, state-of-the-world, Prometheus listener, tracing, a named controller", () => {
+  it("mTLS with the service's identity files, state-of-the-world, Prometheus listener, observability policy, a named controller", () => {
     const config = configOf({
       controller: { xds: { tls: "mtls", port: 15011 } },
       certificates: { dir: "/srv/mesh/certs" },
@@ -87,7 +86,10 @@ describe("Envoy bootstrap", () => {
         }
       }
     })
-    const rendered = render(config, { tracing: { kind: "opentelemetry", collector: { host: "10.0.0.9", port: 4317 } } })
+    const rendered = render({
+      ...config,
+      policies: configOf({ policies: { observability: { tracing: { collector: "10.0.0.9:4317" }, statsTags: { site: "attic" } } } }).policies
+    })
     const decoded = roundTrip(rendered.json)
     assert.strictEqual(decoded.dynamic_resources.ads_config.api_type, "GRPC")
     assert.deepStrictEqual(decoded.dynamic_resources.cds_config.initial_fetch_timeout, { seconds: "2", nanos: 500_000_000 })
@@ -110,6 +112,8 @@ describe("Envoy bootstrap", () => {
       grpc_service: { envoy_grpc: { cluster_name: "mesh-tracing" } },
       service_name: "echo"
     })
+    assert.deepStrictEqual(decoded.stats_config.stats_tags, [{ tag_name: "site", fixed_value: "attic" }])
+    assert.isTrue(decoded.stats_config.use_all_default_tags.value)
     const heap = unpack(decoded.overload_manager.resource_monitors[0].typed_config)
     assert.deepStrictEqual(heap, { max_heap_size_bytes: String(64 * 1024 * 1024) })
   })

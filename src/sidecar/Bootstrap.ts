@@ -41,14 +41,19 @@ export const identityFiles = (certificatesDir: string, service: string): Identit
 }
 
 /**
- * A tracing provider, when observability policy asks for one. The policy schema does not exist
- * yet: this is the seam it will fill (Sidecar.layer's `tracing` option, the CLI passes none).
+ * The bootstrap-level tracer, from `policies.observability.tracing`: the default provider for every
+ * HTTP connection manager that traces. (The policy's per-HCM `tracing`, delivered over xDS with
+ * its sampling, takes precedence where it names a provider; this one needs no CDS to work.)
  */
 export interface TracingProvider {
   readonly kind: "opentelemetry"
   readonly collector: { readonly host: string; readonly port: number }
-  /** The service name spans carry; defaults to the sidecar's service. */
-  readonly serviceName?: string
+}
+
+/** `host:port` or `[v6]:port` (as the observability policy's `collector` is written). */
+export const parseHostPort = (text: string): { readonly host: string; readonly port: number } => {
+  const cut = text.lastIndexOf(":")
+  return { host: text.slice(0, cut).replace(/^\[|\]$/g, ""), port: Number(text.slice(cut + 1)) }
 }
 
 export interface BootstrapInput {
@@ -67,6 +72,8 @@ export interface BootstrapInput {
   readonly prometheus?: { readonly host: string; readonly port: number }
   readonly overload: { readonly maxHeapMiB: number; readonly maxConnections: number }
   readonly tracing?: TracingProvider
+  /** Fixed tags on every stat (`policies.observability.statsTags`). */
+  readonly statsTags: Readonly<Record<string, string>>
 }
 
 /** The sidecar section cannot produce a bootstrap (no service named, unknown service). */
@@ -84,9 +91,10 @@ const WILDCARD = new Set(["0.0.0.0", "::", "[::]", ""])
 /** Gathers the bootstrap's inputs from the config; `service` overrides `sidecar.envoy.service` (the CLI). */
 export const inputFromConfig = (
   config: MeshConfig,
-  options: { readonly instance: string; readonly service?: string; readonly tracing?: TracingProvider }
+  options: { readonly instance: string; readonly service?: string }
 ): Either.Either<BootstrapInput, BootstrapUnavailable> => {
   const envoy = config.sidecar.envoy
+  const observability = config.policies.observability
   const service = options.service ?? envoy.service
   if (service === undefined) {
     return Either.left(new BootstrapUnavailable({ reason: "no service named: set sidecar.envoy.service (or pass --service)" }))
@@ -113,7 +121,10 @@ export const inputFromConfig = (
     admin: envoy.admin,
     ...(envoy.prometheus !== undefined ? { prometheus: envoy.prometheus } : {}),
     overload: envoy.overload,
-    ...(options.tracing !== undefined ? { tracing: options.tracing } : {})
+    ...(observability.tracing !== undefined
+      ? { tracing: { kind: "opentelemetry" as const, collector: parseHostPort(observability.tracing.collector) } }
+      : {}),
+    statsTags: observability.statsTags
   })
 }
 
@@ -264,7 +275,12 @@ export const buildBootstrap = (input: BootstrapInput): Record<string, unknown> =
       ...(input.prometheus !== undefined ? { listeners: [prometheusListener(input, input.prometheus)] } : {})
     },
     admin: { address: socketAddress(input.admin.host, input.admin.port) },
-    stats_config: { use_all_default_tags: true },
+    stats_config: {
+      use_all_default_tags: true,
+      ...(Object.keys(input.statsTags).length > 0
+        ? { stats_tags: Object.entries(input.statsTags).map(([tag_name, fixed_value]) => ({ tag_name, fixed_value })) }
+        : {})
+    },
     overload_manager: overloadManager(input.overload),
     ...(input.tracing !== undefined
       ? {
@@ -274,7 +290,7 @@ export const buildBootstrap = (input: BootstrapInput): Record<string, unknown> =
             typed_config: {
               "@type": Protos.typeUrl(OVERLOAD_TYPES.OpenTelemetry),
               grpc_service: { envoy_grpc: { cluster_name: TRACING_CLUSTER } },
-              service_name: input.tracing.serviceName ?? input.service
+              service_name: input.service
             }
           }
         }
