@@ -111,7 +111,7 @@ const expirySeconds = gauge(
 const renewals = counter("mesh_controller_certificate_renewals_total", "Workload certificates issued or renewed.", ["identity"])
 const failures = counter(
   "mesh_controller_certificate_failures_total",
-  "Failed certificate issuances and CA reloads (what: issue, ca).",
+  "Failed certificate issuances, CA reloads and identity file writes (what: issue, ca, files).",
   ["what"]
 )
 
@@ -159,11 +159,13 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
 function fromConfig(source: (config: MeshConfig) => CaSource) {
   return Effect.gen(function*() {
     const { config } = yield* (yield* Config).get
+    const sidecar = config.sidecar.envoy
     return yield* make({
       settings: config.certificates,
       meshName: config.mesh.name,
       trustDomain: config.mesh.trustDomain,
-      ca: source(config)
+      ca: source(config),
+      writeFilesFor: source(config)._tag !== "Ephemeral" && sidecar.enabled && sidecar.service !== undefined ? [sidecar.service] : []
     })
   })
 }
@@ -566,6 +568,11 @@ export interface MakeOptions {
   readonly meshName: string
   readonly trustDomain: string
   readonly ca: CaSource
+  /**
+   * Services whose identity is also kept as files under `<dir>/workloads/<service>/`, rewritten on
+   * every renewal and bundle change (the local Envoy sidecar's bootstrap reads them).
+   */
+  readonly writeFilesFor?: ReadonlyArray<string>
 }
 
 /** Issues the identity of a service (or of the controller, `CONTROLLER`) at `now`. */
@@ -615,13 +622,27 @@ export const issueToFiles = (
     const now = yield* Clock.currentTimeMillis
     const identity = yield* issueIdentity(material.authority, options, service, now)
     const bundle = bundleOf(material, now, Duration.toMillis(options.settings.workloadTtl))
+    return { identity, ...(yield* writeIdentityFiles(out, identity, bundle.pem)) }
+  })
+
+/** The sidecar's convention (src/sidecar/Bootstrap.ts): `<certificates.dir>/workloads/<service>/`. */
+export const workloadFilesDir = (certificatesDir: string, service: string): string =>
+  NodePath.join(NodePath.resolve(certificatesDir), "workloads", service)
+
+/** Writes cert.pem (chain), key.pem (0600) and ca.pem (bundle) into `out`, each atomically (rename), key first. */
+export const writeIdentityFiles = (
+  out: string,
+  identity: WorkloadIdentity,
+  bundlePem: string
+): Effect.Effect<Omit<IssuedFiles, "identity">, CertificateStoreError> =>
+  Effect.gen(function*() {
     const dir = NodePath.resolve(out)
     yield* Effect.tryPromise({ try: () => NodeFs.mkdir(dir, { recursive: true, mode: 0o700 }), catch: storeError(dir) })
     const files = { cert: NodePath.join(dir, "cert.pem"), key: NodePath.join(dir, "key.pem"), ca: NodePath.join(dir, "ca.pem") }
     yield* writeAtomic(files.key, Redacted.value(identity.keyPem), { mode: 0o600, replace: true })
     yield* writeAtomic(files.cert, identity.chainPem, { mode: 0o644, replace: true })
-    yield* writeAtomic(files.ca, bundle.pem, { mode: 0o644, replace: true })
-    return { identity, ...files }
+    yield* writeAtomic(files.ca, bundlePem, { mode: 0o644, replace: true })
+    return files
   })
 
 /** SDS secrets of a state, in `MeshState.secrets` form: feed `changes` through this into the snapshot. */
@@ -658,7 +679,7 @@ export const make = (
 
     const issueFor = (name: string, authority: Authority, now: number) => issueIdentity(authority, options, name, now)
 
-    const recordFailure = (what: "issue" | "ca", error: { readonly message: string }) =>
+    const recordFailure = (what: "issue" | "ca" | "files", error: { readonly message: string }) =>
       Effect.zipRight(
         Ref.update(counts, (c) => ({ ...c, failures: c.failures + 1, lastError: error.message })),
         Effect.sync(() => failures.inc({ what }))
@@ -727,6 +748,25 @@ export const make = (
     const state = yield* SubscriptionRef.make(initial)
     const provider = new IdentityProvider(initial.controller, initial.bundle.pem)
 
+    /** Keeps the files of `writeFilesFor` in step with the state; a failed write is reported and retried on the next check. */
+    const written = new Map<string, { readonly serial: string; readonly bundle: string }>()
+    const syncFiles = (current: CertificateState) =>
+      Effect.forEach(options.writeFilesFor ?? [], (service) => {
+        const identity = current.services.get(service)
+        const last = written.get(service)
+        if (identity === undefined || (last?.serial === identity.serial && last.bundle === current.bundle.pem)) return Effect.void
+        return writeIdentityFiles(workloadFilesDir(settings.dir, service), identity, current.bundle.pem).pipe(
+          Effect.tap(() => Effect.sync(() => written.set(service, { serial: identity.serial, bundle: current.bundle.pem }))),
+          Effect.catchAll((error) =>
+            Effect.zipRight(
+              Effect.logError("cannot write identity files; will retry").pipe(Effect.annotateLogs({ service, error: error.message })),
+              recordFailure("files", error)
+            )
+          )
+        )
+      }, { discard: true })
+    yield* syncFiles(initial)
+
     // One reconciliation at a time: the tick, Discovery changes and freshness checks all land here.
     const lock = yield* Effect.makeSemaphore(1)
     /** `rereadCa` on the periodic check only: Discovery changes and readers need no file reads. */
@@ -737,6 +777,7 @@ export const make = (
         const after = yield* renewDue(before).pipe(
           Effect.catchAll((error) => Effect.as(recordFailure("issue", error), before))
         )
+        yield* syncFiles(after)
         if (after !== before) {
           yield* SubscriptionRef.set(state, after)
           if (after.controller !== before.controller || after.bundle.pem !== before.bundle.pem) provider.update(after.controller, after.bundle.pem)

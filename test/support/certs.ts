@@ -10,11 +10,16 @@ import { type MeshConfig, MeshConfig as MeshConfigSchema } from "../../schemas/C
 import type { Service } from "../../src/MeshState.js"
 
 /** A mesh config for certificate tests: `home-lab` in trust domain `mesh.local`. */
-export const certConfig = (certificates: Record<string, unknown> = {}, services: ReadonlyArray<string> = ["echo", "gateway"]): MeshConfig =>
+export const certConfig = (
+  certificates: Record<string, unknown> = {},
+  services: ReadonlyArray<string> = ["echo", "gateway"],
+  more: Record<string, unknown> = {}
+): MeshConfig =>
   Schema.decodeUnknownSync(MeshConfigSchema)({
     mesh: { name: "home-lab", trustDomain: "mesh.local" },
     services: services.map((name) => ({ name, port: 8080 })),
-    certificates
+    certificates,
+    ...more
   })
 
 export const service = (name: string): Service => ({
