@@ -37,6 +37,8 @@ interface Measurement {
   readonly probes: number
   readonly failures: number
   readonly lagMs: { readonly p50: number; readonly p99: number; readonly max: number }
+  /** How long the targets took to answer: with a bound on probes in flight, this caps throughput. */
+  readonly latencyP50Ms: number
 }
 
 const JITTER = 0.1
@@ -132,6 +134,7 @@ const runController = async (): Promise<Measurement> => {
     const lags = results.map((r) => r.lagMs).sort((a, b) => a - b)
     return {
       ...window,
+      latencyP50Ms: percentile(results.map((r) => r.latencyMs).sort((a, b) => a - b), 50),
       probes: results.length,
       failures: results.filter((r) => !r.ok).length,
       lagMs: { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? Number.NaN }
@@ -143,6 +146,7 @@ const runController = async (): Promise<Measurement> => {
 /** The floor: per endpoint, a timer loop at the same fixed rate, one plain HTTP request per tick. */
 const runFloor = async (): Promise<Measurement> => {
   const lags: Array<number> = []
+  const latencies: Array<number> = []
   let probes = 0
   let failures = 0
   let measuring = false
@@ -165,8 +169,10 @@ const runFloor = async (): Promise<Measurement> => {
     const tick = () => {
       if (stopped) return
       const at = Date.now()
+      const started = performance.now()
       void request(port).then((ok) => {
         if (measuring) {
+          latencies.push(performance.now() - started)
           probes++
           if (!ok) failures++
           lags.push(Math.max(0, at - due))
@@ -186,6 +192,7 @@ const runFloor = async (): Promise<Measurement> => {
   lags.sort((a, b) => a - b)
   return {
     ...window,
+    latencyP50Ms: percentile(latencies.sort((a, b) => a - b), 50),
     probes,
     failures,
     lagMs: { p50: percentile(lags, 50), p99: percentile(lags, 99), max: lags.at(-1) ?? Number.NaN }
@@ -231,9 +238,16 @@ const main = async () => {
     const row = (name: string, m: Measurement) =>
       `${name.padEnd(11)} cpu ${fmt(m.cpuShare * 100).padStart(6)} %   rss peak ${fmt(m.rssPeakMb).padStart(6)} MB (start ${fmt(m.rssStartMb)})` +
       `   probes ${String(m.probes).padStart(6)}/${expected} (${m.failures} failed)` +
-      `   lag p50 ${fmt(m.lagMs.p50, 0)} ms p99 ${fmt(m.lagMs.p99, 0)} ms max ${fmt(m.lagMs.max, 0)} ms`
+      `   lag p50 ${fmt(m.lagMs.p50, 0)} ms p99 ${fmt(m.lagMs.p99, 0)} ms max ${fmt(m.lagMs.max, 0)} ms` +
+      `   answer p50 ${fmt(m.latencyP50Ms, 0)} ms`
     console.log(row("controller", controller))
     console.log(row("floor", floor))
+    if (controller.latencyP50Ms * settings.endpoints > settings.maxConcurrent * settings.intervalMs) {
+      console.log(
+        `note: at ${fmt(controller.latencyP50Ms, 0)} ms per answer, ${settings.endpoints} endpoints per ${settings.intervalMs} ms need more than ` +
+          `--max-concurrent ${settings.maxConcurrent} probes in flight: the controller is held by its bound (the floor has none)`
+      )
+    }
     console.log(
       `ratio       cpu ${fmt(controller.cpuShare / floor.cpuShare, 2)}x   rss ${fmt(controller.rssPeakMb / floor.rssPeakMb, 2)}x` +
         `   lag p99 +${fmt(controller.lagMs.p99 - floor.lagMs.p99, 0)} ms`

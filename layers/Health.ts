@@ -6,6 +6,7 @@ import {
   Effect,
   FiberMap,
   Layer,
+  Queue,
   Random,
   RcMap,
   Ref,
@@ -216,6 +217,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     // Effect.sync, so each update is atomic.
     const entries = new Map<string, Entry>()
     let panicking = new Set<string>()
+    const transitionsPending = yield* Queue.sliding<void>(1)
 
     const computeView = (): HealthView => {
       const next = new Map<string, Map<string, EndpointHealth>>()
@@ -278,7 +280,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             ...(result.error !== undefined ? { error: result.error } : {})
           })
         )
-        yield* publish
+        yield* Queue.offer(transitionsPending, undefined)
       })
 
     /**
@@ -375,6 +377,11 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         yield* Effect.forEach(started, (probe) => FiberMap.run(fibers, probe.key, probeLoop(probe)), { discard: true })
         yield* publish
       })
+
+    // Transitions come in bursts (a thousand endpoints turn healthy within one interval at start,
+    // a shared dependency fails): a sliding queue of one coalesces them into one publish per turn
+    // of the publisher instead of one O(endpoints) rebuild per transition.
+    yield* Queue.take(transitionsPending).pipe(Effect.zipRight(publish), Effect.forever, Effect.forkScoped)
 
     yield* Effect.acquireRelease(
       Effect.sync(() => layerUp.set({ layer: "health" }, 1)),

@@ -77,7 +77,8 @@ describe("Health (live probes against real servers)", () => {
       assert.deepStrictEqual(target.lastRequest(), { method: "GET", path: "/ready", host: "web.mesh.local" })
       e = yield* nextProbe(health, "web", target.port)
       assert.strictEqual(e.health, "healthy")
-      assert.strictEqual((yield* health.view).get("web")?.get(`127.0.0.1:${target.port}`), "healthy")
+      // The view is published by the layer's publisher fiber, a moment after the state changes.
+      yield* waitFor(health.view, (view) => view.get("web")?.get(`127.0.0.1:${target.port}`) === "healthy", "the view to say healthy")
 
       target.setHealthy(false)
       e = yield* nextProbe(health, "web", target.port)
