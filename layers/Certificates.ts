@@ -9,6 +9,8 @@
  *   next/ca.pem, next/ca-key.pem               a root introduced by `ca rotate`: trusted, not yet signing
  *   previous/<retiredAt>-<fp>.pem (+ -key.pem)  roots replaced by `ca rotate --activate`: trusted until
  *                                              every certificate they signed has expired
+ *   workloads/<service>/{cert,key,ca}.pem      the local sidecar's identity (sidecar.envoy.service),
+ *                                              rewritten on every renewal; also what `certs issue` writes
  *
  * Root rotation: (1) `ca rotate` creates next/; within one check interval the running controller
  * adds it to the trust bundle and pushes the bundle (SDS `ROOTCA`) to every workload. (2) Once
