@@ -47,6 +47,7 @@ import {
   type EnvoyLogLevel,
   parseEnvoyLogLine
 } from "../src/sidecar/Restart.js"
+import { writeAtomic } from "./Certificates.js"
 import { Config } from "./Config.js"
 import { counter, gauge } from "./Metrics.js"
 
@@ -183,31 +184,6 @@ export const hostPreflight: Effect.Effect<PreflightResult> = Effect.gen(function
 // ---------------------------------------------------------------------------------------------
 // Files
 // ---------------------------------------------------------------------------------------------
-
-/** Writes a file so readers see the old or the new content, never a part: temp file, fsync, rename, fsync dir. */
-export const writeFileAtomic = (path: string, content: string): Effect.Effect<void, Error> =>
-  Effect.tryPromise({
-    try: async () => {
-      const directory = NodePath.dirname(path)
-      await NodeFs.promises.mkdir(directory, { recursive: true })
-      const temp = NodePath.join(directory, `.${NodePath.basename(path)}.${process.pid}.${Date.now()}.tmp`)
-      const handle = await NodeFs.promises.open(temp, "w", 0o644)
-      try {
-        await handle.writeFile(content)
-        await handle.sync()
-      } finally {
-        await handle.close()
-      }
-      await NodeFs.promises.rename(temp, path)
-      const dir = await NodeFs.promises.open(directory, "r")
-      try {
-        await dir.sync()
-      } finally {
-        await dir.close()
-      }
-    },
-    catch: (cause) => (cause instanceof Error ? cause : new Error(String(cause)))
-  })
 
 /** `sidecar.envoy.stateDir`, default `envoy/` next to the certificates dir. */
 export const stateDirOf = (config: MeshConfig): string =>
@@ -460,8 +436,13 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
     const writeBootstrap = (launch: Launch) =>
       Effect.gen(function*() {
         if (lastWritten !== launch.rendered.version) {
-          yield* writeFileAtomic(launch.bootstrapPath, launch.rendered.yaml).pipe(
-            Effect.mapError((error) => new SidecarConfigInvalid({ reason: `cannot write ${launch.bootstrapPath}: ${error.message}` }))
+          // Readers (Envoy, operators) see the old or the new bootstrap, never a part of one.
+          yield* Effect.tryPromise({
+            try: () => NodeFs.promises.mkdir(launch.stateDir, { recursive: true }),
+            catch: (cause) => new SidecarConfigInvalid({ reason: `cannot create ${launch.stateDir}: ${String(cause)}` })
+          })
+          yield* writeAtomic(launch.bootstrapPath, launch.rendered.yaml, { mode: 0o644, replace: true }).pipe(
+            Effect.mapError((error) => new SidecarConfigInvalid({ reason: `cannot write the bootstrap: ${error.message}` }))
           )
           lastWritten = launch.rendered.version
           generation += 1
