@@ -153,17 +153,21 @@ const whoServer = (credentials: grpc.ServerCredentials) =>
     ({ server }) => Effect.sync(() => server.forceShutdown())
   )
 
-const ask = (port: number, credentials: grpc.ChannelCredentials) =>
+/** One unary call with an empty request to a fresh channel; the raw response or the error. */
+const unary = (port: number, credentials: grpc.ChannelCredentials, path: string) =>
   Effect.acquireUseRelease(
     Effect.sync(() => new grpc.Client(`127.0.0.1:${port}`, credentials)),
     (client) =>
-      Effect.async<Either.Either<string, grpc.ServiceError>>((resume) => {
-        client.makeUnaryRequest(WHO, identity, identity, Buffer.alloc(0), { deadline: Date.now() + 10_000 }, (error, value) =>
-          resume(Effect.succeed(error ? Either.left(error) : Either.right(value!.toString())))
+      Effect.async<Either.Either<Buffer, grpc.ServiceError>>((resume) => {
+        client.makeUnaryRequest(path, identity, identity, Buffer.alloc(0), { deadline: Date.now() + 10_000 }, (error, value) =>
+          resume(Effect.succeed(error ? Either.left(error) : Either.right(value!)))
         )
       }),
     (client) => Effect.sync(() => client.close())
   )
+
+const ask = (port: number, credentials: grpc.ChannelCredentials) =>
+  Effect.map(unary(port, credentials, WHO), Either.map((value) => value.toString()))
 
 describe("gRPC with controller.xds.tls: mtls credentials", () => {
   it.scopedLive("a mesh client connects and is known by its SPIFFE ID; a client without a certificate is refused", () =>
@@ -213,18 +217,8 @@ describe("gRPC with controller.xds.tls: mtls credentials", () => {
 
 describe("the real xDS server with controller.xds.tls: mtls", () => {
   const HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-  /** grpc.health.v1 Check for the server as a whole (an empty request); the raw response bytes. */
-  const check = (port: number, credentials: grpc.ChannelCredentials) =>
-    Effect.acquireUseRelease(
-      Effect.sync(() => new grpc.Client(`127.0.0.1:${port}`, credentials)),
-      (client) =>
-        Effect.async<Either.Either<Buffer, grpc.ServiceError>>((resume) => {
-          client.makeUnaryRequest(HEALTH_CHECK, identity, identity, Buffer.alloc(0), { deadline: Date.now() + 10_000 }, (error, value) =>
-            resume(Effect.succeed(error ? Either.left(error) : Either.right(value!)))
-          )
-        }),
-      (client) => Effect.sync(() => client.close())
-    )
+  /** grpc.health.v1 Check for the server as a whole (an empty request). */
+  const check = (port: number, credentials: grpc.ChannelCredentials) => unary(port, credentials, HEALTH_CHECK)
 
   it.scopedLive("a mesh member reads from the xDS server; a client without a mesh certificate is refused", () =>
     Effect.gen(function*() {
