@@ -82,6 +82,7 @@ const make = (options: RegistrationOptions) =>
     const schedule = retrySchedule(options.retry)
     // `schedule` never ends, so a call retried on it cannot fail (orDie only fixes the type).
     const persist = <A, E>(effect: Effect.Effect<A, E>) => effect.pipe(Effect.retry(schedule), Effect.orDie)
+    const attempts = Schedule.intersect(schedule, Schedule.recurs(3))
     const desired = yield* Ref.make(registrationsOf(loaded.config))
     const meshName = yield* Ref.make(loaded.config.mesh.name)
     const entries = yield* Ref.make<ReadonlyMap<string, Entry>>(new Map())
@@ -134,6 +135,7 @@ const make = (options: RegistrationOptions) =>
       Effect.gen(function*() {
         const wanted = yield* Ref.get(desired)
         const owner = yield* Ref.get(meshName)
+        let failures = 0
         const present = yield* persist(listAgent.pipe(
           Effect.tapError((error) => Ref.update(lastSync, (s) => ({ ...s, error: error.reason })))
         ))
@@ -143,7 +145,18 @@ const make = (options: RegistrationOptions) =>
             continue
           }
           const before = (yield* Ref.get(entries)).get(registration.id)
-          yield* persist(registerOne(registration).pipe(Effect.tapError(noteError(registration.id))))
+          // A refusal (an ACL, a definition the agent rejects) must not hold up the others: a few
+          // attempts now, then the next round.
+          const done = yield* registerOne(registration).pipe(
+            Effect.tapError(noteError(registration.id)),
+            Effect.retry(attempts),
+            Effect.as(true),
+            Effect.catchAll((error) => Effect.as(Effect.logWarning("cannot register with Consul; trying again next round", error.reason), false))
+          )
+          if (!done) {
+            failures++
+            continue
+          }
           const restored = before?.registered === true
           if (restored) {
             restoredTotal.inc()
@@ -161,12 +174,13 @@ const make = (options: RegistrationOptions) =>
         const wantedIds = new Set(wanted.map((r) => r.id))
         for (const [id, service] of Object.entries(present)) {
           if (service.Meta?.[OWNER_META] !== owner || wantedIds.has(id)) continue
-          yield* persist(deregisterOne(id))
-          yield* Ref.update(entries, (all) => new Map([...all].filter(([key]) => key !== id)))
+          const removed = yield* deregisterOne(id).pipe(Effect.retry(attempts), Effect.as(true), Effect.orElseSucceed(() => false))
+          if (!removed) failures++
+          else yield* Ref.update(entries, (all) => new Map([...all].filter(([key]) => key !== id)))
         }
         yield* reportTtl(true)
-        yield* Ref.set(lastSync, { at: new Date(), error: null })
-        registered.set(wanted.length)
+        yield* Ref.set(lastSync, { at: new Date(), error: failures === 0 ? null : `${failures} registration change(s) failed; see registrations` })
+        registered.set([...(yield* Ref.get(entries)).values()].filter((e) => e.registered).length)
       })
     )
 
@@ -200,7 +214,9 @@ const make = (options: RegistrationOptions) =>
       ),
       Effect.forkScoped
     )
+    // Only the latest view matters: while Consul is slow, older ones are dropped, not queued.
     yield* health.changes.pipe(
+      Stream.buffer({ capacity: 1, strategy: "sliding" }),
       Stream.runForEach((next) => Ref.set(view, next).pipe(Effect.zipRight(lock.withPermits(1)(reportTtl(false))))),
       Effect.forkScoped
     )

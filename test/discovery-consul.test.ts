@@ -354,6 +354,33 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       yield* waitForPorts(discovery, "mine", [7600])
     }))
 
+  it.scopedLive("a registration the agent refuses is reported and retried next round; the others go through", () =>
+    Effect.gen(function*() {
+      const { standIn } = yield* standInTarget
+      standIn.refusedIds.add("mesh-denied-127.0.0.1-7900")
+      const config = configOf(standIn.address, {
+        services: [
+          { name: "denied", port: 7900, register: true, endpoints: [{ address: "127.0.0.1" }] },
+          { name: "allowed", port: 7901, register: true, endpoints: [{ address: "127.0.0.1" }] }
+        ]
+      })
+      const view = yield* SubscriptionRef.make<HealthView>(new Map())
+      const context = yield* Layer.build(
+        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(Config.layerMemory(config), Health.layerMemory(view))))
+      )
+      const registration = Context.get(context, ConsulRegistration)
+      type Status = { lastError: string | null; registrations: ReadonlyArray<{ service: string; registered: boolean; lastError: string | null }> }
+      const status = yield* eventually(Effect.filterOrFail(Effect.map(registration.status, (s) => s as Status), (s: Status) => s.lastError !== null))
+      const byName = (name: string) => status.registrations.find((r) => r.service === name)!
+      assert.isTrue(byName("allowed").registered)
+      assert.isFalse(byName("denied").registered)
+      expect(byName("denied").lastError).toMatch(/403/)
+      assert.isTrue(standIn.registeredServices().some((s) => s.Service === "allowed"))
+
+      standIn.refusedIds.clear()
+      yield* eventually(Effect.suspend(() => standIn.registeredServices().some((s) => s.Service === "denied") ? Effect.void : Effect.fail("not yet")))
+    }))
+
   it.scopedLive("the index going backwards resets the watch; slow answers still arrive", () =>
     Effect.gen(function*() {
       const { client, standIn } = yield* standInTarget

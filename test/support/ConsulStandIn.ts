@@ -71,6 +71,8 @@ export class ConsulStandIn {
   private refusing = false
   /** Every request as `METHOD /path` (no query), in order. */
   readonly requests: Array<string> = []
+  /** Registrations of these service IDs are refused with 403, as an ACL would. */
+  readonly refusedIds = new Set<string>()
   /** Every `X-Consul-Token` received. */
   readonly tokens = new Set<string>()
   port = 0
@@ -357,6 +359,7 @@ export class ConsulStandIn {
     const name = definition["Name"]
     if (typeof name !== "string" || name === "") return send(res, 400, "Missing service name\n")
     const id = typeof definition["ID"] === "string" && definition["ID"] !== "" ? (definition["ID"] as string) : name
+    if (this.refusedIds.has(id)) return send(res, 403, "Permission denied: token lacks 'service:write' permission\n")
     const previous = this.services.get(id)
     const weights = definition["Weights"] as { Passing?: number; Warning?: number } | undefined
     const service: StandInService = {
