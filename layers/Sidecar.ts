@@ -482,8 +482,8 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
     const runUntilFailure = (start: Launch) =>
       Effect.gen(function*() {
         let launch = start
-        yield* writeBootstrap(launch)
         yield* identityPresent(launch)
+        yield* writeBootstrap(launch)
         let proc = yield* spawnEnvoy(runFork, live, launch, 0)
         yield* update((s) => ({ ...s, pid: proc.pid, epoch: 0 }))
         const first = yield* awaitReady(proc, launch.envoy.readinessTimeout)
