@@ -62,8 +62,9 @@ describe("Health: nothing outlives its endpoint", () => {
         health.changes.pipe(Stream.filter(predicate), Stream.take(1), Stream.runDrain)
 
       for (let i = 0; i < CYCLES; i++) {
-        // A gRPC channel takes a few milliseconds to set up: one cycle in ten includes the gRPC target.
-        const these = i % 10 === 0 ? services : services.filter((s) => s.name !== "g")
+        // Every tenth cycle probes all four targets (a gRPC channel takes milliseconds to set up);
+        // the others one each, in turn, to keep the thousand cycles quick.
+        const these = i % 10 === 0 ? services : [services[[0, 1, 3][i % 3]!]!]
         yield* SubscriptionRef.set(registry, these)
         // The view lists an endpoint once its probe fiber is running, and drops it once it is stopped.
         yield* untilView((view) => view.size === these.length)
