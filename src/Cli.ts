@@ -2,6 +2,9 @@ import { Args, Command, Options } from "@effect/cli"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
 import { loadFile } from "../layers/Config.js"
 import { NodeFileSystem } from "@effect/platform-node"
+import { makeCertsCommands } from "./commands/certs.js"
+import { makeEnvoyCommand } from "./commands/envoy.js"
+import { makePolicyCommand } from "./commands/policy.js"
 import { summarize } from "./commands/Summary.js"
 import { configJsonSchema } from "./ConfigSchema.js"
 import { makeProgram } from "./program.js"
@@ -33,9 +36,11 @@ const schema = Command.make("schema", {}, () => Console.log(JSON.stringify(confi
   Command.withDescription("Print the config file's JSON Schema (for yaml-language-server and other editors).")
 )
 
+const { ca, certs } = makeCertsCommands(configOption)
+
 export const rootCommand = Command.make("mesh-controller").pipe(
   Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
-  Command.withSubcommands([run, validate, schema])
+  Command.withSubcommands([run, validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption)])
 )
 
 export const cli = Command.run(rootCommand, { name: "mesh-controller", version })

@@ -31,7 +31,11 @@ const program = cli(process.argv).pipe(
       // @effect/cli has already printed the usage problem; --help and --version are not errors.
       return Effect.fail(new ExitCode(ValidationError.isHelpRequested(error) ? 0 : 2))
     }
-    const message = (error as { message?: unknown })?.message
+    const { exitCode, message } = error as { exitCode?: unknown; message?: unknown }
+    if (typeof exitCode === "number") {
+      // An outcome the command has already printed (a denied `policy check`), told by its exit code.
+      return Effect.fail(new ExitCode(exitCode))
+    }
     return Effect.zipRight(
       Effect.sync(() => process.stderr.write(`error: ${typeof message === "string" ? message : String(error)}\n`)),
       Effect.fail(new ExitCode(1))

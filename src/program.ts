@@ -1,10 +1,15 @@
-import { Context, Duration, Effect, Layer } from "effect"
+import { Context, Duration, Effect, Layer, Stream } from "effect"
 import { Admin } from "../layers/Admin.js"
+import { Certificates, secretsOf } from "../layers/Certificates.js"
 import { Config } from "../layers/Config.js"
+import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Lifecycle } from "../layers/Lifecycle.js"
-import { Snapshot } from "../layers/Snapshot.js"
+import { Policy } from "../layers/Policy.js"
+import { RegistrationApi } from "../layers/RegistrationApi.js"
+import { Sidecar } from "../layers/Sidecar.js"
+import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 
 export interface ProgramOptions {
@@ -13,7 +18,18 @@ export interface ProgramOptions {
 }
 
 /** The layers, in start order; /readyz waits for all of them. */
-export const LAYER_NAMES = ["config", "discovery", "admin", "health", "snapshot", "xds"] as const
+export const LAYER_NAMES = [
+  "config",
+  "discovery",
+  "admin",
+  "policy",
+  "health",
+  "consulRegistration",
+  "certificates",
+  "snapshot",
+  "xds",
+  "sidecar"
+] as const
 
 /**
  * Marks the daemon ready once every other layer is built, and not ready as soon as shutdown
@@ -43,33 +59,59 @@ const Ready: Layer.Layer<never, never, Lifecycle | Config> = Layer.scopedDiscard
   })
 )
 
-/** The composition root: every layer of the daemon, in dependency order. */
-export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown> => {
-  const ConfigLive = Lifecycle.track("config", Config.layer({ path: options.configPath }), (ctx) =>
-    Context.get(ctx, Config).status)
+/** The workload certificates and trust bundle, served over SDS. */
+const SecretsFromCertificates: Layer.Layer<SnapshotSecrets, never, Certificates> = Layer.effect(
+  SnapshotSecrets,
+  Effect.map(Certificates, (certificates) => ({ changes: certificates.changes.pipe(Stream.map(secretsOf)) }))
+)
 
-  const DiscoveryLive = Lifecycle.track("discovery", Discovery.layer(), (ctx) => Context.get(ctx, Discovery).status)
-  const HealthLive = Lifecycle.track("health", Health.layer(), (ctx) => Context.get(ctx, Health).status)
-  const SnapshotLive = Lifecycle.track("snapshot", Snapshot.layer, (ctx) => Context.get(ctx, Snapshot).status)
-  const XdsLive = Lifecycle.track("xds", Xds.layer(), (ctx) => Context.get(ctx, Xds).status)
+/** The xDS server, with mTLS from the mesh CA when `controller.xds.tls` is "mtls". */
+const XdsFromConfig: Layer.Layer<Xds, unknown, Config | Certificates | Snapshot> = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const { config } = yield* (yield* Config).get
+    const certificates = yield* Certificates
+    return Xds.layer(config.controller.xds.tls === "mtls" ? { credentials: certificates.xdsServerCredentials } : {})
+  })
+)
 
-  const AdminLive = Lifecycle.track(
-    "admin",
-    Layer.unwrapEffect(
-      Effect.map(Config, ({ get }) => get).pipe(
-        Effect.flatten,
-        Effect.map(({ config }) =>
-          Admin.layer({ host: config.controller.admin.host, port: config.controller.admin.port, version: options.version })
-        )
-      )
-    ),
-    (ctx) => Effect.succeed(Context.get(ctx, Admin).address)
+/** The admin server on `controller.admin`, with the runtime registration API. */
+const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, Config | Discovery | Lifecycle> =>
+  Layer.unwrapEffect(
+    Effect.gen(function*() {
+      const { config } = yield* (yield* Config).get
+      return Admin.layer({ host: config.controller.admin.host, port: config.controller.admin.port, version, routes: RegistrationApi })
+    })
   )
 
+const statusOf = <I, S extends { readonly status: Effect.Effect<unknown> }>(tag: Context.Tag<I, S>) => (ctx: Context.Context<I>) =>
+  Context.get(ctx, tag).status
+
+/** The composition root: every layer of the daemon, in dependency order. */
+export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown> => {
+  const track = Lifecycle.track
+  const ConfigLive = track("config", Config.layer({ path: options.configPath }), statusOf(Config))
+  const DiscoveryLive = track("discovery", Discovery.layer(), statusOf(Discovery))
+  const AdminLive = track("admin", AdminFromConfig(options.version), (ctx) => Effect.succeed(Context.get(ctx, Admin).address))
+  const PolicyLive = track("policy", Policy.layer, statusOf(Policy))
+  const HealthLive = track("health", Health.layer(), statusOf(Health))
+  const RegistrationLive = track("consulRegistration", ConsulRegistration.layer(), statusOf(ConsulRegistration))
+  const CertificatesLive = track("certificates", Certificates.layer, statusOf(Certificates))
+  const SnapshotLive = track(
+    "snapshot",
+    Snapshot.layerWithSecrets.pipe(Layer.provide(SecretsFromCertificates)),
+    statusOf(Snapshot)
+  )
+  const XdsLive = track("xds", XdsFromConfig, statusOf(Xds))
+  const SidecarLive = track("sidecar", Sidecar.layerConfig(), statusOf(Sidecar))
+
   return Ready.pipe(
+    Layer.provide(SidecarLive),
     Layer.provide(XdsLive),
-    Layer.provide(SnapshotLive),
+    Layer.provideMerge(SnapshotLive),
+    Layer.provideMerge(CertificatesLive),
+    Layer.provide(RegistrationLive),
     Layer.provideMerge(HealthLive),
+    Layer.provide(PolicyLive),
     Layer.provide(AdminLive),
     Layer.provideMerge(DiscoveryLive),
     Layer.provideMerge(ConfigLive),
