@@ -1,9 +1,10 @@
 import { Context, Duration, Effect, Either, Layer, Option, Ref, Schema, Stream, SubscriptionRef } from "effect"
 import * as YAML from "yaml"
-import { MeshConfig, type Policies } from "../schemas/Config.js"
+import { createHash } from "node:crypto"
+import { MeshConfig, Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
-import { Config } from "./Config.js"
+import { Config, type LoadedConfig } from "./Config.js"
 import { blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { counter } from "./Metrics.js"
 
@@ -29,6 +30,25 @@ export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies"
 >() {
   static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, Config> =>
     Layer.scoped(ConsulPolicies, make(options))
+
+  /**
+   * The config as the rest of the controller should see it: the file's, with `policies` replaced
+   * by the KV key's while it holds a valid value. Provide it in place of the file's `Config` to
+   * the layers that read policy (Policy, Snapshot), so a shared policy reaches every controller.
+   */
+  static readonly configOverlay: Layer.Layer<Config, never, Config | ConsulPolicies> = Layer.scoped(
+    Config,
+    Effect.gen(function*() {
+      const file = yield* Config
+      const shared = yield* ConsulPolicies
+      const effective = yield* SubscriptionRef.make(overlay(yield* file.get, yield* shared.current))
+      yield* Stream.zipLatest(file.changes, shared.changes).pipe(
+        Stream.runForEach(([loaded, policies]) => SubscriptionRef.set(effective, overlay(loaded, policies))),
+        Effect.forkScoped
+      )
+      return Config.of({ ...file, get: SubscriptionRef.get(effective), changes: effective.changes })
+    })
+  )
 
   /** No shared policies. */
   static readonly layerNoop: Layer.Layer<ConsulPolicies> = Layer.succeed(
@@ -66,6 +86,17 @@ export const checkPolicies = (text: string, config: MeshConfig, source: string):
   }
   return Either.map(decodeConfig({ ...encodeConfig(config), policies: value }, source), (decoded) => decoded.policies)
 }
+
+const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): LoadedConfig =>
+  Option.match(policies, {
+    onNone: () => loaded,
+    onSome: (shared) => ({
+      ...loaded,
+      config: { ...loaded.config, policies: shared },
+      hash: createHash("sha256").update(loaded.hash).update(JSON.stringify(Schema.encodeSync(Policies)(shared))).digest("hex"),
+      source: `${loaded.source} (policies from Consul KV)`
+    })
+  })
 
 const make = (options: ConsulPoliciesOptions) =>
   Effect.gen(function*() {

@@ -2,6 +2,7 @@ import { Context, Duration, Effect, Layer, Stream } from "effect"
 import { Admin } from "../layers/Admin.js"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
 import { Config } from "../layers/Config.js"
+import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
@@ -22,10 +23,11 @@ export const LAYER_NAMES = [
   "config",
   "discovery",
   "admin",
+  "consulPolicies",
   "policy",
+  "certificates",
   "health",
   "consulRegistration",
-  "certificates",
   "snapshot",
   "xds",
   "sidecar"
@@ -93,7 +95,13 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
   const DiscoveryLive = track("discovery", Discovery.layer(), statusOf(Discovery))
   const AdminLive = track("admin", AdminFromConfig(options.version), (ctx) => Effect.succeed(Context.get(ctx, Admin).address))
   const PolicyLive = track("policy", Policy.layer, statusOf(Policy))
-  const HealthLive = track("health", Health.layer(), statusOf(Health))
+  const ConsulPoliciesLive = track("consulPolicies", ConsulPolicies.layer(), statusOf(ConsulPolicies))
+  // HTTPS checks with `trustMeshCa` verify targets against the current trust bundle.
+  const HealthLive = track(
+    "health",
+    Layer.unwrapEffect(Effect.map(Certificates, (certificates) => Health.layer({ meshCa: Effect.map(certificates.bundle, (b) => b.pem) }))),
+    statusOf(Health)
+  )
   const RegistrationLive = track("consulRegistration", ConsulRegistration.layer(), statusOf(ConsulRegistration))
   const CertificatesLive = track("certificates", Certificates.layer, statusOf(Certificates))
   const SnapshotLive = track(
@@ -108,10 +116,14 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provide(SidecarLive),
     Layer.provide(XdsLive),
     Layer.provideMerge(SnapshotLive),
-    Layer.provideMerge(CertificatesLive),
     Layer.provide(RegistrationLive),
     Layer.provideMerge(HealthLive),
+    Layer.provideMerge(CertificatesLive),
     Layer.provide(PolicyLive),
+    // Below this line the layers see the file's config; above it, with the policies from
+    // Consul KV in place of the file's while the key holds a valid value.
+    Layer.provide(ConsulPolicies.configOverlay),
+    Layer.provide(ConsulPoliciesLive),
     Layer.provide(AdminLive),
     Layer.provideMerge(DiscoveryLive),
     Layer.provideMerge(ConfigLive),

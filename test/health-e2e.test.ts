@@ -88,11 +88,9 @@ describe("health checks steer proxyless gRPC calls", () => {
       assert.isTrue(Either.isRight(yield* controllerSays(healthClient)))
     }))
 
-  // Fails today: in fail-open panic src/xds/Resources.ts sends the endpoints with health_status
-  // UNHEALTHY, which Envoy routes to anyway (its own panic threshold) but grpc-js-xds drops
-  // ("priority policy has empty priority list"). Sending UNKNOWN when `routing(...).panic` fixes
-  // it for both; unskip then (and update test/snapshot.test.ts, which expects UNHEALTHY).
-  it.scopedLive.skip("all endpoints unhealthy with failMode open: proxyless calls keep flowing to all", () =>
+  // grpc-js-xds drops endpoints sent as UNHEALTHY ("priority policy has empty priority list"), so
+  // in fail-open panic the assignment sends them as UNKNOWN (src/xds/Resources.ts).
+  it.scopedLive("all endpoints unhealthy with failMode open: proxyless calls keep flowing to all", () =>
     Effect.gen(function*() {
       const a = yield* grpcBackend("a")
       const b = yield* grpcBackend("b")
