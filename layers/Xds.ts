@@ -1,15 +1,19 @@
 import * as grpc from "@grpc/grpc-js"
-import { Clock, Context, Duration, Effect, FiberMap, Layer, Option, Queue, Runtime, Schema, Stream } from "effect"
+import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Queue, Runtime, Schema, Stream } from "effect"
+import { callPeer, type CallWithAuthContext } from "../src/certs/Tls.js"
 import type { DeltaRequest, HealthCheckRequest, SotwRequest } from "../src/xds/Wire.js"
 import { adsService, sdsService, healthService, ServingStatus } from "../src/xds/Wire.js"
 import {
   describeStream,
   kindOf,
+  newDenials,
   newStream,
+  noSecretAccess,
   onDeltaRequest,
   onSotwRequest,
   type Protocol,
   push,
+  type SecretAccess,
   type StreamState
 } from "../src/xds/XdsStream.js"
 import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
@@ -34,6 +38,8 @@ export interface XdsOptions {
   readonly port?: number
   /** Plaintext when absent. The Certificates layer supplies mTLS credentials here. */
   readonly credentials?: grpc.ServerCredentials
+  /** Overrides `controller.xds.insecureNodeIdentity` (trust node ids for SDS over plaintext). */
+  readonly insecureNodeIdentity?: boolean
   /** How long shutdown waits for streams to close before it forces them (default 2 s). */
   readonly shutdownGrace?: Duration.DurationInput
 }
@@ -78,6 +84,11 @@ const pushLatency = histogram(
   ["type"]
 )
 const ackLatency = histogram("mesh_controller_xds_ack_latency_seconds", "Time from a push to its ACK, by resource type.", ["type"])
+const secretsDenied = counter(
+  "mesh_controller_xds_secrets_denied_total",
+  "SDS secrets a client asked for and may not read (answered as not found), by how its identity was known.",
+  ["identity_source"]
+)
 const nacksTotal = counter("mesh_controller_xds_nacks_total", "xDS responses a client rejected, by resource type.", ["type"])
 
 const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
@@ -92,7 +103,24 @@ type AdsCall<Req> = grpc.ServerDuplexStream<Req, Buffer>
 export const make = (options: XdsOptions) =>
   Effect.gen(function*() {
     const snapshots = yield* Snapshot
-    const listen = (yield* (yield* Config).get).config.controller.xds
+    const { config } = yield* (yield* Config).get
+    const listen = config.controller.xds
+    const trustDomain = config.mesh.trustDomain
+    const trustNodeIds = options.credentials === undefined && (options.insecureNodeIdentity ?? listen.insecureNodeIdentity)
+
+    /**
+     * Whose private key a stream may read (see `SecretAccess`): the verified client certificate of
+     * an mTLS server; over plaintext, nobody's, unless node ids are trusted by explicit opt-in.
+     */
+    const accessOf = (call: CallWithAuthContext): SecretAccess => {
+      const peer = callPeer(call, trustDomain)
+      if (Either.isRight(peer)) {
+        return { source: "tls", spiffeId: peer.right.id.uri, trustDomain, reason: undefined, denied: new Set() }
+      }
+      if (options.credentials !== undefined) return noSecretAccess(peer.left.reason)
+      if (trustNodeIds) return { source: "node-id", spiffeId: undefined, trustDomain, reason: "the node id names no service (<service>~<instance>)", denied: new Set() }
+      return noSecretAccess("plaintext xDS: private keys go only to mTLS clients (controller.xds.tls: mtls) unless controller.xds.insecureNodeIdentity is set")
+    }
     const host = options.host ?? listen.host
     const requestedPort = options.port ?? listen.port
     const runtime = yield* Effect.runtime<never>()
@@ -120,7 +148,7 @@ export const make = (options: XdsOptions) =>
       Effect.gen(function*() {
         const id = ++nextId
         const now = yield* Clock.currentTimeMillis
-        const stream = newStream(id, protocol, call.getPeer(), now)
+        const stream = newStream(id, protocol, call.getPeer(), now, accessOf(call))
         const events = yield* Queue.unbounded<StreamEvent>()
         call.on("data", (request: Req) => Queue.unsafeOffer(events, { _tag: "Request", request }))
         const closed = () => Queue.unsafeOffer(events, { _tag: "Closed" })
@@ -177,6 +205,22 @@ export const make = (options: XdsOptions) =>
             )
           }
           const type = shortType(request.type_url)
+          const denied = newDenials(
+            stream,
+            request.type_url,
+            protocol === "sotw" ? (request as SotwRequest).resource_names : (request as DeltaRequest).resource_names_subscribe
+          )
+          if (denied.length > 0) {
+            secretsDenied.inc({ identity_source: stream.access.source }, denied.length)
+            yield* Effect.logWarning("xds: refused secrets the client may not read (answered as not found)").pipe(
+              Effect.annotateLogs({
+                node: stream.node?.id ?? "",
+                identity: stream.access.spiffeId ?? `none (${stream.access.reason ?? "unknown"})`,
+                secrets: denied.join(", "),
+                peer: stream.peer
+              })
+            )
+          }
           if (outcome._tag === "Nack") {
             nacksTotal.inc({ type })
             yield* Effect.logWarning("xds: client rejected a response (NACK)").pipe(

@@ -82,7 +82,13 @@ export const ListenAddress = (host: string, port: number) =>
 const XdsListen = Schema.Struct({
   ...ListenAddress("0.0.0.0", 15010).fields,
   /** "mtls": only clients with a certificate from the mesh CA may connect (see layers/Certificates.ts). */
-  tls: withDefault(oneOf("off", "mtls"), () => "off" as const)
+  tls: withDefault(oneOf("off", "mtls"), () => "off" as const),
+  /**
+   * Over plaintext xDS (`tls: off`), believe a sidecar's node id `<service>~<instance>` and send it
+   * that service's private key over SDS. Off by default: anyone who can reach the port can claim
+   * any node id. With `tls: mtls` the verified client certificate decides and this is ignored.
+   */
+  insecureNodeIdentity: withDefault(Schema.Boolean, () => false)
 })
 const AdminListen = ListenAddress("127.0.0.1", 15014)
 
@@ -94,7 +100,7 @@ export const Debounce = Schema.Struct({
 })
 
 export const Controller = Schema.Struct({
-  xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const })),
+  xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })),
   admin: withDefault(AdminListen, () => ({ host: "127.0.0.1", port: 15014 })),
   shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
   debounce: withDefault(Debounce, () => ({ quiet: Duration.millis(100), max: Duration.seconds(1) }))

@@ -14,6 +14,7 @@ import * as NodeNet from "node:net"
 import type { Route, TrafficPolicy } from "../../schemas/Config.js"
 import { routing } from "../health/Routing.js"
 import type { Endpoint, Service } from "../MeshState.js"
+import { identitySecretName, ROOT_CA_SECRET } from "../certs/Sds.js"
 import { durationProto, typeUrl, Types } from "./Protos.js"
 
 /** Ports an Envoy sidecar binds (the bootstrap and README document them). */
@@ -277,5 +278,87 @@ export const inboundListener = (service: Service): PlainObject => {
     name: cluster,
     address: socketAddress("0.0.0.0", SidecarPorts.inbound),
     filter_chains: [{ filters: [filter] }]
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// mTLS between sidecars (policies.security.mtls), with certificates served over SDS
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * The SDS name a sidecar uses for its own certificate where a resource is shared by every sidecar
+ * (the outbound clusters): the xDS server answers it, per stream, with the certificate of that
+ * stream's own identity, and with nothing to a stream without one (see XdsStream `lookup`).
+ */
+export const OWN_SECRET = "default"
+
+/** Sidecar mTLS settings; absent when no certificates are served (then everything stays plaintext). */
+export interface MeshTls {
+  readonly trustDomain: string
+  readonly mode: "strict" | "permissive"
+}
+
+const TLS_SOCKET = "envoy.transport_sockets.tls"
+const sdsSecret = (name: string) => ({ name, sds_config: ads })
+const tlsParams = { tls_minimum_protocol_version: "TLSv1_2" }
+
+/** The inbound side: the service's own certificate; a client certificate from the mesh's bundle required. */
+export const downstreamTls = (tls: MeshTls, service: Service): PlainObject => ({
+  name: TLS_SOCKET,
+  typed_config: {
+    "@type": typeUrl(Types.DownstreamTlsContext),
+    common_tls_context: {
+      tls_params: tlsParams,
+      tls_certificate_sds_secret_configs: [sdsSecret(identitySecretName(tls.trustDomain, service.name))],
+      // ROOTCA carries the trust bundle and accepts only URI SANs of this trust domain.
+      validation_context_sds_secret_config: sdsSecret(ROOT_CA_SECRET),
+      ...(service.protocol === "tcp" ? {} : { alpn_protocols: ["h2", "http/1.1"] })
+    },
+    require_client_certificate: { value: true }
+  }
+})
+
+/**
+ * The outbound side: the calling sidecar's own certificate (`OWN_SECRET`, so one cluster serves
+ * every sidecar) and a server certificate from the mesh's bundle with a SAN in the trust domain.
+ */
+export const upstreamTls = (destination: Service): PlainObject => ({
+  name: TLS_SOCKET,
+  typed_config: {
+    "@type": typeUrl(Types.UpstreamTlsContext),
+    common_tls_context: {
+      tls_params: tlsParams,
+      tls_certificate_sds_secret_configs: [sdsSecret(OWN_SECRET)],
+      validation_context_sds_secret_config: sdsSecret(ROOT_CA_SECRET)
+    },
+    sni: destination.name
+  }
+})
+
+/** An outbound cluster that originates mTLS. */
+export const withUpstreamTls = (cluster: PlainObject, destination: Service): PlainObject => ({
+  ...cluster,
+  transport_socket: upstreamTls(destination)
+})
+
+/**
+ * The inbound listener with mTLS: `strict` terminates TLS on its one filter chain (plaintext
+ * callers fail the handshake); `permissive` lets a TLS inspector pick between a TLS chain and a
+ * plaintext chain with the same filters, for callers that are not in the mesh yet.
+ */
+export const withDownstreamTls = (listener: PlainObject, tls: MeshTls, service: Service): PlainObject => {
+  const chains = listener["filter_chains"] as ReadonlyArray<PlainObject>
+  const socket = downstreamTls(tls, service)
+  if (tls.mode === "strict") return { ...listener, filter_chains: chains.map((chain) => ({ ...chain, transport_socket: socket })) }
+  return {
+    ...listener,
+    listener_filters: [
+      ...((listener["listener_filters"] as ReadonlyArray<PlainObject> | undefined) ?? []),
+      { name: "envoy.filters.listener.tls_inspector", typed_config: { "@type": typeUrl(Types.TlsInspector) } }
+    ],
+    filter_chains: chains.flatMap((chain) => [
+      { ...chain, filter_chain_match: { transport_protocol: "tls" }, transport_socket: socket },
+      { ...chain, filter_chain_match: { transport_protocol: "raw_buffer" } }
+    ])
   }
 }

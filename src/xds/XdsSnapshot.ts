@@ -10,6 +10,7 @@
  */
 import { createHash } from "node:crypto"
 import protobuf from "protobufjs"
+import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
 import { check, encode, typeUrl, Types, TypeUrls } from "./Protos.js"
@@ -20,15 +21,19 @@ import {
   inboundListener,
   inboundName,
   loadAssignment,
+  type MeshTls,
   OUTBOUND_HTTP,
   outboundHttpListener,
   outboundName,
   outboundTcpListener,
+  OWN_SECRET,
   type PlainObject,
   routeConfiguration,
   routesFor,
   ServiceInvalid,
-  virtualHost
+  virtualHost,
+  withDownstreamTls,
+  withUpstreamTls
 } from "./Resources.js"
 
 /** One encoded resource. */
@@ -75,6 +80,11 @@ export interface XdsSnapshot {
    * names added, changed or removed. Lets a Delta stream look at those names only.
    */
   readonly changes?: { readonly from: string; readonly names: ReadonlyMap<string, ReadonlySet<string>> }
+  /**
+   * SPIFFE ID → that identity's certificate as a Secret named `OWN_SECRET`: what the server sends
+   * a stream of that identity that asks for `OWN_SECRET` (never listed in `resources`).
+   */
+  readonly ownSecrets?: ReadonlyMap<string, XdsResource>
   /** The sidecars' shared outbound listener and route configuration, kept for reuse. */
   readonly outbound?: {
     readonly virtualHosts: ReadonlyArray<PlainObject>
@@ -118,7 +128,8 @@ const buildGroup = (
   service: Service,
   key: string,
   state: MeshState,
-  known: (name: string) => boolean
+  known: (name: string) => boolean,
+  tls: MeshTls | undefined
 ): ServiceGroup => {
   const policy = state.policies.traffic.find((p) => p.service === service.name)
   const name = service.name
@@ -132,8 +143,8 @@ const buildGroup = (
     ),
     resource(name, Types.Cluster, name, edsCluster(name, service, false)),
     resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service)),
-    resource(name, Types.Cluster, outboundName(name), edsCluster(outboundName(name), service, true)),
-    resource(name, Types.Listener, inboundName(name), inboundListener(service)),
+    resource(name, Types.Cluster, outboundName(name), tlsCluster(edsCluster(outboundName(name), service, true), service, tls)),
+    resource(name, Types.Listener, inboundName(name), tls ? withDownstreamTls(inboundListener(service), tls, service) : inboundListener(service)),
     resource(name, Types.Cluster, inboundName(name), inboundCluster(service))
   ]
   const tcp = service.protocol === "tcp"
@@ -146,16 +157,27 @@ const buildGroup = (
   return { service: name, key, resources, outboundVirtualHost, tcp, version: versionOf(resources) }
 }
 
+const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undefined) =>
+  tls ? withUpstreamTls(cluster, service) : cluster
+
+/**
+ * Sidecar mTLS is on when certificates are served (the trust bundle is among the secrets): a
+ * listener or cluster naming a secret that never comes would keep Envoy waiting for it.
+ */
+export const meshTls = (state: MeshState): MeshTls | undefined =>
+  state.secrets?.has(ROOT_CA_SECRET) ? { trustDomain: state.mesh.trustDomain, mode: state.policies.security.mtls } : undefined
+
 /** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
 const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>): string => {
   const policy = state.policies.traffic.find((p) => p.service === service.name)
   const destinations = policy?.routes.flatMap((r) => r.destinations.map((d) => `${d.service}:${known.has(d.service)}`))
-  return JSON.stringify([service, policy ?? null, destinations ?? null])
+  return JSON.stringify([service, policy ?? null, destinations ?? null, meshTls(state) ?? null])
 }
 
 /** Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change. */
 export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySnapshot): XdsSnapshot => {
   const known = new Set(state.services.map((s) => s.name))
+  const tls = meshTls(state)
   const groups = new Map<string, ServiceGroup>()
   const errors: Array<SnapshotError> = []
   for (const service of state.services) {
@@ -166,7 +188,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
       continue
     }
     try {
-      groups.set(service.name, buildGroup(service, key, state, (name) => known.has(name)))
+      groups.set(service.name, buildGroup(service, key, state, (name) => known.has(name), tls))
     } catch (error) {
       if (!(error instanceof ServiceInvalid)) throw error
       errors.push({ service: error.service, message: error.message, servingPrevious: before !== undefined })
@@ -194,9 +216,11 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   add(outbound.listener)
   add(outbound.routes)
 
+  const ownSecrets = new Map<string, XdsResource>()
   for (const [name, secret] of state.secrets ?? []) {
     try {
       add(resource("(secrets)", Types.Secret, name, { ...secret, name }))
+      if ("tls_certificate" in secret) ownSecrets.set(name, resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET }))
     } catch (error) {
       if (!(error instanceof ServiceInvalid)) throw error
       errors.push({ service: `secret ${name}`, message: error.message, servingPrevious: false })
@@ -226,6 +250,11 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const oldSecrets = previous.resources.get(TypeUrls.Secret) ?? new Map<string, XdsResource>()
   for (const [name, r] of secrets) if (oldSecrets.get(name)?.version !== r.version) mark(r)
   for (const [name, r] of oldSecrets) if (!secrets.has(name)) mark(r)
+  // Any identity's certificate changed: every stream re-resolves its `OWN_SECRET`.
+  const oldOwn = previous.ownSecrets ?? new Map<string, XdsResource>()
+  if (ownSecrets.size !== oldOwn.size || [...ownSecrets].some(([id, r]) => oldOwn.get(id)?.version !== r.version)) {
+    changed.get(TypeUrls.Secret)?.add(OWN_SECRET)
+  }
 
   return {
     changes: { from: previous.version, names: changed },
@@ -233,6 +262,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
     resources: byType,
     groups,
     errors,
+    ownSecrets,
     availability: new Map(state.services.map((s) => [s.name, routing(s, new Map()).available])),
     outbound
   }

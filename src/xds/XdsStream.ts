@@ -18,9 +18,12 @@
  * Delta: only changed resources are sent; names the client has that are gone (or left the
  * wildcard set) go in `removed_resources`.
  */
+import { mayReadSecret } from "../certs/Sds.js"
+import { serviceId } from "../certs/Spiffe.js"
 import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
 import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
 import { TypeUrls } from "./Protos.js"
+import { OWN_SECRET } from "./Resources.js"
 import { inWildcard, sidecarService, versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
 
 export type Protocol = "sotw" | "delta"
@@ -49,11 +52,41 @@ export interface TypeState {
   readonly known: Map<string, string>
   /** Delta: the snapshot version `known` was last reconciled with (unset after a subscription change). */
   synced: string | undefined
+  /** Delta: refused secrets already answered with `removed_resources` (once per subscription). */
+  readonly toldAbsent: Set<string>
   acked: { version: string; at: number } | undefined
   lastNack: Nack | undefined
   nacks: number
   pushes: number
 }
+
+/**
+ * Whose private key a stream may read over SDS (everyone may read `ROOTCA`):
+ * - `tls`: the SPIFFE ID of the client certificate the mTLS handshake verified;
+ * - `node-id`: claimed, not proven: the service named by the node id `<service>~<instance>`. Only
+ *   with the explicit opt-in `controller.xds.insecureNodeIdentity` on a plaintext server, since
+ *   anyone who can reach the port can send any node id and so read any service's key;
+ * - `none`: no identity, so no private key at all (a plaintext server's default).
+ * A secret the stream may not read is answered as if it did not exist.
+ */
+export interface SecretAccess {
+  readonly source: "tls" | "node-id" | "none"
+  spiffeId: string | undefined
+  /** `node-id`: the trust domain the node's service is named in. */
+  readonly trustDomain: string
+  /** Why there is no identity (`none`, or a `tls` call without a usable certificate). */
+  readonly reason: string | undefined
+  /** Secret names this stream asked for and was refused. */
+  readonly denied: Set<string>
+}
+
+export const noSecretAccess = (reason: string): SecretAccess => ({
+  source: "none",
+  spiffeId: undefined,
+  trustDomain: "",
+  reason,
+  denied: new Set()
+})
 
 export interface StreamState {
   readonly id: number
@@ -63,17 +96,61 @@ export interface StreamState {
   node: NodeInfo | undefined
   readonly types: Map<string, TypeState>
   nonce: number
+  readonly access: SecretAccess
 }
 
-export const newStream = (id: number, protocol: Protocol, peer: string, now: number): StreamState => ({
+export const newStream = (
+  id: number,
+  protocol: Protocol,
+  peer: string,
+  now: number,
+  access: SecretAccess = noSecretAccess("no identity was given for this stream")
+): StreamState => ({
   id,
   protocol,
   peer,
   connectedAt: now,
   node: undefined,
   types: new Map(),
-  nonce: 0
+  nonce: 0,
+  access
 })
+
+/** Remembers the node of a stream's first request; with `node-id` access, it names the identity. */
+const bindNode = (stream: StreamState, node: NodeInfo | undefined) => {
+  if (stream.node !== undefined || node === undefined) return
+  stream.node = node
+  if (stream.access.source === "node-id") {
+    const service = sidecarService(node.id)
+    stream.access.spiffeId = service === undefined ? undefined : serviceId(stream.access.trustDomain, service)
+  }
+}
+
+/** Whether the stream may read secret `name` (`OWN_SECRET` is its own identity's, if it has one). */
+export const secretAllowed = (stream: StreamState, name: string): boolean =>
+  name === OWN_SECRET ? stream.access.spiffeId !== undefined : mayReadSecret(stream.access.spiffeId, name)
+
+/**
+ * The resource a stream gets for `name`: for secrets, only what it may read, and `OWN_SECRET`
+ * resolved to its own identity's certificate (shared outbound clusters name it for every sidecar).
+ */
+const lookup = (stream: StreamState, url: string, snapshot: XdsSnapshot, name: string): XdsResource | undefined => {
+  if (url !== TypeUrls.Secret) return snapshot.resources.get(url)?.get(name)
+  if (!secretAllowed(stream, name)) return undefined
+  if (name === OWN_SECRET) return snapshot.ownSecrets?.get(stream.access.spiffeId ?? "")
+  return snapshot.resources.get(url)?.get(name)
+}
+
+/**
+ * The secret names of a request this stream may not read and had not been refused before: the
+ * caller logs and counts them.
+ */
+export const newDenials = (stream: StreamState, url: string, names: ReadonlyArray<string>): ReadonlyArray<string> => {
+  if (url !== TypeUrls.Secret) return []
+  const fresh = names.filter((n) => n !== "*" && !secretAllowed(stream, n) && !stream.access.denied.has(n))
+  for (const n of fresh) stream.access.denied.add(n)
+  return fresh
+}
 
 const typeState = (stream: StreamState, url: string): TypeState => {
   let t = stream.types.get(url)
@@ -90,6 +167,7 @@ const typeState = (stream: StreamState, url: string): TypeState => {
       rejected: undefined,
       known: new Map(),
       synced: undefined,
+      toldAbsent: new Set(),
       acked: undefined,
       lastNack: undefined,
       nacks: 0,
@@ -138,7 +216,7 @@ const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest
 const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((x) => b.has(x))
 
 export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
-  if (stream.node === undefined && request.node !== undefined) stream.node = request.node
+  bindNode(stream, request.node)
   const t = typeState(stream, request.type_url)
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
   if (outcome._tag === "Stale") return outcome
@@ -153,7 +231,7 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
 }
 
 export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: number): RequestOutcome => {
-  if (stream.node === undefined && request.node !== undefined) stream.node = request.node
+  bindNode(stream, request.node)
   const t = typeState(stream, request.type_url)
   const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
   if (!t.subscribed) {
@@ -172,6 +250,7 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
     else {
       t.names.delete(name)
       t.known.delete(name)
+      t.toldAbsent.delete(name)
     }
   }
   t.subscribed = true
@@ -204,9 +283,8 @@ export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot
     t.dirty = false
     return undefined
   }
-  const table = snapshot.resources.get(url)
   const resources = names.flatMap((n) => {
-    const r = table?.get(n)
+    const r = lookup(stream, url, snapshot, n)
     return r === undefined ? [] : [r]
   }).sort(byName)
   const version = versionOf(resources)
@@ -231,7 +309,6 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
   if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
   // Reconciled with this very snapshot and no subscription change since: nothing to send.
   if (t.synced === snapshot.version) return undefined
-  const table = snapshot.resources.get(url)
   const updates: Array<XdsResource> = []
   const removed: Array<string> = []
   const delta = snapshot.changes
@@ -239,7 +316,7 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
     const own = sidecarService(stream.node?.id ?? "")
     for (const n of delta.names.get(url) ?? []) {
       const want = t.names.has(n) || (t.wildcard && inWildcard(url, own, n))
-      const r = table?.get(n)
+      const r = lookup(stream, url, snapshot, n)
       if (want && r !== undefined) {
         if (t.known.get(n) !== r.version) updates.push(r)
       } else if (t.known.has(n)) removed.push(n)
@@ -247,10 +324,15 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
   } else {
     const names = new Set(wanted(stream, t, url, snapshot))
     for (const n of names) {
-      const r = table?.get(n)
+      const r = lookup(stream, url, snapshot, n)
       if (r !== undefined && t.known.get(n) !== r.version) updates.push(r)
+      // A refused secret is answered as absent, so the client need not wait for it.
+      if (r === undefined && !t.known.has(n) && !t.toldAbsent.has(n) && url === TypeUrls.Secret && !secretAllowed(stream, n)) {
+        removed.push(n)
+        t.toldAbsent.add(n)
+      }
     }
-    for (const n of t.known.keys()) if (!names.has(n) || table?.get(n) === undefined) removed.push(n)
+    for (const n of t.known.keys()) if (!names.has(n) || lookup(stream, url, snapshot, n) === undefined) removed.push(n)
   }
   t.synced = snapshot.version
   if (updates.length === 0 && removed.length === 0) return undefined
@@ -284,6 +366,10 @@ export const describeStream = (stream: StreamState) => ({
   userAgent: stream.node ? `${stream.node.user_agent_name} ${stream.node.user_agent_version}`.trim() : null,
   protocol: stream.protocol,
   peer: stream.peer,
+  identity: stream.access.spiffeId ?? null,
+  identitySource: stream.access.source,
+  ...(stream.access.reason !== undefined && stream.access.spiffeId === undefined ? { identityMissing: stream.access.reason } : {}),
+  deniedSecrets: [...stream.access.denied].slice(0, MAX_LISTED),
   connectedAt: iso(stream.connectedAt),
   types: Object.fromEntries(
     [...stream.types].map(([url, t]) => [shortType(url), {

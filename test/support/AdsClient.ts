@@ -59,12 +59,16 @@ const toResponse = (bytes: Buffer, delta: boolean): AdsResponse => {
   }
 }
 
-const connect = (address: string, delta: boolean): Effect.Effect<AdsConnection, never, Scope.Scope> =>
+const connect = (
+  address: string,
+  delta: boolean,
+  credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure()
+): Effect.Effect<AdsConnection, never, Scope.Scope> =>
   Effect.gen(function*() {
     const responses = yield* Queue.unbounded<AdsResponse>()
     const { call } = yield* Effect.acquireRelease(
       Effect.sync(() => {
-        const client = new grpc.Client(address, grpc.credentials.createInsecure())
+        const client = new grpc.Client(address, credentials)
         const method = delta ? adsService.DeltaAggregatedResources : adsService.StreamAggregatedResources
         const call = client.makeBidiStreamRequest(
           method.path,
@@ -94,9 +98,10 @@ const connect = (address: string, delta: boolean): Effect.Effect<AdsConnection, 
     }
   })
 
+/** Plaintext unless `credentials` are given (say, mTLS with a mesh identity). */
 export const AdsClient = {
-  sotw: (address: string) => connect(address, false),
-  delta: (address: string) => connect(address, true)
+  sotw: (address: string, credentials?: grpc.ChannelCredentials) => connect(address, false, credentials),
+  delta: (address: string, credentials?: grpc.ChannelCredentials) => connect(address, true, credentials)
 }
 
 /** A node as Envoy sends it; `id` follows the sidecar convention `<service>~<instance>`. */

@@ -1,0 +1,224 @@
+/**
+ * SDS access control and sidecar mTLS through the real xDS server: the Certificates layer's
+ * secrets served by Snapshot.layerWithSecrets, read with the raw ADS client.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Either, Layer, Stream, SubscriptionRef } from "effect"
+import * as NodeTls from "node:tls"
+import { Certificates, secretsOf } from "../layers/Certificates.js"
+import { Config } from "../layers/Config.js"
+import { Discovery } from "../layers/Discovery.js"
+import { Health } from "../layers/Health.js"
+import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
+import { Xds, type XdsOptions } from "../layers/Xds.js"
+import type { Service } from "../src/MeshState.js"
+import { ROOT_CA_SECRET } from "../src/certs/Sds.js"
+import { controllerId, serviceId } from "../src/certs/Spiffe.js"
+import { IdentityProvider, mtlsChannelCredentials, socketPeer } from "../src/certs/Tls.js"
+import { check, TypeUrls, Types } from "../src/xds/Protos.js"
+import { OWN_SECRET } from "../src/xds/Resources.js"
+import { AdsClient, envoyNode } from "./support/AdsClient.js"
+import { certConfig, service as meshService } from "./support/certs.js"
+import { eventually } from "./support/eventually.js"
+
+const TD = "mesh.local"
+const ECHO = serviceId(TD, "echo")
+const GATEWAY = serviceId(TD, "gateway")
+
+/** Certificates (in memory) → Snapshot with secrets → Xds on 127.0.0.1:0, for echo and gateway. */
+const meshServer = (mtls: "strict" | "permissive", xds: (certs: Certificates["Type"]) => XdsOptions) =>
+  Effect.gen(function*() {
+    const config = certConfig({}, ["echo", "gateway"], { policies: { security: { mtls } } })
+    const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>(config.services.map((s) => meshService(s.name)))
+    const base = Layer.mergeAll(Config.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
+    const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
+    const secrets = Layer.succeed(SnapshotSecrets, { changes: certs.changes.pipe(Stream.map(secretsOf)) })
+    const snapshotLayer = Snapshot.layerWithSecrets.pipe(Layer.provide(secrets), Layer.provide(base))
+    const context = yield* Layer.build(
+      Xds.layer({ host: "127.0.0.1", port: 0, ...xds(certs) }).pipe(Layer.provideMerge(snapshotLayer), Layer.provide(base))
+    )
+    // Serve only once the secrets (and the mTLS resources built from them) are in the snapshot.
+    yield* Context.get(context, Snapshot).changes.pipe(
+      Stream.filter((p) => p.snapshot.resources.get(TypeUrls.Secret)?.has(ROOT_CA_SECRET) === true),
+      Stream.runHead
+    )
+    const server = Context.get(context, Xds)
+    return { certs, server, address: `127.0.0.1:${server.address.port}`, state: yield* certs.state }
+  })
+
+const plaintext = (insecureNodeIdentity: boolean) => () => ({ insecureNodeIdentity })
+const mtlsServer = (certs: Certificates["Type"]): XdsOptions => ({ credentials: certs.xdsServerCredentials })
+
+type Resource = Record<string, any>
+const chainOf = (secret: Resource | undefined): string | undefined => secret?.["tls_certificate"]?.certificate_chain?.inline_string
+const keyOf = (secret: Resource | undefined): string | undefined => secret?.["tls_certificate"]?.private_key?.inline_string
+const byName = (resources: ReadonlyArray<Resource>, name: string) => resources.find((r) => r["name"] === name)
+const secretsRequest = (names: ReadonlyArray<string>, node?: ReturnType<typeof envoyNode>) => ({
+  ...(node ? { node } : {}),
+  type_url: TypeUrls.Secret,
+  resource_names: names
+})
+const clientsOf = (server: Xds["Type"]) => Effect.map(server.status, (s) => s.clients)
+
+describe("SDS access control", () => {
+  it.scopedLive("plaintext by default: the trust bundle only, no private key even for the node's own service", () =>
+    Effect.gen(function*() {
+      const { address, server } = yield* meshServer("permissive", plaintext(false))
+      const ads = yield* AdsClient.sotw(address)
+      yield* ads.send(secretsRequest([ROOT_CA_SECRET, ECHO, OWN_SECRET], envoyNode("echo~a")))
+      const sds = yield* ads.next(TypeUrls.Secret)
+      assert.deepStrictEqual(sds.names, [ROOT_CA_SECRET])
+      const [client] = yield* eventually(Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 2))
+      assert.strictEqual(client!.identity, null)
+      assert.strictEqual(client!.identitySource, "none")
+      assert.sameMembers([...client!.deniedSecrets], [ECHO, OWN_SECRET])
+    }))
+
+  it.scopedLive("with insecureNodeIdentity, a sidecar gets its own secret and ROOTCA, never another service's", () =>
+    Effect.gen(function*() {
+      const { address, server, state } = yield* meshServer("permissive", plaintext(true))
+      const ads = yield* AdsClient.sotw(address)
+      yield* ads.send(secretsRequest([ROOT_CA_SECRET, ECHO, GATEWAY, OWN_SECRET], envoyNode("echo~a")))
+      const sds = yield* ads.next(TypeUrls.Secret)
+      assert.deepStrictEqual([...sds.names].sort(), [OWN_SECRET, ROOT_CA_SECRET, ECHO].sort())
+      assert.strictEqual(chainOf(byName(sds.resources, ECHO)), state.services.get("echo")!.chainPem)
+      // The alias is the node's own certificate under the name the shared outbound clusters use.
+      assert.strictEqual(chainOf(byName(sds.resources, OWN_SECRET)), state.services.get("echo")!.chainPem)
+      assert.notInclude(JSON.stringify(sds.resources), JSON.stringify(state.services.get("gateway")!.chainPem))
+
+      const [client] = yield* eventually(Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 1))
+      assert.strictEqual(client!.identity, ECHO)
+      assert.strictEqual(client!.identitySource, "node-id")
+      assert.deepStrictEqual(client!.deniedSecrets, [GATEWAY])
+    }))
+
+  it.scopedLive("Delta: a refused secret is answered in removed_resources", () =>
+    Effect.gen(function*() {
+      const { address } = yield* meshServer("permissive", plaintext(true))
+      const ads = yield* AdsClient.delta(address)
+      yield* ads.send({ node: envoyNode("echo~a"), type_url: TypeUrls.Secret, resource_names_subscribe: [ROOT_CA_SECRET, ECHO, GATEWAY] })
+      const sds = yield* ads.next(TypeUrls.Secret)
+      assert.sameMembers([...sds.names], [ROOT_CA_SECRET, ECHO])
+      assert.deepStrictEqual(sds.removed, [GATEWAY])
+    }))
+
+  it.scopedLive("over mTLS the verified certificate decides, whatever node id the client claims", () =>
+    Effect.gen(function*() {
+      const { address, server, state } = yield* meshServer("strict", mtlsServer)
+      const gateway = mtlsChannelCredentials(new IdentityProvider(state.services.get("gateway")!, state.bundle.pem), TD, controllerId(TD))
+      const ads = yield* AdsClient.sotw(address, gateway)
+      // Claims to be echo's sidecar; the certificate says gateway.
+      yield* ads.send(secretsRequest([ROOT_CA_SECRET, ECHO, GATEWAY, OWN_SECRET], envoyNode("echo~a")))
+      const sds = yield* ads.next(TypeUrls.Secret)
+      assert.sameMembers([...sds.names], [ROOT_CA_SECRET, GATEWAY, OWN_SECRET])
+      assert.strictEqual(keyOf(byName(sds.resources, OWN_SECRET)), keyOf(byName(sds.resources, GATEWAY)))
+      const [client] = yield* eventually(Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 1))
+      assert.strictEqual(client!.identity, GATEWAY)
+      assert.strictEqual(client!.identitySource, "tls")
+      assert.deepStrictEqual(client!.deniedSecrets, [ECHO])
+    }))
+})
+
+/** LDS and CDS as echo's sidecar sees them (wildcard). */
+const sidecarView = (address: string) =>
+  Effect.gen(function*() {
+    const ads = yield* AdsClient.sotw(address)
+    yield* ads.send({ node: envoyNode("echo~a"), type_url: TypeUrls.Listener, resource_names: [] })
+    const lds = yield* ads.next(TypeUrls.Listener)
+    yield* ads.send({ type_url: TypeUrls.Cluster, resource_names: [] })
+    const cds = yield* ads.next(TypeUrls.Cluster)
+    return { inbound: byName(lds.resources, "inbound|echo")!, outbound: byName(cds.resources, "outbound|gateway")! }
+  })
+
+const strictlyValid = (type: string, resource: Resource) => {
+  const { ["@type"]: _, ...fields } = resource
+  assert.deepStrictEqual(check(type, fields), [])
+}
+
+describe("sidecar mTLS", () => {
+  it.scopedLive("strict: the inbound listener requires a mesh client certificate; outbound clusters present the caller's own", () =>
+    Effect.gen(function*() {
+      const { address } = yield* meshServer("strict", plaintext(false))
+      const { inbound, outbound } = yield* sidecarView(address)
+      strictlyValid(Types.Listener, inbound)
+      strictlyValid(Types.Cluster, outbound)
+      assert.strictEqual(inbound["filter_chains"].length, 1)
+      assert.isUndefined(inbound["listener_filters"]?.[0])
+      const downstream = inbound["filter_chains"][0].transport_socket.typed_config
+      assert.strictEqual(downstream["@type"], `type.googleapis.com/${Types.DownstreamTlsContext}`)
+      assert.deepStrictEqual(downstream.require_client_certificate, { value: true })
+      assert.strictEqual(downstream.common_tls_context.tls_certificate_sds_secret_configs[0].name, ECHO)
+      assert.strictEqual(downstream.common_tls_context.validation_context_sds_secret_config.name, ROOT_CA_SECRET)
+      assert.deepStrictEqual(downstream.common_tls_context.validation_context_sds_secret_config.sds_config, { ads: {}, resource_api_version: "V3" })
+
+      const upstream = outbound["transport_socket"].typed_config
+      assert.strictEqual(upstream["@type"], `type.googleapis.com/${Types.UpstreamTlsContext}`)
+      assert.strictEqual(upstream.common_tls_context.tls_certificate_sds_secret_configs[0].name, OWN_SECRET)
+      assert.strictEqual(upstream.common_tls_context.validation_context_sds_secret_config.name, ROOT_CA_SECRET)
+    }))
+
+  it.scopedLive("permissive: a TLS inspector picks a TLS chain or a plaintext chain, with the same filters", () =>
+    Effect.gen(function*() {
+      const { address } = yield* meshServer("permissive", plaintext(false))
+      const { inbound, outbound } = yield* sidecarView(address)
+      strictlyValid(Types.Listener, inbound)
+      assert.strictEqual(inbound["listener_filters"][0].name, "envoy.filters.listener.tls_inspector")
+      const [tls, raw] = inbound["filter_chains"]
+      assert.strictEqual(tls.filter_chain_match.transport_protocol, "tls")
+      assert.strictEqual(tls.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name, ECHO)
+      assert.strictEqual(raw.filter_chain_match.transport_protocol, "raw_buffer")
+      assert.isUndefined(raw.transport_socket)
+      assert.deepStrictEqual(raw.filters, tls.filters)
+      assert.strictEqual(outbound["transport_socket"].typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name, OWN_SECRET)
+    }))
+
+  it.scopedLive("the secrets each sidecar reads over SDS complete a real mTLS handshake between them", () =>
+    Effect.gen(function*() {
+      const { address } = yield* meshServer("strict", plaintext(true))
+      const secretsFor = (node: string, names: ReadonlyArray<string>) =>
+        Effect.gen(function*() {
+          const ads = yield* AdsClient.sotw(address)
+          yield* ads.send(secretsRequest(names, envoyNode(node)))
+          return (yield* ads.next(TypeUrls.Secret)).resources
+        })
+      // What echo's inbound listener names, and what gateway's outbound cluster names.
+      const echo = yield* secretsFor("echo~a", [ECHO, ROOT_CA_SECRET])
+      const gateway = yield* secretsFor("gateway~b", [OWN_SECRET, ROOT_CA_SECRET])
+      const bundle = (rs: ReadonlyArray<Resource>) => byName(rs, ROOT_CA_SECRET)!["validation_context"].trusted_ca.inline_string as string
+
+      const seen = yield* Effect.acquireUseRelease(
+        Effect.async<{ server: NodeTls.Server; port: number }>((resume) => {
+          const server = NodeTls.createServer({
+            cert: chainOf(byName(echo, ECHO)),
+            key: keyOf(byName(echo, ECHO)),
+            ca: bundle(echo),
+            requestCert: true,
+            rejectUnauthorized: true
+          }, (socket) => socket.end(Either.match(socketPeer(socket, TD), { onLeft: (e) => e.message, onRight: (p) => p.id.uri })))
+          server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, port: (server.address() as { port: number }).port })))
+        }),
+        ({ port }) =>
+          Effect.async<{ fromServer: string; serverId: string | undefined }>((resume) => {
+            let data = ""
+            const socket = NodeTls.connect({
+              host: "127.0.0.1",
+              port,
+              cert: chainOf(byName(gateway, OWN_SECRET)),
+              key: keyOf(byName(gateway, OWN_SECRET)),
+              ca: bundle(gateway),
+              servername: "echo",
+              checkServerIdentity: () => undefined
+            })
+            let serverId: string | undefined
+            socket.on("secureConnect", () => (serverId = socket.getPeerCertificate().subjectaltname))
+            socket.setEncoding("utf8")
+            socket.on("data", (chunk: string) => (data += chunk))
+            socket.on("error", (error) => resume(Effect.succeed({ fromServer: `error: ${error.message}`, serverId })))
+            socket.on("close", () => resume(Effect.succeed({ fromServer: data, serverId })))
+          }),
+        ({ server }) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void))).pipe(Effect.timeoutOption("5 seconds"))
+      )
+      assert.strictEqual(seen.fromServer, GATEWAY)
+      assert.include(seen.serverId ?? "", ECHO)
+    }))
+})
