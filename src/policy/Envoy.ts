@@ -100,7 +100,10 @@ export const routeMatch = (match: RouteMatch | undefined): PlainObject => {
   return { ...pathPart, ...(headers.length > 0 ? { headers } : {}) }
 }
 
-/** RouteAction.retry_policy; `attempts` counts the first try, Envoy and gRPC count retries after it. */
+/**
+ * RouteAction.retry_policy; `attempts` counts the first try, Envoy and gRPC count retries after it.
+ * For `attempts: 1` send no retry policy at all: gRPC clients reject `num_retries: 0`.
+ */
 export const retryPolicy = (retries: Retries): PlainObject => ({
   retry_on: retries.on.join(","),
   num_retries: { value: retries.attempts - 1 },
