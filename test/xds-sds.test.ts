@@ -15,8 +15,12 @@ import type { Service } from "../src/MeshState.js"
 import { ROOT_CA_SECRET } from "../src/certs/Sds.js"
 import { controllerId, serviceId } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsChannelCredentials, socketPeer } from "../src/certs/Tls.js"
-import { check, TypeUrls, Types } from "../src/xds/Protos.js"
-import { OWN_SECRET } from "../src/xds/Resources.js"
+import { emptyView } from "../src/health/Routing.js"
+import { composeMeshState } from "../src/xds/Compose.js"
+import { check, decode, TypeUrls, Types } from "../src/xds/Protos.js"
+import { buildSnapshot } from "../src/xds/XdsSnapshot.js"
+import { deltaPush, newStream, onDeltaRequest } from "../src/xds/XdsStream.js"
+import { OWN_SECRET, TRUST_BUNDLE } from "../src/xds/Resources.js"
 import { AdsClient, envoyNode } from "./support/AdsClient.js"
 import { certConfig, service as meshService } from "./support/certs.js"
 import { eventually } from "./support/eventually.js"
@@ -65,9 +69,9 @@ describe("SDS access control", () => {
     Effect.gen(function*() {
       const { address, server } = yield* meshServer("permissive", plaintext(false))
       const ads = yield* AdsClient.sotw(address)
-      yield* ads.send(secretsRequest([ROOT_CA_SECRET, ECHO, OWN_SECRET], envoyNode("echo~a")))
+      yield* ads.send(secretsRequest([ROOT_CA_SECRET, TRUST_BUNDLE, ECHO, OWN_SECRET], envoyNode("echo~a")))
       const sds = yield* ads.next(TypeUrls.Secret)
-      assert.deepStrictEqual(sds.names, [ROOT_CA_SECRET])
+      assert.deepStrictEqual(sds.names, [ROOT_CA_SECRET, TRUST_BUNDLE])
       const [client] = yield* eventually(Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 2))
       assert.strictEqual(client!.identity, null)
       assert.strictEqual(client!.identitySource, "none")
@@ -154,7 +158,10 @@ describe("sidecar mTLS", () => {
       const upstream = outbound["transport_socket"].typed_config
       assert.strictEqual(upstream["@type"], `type.googleapis.com/${Types.UpstreamTlsContext}`)
       assert.strictEqual(upstream.common_tls_context.tls_certificate_sds_secret_configs[0].name, OWN_SECRET)
-      assert.strictEqual(upstream.common_tls_context.validation_context_sds_secret_config.name, ROOT_CA_SECRET)
+      // The destination's exact identity, over the bare bundle (ROOTCA's trust-domain matcher would widen it).
+      const validation = upstream.common_tls_context.combined_validation_context
+      assert.deepStrictEqual(validation.default_validation_context.match_typed_subject_alt_names, [{ san_type: "URI", matcher: { exact: GATEWAY } }])
+      assert.strictEqual(validation.validation_context_sds_secret_config.name, TRUST_BUNDLE)
     }))
 
   it.scopedLive("permissive: a TLS inspector picks a TLS chain or a plaintext chain, with the same filters", () =>
@@ -183,15 +190,15 @@ describe("sidecar mTLS", () => {
         })
       // What echo's inbound listener names, and what gateway's outbound cluster names.
       const echo = yield* secretsFor("echo~a", [ECHO, ROOT_CA_SECRET])
-      const gateway = yield* secretsFor("gateway~b", [OWN_SECRET, ROOT_CA_SECRET])
-      const bundle = (rs: ReadonlyArray<Resource>) => byName(rs, ROOT_CA_SECRET)!["validation_context"].trusted_ca.inline_string as string
+      const gateway = yield* secretsFor("gateway~b", [OWN_SECRET, TRUST_BUNDLE])
+      const bundle = (rs: ReadonlyArray<Resource>, name: string) => byName(rs, name)!["validation_context"].trusted_ca.inline_string as string
 
       const seen = yield* Effect.acquireUseRelease(
         Effect.async<{ server: NodeTls.Server; port: number }>((resume) => {
           const server = NodeTls.createServer({
             cert: chainOf(byName(echo, ECHO)),
             key: keyOf(byName(echo, ECHO)),
-            ca: bundle(echo),
+            ca: bundle(echo, ROOT_CA_SECRET),
             requestCert: true,
             rejectUnauthorized: true
           }, (socket) => socket.end(Either.match(socketPeer(socket, TD), { onLeft: (e) => e.message, onRight: (p) => p.id.uri })))
@@ -205,9 +212,11 @@ describe("sidecar mTLS", () => {
               port,
               cert: chainOf(byName(gateway, OWN_SECRET)),
               key: keyOf(byName(gateway, OWN_SECRET)),
-              ca: bundle(gateway),
+              ca: bundle(gateway, TRUST_BUNDLE),
               servername: "echo",
-              checkServerIdentity: () => undefined
+              // What gateway's outbound cluster checks: the destination's exact SPIFFE ID.
+              checkServerIdentity: (_host, cert) =>
+                cert.subjectaltname?.split(", ").includes(`URI:${ECHO}`) ? undefined : new Error(`not ${ECHO}: ${cert.subjectaltname}`)
             })
             let serverId: string | undefined
             socket.on("secureConnect", () => (serverId = socket.getPeerCertificate().subjectaltname))
@@ -221,4 +230,48 @@ describe("sidecar mTLS", () => {
       assert.strictEqual(seen.fromServer, GATEWAY)
       assert.include(seen.serverId ?? "", ECHO)
     }))
+})
+
+describe("the own-secret alias", () => {
+  it("follows a renewal of the stream's identity on a Delta stream in step with the snapshot", () => {
+    const config = certConfig({}, ["echo", "gateway"])
+    const services = config.services.map((s) => meshService(s.name))
+    const secrets = (echoChain: string) =>
+      new Map<string, Record<string, unknown>>([
+        [ROOT_CA_SECRET, { validation_context: { trusted_ca: { inline_string: "bundle" } } }],
+        [ECHO, { tls_certificate: { certificate_chain: { inline_string: echoChain }, private_key: { inline_string: "key" } } }],
+        [GATEWAY, { tls_certificate: { certificate_chain: { inline_string: "gateway" }, private_key: { inline_string: "key" } } }]
+      ])
+    const first = buildSnapshot(composeMeshState(config, services, emptyView, secrets("echo-1")))
+    const stream = newStream(1, "delta", "test", 0, { source: "tls", spiffeId: ECHO, trustDomain: TD, reason: undefined, denied: new Set() })
+    onDeltaRequest(stream, {
+      node: envoyNode("echo~a"),
+      type_url: TypeUrls.Secret,
+      resource_names_subscribe: [OWN_SECRET, GATEWAY],
+      resource_names_unsubscribe: [],
+      initial_resource_versions: {},
+      response_nonce: "",
+      error_detail: undefined
+    }, 0)
+    const push1 = deltaPush(stream, TypeUrls.Secret, first, 0)!
+    assert.strictEqual(push1.resources, 1)
+    assert.strictEqual(push1.removed, 1)
+    onDeltaRequest(stream, {
+      node: undefined,
+      type_url: TypeUrls.Secret,
+      resource_names_subscribe: [],
+      resource_names_unsubscribe: [],
+      initial_resource_versions: {},
+      response_nonce: String(stream.nonce),
+      error_detail: undefined
+    }, 1)
+
+    const renewed = buildSnapshot(composeMeshState(config, services, emptyView, secrets("echo-2")), first)
+    assert.isTrue(renewed.changes?.names.get(TypeUrls.Secret)?.has(OWN_SECRET))
+    const push2 = deltaPush(stream, TypeUrls.Secret, renewed, 2)!
+    assert.deepStrictEqual([push2.resources, push2.removed], [1, 0])
+    // A renewal changes no cluster: they name the alias, not a certificate.
+    assert.isFalse(renewed.changes?.names.get(TypeUrls.Cluster)?.has("outbound|gateway"))
+    assert.isDefined(decode(Types.Any, renewed.resources.get(TypeUrls.Cluster)!.get("outbound|gateway")!.any)["transport_socket"])
+  })
 })

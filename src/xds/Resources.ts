@@ -292,6 +292,14 @@ export const inboundListener = (service: Service): PlainObject => {
  */
 export const OWN_SECRET = "default"
 
+/**
+ * The trust bundle alone, without `ROOTCA`'s trust-domain SAN matcher (derived from it by the
+ * snapshot builder): outbound clusters add an exact SAN matcher for their destination, and Envoy
+ * merges a combined validation context's matchers with the SDS ones as alternatives, so with
+ * `ROOTCA` any mesh identity would pass for any destination.
+ */
+export const TRUST_BUNDLE = "ROOTCA_BUNDLE"
+
 /** Sidecar mTLS settings; absent when no certificates are served (then everything stays plaintext). */
 export interface MeshTls {
   readonly trustDomain: string
@@ -320,25 +328,30 @@ export const downstreamTls = (tls: MeshTls, service: Service): PlainObject => ({
 
 /**
  * The outbound side: the calling sidecar's own certificate (`OWN_SECRET`, so one cluster serves
- * every sidecar) and a server certificate from the mesh's bundle with a SAN in the trust domain.
+ * every sidecar), and a server certificate from the mesh's bundle naming the destination's SPIFFE ID.
  */
-export const upstreamTls = (destination: Service): PlainObject => ({
+export const upstreamTls = (tls: MeshTls, destination: Service): PlainObject => ({
   name: TLS_SOCKET,
   typed_config: {
     "@type": typeUrl(Types.UpstreamTlsContext),
     common_tls_context: {
       tls_params: tlsParams,
       tls_certificate_sds_secret_configs: [sdsSecret(OWN_SECRET)],
-      validation_context_sds_secret_config: sdsSecret(ROOT_CA_SECRET)
+      combined_validation_context: {
+        default_validation_context: {
+          match_typed_subject_alt_names: [{ san_type: "URI", matcher: { exact: identitySecretName(tls.trustDomain, destination.name) } }]
+        },
+        validation_context_sds_secret_config: sdsSecret(TRUST_BUNDLE)
+      }
     },
     sni: destination.name
   }
 })
 
 /** An outbound cluster that originates mTLS. */
-export const withUpstreamTls = (cluster: PlainObject, destination: Service): PlainObject => ({
+export const withUpstreamTls = (cluster: PlainObject, tls: MeshTls, destination: Service): PlainObject => ({
   ...cluster,
-  transport_socket: upstreamTls(destination)
+  transport_socket: upstreamTls(tls, destination)
 })
 
 /**

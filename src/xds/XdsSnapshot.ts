@@ -31,6 +31,7 @@ import {
   routeConfiguration,
   routesFor,
   ServiceInvalid,
+  TRUST_BUNDLE,
   virtualHost,
   withDownstreamTls,
   withUpstreamTls
@@ -158,7 +159,7 @@ const buildGroup = (
 }
 
 const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undefined) =>
-  tls ? withUpstreamTls(cluster, service) : cluster
+  tls ? withUpstreamTls(cluster, tls, service) : cluster
 
 /**
  * Sidecar mTLS is on when certificates are served (the trust bundle is among the secrets): a
@@ -221,6 +222,8 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
     try {
       add(resource("(secrets)", Types.Secret, name, { ...secret, name }))
       if ("tls_certificate" in secret) ownSecrets.set(name, resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET }))
+      const trusted = name === ROOT_CA_SECRET ? (secret as { validation_context?: { trusted_ca?: unknown } }).validation_context?.trusted_ca : undefined
+      if (trusted !== undefined) add(resource("(secrets)", Types.Secret, TRUST_BUNDLE, { name: TRUST_BUNDLE, validation_context: { trusted_ca: trusted } }))
     } catch (error) {
       if (!(error instanceof ServiceInvalid)) throw error
       errors.push({ service: `secret ${name}`, message: error.message, servingPrevious: false })

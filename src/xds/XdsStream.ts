@@ -23,7 +23,7 @@ import { serviceId } from "../certs/Spiffe.js"
 import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
 import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
 import { TypeUrls } from "./Protos.js"
-import { OWN_SECRET } from "./Resources.js"
+import { OWN_SECRET, TRUST_BUNDLE } from "./Resources.js"
 import { inWildcard, sidecarService, versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
 
 export type Protocol = "sotw" | "delta"
@@ -128,7 +128,7 @@ const bindNode = (stream: StreamState, node: NodeInfo | undefined) => {
 
 /** Whether the stream may read secret `name` (`OWN_SECRET` is its own identity's, if it has one). */
 export const secretAllowed = (stream: StreamState, name: string): boolean =>
-  name === OWN_SECRET ? stream.access.spiffeId !== undefined : mayReadSecret(stream.access.spiffeId, name)
+  name === OWN_SECRET ? stream.access.spiffeId !== undefined : name === TRUST_BUNDLE || mayReadSecret(stream.access.spiffeId, name)
 
 /**
  * The resource a stream gets for `name`: for secrets, only what it may read, and `OWN_SECRET`
