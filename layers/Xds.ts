@@ -38,8 +38,6 @@ export interface XdsOptions {
   readonly port?: number
   /** Plaintext when absent. The Certificates layer supplies mTLS credentials here. */
   readonly credentials?: grpc.ServerCredentials
-  /** Overrides `controller.xds.insecureNodeIdentity` (trust node ids for SDS over plaintext). */
-  readonly insecureNodeIdentity?: boolean
   /** How long shutdown waits for streams to close before it forces them (default 2 s). */
   readonly shutdownGrace?: Duration.DurationInput
 }
@@ -106,7 +104,7 @@ export const make = (options: XdsOptions) =>
     const { config } = yield* (yield* Config).get
     const listen = config.controller.xds
     const trustDomain = config.mesh.trustDomain
-    const trustNodeIds = options.credentials === undefined && (options.insecureNodeIdentity ?? listen.insecureNodeIdentity)
+    const trustNodeIds = options.credentials === undefined && listen.insecureNodeIdentity
 
     /**
      * Whose private key a stream may read (see `SecretAccess`): the verified client certificate of

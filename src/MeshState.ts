@@ -44,6 +44,12 @@ export interface MeshState {
    * each as `envoy.extensions.transport_sockets.tls.v3.Secret` (the object must omit `name`).
    */
   readonly secrets?: ReadonlyMap<string, Readonly<Record<string, unknown>>>
+  /**
+   * Sidecars can be given their own private keys over SDS: the xDS server verifies their identity
+   * (`controller.xds.tls: mtls`) or, by explicit opt-in, trusts their node ids. Sidecar mTLS is
+   * configured only then: a listener or cluster naming a secret its sidecar may not read never warms.
+   */
+  readonly sidecarKeys?: boolean
 }
 
 /** `address:port`, the key an endpoint is known by across layers (health, discovery). */

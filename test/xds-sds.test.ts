@@ -10,7 +10,7 @@ import { Config } from "../layers/Config.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
-import { Xds, type XdsOptions } from "../layers/Xds.js"
+import { Xds } from "../layers/Xds.js"
 import type { Service } from "../src/MeshState.js"
 import { ROOT_CA_SECRET } from "../src/certs/Sds.js"
 import { controllerId, serviceId } from "../src/certs/Spiffe.js"
@@ -29,17 +29,21 @@ const TD = "mesh.local"
 const ECHO = serviceId(TD, "echo")
 const GATEWAY = serviceId(TD, "gateway")
 
+/** How sidecars prove who they are to the xDS server (`controller.xds`). */
+type XdsIdentity = "plaintext" | "node-id" | "mtls"
+const xdsSettings = (xds: XdsIdentity) => ({ xds: { tls: xds === "mtls" ? "mtls" : "off", insecureNodeIdentity: xds === "node-id" } })
+
 /** Certificates (in memory) → Snapshot with secrets → Xds on 127.0.0.1:0, for echo and gateway. */
-const meshServer = (mtls: "strict" | "permissive", xds: (certs: Certificates["Type"]) => XdsOptions) =>
+const meshServer = (mtls: "strict" | "permissive", xds: XdsIdentity) =>
   Effect.gen(function*() {
-    const config = certConfig({}, ["echo", "gateway"], { policies: { security: { mtls } } })
+    const config = certConfig({}, ["echo", "gateway"], { policies: { security: { mtls } }, controller: xdsSettings(xds) })
     const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>(config.services.map((s) => meshService(s.name)))
     const base = Layer.mergeAll(Config.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
     const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
     const secrets = Layer.succeed(SnapshotSecrets, { changes: certs.changes.pipe(Stream.map(secretsOf)) })
     const snapshotLayer = Snapshot.layerWithSecrets.pipe(Layer.provide(secrets), Layer.provide(base))
     const context = yield* Layer.build(
-      Xds.layer({ host: "127.0.0.1", port: 0, ...xds(certs) }).pipe(Layer.provideMerge(snapshotLayer), Layer.provide(base))
+      Xds.layer({ host: "127.0.0.1", port: 0, ...(xds === "mtls" ? { credentials: certs.xdsServerCredentials } : {}) }).pipe(Layer.provideMerge(snapshotLayer), Layer.provide(base))
     )
     // Serve only once the secrets (and the mTLS resources built from them) are in the snapshot.
     yield* Context.get(context, Snapshot).changes.pipe(
@@ -50,8 +54,6 @@ const meshServer = (mtls: "strict" | "permissive", xds: (certs: Certificates["Ty
     return { certs, server, address: `127.0.0.1:${server.address.port}`, state: yield* certs.state }
   })
 
-const plaintext = (insecureNodeIdentity: boolean) => () => ({ insecureNodeIdentity })
-const mtlsServer = (certs: Certificates["Type"]): XdsOptions => ({ credentials: certs.xdsServerCredentials })
 
 type Resource = Record<string, any>
 const chainOf = (secret: Resource | undefined): string | undefined => secret?.["tls_certificate"]?.certificate_chain?.inline_string
@@ -65,9 +67,9 @@ const secretsRequest = (names: ReadonlyArray<string>, node?: ReturnType<typeof e
 const clientsOf = (server: Xds["Type"]) => Effect.map(server.status, (s) => s.clients)
 
 describe("SDS access control", () => {
-  it.scopedLive("plaintext by default: the trust bundle only, no private key even for the node's own service", () =>
+  it.scopedLive("plaintext by default: the trust bundle only, no private key even for the node's own service, and no sidecar mTLS", () =>
     Effect.gen(function*() {
-      const { address, server } = yield* meshServer("permissive", plaintext(false))
+      const { address, server } = yield* meshServer("permissive", "plaintext")
       const ads = yield* AdsClient.sotw(address)
       yield* ads.send(secretsRequest([ROOT_CA_SECRET, TRUST_BUNDLE, ECHO, OWN_SECRET], envoyNode("echo~a")))
       const sds = yield* ads.next(TypeUrls.Secret)
@@ -76,11 +78,15 @@ describe("SDS access control", () => {
       assert.strictEqual(client!.identity, null)
       assert.strictEqual(client!.identitySource, "none")
       assert.sameMembers([...client!.deniedSecrets], [ECHO, OWN_SECRET])
+      // No sidecar can get its key, so none is told to use one: sidecar traffic stays plaintext.
+      const { inbound, outbound } = yield* sidecarView(address)
+      assert.isUndefined(inbound["filter_chains"][0].transport_socket)
+      assert.isUndefined(outbound["transport_socket"])
     }))
 
   it.scopedLive("with insecureNodeIdentity, a sidecar gets its own secret and ROOTCA, never another service's", () =>
     Effect.gen(function*() {
-      const { address, server, state } = yield* meshServer("permissive", plaintext(true))
+      const { address, server, state } = yield* meshServer("permissive", "node-id")
       const ads = yield* AdsClient.sotw(address)
       yield* ads.send(secretsRequest([ROOT_CA_SECRET, ECHO, GATEWAY, OWN_SECRET], envoyNode("echo~a")))
       const sds = yield* ads.next(TypeUrls.Secret)
@@ -98,7 +104,7 @@ describe("SDS access control", () => {
 
   it.scopedLive("Delta: a refused secret is answered in removed_resources", () =>
     Effect.gen(function*() {
-      const { address } = yield* meshServer("permissive", plaintext(true))
+      const { address } = yield* meshServer("permissive", "node-id")
       const ads = yield* AdsClient.delta(address)
       yield* ads.send({ node: envoyNode("echo~a"), type_url: TypeUrls.Secret, resource_names_subscribe: [ROOT_CA_SECRET, ECHO, GATEWAY] })
       const sds = yield* ads.next(TypeUrls.Secret)
@@ -108,7 +114,7 @@ describe("SDS access control", () => {
 
   it.scopedLive("over mTLS the verified certificate decides, whatever node id the client claims", () =>
     Effect.gen(function*() {
-      const { address, server, state } = yield* meshServer("strict", mtlsServer)
+      const { address, server, state } = yield* meshServer("strict", "mtls")
       const gateway = mtlsChannelCredentials(new IdentityProvider(state.services.get("gateway")!, state.bundle.pem), TD, controllerId(TD))
       const ads = yield* AdsClient.sotw(address, gateway)
       // Claims to be echo's sidecar; the certificate says gateway.
@@ -142,7 +148,7 @@ const strictlyValid = (type: string, resource: Resource) => {
 describe("sidecar mTLS", () => {
   it.scopedLive("strict: the inbound listener requires a mesh client certificate; outbound clusters present the caller's own", () =>
     Effect.gen(function*() {
-      const { address } = yield* meshServer("strict", plaintext(false))
+      const { address } = yield* meshServer("strict", "node-id")
       const { inbound, outbound } = yield* sidecarView(address)
       strictlyValid(Types.Listener, inbound)
       strictlyValid(Types.Cluster, outbound)
@@ -166,7 +172,7 @@ describe("sidecar mTLS", () => {
 
   it.scopedLive("permissive: a TLS inspector picks a TLS chain or a plaintext chain, with the same filters", () =>
     Effect.gen(function*() {
-      const { address } = yield* meshServer("permissive", plaintext(false))
+      const { address } = yield* meshServer("permissive", "node-id")
       const { inbound, outbound } = yield* sidecarView(address)
       strictlyValid(Types.Listener, inbound)
       assert.strictEqual(inbound["listener_filters"][0].name, "envoy.filters.listener.tls_inspector")
@@ -181,7 +187,7 @@ describe("sidecar mTLS", () => {
 
   it.scopedLive("the secrets each sidecar reads over SDS complete a real mTLS handshake between them", () =>
     Effect.gen(function*() {
-      const { address } = yield* meshServer("strict", plaintext(true))
+      const { address } = yield* meshServer("strict", "node-id")
       const secretsFor = (node: string, names: ReadonlyArray<string>) =>
         Effect.gen(function*() {
           const ads = yield* AdsClient.sotw(address)
@@ -234,7 +240,7 @@ describe("sidecar mTLS", () => {
 
 describe("the own-secret alias", () => {
   it("follows a renewal of the stream's identity on a Delta stream in step with the snapshot", () => {
-    const config = certConfig({}, ["echo", "gateway"])
+    const config = certConfig({}, ["echo", "gateway"], { controller: xdsSettings("mtls") })
     const services = config.services.map((s) => meshService(s.name))
     const secrets = (echoChain: string) =>
       new Map<string, Record<string, unknown>>([

@@ -15,5 +15,6 @@ export const composeMeshState = (
   mesh: config.mesh,
   policies: config.policies,
   services: [...withHealth(services, health)].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
-  ...(secrets !== undefined && secrets.size > 0 ? { secrets } : {})
+  ...(secrets !== undefined && secrets.size > 0 ? { secrets } : {}),
+  ...(config.controller.xds.tls === "mtls" || config.controller.xds.insecureNodeIdentity ? { sidecarKeys: true } : {})
 })

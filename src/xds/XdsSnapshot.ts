@@ -162,11 +162,14 @@ const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undef
   tls ? withUpstreamTls(cluster, tls, service) : cluster
 
 /**
- * Sidecar mTLS is on when certificates are served (the trust bundle is among the secrets): a
- * listener or cluster naming a secret that never comes would keep Envoy waiting for it.
+ * Sidecar mTLS is on when certificates are served (the trust bundle is among the secrets) and
+ * sidecars can read their own keys (`sidecarKeys`): a listener or cluster naming a secret that
+ * never comes would keep Envoy waiting for it.
  */
 export const meshTls = (state: MeshState): MeshTls | undefined =>
-  state.secrets?.has(ROOT_CA_SECRET) ? { trustDomain: state.mesh.trustDomain, mode: state.policies.security.mtls } : undefined
+  state.secrets?.has(ROOT_CA_SECRET) && state.sidecarKeys === true
+    ? { trustDomain: state.mesh.trustDomain, mode: state.policies.security.mtls }
+    : undefined
 
 /** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
 const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>): string => {
