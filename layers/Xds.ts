@@ -55,6 +55,13 @@ export interface XdsOptions {
  * (HTTP/2), and `lds_config` / `cds_config` set to `{ ads: {}, resource_api_version: V3 }`.
  * It gets `inbound|<service>` on 0.0.0.0:15006 → 127.0.0.1:<service port>, and `outbound|http`
  * on 127.0.0.1:15001 (HTTP/gRPC by Host/:authority) plus `outbound|<tcp service>` listeners.
+ *
+ * SDS: every stream may read `ROOTCA` and `ROOTCA_BUNDLE` (trust bundle); a private key only goes
+ * to a stream of that identity (`spiffe://<td>/service/<svc>`, or the alias `default`, which each
+ * stream resolves to its own). The identity is the verified client certificate with
+ * `controller.xds.tls: mtls`; over plaintext nobody has one, unless
+ * `controller.xds.insecureNodeIdentity` trusts node ids (anyone on the network can claim one).
+ * A refused secret is answered as not found, counted, logged, and listed in `status`.
  */
 export class Xds extends Context.Tag("mesh-controller/Xds")<
   Xds,
@@ -298,7 +305,12 @@ export const make = (options: XdsOptions) =>
           if (Option.isNone(drained)) server.forceShutdown()
         })
     )
-    yield* Effect.logInfo("xds: serving").pipe(Effect.annotateLogs({ host, port: server.port }))
+    const keys = options.credentials !== undefined
+      ? "to the verified client certificate's identity"
+      : trustNodeIds
+      ? "by node id, UNVERIFIED (controller.xds.insecureNodeIdentity)"
+      : "to nobody (plaintext xDS: set controller.xds.tls: mtls)"
+    yield* Effect.logInfo("xds: serving").pipe(Effect.annotateLogs({ host, port: server.port, privateKeys: keys }))
 
     return Xds.of({
       address: { host, port: server.port },
