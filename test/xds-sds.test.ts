@@ -42,8 +42,9 @@ const meshServer = (mtls: "strict" | "permissive", xds: XdsIdentity) =>
     const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
     const secrets = Layer.succeed(SnapshotSecrets, { changes: certs.changes.pipe(Stream.map(secretsOf)) })
     const snapshotLayer = Snapshot.layerWithSecrets.pipe(Layer.provide(secrets), Layer.provide(base))
+    const credentials = xds === "mtls" ? { credentials: certs.xdsServerCredentials } : {}
     const context = yield* Layer.build(
-      Xds.layer({ host: "127.0.0.1", port: 0, ...(xds === "mtls" ? { credentials: certs.xdsServerCredentials } : {}) }).pipe(Layer.provideMerge(snapshotLayer), Layer.provide(base))
+      Xds.layer({ host: "127.0.0.1", port: 0, ...credentials }).pipe(Layer.provideMerge(snapshotLayer), Layer.provide(base))
     )
     // Serve only once the secrets (and the mTLS resources built from them) are in the snapshot.
     yield* Context.get(context, Snapshot).changes.pipe(
@@ -53,7 +54,6 @@ const meshServer = (mtls: "strict" | "permissive", xds: XdsIdentity) =>
     const server = Context.get(context, Xds)
     return { certs, server, address: `127.0.0.1:${server.address.port}`, state: yield* certs.state }
   })
-
 
 type Resource = Record<string, any>
 const chainOf = (secret: Resource | undefined): string | undefined => secret?.["tls_certificate"]?.certificate_chain?.inline_string
