@@ -2,6 +2,7 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platf
 import { NodeHttpServer } from "@effect/platform-node"
 import { Context, Data, Effect, Layer, type Scope } from "effect"
 import { createServer } from "node:http"
+import { describeErrno, errnoCode } from "../src/Errno.js"
 import { Lifecycle } from "./Lifecycle.js"
 import { collectProcessMetrics, registry } from "./Metrics.js"
 
@@ -26,22 +27,8 @@ export class AdminListenError extends Data.TaggedError("AdminListenError")<{
 }
 
 /** Turns a Node listen error into the words a person expects ("address already in use"). */
-export const listenReason = (cause: unknown): string => {
-  const inner = (cause as { cause?: unknown })?.cause ?? cause
-  const code = (inner as { code?: string })?.code
-  switch (code) {
-    case "EADDRINUSE":
-      return "address already in use"
-    case "EACCES":
-      return "permission denied (ports below 1024 need privileges)"
-    case "EADDRNOTAVAIL":
-      return "address not available on this host"
-    case "ENOTFOUND":
-      return "unknown host"
-    default:
-      return (inner as { message?: string })?.message ?? String(inner)
-  }
-}
+export const listenReason = (cause: unknown): string =>
+  errnoCode(cause) === "EACCES" ? "permission denied (ports below 1024 need privileges)" : describeErrno(cause)
 
 /** What extra routes need once the server has provided the request and its scope. */
 export type RoutesNeed<R> = Exclude<Exclude<Exclude<R, HttpRouter.RouteContext>, HttpServerRequest.HttpServerRequest>, Scope.Scope>

@@ -45,6 +45,7 @@ import { type RenewalPolicy, renewalReason, renewalTime, retiredRootNeeded } fro
 import { secretMap } from "../src/certs/Sds.js"
 import { certificateSpiffeId, controllerId, type MeshPrincipal, serviceId, type SpiffeIdInvalid } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
+import { describeErrno } from "../src/Errno.js"
 import { Config } from "./Config.js"
 import { Discovery } from "./Discovery.js"
 import { counter, gauge } from "./Metrics.js"
@@ -176,26 +177,7 @@ function fromConfig(source: (config: MeshConfig) => CaSource) {
 // Files: atomic, never clobbering, modes 0700/0600
 // ---------------------------------------------------------------------------------------------
 
-const errnoReason = (cause: unknown): string => {
-  const code = (cause as { code?: string }).code
-  switch (code) {
-    case "ENOENT":
-      return "no such file or directory"
-    case "EACCES":
-    case "EPERM":
-      return "permission denied"
-    case "EEXIST":
-      return "already exists; refusing to overwrite it"
-    case "EISDIR":
-      return "is a directory, not a file"
-    case "ENOSPC":
-      return "no space left on the device"
-    default:
-      return cause instanceof Error ? cause.message : String(cause)
-  }
-}
-
-const storeError = (path: string) => (cause: unknown) => new CertificateStoreError({ path, reason: errnoReason(cause) })
+const storeError = (path: string) => (cause: unknown) => new CertificateStoreError({ path, reason: describeErrno(cause) })
 
 /** Creates the directory if needed and makes it 0700 (it holds keys). */
 export const ensurePrivateDir = (dir: string): Effect.Effect<void, CertificateStoreError> =>
@@ -257,7 +239,7 @@ const readOptional = (path: string): Effect.Effect<Option.Option<string>, CaInva
     Effect.catchAll((cause) =>
       (cause as { code?: string }).code === "ENOENT"
         ? Effect.succeed(Option.none())
-        : Effect.fail(new CaInvalid({ file: path, reason: `cannot read: ${errnoReason(cause)}` }))
+        : Effect.fail(new CaInvalid({ file: path, reason: `cannot read: ${describeErrno(cause)}` }))
     )
   )
 
@@ -349,7 +331,7 @@ const readPrevious = (paths: CaPaths) =>
       Effect.catchAll((cause) =>
         (cause as { code?: string }).code === "ENOENT"
           ? Effect.succeed([] as Array<string>)
-          : Effect.fail(new CaInvalid({ file: paths.previousDir, reason: `cannot read: ${errnoReason(cause)}` }))
+          : Effect.fail(new CaInvalid({ file: paths.previousDir, reason: `cannot read: ${describeErrno(cause)}` }))
       )
     )
     const out: Array<{ pem: string; retiredAt: Date }> = []

@@ -7,6 +7,7 @@ import * as NodePath from "node:path"
 import type { MeshConfig } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigUnreadable } from "../schemas/Errors.js"
 import { parseConfig } from "../src/ConfigDocument.js"
+import { describeErrno } from "../src/Errno.js"
 import { configReloads } from "./Metrics.js"
 
 /** The config in force, with where it came from. */
@@ -66,27 +67,12 @@ export interface ConfigFileOptions {
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
 
-const describeReadError = (error: unknown): string => {
-  const cause = (error as { cause?: { code?: string; message?: string } }).cause
-  switch (cause?.code) {
-    case "ENOENT":
-      return "no such file"
-    case "EACCES":
-    case "EPERM":
-      return "permission denied"
-    case "EISDIR":
-      return "is a directory, not a file"
-    default:
-      return cause?.message ?? String(error)
-  }
-}
-
 /** Reads and decodes a config file once; used at start, by `validate`, and by every reload. */
 export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const text = yield* fs.readFileString(path).pipe(
-      Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeReadError(error) }))
+      Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
     )
     const config = yield* Either.match(parseConfig(text, path), {
       onLeft: (error) => Effect.fail(error),

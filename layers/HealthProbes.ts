@@ -5,6 +5,7 @@ import * as Https from "node:https"
 import * as Net from "node:net"
 import type { HealthCheck } from "../schemas/Config.js"
 import { formatDuration } from "../schemas/Duration.js"
+import { describeErrno } from "../src/Errno.js"
 import {
   HEALTH_CHECK_PATH,
   type HealthCheckRequest,
@@ -28,25 +29,6 @@ export type GrpcCheck = Extract<HealthCheck, { type: "grpc" }>
 export interface ProbeTarget {
   readonly address: string
   readonly port: number
-}
-
-const describeSocketError = (error: unknown): string => {
-  const code = (error as { code?: string }).code
-  switch (code) {
-    case "ECONNREFUSED":
-      return "connection refused"
-    case "ECONNRESET":
-      return "connection reset"
-    case "EHOSTUNREACH":
-      return "host unreachable"
-    case "ENETUNREACH":
-      return "network unreachable"
-    case "ENOTFOUND":
-    case "EAI_AGAIN":
-      return "host name does not resolve"
-    default:
-      return error instanceof Error ? error.message : String(error)
-  }
 }
 
 /**
@@ -116,9 +98,9 @@ export const httpProbe = (target: ProbeTarget, check: HttpCheck, ca: string | un
             ? Effect.void
             : Effect.fail(new ProbeFailed({ reason: `status ${status}` }))
         ))
-      response.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error }))))
+      response.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
     })
-    request.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error }))))
+    request.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
     request.end()
     return () => request.destroy()
   })
@@ -133,7 +115,7 @@ export const tcpProbe = (target: ProbeTarget, timeout: Duration.Duration): Effec
     })
     socket.once("error", (error) => {
       socket.destroy()
-      resume(Effect.fail(new ProbeFailed({ reason: describeSocketError(error), cause: error })))
+      resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error })))
     })
     return () => socket.destroy()
   })

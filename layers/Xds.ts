@@ -18,6 +18,7 @@ import {
 } from "../src/xds/XdsStream.js"
 import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
 import { TypeUrls } from "../src/xds/Protos.js"
+import { describeErrno } from "../src/Errno.js"
 import { Config } from "./Config.js"
 import { counter, gauge, histogram } from "./Metrics.js"
 import { type Published, Snapshot } from "./Snapshot.js"
@@ -290,7 +291,7 @@ export const make = (options: XdsOptions) =>
         server.bindAsync(address, options.credentials ?? grpc.ServerCredentials.createInsecure(), (error, port) => {
           if (error) {
             server.forceShutdown()
-            resume(Effect.fail(new XdsBindFailed({ address, reason: error.message })))
+            resume(Effect.fail(new XdsBindFailed({ address, reason: describeErrno(error) })))
           } else resume(Effect.succeed({ server, port }))
         })
       }),

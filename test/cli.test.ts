@@ -41,7 +41,7 @@ describe("mesh-controller CLI", () => {
   it("validate: exit 1 for a missing file", async () => {
     const result = await runCli(["validate", "/nonexistent/mesh.yaml"])
     expect(result.code).toBe(1)
-    expect(result.stderr.trim()).toBe("error: /nonexistent/mesh.yaml: cannot read the config file: no such file")
+    expect(result.stderr.trim()).toBe("error: /nonexistent/mesh.yaml: cannot read the config file: no such file or directory")
   })
 
   it("exit 2 on a usage error", async () => {

@@ -5,6 +5,7 @@ import * as Https from "node:https"
 import * as Net from "node:net"
 import type { HealthCheckRequest, HealthCheckResponse, ServingStatus } from "../../src/health/GrpcHealthProto.js"
 import { healthPackageDefinition } from "../../src/health/GrpcHealthProto.js"
+import { echoService } from "./EchoBackends.js"
 
 /**
  * Health-check targets on 127.0.0.1 (port 0) that a test can turn healthy or unhealthy. Each is
@@ -129,19 +130,6 @@ const healthService = (grpc.loadPackageDefinition(healthPackageDefinition) as un
   grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } }
 }).grpc.health.v1.Health.service
 
-const identity = (b: Buffer) => b
-/** The echo service of test/support/EchoBackends.ts: answers with the backend's name. */
-const echoService = {
-  Call: {
-    path: "/mesh.test.Echo/Call",
-    requestStream: false,
-    responseStream: false,
-    requestSerialize: identity,
-    requestDeserialize: identity,
-    responseSerialize: identity,
-    responseDeserialize: identity
-  }
-} satisfies grpc.ServiceDefinition
 
 /**
  * A gRPC server implementing grpc.health.v1.Health/Check (unknown services get NOT_FOUND, as the
