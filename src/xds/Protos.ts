@@ -40,7 +40,10 @@ const PROTO_FILES: ReadonlyArray<string> = [
   "envoy/extensions/transport_sockets/tls/v3/tls.proto",
   "envoy/extensions/transport_sockets/tls/v3/secret.proto",
   "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
-  "envoy/extensions/access_loggers/stream/v3/stream.proto"
+  "envoy/extensions/access_loggers/stream/v3/stream.proto",
+  // Policy enforcement (src/policy/Envoy.ts): the local rate limit filter and the OpenTelemetry tracer.
+  "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+  "envoy/config/trace/v3/opentelemetry.proto"
 ]
 
 /** Fully-qualified names of the types the mesh uses most. */

@@ -11,9 +11,20 @@
  *   for TCP services a listener), each outbound cluster reading the `<service>` assignment over EDS.
  */
 import * as NodeNet from "node:net"
-import type { Route, TrafficPolicy } from "../../schemas/Config.js"
+import type { Observability, Route, TrafficPolicy } from "../../schemas/Config.js"
 import { routing } from "../health/Routing.js"
 import type { Endpoint, Service } from "../MeshState.js"
+import type { CompiledPolicy } from "../policy/Compile.js"
+import {
+  clusterResilience,
+  faultFilter,
+  hcmObservability,
+  inboundHttpFilters,
+  mirrorPolicies,
+  retryPolicy as policyRetryPolicy,
+  routeFaultOverride,
+  routeMatch
+} from "../policy/Envoy.js"
 import { identitySecretName, ROOT_CA_SECRET } from "../certs/Sds.js"
 import { durationProto, typeUrl, Types } from "./Protos.js"
 
@@ -94,14 +105,18 @@ export const loadAssignment = (service: Service, name: string = service.name): P
   }
 }
 
-/** An EDS cluster reading `<service>` over ADS, round-robin. */
-export const edsCluster = (name: string, service: Service, forEnvoy: boolean): PlainObject => ({
+/**
+ * An EDS cluster reading `<service>` over ADS, round-robin, with the service's circuit breakers and
+ * outlier detection from `policy` (gRPC honours outlier detection and max_requests).
+ */
+export const edsCluster = (name: string, service: Service, forEnvoy: boolean, policy?: CompiledPolicy): PlainObject => ({
   name,
   type: "EDS",
   eds_cluster_config: { eds_config: ads, service_name: service.name },
   lb_policy: "ROUND_ROBIN",
   connect_timeout: CONNECT_TIMEOUT,
-  ...(forEnvoy && service.protocol === "grpc" ? http2Options : {})
+  ...(forEnvoy && service.protocol === "grpc" ? http2Options : {}),
+  ...(policy ? clusterResilience(policy, service.name) : {})
 })
 
 const http2Options = {
@@ -135,12 +150,8 @@ export const inboundCluster = (service: Service): PlainObject => ({
 const retryPolicy = (route: Route): PlainObject | undefined => {
   // One attempt means no retries; gRPC clients reject `num_retries: 0` (it would NACK the route).
   if (route.retries === undefined || route.retries.attempts <= 1) return undefined
-  return {
-    retry_on: route.retries.on.join(","),
-    // `attempts` counts the first try; Envoy and gRPC count retries after it.
-    num_retries: { value: route.retries.attempts - 1 },
-    ...(route.retries.perTryTimeout ? { per_try_timeout: durationProto(route.retries.perTryTimeout) } : {})
-  }
+  // Attempts, per-try timeout, retry-on conditions and backoff (src/policy/Envoy.ts).
+  return policyRetryPolicy(route.retries)
 }
 
 /** One RouteAction for a policy route; `clusterOf` names the cluster a destination service is in. */
@@ -172,7 +183,9 @@ const routeAction = (
         max_stream_duration: { max_stream_duration: durationProto(route.timeout) }
       }
       : {}),
-    ...(retry ? { retry_policy: retry } : {})
+    ...(retry ? { retry_policy: retry } : {}),
+    // Envoy only: gRPC clients ignore mirroring.
+    ...(route.mirror ? { request_mirror_policies: mirrorPolicies(route.mirror, clusterOf) } : {})
   }
 }
 
@@ -184,11 +197,15 @@ export const routesFor = (
   known: (service: string) => boolean
 ): ReadonlyArray<PlainObject> => {
   const routes: ReadonlyArray<Route> = policy?.routes ?? [{ destinations: [{ service: service.name, weight: 1 }] }]
-  return routes.map((route, i) => ({
-    name: `${service.name}-${i}`,
-    match: { prefix: "" },
-    route: routeAction(route, clusterOf, known, service.name)
-  }))
+  return routes.map((route, i) => {
+    const fault = routeFaultOverride(route.fault)
+    return {
+      name: `${service.name}-${i}`,
+      match: routeMatch(route.match),
+      route: routeAction(route, clusterOf, known, service.name),
+      ...(fault ? { typed_per_filter_config: fault } : {})
+    }
+  })
 }
 
 /** The domains a caller may use for `service`: its name, with or without the port. */
@@ -219,7 +236,8 @@ export const apiListener = (service: Service): PlainObject => ({
       "@type": typeUrl(Types.HttpConnectionManager),
       stat_prefix: service.name,
       rds: { route_config_name: service.name, config_source: ads },
-      http_filters: [routerFilter]
+      // The fault filter does nothing until a route's typed_per_filter_config turns it on.
+      http_filters: [faultFilter, routerFilter]
     }
   }
 })
@@ -227,7 +245,7 @@ export const apiListener = (service: Service): PlainObject => ({
 const socketAddress = (address: string, port: number) => ({ socket_address: { address, port_value: port } })
 
 /** The sidecar's outbound listener for HTTP and gRPC: every destination by Host/:authority. */
-export const outboundHttpListener = (): PlainObject => ({
+export const outboundHttpListener = (observability?: Observability): PlainObject => ({
   name: OUTBOUND_HTTP,
   address: socketAddress("127.0.0.1", SidecarPorts.outbound),
   filter_chains: [{
@@ -238,7 +256,8 @@ export const outboundHttpListener = (): PlainObject => ({
         stat_prefix: OUTBOUND_HTTP,
         codec_type: "AUTO",
         rds: { route_config_name: OUTBOUND_HTTP, config_source: ads },
-        http_filters: [routerFilter]
+        http_filters: [faultFilter, routerFilter],
+        ...(observability ? hcmObservability(observability, OUTBOUND_HTTP) : {})
       }
     }]
   }]
@@ -256,8 +275,12 @@ const tcpProxy = (statPrefix: string, cluster: string) => ({
   typed_config: { "@type": typeUrl(Types.TcpProxy), stat_prefix: statPrefix, cluster }
 })
 
-/** The sidecar's inbound listener: the mesh's traffic to the local service. */
-export const inboundListener = (service: Service): PlainObject => {
+/**
+ * The sidecar's inbound listener: the mesh's traffic to the local service, where `policy`'s
+ * authorization (RBAC on the caller certificate's SPIFFE ID) and the service's rate limit apply.
+ * TCP services get no authorization filter (RBAC here is HTTP-level).
+ */
+export const inboundListener = (service: Service, policy?: CompiledPolicy): PlainObject => {
   const cluster = inboundName(service.name)
   const filter = service.protocol === "tcp"
     ? tcpProxy(cluster, cluster)
@@ -271,7 +294,8 @@ export const inboundListener = (service: Service): PlainObject => {
           name: cluster,
           virtual_hosts: [{ name: service.name, domains: ["*"], routes: [{ match: { prefix: "" }, route: { cluster } }] }]
         },
-        http_filters: [routerFilter]
+        http_filters: [...(policy ? inboundHttpFilters(policy, service.name) : []), routerFilter],
+        ...(policy ? hcmObservability(policy.observability, service.name) : {})
       }
     }
   return {

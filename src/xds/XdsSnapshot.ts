@@ -13,6 +13,8 @@ import protobuf from "protobufjs"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
+import { compileForSnapshot } from "../policy/Compile.js"
+import { servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
 import { check, encode, typeUrl, Types, TypeUrls } from "./Protos.js"
 import {
   apiListener,
@@ -133,6 +135,7 @@ const buildGroup = (
   tls: MeshTls | undefined
 ): ServiceGroup => {
   const policy = state.policies.traffic.find((p) => p.service === service.name)
+  const compiled = compileForSnapshot(state.policies, state.mesh.trustDomain)
   const name = service.name
   const resources: Array<XdsResource> = [
     resource(name, Types.Listener, name, apiListener(service)),
@@ -142,10 +145,10 @@ const buildGroup = (
       name,
       routeConfiguration(name, [virtualHost(service, routesFor(service, policy, (s) => s, known))])
     ),
-    resource(name, Types.Cluster, name, edsCluster(name, service, false)),
+    resource(name, Types.Cluster, name, edsCluster(name, service, false, compiled)),
     resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service)),
-    resource(name, Types.Cluster, outboundName(name), tlsCluster(edsCluster(outboundName(name), service, true), service, tls)),
-    resource(name, Types.Listener, inboundName(name), tls ? withDownstreamTls(inboundListener(service), tls, service) : inboundListener(service)),
+    resource(name, Types.Cluster, outboundName(name), tlsCluster(edsCluster(outboundName(name), service, true, compiled), service, tls)),
+    resource(name, Types.Listener, inboundName(name), tls ? withDownstreamTls(inboundListener(service, compiled), tls, service) : inboundListener(service, compiled)),
     resource(name, Types.Cluster, inboundName(name), inboundCluster(service))
   ]
   const tcp = service.protocol === "tcp"
@@ -175,7 +178,23 @@ export const meshTls = (state: MeshState): MeshTls | undefined =>
 const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>): string => {
   const policy = state.policies.traffic.find((p) => p.service === service.name)
   const destinations = policy?.routes.flatMap((r) => r.destinations.map((d) => `${d.service}:${known.has(d.service)}`))
-  return JSON.stringify([service, policy ?? null, destinations ?? null, meshTls(state) ?? null])
+  // The rest of the policy that applies to the service: authorization, resilience, observability.
+  const rest = servicePolicyKey(compileForSnapshot(state.policies, state.mesh.trustDomain), service.name)
+  return JSON.stringify([service, policy ?? null, destinations ?? null, rest, meshTls(state) ?? null])
+}
+
+/** The outbound listener and the tracing collector's cluster, encoded once per observability setting. */
+const meshResources = new WeakMap<object, { readonly listener: XdsResource; readonly tracing: XdsResource | undefined }>()
+const meshResourcesFor = (observability: MeshState["policies"]["observability"]) => {
+  const cached = meshResources.get(observability)
+  if (cached !== undefined) return cached
+  const collector = tracingCluster(observability)
+  const built = {
+    listener: resource("(mesh)", Types.Listener, OUTBOUND_HTTP, outboundHttpListener(observability)),
+    tracing: collector === undefined ? undefined : resource("(mesh)", Types.Cluster, TRACING_CLUSTER, collector)
+  }
+  meshResources.set(observability, built)
+  return built
 }
 
 /** Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change. */
@@ -209,14 +228,19 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   // when one of them changed (unchanged groups keep their virtual host object).
   const virtualHosts = [...groups.values()].flatMap((g) => (g.outboundVirtualHost ? [g.outboundVirtualHost] : []))
   const before = previous.outbound
-  const outbound = before !== undefined && before.virtualHosts.length === virtualHosts.length &&
-      before.virtualHosts.every((v, i) => v === virtualHosts[i] || JSON.stringify(v) === JSON.stringify(virtualHosts[i]))
+  const mesh = meshResourcesFor(state.policies.observability)
+  const sameHosts = before !== undefined && before.virtualHosts.length === virtualHosts.length &&
+    before.virtualHosts.every((v, i) => v === virtualHosts[i] || JSON.stringify(v) === JSON.stringify(virtualHosts[i]))
+  const outbound = sameHosts && before.listener === mesh.listener
     ? before
     : {
       virtualHosts,
-      listener: before?.listener ?? resource("(mesh)", Types.Listener, OUTBOUND_HTTP, outboundHttpListener()),
-      routes: resource("(mesh)", Types.RouteConfiguration, OUTBOUND_HTTP, routeConfiguration(OUTBOUND_HTTP, virtualHosts))
+      listener: mesh.listener,
+      routes: sameHosts
+        ? before.routes
+        : resource("(mesh)", Types.RouteConfiguration, OUTBOUND_HTTP, routeConfiguration(OUTBOUND_HTTP, virtualHosts))
     }
+  if (mesh.tracing !== undefined) add(mesh.tracing)
   add(outbound.listener)
   add(outbound.routes)
 
@@ -238,6 +262,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   for (const group of groups.values()) parts.push(group.service, group.version)
   parts.push(outbound.listener.version, outbound.routes.version)
   for (const secret of byType.get(TypeUrls.Secret)!.values()) parts.push(secret.name, secret.version)
+  if (mesh.tracing !== undefined) parts.push(mesh.tracing.name, mesh.tracing.version)
   const changed = new Map<string, Set<string>>([...byType.keys()].map((url) => [url, new Set<string>()]))
   const mark = (r: XdsResource) => changed.get(r.typeUrl)?.add(r.name)
   for (const [name, group] of groups) {
@@ -256,6 +281,8 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const oldSecrets = previous.resources.get(TypeUrls.Secret) ?? new Map<string, XdsResource>()
   for (const [name, r] of secrets) if (oldSecrets.get(name)?.version !== r.version) mark(r)
   for (const [name, r] of oldSecrets) if (!secrets.has(name)) mark(r)
+  const oldTracing = previous.resources.get(TypeUrls.Cluster)?.get(TRACING_CLUSTER)
+  if (oldTracing?.version !== mesh.tracing?.version) mark(mesh.tracing ?? oldTracing!)
   // Any identity's certificate changed: every stream re-resolves its `OWN_SECRET`.
   const oldOwn = previous.ownSecrets ?? new Map<string, XdsResource>()
   if (ownSecrets.size !== oldOwn.size || [...ownSecrets].some(([id, r]) => oldOwn.get(id)?.version !== r.version)) {
