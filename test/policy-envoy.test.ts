@@ -1,30 +1,16 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
-import type { MeshConfig } from "../schemas/Config.js"
-import { decodeConfig } from "../src/ConfigDocument.js"
-import { type CompiledPolicy, compileConfig } from "../src/policy/Compile.js"
+import type { CompiledPolicy } from "../src/policy/Compile.js"
 import * as Envoy from "../src/policy/Envoy.js"
 import { check, decode, encode, typeUrl, Types } from "../src/xds/Protos.js"
+import { compiledOf, configWith } from "./support/policyConfig.js"
 
-const config = (policies: Record<string, unknown>): MeshConfig => {
-  const decoded = decodeConfig({
-    mesh: { name: "test" },
-    services: [
-      { name: "echo", protocol: "grpc", port: 50051 },
-      { name: "gateway", port: 8080 },
-      { name: "shadow", port: 8081 }
-    ],
-    policies
-  }, "test")
-  if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
-  return decoded.right
-}
-
-const compiled = (policies: Record<string, unknown>): CompiledPolicy => {
-  const result = compileConfig(config(policies))
-  if (Either.isLeft(result)) throw new Error(result.left.message)
-  return result.right
-}
+const SERVICES = [
+  { name: "echo", protocol: "grpc", port: 50051 },
+  { name: "gateway", port: 8080 },
+  { name: "shadow", port: 8081 }
+]
+const compiled = (policies: Record<string, unknown>): CompiledPolicy => compiledOf(configWith(SERVICES, policies))
 
 const policies = {
   traffic: [{

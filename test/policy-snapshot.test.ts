@@ -3,27 +3,18 @@
  * decoded back with Envoy's protos, and which services a policy change rebuilds.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Either } from "effect"
-import type { MeshConfig } from "../schemas/Config.js"
-import { decodeConfig } from "../src/ConfigDocument.js"
 import { fromConfig } from "../src/MeshState.js"
 import { FilterNames, TRACING_CLUSTER } from "../src/policy/Envoy.js"
 import { decode, Types, TypeUrls } from "../src/xds/Protos.js"
 import { buildSnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
+import { configWith } from "./support/policyConfig.js"
 
-const config = (policies: Record<string, unknown>): MeshConfig => {
-  const decoded = decodeConfig({
-    mesh: { name: "test" },
-    services: [
-      { name: "echo", protocol: "grpc", port: 50051, endpoints: [{ address: "127.0.0.1", port: 7001 }] },
-      { name: "web", protocol: "http", port: 8080, endpoints: [{ address: "127.0.0.2", port: 8080 }] },
-      { name: "shadow", protocol: "http", port: 8080, endpoints: [{ address: "127.0.0.3", port: 8080 }] }
-    ],
-    policies
-  }, "test")
-  if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
-  return decoded.right
-}
+const config = (policies: Record<string, unknown>) =>
+  configWith([
+    { name: "echo", protocol: "grpc", port: 50051, endpoints: [{ address: "127.0.0.1", port: 7001 }] },
+    { name: "web", protocol: "http", port: 8080, endpoints: [{ address: "127.0.0.2", port: 8080 }] },
+    { name: "shadow", protocol: "http", port: 8080, endpoints: [{ address: "127.0.0.3", port: 8080 }] }
+  ], policies)
 
 const policies = {
   traffic: [{

@@ -11,26 +11,15 @@ import type { AuthorizationRule, MeshConfig, Policies } from "../schemas/Config.
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { checkConfig, makePolicyCommand, PolicyDenied } from "../src/commands/policy.js"
 import { type AuthzRequest, authorize } from "../src/policy/Authorize.js"
-import { type CompiledPolicy, compileConfig, compilePolicies, PolicyInvalid, serviceOfSpiffeId, spiffeId } from "../src/policy/Compile.js"
+import { type CompiledPolicy, compilePolicies, PolicyInvalid, serviceOfSpiffeId, spiffeId } from "../src/policy/Compile.js"
+import { compiledOf, configWith } from "./support/policyConfig.js"
 
 const SERVICES = ["echo", "gateway", "web", "admin", "db"] as const
 
-const config = (policies: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): MeshConfig => {
-  const decoded = decodeConfig({
-    mesh: { name: "test", trustDomain: "mesh.local" },
-    services: SERVICES.map((name, i) => ({ name, port: 8000 + i })),
-    policies,
-    ...extra
-  }, "test")
-  if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
-  return decoded.right
-}
+const config = (policies: Record<string, unknown> = {}): MeshConfig =>
+  configWith(SERVICES.map((name, i) => ({ name, port: 8000 + i })), policies)
 
-const compiled = (policies: Record<string, unknown>): CompiledPolicy => {
-  const result = compileConfig(config(policies))
-  if (Either.isLeft(result)) throw new Error(result.left.message)
-  return result.right
-}
+const compiled = (policies: Record<string, unknown>): CompiledPolicy => compiledOf(config(policies))
 
 /** Compiles policies that the config decoder would already reject, to see the compiler's own report. */
 const compileRaw = (policies: Policies) => compilePolicies(policies, { trustDomain: "mesh.local", services: SERVICES })
