@@ -12,6 +12,7 @@ import { decodeConfig } from "../src/ConfigDocument.js"
 import { checkConfig, makePolicyCommand, PolicyDenied } from "../src/commands/policy.js"
 import { type AuthzRequest, authorize } from "../src/policy/Authorize.js"
 import { type CompiledPolicy, compilePolicies, PolicyInvalid, serviceOfSpiffeId, spiffeId } from "../src/policy/Compile.js"
+import { runCli } from "./support/daemon.js"
 import { compiledOf, configWith } from "./support/policyConfig.js"
 
 const SERVICES = ["echo", "gateway", "web", "admin", "db"] as const
@@ -355,38 +356,36 @@ policies:
     NodeFs.writeFileSync(path, yaml)
     return path
   }
-  const run = (args: ReadonlyArray<string>) => {
-    const lines: Array<string> = []
-    const original = console.log
-    console.log = (...xs: Array<unknown>) => void lines.push(xs.join(" "))
-    // Wired as the lead's CLI does: under the root command, with its --config option.
-    const root = Command.make("mesh-controller").pipe(
-      Command.withSubcommands([makePolicyCommand(Options.file("config", { exists: "yes" }))])
-    )
-    const cli = Command.run(root, { name: "mesh-controller", version: "0" })
-    return cli(["node", "mesh-controller", ...args]).pipe(
-      Effect.provide(NodeContext.layer),
-      Effect.exit,
-      Effect.map((exit) => ({ exit, out: lines.join("\n") })),
-      Effect.ensuring(Effect.sync(() => (console.log = original)))
-    )
-  }
+  it("the mesh-controller process prints the deny and the rule that decided, and exits 3", async () => {
+    const path = file()
+    const denied = await runCli(["policy", "check", "--config", path, "--from", "gateway", "--to", "echo", "--method", "POST", "--path", "/admin/users"])
+    expect(denied.code).toBe(3)
+    expect(denied.stdout).toBe(`deny: rule "no-admin"\n  from spiffe://mesh.local/service/gateway to echo: POST /admin/users\n`)
 
-  it.effect("prints the deny and the rule that decided; fails with exit code 3", () =>
+    const allowed = await runCli(["policy", "check", "--config", path, "--from", "gateway", "--to", "echo", "--method", "GET", "--path", "/", "--header", "x-a=1"])
+    expect(allowed.code).toBe(0)
+    expect(allowed.stdout).toBe(`allow: rule "gw-to-echo"\n  from spiffe://mesh.local/service/gateway to echo: GET / [x-a=1]\n`)
+
+    const unknown = await runCli(["policy", "check", "--config", path, "--from", "gateway", "--to", "nope"])
+    expect(unknown.code).toBe(1)
+    expect(unknown.stderr).toBe(`error: --to: unknown service "nope"\n`)
+  })
+
+  it.effect("the command fails with PolicyDenied (exit code 3) on a deny", () =>
     Effect.gen(function*() {
-      const path = file()
-      const denied = yield* run(["policy", "check", "--config", path, "--from", "gateway", "--to", "echo", "--method", "POST", "--path", "/admin/users"])
-      expect(denied.out).toContain(`deny: rule "no-admin"`)
-      expect(denied.out).toContain("from spiffe://mesh.local/service/gateway to echo: POST /admin/users")
-      assert.isTrue(Exit.isFailure(denied.exit))
-      const failure = failureOf(denied.exit)
+      const root = Command.make("mesh-controller").pipe(Command.withSubcommands([makePolicyCommand(Options.file("config", { exists: "yes" }))]))
+      const args = ["node", "mesh-controller", "policy", "check", "--config", file(), "--from", "gateway", "--to", "echo", "--method", "POST", "--path", "/admin/x"]
+      const lines: Array<string> = []
+      const original = console.log
+      console.log = (...xs: Array<unknown>) => void lines.push(xs.join(" "))
+      const exit = yield* Effect.exit(Command.run(root, { name: "mesh-controller", version: "0" })(args)).pipe(
+        Effect.provide(NodeContext.layer),
+        Effect.ensuring(Effect.sync(() => (console.log = original)))
+      )
+      const failure = failureOf(exit)
       assert.instanceOf(failure, PolicyDenied)
       assert.strictEqual((failure as PolicyDenied).exitCode, 3)
-
-      const allowed = yield* run(["policy", "check", "--config", path, "--from", "gateway", "--to", "echo", "--method", "GET", "--path", "/", "--header", "x-a=1"])
-      expect(allowed.out).toContain(`allow: rule "gw-to-echo"`)
-      expect(allowed.out).toContain("[x-a=1]")
-      assert.isTrue(Exit.isSuccess(allowed.exit))
+      expect(lines.join("\n")).toContain(`deny: rule "no-admin"`)
     }))
 
   it("checkConfig: unknown services are user errors", () => {
