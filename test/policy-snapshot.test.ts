@@ -13,7 +13,8 @@ const config = (policies: Record<string, unknown>) =>
   configWith([
     { name: "echo", protocol: "grpc", port: 50051, endpoints: [{ address: "127.0.0.1", port: 7001 }] },
     { name: "web", protocol: "http", port: 8080, endpoints: [{ address: "127.0.0.2", port: 8080 }] },
-    { name: "shadow", protocol: "http", port: 8080, endpoints: [{ address: "127.0.0.3", port: 8080 }] }
+    { name: "shadow", protocol: "http", port: 8080, endpoints: [{ address: "127.0.0.3", port: 8080 }] },
+    { name: "db", protocol: "tcp", port: 5432, endpoints: [{ address: "127.0.0.4", port: 5432 }] }
   ], policies)
 
 const policies = {
@@ -28,7 +29,8 @@ const policies = {
   security: {
     authorization: [
       { name: "web-to-echo", action: "allow", from: [{ service: "web" }], to: "echo" },
-      { name: "no-admin", action: "deny", to: "web", when: { paths: ["/admin/*"] } }
+      { name: "no-admin", action: "deny", to: "web", when: { paths: ["/admin/*"] } },
+      { name: "web-to-db", action: "allow", from: [{ service: "web" }], to: "db", when: { ports: [5432] } }
     ]
   },
   resilience: [{ service: "echo", circuitBreakers: { maxRequests: 10 }, outlierDetection: { consecutive5xx: 2 }, rateLimit: { requestsPerSecond: 100 } }],
@@ -60,6 +62,15 @@ describe("policy in the snapshot", () => {
     expect(allow.policies["web-to-echo"].principals).toEqual([{ authenticated: { principal_name: { exact: "spiffe://mesh.local/service/web" } } }])
     expect(manager.access_log).toHaveLength(1)
     expect(manager.tracing.provider.typed_config.grpc_service.envoy_grpc.cluster_name).toBe(TRACING_CLUSTER)
+  })
+
+  it("a tcp service's inbound listener authorizes connections with network RBAC before tcp_proxy", () => {
+    const filters = body(snapshot, TypeUrls.Listener, "inbound|db").filter_chains[0].filters
+    expect(filters.map((f: any) => f.name)).toEqual(["envoy.filters.network.rbac/allow", "envoy.filters.network.tcp_proxy"])
+    expect(filters[0].typed_config.rules.policies["web-to-db"]).toEqual({
+      permissions: [{ destination_port: 5432 }],
+      principals: [{ authenticated: { principal_name: { exact: "spiffe://mesh.local/service/web" } } }]
+    })
   })
 
   it("proxyless and sidecar clusters carry circuit breakers and outlier detection", () => {

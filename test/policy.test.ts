@@ -11,7 +11,7 @@ import type { AuthorizationRule, MeshConfig, Policies } from "../schemas/Config.
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { checkConfig, makePolicyCommand, PolicyDenied } from "../src/commands/policy.js"
 import { type AuthzRequest, authorize } from "../src/policy/Authorize.js"
-import { type CompiledPolicy, compilePolicies, PolicyInvalid, serviceOfSpiffeId, spiffeId } from "../src/policy/Compile.js"
+import { type CompiledPolicy, compileConfig, compilePolicies, PolicyInvalid, serviceOfSpiffeId, spiffeId } from "../src/policy/Compile.js"
 import { runCli } from "./support/daemon.js"
 import { compiledOf, configWith } from "./support/policyConfig.js"
 
@@ -242,6 +242,22 @@ describe("compilation", () => {
     expect(issues).toEqual([
       `policies.security.authorization[0].when.methods[0] (policy "w"): unknown HTTP method "FETCH"`,
       `policies.security.authorization[0].when.paths[0] (policy "w"): "/a/*/b": "*" may only stand alone, end a prefix ("/admin/*") or start a suffix ("*.html")`
+    ])
+  })
+
+  it("a rule for a tcp service may name callers and ports only", () => {
+    const tcp = configWith([{ name: "db", protocol: "tcp", port: 5432 }, { name: "web", port: 80 }], {
+      security: {
+        authorization: [
+          { name: "web-db", action: "allow", from: [{ service: "web" }], to: "db", when: { ports: [5432] } },
+          { name: "db-get", action: "deny", to: "db", when: { methods: ["GET"] } }
+        ]
+      }
+    })
+    const result = compileConfig(tcp)
+    assert.isTrue(Either.isLeft(result))
+    expect(Either.isLeft(result) ? result.left.issues.map(String) : []).toEqual([
+      `policies.security.authorization[1].when (policy "db-get"): service "db" speaks tcp: a rule for it can only name callers (from) and ports`
     ])
   })
 

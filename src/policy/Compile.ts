@@ -83,6 +83,8 @@ export interface CompiledPolicy {
 export interface Catalogue {
   readonly trustDomain: string
   readonly services: Iterable<string>
+  /** Services whose protocol is tcp: their rules can only name callers and ports. */
+  readonly tcpServices?: Iterable<string>
 }
 
 /** `spiffe://<trustDomain>/service/<name>`: a mesh service's identity (the URI SAN of its certificate). */
@@ -103,10 +105,14 @@ const HTTP_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "
 
 /** Compiles the config's policies against the config's own services. */
 export const compileConfig = (config: MeshConfig): Either.Either<CompiledPolicy, PolicyInvalid> =>
-  compilePolicies(config.policies, { trustDomain: config.mesh.trustDomain, services: config.services.map((s) => s.name) })
+  compilePolicies(config.policies, {
+    trustDomain: config.mesh.trustDomain,
+    services: config.services.map((s) => s.name),
+    tcpServices: config.services.filter((s) => s.protocol === "tcp").map((s) => s.name)
+  })
 
 export const compilePolicies = (policies: Policies, catalogue: Catalogue): Either.Either<CompiledPolicy, PolicyInvalid> => {
-  const { issues, policy } = compileAll(policies, catalogue.trustDomain, new Set(catalogue.services))
+  const { issues, policy } = compileAll(policies, catalogue.trustDomain, new Set(catalogue.services), new Set(catalogue.tcpServices ?? []))
   return issues.length > 0 ? Either.left(new PolicyInvalid({ issues })) : Either.right(policy)
 }
 
@@ -124,7 +130,7 @@ export const compileForSnapshot = (policies: Policies, trustDomain: string): Com
   memo.set(policies, byDomain)
   const cached = byDomain.get(trustDomain)
   if (cached !== undefined) return cached
-  const { policy } = compileAll(policies, trustDomain, undefined)
+  const { policy } = compileAll(policies, trustDomain, undefined, new Set())
   byDomain.set(trustDomain, policy)
   return policy
 }
@@ -133,7 +139,8 @@ export const compileForSnapshot = (policies: Policies, trustDomain: string): Com
 const compileAll = (
   policies: Policies,
   trustDomain: string,
-  known: ReadonlySet<string> | undefined
+  known: ReadonlySet<string> | undefined,
+  tcp: ReadonlySet<string>
 ): { readonly policy: CompiledPolicy; readonly issues: ReadonlyArray<PolicyIssue> } => {
   const catalogue = { trustDomain }
   const issues: Array<PolicyIssue> = []
@@ -179,6 +186,11 @@ const compileAll = (
     const deny = rule.action === "allow" ? denyKeys.get(keyOf(rule)) : undefined
     if (deny !== undefined) {
       issue(rule.name, base, `conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`)
+    }
+    const when = rule.when
+    if (tcp.has(rule.to) && (when?.methods !== undefined || when?.paths !== undefined || when?.headers !== undefined)) {
+      // Envoy's network RBAC sees connections, not requests: such a rule could not be enforced.
+      issue(rule.name, `${base}.when`, `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports`)
     }
     const compiled = compileRule(rule, i, catalogue.trustDomain, base, issue)
     const group = rules.get(rule.to) ?? { deny: [], allow: [] }

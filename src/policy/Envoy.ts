@@ -15,7 +15,7 @@
  * | mirroring                       | RouteAction.request_mirror_policies                  | yes           | no (ignored)                            |
  * | circuit breakers                | Cluster.circuit_breakers                             | all four      | max_requests only                       |
  * | outlier detection               | Cluster.outlier_detection                            | yes           | yes                                     |
- * | authorization (RBAC)            | inbound HCM filters envoy.filters.http.rbac          | yes           | no: grpc-js-xds enforces RBAC only on xDS *servers* (and only with GRPC_XDS_EXPERIMENTAL_RBAC=true); the mesh serves client resources, so a proxyless server is protected only behind a sidecar |
+ * | authorization (RBAC)            | inbound HCM filters envoy.filters.http.rbac (tcp services: network RBAC, callers and ports only) | yes | no: grpc-js-xds enforces RBAC only on xDS *servers* (and only with GRPC_XDS_EXPERIMENTAL_RBAC=true); the mesh serves client resources, so a proxyless server is protected only behind a sidecar |
  * | local rate limit                | inbound HCM filter envoy.filters.http.local_ratelimit| yes           | no                                      |
  * | access logs, tracing            | HCM access_log, tracing (+ collector cluster)        | yes           | no                                      |
  * | stats tags                      | bootstrap stats_config.stats_tags (Sidecar layer)    | yes           | no                                      |
@@ -31,6 +31,7 @@ export type PlainObject = Record<string, unknown>
 
 export const PolicyTypes = {
   HttpRbac: "envoy.extensions.filters.http.rbac.v3.RBAC",
+  NetworkRbac: "envoy.extensions.filters.network.rbac.v3.RBAC",
   HttpFault: "envoy.extensions.filters.http.fault.v3.HTTPFault",
   LocalRateLimit: "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
   OpenTelemetry: "envoy.config.trace.v3.OpenTelemetryConfig",
@@ -247,6 +248,20 @@ export const rbacFilters = (policy: CompiledPolicy, service: string): ReadonlyAr
   if (rules.allow.length > 0 || policy.defaultAction === "deny") filters.push(rbacFilter(FilterNames.rbacAllow, "ALLOW", rules.allow))
   return filters
 }
+
+/**
+ * The network RBAC filters for a TCP service's inbound listener (before tcp_proxy): callers by
+ * SPIFFE ID and ports only, which is all its rules may name (the compiler rejects the rest).
+ */
+export const networkRbacFilters = (policy: CompiledPolicy, service: string): ReadonlyArray<PlainObject> =>
+  rbacFilters(policy, service).map((filter) => ({
+    name: `envoy.filters.network.rbac/${String(filter["name"]).slice("mesh.rbac.".length)}`,
+    typed_config: {
+      ...(filter["typed_config"] as PlainObject),
+      "@type": typeUrl(PolicyTypes.NetworkRbac),
+      stat_prefix: `rbac_${service}`
+    }
+  }))
 
 /** A token bucket holding `burst` tokens, refilled with `requestsPerSecond` every second. */
 export const localRateLimitFilter = (service: string, limit: RateLimit): PlainObject => {

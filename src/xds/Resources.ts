@@ -20,6 +20,7 @@ import {
   faultFilter,
   hcmObservability,
   inboundHttpFilters,
+  networkRbacFilters,
   mirrorPolicies,
   retryPolicy as policyRetryPolicy,
   routeFaultOverride,
@@ -278,13 +279,13 @@ const tcpProxy = (statPrefix: string, cluster: string) => ({
 /**
  * The sidecar's inbound listener: the mesh's traffic to the local service, where `policy`'s
  * authorization (RBAC on the caller certificate's SPIFFE ID) and the service's rate limit apply.
- * TCP services get no authorization filter (RBAC here is HTTP-level).
+ * TCP services get network RBAC instead: callers and ports only.
  */
 export const inboundListener = (service: Service, policy?: CompiledPolicy): PlainObject => {
   const cluster = inboundName(service.name)
-  const filter = service.protocol === "tcp"
-    ? tcpProxy(cluster, cluster)
-    : {
+  const filters = service.protocol === "tcp"
+    ? [...(policy ? networkRbacFilters(policy, service.name) : []), tcpProxy(cluster, cluster)]
+    : [{
       name: "envoy.filters.network.http_connection_manager",
       typed_config: {
         "@type": typeUrl(Types.HttpConnectionManager),
@@ -297,11 +298,11 @@ export const inboundListener = (service: Service, policy?: CompiledPolicy): Plai
         http_filters: [...(policy ? inboundHttpFilters(policy, service.name) : []), routerFilter],
         ...(policy ? hcmObservability(policy.observability, service.name) : {})
       }
-    }
+    }]
   return {
     name: cluster,
     address: socketAddress("0.0.0.0", SidecarPorts.inbound),
-    filter_chains: [{ filters: [filter] }]
+    filter_chains: [{ filters }]
   }
 }
 
