@@ -651,6 +651,14 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
       }
     })
   })
+  // Envoy authorizes a tcp service's connections, not requests: its rules may name callers and ports only.
+  const tcpServices = new Set(config.services.filter((s) => s.protocol === "tcp").map((s) => s.name))
+  config.policies.security.authorization.forEach((rule, i) => {
+    const when = rule.when
+    if (tcpServices.has(rule.to) && (when?.methods !== undefined || when?.paths !== undefined || when?.headers !== undefined)) {
+      issues.push({ path: ["policies", "security", "authorization", i, "when"], message: `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports` })
+    }
+  })
   // An allow rule with the same callers, target and conditions as a deny rule can never allow anything.
   const denyKeys = new Map<string, number>()
   const ruleKey = (rule: AuthorizationRule) => JSON.stringify([rule.to, [...rule.from.map((p) => JSON.stringify(p))].sort(), rule.when ?? null])
