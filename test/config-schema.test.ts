@@ -103,6 +103,11 @@ policies:
     expect(Duration.toMillis(retries.perTryTimeout!)).toBe(500)
   })
 
+  it.each(["examples/container.yaml", "examples/policies.yaml"])("decodes %s", (path) => {
+    const result = parseConfig(readFileSync(path, "utf8"), path)
+    expect(Either.isRight(result) ? "ok" : result.left.message).toBe("ok")
+  })
+
   it("parses durations the way operators write them", () => {
     expect(parseDurationMillis("500ms")._tag).toBe("Some")
     expect(parseDurationMillis("1h30m")).toEqual(parseDurationMillis("90m"))
