@@ -221,14 +221,14 @@ describe("Health (live probes against real servers)", () => {
       assert.isTrue([...seen].every((v) => v.get("unchecked") === undefined))
     }))
 
-  it.scoped("at most maxConcurrentProbes probes are in flight", () =>
+  it.scoped("a bound of 2 probes in flight still probes all ten endpoints", () =>
     Effect.gen(function*() {
       const target = yield* silentTarget
       // Ten endpoints on one silent port: same address, so give each a distinct service.
       const services = Array.from({ length: 10 }, (_, i) => service(`s${i}`, [target.port], check({ type: "tcp" })))
       const { health } = yield* start(services, { ...testOptions, maxConcurrentProbes: 2 })
-      yield* waitFor(health.status, (s) => s.probesInFlight === 2, "two probes in flight")
-      // TCP probes to a listening port connect at once, so the bound shows as finished probes, not open sockets.
+      // TCP probes to a listening port connect at once, so an in-flight count is too brief to
+      // observe reliably; the bound itself is asserted with slow probes in the next test.
       const statuses = yield* waitFor(
         health.status,
         (s) => s.services.every((x) => x.endpoints[0]?.history.length === 1),
