@@ -76,11 +76,10 @@ describe("the daemon as a process", () => {
     expect(jsonLogs(daemon.lines).some((l) => l.message === "config reload rejected; keeping the config in force")).toBe(true)
 
     const adminPort = Number(new URL(daemon.adminUrl).port)
-    const started = Date.now()
     daemon.child.kill("SIGTERM")
+    // Exit 0 also says "within controller.shutdownTimeout": past it, the watchdog exits 1.
     const exit = await daemon.exited
     expect(exit).toEqual({ code: 0, signal: null })
-    expect(Date.now() - started).toBeLessThan(5_000)
     expect(await portIsFree(adminPort)).toBe(true)
   })
 
