@@ -249,6 +249,20 @@ describe("Health (live probes against real servers)", () => {
       assert.strictEqual((yield* health.status).probesInFlight, 2)
     }))
 
+  it.scoped("a probe that gets no slot before its next one is due is skipped and counted, not queued", () =>
+    Effect.gen(function*() {
+      const target = yield* silentTarget
+      // One slot, two endpoints on a port that never answers: one probe holds the slot until its
+      // (real) 1 s timeout, the other waits. Its next probe falls due (TestClock) while it waits.
+      const services = [0, 1].map((i) => service(`s${i}`, [target.port], check({ type: "http", timeout: "1s" })))
+      const { health } = yield* start(services, { ...testOptions, maxConcurrentProbes: 1 })
+      yield* waitFor(health.status, (s) => s.probesInFlight === 1 && s.probesWaiting === 1, "one probe in flight, one waiting")
+      yield* TestClock.adjust(Duration.seconds(10))
+      const status = yield* waitFor(health.status, (s) => s.probesMissed === 1, "the waiting probe to be skipped")
+      assert.deepStrictEqual(status.services.map((s) => s.endpoints[0]?.missedProbes).sort(), [0, 1])
+      assert.isAtMost(status.probesInFlight ?? 0, 1)
+    }))
+
   it.scoped("a changed check restarts the endpoint's probe with the new settings", () =>
     Effect.gen(function*() {
       const target = yield* httpTarget()
