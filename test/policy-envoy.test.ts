@@ -162,9 +162,8 @@ describe("Envoy fragments validate against Envoy's protos", () => {
     expect(Envoy.tracingCluster(off.observability)).toBeUndefined()
   })
 
-  it("bootstrap stats tags", () => {
-    valid("envoy.config.metrics.v3.StatsConfig", Envoy.statsConfig(policy.observability))
-  })
+  // The stats tags live in the bootstrap (proto3 JSON form): test/sidecar-bootstrap.test.ts checks
+  // them through Envoy's Bootstrap message.
 
   it("the outbound fault filter (empty HTTPFault) fits an HCM before the router", () => {
     valid(Types.Listener, listener(hcm([Envoy.faultFilter])))

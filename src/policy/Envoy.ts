@@ -373,9 +373,12 @@ export const tracingCluster = (observability: Observability): PlainObject | unde
   }
 }
 
-/** Bootstrap `stats_config` with the mesh's fixed stats tags (for the Sidecar layer's bootstrap). */
-export const statsConfig = (observability: Observability): PlainObject => ({
-  stats_tags: Object.entries(observability.statsTags).map(([tag_name, fixed_value]) => ({ tag_name, fixed_value }))
+/** Bootstrap `stats_config`: Envoy's default tags plus the mesh's fixed ones (`observability.statsTags`). */
+export const statsConfig = (statsTags: Readonly<Record<string, string>>): PlainObject => ({
+  use_all_default_tags: true,
+  ...(Object.keys(statsTags).length > 0
+    ? { stats_tags: Object.entries(statsTags).map(([tag_name, fixed_value]) => ({ tag_name, fixed_value })) }
+    : {})
 })
 
 // ---------------------------------------------------------------------------------------------

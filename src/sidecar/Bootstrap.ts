@@ -11,6 +11,7 @@ import * as NodePath from "node:path"
 import * as YAML from "yaml"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { controllerId, serviceId } from "../certs/Spiffe.js"
+import { statsConfig } from "../policy/Envoy.js"
 import * as Protos from "../xds/Protos.js"
 
 /** The static cluster Envoy reaches the controller's ADS server through. */
@@ -275,12 +276,7 @@ export const buildBootstrap = (input: BootstrapInput): Record<string, unknown> =
       ...(input.prometheus !== undefined ? { listeners: [prometheusListener(input, input.prometheus)] } : {})
     },
     admin: { address: socketAddress(input.admin.host, input.admin.port) },
-    stats_config: {
-      use_all_default_tags: true,
-      ...(Object.keys(input.statsTags).length > 0
-        ? { stats_tags: Object.entries(input.statsTags).map(([tag_name, fixed_value]) => ({ tag_name, fixed_value })) }
-        : {})
-    },
+    stats_config: statsConfig(input.statsTags),
     overload_manager: overloadManager(input.overload),
     ...(input.tracing !== undefined
       ? {
