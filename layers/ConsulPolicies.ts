@@ -1,9 +1,8 @@
 import { Context, Duration, Effect, Either, Layer, Option, Ref, Schema, Stream, SubscriptionRef } from "effect"
-import * as YAML from "yaml"
 import { createHash } from "node:crypto"
 import { MeshConfig, Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
-import { decodeConfig } from "../src/ConfigDocument.js"
+import { decodeConfig, parseYaml } from "../src/ConfigDocument.js"
 import { Config, type LoadedConfig } from "./Config.js"
 import { blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { counter } from "./Metrics.js"
@@ -73,18 +72,10 @@ const encodeConfig = Schema.encodeSync(MeshConfig)
 
 /** The KV text as the `policies` of the config in force: the whole document is decoded, as a reload would be. */
 export const checkPolicies = (text: string, config: MeshConfig, source: string): Either.Either<Policies, ConfigInvalid> => {
-  const document = YAML.parseDocument(text, { prettyErrors: false, uniqueKeys: true })
-  if (document.errors.length > 0) {
-    return Either.left(new ConfigInvalid({
-      source,
-      issues: document.errors.map((error) => new ConfigIssue({ path: "", message: `YAML syntax error: ${error.message.split("\n")[0]}` }))
-    }))
-  }
-  const value = document.toJS({ maxAliasCount: 100 }) as unknown
-  if (value === null || typeof value !== "object" || Array.isArray(value)) {
-    return Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "expected a policies mapping (traffic, security)" })] }))
-  }
-  return Either.map(decodeConfig({ ...encodeConfig(config), policies: value }, source), (decoded) => decoded.policies)
+  return Either.flatMap(parseYaml(text, source), (value) =>
+    value === null || typeof value !== "object" || Array.isArray(value)
+      ? Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "expected a policies mapping (traffic, security)" })] }))
+      : Either.map(decodeConfig({ ...encodeConfig(config), policies: value }, source), (decoded) => decoded.policies))
 }
 
 const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): LoadedConfig =>

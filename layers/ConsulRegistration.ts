@@ -83,7 +83,7 @@ const make = (options: RegistrationOptions) =>
     // `schedule` never ends, so a call retried on it cannot fail (orDie only fixes the type).
     const persist = <A, E>(effect: Effect.Effect<A, E>) => effect.pipe(Effect.retry(schedule), Effect.orDie)
     const attempts = Schedule.intersect(schedule, Schedule.recurs(3))
-    const desired = yield* Ref.make(registrationsOf(loaded.config))
+    const desired = yield* Ref.make(registrationsOf(loaded.config, settings.antiEntropyInterval))
     const meshName = yield* Ref.make(loaded.config.mesh.name)
     const entries = yield* Ref.make<ReadonlyMap<string, Entry>>(new Map())
     const view = yield* Ref.make<HealthView>(new Map())
@@ -207,7 +207,8 @@ const make = (options: RegistrationOptions) =>
       Stream.drop(1),
       Stream.runForEach((next) =>
         Effect.gen(function*() {
-          yield* Ref.set(desired, registrationsOf(next.config))
+          // TTLs follow the interval the rounds run at, which is fixed at start.
+          yield* Ref.set(desired, registrationsOf(next.config, interval))
           yield* Ref.set(meshName, next.config.mesh.name)
           yield* sync
         })

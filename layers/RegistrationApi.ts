@@ -17,6 +17,7 @@ import { isIP } from "node:net"
 import { Port, Protocol, ServiceName } from "../schemas/Config.js"
 import { endpointKey } from "../src/MeshState.js"
 import { Discovery } from "./Discovery.js"
+import { formatPath } from "../src/ConfigDocument.js"
 
 const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$/
 
@@ -53,7 +54,7 @@ export class RegistrationRejected extends Schema.TaggedError<RegistrationRejecte
 const rejected = (where: string) => (error: ParseResult.ParseError | { readonly _tag: string; readonly message?: string }) =>
   new RegistrationRejected({
     message: ParseResult.isParseError(error)
-      ? `${where}: ${ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => (i.path.length > 0 ? `${i.path.join(".")}: ${i.message}` : i.message)).join("; ")}`
+      ? `${where}: ${ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => (i.path.length > 0 ? `${formatPath(i.path)}: ${i.message}` : i.message)).join("; ")}`
       : `${where}: ${error.message ?? error._tag}`
   })
 

@@ -1,4 +1,5 @@
 import { Duration, Schema } from "effect"
+import { endpointKey } from "./Endpoint.js"
 import { DurationString, PositiveDuration } from "./Duration.js"
 import { Re2Regex } from "./Regex.js"
 
@@ -598,7 +599,7 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
     else issues.push({ path: ["services", i, "name"], message: `duplicate service name "${service.name}" (first defined at services[${seen}])` })
     const endpointKeys = new Set<string>()
     service.endpoints.forEach((endpoint, j) => {
-      const key = `${endpoint.address}:${endpoint.port ?? service.port}`
+      const key = endpointKey({ address: endpoint.address, port: endpoint.port ?? service.port })
       if (endpointKeys.has(key)) issues.push({ path: ["services", i, "endpoints", j], message: `duplicate endpoint ${key}` })
       endpointKeys.add(key)
     })

@@ -86,7 +86,14 @@ export const decodeConfig = (value: unknown, source: string): Either.Either<Mesh
  * Parses YAML text and decodes it as the config. Every problem is reported at once: YAML syntax
  * errors with line and column, schema errors with the path of the offending value.
  */
-export const parseConfig = (text: string, source: string): Either.Either<MeshConfig, ConfigInvalid> => {
+export const parseConfig = (text: string, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
+  Either.flatMap(parseYaml(text, source), (value) => decodeConfig(value, source))
+
+/**
+ * YAML text to a plain value, the way every config document is read (the file, a Consul KV
+ * value): duplicate keys are errors, merge keys work, syntax errors give line and column.
+ */
+export const parseYaml = (text: string, source: string): Either.Either<unknown, ConfigInvalid> => {
   const document = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true, merge: true })
   if (document.errors.length > 0) {
     return Either.left(
@@ -104,7 +111,7 @@ export const parseConfig = (text: string, source: string): Either.Either<MeshCon
   if (value === null || value === undefined) {
     return Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "the file is empty" })] }))
   }
-  return decodeConfig(value, source)
+  return Either.right(value)
 }
 
 const firstLine = (message: string): string => message.split("\n")[0]!.replace(/ at line \d+, column \d+:?$/, "")

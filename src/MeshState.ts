@@ -52,9 +52,7 @@ export interface MeshState {
   readonly sidecarKeys?: boolean
 }
 
-/** `address:port`, the key an endpoint is known by across layers (health, discovery). */
-export const endpointKey = (endpoint: { readonly address: string; readonly port: number }): string =>
-  endpoint.address.includes(":") ? `[${endpoint.address}]:${endpoint.port}` : `${endpoint.address}:${endpoint.port}`
+export { endpointKey } from "../schemas/Endpoint.js"
 
 const byName = <A extends { readonly name: string }>(a: A, b: A) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
 

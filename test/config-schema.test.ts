@@ -80,6 +80,11 @@ policies:
     ])
   })
 
+  it("keeps IPv6 endpoints apart that would collide unbracketed", () => {
+    const result = parseConfig("mesh: { name: lab }\nservices: [ { name: a, port: 80, endpoints: [ { address: \"::1\", port: 880 }, { address: \"::1:8\" } ] } ]", "x")
+    expect(Either.isRight(result) ? "ok" : result.left.message).toBe("ok")
+  })
+
   it("fills in defaults for everything optional", () => {
     const config = Either.getOrThrow(parseConfig("mesh: { name: lab }\nservices: [ { name: a, port: 80, endpoints: [ { address: 10.0.0.1 } ] } ]", "x"))
     expect(config.mesh.trustDomain).toBe("mesh.local")

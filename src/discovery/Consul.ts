@@ -1,6 +1,6 @@
 import { Duration, Either, ParseResult, Schema } from "effect"
 import { type MeshConfig, type RegistrationCheck, type ServiceConfig, ServiceName } from "../../schemas/Config.js"
-import type { EndpointHealth } from "../MeshState.js"
+import { type EndpointHealth, endpointKey } from "../MeshState.js"
 import type { ConsulInstance, ConsulService } from "./Merge.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -102,8 +102,6 @@ export interface Registration {
 
 const goDuration = (duration: Duration.Duration): string => `${Math.max(1, Math.round(Duration.toMillis(duration)))}ms`
 
-const hostPort = (address: string, port: number) => (address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`)
-
 /** Instance IDs are URL path segments in the agent API: keep them to safe characters. */
 export const registrationId = (service: string, address: string, port: number): string =>
   `mesh-${service}-${address.replace(/[^A-Za-z0-9.-]/g, "_")}-${port}`
@@ -120,11 +118,11 @@ const checkOf = (service: ServiceConfig, address: string, port: number, mode: Re
   const timing = { interval: goDuration(check.interval), timeout: goDuration(check.timeout) }
   switch (check.type) {
     case "http":
-      return { kind: "http", url: `${check.https ? "https" : "http"}://${hostPort(address, port)}${check.path}`, method: check.method, ...timing }
+      return { kind: "http", url: `${check.https ? "https" : "http"}://${endpointKey({ address, port })}${check.path}`, method: check.method, ...timing }
     case "tcp":
-      return { kind: "tcp", target: hostPort(address, port), ...timing }
+      return { kind: "tcp", target: endpointKey({ address, port }), ...timing }
     case "grpc":
-      return { kind: "grpc", target: check.service === "" ? hostPort(address, port) : `${hostPort(address, port)}/${check.service}`, ...timing }
+      return { kind: "grpc", target: check.service === "" ? endpointKey({ address, port }) : `${endpointKey({ address, port })}/${check.service}`, ...timing }
   }
 }
 
@@ -132,10 +130,14 @@ const checkOf = (service: ServiceConfig, address: string, port: number, mode: Re
  * The registrations the config asks for. A TTL check expires after three anti-entropy rounds, so
  * a controller that stops reporting (it crashed) turns its services critical.
  */
-export const registrationsOf = (config: MeshConfig): ReadonlyArray<Registration> => {
+export const registrationsOf = (
+  config: MeshConfig,
+  /** The interval the anti-entropy rounds actually run at (fixed at start); default: the config's. */
+  antiEntropyInterval: Duration.Duration | undefined = config.discovery.consul?.antiEntropyInterval
+): ReadonlyArray<Registration> => {
   const consul = config.discovery.consul
-  if (!consul) return []
-  const ttl = Duration.times(consul.antiEntropyInterval, 3)
+  if (!consul || antiEntropyInterval === undefined) return []
+  const ttl = Duration.times(antiEntropyInterval, 3)
   return config.services.flatMap((service) => {
     const mode = modeOf(service, consul.registration)
     if (mode === undefined) return []
