@@ -59,8 +59,7 @@ export const make = <R>(options: AdminOptions<R>) =>
         Effect.gen(function*() {
           const phase = yield* lifecycle.phase
           if (phase === "ready") return HttpServerResponse.text("ready\n")
-          const layers = yield* lifecycle.layers
-          const waiting = Object.entries(layers).filter(([, l]) => l.state !== "running").map(([name]) => name)
+          const waiting = yield* lifecycle.waiting
           return HttpServerResponse.text(`${phase}${waiting.length > 0 ? `: waiting for ${waiting.join(", ")}` : ""}\n`, {
             status: 503
           })

@@ -67,6 +67,14 @@ export interface ConfigFileOptions {
 
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
 
+/** A config that did not come from a file's text (memory, other sources): hashed by its content. */
+const loadedValue = (config: MeshConfig, source: string): LoadedConfig => ({
+  config,
+  hash: sha256(JSON.stringify(config)),
+  loadedAt: new Date(),
+  source
+})
+
 /** Reads and decodes a config file once; used at start, by `validate`, and by every reload. */
 export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
   Effect.gen(function*() {
@@ -90,14 +98,13 @@ const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>)
 
 const makeMemory = (initial: MeshConfig) =>
   Effect.gen(function*() {
-    const first: LoadedConfig = { config: initial, hash: sha256(JSON.stringify(initial)), loadedAt: new Date(), source: "memory" }
-    const current = yield* SubscriptionRef.make(first)
+    const current = yield* SubscriptionRef.make(loadedValue(initial, "memory"))
     const last = yield* Ref.make(Option.none<ReloadResult>())
     const apply = (config: MeshConfig, source: string) =>
       Effect.gen(function*() {
-        const hash = sha256(JSON.stringify(config))
-        yield* SubscriptionRef.set(current, { config, hash, loadedAt: new Date(), source })
-        yield* Ref.set(last, Option.some({ _tag: "Applied", at: new Date(), hash }))
+        const loaded = loadedValue(config, source)
+        yield* SubscriptionRef.set(current, loaded)
+        yield* Ref.set(last, Option.some({ _tag: "Applied", at: loaded.loadedAt, hash: loaded.hash }))
       })
     return Config.of({
       get: SubscriptionRef.get(current),
@@ -180,8 +187,7 @@ const makeFile = (options: ConfigFileOptions) =>
       get: SubscriptionRef.get(current),
       changes: current.changes,
       reload,
-      apply: (config, source) =>
-        SubscriptionRef.set(current, { config, hash: sha256(JSON.stringify(config)), loadedAt: new Date(), source }),
+      apply: (config, source) => SubscriptionRef.set(current, loadedValue(config, source)),
       status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
     })
   })

@@ -20,6 +20,8 @@ export class Lifecycle extends Context.Tag("mesh-controller/Lifecycle")<
     readonly phase: Effect.Effect<Phase>
     readonly setPhase: (phase: Phase) => Effect.Effect<void>
     readonly mark: (layer: string, state: LayerState, status?: Effect.Effect<unknown>) => Effect.Effect<void>
+    /** The layers not running yet (or any more): cheap, for /readyz, which is polled. */
+    readonly waiting: Effect.Effect<ReadonlyArray<string>>
     /** Each layer's state, since when, and the status it reports (when running). */
     readonly layers: Effect.Effect<Record<string, { state: LayerState; since: string; status?: unknown }>>
   }
@@ -37,12 +39,11 @@ export class Lifecycle extends Context.Tag("mesh-controller/Lifecycle")<
           phase: Ref.get(phase),
           setPhase: (next) => Ref.set(phase, next),
           mark: (layer, state, status) =>
-            Ref.update(entries, (map) => {
-              const next = new Map(map)
-              next.set(layer, { state, since: new Date(), status: state === "running" ? status : undefined })
-              layerUp.set({ layer }, state === "running" ? 1 : 0)
-              return next
-            }),
+            Ref.update(entries, (map) =>
+              new Map(map).set(layer, { state, since: new Date(), status: state === "running" ? status : undefined })
+            ).pipe(Effect.zipRight(Effect.sync(() => layerUp.set({ layer }, state === "running" ? 1 : 0)))),
+          waiting: Effect.map(Ref.get(entries), (map) =>
+            [...map].filter(([, entry]) => entry.state !== "running").map(([name]) => name)),
           layers: Effect.gen(function*() {
             const out: Record<string, { state: LayerState; since: string; status?: unknown }> = {}
             for (const [name, entry] of yield* Ref.get(entries)) {
