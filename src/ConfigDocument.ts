@@ -1,6 +1,7 @@
 import { Either, ParseResult, Schema } from "effect"
 import * as YAML from "yaml"
 import { crossFieldIssues, MeshConfig } from "../schemas/Config.js"
+import { compileConfig } from "./policy/Compile.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 
 /** `["services", 2, "healthCheck"]` → `services[2].healthCheck` */
@@ -71,8 +72,25 @@ const rawCrossFieldIssues = (value: unknown): ReadonlyArray<ConfigIssue> => {
     .map((issue) => new ConfigIssue({ path: formatPath(issue.path), message: issue.message }))
 }
 
-/** Decodes an already-parsed value (JSON, a KV entry, a test fixture) as the config. */
+/**
+ * Decodes an already-parsed value (JSON, a KV entry, a test fixture) as the config. A config
+ * decodes only if its policies also compile, so everything downstream (the snapshot, the Policy
+ * layer) sees policies that mean what they say: a rule the compiler would drop never reaches Envoy.
+ */
 export const decodeConfig = (value: unknown, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
+  Either.flatMap(decodeStructure(value, source), (config) =>
+    Either.match(compileConfig(config), {
+      onLeft: (error) =>
+        Either.left(
+          new ConfigInvalid({
+            source,
+            issues: error.issues.map((issue) => new ConfigIssue({ path: issue.field, message: `${issue.message} (policy "${issue.policy}")` }))
+          })
+        ),
+      onRight: () => Either.right(config)
+    }))
+
+const decodeStructure = (value: unknown, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
   Either.mapLeft(decode(value), (error) => {
     const issues = [...issuesOf(error)]
     const known = new Set(issues.map(String))

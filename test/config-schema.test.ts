@@ -80,6 +80,13 @@ policies:
     ])
   })
 
+  it("rejects a config whose policies do not compile, so no rule is silently dropped downstream", () => {
+    const found = problems(`${base}policies:\n  security:\n    authorization:\n      - { name: no-admin, action: deny, to: echo, when: { paths: ["/ad*min"] } }`)
+    expect(found).toEqual([
+      `policies.security.authorization[0].when.paths[0]: "/ad*min": "*" may only stand alone, end a prefix ("/admin/*") or start a suffix ("*.html") (policy "no-admin")`
+    ])
+  })
+
   it("keeps IPv6 endpoints apart that would collide unbracketed", () => {
     const result = parseConfig("mesh: { name: lab }\nservices: [ { name: a, port: 80, endpoints: [ { address: \"::1\", port: 880 }, { address: \"::1:8\" } ] } ]", "x")
     expect(Either.isRight(result) ? "ok" : result.left.message).toBe("ok")
