@@ -45,7 +45,7 @@ import { type RenewalPolicy, renewalReason, renewalTime, retiredRootNeeded } fro
 import { secretMap } from "../src/certs/Sds.js"
 import { certificateSpiffeId, controllerId, type MeshPrincipal, serviceId, type SpiffeIdInvalid } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
-import { describeErrno } from "../src/Errno.js"
+import { describeErrno, errnoCode } from "../src/Errno.js"
 import { Config } from "./Config.js"
 import { Discovery } from "./Discovery.js"
 import { counter, gauge } from "./Metrics.js"
@@ -237,7 +237,7 @@ const readOptional = (path: string): Effect.Effect<Option.Option<string>, CaInva
   }).pipe(
     Effect.map(Option.some),
     Effect.catchAll((cause) =>
-      (cause as { code?: string }).code === "ENOENT"
+      errnoCode(cause) === "ENOENT"
         ? Effect.succeed(Option.none())
         : Effect.fail(new CaInvalid({ file: path, reason: `cannot read: ${describeErrno(cause)}` }))
     )
@@ -329,7 +329,7 @@ const readPrevious = (paths: CaPaths) =>
   Effect.gen(function*() {
     const names = yield* Effect.tryPromise({ try: () => NodeFs.readdir(paths.previousDir), catch: (cause) => cause }).pipe(
       Effect.catchAll((cause) =>
-        (cause as { code?: string }).code === "ENOENT"
+        errnoCode(cause) === "ENOENT"
           ? Effect.succeed([] as Array<string>)
           : Effect.fail(new CaInvalid({ file: paths.previousDir, reason: `cannot read: ${describeErrno(cause)}` }))
       )

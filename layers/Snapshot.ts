@@ -6,6 +6,7 @@ import { Config } from "./Config.js"
 import { Discovery } from "./Discovery.js"
 import { Health, type HealthView } from "./Health.js"
 import { counter, gauge, histogram } from "./Metrics.js"
+import { shortType } from "../src/xds/XdsStream.js"
 
 /** A snapshot and when it was published (epoch ms, for push latency). */
 export interface Published {
@@ -75,7 +76,6 @@ const buildSeconds = histogram("mesh_controller_snapshot_build_seconds", "Time t
 const serviceErrors = gauge("mesh_controller_snapshot_service_errors", "Services whose resources could not be built.")
 const resourcesGauge = gauge("mesh_controller_snapshot_resources", "Resources in the snapshot, by type.", ["type"])
 
-const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
 
 const statusOf = (published: Published, count: number): SnapshotStatus => ({
   version: published.snapshot.version,

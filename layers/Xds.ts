@@ -13,6 +13,7 @@ import {
   onSotwRequest,
   type Protocol,
   push,
+  shortType,
   type SecretAccess,
   type StreamState
 } from "../src/xds/XdsStream.js"
@@ -97,7 +98,6 @@ const secretsDenied = counter(
 )
 const nacksTotal = counter("mesh_controller_xds_nacks_total", "xDS responses a client rejected, by resource type.", ["type"])
 
-const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
 
 type StreamEvent =
   | { readonly _tag: "Request"; readonly request: SotwRequest | DeltaRequest }
@@ -150,9 +150,9 @@ export const make = (options: XdsOptions) =>
       Effect.forkScoped
     )
 
-    const serveAds = <Req extends SotwRequest | DeltaRequest>(protocol: Protocol, call: AdsCall<Req>) =>
+    /** `id` keys the stream's fiber and its /status entry alike. */
+    const serveAds = <Req extends SotwRequest | DeltaRequest>(id: number, protocol: Protocol, call: AdsCall<Req>) =>
       Effect.gen(function*() {
-        const id = ++nextId
         const now = yield* Clock.currentTimeMillis
         const stream = newStream(id, protocol, call.getPeer(), now, accessOf(call))
         const events = yield* Queue.unbounded<StreamEvent>()
@@ -268,7 +268,7 @@ export const make = (options: XdsOptions) =>
 
     const runStream = (protocol: Protocol) => <Req extends SotwRequest | DeltaRequest>(call: AdsCall<Req>) => {
       const id = ++nextId
-      runFork(FiberMap.run(fibers, id, serveAds(protocol, call)))
+      runFork(FiberMap.run(fibers, id, serveAds(id, protocol, call)))
     }
 
     const server = yield* Effect.acquireRelease(

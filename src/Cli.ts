@@ -1,7 +1,6 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
 import { loadFile } from "../layers/Config.js"
-import { NodeFileSystem } from "@effect/platform-node"
 import { makeCertsCommands } from "./commands/certs.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"
@@ -26,10 +25,7 @@ const validate = Command.make(
   "validate",
   { file: Args.file({ name: "FILE" }).pipe(Args.withDescription("The config file to check.")) },
   ({ file }) =>
-    loadFile(file).pipe(
-      Effect.flatMap(({ config }) => Console.log(summarize(file, config))),
-      Effect.provide(NodeFileSystem.layer)
-    )
+    loadFile(file).pipe(Effect.flatMap(({ config }) => Console.log(summarize(file, config))))
 ).pipe(Command.withDescription("Check a config file; print every problem found, with its path."))
 
 const schema = Command.make("schema", {}, () => Console.log(JSON.stringify(configJsonSchema(), null, 2))).pipe(

@@ -3,7 +3,6 @@
  * the same `--config FILE` as `run` and acts on the same CA (directory or operator files).
  */
 import { Command, Options } from "@effect/cli"
-import { NodeFileSystem } from "@effect/platform-node"
 import { Console, Effect, Either, Schema } from "effect"
 import { activateRoot, introduceRoot, issueToFiles, showRoots, type StoreSettings, type TrustBundle } from "../../layers/Certificates.js"
 import { loadFile } from "../../layers/Config.js"
@@ -12,8 +11,7 @@ import { CaOperationRefused } from "../certs/Errors.js"
 
 const settingsFrom = (configPath: string) =>
   loadFile(configPath).pipe(
-    Effect.map(({ config }): StoreSettings => ({ settings: config.certificates, meshName: config.mesh.name, trustDomain: config.mesh.trustDomain })),
-    Effect.provide(NodeFileSystem.layer)
+    Effect.map(({ config }): StoreSettings => ({ settings: config.certificates, meshName: config.mesh.name, trustDomain: config.mesh.trustDomain }))
   )
 
 /** `ca show` output: one block per root, in bundle order (active first). */

@@ -4,7 +4,6 @@
  * Envoy the controller does not run itself: `mesh-controller envoy bootstrap --service echo > envoy.yaml`.
  */
 import { Command, Options } from "@effect/cli"
-import { NodeFileSystem } from "@effect/platform-node"
 import { Console, Effect, Either, Option } from "effect"
 import * as NodeOs from "node:os"
 import { loadFile } from "../../layers/Config.js"
@@ -28,7 +27,7 @@ export const makeEnvoyCommand = (configOption: Options.Options<string>) => {
     },
     ({ config, instance, service }) =>
       Effect.gen(function*() {
-        const loaded = yield* loadFile(config).pipe(Effect.provide(NodeFileSystem.layer))
+        const loaded = yield* loadFile(config)
         const input = yield* Either.match(
           inputFromConfig(loaded.config, {
             instance: Option.getOrElse(instance, () => loaded.config.sidecar.envoy.instance ?? NodeOs.hostname()),

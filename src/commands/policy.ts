@@ -6,7 +6,6 @@
  * carries `exitCode: 3`); 1 a config or policy problem; 2 a usage error.
  */
 import { Command, Options } from "@effect/cli"
-import { NodeFileSystem } from "@effect/platform-node"
 import { Console, Effect, Either, HashMap, Option, Schema } from "effect"
 import { loadFile } from "../../layers/Config.js"
 import type { MeshConfig } from "../../schemas/Config.js"
@@ -90,7 +89,7 @@ export const makePolicyCommand = (configOption: Options.Options<string>) => {
     },
     (args) =>
       Effect.gen(function*() {
-        const { config } = yield* loadFile(args.config).pipe(Effect.provide(NodeFileSystem.layer))
+        const { config } = yield* loadFile(args.config)
         const request: AuthzRequest = {
           method: Option.getOrUndefined(args.method),
           path: Option.getOrUndefined(args.path),

@@ -26,6 +26,7 @@ import { durationProto, root, typeUrl } from "../xds/Protos.js"
 import type { CompiledPolicy, CompiledRule } from "./Compile.js"
 import { effectivePath } from "./Compile.js"
 import type { Glob } from "./Match.js"
+import { parseHostPort } from "../../schemas/Endpoint.js"
 
 export type PlainObject = Record<string, unknown>
 
@@ -353,9 +354,7 @@ export const hcmObservability = (observability: Observability, service: string):
 export const tracingCluster = (observability: Observability): PlainObject | undefined => {
   const t = observability.tracing
   if (t === undefined) return undefined
-  const cut = t.collector.lastIndexOf(":")
-  const host = t.collector.slice(0, cut).replace(/^\[|\]$/g, "")
-  const port = Number(t.collector.slice(cut + 1))
+  const { host, port } = parseHostPort(t.collector)
   return {
     name: TRACING_CLUSTER,
     type: "STRICT_DNS",

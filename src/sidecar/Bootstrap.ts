@@ -10,6 +10,7 @@ import * as NodeNet from "node:net"
 import * as NodePath from "node:path"
 import * as YAML from "yaml"
 import type { MeshConfig } from "../../schemas/Config.js"
+import { parseHostPort } from "../../schemas/Endpoint.js"
 import { controllerId, serviceId } from "../certs/Spiffe.js"
 import { statsConfig } from "../policy/Envoy.js"
 import * as Protos from "../xds/Protos.js"
@@ -49,12 +50,6 @@ export const identityFiles = (certificatesDir: string, service: string): Identit
 export interface TracingProvider {
   readonly kind: "opentelemetry"
   readonly collector: { readonly host: string; readonly port: number }
-}
-
-/** `host:port` or `[v6]:port` (as the observability policy's `collector` is written). */
-export const parseHostPort = (text: string): { readonly host: string; readonly port: number } => {
-  const cut = text.lastIndexOf(":")
-  return { host: text.slice(0, cut).replace(/^\[|\]$/g, ""), port: Number(text.slice(cut + 1)) }
 }
 
 export interface BootstrapInput {

@@ -354,7 +354,8 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
 export const push = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined =>
   stream.protocol === "sotw" ? sotwPush(stream, url, snapshot, now) : deltaPush(stream, url, snapshot, now)
 
-const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
+/** `type.googleapis.com/envoy.config.cluster.v3.Cluster` → `Cluster` (metric labels, status). */
+export const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
 const iso = (ms: number) => new Date(ms).toISOString()
 const MAX_LISTED = 50
 
