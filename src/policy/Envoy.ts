@@ -22,7 +22,7 @@
  */
 import { Duration } from "effect"
 import type { CircuitBreakers, Fault, HeaderMatch, Mirror, Observability, OutlierDetection, RateLimit, Retries, RouteMatch } from "../../schemas/Config.js"
-import { durationProto, root, typeUrl } from "../xds/Protos.js"
+import { durationProto, typeUrl } from "../xds/Protos.js"
 import type { CompiledPolicy, CompiledRule } from "./Compile.js"
 import { effectivePath } from "./Compile.js"
 import type { Glob } from "./Match.js"
@@ -50,23 +50,6 @@ export const FilterNames = {
 
 /** The cluster spans go to (an `outbound|` name, so sidecars' wildcard CDS receives it). */
 export const TRACING_CLUSTER = "outbound|_tracing"
-
-/**
- * Proto files the policy fragments need. `src/xds/Protos.ts` lists them too; this keeps the
- * fragments usable (and checkable) should that list change: protobufjs skips files it already has.
- */
-const EXTRA_PROTOS = [
-  "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
-  "envoy/config/trace/v3/opentelemetry.proto"
-]
-let extraLoaded = false
-export const ensurePolicyProtos = (): void => {
-  if (extraLoaded) return
-  const r = root()
-  r.loadSync([...EXTRA_PROTOS], { keepCase: true })
-  r.resolveAll()
-  extraLoaded = true
-}
 
 /** Percent (0–100, fractions allowed) as an Envoy FractionalPercent, per million for precision. */
 export const fractionalPercent = (percent: number): PlainObject => ({
@@ -266,7 +249,6 @@ export const networkRbacFilters = (policy: CompiledPolicy, service: string): Rea
 
 /** A token bucket holding `burst` tokens, refilled with `requestsPerSecond` every second. */
 export const localRateLimitFilter = (service: string, limit: RateLimit): PlainObject => {
-  ensurePolicyProtos()
   const always = { default_value: { numerator: 100, denominator: "HUNDRED" }, runtime_key: `mesh.${service}.rate_limit` }
   return {
     name: FilterNames.localRateLimit,
@@ -327,7 +309,6 @@ export const accessLogs = (observability: Observability): ReadonlyArray<PlainObj
 export const tracing = (observability: Observability, service: string): PlainObject | undefined => {
   const t = observability.tracing
   if (t === undefined) return undefined
-  ensurePolicyProtos()
   const tags = Object.entries(observability.statsTags).map(([tag, value]) => ({ tag, literal: { value } }))
   return {
     random_sampling: { value: t.samplingPercent },

@@ -301,23 +301,6 @@ export const versionOf = (yaml: string): string => createHash("sha256").update(y
 // Checking against Envoy's protobuf definitions
 // ---------------------------------------------------------------------------------------------
 
-/** Extension types a bootstrap names in `@type` that src/xds/Protos.ts does not load itself. */
-const EXTRA_PROTOS: ReadonlyArray<string> = [
-  "envoy/extensions/resource_monitors/fixed_heap/v3/fixed_heap.proto",
-  "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto",
-  "envoy/config/trace/v3/opentelemetry.proto"
-]
-
-let extrasLoaded = false
-/** Adds the extension types above to the shared Root (same loader and include paths). */
-const ensureExtras = (): void => {
-  if (extrasLoaded) return
-  const root = Protos.root()
-  root.loadSync([...EXTRA_PROTOS], { keepCase: true })
-  root.resolveAll()
-  extrasLoaded = true
-}
-
 type ProtoType = ReturnType<typeof Protos.lookupType>
 
 const WRAPPERS = new Set(
@@ -392,7 +375,6 @@ export const fromProto3Json = (type: ProtoType, value: unknown): unknown => {
 
 /** Checks a bootstrap (proto3 JSON form, e.g. parsed from YAML) against Envoy's `Bootstrap` message. */
 export const checkBootstrap = (bootstrap: unknown): Either.Either<Uint8Array, Protos.ProtoInvalid> => {
-  ensureExtras()
   const type = Protos.lookupType(Protos.Types.Bootstrap)
   return Protos.encode(Protos.Types.Bootstrap, fromProto3Json(type, bootstrap))
 }

@@ -43,7 +43,10 @@ const PROTO_FILES: ReadonlyArray<string> = [
   "envoy/extensions/access_loggers/stream/v3/stream.proto",
   // Policy enforcement (src/policy/Envoy.ts): the local rate limit filter and the OpenTelemetry tracer.
   "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
-  "envoy/config/trace/v3/opentelemetry.proto"
+  "envoy/config/trace/v3/opentelemetry.proto",
+  // Sidecar bootstraps (src/sidecar/Bootstrap.ts): the overload manager's resource monitors.
+  "envoy/extensions/resource_monitors/fixed_heap/v3/fixed_heap.proto",
+  "envoy/extensions/resource_monitors/downstream_connections/v3/downstream_connections.proto"
 ]
 
 /** Fully-qualified names of the types the mesh uses most. */
