@@ -45,6 +45,7 @@ import { type RenewalPolicy, renewalReason, renewalTime, retiredRootNeeded } fro
 import { secretMap } from "../src/certs/Sds.js"
 import { certificateSpiffeId, controllerId, type MeshPrincipal, serviceId, type SpiffeIdInvalid } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
+import { filesIn, identityFiles } from "../src/certs/IdentityFiles.js"
 import { describeErrno, errnoCode } from "../src/Errno.js"
 import { Config } from "./Config.js"
 import { Discovery } from "./Discovery.js"
@@ -609,9 +610,9 @@ export const issueToFiles = (
     return { identity, ...(yield* writeIdentityFiles(out, identity, bundle.pem)) }
   })
 
-/** The sidecar's convention (src/sidecar/Bootstrap.ts): `<certificates.dir>/workloads/<service>/`. */
+/** The sidecar's convention: `<certificates.dir>/workloads/<service>/` (src/certs/IdentityFiles.ts). */
 export const workloadFilesDir = (certificatesDir: string, service: string): string =>
-  NodePath.join(NodePath.resolve(certificatesDir), "workloads", service)
+  identityFiles(certificatesDir, service).directory
 
 /** Writes cert.pem (chain), key.pem (0600) and ca.pem (bundle) into `out`, each atomically (rename), key first. */
 export const writeIdentityFiles = (
@@ -620,9 +621,10 @@ export const writeIdentityFiles = (
   bundlePem: string
 ): Effect.Effect<Omit<IssuedFiles, "identity">, CertificateStoreError> =>
   Effect.gen(function*() {
-    const dir = NodePath.resolve(out)
+    const paths = filesIn(out)
+    const dir = paths.directory
     yield* Effect.tryPromise({ try: () => NodeFs.mkdir(dir, { recursive: true, mode: 0o700 }), catch: storeError(dir) })
-    const files = { cert: NodePath.join(dir, "cert.pem"), key: NodePath.join(dir, "key.pem"), ca: NodePath.join(dir, "ca.pem") }
+    const files = { cert: paths.certificateChain, key: paths.privateKey, ca: paths.trustedCa }
     yield* writeAtomic(files.key, Redacted.value(identity.keyPem), { mode: 0o600, replace: true })
     yield* writeAtomic(files.cert, identity.chainPem, { mode: 0o644, replace: true })
     yield* writeAtomic(files.ca, bundlePem, { mode: 0o644, replace: true })

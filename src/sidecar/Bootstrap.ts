@@ -7,10 +7,10 @@
 import { Data, Duration, Either } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeNet from "node:net"
-import * as NodePath from "node:path"
 import * as YAML from "yaml"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { parseHostPort } from "../../schemas/Endpoint.js"
+import { type IdentityFiles, identityFiles } from "../certs/IdentityFiles.js"
 import { controllerId, serviceId } from "../certs/Spiffe.js"
 import { statsConfig } from "../policy/Envoy.js"
 import * as Protos from "../xds/Protos.js"
@@ -20,27 +20,7 @@ export const XDS_CLUSTER = "mesh-controller-xds"
 const ADMIN_CLUSTER = "envoy-admin"
 const TRACING_CLUSTER = "mesh-tracing"
 
-/**
- * Where a service's identity files are: the Certificates layer writes them (atomically, by rename
- * in this directory, which Envoy watches) and Envoy reads them for mTLS to the controller.
- */
-export interface IdentityFiles {
-  readonly directory: string
-  readonly certificateChain: string
-  readonly privateKey: string
-  readonly trustedCa: string
-}
-
-/** The convention shared with the Certificates layer: `<certificates.dir>/workloads/<service>/{cert,key,ca}.pem`. */
-export const identityFiles = (certificatesDir: string, service: string): IdentityFiles => {
-  const directory = NodePath.join(certificatesDir, "workloads", service)
-  return {
-    directory,
-    certificateChain: NodePath.join(directory, "cert.pem"),
-    privateKey: NodePath.join(directory, "key.pem"),
-    trustedCa: NodePath.join(directory, "ca.pem")
-  }
-}
+export { type IdentityFiles, identityFiles } from "../certs/IdentityFiles.js"
 
 /**
  * The bootstrap-level tracer, from `policies.observability.tracing`: the default provider for every
