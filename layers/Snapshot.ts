@@ -71,6 +71,10 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
     )
 }
 
+/** Two snapshots with the same resources but different build errors must still be told apart. */
+const errorsKey = (snapshot: XdsSnapshot): string =>
+  snapshot.errors.map((error) => `${error.service}\u0000${error.message}`).join("\n")
+
 const builds = counter("mesh_controller_snapshot_builds_total", "Snapshot rebuilds, by whether the content changed.", ["changed"])
 const buildSeconds = histogram("mesh_controller_snapshot_build_seconds", "Time to rebuild the xDS snapshot.")
 const serviceErrors = gauge("mesh_controller_snapshot_service_errors", "Services whose resources could not be built.")
@@ -148,7 +152,7 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       const previous = yield* SubscriptionRef.get(ref)
       const next = yield* rebuild(previous.snapshot)
       const changed = next.snapshot.version !== previous.snapshot.version ||
-        next.snapshot.errors.length !== previous.snapshot.errors.length
+        errorsKey(next.snapshot) !== errorsKey(previous.snapshot)
       builds.inc({ changed: String(changed) })
       if (changed) {
         yield* SubscriptionRef.set(ref, next)

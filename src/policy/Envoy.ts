@@ -88,7 +88,8 @@ export const routeMatch = (match: RouteMatch | undefined): PlainObject => {
  * RouteAction.retry_policy; `attempts` counts the first try, Envoy and gRPC count retries after it.
  * For `attempts: 1` send no retry policy at all: gRPC clients reject `num_retries: 0`.
  */
-export const retryPolicy = (retries: Retries): PlainObject => ({
+export const retryPolicy = (retries: Retries | undefined): PlainObject | undefined =>
+  retries === undefined || retries.attempts <= 1 ? undefined : ({
   retry_on: retries.on.join(","),
   num_retries: { value: retries.attempts - 1 },
   ...(retries.perTryTimeout ? { per_try_timeout: durationProto(retries.perTryTimeout) } : {}),

@@ -22,7 +22,7 @@ import {
   inboundHttpFilters,
   networkRbacFilters,
   mirrorPolicies,
-  retryPolicy as policyRetryPolicy,
+  retryPolicy,
   routeFaultOverride,
   routeMatch
 } from "../policy/Envoy.js"
@@ -148,12 +148,6 @@ export const inboundCluster = (service: Service): PlainObject => ({
 // Routes
 // ---------------------------------------------------------------------------------------------
 
-const retryPolicy = (route: Route): PlainObject | undefined => {
-  // One attempt means no retries; gRPC clients reject `num_retries: 0` (it would NACK the route).
-  if (route.retries === undefined || route.retries.attempts <= 1) return undefined
-  // Attempts, per-try timeout, retry-on conditions and backoff (src/policy/Envoy.ts).
-  return policyRetryPolicy(route.retries)
-}
 
 /** One RouteAction for a policy route; `clusterOf` names the cluster a destination service is in. */
 const routeAction = (
@@ -174,7 +168,7 @@ const routeAction = (
         clusters: route.destinations.map((d) => ({ name: clusterOf(d.service), weight: { value: d.weight } }))
       }
     }
-  const retry = retryPolicy(route)
+  const retry = retryPolicy(route.retries)
   return {
     ...target,
     ...(route.timeout
