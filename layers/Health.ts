@@ -169,7 +169,6 @@ const servicePanic = gauge(
 interface Entry {
   readonly service: string
   readonly endpoint: string
-  readonly check: HealthCheck
   state: EndpointState
   missed: number
 }
@@ -499,7 +498,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         const started: Array<Probe> = []
         for (const [key, probe] of desired) {
           if (entries.has(key)) continue
-          entries.set(key, { service: probe.service.name, endpoint: endpointKey(probe.target), check: probe.check, state: initialState(now), missed: 0 })
+          entries.set(key, { service: probe.service.name, endpoint: endpointKey(probe.target), state: initialState(now), missed: 0 })
           started.push(probe)
         }
         yield* Effect.forEach(started, (probe) => FiberMap.run(fibers, probe.key, probeLoop(probe)), { discard: true })
