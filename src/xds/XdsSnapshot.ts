@@ -197,6 +197,33 @@ const meshResourcesFor = (observability: MeshState["policies"]["observability"])
   return built
 }
 
+/**
+ * A secret's resources (itself, its `OWN_SECRET` alias, the matcher-free bundle), encoded once per
+ * secret value: the secrets only change when the Certificates layer publishes, not on every rebuild.
+ */
+interface SecretResources {
+  readonly name: string
+  readonly main: XdsResource
+  readonly own: XdsResource | undefined
+  readonly bundle: XdsResource | undefined
+}
+const secretResources = new WeakMap<object, SecretResources>()
+const secretResourcesFor = (name: string, secret: Readonly<Record<string, unknown>>): SecretResources => {
+  const cached = secretResources.get(secret)
+  if (cached !== undefined && cached.name === name) return cached
+  const trusted = name === ROOT_CA_SECRET ? (secret as { validation_context?: { trusted_ca?: unknown } }).validation_context?.trusted_ca : undefined
+  const built: SecretResources = {
+    name,
+    main: resource("(secrets)", Types.Secret, name, { ...secret, name }),
+    own: "tls_certificate" in secret ? resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET }) : undefined,
+    bundle: trusted === undefined
+      ? undefined
+      : resource("(secrets)", Types.Secret, TRUST_BUNDLE, { name: TRUST_BUNDLE, validation_context: { trusted_ca: trusted } })
+  }
+  secretResources.set(secret, built)
+  return built
+}
+
 /** Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change. */
 export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySnapshot): XdsSnapshot => {
   const known = new Set(state.services.map((s) => s.name))
@@ -247,10 +274,10 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const ownSecrets = new Map<string, XdsResource>()
   for (const [name, secret] of state.secrets ?? []) {
     try {
-      add(resource("(secrets)", Types.Secret, name, { ...secret, name }))
-      if ("tls_certificate" in secret) ownSecrets.set(name, resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET }))
-      const trusted = name === ROOT_CA_SECRET ? (secret as { validation_context?: { trusted_ca?: unknown } }).validation_context?.trusted_ca : undefined
-      if (trusted !== undefined) add(resource("(secrets)", Types.Secret, TRUST_BUNDLE, { name: TRUST_BUNDLE, validation_context: { trusted_ca: trusted } }))
+      const encoded = secretResourcesFor(name, secret)
+      add(encoded.main)
+      if (encoded.own !== undefined) ownSecrets.set(name, encoded.own)
+      if (encoded.bundle !== undefined) add(encoded.bundle)
     } catch (error) {
       if (!(error instanceof ServiceInvalid)) throw error
       errors.push({ service: `secret ${name}`, message: error.message, servingPrevious: false })
