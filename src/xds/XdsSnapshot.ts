@@ -175,12 +175,12 @@ export const meshTls = (state: MeshState): MeshTls | undefined =>
     : undefined
 
 /** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
-const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>): string => {
+const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>, tls: MeshTls | undefined): string => {
   const policy = state.policies.traffic.find((p) => p.service === service.name)
   const destinations = policy?.routes.flatMap((r) => r.destinations.map((d) => `${d.service}:${known.has(d.service)}`))
   // The rest of the policy that applies to the service: authorization, resilience, observability.
   const rest = servicePolicyKey(compileForSnapshot(state.policies, state.mesh.trustDomain), service.name)
-  return JSON.stringify([service, policy ?? null, destinations ?? null, rest, meshTls(state) ?? null])
+  return JSON.stringify([service, policy ?? null, destinations ?? null, rest, tls ?? null])
 }
 
 /** The outbound listener and the tracing collector's cluster, encoded once per observability setting. */
@@ -231,7 +231,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const groups = new Map<string, ServiceGroup>()
   const errors: Array<SnapshotError> = []
   for (const service of state.services) {
-    const key = groupKey(service, state, known)
+    const key = groupKey(service, state, known, tls)
     const before = previous.groups.get(service.name)
     if (before !== undefined && before.key === key) {
       groups.set(service.name, before)
