@@ -348,7 +348,12 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       standIn.restart()
       assert.isFalse(standIn.registeredServices().some((s) => s.ID === id))
       yield* registered
-      const status = (yield* registration.status) as { registrations: ReadonlyArray<{ restored: number; registered: boolean }> }
+      // The agent has it back as soon as it answers the PUT; the controller books it as restored
+      // once that answer has come back to it, so wait for the booking rather than race it.
+      const status = yield* eventually(Effect.flatMap(registration.status, (raw) => {
+        const s = raw as { registrations: ReadonlyArray<{ restored: number; registered: boolean }> }
+        return s.registrations[0]!.restored >= 1 ? Effect.succeed(s) : Effect.fail(s)
+      }))
       assert.isTrue(status.registrations[0]!.registered)
       expect(status.registrations[0]!.restored).toBeGreaterThanOrEqual(1)
       yield* waitForPorts(discovery, "mine", [7600])
