@@ -14,7 +14,7 @@ import * as grpc from "@grpc/grpc-js"
 import { Effect, Either, Layer, Logger, LogLevel } from "effect"
 import { fork } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Snapshot } from "../layers/Snapshot.js"
@@ -73,18 +73,18 @@ const startClients = (address: string, mode: string, streams: number, services: 
 
 const peakRss = () => process.resourceUsage().maxRSS / 1024
 
-/** The controller: Config (memory) → Discovery → Snapshot → Xds, with the clients measuring it. */
+/** The controller: LiveConfig (memory) → Discovery → Snapshot → Xds, with the clients measuring it. */
 const controllerScenario = (mode: string, streams: number, services: number): Promise<Result> =>
   Effect.runPromise(Effect.scoped(Effect.gen(function*() {
     const started = Date.now()
-    const inputs = Layer.mergeAll(Config.layerMemory(mesh(services, false)), Health.layerNoop)
+    const inputs = Layer.mergeAll(LiveConfig.layerMemory(mesh(services, false)), Health.layerNoop)
     const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))))
     const context = yield* Layer.build(
       Layer.mergeAll(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))), inputs)
     )
     const startupMs = Date.now() - started
     const xds = yield* Effect.provide(Xds, context)
-    const config = yield* Effect.provide(Config, context)
+    const config = yield* Effect.provide(LiveConfig, context)
     const changed = mesh(services, true)
     const clients = startClients(`127.0.0.1:${xds.address.port}`, mode, streams, services)
     yield* Effect.promise(() => clients.expect("ready"))

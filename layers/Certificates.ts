@@ -47,7 +47,7 @@ import { certificateSpiffeId, controllerId, type MeshPrincipal, serviceId, type 
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
 import { filesIn, identityFiles } from "../src/certs/IdentityFiles.js"
 import { describeErrno, errnoCode } from "../src/Errno.js"
-import { Config } from "./Config.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
 import { counter, gauge } from "./Metrics.js"
 
@@ -148,11 +148,11 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
   }
 >() {
   /** The CA from `certificates.dir` (created on first start) or `certificates.ca`; identities for Discovery's services. */
-  static readonly layer: Layer.Layer<Certificates, CaInvalid | CertificateStoreError | SigningFailed, Config | Discovery> =
+  static readonly layer: Layer.Layer<Certificates, CaInvalid | CertificateStoreError | SigningFailed, LiveConfig | Discovery> =
     Layer.scoped(Certificates, fromConfig((config) => (config.certificates.ca === undefined ? { _tag: "Dir" } : { _tag: "Files" })))
 
   /** A root made in memory at start and never written: tests, and programs that want a throwaway mesh. */
-  static readonly layerEphemeral: Layer.Layer<Certificates, SigningFailed, Config | Discovery> = Layer.scoped(
+  static readonly layerEphemeral: Layer.Layer<Certificates, SigningFailed, LiveConfig | Discovery> = Layer.scoped(
     Certificates,
     fromConfig(() => ({ _tag: "Ephemeral" })).pipe(Effect.catchTag("CaInvalid", "CertificateStoreError", Effect.die))
   )
@@ -162,7 +162,7 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
 // A function declaration: the static layers above use it while the class is being defined.
 function fromConfig(source: (config: MeshConfig) => CaSource) {
   return Effect.gen(function*() {
-    const { config } = yield* (yield* Config).get
+    const { config } = yield* (yield* LiveConfig).get
     const sidecar = config.sidecar.envoy
     return yield* make({
       settings: config.certificates,

@@ -3,7 +3,7 @@ import { createHash } from "node:crypto"
 import { MeshConfig, Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 import { decodeConfig, parseYaml } from "../src/ConfigDocument.js"
-import { Config, type LoadedConfig } from "./Config.js"
+import { LiveConfig, type LoadedConfig } from "./LiveConfig.js"
 import { blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { counter } from "./Metrics.js"
 
@@ -27,25 +27,25 @@ export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies"
     readonly status: Effect.Effect<unknown>
   }
 >() {
-  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, Config> =>
+  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, LiveConfig> =>
     Layer.scoped(ConsulPolicies, make(options))
 
   /**
    * The config as the rest of the controller should see it: the file's, with `policies` replaced
-   * by the KV key's while it holds a valid value. Provide it in place of the file's `Config` to
+   * by the KV key's while it holds a valid value. Provide it in place of the file's `LiveConfig` to
    * the layers that read policy (Policy, Snapshot), so a shared policy reaches every controller.
    */
-  static readonly configOverlay: Layer.Layer<Config, never, Config | ConsulPolicies> = Layer.scoped(
-    Config,
+  static readonly configOverlay: Layer.Layer<LiveConfig, never, LiveConfig | ConsulPolicies> = Layer.scoped(
+    LiveConfig,
     Effect.gen(function*() {
-      const file = yield* Config
+      const file = yield* LiveConfig
       const shared = yield* ConsulPolicies
       const effective = yield* SubscriptionRef.make(overlay(yield* file.get, yield* shared.current))
       yield* Stream.zipLatest(file.changes, shared.changes).pipe(
         Stream.runForEach(([loaded, policies]) => SubscriptionRef.set(effective, overlay(loaded, policies))),
         Effect.forkScoped
       )
-      return Config.of({ ...file, get: SubscriptionRef.get(effective), changes: effective.changes })
+      return LiveConfig.of({ ...file, get: SubscriptionRef.get(effective), changes: effective.changes })
     })
   )
 
@@ -91,7 +91,7 @@ const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): Loade
 
 const make = (options: ConsulPoliciesOptions) =>
   Effect.gen(function*() {
-    const config = yield* Config
+    const config = yield* LiveConfig
     const initial = (yield* config.get).config
     const settings = initial.discovery.consul
     const key = settings?.policiesKey

@@ -8,7 +8,7 @@ import {
   registrationsOf
 } from "../src/discovery/Consul.js"
 import { endpointKey, type EndpointHealth } from "../src/MeshState.js"
-import { Config } from "./Config.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { Health, type HealthView } from "./Health.js"
 import { counter, gauge } from "./Metrics.js"
@@ -34,7 +34,7 @@ export class ConsulRegistration extends Context.Tag("mesh-controller/ConsulRegis
     readonly status: Effect.Effect<unknown>
   }
 >() {
-  static readonly layer = (options: RegistrationOptions = {}): Layer.Layer<ConsulRegistration, never, Config | Health> =>
+  static readonly layer = (options: RegistrationOptions = {}): Layer.Layer<ConsulRegistration, never, LiveConfig | Health> =>
     Layer.scoped(ConsulRegistration, make(options))
 }
 
@@ -68,7 +68,7 @@ const healthOf = (view: HealthView, registration: Registration): EndpointHealth 
 
 const make = (options: RegistrationOptions) =>
   Effect.gen(function*() {
-    const config = yield* Config
+    const config = yield* LiveConfig
     const health = yield* Health
     const loaded = yield* config.get
     const settings = loaded.config.discovery.consul

@@ -5,7 +5,7 @@ import { type CatalogServices, decodeCatalogServices, decodeHealthService } from
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
-import { Config } from "./Config.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { type BlockingQuery, blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { counter, gauge } from "./Metrics.js"
 
@@ -29,7 +29,7 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     readonly status: Effect.Effect<unknown>
     /** Adds (or replaces) an endpoint registered at run time; kept across config reloads. */
     readonly register: (registration: ApiRegistration) => Effect.Effect<void>
-    /** Removes a runtime registration; false when there was none. Config and Consul entries are untouched. */
+    /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
     readonly deregister: (service: string, address: string, port: number) => Effect.Effect<boolean>
     readonly registrations: Effect.Effect<ReadonlyArray<ApiRegistration>>
   }
@@ -38,11 +38,11 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
    * Services from the config file and the registration API, plus Consul when the config has a
    * `discovery.consul` section (read at start; a change to that section needs a restart).
    */
-  static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, Config> =>
+  static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, LiveConfig> =>
     Layer.scoped(Discovery, make({ ...options, consul: true }))
 
   /** The embedded registry only (config file + registration API), whatever the config says about Consul. */
-  static readonly layerEmbedded: Layer.Layer<Discovery, never, Config> = Layer.scoped(
+  static readonly layerEmbedded: Layer.Layer<Discovery, never, LiveConfig> = Layer.scoped(
     Discovery,
     Effect.suspend(() => make({ consul: false }))
   )
@@ -150,7 +150,7 @@ const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) => a
 
 const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
   Effect.gen(function*() {
-    const config = yield* Config
+    const config = yield* LiveConfig
     const initial = yield* config.get
     const consulSettings = options.consul ? initial.config.discovery.consul : undefined
     const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)

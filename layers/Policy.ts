@@ -2,7 +2,7 @@ import { Context, Effect, Either, Layer, Ref, Stream, SubscriptionRef } from "ef
 import type { MeshConfig } from "../schemas/Config.js"
 import { type AuthzRequest, authorize, type Decision } from "../src/policy/Authorize.js"
 import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../src/policy/Compile.js"
-import { Config } from "./Config.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { counter, gauge } from "./Metrics.js"
 
 /** The compiled policy in force, with where it came from. */
@@ -42,15 +42,15 @@ export class Policy extends Context.Tag("mesh-controller/Policy")<
     readonly status: Effect.Effect<PolicyStatus>
   }
 >() {
-  /** Follows `Config`; fails at startup when the config's policies do not compile. */
-  static readonly layer: Layer.Layer<Policy, PolicyInvalid, Config> = Layer.scoped(
+  /** Follows `LiveConfig`; fails at startup when the config's policies do not compile. */
+  static readonly layer: Layer.Layer<Policy, PolicyInvalid, LiveConfig> = Layer.scoped(
     Policy,
     Effect.suspend(() => make)
   )
 
   /** A fixed policy compiled from `config` (tests, `policy check`). */
   static readonly layerMemory = (config: MeshConfig): Layer.Layer<Policy, PolicyInvalid> =>
-    Layer.scoped(Policy, make.pipe(Effect.provide(Config.layerMemory(config))))
+    Layer.scoped(Policy, make.pipe(Effect.provide(LiveConfig.layerMemory(config))))
 }
 
 const compilations = counter("mesh_controller_policy_compilations_total", "Policy compilations by result (ok, rejected).", ["result"])
@@ -67,7 +67,7 @@ const published = (inForce: PolicyInForce) => {
 type Rejected = NonNullable<PolicyStatus["lastRejected"]>
 
 const make = Effect.gen(function*() {
-  const config = yield* Config
+  const config = yield* LiveConfig
   const loaded = yield* config.get
   const first = yield* Either.match(compileConfig(loaded.config), {
     onLeft: (error) => Effect.zipRight(Effect.sync(() => compilations.inc({ result: "rejected" })), Effect.fail(error)),

@@ -48,7 +48,7 @@ import {
   parseEnvoyLogLine
 } from "../src/sidecar/Restart.js"
 import { writeAtomic } from "./Certificates.js"
-import { Config } from "./Config.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { counter, gauge } from "./Metrics.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -119,14 +119,14 @@ export class Sidecar extends Context.Tag("mesh-controller/Sidecar")<
   }
 >() {
   /** Runs Envoy for `sidecar.envoy.service`, whatever `sidecar.envoy.enabled` says. */
-  static readonly layer = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, Config> =>
+  static readonly layer = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
     Layer.scoped(Sidecar, make(options))
 
   /** Runs Envoy when `sidecar.envoy.enabled`, otherwise reports "disabled" (what program.ts wants). */
-  static readonly layerConfig = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, Config> =>
+  static readonly layerConfig = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
     Layer.scoped(
       Sidecar,
-      Effect.flatMap(Config, (config) =>
+      Effect.flatMap(LiveConfig, (config) =>
         Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone))))
     )
 
@@ -398,9 +398,9 @@ const crashed = (proc: EnvoyProcess, exit: ExitInfo, beforeReady: boolean, why?:
 // The supervisor
 // ---------------------------------------------------------------------------------------------
 
-export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Service<Sidecar>, SidecarConfigInvalid, Config | Scope.Scope> =>
+export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Service<Sidecar>, SidecarConfigInvalid, LiveConfig | Scope.Scope> =>
   Effect.gen(function*() {
-    const config = yield* Config
+    const config = yield* LiveConfig
     const first = yield* config.get
     const initial = yield* Either.match(toLaunch(first.config, options), { onLeft: Effect.fail, onRight: Effect.succeed })
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
@@ -610,7 +610,7 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
       )
     })
 
-    // Config changes become new launches; a config that cannot produce a valid bootstrap is
+    // LiveConfig changes become new launches; a config that cannot produce a valid bootstrap is
     // reported and the running Envoy keeps its bootstrap.
     yield* config.changes.pipe(
       Stream.drop(1),

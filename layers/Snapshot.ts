@@ -2,7 +2,7 @@ import { Clock, Context, Duration, Effect, Layer, Option, Queue, Ref, Stream, Su
 import type { MeshState } from "../src/MeshState.js"
 import { composeMeshState } from "../src/xds/Compose.js"
 import { buildSnapshot, emptySnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
-import { Config } from "./Config.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
 import { Health, type HealthView } from "./Health.js"
 import { counter, gauge, histogram } from "./Metrics.js"
@@ -32,7 +32,7 @@ export class SnapshotSecrets extends Context.Tag("mesh-controller/SnapshotSecret
 >() {}
 
 /**
- * The xDS resources the controller serves, rebuilt from Config, Discovery, Health (and SDS secrets
+ * The xDS resources the controller serves, rebuilt from LiveConfig, Discovery, Health (and SDS secrets
  * when a `SnapshotSecrets` source is wired) whenever one of them changes, after a quiet window
  * (`controller.debounce.quiet`, default 100 ms) but never later than `controller.debounce.max`
  * (default 1 s) after the first change of a burst. Only a snapshot whose content changed is
@@ -47,13 +47,13 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
     readonly status: Effect.Effect<SnapshotStatus>
   }
 >() {
-  static readonly layer: Layer.Layer<Snapshot, never, Config | Discovery | Health> = Layer.scoped(
+  static readonly layer: Layer.Layer<Snapshot, never, LiveConfig | Discovery | Health> = Layer.scoped(
     Snapshot,
     Effect.suspend(() => make(Option.none()))
   )
 
   /** Also serves the secrets of a `SnapshotSecrets` source (the Certificates layer) over SDS. */
-  static readonly layerWithSecrets: Layer.Layer<Snapshot, never, Config | Discovery | Health | SnapshotSecrets> = Layer
+  static readonly layerWithSecrets: Layer.Layer<Snapshot, never, LiveConfig | Discovery | Health | SnapshotSecrets> = Layer
     .scoped(
       Snapshot,
       Effect.flatMap(SnapshotSecrets, (secrets) => make(Option.some(secrets.changes)))
@@ -91,7 +91,7 @@ const statusOf = (published: Published, count: number): SnapshotStatus => ({
 
 export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<MeshState["secrets"]>>>) =>
   Effect.gen(function*() {
-    const config = yield* Config
+    const config = yield* LiveConfig
     const discovery = yield* Discovery
     const health = yield* Health
 

@@ -20,7 +20,7 @@ import {
 import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
 import { TypeUrls } from "../src/xds/Protos.js"
 import { describeErrno } from "../src/Errno.js"
-import { Config } from "./Config.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { counter, gauge, histogram } from "./Metrics.js"
 import { type Published, Snapshot } from "./Snapshot.js"
 
@@ -73,7 +73,7 @@ export class Xds extends Context.Tag("mesh-controller/Xds")<
     readonly status: Effect.Effect<XdsStatus>
   }
 >() {
-  static readonly layer = (options: XdsOptions = {}): Layer.Layer<Xds, XdsBindFailed, Snapshot | Config> =>
+  static readonly layer = (options: XdsOptions = {}): Layer.Layer<Xds, XdsBindFailed, Snapshot | LiveConfig> =>
     Layer.scoped(Xds, make(options))
 }
 
@@ -109,7 +109,7 @@ type AdsCall<Req> = grpc.ServerDuplexStream<Req, Buffer>
 export const make = (options: XdsOptions) =>
   Effect.gen(function*() {
     const snapshots = yield* Snapshot
-    const { config } = yield* (yield* Config).get
+    const { config } = yield* (yield* LiveConfig).get
     const listen = config.controller.xds
     const trustDomain = config.mesh.trustDomain
     const trustNodeIds = options.credentials === undefined && listen.insecureNodeIdentity

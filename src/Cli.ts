@@ -1,6 +1,6 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
-import { loadFile } from "../layers/Config.js"
+import { loadFile } from "../layers/LiveConfig.js"
 import { makeCertsCommands } from "./commands/certs.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"

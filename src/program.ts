@@ -1,7 +1,7 @@
 import { Context, Duration, Effect, Layer, Stream } from "effect"
 import { Admin } from "../layers/Admin.js"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
@@ -38,10 +38,10 @@ export const LAYER_NAMES = [
  * begins (this is released first). Shutdown as a whole is bounded by `controller.shutdownTimeout`:
  * a watchdog that no finalizer can block ends the process if the layers take longer.
  */
-const Ready: Layer.Layer<never, never, Lifecycle | Config> = Layer.scopedDiscard(
+const Ready: Layer.Layer<never, never, Lifecycle | LiveConfig> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const lifecycle = yield* Lifecycle
-    const config = yield* Config
+    const config = yield* LiveConfig
     yield* Effect.acquireRelease(
       Effect.zipRight(lifecycle.setPhase("ready"), Effect.logInfo("mesh-controller is ready")),
       () =>
@@ -68,19 +68,19 @@ const SecretsFromCertificates: Layer.Layer<SnapshotSecrets, never, Certificates>
 )
 
 /** The xDS server, with mTLS from the mesh CA when `controller.xds.tls` is "mtls". */
-const XdsFromConfig: Layer.Layer<Xds, unknown, Config | Certificates | Snapshot> = Layer.unwrapEffect(
+const XdsFromConfig: Layer.Layer<Xds, unknown, LiveConfig | Certificates | Snapshot> = Layer.unwrapEffect(
   Effect.gen(function*() {
-    const { config } = yield* (yield* Config).get
+    const { config } = yield* (yield* LiveConfig).get
     const certificates = yield* Certificates
     return Xds.layer(config.controller.xds.tls === "mtls" ? { credentials: certificates.xdsServerCredentials } : {})
   })
 )
 
 /** The admin server on `controller.admin`, with the runtime registration API. */
-const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, Config | Discovery | Lifecycle> =>
+const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle> =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
-      const { config } = yield* (yield* Config).get
+      const { config } = yield* (yield* LiveConfig).get
       return Admin.layer({ host: config.controller.admin.host, port: config.controller.admin.port, version, routes: RegistrationApi })
     })
   )
@@ -91,7 +91,7 @@ const statusOf = <I, S extends { readonly status: Effect.Effect<unknown> }>(tag:
 /** The composition root: every layer of the daemon, in dependency order. */
 export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown> => {
   const track = Lifecycle.track
-  const ConfigLive = track("config", Config.layer({ path: options.configPath }), statusOf(Config))
+  const ConfigLive = track("config", LiveConfig.layer({ path: options.configPath }), statusOf(LiveConfig))
   const DiscoveryLive = track("discovery", Discovery.layer(), statusOf(Discovery))
   const AdminLive = track("admin", AdminFromConfig(options.version), (ctx) => Effect.succeed(Context.get(ctx, Admin).address))
   const PolicyLive = track("policy", Policy.layer, statusOf(Policy))

@@ -5,7 +5,7 @@ import * as NodeTls from "node:tls"
 import { Certificates, secretsOf, type WorkloadIdentity } from "../layers/Certificates.js"
 import { decode, TypeUrls, Types } from "../src/xds/Protos.js"
 import { ROOT_CA_SECRET } from "../src/certs/Sds.js"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
@@ -224,7 +224,7 @@ describe("the real xDS server with controller.xds.tls: mtls", () => {
     Effect.gen(function*() {
       const config = certConfig({}, ["echo", "gateway"])
       const registry = yield* SubscriptionRef.make<ReadonlyArray<ReturnType<typeof meshService>>>(config.services.map((s) => meshService(s.name)))
-      const base = Layer.mergeAll(Config.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
+      const base = Layer.mergeAll(LiveConfig.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
       const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
       const xdsLayer = Xds.layer({ host: "127.0.0.1", port: 0, credentials: certs.xdsServerCredentials }).pipe(
         Layer.provide(Snapshot.layer),
@@ -252,7 +252,7 @@ describe("SDS through the snapshot", () => {
     Effect.gen(function*() {
       const config = certConfig({}, ["echo", "gateway"])
       const registry = yield* SubscriptionRef.make<ReadonlyArray<ReturnType<typeof meshService>>>(config.services.map((s) => meshService(s.name)))
-      const base = Layer.mergeAll(Config.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
+      const base = Layer.mergeAll(LiveConfig.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
       const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
       // The wiring program.ts uses: the Certificates layer's changes, as MeshState secrets.
       const secrets = Layer.succeed(SnapshotSecrets, { changes: certs.changes.pipe(Stream.map(secretsOf)) })

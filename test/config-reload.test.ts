@@ -3,7 +3,7 @@ import { Effect, Layer } from "effect"
 import { mkdtempSync, renameSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { eventually } from "./support/eventually.js"
 
 const yaml = (name: string, port = 80) => `mesh: { name: ${name} }\nservices: [ { name: web, port: ${port} } ]\n`
@@ -15,26 +15,26 @@ const withConfigFile = (initial: string) => {
   return { dir, path }
 }
 
-const meshName = Effect.map(Effect.flatMap(Config, (c) => c.get), (loaded) => loaded.config.mesh.name)
+const meshName = Effect.map(Effect.flatMap(LiveConfig, (c) => c.get), (loaded) => loaded.config.mesh.name)
 
-describe("Config file layer", () => {
+describe("LiveConfig file layer", () => {
   it.live("applies a valid edit and reports it", () => {
     const { path } = withConfigFile(yaml("first"))
     return Effect.gen(function*() {
-      const config = yield* Config
+      const config = yield* LiveConfig
       assert.strictEqual(yield* meshName, "first")
       writeFileSync(path, yaml("second"))
       yield* eventually(Effect.filterOrFail(meshName, (name) => name === "second"))
       const status = yield* config.status
       expect(status.lastReload?._tag).toBe("Applied")
       expect(status.source).toBe(path)
-    }).pipe(Effect.provide(Config.layer({ path, pollInterval: "200 millis" })))
+    }).pipe(Effect.provide(LiveConfig.layer({ path, pollInterval: "200 millis" })))
   })
 
   it.live("rejects an invalid edit, keeps the config in force, and says why", () => {
     const { path } = withConfigFile(yaml("good"))
     return Effect.gen(function*() {
-      const config = yield* Config
+      const config = yield* LiveConfig
       const before = yield* config.get
       writeFileSync(path, yaml("good", 70000))
       const status = yield* eventually(
@@ -49,7 +49,7 @@ describe("Config file layer", () => {
       // A later valid edit is still picked up.
       writeFileSync(path, yaml("fixed"))
       yield* eventually(Effect.filterOrFail(meshName, (name) => name === "fixed"))
-    }).pipe(Effect.provide(Config.layer({ path, pollInterval: "200 millis" })))
+    }).pipe(Effect.provide(LiveConfig.layer({ path, pollInterval: "200 millis" })))
   })
 
   it.live("picks up a file replaced by rename, as editors and config managers write it", () => {
@@ -64,13 +64,13 @@ describe("Config file layer", () => {
       writeFileSync(temp, yaml("again"))
       renameSync(temp, path)
       yield* eventually(Effect.filterOrFail(meshName, (name) => name === "again"))
-    }).pipe(Effect.provide(Config.layer({ path, pollInterval: "1 hour" })))
+    }).pipe(Effect.provide(LiveConfig.layer({ path, pollInterval: "1 hour" })))
   })
 
   it.live("fails to start on an invalid file, naming every problem", () => {
     const { path } = withConfigFile("mesh: { name: Bad }\nservices: [ { name: a, port: 0 } ]\n")
     return Effect.gen(function*() {
-      const error = yield* Effect.flip(Layer.build(Config.layer({ path })).pipe(Effect.scoped))
+      const error = yield* Effect.flip(Layer.build(LiveConfig.layer({ path })).pipe(Effect.scoped))
       assert.strictEqual(error._tag, "ConfigInvalid")
       expect(error.message).toContain("mesh.name: expected a service name")
       expect(error.message).toContain("services[0].port: expected a port number from 1 to 65535, got 0")

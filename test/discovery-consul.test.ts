@@ -13,7 +13,7 @@ import * as NodeFs from "node:fs"
 import * as Https from "node:https"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
@@ -82,7 +82,7 @@ const configOf = (address: string, fields: Record<string, unknown> = {}, consul:
 
 const startDiscovery = (config: MeshConfig) =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(Discovery.layer(fast).pipe(Layer.provide(Config.layerMemory(config))))
+    const context = yield* Layer.build(Discovery.layer(fast).pipe(Layer.provide(LiveConfig.layerMemory(config))))
     return Context.get(context, Discovery)
   })
 
@@ -164,7 +164,7 @@ describe(`Consul to a proxyless gRPC client — ${TARGET}`, () => {
       const second = yield* echoBackend("second")
       const name = unique("echo")
       const config = configOf(address)
-      const inputs = Layer.mergeAll(Config.layerMemory(config), Health.layerNoop)
+      const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
       const discovery = Discovery.layer(fast).pipe(Layer.provide(inputs))
       const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
       const context = yield* Layer.build(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))))
@@ -197,7 +197,7 @@ describe(`ConsulRegistration — ${TARGET}`, () => {
       const scope = yield* Scope.make()
       yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
       const context = yield* Layer.buildWithScope(
-        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(Config.layerMemory(config), Health.layerMemory(view)))),
+        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(LiveConfig.layerMemory(config), Health.layerMemory(view)))),
         scope
       )
       return { registration: Context.get(context, ConsulRegistration), close: Scope.close(scope, Exit.void) }
@@ -253,7 +253,7 @@ describe(`policies from a Consul KV key — ${TARGET}`, () => {
       const { address, client } = yield* target
       const key = `mesh-controller/${unique("policies")}`
       const config = configOf(address, { services: [{ name: "echo", port: 1 }, { name: "echo-v2", port: 2 }] }, { policiesKey: key })
-      const context = yield* Layer.build(ConsulPolicies.layer(fast).pipe(Layer.provide(Config.layerMemory(config))))
+      const context = yield* Layer.build(ConsulPolicies.layer(fast).pipe(Layer.provide(LiveConfig.layerMemory(config))))
       const policies = Context.get(context, ConsulPolicies)
       const status = Effect.map(policies.status, (s) => s as { last: { _tag: string; errors?: ReadonlyArray<string> } | null; inForce: string })
       yield* eventually(Effect.filterOrFail(status, (s) => s.last?._tag === "Absent"))
@@ -328,7 +328,7 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       const view = yield* SubscriptionRef.make<HealthView>(new Map())
       const context = yield* Layer.build(
         Layer.merge(Discovery.layer(fast), ConsulRegistration.layer(fast)).pipe(
-          Layer.provide(Layer.merge(Config.layerMemory(config), Health.layerMemory(view)))
+          Layer.provide(Layer.merge(LiveConfig.layerMemory(config), Health.layerMemory(view)))
         )
       )
       const discovery = Context.get(context, Discovery)
@@ -371,7 +371,7 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       })
       const view = yield* SubscriptionRef.make<HealthView>(new Map())
       const context = yield* Layer.build(
-        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(Config.layerMemory(config), Health.layerMemory(view))))
+        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(LiveConfig.layerMemory(config), Health.layerMemory(view))))
       )
       const registration = Context.get(context, ConsulRegistration)
       type Status = { lastError: string | null; registrations: ReadonlyArray<{ service: string; registered: boolean; lastError: string | null }> }
@@ -416,7 +416,7 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       const start = (tlsOptions: Record<string, unknown>) =>
         Layer.build(
           Discovery.layer(fast).pipe(
-            Layer.provide(Config.layerMemory(configOf(standIn.address, {}, { tls: tlsOptions }))),
+            Layer.provide(LiveConfig.layerMemory(configOf(standIn.address, {}, { tls: tlsOptions }))),
             Layer.provide(withToken)
           )
         ).pipe(Effect.map((context) => Context.get(context, Discovery)))

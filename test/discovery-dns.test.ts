@@ -5,7 +5,7 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer } from "effect"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
@@ -24,7 +24,7 @@ const configOf = (dnsServer: string, endpoints: ReadonlyArray<Record<string, unk
 
 const start = (config: MeshConfig) =>
   Effect.map(
-    Layer.build(Discovery.layer({ dnsTimeout: "2 seconds" }).pipe(Layer.provide(Config.layerMemory(config)))),
+    Layer.build(Discovery.layer({ dnsTimeout: "2 seconds" }).pipe(Layer.provide(LiveConfig.layerMemory(config)))),
     (context) => Context.get(context, Discovery)
   )
 

@@ -8,7 +8,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, TestClock } from "effect"
 import * as NodeHttp from "node:http"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import type { MeshConfig } from "../schemas/Config.js"
@@ -158,7 +158,7 @@ describe("embedded registry and the registration API", () => {
 
   it.scoped("with IP addresses only, no timer runs: a day of TestClock passes at once and changes nothing", () =>
     Effect.gen(function*() {
-      const context = yield* Layer.build(Discovery.layerEmbedded.pipe(Layer.provide(Config.layerMemory(initial))))
+      const context = yield* Layer.build(Discovery.layerEmbedded.pipe(Layer.provide(LiveConfig.layerMemory(initial))))
       const discovery = Context.get(context, Discovery)
       const before = yield* discovery.services
       yield* TestClock.adjust("24 hours")
@@ -172,12 +172,12 @@ describe("embedded registry and the registration API", () => {
         Discovery.layerEmbedded
       ).pipe(
         Layer.provideMerge(NodeHttpServer.layer(() => NodeHttp.createServer(), { port: 0, host: "127.0.0.1" })),
-        Layer.provideMerge(Config.layerMemory(initial))
+        Layer.provideMerge(LiveConfig.layerMemory(initial))
       )
     )
     const address = Context.get(context, HttpServer.HttpServer).address
     const port = address._tag === "TcpAddress" ? address.port : 0
-    return { discovery: Context.get(context, Discovery), config: Context.get(context, Config), base: `http://127.0.0.1:${port}` }
+    return { discovery: Context.get(context, Discovery), config: Context.get(context, LiveConfig), base: `http://127.0.0.1:${port}` }
   })
 
   const request = (url: string, init?: RequestInit) =>

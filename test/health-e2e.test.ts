@@ -5,7 +5,7 @@
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Schema } from "effect"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { grpcProbe } from "../layers/HealthProbes.js"
@@ -33,7 +33,7 @@ const meshConfig = (ports: ReadonlyArray<number>): MeshConfig => {
 }
 
 const controller = (config: MeshConfig) => {
-  const configLayer = Config.layerMemory(config)
+  const configLayer = LiveConfig.layerMemory(config)
   const discovery = Discovery.layerEmbedded.pipe(Layer.provide(configLayer))
   const health = Health.layer().pipe(Layer.provide(discovery))
   const inputs = Layer.mergeAll(configLayer, discovery, health)

@@ -21,14 +21,14 @@ describe("mesh-controller as a library", () => {
       join(consumer, "main.mjs"),
       `
 import { Effect } from "effect"
-import { Config } from "mesh-controller/layers/config"
+import { LiveConfig } from "mesh-controller/layers/config"
 import { parseConfig } from "mesh-controller"
 const program = Effect.gen(function* () {
-  const config = yield* Config
+  const config = yield* LiveConfig
   const loaded = yield* config.get
   return { mesh: loaded.config.mesh.name, services: loaded.config.services.map((s) => s.name), parsed: parseConfig("mesh: {name: x}", "inline")._tag }
 })
-const result = await Effect.runPromise(program.pipe(Effect.provide(Config.layer({ path: "mesh.yaml", watch: false }))))
+const result = await Effect.runPromise(program.pipe(Effect.provide(LiveConfig.layer({ path: "mesh.yaml", watch: false }))))
 console.log(JSON.stringify(result))
 `
     )

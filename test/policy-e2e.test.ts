@@ -1,12 +1,12 @@
 /**
  * Traffic policy end to end with the real proxyless client: `@grpc/grpc-js-xds` dials
- * `xds:///echo` through the controller (Config → Snapshot → Xds) and reaches real gRPC backends
+ * `xds:///echo` through the controller (LiveConfig → Snapshot → Xds) and reaches real gRPC backends
  * whose behaviour the test chooses (fail once, hang).
  */
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, type Scope } from "effect"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Snapshot } from "../layers/Snapshot.js"
@@ -52,10 +52,10 @@ const meshConfig = (port: number, route: Record<string, unknown>, extra: { reado
   return decoded.right
 }
 
-/** The controller (memory Config, embedded Discovery, no health checks, Snapshot, Xds); its address. */
+/** The controller (memory LiveConfig, embedded Discovery, no health checks, Snapshot, Xds); its address. */
 const controller = (config: MeshConfig) =>
   Effect.gen(function*() {
-    const inputs = Layer.mergeAll(Config.layerMemory(config), Health.layerNoop)
+    const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
     const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))))
     const context = yield* Layer.build(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))))
     return `127.0.0.1:${Context.get(context, Xds).address.port}`

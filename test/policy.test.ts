@@ -5,7 +5,7 @@ import { Cause, Effect, Either, Exit, FastCheck as fc, Layer, Option, Stream, Te
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Policy } from "../layers/Policy.js"
 import type { AuthorizationRule, MeshConfig, Policies } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
@@ -308,7 +308,7 @@ describe("Policy layer", () => {
 
   it.scoped("recompiles on config changes and keeps the last good policy when one does not compile", () =>
     Effect.gen(function*() {
-      const cfg = yield* Config
+      const cfg = yield* LiveConfig
       const policy = yield* Policy
       assert.isFalse((yield* policy.authorize("web", "echo")).allowed)
 
@@ -325,7 +325,7 @@ describe("Policy layer", () => {
       expect(status.lastRejected?.issues).toEqual([`policies.security.authorization[0].to (policy "x"): unknown service "ghost"`])
       assert.strictEqual(status.authorizationRules, 2)
       assert.isTrue((yield* policy.authorize("web", "echo")).allowed)
-    }).pipe(Effect.provide(Policy.layer.pipe(Layer.provideMerge(Config.layerMemory(config(allowGateway)))))))
+    }).pipe(Effect.provide(Policy.layer.pipe(Layer.provideMerge(LiveConfig.layerMemory(config(allowGateway)))))))
 
   it.effect("a config whose policy does not compile fails the layer at startup", () =>
     Effect.gen(function*() {

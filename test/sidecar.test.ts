@@ -10,7 +10,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as YAML from "yaml"
 import type { MeshConfig } from "../schemas/Config.js"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { registry } from "../layers/Metrics.js"
 import { Sidecar, type SidecarStatus } from "../layers/Sidecar.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
@@ -111,16 +111,16 @@ const eventually = (condition: () => boolean, what: string) =>
     }
   })
 
-/** Builds Config (memory) + Sidecar in a scope the test closes itself, to observe shutdown. */
+/** Builds LiveConfig (memory) + Sidecar in a scope the test closes itself, to observe shutdown. */
 const start = (config: MeshConfig, options: Parameters<typeof Sidecar.layer>[0] = {}) =>
   Effect.gen(function*() {
     // The test closes the scope itself to observe shutdown; this release covers a failed assertion.
     const scope = yield* Effect.acquireRelease(Scope.make(), (scope) => Scope.close(scope, Exit.void))
     const context = yield* Layer.buildWithScope(
-      Layer.provideMerge(Sidecar.layer({ preflight: preflight({ arch: "x64" }), ...options }), Config.layerMemory(config)),
+      Layer.provideMerge(Sidecar.layer({ preflight: preflight({ arch: "x64" }), ...options }), LiveConfig.layerMemory(config)),
       scope
     )
-    return { scope, sidecar: Context.get(context, Sidecar), config: Context.get(context, Config) }
+    return { scope, sidecar: Context.get(context, Sidecar), config: Context.get(context, LiveConfig) }
   }).pipe(
     // Quiet test output: the default logger goes (a test that replaced it keeps its own).
     Effect.provide(Logger.remove(Logger.defaultLogger))
@@ -325,7 +325,7 @@ describe("Sidecar (against the Envoy stand-in)", () => {
       const t = setup()
       const config = t.config()
       const broken: MeshConfig = { ...config, sidecar: { envoy: { ...config.sidecar.envoy, service: "nope" } } }
-      const error = yield* Layer.build(Sidecar.layer({ preflight: preflight({ arch: "x64" }) }).pipe(Layer.provide(Config.layerMemory(broken)))).pipe(
+      const error = yield* Layer.build(Sidecar.layer({ preflight: preflight({ arch: "x64" }) }).pipe(Layer.provide(LiveConfig.layerMemory(broken)))).pipe(
         Effect.scoped,
         Effect.flip
       )
@@ -337,7 +337,7 @@ describe("Sidecar (against the Envoy stand-in)", () => {
     Effect.gen(function*() {
       const t = setup()
       const sidecar = yield* Sidecar.pipe(
-        Effect.provide(Sidecar.layerConfig().pipe(Layer.provide(Config.layerMemory(t.config({ enabled: false })))))
+        Effect.provide(Sidecar.layerConfig().pipe(Layer.provide(LiveConfig.layerMemory(t.config({ enabled: false })))))
       )
       assert.strictEqual((yield* sidecar.status).state, "disabled")
     }))

@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Stream, SubscriptionRef } from "effect"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { type Published, Snapshot } from "../layers/Snapshot.js"
@@ -31,11 +31,11 @@ const service = (name: string, ports: ReadonlyArray<number>) => ({
 })
 
 /**
- * The controller: real Config (memory), Discovery, Health (noop), Snapshot and Xds. `corrupt`
+ * The controller: real LiveConfig (memory), Discovery, Health (noop), Snapshot and Xds. `corrupt`
  * decorates the snapshot the server sees, to publish a resource the client will reject.
  */
 const controller = (config: MeshConfig, corrupt?: SubscriptionRef.SubscriptionRef<boolean>) => {
-  const inputs = Layer.mergeAll(Config.layerMemory(config), Health.layerNoop)
+  const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
   const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))))
   const served = corrupt === undefined ? snapshot : Layer.effect(Snapshot, Effect.map(Snapshot, (real) => corrupting(real, corrupt))).pipe(Layer.provide(snapshot))
   return Layer.mergeAll(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(served, inputs))), inputs)
@@ -66,7 +66,7 @@ const withController = <A, E, R>(config: MeshConfig, body: (address: string) => 
     return yield* body(`127.0.0.1:${xds.address.port}`).pipe(Effect.provide(context))
   })
 
-const apply = (config: MeshConfig) => Effect.flatMap(Config, (c) => c.apply(config, "test"))
+const apply = (config: MeshConfig) => Effect.flatMap(LiveConfig, (c) => c.apply(config, "test"))
 
 const tally = (names: ReadonlyArray<string>) => {
   const counts: Record<string, number> = {}

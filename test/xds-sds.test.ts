@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Stream, SubscriptionRef } from "effect"
 import * as NodeTls from "node:tls"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
@@ -38,7 +38,7 @@ const meshServer = (mtls: "strict" | "permissive", xds: XdsIdentity) =>
   Effect.gen(function*() {
     const config = certConfig({}, ["echo", "gateway"], { policies: { security: { mtls } }, controller: xdsSettings(xds) })
     const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>(config.services.map((s) => meshService(s.name)))
-    const base = Layer.mergeAll(Config.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
+    const base = Layer.mergeAll(LiveConfig.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
     const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
     const secrets = Layer.succeed(SnapshotSecrets, { changes: certs.changes.pipe(Stream.map(secretsOf)) })
     const snapshotLayer = Snapshot.layerWithSecrets.pipe(Layer.provide(secrets), Layer.provide(base))

@@ -1,7 +1,7 @@
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Option, Queue, Stream, SubscriptionRef, TestClock } from "effect"
-import { Config } from "../layers/Config.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health, type HealthView } from "../layers/Health.js"
 import { Snapshot } from "../layers/Snapshot.js"
@@ -29,7 +29,7 @@ const echoV2 = { name: "echo-v2", protocol: "grpc", port: 50051, endpoints: [{ a
 const initial = meshConfig([echo([7001, 7002]), echoV2])
 
 const serverLayer = (config: MeshConfig, health: Layer.Layer<Health> = Health.layerNoop) => {
-  const inputs = Layer.mergeAll(Config.layerMemory(config), health)
+  const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), health)
   const discovery = Discovery.layerEmbedded.pipe(Layer.provide(inputs))
   const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
   return Layer.mergeAll(
@@ -40,7 +40,7 @@ const serverLayer = (config: MeshConfig, health: Layer.Layer<Health> = Health.la
 }
 
 const addressOf = Effect.map(Xds, (xds) => `127.0.0.1:${xds.address.port}`)
-const apply = (config: MeshConfig) => Effect.flatMap(Config, (c) => c.apply(config, "test"))
+const apply = (config: MeshConfig) => Effect.flatMap(LiveConfig, (c) => c.apply(config, "test"))
 const clientStatus = Effect.flatMap(Xds, (xds) => xds.status).pipe(Effect.map((s) => s.clients))
 
 const ports = (cla: Record<string, any>): ReadonlyArray<number> =>
@@ -279,7 +279,7 @@ describe("health in the snapshot", () => {
 
 describe("Snapshot debounce", () => {
   const snapshotLayer = (config: MeshConfig) => {
-    const inputs = Layer.mergeAll(Config.layerMemory(config), Health.layerNoop)
+    const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
     return Layer.merge(Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs))))), inputs)
   }
   const withEndpoint = (port: number) => meshConfig([echo([port]), echoV2])

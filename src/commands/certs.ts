@@ -5,7 +5,7 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Schema } from "effect"
 import { activateRoot, introduceRoot, issueToFiles, showRoots, type StoreSettings, type TrustBundle } from "../../layers/Certificates.js"
-import { loadFile } from "../../layers/Config.js"
+import { loadFile } from "../../layers/LiveConfig.js"
 import { ServiceName } from "../../schemas/Config.js"
 import { CaOperationRefused } from "../certs/Errors.js"
 

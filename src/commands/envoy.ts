@@ -6,7 +6,7 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option } from "effect"
 import * as NodeOs from "node:os"
-import { loadFile } from "../../layers/Config.js"
+import { loadFile } from "../../layers/LiveConfig.js"
 import { SidecarConfigInvalid } from "../../layers/Sidecar.js"
 import { inputFromConfig, renderBootstrap } from "../sidecar/Bootstrap.js"
 

@@ -7,7 +7,7 @@
  */
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, HashMap, Option, Schema } from "effect"
-import { loadFile } from "../../layers/Config.js"
+import { loadFile } from "../../layers/LiveConfig.js"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { type AuthzRequest, authorize, callerIdentity, type Decision, describeDecision } from "../policy/Authorize.js"
 import { type CompiledPolicy, compileConfig } from "../policy/Compile.js"

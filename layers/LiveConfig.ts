@@ -36,8 +36,8 @@ export interface ConfigStatus {
  * The decoded config and its changes. A reload that does not validate is rejected and the config
  * in force stays as it was.
  */
-export class Config extends Context.Tag("mesh-controller/Config")<
-  Config,
+export class LiveConfig extends Context.Tag("mesh-controller/LiveConfig")<
+  LiveConfig,
   {
     readonly get: Effect.Effect<LoadedConfig>
     /** The current config first, then every applied change. */
@@ -49,10 +49,10 @@ export class Config extends Context.Tag("mesh-controller/Config")<
     readonly status: Effect.Effect<ConfigStatus>
   }
 >() {
-  static readonly layer = (options: ConfigFileOptions): Layer.Layer<Config, ConfigInvalid | ConfigUnreadable> =>
-    Layer.scoped(Config, makeFile(options)).pipe(Layer.provide(NodeFileSystem.layer))
+  static readonly layer = (options: ConfigFileOptions): Layer.Layer<LiveConfig, ConfigInvalid | ConfigUnreadable> =>
+    Layer.scoped(LiveConfig, makeFile(options)).pipe(Layer.provide(NodeFileSystem.layer))
 
-  static readonly layerMemory = (config: MeshConfig): Layer.Layer<Config> => Layer.effect(Config, makeMemory(config))
+  static readonly layerMemory = (config: MeshConfig): Layer.Layer<LiveConfig> => Layer.effect(LiveConfig, makeMemory(config))
 }
 
 export interface ConfigFileOptions {
@@ -106,7 +106,7 @@ const makeMemory = (initial: MeshConfig) =>
         yield* SubscriptionRef.set(current, loaded)
         yield* Ref.set(last, Option.some({ _tag: "Applied", at: loaded.loadedAt, hash: loaded.hash }))
       })
-    return Config.of({
+    return LiveConfig.of({
       get: SubscriptionRef.get(current),
       changes: current.changes,
       reload: Effect.map(SubscriptionRef.get(current), (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })),
@@ -183,7 +183,7 @@ const makeFile = (options: ConfigFileOptions) =>
       yield* reload.pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
     }
 
-    return Config.of({
+    return LiveConfig.of({
       get: SubscriptionRef.get(current),
       changes: current.changes,
       reload,
