@@ -4,8 +4,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
-import { caPaths, showRoots } from "../layers/Certificates.js"
-import { formatRoots, makeCertsCommands } from "../src/commands/certs.js"
+import { caPaths } from "../layers/internal/CaStore.js"
+import { formatRoots, showRoots } from "../src/commands/ca.js"
+import { makeCertsCommands } from "../src/commands/certs.js"
 import { certConfig, openssl, tempDir } from "./support/certs.js"
 
 /** The commands as the CLI mounts them, run in-process (the CLI module is the lead's; this avoids depending on its wiring). */

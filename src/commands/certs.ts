@@ -3,29 +3,37 @@
  * the same `--config FILE` as `run` and acts on the same CA (directory or operator files).
  */
 import { Command, Options } from "@effect/cli"
-import { Console, Effect, Either, Schema } from "effect"
-import { activateRoot, introduceRoot, issueToFiles, showRoots, type StoreSettings, type TrustBundle } from "../../layers/Certificates.js"
-import { loadFile } from "../../layers/LiveConfig.js"
+import { Clock, Console, Duration, Effect, Either, Schema } from "effect"
+import { issueIdentity, type WorkloadIdentity } from "../../layers/Certificates.js"
+import { bundleOf, type IdentityFilePaths, openCa, type StoreSettings, writeIdentityFiles } from "../../layers/internal/CaStore.js"
 import { ServiceName } from "../../schemas/Config.js"
-import { CaOperationRefused } from "../certs/Errors.js"
+import { CaOperationRefused, type CaInvalid, type CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
+import { makeCaCommand, settingsFrom } from "./ca.js"
 
-const settingsFrom = (configPath: string) =>
-  loadFile(configPath).pipe(
-    Effect.map(({ config }): StoreSettings => ({ settings: config.certificates, meshName: config.mesh.name, trustDomain: config.mesh.trustDomain }))
-  )
+export { formatRoots } from "./ca.js"
 
-/** `ca show` output: one block per root, in bundle order (active first). */
-export const formatRoots = (bundle: TrustBundle): string =>
-  bundle.roots
-    .map((root) =>
-      [
-        `${root.state} root: ${root.subject}`,
-        `  fingerprint (SHA-256): ${root.fingerprint}`,
-        `  serial: ${root.serial}`,
-        `  valid: ${root.notBefore} to ${root.notAfter}`
-      ].join("\n")
-    )
-    .join("\n")
+/** The files `certs issue` writes. */
+export interface IssuedFiles extends IdentityFilePaths {
+  readonly identity: WorkloadIdentity
+}
+
+/**
+ * `certs issue`: opens the CA (creating it under `dir` on first use, as the daemon would), issues
+ * a certificate for `service`, and writes `cert.pem` (leaf + intermediates), `key.pem` (0600) and
+ * `ca.pem` (the trust bundle) into `out`, each atomically; re-running replaces them (renewal).
+ */
+export const issueToFiles = (
+  options: StoreSettings,
+  service: string,
+  out: string
+): Effect.Effect<IssuedFiles, CaInvalid | CertificateStoreError | SigningFailed> =>
+  Effect.gen(function*() {
+    const material = yield* openCa({ ...options, create: true })
+    const now = yield* Clock.currentTimeMillis
+    const identity = yield* issueIdentity(material.authority, options, service, now)
+    const bundle = bundleOf(material, now, Duration.toMillis(options.settings.workloadTtl))
+    return { identity, ...(yield* writeIdentityFiles(out, identity, bundle.pem)) }
+  })
 
 /**
  * The `certs` and `ca` commands, built around the CLI's own `--config` option (so they share its
@@ -60,37 +68,8 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
       })
   ).pipe(Command.withDescription("Issue a workload certificate into files (for a workload that reads them, e.g. a proxyless gRPC client)."))
 
-  const show = Command.make("show", { config: configOption }, ({ config }) =>
-    Effect.flatMap(settingsFrom(config), showRoots).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
-  ).pipe(Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity."))
-
-  const rotate = Command.make(
-    "rotate",
-    {
-      config: configOption,
-      activate: Options.boolean("activate").pipe(
-        Options.withDescription("Step 2: make the new root the signer (run once every workload trusts it).")
-      )
-    },
-    ({ activate, config }) =>
-      Effect.gen(function*() {
-        const settings = yield* settingsFrom(config)
-        if (activate) {
-          const root = yield* activateRoot(settings)
-          yield* Console.log(
-            `activated ${root.subject} (${root.fingerprint}).\nThe running controller re-issues every workload certificate on its next check; the previous root stays trusted for one workload TTL.`
-          )
-        } else {
-          const root = yield* introduceRoot(settings)
-          yield* Console.log(
-            `introduced ${root.subject} (${root.fingerprint}): trusted, not yet signing.\nOnce every workload has the new trust bundle (a few check intervals), run \`ca rotate --activate\`.`
-          )
-        }
-      })
-  ).pipe(Command.withDescription("Rotate the mesh root in two steps: introduce a new root, then --activate it."))
-
   return {
     certs: Command.make("certs").pipe(Command.withDescription("Workload certificates."), Command.withSubcommands([issue])),
-    ca: Command.make("ca").pipe(Command.withDescription("The mesh certificate authority."), Command.withSubcommands([show, rotate]))
+    ca: makeCaCommand(configOption)
   }
 }
