@@ -24,7 +24,7 @@ import { Clock, Context, Duration, Effect, Either, Layer, Option, Ref, Schedule,
 import type { X509Certificate } from "node:crypto"
 import type { PeerCertificate } from "node:tls"
 import type { Certificates as CertificateSettings, MeshConfig } from "../schemas/Config.js"
-import { type Authority, issueWorkload, type IssuedCertificate } from "../src/certs/Authority.js"
+import { type Authority, fingerprint, issueWorkload, type IssuedCertificate } from "../src/certs/Authority.js"
 import { type CaInvalid, type CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
 import { type RenewalPolicy, renewalReason, renewalTime } from "../src/certs/Rotation.js"
 import { secretMap } from "../src/certs/Sds.js"
@@ -36,6 +36,7 @@ import { Discovery } from "./Discovery.js"
 import {
   bundleOf,
   caLabel,
+  type CaMaterial,
   type CaSource,
   caSourceOf,
   loadCa,
@@ -89,6 +90,8 @@ export interface CertificatesStatus {
   readonly renewals: number
   readonly failures: number
   readonly lastError: string | null
+  /** Why CA files found in the directory were not adopted (a root changes only through `ca rotate`), while they are there. */
+  readonly caRefused: string | null
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -164,6 +167,21 @@ export interface MakeOptions {
 
 const LOG = { module: "certificates" } as const
 
+/**
+ * Why a re-read CA directory may not replace the CA in force, or undefined when it may. The active
+ * root may change only to the root that was waiting in next/ (what `ca rotate --activate` does):
+ * every workload already trusts that one. Any other new active root (a pair copied in) would
+ * drop the old root from the bundle at once and re-issue every identity under a root no workload
+ * trusts yet.
+ */
+const foreignRoot = (inForce: CaMaterial, found: CaMaterial): string | undefined => {
+  if (inForce.external || found.authority.fingerprint === inForce.authority.fingerprint) return undefined
+  if (Option.isSome(inForce.next) && fingerprint(inForce.next.value) === found.authority.fingerprint) return undefined
+  return `the active root in the CA directory changed to ${found.authority.fingerprint} without \`ca rotate\` ` +
+    `(it was not the waiting next root); keeping ${inForce.authority.fingerprint}. ` +
+    `Restore the CA files, or introduce the new root with \`ca rotate\` and activate it once workloads trust it`
+}
+
 /** Issues the identity of a service (or of the controller, `CONTROLLER`) at `now`. */
 export const issueIdentity = (
   authority: Authority,
@@ -222,6 +240,7 @@ export const make = (
     const material = yield* Ref.make(yield* loadCa(options.ca, store))
     const wanted = yield* Ref.make<ReadonlyArray<string>>((yield* discovery.services).map((s) => s.name))
     const counts = yield* Ref.make({ renewals: 0, failures: 0, lastError: null as string | null })
+    const refused = yield* Ref.make<string | null>(null)
 
     const issueFor = (name: string, authority: Authority, now: number) => issueIdentity(authority, options, name, now)
 
@@ -240,10 +259,21 @@ export const make = (
         yield* Effect.logError("cannot re-read the CA; keeping the one in force").pipe(Effect.annotateLogs({ error: loaded.left.message }))
         return yield* recordFailure("ca", loaded.left)
       }
-      if (loaded.right.digest !== before.digest) {
-        yield* Ref.set(material, loaded.right)
-        yield* Effect.logInfo("CA files changed; trust bundle updated").pipe(Effect.annotateLogs({ active: loaded.right.authority.fingerprint }))
+      if (loaded.right.digest === before.digest) return yield* Ref.set(refused, null)
+      const why = foreignRoot(before, loaded.right)
+      if (why !== undefined) {
+        // Reported once per set of files, and the CA in force keeps signing.
+        if ((yield* Ref.getAndSet(refused, why)) !== why) {
+          yield* Effect.logError("refusing CA files that appeared in the directory; keeping the CA in force").pipe(
+            Effect.annotateLogs({ reason: why, active: before.authority.fingerprint })
+          )
+          yield* recordFailure("ca", { message: why })
+        }
+        return
       }
+      yield* Ref.set(refused, null)
+      yield* Ref.set(material, loaded.right)
+      yield* Effect.logInfo("CA files changed; trust bundle updated").pipe(Effect.annotateLogs({ active: loaded.right.authority.fingerprint }))
     })
 
     /** Issues what is missing or due; returns the new state (or the old one when nothing changed). */
@@ -383,7 +413,8 @@ export const make = (
           identities: [s.controller, ...s.services.values()].map(identityStatus),
           renewals: c.renewals,
           failures: c.failures,
-          lastError: c.lastError
+          lastError: c.lastError,
+          caRefused: yield* Ref.get(refused)
         }
       })
     })

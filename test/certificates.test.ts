@@ -2,7 +2,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Either, Exit, Layer, Option, Redacted, Stream, SubscriptionRef, TestClock } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
-import { registry } from "../layers/Metrics.js"
+import { registry, registry as registry_ } from "../layers/Metrics.js"
+import { execFileSync } from "node:child_process"
+import * as NodeOs from "node:os"
 import { X509Certificate } from "node:crypto"
 import { workloadFilesDir, type CertificateState, Certificates } from "../layers/Certificates.js"
 import { caPaths } from "../layers/internal/CaStore.js"
@@ -334,3 +336,175 @@ describe("rotation", () => {
   )
 })
 
+
+/** Polls in real time (the check loop does real file I/O), for tests whose clock is live. */
+const until = <A>(check: Effect.Effect<A | undefined>) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + 15_000
+    for (;;) {
+      const value = yield* check
+      if (value !== undefined) return value
+      if (Date.now() > deadline) return yield* Effect.die("condition not met within 15 s")
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 25)))
+    }
+  })
+
+const exists = (path: string) => Effect.promise(() => NodeFs.stat(path).then(() => true, () => false))
+const newPair = createRoot({ meshName: "x", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: 24 * HOUR })
+const fingerprintOf = (pem: string) => new X509Certificate(pem).fingerprint256
+
+/** Whether this process may mount a read-only tmpfs (root with CAP_SYS_ADMIN, as in this CI container). */
+const canMountReadOnly = (() => {
+  const dir = NodePath.join(NodeOs.tmpdir(), `mesh-ro-probe-${process.pid}`)
+  try {
+    execFileSync("mkdir", ["-p", dir])
+    execFileSync("mount", ["-t", "tmpfs", "-o", "ro", "tmpfs", dir], { stdio: "ignore" })
+    execFileSync("umount", [dir], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  } finally {
+    execFileSync("rm", ["-rf", dir])
+  }
+})()
+
+describe("faults at the worst moment", () => {
+  it.scoped("a first start stopped after the key was published finishes publishing the staged root, and cleans up", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const root = yield* newPair
+      // What a crash between the two links leaves: the whole pair staged, the key in place, a temp file.
+      yield* Effect.promise(async () => {
+        await NodeFs.mkdir(paths.staging, { recursive: true, mode: 0o700 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, "ca-key.pem"), Redacted.value(root.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, "ca.pem"), root.certPem)
+        await NodeFs.writeFile(paths.key, Redacted.value(root.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(`${paths.cert}.tmp-0123456789ab`, root.certPem.slice(0, 100))
+      })
+      const { certs } = yield* startPersistent(dir, ["echo"])
+      const bundle = yield* certs.bundle
+      // The staged root is the one published: never replaced by a new one.
+      assert.deepStrictEqual(bundle.roots.map((r) => r.fingerprint), [fingerprintOf(root.certPem)])
+      assert.strictEqual(yield* Effect.promise(() => NodeFs.readFile(paths.cert, "utf8")), root.certPem)
+      assert.deepStrictEqual((yield* Effect.promise(() => NodeFs.readdir(dir))).sort(), ["ca-key.pem", "ca.pem"])
+    })
+  )
+
+  it.scoped("a first start stopped before the staged pair was whole leaves no CA: the next start makes one and removes the debris", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const root = yield* newPair
+      yield* Effect.promise(async () => {
+        await NodeFs.mkdir(paths.staging, { recursive: true, mode: 0o700 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, "ca-key.pem"), Redacted.value(root.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, `ca.pem.tmp-0123456789ab`), "half a cert")
+        await NodeFs.writeFile(`${paths.key}.tmp-ba9876543210`, "half a key")
+      })
+      const { certs } = yield* startPersistent(dir, ["echo"])
+      const bundle = yield* certs.bundle
+      assert.strictEqual(bundle.roots.length, 1)
+      assert.deepStrictEqual((yield* Effect.promise(() => NodeFs.readdir(dir))).sort(), ["ca-key.pem", "ca.pem"])
+      assert.strictEqual(yield* mode(paths.key), 0o600)
+    })
+  )
+
+  it.scoped("`ca rotate --activate` stopped between its renames is completed at the next start; a half-written next/ is discarded", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const config = certConfig({ dir }, ["echo"])
+      const store = { settings: config.certificates, meshName: "home-lab", trustDomain: "mesh.local" }
+      yield* Effect.scoped(startPersistent(dir, ["echo"]))
+      const next = yield* introduceRoot(store)
+      // The first of activation's two renames happened (old root already copied to previous/ by then).
+      yield* Effect.promise(async () => {
+        await NodeFs.mkdir(paths.previousDir, { mode: 0o700 })
+        await NodeFs.copyFile(paths.cert, NodePath.join(paths.previousDir, "20260301T000000Z-0000000000000000.pem"))
+        await NodeFs.rename(paths.nextKey, paths.key)
+        await NodeFs.mkdir(paths.nextStaging, { mode: 0o700 })
+        await NodeFs.writeFile(NodePath.join(paths.nextStaging, "ca-key.pem"), "half", { mode: 0o600 })
+      })
+      const { certs } = yield* startPersistent(dir, ["echo"])
+      const bundle = yield* certs.bundle
+      assert.strictEqual(bundle.roots[0]!.fingerprint, next.fingerprint)
+      assert.strictEqual(bundle.roots[0]!.state, "active")
+      assert.isFalse(yield* exists(paths.nextDir))
+      assert.isFalse(yield* exists(paths.nextStaging))
+    })
+  )
+
+  it.scopedLive("a different CA pair copied into the directory while running is refused and reported; the CA in force keeps signing", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const { certs, registry } = yield* startPersistent(dir, ["echo"], { checkInterval: "50ms" })
+      const before = yield* certs.state
+      const original = before.bundle.roots[0]!.fingerprint
+      const foreign = yield* newPair
+      yield* Effect.promise(async () => {
+        await NodeFs.writeFile(paths.key, Redacted.value(foreign.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(paths.cert, foreign.certPem)
+      })
+      const status = yield* until(Effect.map(certs.status, (s) => (s.caRefused === null ? undefined : s)))
+      assert.include(status.caRefused!, fingerprintOf(foreign.certPem))
+      assert.include(status.caRefused!, "ca rotate")
+      assert.include(status.lastError!, "without `ca rotate`")
+      // New identities are still signed by the root in force, and the bundle did not change.
+      yield* SubscriptionRef.set(registry, [service("echo"), service("billing")])
+      const after = yield* awaitState(certs, (s) => s.services.has("billing"))
+      assert.deepStrictEqual(after.bundle.roots.map((r) => r.fingerprint), [original])
+      assert.strictEqual(after.services.get("billing")!.issuer, original)
+      assert.strictEqual(after.services.get("echo")!.serial, before.services.get("echo")!.serial)
+      const failures = yield* Effect.promise(() => registry_.getSingleMetricAsString("mesh_controller_certificate_failures_total"))
+      assert.match(failures, /what="ca"\} [1-9]/)
+    })
+  )
+
+  it.scoped("an existing CA key readable by others is refused at start, naming the fix", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      yield* Effect.scoped(startPersistent(dir, []))
+      yield* Effect.promise(() => NodeFs.chmod(paths.key, 0o644))
+      const error = yield* Effect.flip(Effect.scoped(startPersistent(dir, [])))
+      assert.strictEqual(error._tag, "CaInvalid")
+      assert.strictEqual(
+        error.message,
+        `${paths.key}: permissions 0644 are too open: the CA key must not be accessible by group or others; run \`chmod 600 ${paths.key}\``
+      )
+      assert.strictEqual(yield* mode(paths.key), 0o644, "left as it was")
+    })
+  )
+
+  it.scoped.skipIf(!canMountReadOnly)(
+    "creating the state dir on a read-only file system says so (needs root with CAP_SYS_ADMIN for a ro tmpfs mount)",
+    () =>
+      Effect.gen(function*() {
+        const mount = yield* Effect.acquireRelease(
+          Effect.map(tempDir, (dir) => {
+            execFileSync("mount", ["-t", "tmpfs", "-o", "ro", "tmpfs", dir])
+            return dir
+          }),
+          (dir) => Effect.sync(() => execFileSync("umount", [dir]))
+        )
+        const error = yield* Effect.flip(Effect.scoped(startPersistent(NodePath.join(mount, "state", "certs"), [])))
+        assert.strictEqual(error._tag, "CertificateStoreError")
+        assert.strictEqual(
+          error.message,
+          `${NodePath.join(mount, "state", "certs")}: cannot create the directory in ${mount}: read-only file system`
+        )
+      })
+  )
+
+  it.scoped("a file where the state dir's parent should be is named as such", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      yield* Effect.promise(() => NodeFs.writeFile(NodePath.join(dir, "state"), "not a directory"))
+      const target = NodePath.join(dir, "state", "certs")
+      const error = yield* Effect.flip(Effect.scoped(startPersistent(target, [])))
+      assert.strictEqual(error.message, `${target}: cannot create the directory: a part of the path is a file, not a directory`)
+    })
+  )
+})

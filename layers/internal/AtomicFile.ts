@@ -25,15 +25,52 @@ export const TEMP_MARKER = ".tmp-"
 
 const writeError = (path: string) => (cause: unknown) => new FileWriteError({ path, reason: describeErrno(cause), cause })
 
-/** Creates the directory if needed and makes it 0700 (it holds keys). */
-export const ensurePrivateDir = (dir: string): Effect.Effect<void, FileWriteError> =>
+/**
+ * The reason a directory cannot be created, worded for the errno: a read-only mount or missing
+ * permission is what a person must fix, and Node's recursive mkdir reports some of them oddly.
+ */
+const mkdirReason = async (dir: string, cause: unknown): Promise<string> => {
+  const code = errnoCode(cause)
+  if (code === "EROFS") return "cannot create the directory: read-only file system (mount a writable volume there)"
+  if (code === "EACCES" || code === "EPERM") return "cannot create the directory: permission denied"
+  if (code === "ENOTDIR") return "cannot create the directory: a part of the path is a file, not a directory"
+  if (code === "ENOENT") {
+    // Recursive mkdir says ENOENT when the nearest existing ancestor cannot be written into (a
+    // read-only mount, for instance): find that ancestor and ask it.
+    let parent = NodePath.dirname(dir)
+    while (parent !== NodePath.dirname(parent)) {
+      const exists = await NodeFs.stat(parent).then(() => true, () => false)
+      if (exists) break
+      parent = NodePath.dirname(parent)
+    }
+    const probe = await NodeFs.mkdtemp(NodePath.join(parent, ".mesh-probe-")).then(
+      (made) => NodeFs.rmdir(made).then(() => undefined),
+      (error: unknown) => error
+    )
+    if (probe !== undefined) return `cannot create the directory in ${parent}: ${describeErrno(probe)}`
+  }
+  return `cannot create the directory: ${describeErrno(cause)}`
+}
+
+/** Creates the directory (and its parents) if needed; a failure says why in words a person can act on. */
+export const createDir = (dir: string, mode: number): Effect.Effect<void, FileWriteError> =>
   Effect.tryPromise({
     try: async () => {
-      await NodeFs.mkdir(dir, { recursive: true, mode: 0o700 })
-      await NodeFs.chmod(dir, 0o700)
+      try {
+        await NodeFs.mkdir(dir, { recursive: true, mode })
+      } catch (cause) {
+        throw new FileWriteError({ path: dir, reason: await mkdirReason(dir, cause), cause })
+      }
     },
-    catch: writeError(dir)
+    catch: (cause) => (cause instanceof FileWriteError ? cause : writeError(dir)(cause))
   })
+
+/** Creates the directory if needed and makes it 0700 (it holds keys). */
+export const ensurePrivateDir = (dir: string): Effect.Effect<void, FileWriteError> =>
+  Effect.zipRight(
+    createDir(dir, 0o700),
+    Effect.tryPromise({ try: () => NodeFs.chmod(dir, 0o700), catch: writeError(dir) })
+  )
 
 /** Makes renames and links in `dir` durable. */
 export const fsyncDir = async (dir: string): Promise<void> => {
@@ -81,7 +118,7 @@ export const removeTempFiles = (dir: string): Effect.Effect<ReadonlyArray<string
   Effect.tryPromise({
     try: async () => {
       const names = await NodeFs.readdir(dir).catch((error: unknown) => {
-        if (errnoCode(error) === "ENOENT") return [] as Array<string>
+        if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return [] as Array<string>
         throw error
       })
       const temps = names.filter((name) => name.includes(TEMP_MARKER))

@@ -5,6 +5,7 @@
  * src/commands/ca.ts over the primitives here.
  */
 import { Clock, Duration, Effect, Option, Redacted } from "effect"
+import * as NodeCrypto from "node:crypto"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
@@ -59,7 +60,8 @@ const readOptional = (path: string): Effect.Effect<Option.Option<string>, CaInva
   }).pipe(
     Effect.map(Option.some),
     Effect.catchAll((cause) =>
-      errnoCode(cause) === "ENOENT"
+      // ENOTDIR: a part of the path is a file, so this file cannot exist either.
+      errnoCode(cause) === "ENOENT" || errnoCode(cause) === "ENOTDIR"
         ? Effect.succeed(Option.none())
         : Effect.fail(new CaInvalid({ file: path, reason: `cannot read: ${describeErrno(cause)}` }))
     )
@@ -86,6 +88,10 @@ export interface CaPaths {
   readonly nextCert: string
   readonly nextKey: string
   readonly previousDir: string
+  /** A new root is written here whole before it is published (first start): see `publishFirstRoot`. */
+  readonly staging: string
+  /** `ca rotate` writes next/ here, then renames the directory into place. */
+  readonly nextStaging: string
 }
 
 export const caPaths = (dir: string): CaPaths => {
@@ -97,7 +103,9 @@ export const caPaths = (dir: string): CaPaths => {
     nextDir: NodePath.join(root, "next"),
     nextCert: NodePath.join(root, "next", "ca.pem"),
     nextKey: NodePath.join(root, "next", "ca-key.pem"),
-    previousDir: NodePath.join(root, "previous")
+    previousDir: NodePath.join(root, "previous"),
+    staging: NodePath.join(root, ".ca-staging"),
+    nextStaging: NodePath.join(root, ".next-staging")
   }
 }
 
@@ -206,24 +214,152 @@ export const writeRoot = (certFile: string, keyFile: string, root: CaPem) =>
     writeAtomic(certFile, root.certPem, { mode: 0o644, replace: false })
   )
 
+// ---------------------------------------------------------------------------------------------
+// Crash safety: at every instant the directory holds no CA or a complete one
+// ---------------------------------------------------------------------------------------------
+
+const exists = (path: string) => NodeFs.stat(path).then(() => true, () => false)
+const readIfExists = (path: string) =>
+  NodeFs.readFile(path, "utf8").catch((error: unknown) => {
+    if (errnoCode(error) === "ENOENT" || errnoCode(error) === "ENOTDIR") return undefined
+    throw error
+  })
+
+/** Links a staged file into place (never over an existing file); a link already there with the same bytes is fine. */
+const linkInto = async (from: string, to: string) => {
+  try {
+    await NodeFs.link(from, to)
+  } catch (error) {
+    if (errnoCode(error) !== "EEXIST" || (await readIfExists(to)) !== (await NodeFs.readFile(from, "utf8"))) throw error
+  }
+}
+
+/**
+ * First start: the root is written whole into `.ca-staging/` (key, then certificate), and only
+ * then linked into place, key first, certificate last. A crash before the staging pair is
+ * complete leaves no CA (the staging directory is discarded); a crash after it leaves a staged
+ * pair that `recoverInterrupted` publishes. No root is published that a later start replaces.
+ */
+const publishFirstRoot = (paths: CaPaths, root: CaPem) =>
+  Effect.gen(function*() {
+    yield* Effect.tryPromise({ try: () => NodeFs.rm(paths.staging, { recursive: true, force: true }), catch: storeError(paths.staging) })
+    yield* ensurePrivateDir(paths.staging)
+    yield* writeRoot(NodePath.join(paths.staging, "ca.pem"), NodePath.join(paths.staging, "ca-key.pem"), root)
+    yield* publishStaged(paths)
+  })
+
+const publishStaged = (paths: CaPaths) => Effect.tryPromise({ try: () => publishStagedFiles(paths), catch: storeError(paths.dir) })
+
+/** Key first, certificate last: the certificate in place is what makes the CA exist. */
+const publishStagedFiles = async (paths: CaPaths) => {
+  await linkInto(NodePath.join(paths.staging, "ca-key.pem"), paths.key)
+  await linkInto(NodePath.join(paths.staging, "ca.pem"), paths.cert)
+  await AtomicFile.fsyncDir(paths.dir)
+  await NodeFs.rm(paths.staging, { recursive: true, force: true })
+  await AtomicFile.fsyncDir(paths.dir)
+}
+
+const samePublicKey = (keyPem: string, certPem: string): boolean => {
+  try {
+    const spki = (key: NodeCrypto.KeyObject) => key.export({ format: "der", type: "spki" })
+    return spki(NodeCrypto.createPublicKey(keyPem)).equals(spki(new NodeCrypto.X509Certificate(certPem).publicKey))
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Finishes or discards what an interrupted write left, so no start needs a person to delete a
+ * file: temporary files go; a complete staged first root is published (an incomplete one was
+ * never published and goes); an unfinished `ca rotate` staging directory goes (next/ appears by
+ * one rename); an `ca rotate --activate` stopped between its two renames is completed (the new
+ * root was already in next/, so every workload trusts it). Anything else is left as it is, for
+ * loading to judge. Returns what it did, for the log.
+ */
+export const recoverInterrupted = (paths: CaPaths): Effect.Effect<ReadonlyArray<string>, CertificateStoreError> =>
+  Effect.gen(function*() {
+    const done: Array<string> = []
+    for (const dir of [paths.dir, paths.nextDir, paths.previousDir]) {
+      const removed = yield* Effect.mapError(AtomicFile.removeTempFiles(dir), asStoreError)
+      for (const name of removed) done.push(`removed the temporary file ${NodePath.join(dir, name)}`)
+    }
+    yield* Effect.tryPromise({
+      try: async () => {
+        if (await exists(paths.nextStaging)) {
+          await NodeFs.rm(paths.nextStaging, { recursive: true, force: true })
+          done.push(`removed the unfinished new root ${paths.nextStaging}`)
+        }
+        if (await exists(paths.staging)) {
+          const stagedKey = await readIfExists(NodePath.join(paths.staging, "ca-key.pem"))
+          const stagedCert = await readIfExists(NodePath.join(paths.staging, "ca.pem"))
+          const key = await readIfExists(paths.key)
+          const cert = await readIfExists(paths.cert)
+          const complete = stagedKey !== undefined && stagedCert !== undefined && samePublicKey(stagedKey, stagedCert)
+          if (!complete) {
+            // Publishing starts only once both staged files are whole: nothing of this root is out.
+            if (cert === undefined && (key === undefined || key !== stagedKey)) {
+              await NodeFs.rm(paths.staging, { recursive: true, force: true })
+              done.push(`discarded the unfinished root ${paths.staging} (never published)`)
+            }
+          } else if ((key === undefined || key === stagedKey) && (cert === undefined || cert === stagedCert)) {
+            await publishStagedFiles(paths)
+            done.push(`published the root a first start had written whole to ${paths.staging}`)
+          }
+        }
+        const nextCert = await readIfExists(paths.nextCert)
+        const key = await readIfExists(paths.key)
+        if (nextCert !== undefined && !(await exists(paths.nextKey)) && key !== undefined && samePublicKey(key, nextCert)) {
+          await NodeFs.rename(paths.nextCert, paths.cert)
+          await AtomicFile.fsyncDir(paths.dir)
+          await NodeFs.rmdir(paths.nextDir).catch(() => undefined)
+          done.push(`completed an interrupted \`ca rotate --activate\` (${paths.cert})`)
+        }
+      },
+      catch: storeError(paths.dir)
+    })
+    return done
+  })
+
+/** An existing CA key others can read is refused, as ssh refuses such a private key. */
+const checkKeyMode = (file: string): Effect.Effect<void, CaInvalid> =>
+  Effect.tryPromise({ try: () => NodeFs.stat(file), catch: (cause) => cause }).pipe(
+    Effect.catchAll((cause) => Effect.fail(new CaInvalid({ file, reason: `cannot read: ${describeErrno(cause)}` }))),
+    Effect.flatMap((stat) => {
+      const mode = stat.mode & 0o777
+      if ((mode & 0o077) === 0) return Effect.void
+      return Effect.fail(
+        new CaInvalid({
+          file,
+          reason: `permissions 0${mode.toString(8)} are too open: the CA key must not be accessible by group or others; ` +
+            `run \`chmod 600 ${file}\``
+        })
+      )
+    })
+  )
+
 /** Loads (and on first start creates) the CA under `settings.dir`. */
 export const loadCaDir = (options: StoreOptions): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
   Effect.gen(function*() {
     const paths = caPaths(options.settings.dir)
+    if (options.create) {
+      for (const done of yield* recoverInterrupted(paths)) yield* Effect.logWarning(`CA directory: ${done}`)
+    }
     const existing = yield* readPair(paths.cert, paths.key)
     const { cert, key } = Option.isSome(existing) ? existing.value : yield* Effect.gen(function*() {
       if (!options.create) return yield* new CaInvalid({ file: paths.cert, reason: "no CA yet (it is created on the first start)" })
       yield* ensurePrivateDir(paths.dir)
       const root = yield* newRoot(options)
-      yield* writeRoot(paths.cert, paths.key, root)
+      yield* publishFirstRoot(paths, root)
       yield* Effect.logInfo("created the mesh root CA").pipe(Effect.annotateLogs({ file: paths.cert }))
       return { cert: root.certPem, key: root.keyPem }
     })
+    yield* checkKeyMode(paths.key)
     const authority = yield* loadAuthority({ certPem: cert, certFile: paths.cert, keyPem: key, keyFile: paths.key })
     if (authority.rootPem !== authority.certPem) {
       return yield* new CaInvalid({ file: paths.cert, reason: "expected a self-signed root (use certificates.ca for an intermediate)" })
     }
     const nextPair = yield* readPair(paths.nextCert, paths.nextKey)
+    if (Option.isSome(nextPair)) yield* checkKeyMode(paths.nextKey)
     const next = yield* Option.match(nextPair, {
       onNone: () => Effect.succeedNone,
       onSome: (p) =>
@@ -325,7 +461,7 @@ export const writeIdentityFiles = (
   Effect.gen(function*() {
     const paths = filesIn(out)
     const dir = paths.directory
-    yield* Effect.tryPromise({ try: () => NodeFs.mkdir(dir, { recursive: true, mode: 0o700 }), catch: storeError(dir) })
+    yield* Effect.mapError(AtomicFile.createDir(dir, 0o700), asStoreError)
     const files = { cert: paths.certificateChain, key: paths.privateKey, ca: paths.trustedCa }
     yield* writeAtomic(files.key, Redacted.value(identity.keyPem), { mode: 0o600, replace: true })
     yield* writeAtomic(files.cert, identity.chainPem, { mode: 0o644, replace: true })

@@ -53,9 +53,18 @@ export const introduceRoot = (options: StoreSettings): Effect.Effect<RootSummary
         reason: `a new root is already waiting in ${paths.nextDir}; run \`ca rotate --activate\` once every workload trusts it`
       })
     }
-    yield* ensurePrivateDir(paths.nextDir)
+    // Written whole in a staging directory, then one rename: next/ never holds half a pair.
+    yield* Effect.tryPromise({ try: () => NodeFs.rm(paths.nextStaging, { recursive: true, force: true }), catch: storeError(paths.nextStaging) })
+    yield* ensurePrivateDir(paths.nextStaging)
     const root = yield* newRoot(options)
-    yield* writeRoot(paths.nextCert, paths.nextKey, root)
+    yield* writeRoot(NodePath.join(paths.nextStaging, "ca.pem"), NodePath.join(paths.nextStaging, "ca-key.pem"), root)
+    yield* Effect.tryPromise({
+      try: async () => {
+        await NodeFs.rename(paths.nextStaging, paths.nextDir)
+        await fsyncDir(paths.dir)
+      },
+      catch: storeError(paths.nextDir)
+    })
     return summarizeRoot(root.certPem)
   })
 
