@@ -26,14 +26,18 @@ import { type RootSummary, summarizeRoot } from "../certs/Authority.js"
 import { type CaInvalid, CaOperationRefused, CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
 import { describeErrno } from "../Errno.js"
 import { loadFile } from "../../layers/LiveConfig.js"
+import type { MeshConfig } from "../../schemas/Config.js"
 
 const storeError = (path: string) => (cause: unknown) => new CertificateStoreError({ path, reason: describeErrno(cause) })
 
 /** The CA settings of the config file the command names (the same file `run` reads). */
-export const settingsFrom = (configPath: string) =>
-  loadFile(configPath).pipe(
-    Effect.map(({ config }): StoreSettings => ({ settings: config.certificates, meshName: config.mesh.name, trustDomain: config.mesh.trustDomain }))
-  )
+export const settingsFrom = (configPath: string) => loadFile(configPath).pipe(Effect.map(({ config }) => storeSettingsOf(config)))
+
+export const storeSettingsOf = (config: MeshConfig): StoreSettings => ({
+  settings: config.certificates,
+  meshName: config.mesh.name,
+  trustDomain: config.mesh.trustDomain
+})
 
 /** The CA directory, for rotation: refused when the CA is the operator's files. */
 const ownCa = (options: StoreSettings) =>

@@ -4,11 +4,13 @@
  */
 import { Command, Options } from "@effect/cli"
 import { Clock, Console, Duration, Effect, Either, Schema } from "effect"
+import * as NodeFs from "node:fs/promises"
 import { issueIdentity, type WorkloadIdentity } from "../../layers/Certificates.js"
 import { bundleOf, type IdentityFilePaths, openCa, type StoreSettings, writeIdentityFiles } from "../../layers/internal/CaStore.js"
 import { ServiceName } from "../../schemas/Config.js"
 import { CaOperationRefused, type CaInvalid, type CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
-import { makeCaCommand, settingsFrom } from "./ca.js"
+import { loadFile } from "../../layers/LiveConfig.js"
+import { makeCaCommand, storeSettingsOf } from "./ca.js"
 
 export { formatRoots } from "./ca.js"
 
@@ -36,6 +38,20 @@ export const issueToFiles = (
   })
 
 /**
+ * A warning when others may write into `out`: whoever can replace cert.pem or ca.pem there
+ * decides what the workload trusts (a sticky bit does not help against a file planted first).
+ */
+const worldWritable = (out: string): Effect.Effect<string | undefined> =>
+  Effect.promise(() => NodeFs.stat(out).then((stat) => stat.mode, () => 0)).pipe(
+    Effect.map((mode) =>
+      (mode & 0o002) === 0
+        ? undefined
+        : `warning: ${out} is world-writable (mode 0${(mode & 0o7777).toString(8)}): anyone on this host can replace ` +
+          `the certificate or the trust bundle there; use a directory only the workload's user can write (chmod o-w ${out})`
+    )
+  )
+
+/**
  * The `certs` and `ca` commands, built around the CLI's own `--config` option (so they share its
  * alias and $MESH_CONFIG fallback without importing the CLI module).
  */
@@ -45,16 +61,31 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
     {
       config: configOption,
       service: Options.text("service").pipe(Options.withDescription("The service the certificate is for (its SPIFFE ID is spiffe://<trustDomain>/service/<NAME>).")),
-      out: Options.directory("out", { exists: "either" }).pipe(Options.withDescription("Where to write cert.pem, key.pem (0600) and ca.pem."))
+      out: Options.directory("out", { exists: "either" }).pipe(Options.withDescription("Where to write cert.pem, key.pem (0600) and ca.pem.")),
+      allowUnknown: Options.boolean("allow-unknown-service").pipe(
+        Options.withDescription("Issue even when the config does not list the service (e.g. one registered only in Consul).")
+      )
     },
-    ({ config, out, service }) =>
+    ({ allowUnknown, config, out, service }) =>
       Effect.gen(function*() {
         const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
           onLeft: () =>
             Effect.fail(new CaOperationRefused({ reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${JSON.stringify(service)}` })),
           onRight: Effect.succeed
         })
-        const issued = yield* issueToFiles(yield* settingsFrom(config), name, out)
+        const { config: mesh } = yield* loadFile(config)
+        // A typo would otherwise mint a valid identity nobody expects (and the CA cannot take it back).
+        if (!allowUnknown && !mesh.services.some((s) => s.name === name)) {
+          const known = mesh.services.map((s) => s.name)
+          return yield* new CaOperationRefused({
+            reason: `--service ${name}: ${config} lists no such service` +
+              (known.length === 0 ? "" : ` (it lists: ${known.join(", ")})`) +
+              `; add it to services, or pass --allow-unknown-service to issue anyway`
+          })
+        }
+        const issued = yield* issueToFiles(storeSettingsOf(mesh), name, out)
+        const warning = yield* worldWritable(out)
+        if (warning !== undefined) yield* Console.error(warning)
         yield* Console.log(
           [
             `issued ${issued.identity.spiffeId}`,
