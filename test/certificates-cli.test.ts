@@ -100,7 +100,7 @@ describe("certs and ca commands", () => {
       assert.include(allowed.stdout, "issued spiffe://mesh.local/service/ecko")
       assert.strictEqual(openssl(["verify", "-CAfile", NodePath.join(out, "ca.pem"), NodePath.join(out, "cert.pem")]).status, 0)
     })
-  )
+ , 120_000)
 
   it.scopedLive("certs issue (the built CLI) into a world-writable directory warns, and still issues", () =>
     Effect.gen(function*() {
@@ -121,5 +121,5 @@ describe("certs and ca commands", () => {
       assert.strictEqual(quiet.code, 0, quiet.stderr)
       assert.notInclude(quiet.stderr, "warning")
     })
-  )
+ , 120_000)
 })
