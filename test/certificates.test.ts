@@ -9,7 +9,10 @@ import { X509Certificate } from "node:crypto"
 import { workloadFilesDir, type CertificateState, Certificates } from "../layers/Certificates.js"
 import { caPaths } from "../layers/internal/CaStore.js"
 import { activateRoot, introduceRoot } from "../src/commands/ca.js"
-import { createRoot, loadAuthority } from "../src/certs/Authority.js"
+import "reflect-metadata"
+import * as x509 from "@peculiar/x509"
+import * as NodeCrypto from "node:crypto"
+import { createRoot, keyIdentifier, loadAuthority, signWorkload } from "../src/certs/Authority.js"
 import { renewalTime, serialFraction } from "../src/certs/Rotation.js"
 import { mayReadSecret, ROOT_CA_SECRET, secretResources } from "../src/certs/Sds.js"
 import { parseMeshPrincipal, parseSpiffeId } from "../src/certs/Spiffe.js"
@@ -507,4 +510,77 @@ describe("faults at the worst moment", () => {
       assert.strictEqual(error.message, `${target}: cannot create the directory: a part of the path is a file, not a directory`)
     })
   )
+})
+
+describe("the direct DER path (issue 16)", () => {
+  for (const keyAlgorithm of ["ecdsa-p256", "rsa-2048"] as const) {
+    it.scopedLive(`signWorkload's certificate equals @peculiar/x509's for the same key, and openssl verifies it (${keyAlgorithm})`, () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const root = yield* createRoot({ meshName: "home lab", trustDomain: "mesh.local", keyAlgorithm, now: new Date(START), validityMillis: 365 * 24 * HOUR })
+        const authority = yield* loadAuthority({ certPem: root.certPem, certFile: "ca.pem", keyPem: root.keyPem, keyFile: "ca-key.pem" })
+        // An externally made key (as the agent's CSR brings): the CA signs its public half only.
+        const pair = keyAlgorithm === "ecdsa-p256"
+          ? NodeCrypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" })
+          : NodeCrypto.generateKeyPairSync("rsa", { modulusLength: 2048 })
+        const publicKey = pair.publicKey.export({ format: "der", type: "spki" })
+        const now = new Date(START + 1234)
+        const request = { spiffeId: "spiffe://mesh.local/service/echo", commonName: "echo", organization: "home lab", dnsNames: ["echo", "echo-v2"], now, ttlMillis: 24 * HOUR }
+        const fast = yield* signWorkload(authority, { ...request, publicKey })
+        // The way every certificate was built before: @peculiar/x509 from the same inputs.
+        const reference = yield* Effect.promise(() =>
+          x509.X509CertificateGenerator.create({
+            serialNumber: fast.serial,
+            subject: "CN=echo, O=home lab",
+            issuer: authority.certificate.subjectName,
+            notBefore: fast.notBefore,
+            notAfter: fast.notAfter,
+            publicKey: new Uint8Array(publicKey),
+            signingKey: authority.key,
+            signingAlgorithm: keyAlgorithm === "ecdsa-p256" ? { name: "ECDSA", hash: "SHA-256" } : authority.key.algorithm,
+            extensions: [
+              new x509.BasicConstraintsExtension(false, undefined, true),
+              new x509.KeyUsagesExtension(
+                keyAlgorithm === "ecdsa-p256"
+                  ? x509.KeyUsageFlags.digitalSignature
+                  : x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment,
+                true
+              ),
+              new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth], false),
+              new x509.SubjectAlternativeNameExtension([
+                { type: "url", value: request.spiffeId },
+                { type: "dns", value: "echo" },
+                { type: "dns", value: "echo-v2" }
+              ]),
+              new x509.SubjectKeyIdentifierExtension(keyIdentifier(new Uint8Array(publicKey)), false),
+              new x509.AuthorityKeyIdentifierExtension(authority.keyId, false)
+            ]
+          }, NodeCrypto.webcrypto)
+        )
+        const parsed = new x509.X509Certificate(fast.certPem)
+        const tbsOf = (der: ArrayBuffer) => {
+          // Everything but the signature (ECDSA signatures differ run to run).
+          const cert = new X509Certificate(Buffer.from(der))
+          return { subject: cert.subject, issuer: cert.issuer, validFrom: cert.validFrom, validTo: cert.validTo, serial: cert.serialNumber }
+        }
+        assert.deepStrictEqual(tbsOf(parsed.rawData), tbsOf(reference.rawData))
+        assert.deepStrictEqual(
+          parsed.extensions.map((e) => [e.type, e.critical, Buffer.from(e.value).toString("hex")]),
+          reference.extensions.map((e) => [e.type, e.critical, Buffer.from(e.value).toString("hex")])
+        )
+        assert.deepStrictEqual(parsed.signatureAlgorithm, reference.signatureAlgorithm)
+        assert.isTrue(yield* Effect.promise(() => parsed.verify({ publicKey: authority.certificate.publicKey, signatureOnly: true }, NodeCrypto.webcrypto)))
+        assert.strictEqual(parsed.notAfter.getTime(), Math.floor((START + 1234 + 24 * HOUR) / 1000) * 1000)
+        const files = yield* writeFiles(dir, { "ca.pem": root.certPem, "leaf.pem": fast.certPem })
+        const verify = openssl(["verify", "-attime", String((START + HOUR) / 1000), "-CAfile", files["ca.pem"]!, "-purpose", "sslserver", files["leaf.pem"]!])
+        assert.strictEqual(verify.status, 0, verify.output)
+        // Strict DER: openssl re-encodes it to the same bytes.
+        const reencoded = openssl(["x509", "-in", files["leaf.pem"]!, "-outform", "PEM"]).output
+        assert.strictEqual(reencoded, fast.certPem)
+        const text = openssl(["x509", "-in", files["leaf.pem"]!, "-noout", "-text"]).output
+        assert.include(text, "URI:spiffe://mesh.local/service/echo, DNS:echo, DNS:echo-v2")
+        assert.include(text, keyAlgorithm === "ecdsa-p256" ? "Digital Signature\n" : "Digital Signature, Key Encipherment")
+      })
+    )
+  }
 })
