@@ -24,7 +24,14 @@ import { Clock, Context, Duration, Effect, Either, Layer, Option, Ref, Schedule,
 import type { X509Certificate } from "node:crypto"
 import type { PeerCertificate } from "node:tls"
 import type { Certificates as CertificateSettings, MeshConfig } from "../schemas/Config.js"
-import { type Authority, fingerprint, issueWorkload, type IssuedCertificate } from "../src/certs/Authority.js"
+import {
+  type Authority,
+  fingerprint,
+  issueWorkload,
+  type IssuedCertificate,
+  type SignedCertificate,
+  signWorkload
+} from "../src/certs/Authority.js"
 import { type CaInvalid, type CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
 import { type RenewalPolicy, renewalReason, renewalTime } from "../src/certs/Rotation.js"
 import { secretMap } from "../src/certs/Sds.js"
@@ -111,6 +118,12 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
     readonly identity: (service: string) => Effect.Effect<Option.Option<WorkloadIdentity>>
     /** A one-off certificate for a service, not tracked or renewed (for `certs issue`). */
     readonly issue: (service: string) => Effect.Effect<WorkloadIdentity, SigningFailed>
+    /**
+     * Certifies a public key made elsewhere (DER SubjectPublicKeyInfo, e.g. from an agent's CSR) as
+     * `service`, with the same SANs, usages and lifetime as `issue`; not tracked or renewed. The
+     * caller decides who may ask for which service.
+     */
+    readonly signPublicKey: (service: string, publicKey: Uint8Array) => Effect.Effect<SignedIdentity, SigningFailed>
     /** SDS resources for the current state, in `MeshState.secrets` form (names: src/certs/Sds.ts). */
     readonly secrets: Effect.Effect<ReadonlyMap<string, Readonly<Record<string, unknown>>>>
     /** The controller's identity as a grpc-js certificate provider: follows every renewal. */
@@ -190,19 +203,42 @@ export const issueIdentity = (
   now: number
 ): Effect.Effect<WorkloadIdentity, SigningFailed> =>
   Effect.map(
-    issueWorkload(authority, {
-      spiffeId: name === CONTROLLER ? controllerId(options.trustDomain) : serviceId(options.trustDomain, name),
-      commonName: name === CONTROLLER ? "mesh-controller" : name,
-      organization: options.meshName,
-      dnsNames: name === CONTROLLER ? [] : [name],
-      keyAlgorithm: options.settings.keyAlgorithm,
-      now: new Date(now),
-      ttlMillis: Duration.toMillis(options.settings.workloadTtl)
-    }),
+    issueWorkload(authority, { ...identityRequest(options, name, now), keyAlgorithm: options.settings.keyAlgorithm }),
     (issued): WorkloadIdentity => ({
       ...issued,
       name,
       renewAt: renewalTime(issued, { renewAt: options.settings.renewAt, jitter: options.settings.renewJitter })
+    })
+  )
+
+/** A certificate for a key the CA did not make (`signPublicKey`). */
+export interface SignedIdentity extends SignedCertificate {
+  readonly renewAt: Date
+}
+
+/** The request `issueIdentity` and `signPublicKey` share: who the certificate names, and for how long. */
+const identityRequest = (options: StoreSettings, name: string, now: number) => ({
+  spiffeId: name === CONTROLLER ? controllerId(options.trustDomain) : serviceId(options.trustDomain, name),
+  commonName: name === CONTROLLER ? "mesh-controller" : name,
+  organization: options.meshName,
+  dnsNames: name === CONTROLLER ? [] : [name],
+  now: new Date(now),
+  ttlMillis: Duration.toMillis(options.settings.workloadTtl)
+})
+
+/** Signs an outside public key as service `name` at `now` (the agent's CSR signing). */
+export const signIdentity = (
+  authority: Authority,
+  options: StoreSettings,
+  name: string,
+  publicKey: Uint8Array,
+  now: number
+): Effect.Effect<SignedIdentity, SigningFailed> =>
+  Effect.map(
+    signWorkload(authority, { ...identityRequest(options, name, now), publicKey }),
+    (signed): SignedIdentity => ({
+      ...signed,
+      renewAt: renewalTime(signed, { renewAt: options.settings.renewAt, jitter: options.settings.renewJitter })
     })
   )
 
@@ -398,6 +434,11 @@ export const make = (
         Effect.gen(function*() {
           const { authority } = yield* Ref.get(material)
           return yield* issueFor(service, authority, yield* Clock.currentTimeMillis)
+        }),
+      signPublicKey: (service, publicKey) =>
+        Effect.gen(function*() {
+          const { authority } = yield* Ref.get(material)
+          return yield* signIdentity(authority, options, service, publicKey, yield* Clock.currentTimeMillis)
         }),
       secrets: Effect.map(fresh, secretsOf),
       controllerProvider: provider,

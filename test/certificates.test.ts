@@ -87,6 +87,16 @@ describe("issued certificates", () => {
         assert.match(text, /Key Usage: critical\s+Digital Signature/)
         assert.match(text, /Basic Constraints: critical\s+CA:FALSE/)
         assert.include(text, keyAlgorithm === "ecdsa-p256" ? "prime256v1" : "Public-Key: (2048 bit)")
+        // A public key made elsewhere (an agent's CSR) is certified as the service, with the same SANs.
+        const outside = NodeCrypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" })
+        const signed = yield* certs.signPublicKey("echo", outside.publicKey.export({ format: "der", type: "spki" }))
+        const signedFile = (yield* writeFiles(dir, { "signed.pem": signed.chainPem }))["signed.pem"]!
+        assert.strictEqual(openssl(["verify", "-CAfile", files["bundle.pem"]!, signedFile]).status, 0)
+        assert.strictEqual(
+          new X509Certificate(signed.certPem).publicKey.export({ format: "pem", type: "spki" }),
+          outside.publicKey.export({ format: "pem", type: "spki" })
+        )
+        assert.strictEqual(new X509Certificate(signed.certPem).subjectAltName, "URI:spiffe://mesh.local/service/echo, DNS:echo")
         // A one-off certificate (`certs issue`) verifies the same way.
         const oneOff = yield* certs.issue("batch")
         const oneOffFile = (yield* writeFiles(dir, { "batch.pem": oneOff.chainPem }))["batch.pem"]!
