@@ -4,7 +4,7 @@ import { MeshConfig, Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 import { decodeConfig, parseYaml } from "../src/ConfigDocument.js"
 import { LiveConfig, type LoadedConfig } from "./LiveConfig.js"
-import { blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import { blockingWatch, ConsulClient, type ConsulUnavailable, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { counter } from "./Metrics.js"
 
 /**
@@ -27,7 +27,7 @@ export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies"
     readonly status: Effect.Effect<unknown>
   }
 >() {
-  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, LiveConfig> =>
+  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, LiveConfig | ConsulClient> =>
     Layer.scoped(ConsulPolicies, make(options))
 
   /**
@@ -92,11 +92,12 @@ const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): Loade
 const make = (options: ConsulPoliciesOptions) =>
   Effect.gen(function*() {
     const config = yield* LiveConfig
-    const initial = (yield* config.get).config
-    const settings = initial.discovery.consul
+    const consulClient = yield* ConsulClient
+    const settings = Option.getOrUndefined(consulClient.settings)
+    const client = Option.getOrUndefined(consulClient.connection)
     const key = settings?.policiesKey
     const good = yield* SubscriptionRef.make(Option.none<Policies>())
-    if (!settings || key === undefined) {
+    if (!settings || !client || key === undefined) {
       return ConsulPolicies.of({ current: SubscriptionRef.get(good), changes: good.changes, status: Effect.succeed({ enabled: false }) })
     }
     const source = `consul-kv:${key}`
@@ -104,10 +105,6 @@ const make = (options: ConsulPoliciesOptions) =>
     const seen = yield* Ref.make(false)
     const outcome = yield* Ref.make<Outcome | null>(null)
     const lastError = yield* Ref.make<string | null>(null)
-    const client = yield* makeConsulClient(settings).pipe(
-      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
-      Effect.orDie
-    )
 
     const lock = yield* Effect.makeSemaphore(1)
     const evaluate = lock.withPermits(1)(Effect.gen(function*() {

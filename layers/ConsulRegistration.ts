@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, Layer, Ref, Schedule, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Option, Ref, Schedule, Stream } from "effect"
 import {
   checkId,
   isRegistered,
@@ -9,7 +9,7 @@ import {
 } from "../src/discovery/Consul.js"
 import { endpointKey, type EndpointHealth } from "../src/MeshState.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import { ConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { Health, type HealthView } from "./Health.js"
 import { counter, gauge } from "./Metrics.js"
 
@@ -34,7 +34,9 @@ export class ConsulRegistration extends Context.Tag("mesh-controller/ConsulRegis
     readonly status: Effect.Effect<unknown>
   }
 >() {
-  static readonly layer = (options: RegistrationOptions = {}): Layer.Layer<ConsulRegistration, never, LiveConfig | Health> =>
+  static readonly layer = (
+    options: RegistrationOptions = {}
+  ): Layer.Layer<ConsulRegistration, never, LiveConfig | Health | ConsulClient> =>
     Layer.scoped(ConsulRegistration, make(options))
 }
 
@@ -70,15 +72,13 @@ const make = (options: RegistrationOptions) =>
   Effect.gen(function*() {
     const config = yield* LiveConfig
     const health = yield* Health
+    const consulClient = yield* ConsulClient
     const loaded = yield* config.get
-    const settings = loaded.config.discovery.consul
-    if (!settings) {
+    if (Option.isNone(consulClient.settings) || Option.isNone(consulClient.connection)) {
       return ConsulRegistration.of({ sync: Effect.void, status: Effect.succeed({ enabled: false }) })
     }
-    const client = yield* makeConsulClient(settings).pipe(
-      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
-      Effect.orDie
-    )
+    const settings = consulClient.settings.value
+    const client = consulClient.connection.value
     const schedule = retrySchedule(options.retry)
     // `schedule` never ends, so a call retried on it cannot fail (orDie only fixes the type).
     const persist = <A, E>(effect: Effect.Effect<A, E>) => effect.pipe(Effect.retry(schedule), Effect.orDie)

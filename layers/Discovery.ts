@@ -1,4 +1,4 @@
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
@@ -6,7 +6,15 @@ import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { type BlockingQuery, blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import {
+  type BlockingQuery,
+  blockingWatch,
+  ConsulClient,
+  type ConsulConnection,
+  type ConsulUnavailable,
+  type RetryOptions,
+  retrySchedule
+} from "./ConsulClient.js"
 import { counter, gauge } from "./Metrics.js"
 
 export type { ApiRegistration } from "../src/discovery/Merge.js"
@@ -35,16 +43,16 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
   }
 >() {
   /**
-   * Services from the config file and the registration API, plus Consul when the config has a
-   * `discovery.consul` section (read at start; a change to that section needs a restart).
+   * Services from the config file and the registration API, plus Consul when the shared
+   * ConsulClient has a connection (built from `discovery.consul` at start; see ConsulClient).
    */
-  static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, LiveConfig> =>
-    Layer.scoped(Discovery, make({ ...options, consul: true }))
+  static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, LiveConfig | ConsulClient> =>
+    Layer.scoped(Discovery, Effect.flatMap(ConsulClient, (client) => make(options, client)))
 
   /** The embedded registry only (config file + registration API), whatever the config says about Consul. */
   static readonly layerEmbedded: Layer.Layer<Discovery, never, LiveConfig> = Layer.scoped(
     Discovery,
-    Effect.suspend(() => make({ consul: false }))
+    Effect.suspend(() => make({}, undefined))
   )
 
   /** A fixed registry for tests; `SubscriptionRef.set` on the returned ref changes it. */
@@ -148,11 +156,10 @@ interface ConsulState {
 
 const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) => a === b || JSON.stringify(a) === JSON.stringify(b)
 
-const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
+const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<ConsulClient> | undefined) =>
   Effect.gen(function*() {
     const config = yield* LiveConfig
     const initial = yield* config.get
-    const consulSettings = options.consul ? initial.config.discovery.consul : undefined
     const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)
 
     const configServices = yield* Ref.make(fromConfig(initial.config).services)
@@ -161,7 +168,6 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
     const consulView = yield* Ref.make<ReadonlyMap<string, ConsulService>>(new Map())
     const dns = yield* SubscriptionRef.make<ReadonlyMap<string, DnsEntry>>(new Map())
     const output = yield* SubscriptionRef.make<ReadonlyArray<Service>>([])
-    const restartRequired = yield* Ref.make(false)
 
     const resolveInto = (hosts: ReadonlyArray<string>) =>
       Effect.gen(function*() {
@@ -214,10 +220,6 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
         Effect.gen(function*() {
           yield* Ref.set(configServices, fromConfig(loaded.config).services)
           yield* Ref.set(dnsSettings, loaded.config.discovery.dns)
-          if (options.consul && JSON.stringify(loaded.config.discovery.consul) !== JSON.stringify(consulSettings)) {
-            yield* Ref.set(restartRequired, true)
-            yield* Effect.logWarning("discovery.consul changed in the config; it takes effect at the next restart")
-          }
           yield* publish
         })
       ),
@@ -246,8 +248,10 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
     const dirty = yield* Queue.sliding<void>(1)
     const throttle = options.consulPublishInterval ?? Duration.millis(50)
     yield* Queue.take(dirty).pipe(Effect.zipRight(publish), Effect.zipRight(Effect.sleep(throttle)), Effect.forever, Effect.forkScoped)
-    const consul = consulSettings
-      ? yield* startConsulWatch(consulSettings, options, consulView, Queue.offer(dirty, undefined))
+    const consulSettings = consulClient && Option.getOrUndefined(consulClient.settings)
+    const connection = consulClient && Option.getOrUndefined(consulClient.connection)
+    const consul = consulSettings && connection
+      ? yield* startConsulWatch(consulSettings, connection, options, consulView, Queue.offer(dirty, undefined))
       : undefined
 
     const register = (registration: ApiRegistration) =>
@@ -277,7 +281,7 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
           endpointsBySource: { config: count(s, "config"), api: count(s, "api"), consul: count(s, "consul") }
         })),
         apiRegistrations: (yield* Ref.get(api)).length,
-        consul: consul ? { ...(yield* consul.status), restartRequired: yield* Ref.get(restartRequired) } : null,
+        consul: consul && consulClient ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired } : null,
         dns: {
           refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
           names: [...entries].map(([host, entry]) => ({
@@ -311,6 +315,7 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
  */
 const startConsulWatch = (
   settings: ConsulSettings,
+  client: ConsulConnection,
   options: DiscoveryOptions,
   view: Ref.Ref<ReadonlyMap<string, ConsulService>>,
   /** Asks for the view to be merged and published (coalesced). */
@@ -322,10 +327,6 @@ const startConsulWatch = (
     const answered = yield* Ref.make<ReadonlySet<string>>(new Set())
     const watched = yield* Ref.make<ReadonlySet<string>>(new Set())
     const ignoredNames = yield* Ref.make<ReadonlyArray<string>>([])
-    const client = yield* makeConsulClient(settings).pipe(
-      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
-      Effect.orDie
-    )
     const schedule = retrySchedule(options.retry)
 
     const failed = (error: ConsulUnavailable) =>
