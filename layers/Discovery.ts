@@ -1,10 +1,11 @@
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import { LiveConfig } from "./LiveConfig.js"
 import {
   type BlockingQuery,
@@ -245,13 +246,11 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     // `consulPublishInterval` while answers keep coming (the sliding queue of one keeps at most
     // one publish pending). A lone change is published without delay; a burst costs a few dozen
     // merges instead of one per answer.
-    const dirty = yield* Queue.sliding<void>(1)
-    const throttle = options.consulPublishInterval ?? Duration.millis(50)
-    yield* Queue.take(dirty).pipe(Effect.zipRight(publish), Effect.zipRight(Effect.sleep(throttle)), Effect.forever, Effect.forkScoped)
+    const dirty = yield* Coalesce.make(publish, { rest: options.consulPublishInterval ?? Duration.millis(50) })
     const consulSettings = consulClient && Option.getOrUndefined(consulClient.settings)
     const connection = consulClient && Option.getOrUndefined(consulClient.connection)
     const consul = consulSettings && connection
-      ? yield* startConsulWatch(consulSettings, connection, options, consulView, Queue.offer(dirty, undefined))
+      ? yield* startConsulWatch(consulSettings, connection, options, consulView, dirty.signal)
       : undefined
 
     const register = (registration: ApiRegistration) =>

@@ -7,7 +7,6 @@ import {
   FiberMap,
   Layer,
   Option,
-  Queue,
   Random,
   RcMap,
   Ref,
@@ -21,6 +20,7 @@ import { type EndpointState, initialState, type ProbeResult, step } from "../src
 import { availability, type HealthView, routing, sameView } from "../src/health/Routing.js"
 import { type EndpointHealth, endpointKey, type Service } from "../src/MeshState.js"
 import { Discovery } from "./Discovery.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import { grpcProbe, httpProbe, makeGrpcPool, ProbeFailed, type ProbeTarget, tcpProbe } from "./HealthProbes.js"
 import { counter, gauge, histogram, layerUp } from "./Metrics.js"
 
@@ -315,7 +315,6 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     // Effect.sync, so each update is atomic.
     const entries = new Map<string, Entry>()
     let panicking = new Set<string>()
-    const transitionsPending = yield* Queue.sliding<void>(1)
 
     const computeView = (): HealthView => {
       const next = new Map<string, Map<string, EndpointHealth>>()
@@ -386,7 +385,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             ...(result.error !== undefined ? { error: result.error } : {})
           })
         )
-        yield* Queue.offer(transitionsPending, undefined)
+        yield* publisher.signal
       })
 
     /**
@@ -506,19 +505,13 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       })
 
     // Transitions come in bursts (a thousand endpoints turn healthy within one interval at start,
-    // a shared dependency fails): a sliding queue of one coalesces them, and after each publish the
-    // publisher rests PUBLISH_SPACING, so a burst costs a few O(endpoints) rebuilds (and a few view
-    // changes for subscribers) instead of one per transition: at 1,000 endpoints one rebuild per
-    // transition held the event loop long enough to delay probes by a whole interval. A lone
-    // transition is still published at once. The rest is wall-clock time (it bounds CPU, not
-    // anything on the probe schedule), so it does not wait for a TestClock.
-    const wallClock = Clock.make()
-    yield* Queue.take(transitionsPending).pipe(
-      Effect.zipRight(publish),
-      Effect.zipRight(wallClock.sleep(PUBLISH_SPACING)),
-      Effect.forever,
-      Effect.forkScoped
-    )
+    // a shared dependency fails): they are coalesced, and after each publish the publisher rests
+    // PUBLISH_SPACING, so a burst costs a few O(endpoints) rebuilds (and a few view changes for
+    // subscribers) instead of one per transition: at 1,000 endpoints one rebuild per transition
+    // held the event loop long enough to delay probes by a whole interval. A lone transition is
+    // still published at once. The rest is wall-clock time (it bounds CPU, not anything on the
+    // probe schedule), so it does not wait for a TestClock.
+    const publisher = yield* Coalesce.make(publish, { rest: PUBLISH_SPACING, clock: Clock.make() })
 
     yield* Effect.acquireRelease(
       Effect.sync(() => layerUp.set({ layer: "health" }, 1)),
