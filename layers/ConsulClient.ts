@@ -27,7 +27,7 @@ import * as Http from "node:http"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { counter, gauge } from "./Metrics.js"
+import { consulErrors, consulUp } from "./internal/DiscoveryMetrics.js"
 
 export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
   readonly operation: string
@@ -41,9 +41,6 @@ export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
     return `${this.operation}: ${status !== undefined ? `HTTP ${status}: ` : ""}${text}`
   }
 }
-
-export const consulUp = gauge("mesh_controller_consul_up", "1 while the last call to Consul succeeded, 0 while Consul is unreachable or failing.")
-export const consulErrors = counter("mesh_controller_consul_errors_total", "Failed calls to Consul, by operation.", ["operation"])
 
 /** The ACL token: from the environment only, never the config file, and never logged. */
 export const consulToken = EffectConfig.option(

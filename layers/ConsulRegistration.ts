@@ -11,7 +11,7 @@ import { endpointKey, type EndpointHealth } from "../src/MeshState.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { ConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { Health, type HealthView } from "./Health.js"
-import { counter, gauge } from "./Metrics.js"
+import { registered, restoredTotal } from "./internal/DiscoveryMetrics.js"
 
 /**
  * Registers the services marked `register` (they run on this host) with the local Consul agent,
@@ -31,26 +31,44 @@ export class ConsulRegistration extends Context.Tag("mesh-controller/ConsulRegis
   {
     /** Runs one anti-entropy round now. */
     readonly sync: Effect.Effect<void>
-    readonly status: Effect.Effect<unknown>
+    readonly status: Effect.Effect<RegistrationStatus>
   }
 >() {
   static readonly layer = (
     options: RegistrationOptions = {}
   ): Layer.Layer<ConsulRegistration, never, LiveConfig | Health | ConsulClient> =>
-    Layer.scoped(ConsulRegistration, make(options))
+    Layer.scoped(ConsulRegistration, make(options).pipe(Effect.annotateLogs({ module: "consul" })))
 }
+
+/** What `/status` shows under `consulRegistration`. */
+export type RegistrationStatus =
+  | { readonly enabled: false }
+  | {
+    readonly enabled: true
+    readonly address: string
+    readonly antiEntropyInterval: string
+    readonly lastSyncAt: string | null
+    readonly lastError: string | null
+    readonly registrations: ReadonlyArray<{
+      readonly id: string
+      readonly service: string
+      readonly address: string
+      readonly port: number
+      // The check the agent runs (http, tcp, grpc), a TTL the controller reports to, or none.
+      readonly check: "http" | "tcp" | "grpc" | "ttl" | "none"
+      readonly registered: boolean
+      readonly registeredAt: string | null
+      readonly restored: number
+      readonly reported: EndpointHealth | null
+      readonly lastError: string | null
+    }>
+  }
 
 export interface RegistrationOptions {
   readonly retry?: RetryOptions
   /** Upper bound of deregistration at shutdown (default 5s). */
   readonly shutdownTimeout?: Duration.DurationInput
 }
-
-const registered = gauge("mesh_controller_consul_registrations", "Service instances this controller keeps registered in Consul.")
-const restoredTotal = counter(
-  "mesh_controller_consul_registrations_restored_total",
-  "Registrations found missing from the agent by anti-entropy and registered again."
-)
 
 interface Entry {
   readonly registered: boolean
@@ -228,7 +246,7 @@ const make = (options: RegistrationOptions) =>
         const known = yield* Ref.get(entries)
         const last = yield* Ref.get(lastSync)
         return {
-          enabled: true,
+          enabled: true as const,
           address: settings.address,
           antiEntropyInterval: Duration.format(interval),
           lastSyncAt: last.at?.toISOString() ?? null,

@@ -16,7 +16,7 @@ import {
   type RetryOptions,
   retrySchedule
 } from "./ConsulClient.js"
-import { counter, gauge } from "./Metrics.js"
+import { dnsFailures, servicesBySource, syncLag, watchUpdates } from "./internal/DiscoveryMetrics.js"
 
 export type { ApiRegistration } from "../src/discovery/Merge.js"
 
@@ -35,7 +35,7 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     readonly services: Effect.Effect<ReadonlyArray<Service>>
     /** The current services first, then every change. */
     readonly changes: Stream.Stream<ReadonlyArray<Service>>
-    readonly status: Effect.Effect<unknown>
+    readonly status: Effect.Effect<DiscoveryStatus>
     /** Adds (or replaces) an endpoint registered at run time; kept across config reloads. */
     readonly register: (registration: ApiRegistration) => Effect.Effect<void>
     /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
@@ -48,12 +48,15 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
    * ConsulClient has a connection (built from `discovery.consul` at start; see ConsulClient).
    */
   static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, LiveConfig | ConsulClient> =>
-    Layer.scoped(Discovery, Effect.flatMap(ConsulClient, (client) => make(options, client)))
+    Layer.scoped(
+      Discovery,
+      Effect.flatMap(ConsulClient, (client) => make(options, client)).pipe(Effect.annotateLogs({ module: "discovery" }))
+    )
 
   /** The embedded registry only (config file + registration API), whatever the config says about Consul. */
   static readonly layerEmbedded: Layer.Layer<Discovery, never, LiveConfig> = Layer.scoped(
     Discovery,
-    Effect.suspend(() => make({}, undefined))
+    Effect.suspend(() => make({}, undefined)).pipe(Effect.annotateLogs({ module: "discovery" }))
   )
 
   /** A fixed registry for tests; `SubscriptionRef.set` on the returned ref changes it. */
@@ -89,6 +92,45 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     )
 }
 
+/** The Consul watches as `/status` shows them. */
+export interface ConsulWatchStatus {
+  readonly address: string
+  readonly datacenter: string | null
+  readonly connected: boolean
+  readonly lastSuccessAt: string | null
+  readonly lastError: string | null
+  readonly lastErrorAt: string | null
+  readonly watchedServices: number
+  /** Consul service names that cannot be mesh services. */
+  readonly ignoredServices: ReadonlyArray<string>
+  /** Every listed service has been answered at least once. */
+  readonly synced: boolean
+}
+
+/** What `/status` shows under `discovery` (the memory variant shows only `source`). */
+export interface DiscoveryStatus {
+  readonly source: "memory" | "config+api" | "config+api+consul"
+  readonly precedence?: ReadonlyArray<RegistrySource>
+  readonly services?: ReadonlyArray<{
+    readonly name: string
+    readonly source: RegistrySource
+    readonly endpoints: number
+    readonly endpointsBySource: Readonly<Record<RegistrySource, number>>
+  }>
+  readonly apiRegistrations?: number
+  /** `restartRequired`: the config's `discovery.consul` differs from the one in force (see ConsulClient). */
+  readonly consul?: (ConsulWatchStatus & { readonly restartRequired: boolean }) | null
+  readonly dns?: {
+    readonly refreshInterval: string
+    readonly names: ReadonlyArray<{
+      readonly host: string
+      readonly addresses: ReadonlyArray<string>
+      readonly resolvedAt: string | null
+      readonly error: string | null
+    }>
+  }
+}
+
 export interface DiscoveryOptions {
   /** Backoff of failed Consul calls (default 200ms doubling, capped at 10s, jittered). */
   readonly retry?: RetryOptions
@@ -99,22 +141,6 @@ export interface DiscoveryOptions {
   /** Deadline of one DNS resolution (default 5s). */
   readonly dnsTimeout?: Duration.DurationInput
 }
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-// ---------------------------------------------------------------------------------------------
-
-const watchUpdates = counter(
-  "mesh_controller_discovery_watch_updates_total",
-  "Blocking-query answers from Consul that carried a new index, by watch (catalog, service).",
-  ["watch"]
-)
-const syncLag = gauge(
-  "mesh_controller_discovery_consul_sync_lag_seconds",
-  "Seconds since Consul last answered, while a watch is failing (0 while every watch is answered)."
-)
-const servicesBySource = gauge("mesh_controller_discovery_services", "Services known, by the source that defines them.", ["source"])
-const dnsFailures = counter("mesh_controller_discovery_dns_failures_total", "Failed resolutions of endpoint host names.", ["resolver"])
 
 // ---------------------------------------------------------------------------------------------
 // DNS
@@ -266,13 +292,13 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
         return [rest.length !== all.length, rest] as const
       }).pipe(Effect.tap((removed) => (removed ? publish : Effect.void)))
 
-    const status = Effect.gen(function*() {
+    const status: Effect.Effect<DiscoveryStatus> = Effect.gen(function*() {
       const services = yield* SubscriptionRef.get(output)
       const entries = yield* Ref.get(dns)
       const count = (s: Service, source: RegistrySource) => s.endpoints.filter((e) => e.source === source).length
       return {
-        source: consul ? "config+api+consul" : "config+api",
-        precedence: ["config", "api", "consul"],
+        source: consul ? "config+api+consul" as const : "config+api" as const,
+        precedence: ["config", "api", "consul"] as const,
         services: services.map((s) => ({
           name: s.name,
           source: s.source,
@@ -319,7 +345,7 @@ const startConsulWatch = (
   view: Ref.Ref<ReadonlyMap<string, ConsulService>>,
   /** Asks for the view to be merged and published (coalesced). */
   publish: Effect.Effect<unknown>
-): Effect.Effect<{ readonly status: Effect.Effect<Record<string, unknown>> }, never, Scope.Scope> =>
+): Effect.Effect<{ readonly status: Effect.Effect<ConsulWatchStatus> }, never, Scope.Scope> =>
   Effect.gen(function*() {
     const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null })
     const startedAt = new Date()

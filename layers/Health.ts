@@ -21,8 +21,18 @@ import { availability, type HealthView, routing, sameView } from "../src/health/
 import { type EndpointHealth, endpointKey, type Service } from "../src/MeshState.js"
 import { Discovery } from "./Discovery.js"
 import * as Coalesce from "./internal/Coalesce.js"
+import { ProbeSlots } from "./internal/ProbeSlots.js"
 import { grpcProbe, httpProbe, makeGrpcPool, ProbeFailed, type ProbeTarget, tcpProbe } from "./HealthProbes.js"
-import { counter, gauge, histogram, layerUp } from "./Metrics.js"
+import {
+  endpointsByState,
+  probeLag,
+  probeLatency,
+  probeResults,
+  probesMissed,
+  servicePanic,
+  transitions
+} from "./internal/HealthMetrics.js"
+import { layerUp } from "./Metrics.js"
 
 export type { HealthView } from "../src/health/Routing.js"
 
@@ -92,7 +102,7 @@ export class Health extends Context.Tag("mesh-controller/Health")<
 >() {
   /** Probes the endpoints Discovery reports; probes start and stop as endpoints come and go. */
   static readonly layer = (options: HealthOptions = {}): Layer.Layer<Health, never, Discovery> =>
-    Layer.scoped(Health, make(options))
+    Layer.scoped(Health, make(options).pipe(Effect.annotateLogs({ module: "health" })))
 
   /** A fixed view for tests; `SubscriptionRef.set` on the ref changes it. */
   static readonly layerMemory = (ref: SubscriptionRef.SubscriptionRef<HealthView>): Layer.Layer<Health> =>
@@ -138,31 +148,6 @@ export interface HealthOptions {
 }
 
 // ---------------------------------------------------------------------------------------------
-// metrics
-// ---------------------------------------------------------------------------------------------
-
-const probeResults = counter("mesh_controller_health_probes_total", "Health probes by check type and result (success, failure).", [
-  "type",
-  "result"
-])
-const probeLatency = histogram("mesh_controller_health_probe_duration_seconds", "Health probe latency by check type.", ["type"])
-const probeLag = histogram(
-  "mesh_controller_health_probe_lag_seconds",
-  "How late health probes start against their schedule (waiting for a probe slot included)."
-)
-const probesMissed = counter(
-  "mesh_controller_health_probes_missed_total",
-  "Health probes skipped because no probe slot (maxConcurrentProbes) freed up before the endpoint's next probe was due."
-)
-const endpointsByState = gauge("mesh_controller_health_endpoints", "Checked endpoints by health state.", ["state"])
-const transitions = counter("mesh_controller_health_transitions_total", "Endpoint health transitions.", ["from", "to"])
-const servicePanic = gauge(
-  "mesh_controller_health_service_panic",
-  "1 while every endpoint of the service is unhealthy (routed to all when failMode is open, none when closed).",
-  ["service", "fail_mode"]
-)
-
-// ---------------------------------------------------------------------------------------------
 // the live layer
 // ---------------------------------------------------------------------------------------------
 
@@ -171,89 +156,6 @@ interface Entry {
   readonly endpoint: string
   state: EndpointState
   missed: number
-}
-
-/** A probe waiting for a slot: granted (`true`) or skipped (`false`, its deadline passed first). */
-interface SlotWaiter {
-  readonly deadline: number
-  readonly resume: (granted: Effect.Effect<boolean>) => void
-  state: "waiting" | "granted" | "cancelled"
-}
-
-/**
- * The global bound on probes in flight. Effect's semaphore wakes every waiter on each release
- * (they all re-check, one wins, the rest wait again): with a thousand endpoints queued behind 64
- * slots that is a thousand fiber wake-ups per finished probe, which starved the event loop and the
- * heap (bench/health.ts at 1,000 endpoints: 125% CPU, 2 GB). Here a freed slot is handed straight
- * to the oldest waiter, O(1) per probe. A waiter whose deadline (its endpoint's next due probe)
- * has passed when its turn comes is skipped instead: a slow or overloaded controller drops ticks,
- * it never builds a backlog.
- */
-class Slots {
-  private taken = 0
-  private readonly queue: Array<SlotWaiter | undefined> = []
-  private head = 0
-  constructor(private readonly max: number, private readonly now: () => number) {}
-
-  get inFlight(): number {
-    return this.taken
-  }
-
-  get waiting(): number {
-    let n = 0
-    for (let i = this.head; i < this.queue.length; i++) if (this.queue[i]?.state === "waiting") n++
-    return n
-  }
-
-  /** `true` once a slot is held (give it back with `release`), `false` if `deadline` passed first. */
-  acquire(deadline: number): Effect.Effect<boolean> {
-    return Effect.async<boolean>((resume) => {
-      if (this.taken < this.max && this.head === this.queue.length) {
-        this.taken++
-        resume(Effect.succeed(true))
-        return
-      }
-      const waiter: SlotWaiter = { deadline, resume, state: "waiting" }
-      this.queue.push(waiter)
-      // Only cancelled waiters ahead of it and a slot free: hand it over now.
-      if (this.taken < this.max) this.grant()
-      return Effect.sync(() => {
-        // Interrupted while waiting; if the slot was handed over in the meantime, give it back.
-        if (waiter.state === "waiting") waiter.state = "cancelled"
-        else if (waiter.state === "granted") this.release()
-      })
-    })
-  }
-
-  release(): void {
-    this.taken--
-    this.grant()
-  }
-
-  private grant(): void {
-    let now: number | undefined
-    while (this.taken < this.max && this.head < this.queue.length) {
-      const waiter = this.queue[this.head]!
-      this.queue[this.head++] = undefined
-      if (waiter.state !== "waiting") continue
-      now ??= this.now()
-      if (waiter.deadline <= now) {
-        waiter.state = "cancelled"
-        waiter.resume(Effect.succeed(false))
-        continue
-      }
-      waiter.state = "granted"
-      this.taken++
-      waiter.resume(Effect.succeed(true))
-    }
-    if (this.head === this.queue.length) {
-      this.queue.length = 0
-      this.head = 0
-    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue.splice(0, this.head)
-      this.head = 0
-    }
-  }
 }
 
 interface Probe {
@@ -302,7 +204,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       : options.meshCa
 
     const clock = yield* Effect.clock
-    const slots = new Slots(maxConcurrent, () => clock.unsafeCurrentTimeMillis())
+    const slots = new ProbeSlots(maxConcurrent, () => clock.unsafeCurrentTimeMillis())
     let missedTotal = 0
     const grpcPool = yield* makeGrpcPool({
       maxReconnectBackoff: Duration.decode(options.grpcMaxReconnectBackoff ?? Duration.seconds(1))

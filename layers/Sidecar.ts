@@ -49,7 +49,7 @@ import {
 } from "../src/sidecar/Restart.js"
 import { writeAtomic } from "./Certificates.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { counter, gauge } from "./Metrics.js"
+import { crashLoopGauge, readyGauge, restartsTotal } from "./internal/SidecarMetrics.js"
 
 // ---------------------------------------------------------------------------------------------
 // The service
@@ -120,14 +120,15 @@ export class Sidecar extends Context.Tag("mesh-controller/Sidecar")<
 >() {
   /** Runs Envoy for `sidecar.envoy.service`, whatever `sidecar.envoy.enabled` says. */
   static readonly layer = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
-    Layer.scoped(Sidecar, make(options))
+    Layer.scoped(Sidecar, make(options).pipe(Effect.annotateLogs({ module: "sidecar" })))
 
   /** Runs Envoy when `sidecar.envoy.enabled`, otherwise reports "disabled" (what program.ts wants). */
   static readonly layerConfig = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
     Layer.scoped(
       Sidecar,
       Effect.flatMap(LiveConfig, (config) =>
-        Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone))))
+        Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone)))
+      ).pipe(Effect.annotateLogs({ module: "sidecar" }))
     )
 
   /** No sidecar on this host. */
@@ -144,16 +145,6 @@ export interface SidecarOptions {
   readonly preflight?: PreflightResult
 }
 
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-// ---------------------------------------------------------------------------------------------
-
-const restartsTotal = counter("mesh_controller_sidecar_restarts_total", "Envoy restarts, by reason (crash, hot-restart).", [
-  "reason"
-])
-const readyGauge = gauge("mesh_controller_sidecar_ready", "1 while the local Envoy answers 200 on /ready.")
-const crashLoopGauge = gauge("mesh_controller_sidecar_crash_loop", "1 while Envoy restarts are stopped by a crash loop.")
 
 // ---------------------------------------------------------------------------------------------
 // Preflight (reads the host; the decision is src/sidecar/Preflight.ts)

@@ -39,7 +39,10 @@ export interface Coalescer {
 }
 
 /** Starts the loop in the current scope; it stops when the scope closes. */
-export const make = (run: Effect.Effect<void>, options: CoalesceOptions = {}): Effect.Effect<Coalescer, never, Scope.Scope> =>
+export const make = (
+  run: Effect.Effect<void>,
+  options: CoalesceOptions = {}
+): Effect.Effect<Coalescer, never, Scope.Scope> =>
   Effect.gen(function*() {
     // A sliding queue of one: at most one run pending, however many signals arrive.
     const pending = yield* Queue.sliding<void>(1)
@@ -49,11 +52,16 @@ export const make = (run: Effect.Effect<void>, options: CoalesceOptions = {}): E
     const settle = (window: SettleWindow) =>
       onClock(Effect.gen(function*() {
         const quiet = Duration.toMillis(window.quiet)
-        const deadline = window.max === undefined ? Infinity : (yield* Clock.currentTimeMillis) + Duration.toMillis(window.max)
+        const deadline = window.max === undefined
+          ? Infinity
+          : (yield* Clock.currentTimeMillis) + Duration.toMillis(window.max)
         while (true) {
           const left = deadline - (yield* Clock.currentTimeMillis)
           if (left <= 0) return
-          const more = yield* Queue.take(pending).pipe(Effect.timeout(Duration.millis(Math.min(quiet, left))), Effect.option)
+          const more = yield* Queue.take(pending).pipe(
+            Effect.timeout(Duration.millis(Math.min(quiet, left))),
+            Effect.option
+          )
           if (Option.isNone(more)) return
         }
       }))
