@@ -431,6 +431,45 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       standIn.slowDown(0)
     }))
 
+  it.scopedLive("a snapshot restore (the index goes backwards) under the documented 5m wait: restored data at once, no spin", () =>
+    Effect.gen(function*() {
+      const { client, standIn } = yield* standInTarget
+      // 5m is both Consul's default `wait` and the config's default `watchWait`.
+      const discovery = yield* startDiscovery(configOf(standIn.address, {}, { watchWait: "5m" }))
+      const kept = unique("kept")
+      const added = unique("added")
+      yield* registerInConsul(client, kept, 7801)
+      yield* registerInConsul(client, kept, 7802)
+      yield* waitForPorts(discovery, kept, [7801, 7802])
+      const saved = standIn.snapshot()
+
+      yield* deregisterInConsul(client, `${kept}-7801`)
+      yield* registerInConsul(client, added, 7901)
+      yield* waitForPorts(discovery, kept, [7802])
+      yield* waitForPorts(discovery, added, [7901])
+      // Every watch (catalog, two services) parked in a blocking query, as in steady state.
+      yield* eventually(Effect.suspend(() => standIn.blockedQueries() === 3 ? Effect.void : Effect.fail(standIn.blockedQueries())))
+
+      standIn.restore(saved)
+      // Each parked query answers with the lower index; the watch starts again from 0 and gets the
+      // restored state without waiting out its 5 minutes.
+      yield* waitForPorts(discovery, kept, [7801, 7802])
+      yield* eventually(Effect.flatMap(discovery.services, (all) => (find(all, added) ? Effect.fail("still listed") : Effect.void)))
+
+      // And then it rests: the catalog and `kept` watches back in blocking queries, and no query
+      // issued while nothing changes (a watch stuck on the old, higher index would either spin
+      // or never see the restored data).
+      yield* eventually(Effect.suspend(() => standIn.blockedQueries() === 2 ? Effect.void : Effect.fail(standIn.blockedQueries())))
+      const before = standIn.requests.length
+      yield* Effect.sleep(Duration.seconds(1))
+      assert.strictEqual(standIn.requests.length, before, "no query while nothing changes")
+      assert.strictEqual(standIn.blockedQueries(), 2)
+
+      // Writes after the restore arrive as usual.
+      yield* registerInConsul(client, kept, 7803)
+      yield* waitForPorts(discovery, kept, [7801, 7802, 7803])
+    }))
+
   it.scopedLive("TLS to Consul with the configured CA and server name; the ACL token is sent and never shown", () =>
     Effect.gen(function*() {
       const tls = yield* makeTestTls("consul.mesh.local")
