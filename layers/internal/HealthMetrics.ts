@@ -34,3 +34,10 @@ export const servicePanic = gauge(
   "1 while every endpoint of the service is unhealthy (routed to all when failMode is open, none when closed).",
   ["service", "fail_mode"]
 )
+
+/** The per-type children of the probe metrics (label lookup once, not per probe). */
+export const metricsOfType = (type: string) => ({
+  success: probeResults.labels({ type, result: "success" }),
+  failure: probeResults.labels({ type, result: "failure" }),
+  latency: probeLatency.labels({ type })
+})
