@@ -4,13 +4,16 @@
  */
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Schema } from "effect"
-import { activateRoot, introduceRoot, issueToFiles, showRoots, type StoreSettings, type TrustBundle } from "../../layers/Certificates.js"
-import { loadFile } from "../../layers/LiveConfig.js"
+import type { StoreSettings, TrustBundle } from "../../layers/Certificates.js"
 import { ServiceName } from "../../schemas/Config.js"
 import { CaOperationRefused } from "../certs/Errors.js"
 
+// The CA and the config loader are imported when a command runs, not when the CLI starts (start-up).
+const certificates = Effect.promise(() => import("../../layers/Certificates.js"))
+
 const settingsFrom = (configPath: string) =>
-  loadFile(configPath).pipe(
+  Effect.promise(() => import("../../layers/LiveConfig.js")).pipe(
+    Effect.flatMap(({ loadFile }) => loadFile(configPath)),
     Effect.map(({ config }): StoreSettings => ({ settings: config.certificates, meshName: config.mesh.name, trustDomain: config.mesh.trustDomain }))
   )
 
@@ -46,6 +49,7 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
             Effect.fail(new CaOperationRefused({ reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${JSON.stringify(service)}` })),
           onRight: Effect.succeed
         })
+        const { issueToFiles } = yield* certificates
         const issued = yield* issueToFiles(yield* settingsFrom(config), name, out)
         yield* Console.log(
           [
@@ -61,7 +65,7 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
   ).pipe(Command.withDescription("Issue a workload certificate into files (for a workload that reads them, e.g. a proxyless gRPC client)."))
 
   const show = Command.make("show", { config: configOption }, ({ config }) =>
-    Effect.flatMap(settingsFrom(config), showRoots).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
+    Effect.flatMap(settingsFrom(config), (settings) => Effect.flatMap(certificates, (ca) => ca.showRoots(settings))).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
   ).pipe(Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity."))
 
   const rotate = Command.make(
@@ -75,6 +79,7 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
     ({ activate, config }) =>
       Effect.gen(function*() {
         const settings = yield* settingsFrom(config)
+        const { activateRoot, introduceRoot } = yield* certificates
         if (activate) {
           const root = yield* activateRoot(settings)
           yield* Console.log(
