@@ -4,8 +4,10 @@
 // dynamic imports so `--help` does not load the daemon.
 //
 // Packages that locate files next to their own modules at run time (__dirname, require.resolve:
-// grpc-js's and grpc-js-xds's .proto files, protobufjs) or that are CommonJS with their own module
-// graph stay external: Node loads them from node_modules as dist/ does.
+// grpc-js's and grpc-js-xds's .proto files; protobufjs, which requires optional modules through
+// eval) stay external: Node loads them from node_modules as dist/ does. The rest is bundled, since
+// loading CommonJS packages file by file (x509 and its ASN.1 stack, consul, prom-client) costs
+// start-up time too.
 import { build } from "esbuild"
 import { rmSync } from "node:fs"
 
@@ -14,11 +16,7 @@ const external = [
   "@grpc/grpc-js-xds",
   "@grpc/proto-loader",
   "protobufjs",
-  "protobufjs/*",
-  "consul",
-  "prom-client",
-  "@peculiar/x509",
-  "reflect-metadata"
+  "protobufjs/*"
 ]
 
 rmSync("dist/bin", { recursive: true, force: true })
