@@ -88,6 +88,31 @@ describe("the container's process, run as the image runs it", () => {
     }
   })
 
+  it("the image's executable answers --version, --help, validate and schema, and exits 2 on a usage error", () => {
+    // Each command loads its part of the bundle when it runs; this checks those parts resolve with
+    // production dependencies only.
+    const bin = join(app, "dist", "bin", "mesh-controller.mjs")
+    const run = (args: ReadonlyArray<string>) => {
+      try {
+        return { code: 0, stdout: execFileSync(process.execPath, [bin, ...args], { cwd: app, stdio: "pipe" }).toString() }
+      } catch (error) {
+        const failed = error as { status: number; stdout: Buffer }
+        return { code: failed.status, stdout: failed.stdout.toString() }
+      }
+    }
+    expect(run(["--version"])).toEqual({ code: 0, stdout: `${JSON.parse(readFileSync("package.json", "utf8")).version}\n\n` })
+    const help = run(["--help"])
+    expect(help.code).toBe(0)
+    expect(help.stdout).toContain("validate")
+    const validated = run(["validate", join(etc, "mesh.yaml")])
+    expect(validated.code).toBe(0)
+    expect(validated.stdout).toContain(": ok: mesh")
+    const schema = run(["schema"])
+    expect(schema.code).toBe(0)
+    expect(JSON.stringify(JSON.parse(schema.stdout))).toContain("\"services\"")
+    expect(run(["no-such-command"]).code).toBe(2)
+  })
+
   it("the health check fails when nothing answers", () => {
     expect(() =>
       execFileSync(process.execPath, [join(app, "dist", "bin", "healthcheck.mjs"), "http://127.0.0.1:1/healthz"], { stdio: "pipe" })
