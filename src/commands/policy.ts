@@ -7,7 +7,6 @@
  */
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, HashMap, Option, Schema } from "effect"
-import { loadFile } from "../../layers/LiveConfig.js"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { type AuthzRequest, authorize, callerIdentity, type Decision, describeDecision } from "../policy/Authorize.js"
 import { type CompiledPolicy, compileConfig } from "../policy/Compile.js"
@@ -89,6 +88,8 @@ export const makePolicyCommand = (configOption: Options.Options<string>) => {
     },
     (args) =>
       Effect.gen(function*() {
+        // The config loader is imported when the command runs, not when the CLI starts (start-up).
+        const { loadFile } = yield* Effect.promise(() => import("../../layers/LiveConfig.js"))
         const { config } = yield* loadFile(args.config)
         const request: AuthzRequest = {
           method: Option.getOrUndefined(args.method),

@@ -163,7 +163,7 @@ const compileAll = (
       traffic.set(policy.service, policy)
     }
     policy.routes.forEach((route, r) => checkRoute(policy.name, `${base}.routes[${r}]`, route, service, issue))
-    warnings.push(...shadowedRoutes(policy, base))
+    for (const warning of shadowedRoutes(policy, base)) warnings.push(warning)
   })
 
   const rules = new Map<string, { deny: Array<CompiledRule>; allow: Array<CompiledRule> }>()

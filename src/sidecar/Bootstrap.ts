@@ -147,7 +147,7 @@ const upstreamMtls = (input: BootstrapInput, identity: IdentityFiles) => ({
   }
 })
 
-const prometheusListener = (input: BootstrapInput, prometheus: { readonly host: string; readonly port: number }) => ({
+const prometheusListener = (prometheus: { readonly host: string; readonly port: number }) => ({
   name: "prometheus-stats",
   address: socketAddress(prometheus.host, prometheus.port),
   filter_chains: [{
@@ -243,7 +243,7 @@ export const buildBootstrap = (input: BootstrapInput): Record<string, unknown> =
     },
     static_resources: {
       clusters,
-      ...(input.prometheus !== undefined ? { listeners: [prometheusListener(input, input.prometheus)] } : {})
+      ...(input.prometheus !== undefined ? { listeners: [prometheusListener(input.prometheus)] } : {})
     },
     admin: { address: socketAddress(input.admin.host, input.admin.port) },
     stats_config: statsConfig(input.statsTags),
