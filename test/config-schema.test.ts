@@ -87,6 +87,37 @@ policies:
     ])
   })
 
+  it("one checker for policies: a rule naming a caller by service or by its SPIFFE ID is the same rule", () => {
+    // The schema used to compare peers as written and let this pass; the compiler compares identities.
+    const found = problems(`${base}policies:
+  security:
+    authorization:
+      - { name: no-gw, action: deny, from: [ { service: echo-v2 } ], to: echo }
+      - { name: gw, action: allow, from: [ { principal: "spiffe://mesh.local/service/echo-v2" } ], to: echo }`)
+    expect(found).toEqual([
+      `policies.security.authorization[1]: conflicts with deny rule at policies.security.authorization[0]: same callers, target and conditions, so it never allows anything (policy "gw")`
+    ])
+  })
+
+  it("reports policy references together with service problems and structural ones", () => {
+    const found = problems(`${base}  - name: echo
+    port: 1
+  - name: bad
+    port: 0
+policies:
+  traffic:
+    - { name: c, service: ghost, routes: [ { destinations: [ { service: echo } ] } ] }
+    - { name: c, service: echo, routes: [ { destinations: [ { service: echo } ] } ] }
+  resilience: [ { service: gone } ]`)
+    expect(found).toEqual([
+      "services[3].port: expected a port number from 1 to 65535, got 0",
+      `services[2].name: duplicate service name "echo" (first defined at services[0])`,
+      `policies.traffic[0].service: unknown service "ghost"`,
+      `policies.traffic[1].name: duplicate traffic policy name (first defined at policies.traffic[0]) (policy "c")`,
+      `policies.resilience[0].service: unknown service "gone"`
+    ])
+  })
+
   it("keeps IPv6 endpoints apart that would collide unbracketed", () => {
     const result = parseConfig("mesh: { name: lab }\nservices: [ { name: a, port: 80, endpoints: [ { address: \"::1\", port: 880 }, { address: \"::1:8\" } ] } ]", "x")
     expect(Either.isRight(result) ? "ok" : result.left.message).toBe("ok")

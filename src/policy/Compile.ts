@@ -27,7 +27,14 @@ import { type Glob, parseGlob } from "./Match.js"
 export class PolicyIssue extends Schema.Class<PolicyIssue>("PolicyIssue")({
   policy: Schema.String,
   field: Schema.String,
-  message: Schema.String
+  message: Schema.String,
+  /**
+   * "catalogue": how a policy relates to the services (an unknown service, a second policy for one
+   * service, HTTP conditions on a tcp service); the message names the service, so a config
+   * document reports it by its path alone, as it reports other references. "rule": inside one
+   * policy, reported with the policy's name.
+   */
+  kind: Schema.optionalWith(Schema.Literal("catalogue", "rule"), { default: () => "rule" as const })
 }) {
   override toString(): string {
     return `${this.field} (policy "${this.policy}"): ${this.message}`
@@ -146,18 +153,25 @@ const compileAll = (
   const issues: Array<PolicyIssue> = []
   const warnings: Array<PolicyIssue> = []
   const issue = (policy: string, field: string, message: string) => issues.push(new PolicyIssue({ policy, field, message }))
+  const catalogueIssue = (policy: string, field: string, message: string) =>
+    issues.push(new PolicyIssue({ policy, field, message, kind: "catalogue" }))
   const service = (policy: string, field: string, name: string) => {
-    if (known !== undefined && !known.has(name)) issue(policy, field, `unknown service "${name}"`)
+    if (known !== undefined && !known.has(name)) catalogueIssue(policy, field, `unknown service "${name}"`)
   }
 
   const traffic = new Map<string, TrafficPolicy>()
   const trafficAt = new Map<string, number>()
+  const trafficNames = new Map<string, number>()
   policies.traffic.forEach((policy, i) => {
     const base = `policies.traffic[${i}]`
+    const named = trafficNames.get(policy.name)
+    if (named !== undefined) issue(policy.name, `${base}.name`, `duplicate traffic policy name (first defined at policies.traffic[${named}])`)
+    else trafficNames.set(policy.name, i)
     service(policy.name, `${base}.service`, policy.service)
     const seen = trafficAt.get(policy.service)
     if (seen !== undefined) {
-      issue(policy.name, `${base}.service`, `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`)
+      const message = `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`
+      catalogueIssue(policy.name, `${base}.service`, message)
     } else {
       trafficAt.set(policy.service, i)
       traffic.set(policy.service, policy)
@@ -190,7 +204,7 @@ const compileAll = (
     const when = rule.when
     if (tcp.has(rule.to) && (when?.methods !== undefined || when?.paths !== undefined || when?.headers !== undefined)) {
       // Envoy's network RBAC sees connections, not requests: such a rule could not be enforced.
-      issue(rule.name, `${base}.when`, `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports`)
+      catalogueIssue(rule.name, `${base}.when`, `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports`)
     }
     const compiled = compileRule(rule, i, catalogue.trustDomain, base, issue)
     const group = rules.get(rule.to) ?? { deny: [], allow: [] }
@@ -203,7 +217,7 @@ const compileAll = (
     const base = `policies.resilience[${i}]`
     const name = `resilience of ${policy.service}`
     service(name, `${base}.service`, policy.service)
-    if (resilience.has(policy.service)) issue(name, `${base}.service`, `service "${policy.service}" already has a resilience policy; merge them into one`)
+    if (resilience.has(policy.service)) catalogueIssue(name, `${base}.service`, `service "${policy.service}" already has a resilience policy; merge them into one`)
     else resilience.set(policy.service, policy)
   })
 
