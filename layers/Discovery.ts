@@ -4,7 +4,7 @@ import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
-import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
+import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { type BlockingQuery, blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { counter, gauge } from "./Metrics.js"
@@ -155,7 +155,7 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
     const consulSettings = options.consul ? initial.config.discovery.consul : undefined
     const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)
 
-    const configServices = yield* Ref.make(fromConfig(initial.config).services)
+    const configServices = yield* Ref.make(servicesFromConfig(initial.config))
     const dnsSettings = yield* Ref.make(initial.config.discovery.dns)
     const api = yield* Ref.make<ReadonlyArray<ApiRegistration>>([])
     const consulView = yield* Ref.make<ReadonlyMap<string, ConsulService>>(new Map())
@@ -212,7 +212,7 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
       Stream.drop(1),
       Stream.runForEach((loaded) =>
         Effect.gen(function*() {
-          yield* Ref.set(configServices, fromConfig(loaded.config).services)
+          yield* Ref.set(configServices, servicesFromConfig(loaded.config))
           yield* Ref.set(dnsSettings, loaded.config.discovery.dns)
           if (options.consul && JSON.stringify(loaded.config.discovery.consul) !== JSON.stringify(consulSettings)) {
             yield* Ref.set(restartRequired, true)

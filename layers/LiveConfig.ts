@@ -6,13 +6,20 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { MeshConfig } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigUnreadable } from "../schemas/Errors.js"
-import { parseConfig } from "../src/ConfigDocument.js"
+import { parseConfigWithPolicy } from "../src/ConfigDocument.js"
+import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../src/policy/Compile.js"
 import { describeErrno } from "../src/Errno.js"
 import { configReloads } from "./Metrics.js"
 
 /** The config in force, with where it came from. */
 export interface LoadedConfig {
   readonly config: MeshConfig
+  /**
+   * Its policies, compiled once here (decoding a document had to compile them anyway). A file or
+   * KV document whose policies do not compile is never loaded; a value given to `apply` may carry
+   * a Left, which the Policy layer rejects.
+   */
+  readonly policy: Either.Either<CompiledPolicy, PolicyInvalid>
   /** sha256 of the source text: equal hashes mean nothing changed. */
   readonly hash: string
   readonly loadedAt: Date
@@ -68,8 +75,9 @@ export interface ConfigFileOptions {
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
 
 /** A config that did not come from a file's text (memory, other sources): hashed by its content. */
-const loadedValue = (config: MeshConfig, source: string): LoadedConfig => ({
+export const loadedValue = (config: MeshConfig, source: string): LoadedConfig => ({
   config,
+  policy: compileConfig(config),
   hash: sha256(JSON.stringify(config)),
   loadedAt: new Date(),
   source
@@ -82,11 +90,11 @@ export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvali
     const text = yield* fs.readFileString(path).pipe(
       Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
     )
-    const config = yield* Either.match(parseConfig(text, path), {
+    const { config, policy } = yield* Either.match(parseConfigWithPolicy(text, path), {
       onLeft: (error) => Effect.fail(error),
-      onRight: (config) => Effect.succeed(config)
+      onRight: (checked) => Effect.succeed(checked)
     })
-    return { config, hash: sha256(text), loadedAt: new Date(), source: path }
+    return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
   })
 
 const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>): ConfigStatus => ({

@@ -1,7 +1,7 @@
 import { Context, Effect, Either, Layer, Ref, Stream, SubscriptionRef } from "effect"
 import type { MeshConfig } from "../schemas/Config.js"
 import { type AuthzRequest, authorize, type Decision } from "../src/policy/Authorize.js"
-import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../src/policy/Compile.js"
+import type { CompiledPolicy, PolicyInvalid } from "../src/policy/Compile.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { counter, gauge } from "./Metrics.js"
 
@@ -69,7 +69,8 @@ type Rejected = NonNullable<PolicyStatus["lastRejected"]>
 const make = Effect.gen(function*() {
   const config = yield* LiveConfig
   const loaded = yield* config.get
-  const first = yield* Either.match(compileConfig(loaded.config), {
+  // Compiled where the config was loaded (`LoadedConfig.policy`): once per config.
+  const first = yield* Either.match(loaded.policy, {
     onLeft: (error) => Effect.zipRight(Effect.sync(() => compilations.inc({ result: "rejected" })), Effect.fail(error)),
     onRight: (policy) => Effect.succeed({ policy, configHash: loaded.hash, compiledAt: new Date() })
   })
@@ -82,7 +83,7 @@ const make = Effect.gen(function*() {
     // `changes` starts with the config in force: compiling only what differs from the policy's source.
     Stream.filterEffect((next) => Effect.map(SubscriptionRef.get(current), (inForce) => inForce.configHash !== next.hash)),
     Stream.runForEach((next) =>
-      Either.match(compileConfig(next.config), {
+      Either.match(next.policy, {
         onLeft: (error) =>
           Effect.zipRight(
             Effect.sync(() => compilations.inc({ result: "rejected" })),

@@ -1,7 +1,7 @@
 import { Either, ParseResult, Schema } from "effect"
 import * as YAML from "yaml"
 import { crossFieldIssues, MeshConfig, type Policies } from "../schemas/Config.js"
-import { compileConfig, compilePolicies, type PolicyIssue } from "./policy/Compile.js"
+import { type CompiledPolicy, compileConfig, compilePolicies, type PolicyIssue } from "./policy/Compile.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 
 /** `["services", 2, "healthCheck"]` → `services[2].healthCheck` */
@@ -100,10 +100,20 @@ const rawCrossFieldIssues = (value: unknown): ReadonlyArray<ConfigIssue> => {
  * The schema checks structure and the services; the policy compiler is the one policy checker.
  */
 export const decodeConfig = (value: unknown, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
+  Either.map(decodeConfigWithPolicy(value, source), (checked) => checked.config)
+
+/** A decoded config with its policies compiled: compiled once, where the config is read. */
+export interface CheckedConfig {
+  readonly config: MeshConfig
+  readonly policy: CompiledPolicy
+}
+
+/** `decodeConfig`, keeping the compiled policy that decoding had to produce anyway. */
+export const decodeConfigWithPolicy = (value: unknown, source: string): Either.Either<CheckedConfig, ConfigInvalid> =>
   Either.flatMap(decodeStructure(value, source), (config) =>
     Either.match(compileConfig(config), {
       onLeft: (error) => Either.left(new ConfigInvalid({ source, issues: error.issues.map(configIssueOf) })),
-      onRight: () => Either.right(config)
+      onRight: (policy) => Either.right({ config, policy })
     }))
 
 const decodeStructure = (value: unknown, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
@@ -121,7 +131,11 @@ const decodeStructure = (value: unknown, source: string): Either.Either<MeshConf
  * errors with line and column, schema errors with the path of the offending value.
  */
 export const parseConfig = (text: string, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
-  Either.flatMap(parseYaml(text, source), (value) => decodeConfig(value, source))
+  Either.map(parseConfigWithPolicy(text, source), (checked) => checked.config)
+
+/** `parseConfig`, keeping the compiled policy. */
+export const parseConfigWithPolicy = (text: string, source: string): Either.Either<CheckedConfig, ConfigInvalid> =>
+  Either.flatMap(parseYaml(text, source), (value) => decodeConfigWithPolicy(value, source))
 
 /**
  * YAML text to a plain value, the way every config document is read (the file, a Consul KV

@@ -123,24 +123,13 @@ export const compilePolicies = (policies: Policies, catalogue: Catalogue): Eithe
   return issues.length > 0 ? Either.left(new PolicyInvalid({ issues })) : Either.right(policy)
 }
 
-const memo = new WeakMap<Policies, Map<string, CompiledPolicy>>()
-
 /**
- * The compiled form for the xDS snapshot builder, which sees policies only after they were
- * validated (the config decoder rejects what the compiler would; the Policy layer reports the
- * rest), and whose service catalogue also holds services discovered elsewhere: so nothing is
- * checked against services here. Memoized per `policies` value, since a snapshot is rebuilt far
- * more often than the config changes.
+ * Compiles without checking names against a service catalogue, for a config already checked
+ * (`MeshState.fromConfig`, tests and benchmarks). The daemon compiles each config once, where it is
+ * loaded (`LoadedConfig.policy`), and the snapshot takes the Policy layer's result.
  */
-export const compileForSnapshot = (policies: Policies, trustDomain: string): CompiledPolicy => {
-  const byDomain = memo.get(policies) ?? new Map<string, CompiledPolicy>()
-  memo.set(policies, byDomain)
-  const cached = byDomain.get(trustDomain)
-  if (cached !== undefined) return cached
-  const { policy } = compileAll(policies, trustDomain, undefined, new Set())
-  byDomain.set(trustDomain, policy)
-  return policy
-}
+export const compileUnchecked = (config: MeshConfig): CompiledPolicy =>
+  compileAll(config.policies, config.mesh.trustDomain, undefined, new Set()).policy
 
 /** Compiles everything it can and lists every problem; `known` undefined skips the service checks. */
 const compileAll = (
