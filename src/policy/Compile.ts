@@ -20,6 +20,7 @@ import type {
   RouteMatch,
   TrafficPolicy
 } from "../../schemas/Config.js"
+import { serviceId } from "../../schemas/Identity.js"
 import { re2Problem } from "../../schemas/Regex.js"
 import { type Glob, parseGlob } from "./Match.js"
 
@@ -94,19 +95,8 @@ export interface Catalogue {
   readonly tcpServices?: Iterable<string>
 }
 
-/** `spiffe://<trustDomain>/service/<name>`: a mesh service's identity (the URI SAN of its certificate). */
-export const spiffeId = (trustDomain: string, service: string): string => `spiffe://${trustDomain}/service/${service}`
-
-/** The service a SPIFFE ID names in `trustDomain`, if it is a mesh service identity there. */
-export const serviceOfSpiffeId = (trustDomain: string, id: string): string | undefined => {
-  const prefix = `spiffe://${trustDomain}/service/`
-  if (!id.startsWith(prefix)) return undefined
-  const name = id.slice(prefix.length)
-  return name.length > 0 && !name.includes("/") ? name : undefined
-}
-
 export const principalOf = (trustDomain: string, peer: Peer): string =>
-  "service" in peer ? spiffeId(trustDomain, peer.service) : peer.principal
+  "service" in peer ? serviceId(trustDomain, peer.service) : peer.principal
 
 const HTTP_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"])
 

@@ -22,13 +22,13 @@
  */
 import { Duration } from "effect"
 import type { CircuitBreakers, Fault, HeaderMatch, Mirror, Observability, OutlierDetection, RateLimit, Retries, RouteMatch } from "../../schemas/Config.js"
-import { durationProto, typeUrl } from "../xds/Protos.js"
 import type { CompiledPolicy, CompiledRule } from "./Compile.js"
 import { effectivePath } from "./Compile.js"
 import type { Glob } from "./Match.js"
 import { parseHostPort } from "../../schemas/Endpoint.js"
+import { durationProto, type PlainObject, typeUrl } from "../envoy/ProtoJson.js"
 
-export type PlainObject = Record<string, unknown>
+export type { PlainObject }
 
 export const PolicyTypes = {
   HttpRbac: "envoy.extensions.filters.http.rbac.v3.RBAC",

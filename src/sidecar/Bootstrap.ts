@@ -13,6 +13,7 @@ import { parseHostPort } from "../../schemas/Endpoint.js"
 import { type IdentityFiles, identityFiles } from "../certs/IdentityFiles.js"
 import { controllerId, serviceId } from "../certs/Spiffe.js"
 import { statsConfig } from "../policy/Envoy.js"
+import { socketAddress } from "../envoy/ProtoJson.js"
 import * as Protos from "../xds/Protos.js"
 
 /** The static cluster Envoy reaches the controller's ADS server through. */
@@ -110,7 +111,6 @@ export const durationJson = (duration: Duration.Duration): string => {
   return millis % 1000 === 0 ? `${millis / 1000}s` : `${(millis / 1000).toFixed(3)}s`
 }
 
-const socketAddress = (host: string, port: number) => ({ socket_address: { address: host, port_value: port } })
 
 const staticCluster = (name: string, host: string, port: number, extra: Record<string, unknown> = {}) => ({
   name,

@@ -27,6 +27,7 @@ import {
   routeMatch
 } from "../policy/Envoy.js"
 import { identitySecretName, ROOT_CA_SECRET } from "../certs/Sds.js"
+import { type PlainObject, socketAddress } from "../envoy/ProtoJson.js"
 import { durationProto, typeUrl, Types } from "./Protos.js"
 
 /** Ports an Envoy sidecar binds (the bootstrap and README document them). */
@@ -41,7 +42,7 @@ export const OUTBOUND_HTTP = "outbound|http"
 export const inboundName = (service: string) => `inbound|${service}`
 export const outboundName = (service: string) => `outbound|${service}`
 
-export type PlainObject = Record<string, unknown>
+export type { PlainObject }
 
 const ads = { ads: {}, resource_api_version: "V3" }
 const CONNECT_TIMEOUT = durationProto("5 seconds")
@@ -236,8 +237,6 @@ export const apiListener = (service: Service): PlainObject => ({
     }
   }
 })
-
-const socketAddress = (address: string, port: number) => ({ socket_address: { address, port_value: port } })
 
 /** The sidecar's outbound listener for HTTP and gRPC: every destination by Host/:authority. */
 export const outboundHttpListener = (observability?: Observability): PlainObject => ({
