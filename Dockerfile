@@ -32,6 +32,6 @@ ENV NODE_ENV=production LOG_FORMAT=json
 # xDS (gRPC) and the admin HTTP server
 EXPOSE 15010 15014
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["/nodejs/bin/node", "dist/src/healthcheck.js", "http://127.0.0.1:15014/healthz"]
+  CMD ["/nodejs/bin/node", "dist/src/bin/healthcheck.js", "http://127.0.0.1:15014/healthz"]
 ENTRYPOINT ["/nodejs/bin/node", "dist/src/main.js"]
 CMD ["run", "--config", "/etc/mesh-controller/mesh.yaml"]

@@ -26,6 +26,9 @@ export interface LoadedConfig {
   readonly source: string
 }
 
+/** What asked for a reload: the file watch, the periodic check, or a caller (`reload`, SIGHUP). */
+export type ReloadTrigger = "watch" | "poll" | "request"
+
 /** The outcome of the last attempt to reload. */
 export type ReloadResult =
   | { readonly _tag: "Applied"; readonly at: Date; readonly hash: string }
@@ -57,9 +60,12 @@ export class LiveConfig extends Context.Tag("mesh-controller/LiveConfig")<
   }
 >() {
   static readonly layer = (options: ConfigFileOptions): Layer.Layer<LiveConfig, ConfigInvalid | ConfigUnreadable> =>
-    Layer.scoped(LiveConfig, makeFile(options)).pipe(Layer.provide(NodeFileSystem.layer))
+    Layer.scoped(LiveConfig, makeFile(options).pipe(Effect.annotateLogs({ module: "config" }))).pipe(
+      Layer.provide(NodeFileSystem.layer)
+    )
 
-  static readonly layerMemory = (config: MeshConfig): Layer.Layer<LiveConfig> => Layer.effect(LiveConfig, makeMemory(config))
+  static readonly layerMemory = (config: MeshConfig): Layer.Layer<LiveConfig> =>
+    Layer.effect(LiveConfig, makeMemory(config).pipe(Effect.annotateLogs({ module: "config" })))
 }
 
 export interface ConfigFileOptions {
@@ -85,7 +91,7 @@ export const loadedValue = (config: MeshConfig, source: string): LoadedConfig =>
 
 /** Reads and decodes a config file once; used at start, by `validate`, and by every reload. */
 export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
-  Effect.gen(function*() {
+  Effect.withSpan(Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const text = yield* fs.readFileString(path).pipe(
       Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
@@ -95,7 +101,7 @@ export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvali
       onRight: (checked) => Effect.succeed(checked)
     })
     return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
-  })
+  }), "config.decode", { attributes: { source: path } })
 
 const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>): ConfigStatus => ({
   source: loaded.source,
@@ -132,36 +138,44 @@ const makeFile = (options: ConfigFileOptions) =>
     const last = yield* Ref.make(Option.none<ReloadResult>())
     const withFs = Effect.provideService(FileSystem.FileSystem, fs)
 
-    // Reloads are serialised so two events close together cannot apply out of order.
+    // Reloads are serialised so two events close together cannot apply out of order. Each runs in
+    // a span (config.reload > config.decode, config.apply) named with what triggered it, and its
+    // logs carry the new config's hash, which the Policy layer's logs carry too.
     const lock = yield* Effect.makeSemaphore(1)
-    const reload: Effect.Effect<ReloadResult> = lock.withPermits(1)(
-      Effect.gen(function*() {
-        const attempt = yield* Effect.either(withFs(loadFile(path)))
-        const at = new Date()
-        const result: ReloadResult = yield* Either.match(attempt, {
-          onLeft: (error) =>
-            Effect.as(
-              Effect.logError("config reload rejected; keeping the config in force").pipe(
-                Effect.annotateLogs({ source: path, errors: errorLines(error) })
+    const reloadFrom = (trigger: ReloadTrigger): Effect.Effect<ReloadResult> =>
+      lock.withPermits(1)(
+        Effect.gen(function*() {
+          const attempt = yield* Effect.either(withFs(loadFile(path)))
+          const at = new Date()
+          const result: ReloadResult = yield* Either.match(attempt, {
+            onLeft: (error) =>
+              Effect.as(
+                Effect.logError("config reload rejected; keeping the config in force").pipe(
+                  Effect.annotateLogs({ source: path, errors: errorLines(error) })
+                ),
+                { _tag: "Rejected" as const, at, errors: errorLines(error) }
               ),
-              { _tag: "Rejected" as const, at, errors: errorLines(error) }
-            ),
-          onRight: (loaded) =>
-            Effect.gen(function*() {
-              const before = yield* SubscriptionRef.get(current)
-              if (before.hash === loaded.hash) return { _tag: "Unchanged" as const, at, hash: loaded.hash }
-              yield* SubscriptionRef.set(current, loaded)
-              yield* Effect.logInfo("config reloaded").pipe(Effect.annotateLogs({ source: path, hash: loaded.hash }))
-              return { _tag: "Applied" as const, at, hash: loaded.hash }
-            })
+            onRight: (loaded) =>
+              Effect.gen(function*() {
+                const before = yield* SubscriptionRef.get(current)
+                if (before.hash === loaded.hash) return { _tag: "Unchanged" as const, at, hash: loaded.hash }
+                yield* SubscriptionRef.set(current, loaded).pipe(
+                  Effect.withSpan("config.apply", { attributes: { configHash: loaded.hash } })
+                )
+                yield* Effect.logInfo("config reloaded").pipe(Effect.annotateLogs({ source: path, configHash: loaded.hash }))
+                return { _tag: "Applied" as const, at, hash: loaded.hash }
+              })
+          })
+          if (result._tag !== "Unchanged") {
+            yield* Ref.set(last, Option.some(result))
+            configReloads.inc({ result: result._tag === "Applied" ? "ok" : "failed" })
+          }
+          return result
         })
-        if (result._tag !== "Unchanged") {
-          yield* Ref.set(last, Option.some(result))
-          configReloads.inc({ result: result._tag === "Applied" ? "ok" : "failed" })
-        }
-        return result
-      })
-    )
+      ).pipe(
+        Effect.withSpan("config.reload", { attributes: { source: path, trigger } }),
+        Effect.annotateLogs({ module: "config", trigger })
+      )
 
     if (options.watch !== false) {
       const directory = NodePath.dirname(path)
@@ -182,19 +196,19 @@ const makeFile = (options: ConfigFileOptions) =>
       )
       yield* Stream.fromQueue(events).pipe(
         Stream.debounce(options.debounce ?? Duration.millis(150)),
-        Stream.runForEach(() => reload),
+        Stream.runForEach(() => reloadFrom("watch")),
         Effect.forkScoped
       )
       // A slow periodic check as well, for file systems whose change events do not arrive
       // (network mounts, some container bind mounts).
       const every = options.pollInterval ?? Duration.seconds(5)
-      yield* reload.pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
+      yield* reloadFrom("poll").pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
     }
 
     return LiveConfig.of({
       get: SubscriptionRef.get(current),
       changes: current.changes,
-      reload,
+      reload: reloadFrom("request"),
       apply: (config, source) => SubscriptionRef.set(current, loadedValue(config, source)),
       status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
     })

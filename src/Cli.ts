@@ -7,7 +7,7 @@ import { makePolicyCommand } from "./commands/policy.js"
 import { summarize } from "./commands/Summary.js"
 import { configJsonSchema } from "./ConfigSchema.js"
 import { makeProgram } from "./program.js"
-import { version } from "./Version.js"
+import { packageVersion } from "./Version.js"
 
 /** `--config FILE`, or `MESH_CONFIG` from the environment. */
 export const configOption = Options.file("config", { exists: "yes" }).pipe(
@@ -16,10 +16,11 @@ export const configOption = Options.file("config", { exists: "yes" }).pipe(
   Options.withFallbackConfig(EffectConfig.string("MESH_CONFIG"))
 )
 
-const run = Command.make("run", { config: configOption }, ({ config }) =>
-  Layer.launch(makeProgram({ configPath: config, version }))).pipe(
-    Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT.")
-  )
+const makeRun = (version: string) =>
+  Command.make("run", { config: configOption }, ({ config }) =>
+    Layer.launch(makeProgram({ configPath: config, version }))).pipe(
+      Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT.")
+    )
 
 const validate = Command.make(
   "validate",
@@ -34,9 +35,11 @@ const schema = Command.make("schema", {}, () => Console.log(JSON.stringify(confi
 
 const { ca, certs } = makeCertsCommands(configOption)
 
-export const rootCommand = Command.make("mesh-controller").pipe(
+export const makeRootCommand = (version: string) => Command.make("mesh-controller").pipe(
   Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
-  Command.withSubcommands([run, validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption)])
+  Command.withSubcommands([makeRun(version), validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption)])
 )
 
-export const cli = Command.run(rootCommand, { name: "mesh-controller", version })
+/** The CLI: the package version is read when it runs (for --version and the daemon's /status). */
+export const cli = (argv: ReadonlyArray<string>) =>
+  Effect.flatMap(packageVersion, (version) => Command.run(makeRootCommand(version), { name: "mesh-controller", version })(argv))

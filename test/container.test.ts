@@ -69,7 +69,7 @@ describe("the container's process, run as the image runs it", () => {
       env: { NODE_ENV: "production" }
     })
     try {
-      const health = execFileSync(process.execPath, [join(app, "dist", "src", "healthcheck.js"), `${daemon.adminUrl}/healthz`], {
+      const health = execFileSync(process.execPath, [join(app, "dist", "src", "bin", "healthcheck.js"), `${daemon.adminUrl}/healthz`], {
         stdio: "pipe"
       })
       expect(health.toString()).toBe("")
@@ -88,7 +88,7 @@ describe("the container's process, run as the image runs it", () => {
 
   it("the health check fails when nothing answers", () => {
     expect(() =>
-      execFileSync(process.execPath, [join(app, "dist", "src", "healthcheck.js"), "http://127.0.0.1:1/healthz"], { stdio: "pipe" })
+      execFileSync(process.execPath, [join(app, "dist", "src", "bin", "healthcheck.js"), "http://127.0.0.1:1/healthz"], { stdio: "pipe" })
     ).toThrow()
   })
 })
