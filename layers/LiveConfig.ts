@@ -5,7 +5,7 @@ import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { MeshConfig } from "../schemas/Config.js"
-import { ConfigInvalid, ConfigUnreadable } from "../schemas/Errors.js"
+import { ConfigInvalid, ConfigIssue, ConfigUnreadable } from "../schemas/Errors.js"
 import { parseConfigWithPolicy } from "../src/ConfigDocument.js"
 import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../src/policy/Compile.js"
 import { describeErrno } from "../src/Errno.js"
@@ -145,7 +145,16 @@ const makeFile = (options: ConfigFileOptions) =>
     const reloadFrom = (trigger: ReloadTrigger): Effect.Effect<ReloadResult> =>
       lock.withPermits(1)(
         Effect.gen(function*() {
-          const attempt = yield* Effect.either(withFs(loadFile(path)))
+          // No input may end the reload loops: a defect in one attempt (a library throwing on
+          // hostile input) is that attempt's rejection, reported like any other.
+          const attempt = yield* Effect.either(withFs(loadFile(path)).pipe(Effect.catchAllDefect((defect) =>
+            Effect.fail(
+              new ConfigInvalid({
+                source: path,
+                issues: [new ConfigIssue({ path: "", message: `cannot process the file: ${defectLine(defect)}` })]
+              })
+            )
+          )))
           const at = new Date()
           const result: ReloadResult = yield* Either.match(attempt, {
             onLeft: (error) =>
@@ -173,6 +182,15 @@ const makeFile = (options: ConfigFileOptions) =>
           return result
         })
       ).pipe(
+        // Whatever else goes wrong in one attempt, the attempt is rejected and the loops go on.
+        Effect.catchAllDefect((defect) =>
+          Effect.as(
+            Effect.logError("config reload failed; keeping the config in force").pipe(
+              Effect.annotateLogs({ source: path, errors: [defectLine(defect)] })
+            ),
+            { _tag: "Rejected" as const, at: new Date(), errors: [defectLine(defect)] }
+          )
+        ),
         Effect.withSpan("config.reload", { attributes: { source: path, trigger } }),
         Effect.annotateLogs({ module: "config", trigger })
       )
@@ -213,6 +231,9 @@ const makeFile = (options: ConfigFileOptions) =>
       status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
     })
   })
+
+const defectLine = (defect: unknown): string =>
+  (defect instanceof Error ? `${defect.name}: ${defect.message}` : String(defect)).split("\n")[0]!
 
 const errorLines = (error: ConfigInvalid | ConfigUnreadable): ReadonlyArray<string> =>
   error._tag === "ConfigInvalid" ? error.issues.map((issue) => issue.toString()) : [error.message]

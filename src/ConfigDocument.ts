@@ -137,6 +137,9 @@ export const parseConfig = (text: string, source: string): Either.Either<MeshCon
 export const parseConfigWithPolicy = (text: string, source: string): Either.Either<CheckedConfig, ConfigInvalid> =>
   Either.flatMap(parseYaml(text, source), (value) => decodeConfigWithPolicy(value, source))
 
+/** How many alias expansions a document may make (yaml's own bound against exponential expansion). */
+const MAX_ALIAS_COUNT = 100
+
 /**
  * YAML text to a plain value, the way every config document is read (the file, a Consul KV
  * value): duplicate keys are errors, merge keys work, syntax errors give line and column.
@@ -155,7 +158,18 @@ export const parseYaml = (text: string, source: string): Either.Either<unknown, 
       })
     )
   }
-  const value = document.toJS({ maxAliasCount: 100 }) as unknown
+  // `maxAliasCount` makes yaml throw (a ReferenceError) on an alias bomb ("billion laughs") instead
+  // of expanding it: that is bad input like any other, reported as one issue, never a defect.
+  const converted = Either.try({
+    try: () => document.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown,
+    catch: (error) =>
+      new ConfigInvalid({
+        source,
+        issues: [new ConfigIssue({ path: "", message: `YAML cannot be read: ${firstLine(error instanceof Error ? error.message : String(error))}` })]
+      })
+  })
+  if (Either.isLeft(converted)) return converted
+  const value = converted.right
   if (value === null || value === undefined) {
     return Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "the file is empty" })] }))
   }

@@ -4,6 +4,7 @@ import { mkdtempSync, renameSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { LiveConfig } from "../layers/LiveConfig.js"
+import { aliasBomb } from "./support/aliasBomb.js"
 import { eventually } from "./support/eventually.js"
 
 const yaml = (name: string, port = 80) => `mesh: { name: ${name} }\nservices: [ { name: web, port: ${port} } ]\n`
@@ -49,6 +50,25 @@ describe("LiveConfig file layer", () => {
       // A later valid edit is still picked up.
       writeFileSync(path, yaml("fixed"))
       yield* eventually(Effect.filterOrFail(meshName, (name) => name === "fixed"))
+    }).pipe(Effect.provide(LiveConfig.layer({ path, pollInterval: "200 millis" })))
+  })
+
+  it.live("rejects a YAML alias bomb, reports it, and applies the next good edit", () => {
+    const { path } = withConfigFile(yaml("good"))
+    return Effect.gen(function*() {
+      const config = yield* LiveConfig
+      writeFileSync(path, aliasBomb())
+      // The watch and the periodic check both reach it: both must survive it.
+      const status = yield* eventually(Effect.filterOrFail(config.status, (s) => s.lastReload?._tag === "Rejected"))
+      assert.deepStrictEqual(status.lastReload?._tag === "Rejected" && status.lastReload.errors, [
+        "YAML cannot be read: Excessive alias count indicates a resource exhaustion attack"
+      ])
+      assert.strictEqual(yield* meshName, "good")
+      // An explicit reload of the same bomb is rejected too (and does not fail).
+      expect((yield* config.reload)._tag).toBe("Rejected")
+      writeFileSync(path, yaml("fixed"))
+      yield* eventually(Effect.filterOrFail(meshName, (name) => name === "fixed"))
+      expect((yield* config.status).lastReload?._tag).toBe("Applied")
     }).pipe(Effect.provide(LiveConfig.layer({ path, pollInterval: "200 millis" })))
   })
 

@@ -3,6 +3,7 @@ import { Duration, Either } from "effect"
 import { readFileSync } from "node:fs"
 import { parseDurationMillis } from "../schemas/Duration.js"
 import { parseConfig } from "../src/ConfigDocument.js"
+import { aliasBomb } from "./support/aliasBomb.js"
 
 const base = `
 mesh: { name: lab }
@@ -50,7 +51,8 @@ const invalid: ReadonlyArray<readonly [string, string, string]> = [
   ["http check path without slash", `${base}    healthCheck: { type: http, path: healthz }`, `services[1].healthCheck.path: expected a path starting with "/", got "healthz"`],
   ["YAML syntax error", "mesh: { name: lab\nservices: [", "line 2, column 1: YAML syntax error: Flow map in block collection must be sufficiently indented and end with a }"],
   ["duplicate YAML key", "mesh: { name: a }\nmesh: { name: b }", "line 2, column 1: YAML syntax error: Map keys must be unique"],
-  ["empty file", "", "the file is empty"]
+  ["empty file", "", "the file is empty"],
+  ["YAML alias bomb", aliasBomb(), "YAML cannot be read: Excessive alias count indicates a resource exhaustion attack"]
 ]
 
 describe("config schema", () => {
