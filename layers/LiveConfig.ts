@@ -66,6 +66,29 @@ export class LiveConfig extends Context.Tag("mesh-controller/LiveConfig")<
 
   static readonly layerMemory = (config: MeshConfig): Layer.Layer<LiveConfig> =>
     Layer.effect(LiveConfig, makeMemory(config).pipe(Effect.annotateLogs({ module: "config" })))
+
+  /**
+   * SIGHUP reloads the config, as Consul and nginx do (Node's default for SIGHUP is to exit at
+   * once, skipping every finalizer). The listener lives exactly as long as this layer; SIGTERM and
+   * SIGINT stay with the runtime (runMain).
+   */
+  static readonly reloadOnSighup: Layer.Layer<never, never, LiveConfig> = Layer.scopedDiscard(
+    Effect.gen(function*() {
+      const config = yield* LiveConfig
+      const signals = yield* Queue.sliding<void>(1)
+      const onSignal = () => Queue.unsafeOffer(signals, undefined)
+      yield* Effect.acquireRelease(
+        Effect.sync(() => process.on("SIGHUP", onSignal)),
+        () => Effect.sync(() => process.off("SIGHUP", onSignal))
+      )
+      yield* Queue.take(signals).pipe(
+        Effect.zipRight(Effect.logInfo("SIGHUP: reloading the config")),
+        Effect.zipRight(config.reload.pipe(Effect.withSpan("config.sighup"))),
+        Effect.forever,
+        Effect.forkScoped
+      )
+    }).pipe(Effect.annotateLogs({ module: "config" }))
+  )
 }
 
 export interface ConfigFileOptions {
@@ -191,6 +214,8 @@ const makeFile = (options: ConfigFileOptions) =>
             { _tag: "Rejected" as const, at: new Date(), errors: [defectLine(defect)] }
           )
         ),
+        // A tracing span, and the same name as a log span so the log lines show it too.
+        Effect.withLogSpan("config.reload"),
         Effect.withSpan("config.reload", { attributes: { source: path, trigger } }),
         Effect.annotateLogs({ module: "config", trigger })
       )

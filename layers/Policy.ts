@@ -101,6 +101,7 @@ const make = Effect.gen(function*() {
           )
         }
       }).pipe(
+        Effect.withLogSpan("policy.apply"),
         Effect.withSpan("policy.apply", { attributes: { configHash: next.hash } }),
         Effect.annotateLogs({ configHash: next.hash })
       )

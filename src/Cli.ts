@@ -19,7 +19,7 @@ export const configOption = Options.file("config", { exists: "yes" }).pipe(
 const makeRun = (version: string) =>
   Command.make("run", { config: configOption }, ({ config }) =>
     Layer.launch(makeProgram({ configPath: config, version }))).pipe(
-      Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT.")
+      Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT; SIGHUP reloads the config.")
     )
 
 const validate = Command.make(

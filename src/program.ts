@@ -126,7 +126,8 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provide(ConsulPoliciesLive),
     Layer.provide(AdminLive),
     Layer.provideMerge(DiscoveryLive),
-    Layer.provideMerge(ConfigLive),
+    // SIGHUP reloads from as soon as there is a config until shutdown ends.
+    Layer.provideMerge(LiveConfig.reloadOnSighup.pipe(Layer.provideMerge(ConfigLive))),
     Layer.provide(Lifecycle.layer(LAYER_NAMES))
   )
 }

@@ -1,11 +1,12 @@
-import { assert, describe, expect, it } from "@effect/vitest"
+import { afterEach, assert, describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { mkdtempSync, renameSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { aliasBomb } from "./support/aliasBomb.js"
-import { eventually } from "./support/eventually.js"
+import { type Daemon, jsonLogs, startDaemon } from "./support/daemon.js"
+import { eventually, waitFor } from "./support/eventually.js"
 
 const yaml = (name: string, port = 80) => `mesh: { name: ${name} }\nservices: [ { name: web, port: ${port} } ]\n`
 
@@ -95,5 +96,55 @@ describe("LiveConfig file layer", () => {
       expect(error.message).toContain("mesh.name: expected a service name")
       expect(error.message).toContain("services[0].port: expected a port number from 1 to 65535, got 0")
     })
+  })
+})
+
+describe("SIGHUP", () => {
+  const daemonConfig = (name: string) => `
+mesh: { name: ${name} }
+controller:
+  xds: { host: 127.0.0.1, port: 0 }
+  admin: { host: 127.0.0.1, port: 0 }
+  shutdownTimeout: 5s
+services: [ { name: web, port: 8080, endpoints: [ { address: 127.0.0.1, port: 18080 } ] } ]
+certificates: { dir: ${JSON.stringify(join(tmpdir(), "mesh-sighup-certs"))} }
+`
+  type Status = { layers: Record<string, { status?: { hash?: string; lastReload?: { _tag: string } } }> }
+  const configStatus = async (daemon: Daemon) =>
+    ((await (await fetch(`${daemon.adminUrl}/status`)).json()) as Status).layers.config!.status!
+
+  let running: Daemon | undefined
+  afterEach(() => {
+    running?.child.kill("SIGKILL")
+    running = undefined
+  })
+
+  it("reloads the config of the running daemon, which keeps running and still stops cleanly", async () => {
+    const { path } = withConfigFile(daemonConfig("first"))
+    const daemon = (running = await startDaemon(path))
+    const before = (await configStatus(daemon)).hash
+
+    writeFileSync(path, daemonConfig("second"))
+    daemon.child.kill("SIGHUP")
+    await waitFor(async () => {
+      const status = await configStatus(daemon)
+      expect(status.lastReload?._tag).toBe("Applied")
+      expect(status.hash).not.toBe(before)
+    })
+    type Line = { message: unknown; annotations: Record<string, unknown>; spans?: Record<string, unknown> }
+    const logs = () => jsonLogs(daemon.lines) as Array<Line>
+    const sighups = () => logs().filter((l) => l.message === "SIGHUP: reloading the config").length
+    await waitFor(async () => expect(sighups()).toBe(1))
+    // The reload can be followed: its lines carry the module and run in the config.reload span.
+    const reloaded = logs().find((l) => l.message === "config reloaded")
+    expect(reloaded?.annotations["module"]).toBe("config")
+    expect(Object.keys(reloaded?.spans ?? {})).toContain("config.reload")
+    // A second SIGHUP with nothing changed is harmless too.
+    daemon.child.kill("SIGHUP")
+    await waitFor(async () => expect(sighups()).toBe(2))
+    expect((await fetch(`${daemon.adminUrl}/healthz`)).status).toBe(200)
+
+    daemon.child.kill("SIGTERM")
+    expect(await daemon.exited).toEqual({ code: 0, signal: null })
   })
 })
