@@ -18,7 +18,7 @@ import { Either, Schema } from "effect"
 import { createRequire } from "node:module"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { durationProto, TYPE_URL_PREFIX, typeUrl } from "../envoy/ProtoJson.js"
+import { durationProto, TYPE_URL_PREFIX, typeUrl } from "../envoy/Messages.js"
 import protobuf from "protobufjs"
 
 /** The `.proto` files we load; everything they import comes along. */
@@ -75,7 +75,7 @@ export const Types = {
   Any: "google.protobuf.Any"
 } as const
 
-// Built in src/envoy/ProtoJson.ts (neutral ground for every module that writes Envoy config).
+// Built in src/envoy/Messages.ts (neutral ground for every module that writes Envoy config).
 export { durationProto, TYPE_URL_PREFIX, typeUrl }
 
 /** The xDS resource type URLs (what a DiscoveryRequest's `type_url` names). */

@@ -27,7 +27,7 @@ import {
   routeMatch
 } from "../policy/Envoy.js"
 import { identitySecretName, ROOT_CA_SECRET } from "../certs/Sds.js"
-import { type PlainObject, socketAddress } from "../envoy/ProtoJson.js"
+import { type PlainObject, socketAddress } from "../envoy/Messages.js"
 import { durationProto, typeUrl, Types } from "./Protos.js"
 
 /** Ports an Envoy sidecar binds (the bootstrap and README document them). */
@@ -99,7 +99,7 @@ export const loadAssignment = (service: Service, name: string = service.name): P
       locality: group.locality,
       load_balancing_weight: { value: group.endpoints.reduce((sum, e) => sum + e.weight, 0) },
       lb_endpoints: group.endpoints.map((endpoint) => ({
-        endpoint: { address: { socket_address: { address: endpoint.address, port_value: endpoint.port } } },
+        endpoint: { address: socketAddress(endpoint.address, endpoint.port) },
         health_status: healthStatus(endpoint),
         load_balancing_weight: { value: endpoint.weight }
       }))
@@ -139,7 +139,7 @@ export const inboundCluster = (service: Service): PlainObject => ({
     cluster_name: inboundName(service.name),
     endpoints: [{
       locality: {},
-      lb_endpoints: [{ endpoint: { address: { socket_address: { address: "127.0.0.1", port_value: service.port } } } }]
+      lb_endpoints: [{ endpoint: { address: socketAddress("127.0.0.1", service.port) } }]
     }]
   },
   ...(service.protocol === "grpc" ? http2Options : {})

@@ -2,7 +2,8 @@
  * The building blocks of Envoy configuration as plain objects in proto field names, shared by
  * every module that writes some (xDS resources, policy translation, the sidecar bootstrap).
  * Neutral ground: it imports nothing of theirs, so policy does not depend on the xDS server's
- * modules to speak Envoy. Pure; the proto check itself is `src/xds/Protos.ts`.
+ * modules to speak Envoy. Pure; the proto check itself is `src/xds/Protos.ts`, and proto3 JSON
+ * (the bootstrap's form) is `Proto3Json.ts`.
  */
 import { Duration } from "effect"
 
