@@ -4,7 +4,7 @@ import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
-import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
+import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import * as Coalesce from "./internal/Coalesce.js"
 import { LiveConfig } from "./LiveConfig.js"
 import {
@@ -189,7 +189,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     const initial = yield* config.get
     const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)
 
-    const configServices = yield* Ref.make(fromConfig(initial.config).services)
+    const configServices = yield* Ref.make(servicesFromConfig(initial.config))
     const dnsSettings = yield* Ref.make(initial.config.discovery.dns)
     const api = yield* Ref.make<ReadonlyArray<ApiRegistration>>([])
     const consulView = yield* Ref.make<ReadonlyMap<string, ConsulService>>(new Map())
@@ -245,7 +245,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       Stream.drop(1),
       Stream.runForEach((loaded) =>
         Effect.gen(function*() {
-          yield* Ref.set(configServices, fromConfig(loaded.config).services)
+          yield* Ref.set(configServices, servicesFromConfig(loaded.config))
           yield* Ref.set(dnsSettings, loaded.config.discovery.dns)
           yield* publish
         })

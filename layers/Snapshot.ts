@@ -1,5 +1,6 @@
-import { Clock, Context, Duration, Effect, Layer, Option, Queue, Ref, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Duration, Effect, Either, Layer, Option, Queue, Ref, Stream, SubscriptionRef } from "effect"
 import type { MeshState } from "../src/MeshState.js"
+import type { PolicyInvalid } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
 import { buildSnapshot, emptySnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
 import { LiveConfig } from "./LiveConfig.js"
@@ -47,13 +48,13 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
     readonly status: Effect.Effect<SnapshotStatus>
   }
 >() {
-  static readonly layer: Layer.Layer<Snapshot, never, LiveConfig | Discovery | Health> = Layer.scoped(
+  static readonly layer: Layer.Layer<Snapshot, PolicyInvalid, LiveConfig | Discovery | Health> = Layer.scoped(
     Snapshot,
     Effect.suspend(() => make(Option.none()))
   )
 
   /** Also serves the secrets of a `SnapshotSecrets` source (the Certificates layer) over SDS. */
-  static readonly layerWithSecrets: Layer.Layer<Snapshot, never, LiveConfig | Discovery | Health | SnapshotSecrets> = Layer
+  static readonly layerWithSecrets: Layer.Layer<Snapshot, PolicyInvalid, LiveConfig | Discovery | Health | SnapshotSecrets> = Layer
     .scoped(
       Snapshot,
       Effect.flatMap(SnapshotSecrets, (secrets) => make(Option.some(secrets.changes)))
@@ -95,8 +96,12 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
     const discovery = yield* Discovery
     const health = yield* Health
 
+    // The policy comes compiled with its config (`LoadedConfig.policy`, once per config). A config
+    // whose policy does not compile changes no policy, here as in the Policy layer (which reports it).
+    const loaded = yield* config.get
     const inputs = yield* Ref.make({
-      config: (yield* config.get).config,
+      config: loaded.config,
+      policy: yield* loaded.policy,
       services: yield* discovery.services,
       health: (yield* health.view) as HealthView,
       secrets: new Map() as NonNullable<MeshState["secrets"]>
@@ -107,7 +112,7 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       Effect.gen(function*() {
         const i = yield* Ref.get(inputs)
         const start = yield* Clock.currentTimeMillis
-        const snapshot = buildSnapshot(composeMeshState(i.config, i.services, i.health, i.secrets), previous)
+        const snapshot = buildSnapshot(composeMeshState(i.config, i.policy, i.services, i.health, i.secrets), previous)
         const at = yield* Clock.currentTimeMillis
         buildSeconds.observe((at - start) / 1000)
         yield* Ref.update(count, (n) => n + 1)
@@ -132,7 +137,8 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
     const ticks = yield* Queue.sliding<void>(1)
     const feed = <A>(stream: Stream.Stream<A>, set: (a: A) => Effect.Effect<void>) =>
       stream.pipe(Stream.runForEach((a) => Effect.zipRight(set(a), Queue.offer(ticks, undefined))), Effect.forkScoped)
-    yield* feed(config.changes, (loaded) => Ref.update(inputs, (i) => ({ ...i, config: loaded.config })))
+    yield* feed(config.changes, (loaded) =>
+      Ref.update(inputs, (i) => ({ ...i, config: loaded.config, policy: Either.getOrElse(loaded.policy, () => i.policy) })))
     yield* feed(discovery.changes, (services) => Ref.update(inputs, (i) => ({ ...i, services })))
     yield* feed(health.changes, (view) => Ref.update(inputs, (i) => ({ ...i, health: view })))
     if (Option.isSome(secretsSource)) {

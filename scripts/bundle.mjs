@@ -21,7 +21,7 @@ const external = [
 
 rmSync("dist/bin", { recursive: true, force: true })
 const result = await build({
-  entryPoints: { "mesh-controller": "src/bin.ts", healthcheck: "src/healthcheck.ts" },
+  entryPoints: { "mesh-controller": "src/bin/mesh-controller.ts", healthcheck: "src/bin/healthcheck.ts" },
   outdir: "dist/bin",
   outExtension: { ".js": ".mjs" },
   bundle: true,

@@ -5,7 +5,7 @@ import { Config as EffectConfig, Console, Effect, Layer } from "effect"
 import { makeCertsCommands } from "./commands/certs.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"
-import { version } from "./Version.js"
+import { packageVersion } from "./Version.js"
 
 // The daemon, the config loader and the schema are imported when their command runs, not when the
 // CLI starts: `--help` and a mistyped command must not pay for loading every layer (start-up
@@ -20,10 +20,11 @@ export const configOption = Options.file("config", { exists: "yes" }).pipe(
   Options.withFallbackConfig(EffectConfig.string("MESH_CONFIG"))
 )
 
-const run = Command.make("run", { config: configOption }, ({ config }) =>
-  Effect.flatMap(Effect.promise(daemon), ({ makeProgram }) => Layer.launch(makeProgram({ configPath: config, version })))).pipe(
-    Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT.")
-  )
+const makeRun = (version: string) =>
+  Command.make("run", { config: configOption }, ({ config }) =>
+    Effect.flatMap(Effect.promise(daemon), ({ makeProgram }) => Layer.launch(makeProgram({ configPath: config, version })))).pipe(
+      Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT; SIGHUP reloads the config.")
+    )
 
 const validate = Command.make(
   "validate",
@@ -46,9 +47,11 @@ const schema = Command.make("schema", {}, () =>
 
 const { ca, certs } = makeCertsCommands(configOption)
 
-export const rootCommand = Command.make("mesh-controller").pipe(
+export const makeRootCommand = (version: string) => Command.make("mesh-controller").pipe(
   Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
-  Command.withSubcommands([run, validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption)])
+  Command.withSubcommands([makeRun(version), validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption)])
 )
 
-export const cli = Command.run(rootCommand, { name: "mesh-controller", version })
+/** The CLI: the package version is read when it runs (for --version and the daemon's /status). */
+export const cli = (argv: ReadonlyArray<string>) =>
+  Effect.flatMap(packageVersion, (version) => Command.run(makeRootCommand(version), { name: "mesh-controller", version })(argv))

@@ -129,7 +129,8 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provideMerge(DiscoveryLive),
     // One Consul client for Discovery, ConsulPolicies and ConsulRegistration, from the file's config.
     Layer.provideMerge(ConsulClient.layer),
-    Layer.provideMerge(ConfigLive),
+    // SIGHUP reloads from as soon as there is a config until shutdown ends.
+    Layer.provideMerge(LiveConfig.reloadOnSighup.pipe(Layer.provideMerge(ConfigLive))),
     Layer.provide(Lifecycle.layer(LAYER_NAMES))
   )
 }

@@ -13,6 +13,7 @@ import { parseHostPort } from "../../schemas/Endpoint.js"
 import { type IdentityFiles, identityFiles } from "../certs/IdentityFiles.js"
 import { controllerId, serviceId } from "../certs/Spiffe.js"
 import { statsConfig } from "../policy/Envoy.js"
+import { socketAddress } from "../envoy/Messages.js"
 import { durationJson, fromProto3Json } from "../envoy/Proto3Json.js"
 import * as Protos from "../xds/Protos.js"
 
@@ -105,7 +106,6 @@ export const inputFromConfig = (
   })
 }
 
-const socketAddress = (host: string, port: number) => ({ socket_address: { address: host, port_value: port } })
 
 const staticCluster = (name: string, host: string, port: number, extra: Record<string, unknown> = {}) => ({
   name,

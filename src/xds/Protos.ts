@@ -14,10 +14,11 @@
  * Inside an `Any`, the JSON form `{ "@type": "type.googleapis.com/<full name>", ...fields }` is
  * accepted and checked against the named type.
  */
-import { Duration, Either, Schema } from "effect"
+import { Either, Schema } from "effect"
 import { createRequire } from "node:module"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { durationProto, TYPE_URL_PREFIX, typeUrl } from "../envoy/Messages.js"
 import protobuf from "protobufjs"
 
 /** The `.proto` files we load; everything they import comes along. */
@@ -74,9 +75,8 @@ export const Types = {
   Any: "google.protobuf.Any"
 } as const
 
-export const TYPE_URL_PREFIX = "type.googleapis.com/"
-/** `type.googleapis.com/<full name>`, the form xDS uses in `type_url` and `@type`. */
-export const typeUrl = (fullName: string): string => TYPE_URL_PREFIX + fullName
+// Built in src/envoy/Messages.ts (neutral ground for every module that writes Envoy config).
+export { durationProto, TYPE_URL_PREFIX, typeUrl }
 
 /** The xDS resource type URLs (what a DiscoveryRequest's `type_url` names). */
 export const TypeUrls = {
@@ -403,10 +403,3 @@ export const decode = (typeName: string, bytes: Uint8Array): Record<string, unkn
 /** Decodes an `Any` into its inner type (when loaded), in the same plain form as `decode`. */
 export const decodeAny = (any: { readonly type_url: string; readonly value: Uint8Array }): Record<string, unknown> =>
   decode(any.type_url.slice(any.type_url.lastIndexOf("/") + 1), any.value)
-
-/** A `google.protobuf.Duration` object from an Effect Duration. */
-export const durationProto = (duration: Duration.DurationInput): { seconds: number; nanos: number } => {
-  const nanos = Duration.toNanos(Duration.decode(duration))
-  const total = nanos._tag === "Some" ? nanos.value : BigInt(Number.MAX_SAFE_INTEGER) * 1_000_000_000n
-  return { seconds: Number(total / 1_000_000_000n), nanos: Number(total % 1_000_000_000n) }
-}

@@ -13,7 +13,6 @@ import protobuf from "protobufjs"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
-import { compileForSnapshot } from "../policy/Compile.js"
 import { servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
 import { check, encode, typeUrl, Types, TypeUrls } from "./Protos.js"
 import {
@@ -134,8 +133,8 @@ const buildGroup = (
   known: (name: string) => boolean,
   tls: MeshTls | undefined
 ): ServiceGroup => {
-  const policy = state.policies.traffic.find((p) => p.service === service.name)
-  const compiled = compileForSnapshot(state.policies, state.mesh.trustDomain)
+  const policy = state.policy.traffic.get(service.name)
+  const compiled = state.policy
   const name = service.name
   const resources: Array<XdsResource> = [
     resource(name, Types.Listener, name, apiListener(service)),
@@ -171,21 +170,21 @@ const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undef
  */
 export const meshTls = (state: MeshState): MeshTls | undefined =>
   state.secrets?.has(ROOT_CA_SECRET) && state.sidecarKeys === true
-    ? { trustDomain: state.mesh.trustDomain, mode: state.policies.security.mtls }
+    ? { trustDomain: state.mesh.trustDomain, mode: state.policy.mtls }
     : undefined
 
 /** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
 const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>, tls: MeshTls | undefined): string => {
-  const policy = state.policies.traffic.find((p) => p.service === service.name)
+  const policy = state.policy.traffic.get(service.name)
   const destinations = policy?.routes.flatMap((r) => r.destinations.map((d) => `${d.service}:${known.has(d.service)}`))
   // The rest of the policy that applies to the service: authorization, resilience, observability.
-  const rest = servicePolicyKey(compileForSnapshot(state.policies, state.mesh.trustDomain), service.name)
+  const rest = servicePolicyKey(state.policy, service.name)
   return JSON.stringify([service, policy ?? null, destinations ?? null, rest, tls ?? null])
 }
 
 /** The outbound listener and the tracing collector's cluster, encoded once per observability setting. */
 const meshResources = new WeakMap<object, { readonly listener: XdsResource; readonly tracing: XdsResource | undefined }>()
-const meshResourcesFor = (observability: MeshState["policies"]["observability"]) => {
+const meshResourcesFor = (observability: MeshState["policy"]["observability"]) => {
   const cached = meshResources.get(observability)
   if (cached !== undefined) return cached
   const collector = tracingCluster(observability)
@@ -255,7 +254,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   // when one of them changed (unchanged groups keep their virtual host object).
   const virtualHosts = [...groups.values()].flatMap((g) => (g.outboundVirtualHost ? [g.outboundVirtualHost] : []))
   const before = previous.outbound
-  const mesh = meshResourcesFor(state.policies.observability)
+  const mesh = meshResourcesFor(state.policy.observability)
   const sameHosts = before !== undefined && before.virtualHosts.length === virtualHosts.length &&
     before.virtualHosts.every((v, i) => v === virtualHosts[i] || JSON.stringify(v) === JSON.stringify(virtualHosts[i]))
   const outbound = sameHosts && before.listener === mesh.listener

@@ -4,12 +4,12 @@
  * dist/bin/mesh-controller.mjs). `--version` is answered before the CLI is loaded, since loading it
  * costs most of a second on a Raspberry Pi; everything else goes to main.ts.
  */
-import { version } from "./Version.js"
+import { readPackageVersion } from "../PackageVersion.js"
 
 const args = process.argv.slice(2)
 if (args.length === 1 && args[0] === "--version") {
   // The same bytes @effect/cli prints for --version.
-  process.stdout.write(`${version}\n\n`)
+  process.stdout.write(`${readPackageVersion()}\n\n`)
 } else {
-  await import("./main.js")
+  await import("../main.js")
 }
