@@ -1,0 +1,66 @@
+/**
+ * Reads a JSON request body the way every admin route that takes one must: only
+ * `Content-Type: application/json` (415 otherwise: a cross-origin `text/plain` form post is the
+ * classic way a web page reaches a local API without a preflight), at most `maxBytes` (413, decided
+ * from Content-Length before reading when there is one, else while reading), then decoded with the
+ * schema (400 naming the field).
+ */
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Data, Effect, Option, ParseResult, Schema } from "effect"
+import { formatPath } from "../../src/ConfigDocument.js"
+import { countRejected, type RejectReason } from "./AdminMetrics.js"
+
+/** A request refused for what it carries: its HTTP status and a message that names the reason. */
+export class RequestRefused extends Data.TaggedError("RequestRefused")<{
+  readonly status: number
+  readonly error: string
+  readonly message: string
+  readonly reason: RejectReason
+}> {}
+
+export const refused = (status: number, error: string, reason: RejectReason, message: string) =>
+  new RequestRefused({ status, error, message, reason })
+
+/** The answer for a refused request; counts it. */
+export const refusedResponse = (e: RequestRefused) =>
+  Effect.sync(() => {
+    countRejected(e.reason)
+    return HttpServerResponse.unsafeJson({ error: e.error, message: e.message }, { status: e.status })
+  })
+
+/** "path: message; path: message" for a schema failure, prefixed by where it happened. */
+export const formatParseError = (where: string, error: ParseResult.ParseError): string =>
+  `${where}: ${
+    ParseResult.ArrayFormatter.formatErrorSync(error)
+      .map((i) => (i.path.length > 0 ? `${formatPath(i.path)}: ${i.message}` : i.message))
+      .join("; ")
+  }`
+
+const tooLarge = (maxBytes: number) =>
+  refused(413, "PayloadTooLarge", "body_too_large", `body: larger than ${maxBytes} bytes`)
+
+export const jsonBody = <A, I>(schema: Schema.Schema<A, I>, maxBytes: number) =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const mediaType = (request.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase()
+    if (mediaType !== "application/json") {
+      return yield* refused(415, "UnsupportedMediaType", "media_type", `body: expected Content-Type: application/json, got ${JSON.stringify(mediaType || "none")}`)
+    }
+    const declared = Number(request.headers["content-length"] ?? Number.NaN)
+    if (declared > maxBytes) return yield* tooLarge(maxBytes)
+    const text = yield* request.text.pipe(
+      HttpServerRequest.withMaxBodySize(Option.some(maxBytes)),
+      Effect.catchAll((error) =>
+        String((error as { cause?: unknown }).cause).includes("maxBytes exceeded")
+          ? tooLarge(maxBytes)
+          : refused(400, "BadRequest", "bad_request", "body: could not be read")
+      )
+    )
+    const json = yield* Effect.try({
+      try: () => JSON.parse(text) as unknown,
+      catch: (cause) => refused(400, "BadRequest", "bad_request", `body: not JSON: ${(cause as Error).message}`)
+    })
+    return yield* Schema.decodeUnknown(schema, { onExcessProperty: "error", errors: "all" })(json).pipe(
+      Effect.mapError((error) => refused(400, "BadRequest", "bad_request", formatParseError("body", error)))
+    )
+  })
