@@ -6,7 +6,9 @@
  * schema (400 naming the field).
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Data, Effect, Option, ParseResult, Schema } from "effect"
+import { NodeHttpServerRequest } from "@effect/platform-node"
+import { Data, Effect, ParseResult, Schema } from "effect"
+import type { IncomingMessage } from "node:http"
 import { formatPath } from "../../src/ConfigDocument.js"
 import { countRejected, type RejectReason } from "./AdminMetrics.js"
 
@@ -36,6 +38,56 @@ export const formatParseError = (where: string, error: ParseResult.ParseError): 
       .join("; ")
   }`
 
+/**
+ * An oversized body is read to its end and thrown away, so the client (still sending) gets the 413
+ * instead of a reset connection. Past DRAIN_FACTOR × the cap the connection is cut instead.
+ */
+const DRAIN_FACTOR = 256
+
+const discard = (incoming: IncomingMessage, maxBytes: number) =>
+  Effect.async<void>((resume) => {
+    let seen = 0
+    const done = () => resume(Effect.void)
+    incoming.on("data", (chunk: Buffer) => {
+      seen += chunk.length
+      if (seen > maxBytes * DRAIN_FACTOR) {
+        incoming.destroy()
+        done()
+      }
+    })
+    incoming.once("end", done)
+    incoming.once("error", done)
+    incoming.once("close", done)
+  })
+
+/** The body as text, or 413 once it passes `maxBytes` (then drained as `discard` does). */
+const readCapped = (incoming: IncomingMessage, maxBytes: number) =>
+  Effect.async<string, RequestRefused>((resume) => {
+    const chunks: Array<Buffer> = []
+    let size = 0
+    let over = false
+    let finished = false
+    const finish = (result: Effect.Effect<string, RequestRefused>) => {
+      if (finished) return
+      finished = true
+      resume(result)
+    }
+    incoming.on("data", (chunk: Buffer) => {
+      size += chunk.length
+      if (size > maxBytes) {
+        over = true
+        chunks.length = 0
+        if (size > maxBytes * DRAIN_FACTOR) {
+          incoming.destroy()
+          finish(tooLarge(maxBytes))
+        }
+      } else chunks.push(chunk)
+    })
+    incoming.once("end", () => finish(over ? tooLarge(maxBytes) : Effect.succeed(Buffer.concat(chunks).toString("utf8"))))
+    incoming.once("error", () => finish(refused(400, "BadRequest", "bad_request", "body: could not be read")))
+    incoming.once("close", () => finish(over ? tooLarge(maxBytes) : refused(400, "BadRequest", "bad_request", "body: the connection closed")))
+  })
+
 const tooLarge = (maxBytes: number) =>
   refused(413, "PayloadTooLarge", "body_too_large", `body: larger than ${maxBytes} bytes`)
 
@@ -47,15 +99,11 @@ export const jsonBody = <A, I>(schema: Schema.Schema<A, I>, maxBytes: number) =>
       return yield* refused(415, "UnsupportedMediaType", "media_type", `body: expected Content-Type: application/json, got ${JSON.stringify(mediaType || "none")}`)
     }
     const declared = Number(request.headers["content-length"] ?? Number.NaN)
-    if (declared > maxBytes) return yield* tooLarge(maxBytes)
-    const text = yield* request.text.pipe(
-      HttpServerRequest.withMaxBodySize(Option.some(maxBytes)),
-      Effect.catchAll((error) =>
-        String((error as { cause?: unknown }).cause).includes("maxBytes exceeded")
-          ? tooLarge(maxBytes)
-          : refused(400, "BadRequest", "bad_request", "body: could not be read")
-      )
-    )
+    if (declared > maxBytes) {
+      yield* discard(NodeHttpServerRequest.toIncomingMessage(request), maxBytes)
+      return yield* tooLarge(maxBytes)
+    }
+    const text = yield* readCapped(NodeHttpServerRequest.toIncomingMessage(request), maxBytes)
     const json = yield* Effect.try({
       try: () => JSON.parse(text) as unknown,
       catch: (cause) => refused(400, "BadRequest", "bad_request", `body: not JSON: ${(cause as Error).message}`)
