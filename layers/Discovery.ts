@@ -253,7 +253,14 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
     // merges instead of one per answer.
     const dirty = yield* Queue.sliding<void>(1)
     const throttle = options.consulPublishInterval ?? Duration.millis(50)
-    yield* Queue.take(dirty).pipe(Effect.zipRight(publish), Effect.zipRight(Effect.sleep(throttle)), Effect.forever, Effect.forkScoped)
+    // The pause is at least 3× what the publish took, so a large registry under a burst spends at most
+    // a quarter of the time merging and the rest serving the requests that cause it.
+    yield* Queue.take(dirty).pipe(
+      Effect.zipRight(Effect.timed(publish)),
+      Effect.flatMap(([took]) => Effect.sleep(Duration.max(throttle, Duration.times(took, 3)))),
+      Effect.forever,
+      Effect.forkScoped
+    )
     const consul = consulSettings
       ? yield* startConsulWatch(consulSettings, options, consulView, Queue.offer(dirty, undefined))
       : undefined

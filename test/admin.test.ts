@@ -5,14 +5,14 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Ref, Stream, TestClock } from "effect"
-import { statSync } from "node:fs"
+import { readFileSync, statSync } from "node:fs"
 import * as NodeHttp from "node:http"
 import { makeAccessRule } from "../layers/admin/AdminAccess.js"
 import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Discovery } from "../layers/Discovery.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import type { MeshConfig } from "../schemas/Config.js"
-import { decodeConfig } from "../src/ConfigDocument.js"
+import { decodeConfig, parseConfig } from "../src/ConfigDocument.js"
 import { encode, Types } from "../src/xds/Protos.js"
 import { loadAssignment } from "../src/xds/Resources.js"
 import { bearer, post, request, startAdmin } from "./support/admin.js"
@@ -147,6 +147,14 @@ describe("who may change the mesh", () => {
       const { base } = yield* startAdmin(echoOnly())
       for (const path of ["/status", "/metrics", "/v1/services"]) assert.strictEqual((yield* request(`${base}${path}`)).status, 200, path)
     }))
+
+  it("the container's config is safe by default: reads need the token, the API creates no services", () => {
+    const config = Either.getOrThrow(parseConfig(readFileSync("examples/container.yaml", "utf8"), "examples/container.yaml"))
+    const admin = config.controller.admin
+    assert.strictEqual(admin.host, "0.0.0.0")
+    assert.isFalse(makeAccessRule(admin.host, { readAccess: admin.readAccess }).readOpen)
+    assert.isFalse(admin.registration.createServices)
+  })
 
   it("auto: reads are open only when the server is bound to loopback", () => {
     for (const host of ["127.0.0.1", "127.0.0.2", "::1", "localhost"]) assert.isTrue(makeAccessRule(host).readOpen, host)
