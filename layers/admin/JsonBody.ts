@@ -67,10 +67,11 @@ const readCapped = (incoming: IncomingMessage, maxBytes: number) =>
     let size = 0
     let over = false
     let finished = false
-    const finish = (result: Effect.Effect<string, RequestRefused>) => {
+    // Lazy: "close" follows every "end", and building an unused error costs a stack trace per request.
+    const finish = (result: () => Effect.Effect<string, RequestRefused>) => {
       if (finished) return
       finished = true
-      resume(result)
+      resume(result())
     }
     incoming.on("data", (chunk: Buffer) => {
       size += chunk.length
@@ -79,13 +80,14 @@ const readCapped = (incoming: IncomingMessage, maxBytes: number) =>
         chunks.length = 0
         if (size > maxBytes * DRAIN_FACTOR) {
           incoming.destroy()
-          finish(tooLarge(maxBytes))
+          finish(() => tooLarge(maxBytes))
         }
       } else chunks.push(chunk)
     })
-    incoming.once("end", () => finish(over ? tooLarge(maxBytes) : Effect.succeed(Buffer.concat(chunks).toString("utf8"))))
-    incoming.once("error", () => finish(refused(400, "BadRequest", "bad_request", "body: could not be read")))
-    incoming.once("close", () => finish(over ? tooLarge(maxBytes) : refused(400, "BadRequest", "bad_request", "body: the connection closed")))
+    incoming.once("end", () => finish(() => (over ? tooLarge(maxBytes) : Effect.succeed(Buffer.concat(chunks).toString("utf8")))))
+    incoming.once("error", () => finish(() => refused(400, "BadRequest", "bad_request", "body: could not be read")))
+    incoming.once("close", () =>
+      finish(() => (over ? tooLarge(maxBytes) : refused(400, "BadRequest", "bad_request", "body: the connection closed"))))
   })
 
 const tooLarge = (maxBytes: number) =>
