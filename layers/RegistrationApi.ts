@@ -140,5 +140,6 @@ export const makeRegistrationApi = <R = never>(settings: Effect.Effect<AdminRegi
 
 /** The registration API with the bounds of the live config (`controller.admin.registration`). */
 export const RegistrationApi = makeRegistrationApi(
-  Effect.flatMap(LiveConfig, (config) => Effect.map(config.get, (loaded) => loaded.config.controller.admin.registration))
+  Effect.flatMap(LiveConfig, (config) =>
+    Effect.map(config.get, (loaded) => loaded.config.controller.admin.registration))
 )

@@ -12,8 +12,7 @@
  * The Admin server provides the `AdminAccess` service to every route, so a route of another module
  * applies the rule by wrapping its handler: `HttpRouter.get("/ui", requireRead(page))`.
  */
-import { type HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { HttpServerRequest as Request } from "@effect/platform"
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Context, Effect, Option } from "effect"
 import { isIP } from "node:net"
 import * as NodeOs from "node:os"
@@ -30,13 +29,16 @@ export interface AccessOptions {
   readonly allowedHosts?: ReadonlyArray<string> | undefined
 }
 
+type Request = HttpServerRequest.HttpServerRequest
+type Response = HttpServerResponse.HttpServerResponse
+
 export interface AccessRule {
   /** Whether read-only routes are open to anyone who reaches the port. */
   readonly readOpen: boolean
   /** The answer to send instead of the route, or none when the request may go on. */
-  readonly checkHost: (request: HttpServerRequest.HttpServerRequest) => Option.Option<HttpServerResponse.HttpServerResponse>
-  readonly checkWrite: (request: HttpServerRequest.HttpServerRequest) => Option.Option<HttpServerResponse.HttpServerResponse>
-  readonly checkRead: (request: HttpServerRequest.HttpServerRequest) => Option.Option<HttpServerResponse.HttpServerResponse>
+  readonly checkHost: (request: Request) => Option.Option<Response>
+  readonly checkWrite: (request: Request) => Option.Option<Response>
+  readonly checkRead: (request: Request) => Option.Option<Response>
 }
 
 export class AdminAccess extends Context.Tag("mesh-controller/AdminAccess")<AdminAccess, AccessRule>() {}
@@ -102,9 +104,8 @@ export const makeAccessRule = (host: string, options: AccessOptions = {}): Acces
     const match = BEARER.exec(request.headers["authorization"] ?? "")
     if (!match) {
       countAuthFailure("missing")
-      return Option.some(refuse(401, "Unauthorized", "this request needs the admin token: Authorization: Bearer <token>", {
-        "www-authenticate": `Bearer realm="mesh-controller"`
-      }))
+      const message = "this request needs the admin token: Authorization: Bearer <token>"
+      return Option.some(refuse(401, "Unauthorized", message, { "www-authenticate": `Bearer realm="mesh-controller"` }))
     }
     if (options.verifyToken?.(match[1]!) === true) return Option.none()
     countAuthFailure("invalid")
@@ -118,18 +119,19 @@ export const makeAccessRule = (host: string, options: AccessOptions = {}): Acces
     checkHost: (request) => {
       if (hostOk(request.headers["host"])) return Option.none()
       countRejected("host")
-      return Option.some(refuse(421, "MisdirectedRequest", `this server does not answer for host ${JSON.stringify(request.headers["host"] ?? "")}`))
+      const message = `this server does not answer for host ${JSON.stringify(request.headers["host"] ?? "")}`
+      return Option.some(refuse(421, "MisdirectedRequest", message))
     },
     checkWrite,
     checkRead: (request) => (readOpen ? Option.none() : checkWrite(request))
   }
 }
 
-const guard = (check: (rule: AccessRule, request: HttpServerRequest.HttpServerRequest) => Option.Option<HttpServerResponse.HttpServerResponse>) =>
-<A, E, R>(handler: Effect.Effect<A, E, R>): Effect.Effect<A | HttpServerResponse.HttpServerResponse, E, R | AdminAccess | HttpServerRequest.HttpServerRequest> =>
-  Effect.flatMap(Effect.zip(AdminAccess, Request.HttpServerRequest), ([rule, request]) => {
+const guard = (check: (rule: AccessRule, request: Request) => Option.Option<Response>) =>
+<A, E, R>(handler: Effect.Effect<A, E, R>): Effect.Effect<A | Response, E, R | AdminAccess | Request> =>
+  Effect.flatMap(Effect.zip(AdminAccess, HttpServerRequest.HttpServerRequest), ([rule, request]) => {
     const refused = check(rule, request)
-    return Option.isSome(refused) ? Effect.succeed<A | HttpServerResponse.HttpServerResponse>(refused.value) : handler
+    return Option.isSome(refused) ? Effect.succeed<A | Response>(refused.value) : handler
   })
 
 /** Wraps a route that changes state: it runs only with a valid credential. */

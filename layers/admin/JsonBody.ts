@@ -84,10 +84,12 @@ const readCapped = (incoming: IncomingMessage, maxBytes: number) =>
         }
       } else chunks.push(chunk)
     })
-    incoming.once("end", () => finish(() => (over ? tooLarge(maxBytes) : Effect.succeed(Buffer.concat(chunks).toString("utf8")))))
+    incoming.once("end", () =>
+      finish(() => (over ? tooLarge(maxBytes) : Effect.succeed(Buffer.concat(chunks).toString("utf8")))))
     incoming.once("error", () => finish(() => refused(400, "BadRequest", "bad_request", "body: could not be read")))
     incoming.once("close", () =>
-      finish(() => (over ? tooLarge(maxBytes) : refused(400, "BadRequest", "bad_request", "body: the connection closed"))))
+      finish(() => over ? tooLarge(maxBytes) : refused(400, "BadRequest", "bad_request", "body: the connection closed"))
+    )
   })
 
 const tooLarge = (maxBytes: number) =>
@@ -98,7 +100,9 @@ export const jsonBody = <A, I>(schema: Schema.Schema<A, I>, maxBytes: number) =>
     const request = yield* HttpServerRequest.HttpServerRequest
     const mediaType = (request.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase()
     if (mediaType !== "application/json") {
-      return yield* refused(415, "UnsupportedMediaType", "media_type", `body: expected Content-Type: application/json, got ${JSON.stringify(mediaType || "none")}`)
+      const got = JSON.stringify(mediaType || "none")
+      const message = `body: expected Content-Type: application/json, got ${got}`
+      return yield* refused(415, "UnsupportedMediaType", "media_type", message)
     }
     const declared = Number(request.headers["content-length"] ?? Number.NaN)
     if (declared > maxBytes) {

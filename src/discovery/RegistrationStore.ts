@@ -70,7 +70,8 @@ export class RegistrationStore {
         if (created >= limits.maxServices) {
           return new RegistrationRefused({
             reason: "services",
-            message: `the API has created ${created} services, the most controller.admin.registration.maxServices allows`
+            message: `the API has created ${created} services, ` +
+              "the most controller.admin.registration.maxServices allows"
           })
         }
       }
@@ -116,7 +117,9 @@ export class RegistrationStore {
   /** Every registration, in the order they were first added (per service). */
   all(): ReadonlyArray<ApiRegistration> {
     const out: Array<ApiRegistration> = []
-    for (const entry of this.services.values()) for (const { registration } of entry.endpoints.values()) out.push(registration)
+    for (const entry of this.services.values()) {
+      for (const { registration } of entry.endpoints.values()) out.push(registration)
+    }
     return out
   }
 }
