@@ -61,6 +61,9 @@ try {
       const c = cpu()
       cpuSlices.push(c - cpuStart)
       cpuStart = c
+      // Printed as it goes, so a run cut short by a loaded machine still shows its slices.
+      console.log(`  slice ${String(slices.length).padStart(2)}: ${(slices.at(-1)! / 1000).toFixed(2)} s wall, ` +
+        `${cpuSlices.at(-1)!.toFixed(2)} s daemon CPU`)
     }
   }
   const total = performance.now() - start
@@ -73,11 +76,9 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   const visible = performance.now() - start
-  console.log(`registered ${ENDPOINTS} endpoints of one service over HTTP in ${(total / 1000).toFixed(2)} s` +
+  console.log(`\nregistered ${ENDPOINTS} endpoints of one service over HTTP in ${(total / 1000).toFixed(2)} s` +
     ` (all listed after ${(visible / 1000).toFixed(2)} s)`)
   console.log(`daemon CPU during the registrations: ${(cpu() - cpuAtStart).toFixed(2)} s`)
-  slices.forEach((ms, i) =>
-    console.log(`  slice ${String(i + 1).padStart(2)}: ${(ms / 1000).toFixed(2)} s wall, ${cpuSlices[i]!.toFixed(2)} s daemon CPU`))
   const ratio = (xs: ReadonlyArray<number>) => (xs[xs.length - 1]! / xs[0]!).toFixed(2)
   console.log(`last slice / first slice (baseline, same run): wall ${ratio(slices)}, daemon CPU ${ratio(cpuSlices)}`)
   console.log(`load average: ${loadavg().map((n) => n.toFixed(2)).join(" ")}`)
