@@ -91,7 +91,46 @@ const XdsListen = Schema.Struct({
    */
   insecureNodeIdentity: withDefault(Schema.Boolean, () => false)
 })
-const AdminListen = ListenAddress("127.0.0.1", 15014)
+/**
+ * Bounds on what the registration API accepts. They keep one caller from growing memory without
+ * bound, and keep every resource built from registrations far below what xDS clients accept
+ * (gRPC's default receive limit is 4 MiB): `maxServiceBytes` is capped at 2 MiB for that reason.
+ */
+export const AdminRegistration = Schema.Struct({
+  /** A request body larger than this is refused with 413 before it is parsed. */
+  maxBodyBytes: withDefault(intBetween(1, 1024 * 1024, "a size in bytes from 1 to 1048576"), () => 64 * 1024),
+  maxLabels: withDefault(NonNegativeInt, () => 16),
+  maxLabelKeyLength: withDefault(PositiveInt, () => 63),
+  maxLabelValueLength: withDefault(PositiveInt, () => 256),
+  maxEndpointsPerService: withDefault(PositiveInt, () => 10_000),
+  /** The registrations of one service, counted as their JSON size, may not grow past this. */
+  maxServiceBytes: withDefault(intBetween(1024, 2 * 1024 * 1024, "a size in bytes from 1024 to 2097152"), () => 1024 * 1024),
+  /**
+   * May the API create services the config file does not define (nor Consul)? Each one gets a
+   * cluster and a workload certificate, so this is off unless asked for, and bounded by maxServices.
+   */
+  createServices: withDefault(Schema.Boolean, () => false),
+  maxServices: withDefault(NonNegativeInt, () => 32)
+})
+export type AdminRegistration = typeof AdminRegistration.Type
+
+const AdminListen = Schema.Struct({
+  ...ListenAddress("127.0.0.1", 15014).fields,
+  /**
+   * The bearer token that state-changing requests must carry. Absent: `<certificates.dir>/admin-token`,
+   * generated (mode 0600) on first start. A file that does not exist is created with a new token.
+   */
+  tokenFile: Schema.optionalWith(NonEmptyString, { exact: true }),
+  /**
+   * Who may read /status, /metrics and GET /v1/services: "open" to anyone who reaches the port, "token"
+   * only with the token, "auto" (default) open when `host` is a loopback address and token otherwise.
+   */
+  readAccess: withDefault(oneOf("auto", "open", "token"), () => "auto" as const),
+  /** Host names requests may carry besides the bound address (a DNS name the server is reached by). */
+  allowedHosts: withDefault(Schema.Array(NonEmptyString), emptyArray),
+  registration: withDefault(AdminRegistration, () => Schema.decodeSync(AdminRegistration)({}))
+})
+export type AdminListen = typeof AdminListen.Type
 
 export const Debounce = Schema.Struct({
   /** Rebuild once inputs have been quiet this long. */
@@ -102,7 +141,7 @@ export const Debounce = Schema.Struct({
 
 export const Controller = Schema.Struct({
   xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })),
-  admin: withDefault(AdminListen, () => ({ host: "127.0.0.1", port: 15014 })),
+  admin: withDefault(AdminListen, () => Schema.decodeSync(AdminListen)({})),
   shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
   debounce: withDefault(Debounce, () => ({ quiet: Duration.millis(100), max: Duration.seconds(1) }))
 })

@@ -1,5 +1,7 @@
 import { Context, Duration, Effect, Layer, Stream } from "effect"
+import * as NodePath from "node:path"
 import { Admin } from "../layers/Admin.js"
+import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { ConsulClient } from "../layers/ConsulClient.js"
@@ -77,13 +79,28 @@ const XdsFromConfig: Layer.Layer<Xds, unknown, LiveConfig | Certificates | Snaps
   })
 )
 
-/** The admin server on `controller.admin`, with the runtime registration API. */
+/**
+ * The admin server on `controller.admin`, with the runtime registration API. Its bearer token is
+ * `controller.admin.tokenFile`, else `admin-token` in the state dir (`certificates.dir`), generated
+ * on first start. Settings of `controller.admin` apply at start.
+ */
 const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle> =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const { config } = yield* (yield* LiveConfig).get
-      return Admin.layer({ host: config.controller.admin.host, port: config.controller.admin.port, version, routes: RegistrationApi })
-    })
+      const admin = config.controller.admin
+      const tokenFile = NodePath.resolve(admin.tokenFile ?? NodePath.join(config.certificates.dir, "admin-token"))
+      const token = yield* loadOrCreateToken(tokenFile)
+      if (token.created) yield* Effect.logInfo(`admin: generated the admin token in ${token.path}`)
+      return Admin.layer({
+        host: admin.host,
+        port: admin.port,
+        version,
+        routes: RegistrationApi,
+        tokenFile: token.path,
+        access: { verifyToken: token.verify, readAccess: admin.readAccess, allowedHosts: admin.allowedHosts }
+      })
+    }).pipe(Effect.annotateLogs({ module: "admin" }))
   )
 
 const statusOf = <I, S extends { readonly status: Effect.Effect<unknown> }>(tag: Context.Tag<I, S>) => (ctx: Context.Context<I>) =>
@@ -94,7 +111,7 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
   const track = Lifecycle.track
   const ConfigLive = track("config", LiveConfig.layer({ path: options.configPath }), statusOf(LiveConfig))
   const DiscoveryLive = track("discovery", Discovery.layer(), statusOf(Discovery))
-  const AdminLive = track("admin", AdminFromConfig(options.version), (ctx) => Effect.succeed(Context.get(ctx, Admin).address))
+  const AdminLive = track("admin", AdminFromConfig(options.version), statusOf(Admin))
   const PolicyLive = track("policy", Policy.layer, statusOf(Policy))
   const ConsulPoliciesLive = track("consulPolicies", ConsulPolicies.layer(), statusOf(ConsulPolicies))
   // HTTPS checks with `trustMeshCa` verify targets against the current trust bundle.
