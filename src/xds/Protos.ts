@@ -19,6 +19,7 @@ import { createRequire } from "node:module"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import protobuf from "protobufjs"
+import { typeUrl } from "./TypeUrls.js"
 
 /** The `.proto` files we load; everything they import comes along. */
 const PROTO_FILES: ReadonlyArray<string> = [
@@ -74,18 +75,8 @@ export const Types = {
   Any: "google.protobuf.Any"
 } as const
 
-export const TYPE_URL_PREFIX = "type.googleapis.com/"
-/** `type.googleapis.com/<full name>`, the form xDS uses in `type_url` and `@type`. */
-export const typeUrl = (fullName: string): string => TYPE_URL_PREFIX + fullName
-
-/** The xDS resource type URLs (what a DiscoveryRequest's `type_url` names). */
-export const TypeUrls = {
-  Listener: typeUrl(Types.Listener),
-  RouteConfiguration: typeUrl(Types.RouteConfiguration),
-  Cluster: typeUrl(Types.Cluster),
-  ClusterLoadAssignment: typeUrl(Types.ClusterLoadAssignment),
-  Secret: typeUrl(Types.Secret)
-} as const
+// The type URLs live in their own module (naming a type needs no protos); re-exported for callers of this one.
+export { TYPE_URL_PREFIX, typeUrl, TypeUrls } from "./TypeUrls.js"
 
 const require = createRequire(import.meta.url)
 

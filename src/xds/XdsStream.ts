@@ -22,7 +22,7 @@ import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
 import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
 import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
-import { TypeUrls } from "./Protos.js"
+import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import { OWN_SECRET, TRUST_BUNDLE } from "./Resources.js"
 import { inWildcard, sidecarService, versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
 
@@ -35,30 +35,43 @@ export interface Nack {
   readonly at: number
 }
 
-export interface TypeState {
+/** What both protocols keep per resource type. */
+interface TypeStateBase {
   subscribed: boolean
   wildcard: boolean
   names: Set<string>
-  /** SotW: the subscription changed since the last push. */
-  dirty: boolean
   pendingNonce: string | undefined
   pendingVersion: string | undefined
   pendingSince: number
-  /** SotW: the content version of the last push. */
-  lastSent: string | undefined
-  /** SotW: the content version the client rejected last. */
-  rejected: string | undefined
-  /** Delta: resource name → version the client has been sent (or told it has). */
-  readonly known: Map<string, string>
-  /** Delta: the snapshot version `known` was last reconciled with (unset after a subscription change). */
-  synced: string | undefined
-  /** Delta: refused secrets already answered with `removed_resources` (once per subscription). */
-  readonly toldAbsent: Set<string>
   acked: { version: string; at: number } | undefined
   lastNack: Nack | undefined
   nacks: number
   pushes: number
 }
+
+/** SotW: every push is the whole subscribed set, so the state is about versions of that set. */
+export interface SotwTypeState extends TypeStateBase {
+  readonly protocol: "sotw"
+  /** The subscription changed since the last push. */
+  dirty: boolean
+  /** The content version of the last push. */
+  lastSent: string | undefined
+  /** The content version the client rejected last. */
+  rejected: string | undefined
+}
+
+/** Delta: pushes carry only what changed, so the state is what the client holds, by name. */
+export interface DeltaTypeState extends TypeStateBase {
+  readonly protocol: "delta"
+  /** Resource name → version the client has been sent (or told it has). */
+  readonly known: Map<string, string>
+  /** The snapshot version `known` was last reconciled with (unset after a subscription change). */
+  synced: string | undefined
+  /** Refused secrets already answered with `removed_resources` (once per subscription). */
+  readonly toldAbsent: Set<string>
+}
+
+export type TypeState = SotwTypeState | DeltaTypeState
 
 /**
  * Whose private key a stream may read over SDS (everyone may read `ROOTCA`):
@@ -152,30 +165,40 @@ export const newDenials = (stream: StreamState, url: string, names: ReadonlyArra
   return fresh
 }
 
+const base = (): TypeStateBase => ({
+  subscribed: false,
+  wildcard: false,
+  names: new Set(),
+  pendingNonce: undefined,
+  pendingVersion: undefined,
+  pendingSince: 0,
+  acked: undefined,
+  lastNack: undefined,
+  nacks: 0,
+  pushes: 0
+})
+
+const newTypeState = (protocol: Protocol): TypeState =>
+  protocol === "sotw"
+    ? { ...base(), protocol, dirty: false, lastSent: undefined, rejected: undefined }
+    : { ...base(), protocol, known: new Map(), synced: undefined, toldAbsent: new Set() }
+
+/** The stream's state for `url`, created on first use in the stream's protocol. */
 const typeState = (stream: StreamState, url: string): TypeState => {
   let t = stream.types.get(url)
   if (t === undefined) {
-    t = {
-      subscribed: false,
-      wildcard: false,
-      names: new Set(),
-      dirty: false,
-      pendingNonce: undefined,
-      pendingVersion: undefined,
-      pendingSince: 0,
-      lastSent: undefined,
-      rejected: undefined,
-      known: new Map(),
-      synced: undefined,
-      toldAbsent: new Set(),
-      acked: undefined,
-      lastNack: undefined,
-      nacks: 0,
-      pushes: 0
-    }
+    t = newTypeState(stream.protocol)
     stream.types.set(url, t)
   }
   return t
+}
+const sotwState = (stream: StreamState, url: string): SotwTypeState | undefined => {
+  const t = stream.types.get(url)
+  return t?.protocol === "sotw" ? t : undefined
+}
+const deltaState = (stream: StreamState, url: string): DeltaTypeState | undefined => {
+  const t = stream.types.get(url)
+  return t?.protocol === "delta" ? t : undefined
 }
 
 export const kindOf = (node: NodeInfo | undefined): ClientKind => {
@@ -205,7 +228,7 @@ const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest
   if (error !== undefined) {
     const nack = { version: sent, message: error.message, at: now }
     t.lastNack = nack
-    t.rejected = sent
+    if (t.protocol === "sotw") t.rejected = sent
     t.nacks++
     return { _tag: "Nack", nack }
   }
@@ -218,6 +241,7 @@ const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b
 export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
   const t = typeState(stream, request.type_url)
+  if (t.protocol !== "sotw") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
   if (outcome._tag === "Stale") return outcome
   const names = new Set(request.resource_names.filter((n) => n !== "*"))
@@ -233,6 +257,7 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
 export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
   const t = typeState(stream, request.type_url)
+  if (t.protocol !== "delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
   if (!t.subscribed) {
     for (const [name, version] of Object.entries(request.initial_resource_versions)) t.known.set(name, version)
@@ -276,7 +301,7 @@ const nextNonce = (stream: StreamState) => String(++stream.nonce)
 
 /** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
 export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
-  const t = stream.types.get(url)
+  const t = sotwState(stream, url)
   if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
   const names = wanted(stream, t, url, snapshot)
   if (!t.wildcard && names.length === 0) {
@@ -305,7 +330,7 @@ export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot
  * changed between the two are examined, so a push costs what changed, not what exists.
  */
 export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
-  const t = stream.types.get(url)
+  const t = deltaState(stream, url)
   if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
   // Reconciled with this very snapshot and no subscription change since: nothing to send.
   if (t.synced === snapshot.version) return undefined
@@ -354,13 +379,54 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
 export const push = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined =>
   stream.protocol === "sotw" ? sotwPush(stream, url, snapshot, now) : deltaPush(stream, url, snapshot, now)
 
-/** `type.googleapis.com/envoy.config.cluster.v3.Cluster` → `Cluster` (metric labels, status). */
-export const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
 const iso = (ms: number) => new Date(ms).toISOString()
 const MAX_LISTED = 50
 
+/** One resource type of a stream as `/status` shows it. */
+export interface TypeStatus {
+  /** Up to 50 subscribed names; `*` first for a wildcard subscription. */
+  readonly subscribed: ReadonlyArray<string>
+  readonly subscribedCount: number
+  readonly acknowledgedVersion: string | null
+  readonly acknowledgedAt: string | null
+  readonly waitingForAck: boolean
+  readonly pushes: number
+  readonly nacks: number
+  readonly lastNack: { readonly version: string; readonly message: string; readonly at: string } | null
+}
+
+/** One stream as `/status` shows it. */
+export interface StreamStatus {
+  readonly stream: number
+  readonly nodeId: string | null
+  readonly kind: ClientKind
+  readonly userAgent: string | null
+  readonly protocol: Protocol
+  readonly peer: string
+  /** The SPIFFE ID whose private key the stream may read, if any. */
+  readonly identity: string | null
+  readonly identitySource: SecretAccess["source"]
+  /** Why the stream has no identity (only when it has none). */
+  readonly identityMissing?: string
+  readonly deniedSecrets: ReadonlyArray<string>
+  readonly connectedAt: string
+  /** By short type name (`Cluster`, `ClusterLoadAssignment`, ...). */
+  readonly types: Readonly<Record<string, TypeStatus>>
+}
+
+const describeType = (t: TypeState): TypeStatus => ({
+  subscribed: t.wildcard ? ["*", ...[...t.names].slice(0, MAX_LISTED)] : [...t.names].slice(0, MAX_LISTED),
+  subscribedCount: t.names.size,
+  acknowledgedVersion: t.acked?.version ?? null,
+  acknowledgedAt: t.acked ? iso(t.acked.at) : null,
+  waitingForAck: t.pendingNonce !== undefined,
+  pushes: t.pushes,
+  nacks: t.nacks,
+  lastNack: t.lastNack ? { version: t.lastNack.version, message: t.lastNack.message, at: iso(t.lastNack.at) } : null
+})
+
 /** The stream as `/status` shows it. */
-export const describeStream = (stream: StreamState) => ({
+export const describeStream = (stream: StreamState): StreamStatus => ({
   stream: stream.id,
   nodeId: stream.node?.id ?? null,
   kind: kindOf(stream.node),
@@ -373,15 +439,6 @@ export const describeStream = (stream: StreamState) => ({
   deniedSecrets: [...stream.access.denied].slice(0, MAX_LISTED),
   connectedAt: iso(stream.connectedAt),
   types: Object.fromEntries(
-    [...stream.types].map(([url, t]) => [shortType(url), {
-      subscribed: t.wildcard ? ["*", ...[...t.names].slice(0, MAX_LISTED)] : [...t.names].slice(0, MAX_LISTED),
-      subscribedCount: t.names.size,
-      acknowledgedVersion: t.acked?.version ?? null,
-      acknowledgedAt: t.acked ? iso(t.acked.at) : null,
-      waitingForAck: t.pendingNonce !== undefined,
-      pushes: t.pushes,
-      nacks: t.nacks,
-      lastNack: t.lastNack ? { version: t.lastNack.version, message: t.lastNack.message, at: iso(t.lastNack.at) } : null
-    }])
+    [...stream.types].map(([url, t]) => [isKnownType(url) ? shortType(url) : url, describeType(t)])
   )
 })
