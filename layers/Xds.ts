@@ -6,6 +6,7 @@ import { adsService, sdsService, healthService, ServingStatus } from "../src/xds
 import {
   describeStream,
   kindOf,
+  clip,
   newDenials,
   newStream,
   noSecretAccess,
@@ -64,6 +65,12 @@ export interface XdsOptions {
  * `controller.xds.tls: mtls`; over plaintext nobody has one, unless
  * `controller.xds.insecureNodeIdentity` trusts node ids (anyone on the network can claim one).
  * A refused secret is answered as not found, counted, logged, and listed in `status`.
+ *
+ * Client input is bounded (`XdsLimits`): a request naming more than 50,000 resources, a name longer
+ * than 4,096 characters, or a stream subscribing to more than 100,000 names in all ends the stream
+ * with RESOURCE_EXHAUSTED (INVALID_ARGUMENT for the long name) and a message naming the bound; the
+ * request is not applied. A type the server does not serve is ignored and counted as `other`; node
+ * ids, user agents and NACK details show in logs and `status` cut to 1,024 characters.
  */
 export class Xds extends Context.Tag("mesh-controller/Xds")<
   Xds,
@@ -88,6 +95,7 @@ const {
   xdsNacks: nacksTotal,
   xdsPushes: pushesTotal,
   xdsPushLatency: pushLatency,
+  xdsRequests: requestsTotal,
   xdsSecretsDenied: secretsDenied,
   xdsStreams: streamsGauge
 } = XdsMetrics
@@ -194,6 +202,8 @@ export const make = (options: XdsOptions) =>
             })
           )
 
+        // Once per stream: a client asking for many unknown types must not write a line for each.
+        let unknownLogged = false
         while (true) {
           const event = yield* Queue.take(events)
           const at = yield* Clock.currentTimeMillis
@@ -218,6 +228,23 @@ export const make = (options: XdsOptions) =>
             )
           }
           const type = typeLabel(request.type_url)
+          requestsTotal.inc({ protocol, type, outcome: outcome._tag })
+          if (outcome._tag === "Rejected") {
+            yield* Effect.logWarning("rejected a request over a bound; ending the stream").pipe(
+              Effect.annotateLogs({ node: stream.node?.id ?? "", type, reason: outcome.reason, peer: stream.peer })
+            )
+            call.emit("error", { code: grpc.status[outcome.code], details: outcome.reason })
+            return
+          }
+          if (outcome._tag === "UnknownType") {
+            if (!unknownLogged) {
+              unknownLogged = true
+              yield* Effect.logDebug("client asked for a type this server does not serve; ignored").pipe(
+                Effect.annotateLogs({ node: stream.node?.id ?? "", typeUrl: clip(request.type_url), peer: stream.peer })
+              )
+            }
+            continue
+          }
           const denied = newDenials(
             stream,
             request.type_url,
@@ -229,7 +256,7 @@ export const make = (options: XdsOptions) =>
               Effect.annotateLogs({
                 node: stream.node?.id ?? "",
                 identity: stream.access.spiffeId ?? `none (${stream.access.reason ?? "unknown"})`,
-                secrets: denied.join(", "),
+                secrets: clip(denied.join(", ")),
                 peer: stream.peer
               })
             )

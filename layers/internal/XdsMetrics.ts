@@ -49,3 +49,9 @@ export const xdsNacks = counter(
   "xDS responses a client rejected, by resource type.",
   ["type"]
 )
+export const xdsRequests = counter(
+  "mesh_controller_xds_requests_total",
+  "xDS requests received, by protocol, resource type (`other` for a type the server does not serve) and outcome " +
+    "(Subscribe, Ack, Nack, Stale, UnknownType, Rejected).",
+  ["protocol", "type", "outcome"]
+)

@@ -346,9 +346,12 @@ export const sidecarService = (nodeId: string): string | undefined => {
  * The names a wildcard subscription (Envoy's LDS and CDS) receives. Proxyless gRPC clients never
  * subscribe by wildcard: they name `<service>` resources.
  */
-export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> => {
+export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> =>
+  wildcardNamesOf(snapshot, url, sidecarService(nodeId))
+
+/** `wildcardNames` for the sidecar of service `own` (undefined: not a sidecar). */
+export const wildcardNamesOf = (snapshot: XdsSnapshot, url: string, own: string | undefined): ReadonlyArray<string> => {
   if (url !== TypeUrls.Listener && url !== TypeUrls.Cluster) return []
-  const own = sidecarService(nodeId)
   return [...(snapshot.resources.get(url)?.keys() ?? [])].filter((n) => inWildcard(url, own, n))
 }
 

@@ -24,10 +24,31 @@ import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
 import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import { OWN_SECRET, TRUST_BUNDLE } from "./Resources.js"
-import { inWildcard, sidecarService, versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
+import { inWildcard, sidecarService, versionOf, wildcardNamesOf, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
 
 export type Protocol = "sotw" | "delta"
 export type ClientKind = "proxyless" | "envoy" | "unknown"
+
+/**
+ * Bounds on what a client can make the server hold. A request beyond a bound is rejected: the
+ * stream ends with the status named here (the client reconnects and may ask again within the
+ * bounds), and nothing of the request is applied. Sized so that a sidecar of a 10,000-service mesh
+ * (one EDS name per service, twice over for inbound and outbound) stays well inside.
+ */
+export const XdsLimits = {
+  /** Resource names in one request (SotW `resource_names`, Delta subscribe + unsubscribe). */
+  namesPerRequest: 50_000,
+  /** Distinct subscribed names on one stream, all types together. */
+  subscriptionsPerStream: 100_000,
+  /** Characters in one resource name. */
+  nameLength: 4096,
+  /** Characters of a client-sent string (node id, user agent, NACK `error_detail`) kept for logs and `/status`. */
+  shown: 1024
+} as const
+
+/** `text` cut to `XdsLimits.shown` characters, saying how long it was: what logs and `/status` show of client input. */
+export const clip = (text: string, max: number = XdsLimits.shown): string =>
+  text.length <= max ? text : `${text.slice(0, max)}... (${text.length} characters, cut)`
 
 export interface Nack {
   readonly version: string
@@ -106,7 +127,12 @@ export interface StreamState {
   readonly protocol: Protocol
   readonly peer: string
   readonly connectedAt: number
+  /** The node of the first request, its strings clipped (`clip`). */
   node: NodeInfo | undefined
+  /** The service whose sidecar this is (from the full node id `<service>~<instance>`), if any. */
+  own: string | undefined
+  /** Distinct subscribed names over all types (bounded by `XdsLimits.subscriptionsPerStream`). */
+  subscriptions: number
   readonly types: Map<string, TypeState>
   nonce: number
   readonly access: SecretAccess
@@ -124,6 +150,8 @@ export const newStream = (
   peer,
   connectedAt: now,
   node: undefined,
+  own: undefined,
+  subscriptions: 0,
   types: new Map(),
   nonce: 0,
   access
@@ -132,9 +160,15 @@ export const newStream = (
 /** Remembers the node of a stream's first request; with `node-id` access, it names the identity. */
 const bindNode = (stream: StreamState, node: NodeInfo | undefined) => {
   if (stream.node !== undefined || node === undefined) return
-  stream.node = node
+  stream.node = {
+    id: clip(node.id),
+    cluster: clip(node.cluster),
+    user_agent_name: clip(node.user_agent_name),
+    user_agent_version: clip(node.user_agent_version)
+  }
+  const service = sidecarService(node.id)
+  stream.own = service
   if (stream.access.source === "node-id") {
-    const service = sidecarService(node.id)
     stream.access.spiffeId = service === undefined ? undefined : serviceId(stream.access.trustDomain, service)
   }
 }
@@ -161,8 +195,11 @@ const lookup = (stream: StreamState, url: string, snapshot: XdsSnapshot, name: s
 export const newDenials = (stream: StreamState, url: string, names: ReadonlyArray<string>): ReadonlyArray<string> => {
   if (url !== TypeUrls.Secret) return []
   const fresh = names.filter((n) => n !== "*" && !secretAllowed(stream, n) && !stream.access.denied.has(n))
-  for (const n of fresh) stream.access.denied.add(n)
-  return fresh
+  // Remembered (so logged) up to a bound; past it a denial is still counted and answered as absent.
+  const room = Math.max(0, MAX_DENIED - stream.access.denied.size)
+  const logged = fresh.slice(0, room)
+  for (const n of logged) stream.access.denied.add(n)
+  return logged
 }
 
 const base = (): TypeStateBase => ({
@@ -184,6 +221,8 @@ const newTypeState = (protocol: Protocol): TypeState =>
     : { ...base(), protocol, known: new Map(), synced: undefined, toldAbsent: new Set() }
 
 /** The stream's state for `url`, created on first use in the stream's protocol. */
+const MAX_DENIED = 1000
+
 const typeState = (stream: StreamState, url: string): TypeState => {
   let t = stream.types.get(url)
   if (t === undefined) {
@@ -217,6 +256,10 @@ export type RequestOutcome =
   | { readonly _tag: "Ack"; readonly version: string; readonly latency: number }
   | { readonly _tag: "Nack"; readonly nack: Nack }
   | { readonly _tag: "Stale" }
+  /** A type this server does not serve: no state is kept for it, nothing is ever sent. */
+  | { readonly _tag: "UnknownType" }
+  /** Over a bound (`XdsLimits`): nothing was applied; the stream is to end with `code`. */
+  | { readonly _tag: "Rejected"; readonly code: "RESOURCE_EXHAUSTED" | "INVALID_ARGUMENT"; readonly reason: string }
 
 const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest["error_detail"], now: number): RequestOutcome => {
   if (nonce === "") return { _tag: "Subscribe" }
@@ -226,7 +269,7 @@ const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest
   t.pendingNonce = undefined
   t.pendingVersion = undefined
   if (error !== undefined) {
-    const nack = { version: sent, message: error.message, at: now }
+    const nack = { version: sent, message: clip(error.message), at: now }
     t.lastNack = nack
     if (t.protocol === "sotw") t.rejected = sent
     t.nacks++
@@ -238,8 +281,44 @@ const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest
 
 const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((x) => b.has(x))
 
+/** Why a request breaks a bound, if it does; `added` is how many distinct names it would add to the stream. */
+const overLimit = (
+  stream: StreamState,
+  names: ReadonlyArray<string>,
+  added: number
+): Extract<RequestOutcome, { _tag: "Rejected" }> | undefined => {
+  if (names.length > XdsLimits.namesPerRequest) {
+    return {
+      _tag: "Rejected",
+      code: "RESOURCE_EXHAUSTED",
+      reason: `${names.length} resource names in one request; at most ${XdsLimits.namesPerRequest} are accepted`
+    }
+  }
+  if (names.some((n) => n.length > XdsLimits.nameLength)) {
+    return {
+      _tag: "Rejected",
+      code: "INVALID_ARGUMENT",
+      reason: `a resource name longer than ${XdsLimits.nameLength} characters`
+    }
+  }
+  if (stream.subscriptions + added > XdsLimits.subscriptionsPerStream) {
+    return {
+      _tag: "Rejected",
+      code: "RESOURCE_EXHAUSTED",
+      reason: `${stream.subscriptions + added} subscribed resource names on one stream; ` +
+        `at most ${XdsLimits.subscriptionsPerStream} are accepted`
+    }
+  }
+  return undefined
+}
+
 export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
+  if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
+  const before = stream.types.get(request.type_url)?.names.size ?? 0
+  const distinct = new Set(request.resource_names).size
+  const rejected = overLimit(stream, request.resource_names, distinct - before)
+  if (rejected !== undefined) return rejected
   const t = typeState(stream, request.type_url)
   if (t.protocol !== "sotw") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
@@ -250,12 +329,23 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
   if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) t.dirty = true
   t.subscribed = true
   t.wildcard = wildcard
+  stream.subscriptions += names.size - t.names.size
   t.names = names
   return outcome
 }
 
 export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
+  if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
+  const held = stream.types.get(request.type_url)?.names
+  const fresh = new Set(request.resource_names_subscribe.filter((n) => n !== "*" && held?.has(n) !== true)).size
+  const initial = Object.keys(request.initial_resource_versions)
+  const rejected = overLimit(
+    stream,
+    [...request.resource_names_subscribe, ...request.resource_names_unsubscribe, ...initial],
+    fresh
+  )
+  if (rejected !== undefined) return rejected
   const t = typeState(stream, request.type_url)
   if (t.protocol !== "delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
@@ -266,6 +356,7 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
   if (request.resource_names_subscribe.length > 0 || request.resource_names_unsubscribe.length > 0 || !t.subscribed) {
     t.synced = undefined
   }
+  const before = t.names.size
   for (const name of request.resource_names_subscribe) {
     if (name === "*") t.wildcard = true
     else t.names.add(name)
@@ -278,13 +369,14 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
       t.toldAbsent.delete(name)
     }
   }
+  stream.subscriptions += t.names.size - before
   t.subscribed = true
   return outcome
 }
 
 const wanted = (stream: StreamState, t: TypeState, url: string, snapshot: XdsSnapshot): ReadonlyArray<string> => {
   if (!t.wildcard) return [...t.names]
-  const names = new Set(wildcardNames(snapshot, url, stream.node?.id ?? ""))
+  const names = new Set(wildcardNamesOf(snapshot, url, stream.own))
   for (const n of t.names) names.add(n)
   return [...names]
 }
@@ -338,7 +430,7 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
   const removed: Array<string> = []
   const delta = snapshot.changes
   if (t.synced !== undefined && delta !== undefined && delta.from === t.synced) {
-    const own = sidecarService(stream.node?.id ?? "")
+    const own = stream.own
     for (const n of delta.names.get(url) ?? []) {
       const want = t.names.has(n) || (t.wildcard && inWildcard(url, own, n))
       const r = lookup(stream, url, snapshot, n)
@@ -439,6 +531,6 @@ export const describeStream = (stream: StreamState): StreamStatus => ({
   deniedSecrets: [...stream.access.denied].slice(0, MAX_LISTED),
   connectedAt: iso(stream.connectedAt),
   types: Object.fromEntries(
-    [...stream.types].map(([url, t]) => [isKnownType(url) ? shortType(url) : url, describeType(t)])
+    [...stream.types].flatMap(([url, t]) => (isKnownType(url) ? [[shortType(url), describeType(t)]] : []))
   )
 })
