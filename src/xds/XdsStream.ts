@@ -12,16 +12,25 @@
  *   rejected content is not sent again: only a change of content (or, SotW, of subscription)
  *   leads to another push.
  *
- * SotW: every response holds every subscribed resource that exists (a client treats an LDS/CDS
- * resource left out as deleted), and a changed subscription always gets a fresh response, since
- * gRPC clients subscribe one name at a time and wait for an answer to each.
+ * SotW, Listener and Cluster (and Secret): every response holds every subscribed resource that
+ * exists (a client treats an LDS/CDS resource left out as deleted), and a changed subscription
+ * always gets a fresh response, since gRPC clients subscribe one name at a time and wait for an
+ * answer to each.
+ * SotW, ClusterLoadAssignment and RouteConfiguration: a response holds only the subscribed resources
+ * the client does not have in their current version (the xDS spec lets a server leave out, for
+ * these types, what did not change; Envoy and grpc-js-xds keep what a response does not name).
+ * One endpoint change so sends one ClusterLoadAssignment, not all of them.
  * Delta: only changed resources are sent; names the client has that are gone (or left the
  * wildcard set) go in `removed_resources`.
+ *
+ * A stream in step with the snapshot its state was last reconciled with (`synced` is the new
+ * snapshot's `changes.from`) looks only at the names that changed, so a push costs what changed,
+ * not what exists.
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
 import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
-import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
+import { encodeDeltaResponse, encodeSotwBody, encodeSotwResponse, encodeSotwResponseFrom } from "./Wire.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import { OWN_SECRET, TRUST_BUNDLE } from "./Resources.js"
 import { inWildcard, sidecarService, versionOf, wildcardNamesOf, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
@@ -70,20 +79,36 @@ interface TypeStateBase {
   pushes: number
 }
 
-/** SotW: every push is the whole subscribed set, so the state is about versions of that set. */
-export interface SotwTypeState extends TypeStateBase {
-  readonly protocol: "sotw"
+/** SotW for Listener, Cluster and Secret: every push is the whole subscribed set, so the state is its version. */
+export interface SotwWholeState extends TypeStateBase {
+  readonly _tag: "SotwWhole"
   /** The subscription changed since the last push. */
   dirty: boolean
   /** The content version of the last push. */
   lastSent: string | undefined
   /** The content version the client rejected last. */
   rejected: string | undefined
+  /** The snapshot version this type was last decided against (unset after a subscription change). */
+  synced: string | undefined
+}
+
+/**
+ * SotW for ClusterLoadAssignment and RouteConfiguration: a push names only what the client lacks,
+ * so the state is what the client holds, by name (as Delta, without removals).
+ */
+export interface SotwMergedState extends TypeStateBase {
+  readonly _tag: "SotwMerged"
+  /** The subscription changed since the last push. */
+  dirty: boolean
+  /** Resource name → version sent (the client keeps a rejected one's previous version; it is not resent). */
+  readonly sent: Map<string, string>
+  /** The snapshot version `sent` was last reconciled with (unset after a subscription change). */
+  synced: string | undefined
 }
 
 /** Delta: pushes carry only what changed, so the state is what the client holds, by name. */
 export interface DeltaTypeState extends TypeStateBase {
-  readonly protocol: "delta"
+  readonly _tag: "Delta"
   /** Resource name → version the client has been sent (or told it has). */
   readonly known: Map<string, string>
   /** The snapshot version `known` was last reconciled with (unset after a subscription change). */
@@ -92,7 +117,7 @@ export interface DeltaTypeState extends TypeStateBase {
   readonly toldAbsent: Set<string>
 }
 
-export type TypeState = SotwTypeState | DeltaTypeState
+export type TypeState = SotwWholeState | SotwMergedState | DeltaTypeState
 
 /**
  * Whose private key a stream may read over SDS (everyone may read `ROOTCA`):
@@ -215,10 +240,15 @@ const base = (): TypeStateBase => ({
   pushes: 0
 })
 
-const newTypeState = (protocol: Protocol): TypeState =>
-  protocol === "sotw"
-    ? { ...base(), protocol, dirty: false, lastSent: undefined, rejected: undefined }
-    : { ...base(), protocol, known: new Map(), synced: undefined, toldAbsent: new Set() }
+/** The SotW types whose responses may leave out what did not change. */
+const mergedType = (url: string) => url === TypeUrls.ClusterLoadAssignment || url === TypeUrls.RouteConfiguration
+
+const newTypeState = (protocol: Protocol, url: string): TypeState =>
+  protocol === "delta"
+    ? { ...base(), _tag: "Delta", known: new Map(), synced: undefined, toldAbsent: new Set() }
+    : mergedType(url)
+    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: new Map(), synced: undefined }
+    : { ...base(), _tag: "SotwWhole", dirty: false, lastSent: undefined, rejected: undefined, synced: undefined }
 
 /** The stream's state for `url`, created on first use in the stream's protocol. */
 const MAX_DENIED = 1000
@@ -226,18 +256,14 @@ const MAX_DENIED = 1000
 const typeState = (stream: StreamState, url: string): TypeState => {
   let t = stream.types.get(url)
   if (t === undefined) {
-    t = newTypeState(stream.protocol)
+    t = newTypeState(stream.protocol, url)
     stream.types.set(url, t)
   }
   return t
 }
-const sotwState = (stream: StreamState, url: string): SotwTypeState | undefined => {
-  const t = stream.types.get(url)
-  return t?.protocol === "sotw" ? t : undefined
-}
 const deltaState = (stream: StreamState, url: string): DeltaTypeState | undefined => {
   const t = stream.types.get(url)
-  return t?.protocol === "delta" ? t : undefined
+  return t?._tag === "Delta" ? t : undefined
 }
 
 export const kindOf = (node: NodeInfo | undefined): ClientKind => {
@@ -271,7 +297,7 @@ const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest
   if (error !== undefined) {
     const nack = { version: sent, message: clip(error.message), at: now }
     t.lastNack = nack
-    if (t.protocol === "sotw") t.rejected = sent
+    if (t._tag === "SotwWhole") t.rejected = sent
     t.nacks++
     return { _tag: "Nack", nack }
   }
@@ -320,13 +346,18 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
   const rejected = overLimit(stream, request.resource_names, distinct - before)
   if (rejected !== undefined) return rejected
   const t = typeState(stream, request.type_url)
-  if (t.protocol !== "sotw") return { _tag: "Stale" }
+  if (t._tag === "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
   if (outcome._tag === "Stale") return outcome
   const names = new Set(request.resource_names.filter((n) => n !== "*"))
   const wildcard = request.resource_names.includes("*") ||
     (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
-  if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) t.dirty = true
+  if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) {
+    t.dirty = true
+    t.synced = undefined
+    // A name left and asked for again is sent again: the client forgot it when it left.
+    if (t._tag === "SotwMerged") for (const n of t.sent.keys()) if (!names.has(n)) t.sent.delete(n)
+  }
   t.subscribed = true
   t.wildcard = wildcard
   stream.subscriptions += names.size - t.names.size
@@ -347,7 +378,7 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
   )
   if (rejected !== undefined) return rejected
   const t = typeState(stream, request.type_url)
-  if (t.protocol !== "delta") return { _tag: "Stale" }
+  if (t._tag !== "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
   if (!t.subscribed) {
     for (const [name, version] of Object.entries(request.initial_resource_versions)) t.known.set(name, version)
@@ -391,29 +422,106 @@ export interface Push {
 
 const nextNonce = (stream: StreamState) => String(++stream.nonce)
 
-/** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
-export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
-  const t = sotwState(stream, url)
-  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
-  const names = wanted(stream, t, url, snapshot)
-  if (!t.wildcard && names.length === 0) {
-    t.dirty = false
-    return undefined
+/** Whether a changed name concerns this stream's subscription to `url`. */
+const concerns = (stream: StreamState, t: TypeState, url: string, changed: ReadonlySet<string> | undefined): boolean => {
+  if (changed === undefined) return false
+  for (const n of changed) if (t.names.has(n) || (t.wildcard && inWildcard(url, stream.own, n))) return true
+  return false
+}
+
+/** The snapshot's changes since `synced`, if the stream is in step with the snapshot they start from. */
+const changesSince = (snapshot: XdsSnapshot, synced: string | undefined, url: string) => {
+  const delta = snapshot.changes
+  return synced !== undefined && delta !== undefined && delta.from === synced
+    ? { names: delta.names.get(url) ?? new Set<string>() }
+    : undefined
+}
+
+/**
+ * The whole subscribed set of `url` for a wildcard subscription without named extras, computed
+ * once per snapshot and client view (the sidecar's service) and shared by every stream with that
+ * view: a thousand sidecars do not each sort and hash the same thousand clusters.
+ */
+const wholeSets = new WeakMap<XdsSnapshot, Map<string, { readonly version: string; readonly body: Buffer; readonly count: number }>>()
+const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot: XdsSnapshot) => {
+  const shared = t.wildcard && t.names.size === 0 && url !== TypeUrls.Secret
+  const key = `${url}\u0000${stream.own ?? ""}`
+  if (shared) {
+    const cached = wholeSets.get(snapshot)?.get(key)
+    if (cached !== undefined) return cached
   }
-  const resources = names.flatMap((n) => {
+  const resources = wanted(stream, t, url, snapshot).flatMap((n) => {
     const r = lookup(stream, url, snapshot, n)
     return r === undefined ? [] : [r]
   }).sort(byName)
   const version = versionOf(resources)
-  if (!t.dirty && (version === t.lastSent || version === t.rejected)) return undefined
+  const built = { version, body: encodeSotwBody(version, resources), count: resources.length }
+  if (shared) {
+    let bySnapshot = wholeSets.get(snapshot)
+    if (bySnapshot === undefined) wholeSets.set(snapshot, bySnapshot = new Map())
+    bySnapshot.set(key, built)
+  }
+  return built
+}
+
+const sotwWholePush = (stream: StreamState, t: SotwWholeState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  if (!t.wildcard && t.names.size === 0) {
+    t.dirty = false
+    return undefined
+  }
+  // In step and nothing this stream sees changed: the set (so its version) is what it was.
+  const since = t.dirty ? undefined : changesSince(snapshot, t.synced, url)
+  const unchanged = since !== undefined && !concerns(stream, t, url, since.names)
+  t.synced = snapshot.version
+  if (unchanged) return undefined
+  const set = wholeSet(stream, t, url, snapshot)
+  if (!t.dirty && (set.version === t.lastSent || set.version === t.rejected)) return undefined
   const nonce = nextNonce(stream)
   t.pendingNonce = nonce
-  t.pendingVersion = version
+  t.pendingVersion = set.version
   t.pendingSince = now
-  t.lastSent = version
+  t.lastSent = set.version
   t.dirty = false
   t.pushes++
-  return { bytes: encodeSotwResponse(version, resources, url, nonce), resources: resources.length, removed: 0 }
+  return { bytes: encodeSotwResponseFrom(set.body, url, nonce), resources: set.count, removed: 0 }
+}
+
+const sotwMergedPush = (stream: StreamState, t: SotwMergedState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  if (t.names.size === 0) {
+    t.dirty = false
+    return undefined
+  }
+  if (!t.dirty && t.synced === snapshot.version) return undefined
+  const since = t.dirty ? undefined : changesSince(snapshot, t.synced, url)
+  const updates: Array<XdsResource> = []
+  for (const n of since?.names ?? t.names) {
+    if (!t.names.has(n)) continue
+    const r = lookup(stream, url, snapshot, n)
+    if (r === undefined) t.sent.delete(n)
+    else if (t.sent.get(n) !== r.version) updates.push(r)
+  }
+  t.synced = snapshot.version
+  // A changed subscription is always answered (gRPC clients wait for an answer to each), even
+  // when all it asks for is already held or does not exist.
+  if (updates.length === 0 && !t.dirty) return undefined
+  updates.sort(byName)
+  for (const r of updates) t.sent.set(r.name, r.version)
+  const nonce = nextNonce(stream)
+  t.pendingNonce = nonce
+  t.pendingVersion = snapshot.version
+  t.pendingSince = now
+  t.dirty = false
+  t.pushes++
+  return { bytes: encodeSotwResponse(snapshot.version, updates, url, nonce), resources: updates.length, removed: 0 }
+}
+
+/** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
+export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  const t = stream.types.get(url)
+  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
+  if (t._tag === "SotwWhole") return sotwWholePush(stream, t, url, snapshot, now)
+  if (t._tag === "SotwMerged") return sotwMergedPush(stream, t, url, snapshot, now)
+  return undefined
 }
 
 /**
