@@ -1,4 +1,4 @@
-import { Clock, Context, Duration, Effect, Either, Layer, Option, Queue, Ref, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Duration, Effect, Either, Layer, Option, Queue, Ref, Stream, SubscriptionRef, type Tracer } from "effect"
 import type { MeshState } from "../src/MeshState.js"
 import type { PolicyInvalid } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
@@ -6,13 +6,20 @@ import { buildSnapshot, emptySnapshot, type XdsSnapshot } from "../src/xds/XdsSn
 import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
 import { Health, type HealthView } from "./Health.js"
-import { counter, gauge, histogram } from "./Metrics.js"
-import { shortType } from "../src/xds/XdsStream.js"
+import { isKnownType, shortType } from "../src/xds/TypeUrls.js"
+import {
+  snapshotBuilds as builds,
+  snapshotBuildSeconds as buildSeconds,
+  snapshotResources as resourcesGauge,
+  snapshotServiceErrors as serviceErrors
+} from "./internal/XdsMetrics.js"
 
 /** A snapshot and when it was published (epoch ms, for push latency). */
 export interface Published {
   readonly snapshot: XdsSnapshot
   readonly publishedAt: number
+  /** The rebuild's span: each stream's push of this snapshot runs in a child span of it. */
+  readonly span?: Tracer.AnySpan
 }
 
 export interface SnapshotStatus {
@@ -76,17 +83,13 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
 const errorsKey = (snapshot: XdsSnapshot): string =>
   snapshot.errors.map((error) => `${error.service}\u0000${error.message}`).join("\n")
 
-const builds = counter("mesh_controller_snapshot_builds_total", "Snapshot rebuilds, by whether the content changed.", ["changed"])
-const buildSeconds = histogram("mesh_controller_snapshot_build_seconds", "Time to rebuild the xDS snapshot.")
-const serviceErrors = gauge("mesh_controller_snapshot_service_errors", "Services whose resources could not be built.")
-const resourcesGauge = gauge("mesh_controller_snapshot_resources", "Resources in the snapshot, by type.", ["type"])
-
-
 const statusOf = (published: Published, count: number): SnapshotStatus => ({
   version: published.snapshot.version,
   publishedAt: published.publishedAt === 0 ? null : new Date(published.publishedAt).toISOString(),
   builds: count,
-  resources: Object.fromEntries([...published.snapshot.resources].map(([url, r]) => [shortType(url), r.size])),
+  resources: Object.fromEntries(
+    [...published.snapshot.resources].flatMap(([url, r]) => (isKnownType(url) ? [[shortType(url), r.size]] : []))
+  ),
   errors: published.snapshot.errors
 })
 
@@ -116,17 +119,20 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
         const at = yield* Clock.currentTimeMillis
         buildSeconds.observe((at - start) / 1000)
         yield* Ref.update(count, (n) => n + 1)
-        return { snapshot, publishedAt: at }
-      })
+        const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+        return { snapshot, publishedAt: at, ...(span !== undefined ? { span } : {}) }
+      }).pipe(Effect.withSpan("snapshot.rebuild"))
 
     const first = yield* rebuild(emptySnapshot)
     const ref = yield* SubscriptionRef.make<Published>(first)
     const report = (published: Published) =>
       Effect.gen(function*() {
         serviceErrors.set(published.snapshot.errors.length)
-        for (const [url, resources] of published.snapshot.resources) resourcesGauge.set({ type: shortType(url) }, resources.size)
+        for (const [url, resources] of published.snapshot.resources) {
+          if (isKnownType(url)) resourcesGauge.set({ type: shortType(url) }, resources.size)
+        }
         for (const error of published.snapshot.errors) {
-          yield* Effect.logError("xds: cannot build a service's resources").pipe(
+          yield* Effect.logError("cannot build a service's resources").pipe(
             Effect.annotateLogs({ service: error.service, reason: error.message, servingPrevious: error.servingPrevious })
           )
         }
@@ -163,7 +169,7 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       if (changed) {
         yield* SubscriptionRef.set(ref, next)
         yield* report(next)
-        yield* Effect.logDebug("xds: snapshot published").pipe(Effect.annotateLogs({ version: next.snapshot.version }))
+        yield* Effect.logDebug("snapshot published").pipe(Effect.annotateLogs({ version: next.snapshot.version }))
       }
     })
     yield* debounced.pipe(Effect.forever, Effect.forkScoped)
@@ -173,4 +179,4 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       changes: ref.changes,
       status: Effect.zipWith(SubscriptionRef.get(ref), Ref.get(count), statusOf)
     })
-  })
+  }).pipe(Effect.annotateLogs({ module: "snapshot" }))

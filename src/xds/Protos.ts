@@ -18,8 +18,9 @@ import { Either, Schema } from "effect"
 import { createRequire } from "node:module"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { durationProto, TYPE_URL_PREFIX, typeUrl } from "../envoy/Messages.js"
+import { durationProto } from "../envoy/Messages.js"
 import protobuf from "protobufjs"
+import { typeUrl } from "./TypeUrls.js"
 
 /** The `.proto` files we load; everything they import comes along. */
 const PROTO_FILES: ReadonlyArray<string> = [
@@ -76,16 +77,9 @@ export const Types = {
 } as const
 
 // Built in src/envoy/Messages.ts (neutral ground for every module that writes Envoy config).
-export { durationProto, TYPE_URL_PREFIX, typeUrl }
-
-/** The xDS resource type URLs (what a DiscoveryRequest's `type_url` names). */
-export const TypeUrls = {
-  Listener: typeUrl(Types.Listener),
-  RouteConfiguration: typeUrl(Types.RouteConfiguration),
-  Cluster: typeUrl(Types.Cluster),
-  ClusterLoadAssignment: typeUrl(Types.ClusterLoadAssignment),
-  Secret: typeUrl(Types.Secret)
-} as const
+export { durationProto }
+// The type URLs live in their own module (naming a type needs no protos); re-exported for callers of this one.
+export { TYPE_URL_PREFIX, typeUrl, TypeUrls } from "./TypeUrls.js"
 
 const require = createRequire(import.meta.url)
 

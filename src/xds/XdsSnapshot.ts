@@ -59,6 +59,8 @@ export interface ServiceGroup {
   readonly tcp: boolean
   /** `versionOf(resources)`. */
   readonly version: string
+  /** The service value it was built from: an unchanged one is recognised without computing `key`. */
+  readonly source?: Service
 }
 
 export interface SnapshotError {
@@ -87,6 +89,12 @@ export interface XdsSnapshot {
    * a stream of that identity that asks for `OWN_SECRET` (never listed in `resources`).
    */
   readonly ownSecrets?: ReadonlyMap<string, XdsResource>
+  /**
+   * What every group depends on besides its own service: the compiled policy (by identity: compiled once per config), the mesh TLS
+   * settings and the service names (a route's destination exists or not). Equal inputs and an
+   * equal service value mean an equal group.
+   */
+  readonly inputs?: { readonly policy: object; readonly tls: string; readonly names: ReadonlyArray<string> }
   /** The sidecars' shared outbound listener and route configuration, kept for reuse. */
   readonly outbound?: {
     readonly virtualHosts: ReadonlyArray<PlainObject>
@@ -157,7 +165,7 @@ const buildGroup = (
     const issues = check("envoy.config.route.v3.VirtualHost", outboundVirtualHost)
     if (issues.length > 0) throw new ServiceInvalid(name, `outbound virtual host: ${issues.join("; ")}`)
   }
-  return { service: name, key, resources, outboundVirtualHost, tcp, version: versionOf(resources) }
+  return { service: name, key, resources, outboundVirtualHost, tcp, version: versionOf(resources), source: service }
 }
 
 const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undefined) =>
@@ -223,15 +231,40 @@ const secretResourcesFor = (name: string, secret: Readonly<Record<string, unknow
   return built
 }
 
+/**
+ * The same service value, compared one level deep: the registry rebuilds its service objects on
+ * every change but keeps their parts (endpoints, tags, metadata) when they did not change, so this
+ * recognises an unchanged service without serialising it (what made a one-endpoint change cost
+ * O(services) in `groupKey`). A false "different" only costs the `groupKey` comparison.
+ */
+const sameService = (a: Service, b: Service): boolean =>
+  a === b || (
+    a.name === b.name && a.protocol === b.protocol && a.port === b.port && a.failMode === b.failMode &&
+    a.source === b.source && a.healthCheck === b.healthCheck && a.tags === b.tags && a.metadata === b.metadata &&
+    a.endpoints.length === b.endpoints.length && a.endpoints.every((e, i) => e === b.endpoints[i])
+  )
+
+const sameNames = (a: ReadonlyArray<string>, b: ReadonlyArray<string>) =>
+  a === b || (a.length === b.length && a.every((n, i) => n === b[i]))
+
 /** Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change. */
 export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySnapshot): XdsSnapshot => {
-  const known = new Set(state.services.map((s) => s.name))
+  const names = state.services.map((s) => s.name)
+  const known = new Set(names)
   const tls = meshTls(state)
+  const inputs = { policy: state.policy, tls: JSON.stringify(tls ?? null), names }
+  const was = previous.inputs
+  const sameInputs = was !== undefined && was.policy === inputs.policy && was.tls === inputs.tls &&
+    sameNames(was.names, names)
   const groups = new Map<string, ServiceGroup>()
   const errors: Array<SnapshotError> = []
   for (const service of state.services) {
-    const key = groupKey(service, state, known, tls)
     const before = previous.groups.get(service.name)
+    if (sameInputs && before?.source !== undefined && sameService(before.source, service)) {
+      groups.set(service.name, before)
+      continue
+    }
+    const key = groupKey(service, state, known, tls)
     if (before !== undefined && before.key === key) {
       groups.set(service.name, before)
       continue
@@ -293,7 +326,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const mark = (r: XdsResource) => changed.get(r.typeUrl)?.add(r.name)
   for (const [name, group] of groups) {
     const old = previous.groups.get(name)
-    if (old !== group) {
+    if (old !== group && old?.version !== group.version) {
       group.resources.forEach(mark)
       old?.resources.forEach(mark)
     }
@@ -317,6 +350,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
 
   return {
     changes: { from: previous.version, names: changed },
+    inputs,
     version: hash(parts.join("\n")),
     resources: byType,
     groups,
@@ -345,9 +379,12 @@ export const sidecarService = (nodeId: string): string | undefined => {
  * The names a wildcard subscription (Envoy's LDS and CDS) receives. Proxyless gRPC clients never
  * subscribe by wildcard: they name `<service>` resources.
  */
-export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> => {
+export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> =>
+  wildcardNamesOf(snapshot, url, sidecarService(nodeId))
+
+/** `wildcardNames` for the sidecar of service `own` (undefined: not a sidecar). */
+export const wildcardNamesOf = (snapshot: XdsSnapshot, url: string, own: string | undefined): ReadonlyArray<string> => {
   if (url !== TypeUrls.Listener && url !== TypeUrls.Cluster) return []
-  const own = sidecarService(nodeId)
   return [...(snapshot.resources.get(url)?.keys() ?? [])].filter((n) => inWildcard(url, own, n))
 }
 
