@@ -13,6 +13,8 @@ export interface AdminOptions<R> {
   readonly version: string
   /** More routes to serve (the registration API, for instance). */
   readonly routes?: HttpRouter.HttpRouter<never, R>
+  /** The status page (`Ui.routes`): read-only, so it is served under the same rule as /status. */
+  readonly ui?: HttpRouter.HttpRouter<never, R>
 }
 
 /** The admin server could not listen. */
@@ -77,6 +79,7 @@ export const make = <R>(options: AdminOptions<R>) =>
           })
         })
       ),
+      (base) => (options.ui ? HttpRouter.concat(base, options.ui) : base),
       HttpRouter.get(
         "/metrics",
         Effect.promise(() => registry.metrics()).pipe(

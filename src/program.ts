@@ -11,6 +11,7 @@ import { Policy } from "../layers/Policy.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import { Sidecar } from "../layers/Sidecar.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
+import { Ui } from "../layers/Ui.js"
 import { Xds } from "../layers/Xds.js"
 
 export interface ProgramOptions {
@@ -76,12 +77,19 @@ const XdsFromConfig: Layer.Layer<Xds, unknown, LiveConfig | Certificates | Snaps
   })
 )
 
-/** The admin server on `controller.admin`, with the runtime registration API. */
-const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle> =>
+/** The admin server on `controller.admin`, with the runtime registration API and the status page. */
+const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle | Ui> =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const { config } = yield* (yield* LiveConfig).get
-      return Admin.layer({ host: config.controller.admin.host, port: config.controller.admin.port, version, routes: RegistrationApi })
+      const ui = yield* Ui
+      return Admin.layer({
+        host: config.controller.admin.host,
+        port: config.controller.admin.port,
+        version,
+        routes: RegistrationApi,
+        ui: ui.routes
+      })
     })
   )
 
@@ -112,7 +120,8 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
   const XdsLive = track("xds", XdsFromConfig, statusOf(Xds))
   const SidecarLive = track("sidecar", Sidecar.layerConfig(), statusOf(Sidecar))
 
-  return Ready.pipe(
+  // The status page is served from the start (by Admin) and reads the other layers once all are built.
+  return Layer.merge(Ready, Ui.layerSources).pipe(
     Layer.provide(SidecarLive),
     Layer.provide(XdsLive),
     Layer.provideMerge(SnapshotLive),
@@ -127,6 +136,7 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provide(AdminLive),
     Layer.provideMerge(DiscoveryLive),
     Layer.provideMerge(ConfigLive),
+    Layer.provide(Ui.layer({ version: options.version })),
     Layer.provide(Lifecycle.layer(LAYER_NAMES))
   )
 }
