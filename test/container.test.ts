@@ -73,6 +73,11 @@ describe("the container's process, run as the image runs it", () => {
         stdio: "pipe"
       })
       expect(health.toString()).toBe("")
+      // The status page and what it loads come from dist/ and the production dependencies alone.
+      for (const path of ["/ui", "/ui/app.js", "/ui/app.css", "/ui/vendor/preact-htm.js", "/ui/api/services", "/ui/api/policy"]) {
+        const response = await fetch(`${daemon.adminUrl}${path}`)
+        expect({ path, status: response.status }).toEqual({ path, status: 200 })
+      }
       if (asRoot) {
         const status = readFileSync(`/proc/${daemon.child.pid}/status`, "utf8")
         const child = Number(/\nUid:\s+(\d+)/.exec(status)?.[1] ?? -1)

@@ -145,6 +145,32 @@ const stillSamePage = async (page: Page) =>
 
 const endpointOf = (page: Page, target: TcpTarget) => page.locator(`[data-endpoint="127.0.0.1:${target.port}"]`)
 
+describe("the status page's JSON and headers", () => {
+  it("the check endpoint refuses bad input with the reason, as `policy check` words it", async () => {
+    const get = async (query: string) => {
+      const response = await fetch(`${adminUrl}/ui/api/policy/check?${query}`)
+      return { status: response.status, body: (await response.json()) as { message: string } }
+    }
+    const unknown = await get("from=gateway&to=nowhere")
+    assert.strictEqual(unknown.status, 400)
+    assert.strictEqual(unknown.body.message, `--to: unknown service "nowhere"`)
+    const port = await get("from=gateway&to=web&port=99999")
+    assert.strictEqual(port.status, 400)
+    assert.include(port.body.message, "port: expected a whole number from 1 to 65535")
+    assert.strictEqual((await get("to=web")).body.message, "from: required (a service name or a spiffe:// ID)")
+  })
+
+  it("the page loads nothing but its own files, and cannot be framed", async () => {
+    const response = await fetch(`${adminUrl}/ui`)
+    assert.strictEqual(response.status, 200)
+    const csp = response.headers.get("content-security-policy") ?? ""
+    assert.include(csp, "default-src 'none'")
+    assert.include(csp, "script-src 'self'")
+    assert.include(csp, "frame-ancestors 'none'")
+    assert.notMatch(await response.text(), /https?:\/\//)
+  })
+})
+
 describe("the status page (/ui) in chromium", () => {
   it("loads with no console errors and shows every section, wide and at a phone's width", async () => {
     const { page, errors } = await openPage("services")
