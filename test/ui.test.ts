@@ -195,7 +195,6 @@ describe("the status page (/ui) in chromium", () => {
     assert.strictEqual(await page.locator("[data-identity='spiffe://mesh.local/service/web']").getAttribute("data-tone"), "ok")
     await page.click("[data-tab=services]")
     await page.locator("[data-service=web]").waitFor()
-    if (SCREENSHOTS !== undefined) await page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot.png"), fullPage: true })
 
     // At a phone's width nothing is wider than the screen.
     await page.setViewportSize({ width: 390, height: 844 })
@@ -224,6 +223,7 @@ describe("the status page (/ui) in chromium", () => {
     assert.strictEqual(red, "rgb(207, 34, 46)")
     await row.locator("[data-testid=flips] li", { hasText: "healthy → unhealthy" }).waitFor()
     assert.include(await row.innerText(), "down for")
+    if (SCREENSHOTS !== undefined) await page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot.png"), fullPage: true })
     // the timeline has a red band (the outage) and failed probes
     await row.locator("svg.timeline rect.seg.unhealthy").first().waitFor()
     await row.locator("svg.timeline rect.probe.failed").first().waitFor()
@@ -265,6 +265,9 @@ describe("the status page (/ui) in chromium", () => {
           assert.include(text, "service web")
           assert.include(text, `version ${first.version}`)
           yield* Effect.promise(() => card.locator(".pill", { hasText: "NACK" }).waitFor())
+          if (SCREENSHOTS !== undefined) {
+            yield* Effect.promise(() => page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot-dataplanes.png"), fullPage: true }))
+          }
         })
       )
     )
