@@ -13,8 +13,11 @@ export interface AdminOptions<R> {
   readonly version: string
   /** More routes to serve (the registration API, for instance). */
   readonly routes?: HttpRouter.HttpRouter<never, R>
-  /** The status page (`Ui.routes`): read-only, so it is served under the same rule as /status. */
-  readonly ui?: HttpRouter.HttpRouter<never, R>
+  /**
+   * The status page (`Ui.routes`): its files (`page`, open: no mesh data in them) and the JSON it
+   * reads (`api`: read-only, so under the same rule as /status).
+   */
+  readonly ui?: { readonly page: HttpRouter.HttpRouter<never, R>; readonly api: HttpRouter.HttpRouter<never, R> }
 }
 
 /** The admin server could not listen. */
@@ -79,7 +82,7 @@ export const make = <R>(options: AdminOptions<R>) =>
           })
         })
       ),
-      (base) => (options.ui ? HttpRouter.concat(base, options.ui) : base),
+      (base) => (options.ui ? HttpRouter.concatAll(base, options.ui.page, options.ui.api) : base),
       HttpRouter.get(
         "/metrics",
         Effect.promise(() => registry.metrics()).pipe(

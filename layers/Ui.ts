@@ -13,6 +13,9 @@
  *   GET /ui/api/policy/check?from=&to=&method=&path=&port=&header=k=v
  *                                  the decision `policy check` prints, for the config in force
  *
+ * The page's files are open; the API answers under the same rule as /status (when that asks for the
+ * admin token, the page asks for it and sends it as `Authorization: Bearer`).
+ *
  * The page polls the endpoint of the section on screen, and only while it is visible: nothing runs
  * on the controller for the page between requests, and nothing at all when nobody has it open.
  *
@@ -62,8 +65,12 @@ export class UiAssetMissing extends Data.TaggedError("UiAssetMissing")<{ readonl
 export class Ui extends Context.Tag("mesh-controller/Ui")<
   Ui,
   {
-    /** Mount on the admin server (`AdminOptions.ui`), under the same access rule as /status. */
-    readonly routes: HttpRouter.HttpRouter<never, never>
+    /**
+     * Mount on the admin server (`AdminOptions.ui`). `page` is the page's own files: they hold
+     * nothing of the mesh, so a browser can load them without a credential (a navigation cannot
+     * carry a bearer token). `api` is everything the page shows: the same access rule as /status.
+     */
+    readonly routes: { readonly page: HttpRouter.HttpRouter<never, never>; readonly api: HttpRouter.HttpRouter<never, never> }
     /** Makes the built layers readable by the page (and unreadable again when they stop). */
     readonly bind: (sources: UiSources) => Effect.Effect<void>
     readonly unbind: Effect.Effect<void>
@@ -237,11 +244,13 @@ export const make = (options: UiOptions) =>
       })
     )
 
-    const routes = HttpRouter.empty.pipe(
+    const pageRoutes = HttpRouter.empty.pipe(
       HttpRouter.get("/ui", serve(page)),
       HttpRouter.get("/ui/app.js", serve(script)),
       HttpRouter.get("/ui/app.css", serve(style)),
-      HttpRouter.get("/ui/vendor/preact-htm.js", serve(vendor)),
+      HttpRouter.get("/ui/vendor/preact-htm.js", serve(vendor))
+    )
+    const api = HttpRouter.empty.pipe(
       HttpRouter.get("/ui/api/overview", overview),
       HttpRouter.get("/ui/api/services", services),
       HttpRouter.get("/ui/api/dataplanes", dataplanes),
@@ -251,7 +260,7 @@ export const make = (options: UiOptions) =>
     )
 
     return Ui.of({
-      routes,
+      routes: { page: pageRoutes, api },
       bind: (sources) => Ref.set(cell, Option.some(sources)),
       unbind: Ref.set(cell, Option.none())
     })

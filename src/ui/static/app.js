@@ -9,13 +9,21 @@ const POLL_MS = 2000
 // data
 // ------------------------------------------------------------------------------------------------
 
-const NOTHING_YET = { data: null, error: null, at: null, notReady: null }
+const NOTHING_YET = { data: null, error: null, at: null, notReady: null, needsToken: false }
+
+// When the admin server is not on loopback, what the page reads needs the admin token (the same
+// rule as /status). It is kept for this tab only and sent as a bearer token, never in a URL.
+const TOKEN_KEY = "mesh-controller.adminToken"
+const apiHeaders = () => {
+  const token = sessionStorage.getItem(TOKEN_KEY)
+  return token ? { accept: "application/json", authorization: `Bearer ${token}` } : { accept: "application/json" }
+}
 
 /**
  * Polls `url` while the document is visible; `url` null pauses. What it returns always belongs to
  * the current `url` (a section never renders another section's answer while its own loads).
  */
-function usePoll(url, ms = POLL_MS) {
+function usePoll(url, epoch, ms = POLL_MS) {
   const [polled, setState] = useState({ url, ...NOTHING_YET })
   const state = polled.url === url ? polled : NOTHING_YET
   useEffect(() => {
@@ -28,18 +36,22 @@ function usePoll(url, ms = POLL_MS) {
       if (stopped || document.hidden) return
       controller = new AbortController()
       try {
-        const response = await fetch(url, { signal: controller.signal, headers: { accept: "application/json" } })
+        const response = await fetch(url, { signal: controller.signal, headers: apiHeaders() })
         const body = await response.json()
         if (stopped) return
-        if (response.ok) setState({ url, data: body, error: null, at: Date.now(), notReady: null })
+        if (response.ok) setState({ url, data: body, error: null, at: Date.now(), notReady: null, needsToken: false })
         else {
+          const needsToken = response.status === 401 || response.status === 403
           setState((s) => ({
             ...(s.url === url ? s : NOTHING_YET),
             url,
             error: body.message ?? body.error ?? `HTTP ${response.status}`,
             notReady: response.status === 503 ? body : null,
+            needsToken,
             at: Date.now()
           }))
+          // Asking again without a (new) token would only be refused again.
+          if (needsToken) return
         }
       } catch (error) {
         if (stopped || error.name === "AbortError") return
@@ -58,7 +70,7 @@ function usePoll(url, ms = POLL_MS) {
       controller?.abort()
       document.removeEventListener("visibilitychange", onVisibility)
     }
-  }, [url, ms])
+  }, [url, ms, epoch])
   return state
 }
 
@@ -118,8 +130,9 @@ const SECTIONS = [
 function App() {
   const hash = useHash("services")
   const section = SECTIONS.find((s) => s.id === hash) ?? SECTIONS[0]
-  const overview = usePoll("/ui/api/overview", 5000)
-  const current = usePoll(section.api)
+  const [epoch, setEpoch] = useState(0)
+  const overview = usePoll("/ui/api/overview", epoch, 5000)
+  const current = usePoll(section.api, epoch)
   const o = overview.data
   const live = current.error === null && current.at !== null
   return html`
@@ -139,12 +152,34 @@ function App() {
       ${SECTIONS.map((s) => html`<a href=${`#${s.id}`} class=${s === section ? "active" : ""} data-tab=${s.id}>${s.title}</a>`)}
     </nav>
     <main id=${section.id} data-section=${section.id}>
-      ${current.notReady
+      ${current.needsToken
+        ? html`<${TokenPrompt} message=${current.error} onToken=${() => setEpoch(epoch + 1)} />`
+        : current.notReady
         ? html`<p class="notice">The controller is ${current.notReady.phase}: waiting for ${current.notReady.waiting.join(", ")}.</p>`
         : current.data
         ? section.view(current.data)
         : html`<p class="muted">Loading…</p>`}
     </main>`
+}
+
+function TokenPrompt({ message, onToken }) {
+  const [token, setToken] = useState("")
+  const submit = (event) => {
+    event.preventDefault()
+    sessionStorage.setItem(TOKEN_KEY, token.trim())
+    onToken()
+  }
+  return html`
+    <section class="card">
+      <header><h2>Admin token needed</h2></header>
+      <p class="meta">${`${message} — `}this admin server is not on loopback, so reading the mesh takes the admin token
+        (the file named in <code>/status</code> as <code>tokenFile</code>). It is kept for this tab only.</p>
+      <form class="check" onSubmit=${submit}>
+        <label class="wide">Token <input type="password" name="token" autocomplete="off" value=${token}
+          onInput=${(e) => setToken(e.currentTarget.value)} /></label>
+        <button type="submit">Use token</button>
+      </form>
+    </section>`
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -397,7 +432,7 @@ function CheckForm({ services }) {
     for (const field of ["from", "to", "method", "path", "port"]) if (form[field].trim() !== "") q.set(field, form[field].trim())
     for (const line of form.headers.split("\n")) if (line.trim() !== "") q.append("header", line.trim())
     try {
-      const response = await fetch(`/ui/api/policy/check?${q}`, { headers: { accept: "application/json" } })
+      const response = await fetch(`/ui/api/policy/check?${q}`, { headers: apiHeaders() })
       const body = await response.json()
       setResult(response.ok ? { ok: true, ...body } : { ok: false, message: body.message ?? body.error })
     } catch (error) {
