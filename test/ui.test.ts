@@ -160,6 +160,21 @@ describe("the status page's JSON and headers", () => {
     assert.strictEqual((await get("to=web")).body.message, "from: required (a service name or a spiffe:// ID)")
   })
 
+  it("before the layers are built the API answers 503 naming what it waits for, and the page still loads", async () => {
+    const starting = Layer.unwrapEffect(
+      Effect.map(Ui, (ui) => Admin.layer({ host: "127.0.0.1", port: 0, version: "test", ui: ui.routes }))
+    ).pipe(Layer.provideMerge(Ui.layer({ version: "test" })), Layer.provideMerge(Lifecycle.layer(["policy", "xds"])))
+    await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const context = yield* Layer.build(starting)
+      const url = `http://127.0.0.1:${Context.get(context, Admin).address.port}`
+      const api = yield* Effect.promise(() => fetch(`${url}/ui/api/services`))
+      assert.strictEqual(api.status, 503)
+      assert.deepStrictEqual(yield* Effect.promise(() => api.json()), { error: "NotReady", phase: "starting", waiting: ["policy", "xds"] })
+      assert.strictEqual((yield* Effect.promise(() => fetch(`${url}/ui`))).status, 200)
+      assert.strictEqual((yield* Effect.promise(() => fetch(`${url}/ui/api/overview`))).status, 200)
+    })))
+  })
+
   it("the page loads nothing but its own files, and cannot be framed", async () => {
     const response = await fetch(`${adminUrl}/ui`)
     assert.strictEqual(response.status, 200)
