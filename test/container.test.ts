@@ -45,9 +45,10 @@ beforeAll(() => {
   if (asRoot) chownSync(state, RUNTIME_UID, RUNTIME_UID)
 }, 180_000)
 
+// Removing the copied production install takes longer than the default hook timeout on a loaded machine.
 afterAll(() => {
   if (root) rmSync(root, { recursive: true, force: true })
-})
+}, 120_000)
 
 describe("the container's process, run as the image runs it", () => {
   it("has no development dependency installed", () => {
