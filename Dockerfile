@@ -22,8 +22,10 @@ FROM gcr.io/distroless/nodejs22-debian12:nonroot
 WORKDIR /app
 COPY --from=build --chown=0:0 /app/package.json ./
 COPY --from=build --chown=0:0 /app/node_modules ./node_modules
-# Only the executable's bundle (dist/bin); the per-module dist/ is for library consumers.
+# Only the executable's bundle (dist/bin) and the status page's files; the per-module dist/ is
+# for library consumers.
 COPY --from=build --chown=0:0 /app/dist/bin ./dist/bin
+COPY --from=build --chown=0:0 /app/dist/src/ui/static ./dist/src/ui/static
 COPY --chown=0:0 examples/container.yaml /etc/mesh-controller/mesh.yaml
 # The CA and workload keys live here, owned by the runtime user; mount a volume so they survive
 # the container (a named volume copies this ownership on first use).

@@ -24,6 +24,11 @@ export interface AdminOptions<R> {
   readonly access?: AccessOptions
   /** Shown in /status: where the token is (never the token). */
   readonly tokenFile?: string
+  /**
+   * The status page (`Ui.routes`): its files (`page`, open: no mesh data in them) and the JSON it
+   * reads (`api`: read-only, so under the same rule as /status).
+   */
+  readonly ui?: { readonly page: HttpRouter.HttpRouter<never, R>; readonly api: HttpRouter.HttpRouter<never, R> }
 }
 
 /** The admin server could not listen. */
@@ -105,6 +110,7 @@ export const make = <R>(options: AdminOptions<R>) =>
           })
         }))
       ),
+      (base) => (options.ui ? HttpRouter.concatAll(base, options.ui.page, HttpRouter.use(options.ui.api, requireRead)) : base),
       HttpRouter.get(
         "/metrics",
         requireRead(Effect.promise(() => registry.metrics()).pipe(

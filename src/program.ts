@@ -14,6 +14,7 @@ import { Policy } from "../layers/Policy.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import { Sidecar } from "../layers/Sidecar.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
+import { Ui } from "../layers/Ui.js"
 import { Xds } from "../layers/Xds.js"
 
 export interface ProgramOptions {
@@ -80,16 +81,17 @@ const XdsFromConfig: Layer.Layer<Xds, unknown, LiveConfig | Certificates | Snaps
 )
 
 /**
- * The admin server on `controller.admin`, with the runtime registration API. Its bearer token is
+ * The admin server on `controller.admin`, with the runtime registration API and the status page. Its bearer token is
  * `controller.admin.tokenFile`, else `admin-token` in the state dir (`certificates.dir`), generated
  * on first start. Settings of `controller.admin` apply at start.
  */
-const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle> =>
+const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle | Ui> =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const { config } = yield* (yield* LiveConfig).get
       const admin = config.controller.admin
       const tokenFile = NodePath.resolve(admin.tokenFile ?? NodePath.join(config.certificates.dir, "admin-token"))
+      const ui = yield* Ui
       const token = yield* loadOrCreateToken(tokenFile)
       if (token.created) yield* Effect.logInfo(`admin: generated the admin token in ${token.path}`)
       return Admin.layer({
@@ -97,6 +99,7 @@ const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfi
         port: admin.port,
         version,
         routes: RegistrationApi,
+        ui: ui.routes,
         tokenFile: token.path,
         access: { verifyToken: token.verify, readAccess: admin.readAccess, allowedHosts: admin.allowedHosts }
       })
@@ -130,7 +133,8 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
   const XdsLive = track("xds", XdsFromConfig, statusOf(Xds))
   const SidecarLive = track("sidecar", Sidecar.layerConfig(), statusOf(Sidecar))
 
-  return Ready.pipe(
+  // The status page is served from the start (by Admin) and reads the other layers once all are built.
+  return Layer.merge(Ready, Ui.layerSources).pipe(
     Layer.provide(SidecarLive),
     Layer.provide(XdsLive),
     Layer.provideMerge(SnapshotLive),
@@ -148,6 +152,7 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provideMerge(ConsulClient.layer),
     // SIGHUP reloads from as soon as there is a config until shutdown ends.
     Layer.provideMerge(LiveConfig.reloadOnSighup.pipe(Layer.provideMerge(ConfigLive))),
+    Layer.provide(Ui.layer({ version: options.version })),
     Layer.provide(Lifecycle.layer(LAYER_NAMES))
   )
 }

@@ -7,7 +7,7 @@ import { requireBuild, startDaemon } from "./support/daemon.js"
 
 /**
  * No Docker engine runs here, so this runs what the image runs, the way it runs it: the bundle
- * in dist/bin (the only part of dist/ the image copies) with production dependencies only
+ * in dist/bin and the page files in dist/src/ui/static (the parts of dist/ the image copies) with production dependencies only
  * (`npm ci --omit=dev`, as the Dockerfile's prune leaves them), as UID 65532 when the tests run as
  * root, with the config on a read-only path, and the image's own entry point, health check and
  * stop signal.
@@ -27,6 +27,7 @@ beforeAll(() => {
   app = join(root, "app")
   mkdirSync(app)
   cpSync(join("dist", "bin"), join(app, "dist", "bin"), { recursive: true })
+  cpSync(join("dist", "src", "ui", "static"), join(app, "dist", "src", "ui", "static"), { recursive: true })
   for (const file of ["package.json", "package-lock.json"]) cpSync(file, join(app, file))
   execFileSync("npm", ["ci", "--omit=dev", "--ignore-scripts", "--prefer-offline", "--no-audit", "--no-fund"], {
     cwd: app,
@@ -75,6 +76,11 @@ describe("the container's process, run as the image runs it", () => {
         stdio: "pipe"
       })
       expect(health.toString()).toBe("")
+      // The status page and what it loads come from dist/ and the production dependencies alone.
+      for (const path of ["/ui", "/ui/app.js", "/ui/app.css", "/ui/vendor/preact-htm.js", "/ui/api/services", "/ui/api/policy"]) {
+        const response = await fetch(`${daemon.adminUrl}${path}`)
+        expect({ path, status: response.status }).toEqual({ path, status: 200 })
+      }
       if (asRoot) {
         const status = readFileSync(`/proc/${daemon.child.pid}/status`, "utf8")
         const child = Number(/\nUid:\s+(\d+)/.exec(status)?.[1] ?? -1)
