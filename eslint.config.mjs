@@ -12,6 +12,20 @@ const dprint = JSON.parse(readFileSync(new URL("./dprint.json", import.meta.url)
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**", "coverage/**", ".mesh-state/**", "schemas/mesh.schema.json"] },
   js.configs.recommended,
+  {
+    // The status page's own script runs in the browser.
+    files: ["src/ui/static/**/*.js"],
+    languageOptions: {
+      ecmaVersion: 2022,
+      sourceType: "module",
+      globals: Object.fromEntries(
+        [
+          "window", "document", "location", "sessionStorage", "fetch", "URLSearchParams", "AbortController",
+          "setTimeout", "clearTimeout", "addEventListener", "removeEventListener", "console"
+        ].map((name) => [name, "readonly"])
+      )
+    }
+  },
   ...tseslint.configs.recommended,
   {
     files: ["**/*.ts", "**/*.mjs"],

@@ -4,7 +4,7 @@
  */
 import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Either, Layer, Logger } from "effect"
+import { Effect, Either, Layer, Logger, type Scope } from "effect"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
@@ -39,7 +39,7 @@ const serverLayer = () => {
   const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
   return Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs)))
 }
-const serve = <A, E>(test: Effect.Effect<A, E, Xds | import("effect").Scope.Scope>) =>
+const serve = <A, E>(test: Effect.Effect<A, E, Xds | Scope.Scope>) =>
   test.pipe(Effect.provide(serverLayer()), Effect.provide(capture))
 
 const addressOf = Effect.map(Xds, (xds) => `127.0.0.1:${xds.address.port}`)

@@ -67,7 +67,7 @@ export const request = (url: string, init?: RequestInit) =>
   Effect.promise(async (): Promise<Answer> => {
     const response = await fetch(url, init)
     const text = await response.text()
-    let body: Record<string, unknown> | null = null
+    let body: Record<string, unknown> | null
     try {
       body = text === "" ? null : (JSON.parse(text) as Record<string, unknown>)
     } catch {
