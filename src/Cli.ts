@@ -4,6 +4,7 @@ import { loadFile } from "../layers/LiveConfig.js"
 import { makeCertsCommands } from "./commands/certs.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"
+import { makeTokenCommand } from "./commands/token.js"
 import { summarize } from "./commands/Summary.js"
 import { configJsonSchema } from "./ConfigSchema.js"
 import { makeProgram } from "./program.js"
@@ -36,7 +37,9 @@ const { ca, certs } = makeCertsCommands(configOption)
 
 export const rootCommand = Command.make("mesh-controller").pipe(
   Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
-  Command.withSubcommands([run, validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption)])
+  Command.withSubcommands([run, validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption),
+    makeTokenCommand(configOption)
+  ])
 )
 
 export const cli = Command.run(rootCommand, { name: "mesh-controller", version })
