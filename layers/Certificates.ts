@@ -26,13 +26,14 @@ import type { X509Certificate } from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import type { PeerCertificate } from "node:tls"
-import type { Certificates as CertificateSettings, MeshConfig } from "../schemas/Config.js"
+import type { Certificates as CertificateSettings, KeyAlgorithm, MeshConfig } from "../schemas/Config.js"
 import {
   type Authority,
   type CaPem,
   createRoot,
   issueWorkload,
   type IssuedCertificate,
+  signWorkloadKey,
   joinPem,
   loadAuthority,
   type RootSummary,
@@ -136,6 +137,15 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
     readonly identity: (service: string) => Effect.Effect<Option.Option<WorkloadIdentity>>
     /** A one-off certificate for a service, not tracked or renewed (for `certs issue`). */
     readonly issue: (service: string) => Effect.Effect<WorkloadIdentity, SigningFailed>
+    /**
+     * Signs a public key made on another host (SPKI DER) as `service`'s identity, not tracked or
+     * renewed here, and returns it with the current trust bundle (the signing service's answer).
+     */
+    readonly signPublicKey: (
+      service: string,
+      spki: Uint8Array,
+      keyAlgorithm: KeyAlgorithm
+    ) => Effect.Effect<{ readonly certificate: Omit<IssuedCertificate, "keyPem">; readonly bundle: TrustBundle }, SigningFailed>
     /** SDS resources for the current state, in `MeshState.secrets` form (names: src/certs/Sds.ts). */
     readonly secrets: Effect.Effect<ReadonlyMap<string, Readonly<Record<string, unknown>>>>
     /** The controller's identity as a grpc-js certificate provider: follows every renewal. */
@@ -808,6 +818,22 @@ export const make = (
         Effect.gen(function*() {
           const { authority } = yield* Ref.get(material)
           return yield* issueFor(service, authority, yield* Clock.currentTimeMillis)
+        }),
+      signPublicKey: (service, spki, keyAlgorithm) =>
+        Effect.gen(function*() {
+          const { authority } = yield* Ref.get(material)
+          const now = yield* Clock.currentTimeMillis
+          const request = {
+            spiffeId: serviceId(trustDomain, service),
+            commonName: service,
+            organization: meshName,
+            dnsNames: [service],
+            keyAlgorithm,
+            now: new Date(now),
+            ttlMillis
+          }
+          const certificate = yield* signWorkloadKey(authority, request, spki)
+          return { certificate, bundle: (yield* SubscriptionRef.get(state)).bundle }
         }),
       secrets: Effect.map(fresh, secretsOf),
       controllerProvider: provider,

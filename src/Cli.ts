@@ -1,6 +1,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
 import { loadFile } from "../layers/LiveConfig.js"
+import { agentCommand } from "./commands/agent.js"
 import { makeCertsCommands } from "./commands/certs.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"
@@ -38,7 +39,8 @@ const { ca, certs } = makeCertsCommands(configOption)
 export const rootCommand = Command.make("mesh-controller").pipe(
   Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
   Command.withSubcommands([run, validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption),
-    makeTokenCommand(configOption)
+    makeTokenCommand(configOption),
+    agentCommand
   ])
 )
 

@@ -10,6 +10,7 @@ import { Lifecycle } from "../layers/Lifecycle.js"
 import { Policy } from "../layers/Policy.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import { Sidecar } from "../layers/Sidecar.js"
+import { SigningService } from "../layers/SigningService.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 
@@ -30,6 +31,7 @@ export const LAYER_NAMES = [
   "consulRegistration",
   "snapshot",
   "xds",
+  "signing",
   "sidecar"
 ] as const
 
@@ -110,11 +112,13 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     statusOf(Snapshot)
   )
   const XdsLive = track("xds", XdsFromConfig, statusOf(Xds))
+  const SigningLive = track("signing", SigningService.layerConfig, statusOf(SigningService))
   const SidecarLive = track("sidecar", Sidecar.layerConfig(), statusOf(Sidecar))
 
   return Ready.pipe(
     Layer.provide(SidecarLive),
     Layer.provide(XdsLive),
+    Layer.provide(SigningLive),
     Layer.provideMerge(SnapshotLive),
     Layer.provide(RegistrationLive),
     Layer.provideMerge(HealthLive),

@@ -39,6 +39,7 @@ export interface TokenStore {
   readonly macKey: Effect.Effect<Uint8Array, TokenStoreError>
   readonly create: (record: TokenRecord) => Effect.Effect<void, TokenStoreError>
   readonly list: Effect.Effect<ReadonlyArray<TokenRecord>, TokenStoreError>
+  readonly get: (id: string) => Effect.Effect<Option.Option<TokenRecord>, TokenStoreError>
   readonly revoke: (id: string, at: Date) => Effect.Effect<TokenRecord, TokenStoreError | TokenNotFound>
   /**
    * Reads the record, lets `check` decide, and stores what it returns (the record with one more
@@ -108,6 +109,7 @@ export const fileTokenStore = (directory: string): TokenStore => {
     location: dir,
     macKey,
     create: (record) => Effect.zipRight(prepare, write(fileOf(record.id), JSON.stringify(record), false)),
+    get: read,
     list: Effect.gen(function*() {
       const names = yield* Effect.tryPromise({ try: () => NodeFs.readdir(dir), catch: (cause) => cause }).pipe(
         Effect.catchAll((cause) => (errnoCode(cause) === "ENOENT" ? Effect.succeed([] as Array<string>) : Effect.fail(storeError(dir)(cause))))

@@ -343,10 +343,25 @@ const issuerKeyId = (issuer: x509.X509Certificate): string =>
 export const issueWorkload = (authority: Authority, request: WorkloadRequest): Effect.Effect<IssuedCertificate, SigningFailed> =>
   Effect.gen(function*() {
     const keys = yield* generateKeyPair(request.keyAlgorithm)
-    const notBefore = new Date(request.now.getTime() - WORKLOAD_BACKDATE_MILLIS)
-    const notAfter = new Date(Math.min(request.now.getTime() + request.ttlMillis, authority.certificate.notAfter.getTime()))
     // The public key as SPKI bytes, converted here synchronously (the library would export it again).
     const spki = NodeCrypto.KeyObject.from(keys.publicKey).export({ format: "der", type: "spki" })
+    const signed = yield* signWorkloadKey(authority, request, spki)
+    return { ...signed, keyPem: yield* exportKeyPem(keys.privateKey) }
+  })
+
+/**
+ * The certificate of `issueWorkload` for a public key made elsewhere (SPKI DER): the signing
+ * service signs keys that agents make on their own hosts. `request.keyAlgorithm` picks the key
+ * usage (keyEncipherment for RSA).
+ */
+export const signWorkloadKey = (
+  authority: Authority,
+  request: WorkloadRequest,
+  spki: Uint8Array
+): Effect.Effect<Omit<IssuedCertificate, "keyPem">, SigningFailed> =>
+  Effect.gen(function*() {
+    const notBefore = new Date(request.now.getTime() - WORKLOAD_BACKDATE_MILLIS)
+    const notAfter = new Date(Math.min(request.now.getTime() + request.ttlMillis, authority.certificate.notAfter.getTime()))
     const certificate = yield* attempt(`signing the certificate of ${request.spiffeId}`, async () =>
       x509.X509CertificateGenerator.create(
         {
@@ -373,7 +388,6 @@ export const issueWorkload = (authority: Authority, request: WorkloadRequest): E
       spiffeId: request.spiffeId,
       certPem,
       chainPem: joinPem([certPem, ...issuerChain(authority)]),
-      keyPem: yield* exportKeyPem(keys.privateKey),
       serial: certificate.serialNumber.toLowerCase(),
       notBefore,
       notAfter,
