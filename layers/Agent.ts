@@ -165,7 +165,8 @@ export const make = (options: AgentOptions) =>
     const fail = (what: "join" | "renewal" | "bundle", error: { readonly message: string }) =>
       Effect.gen(function*() {
         failures.inc({ what })
-        yield* Ref.update(status, (s) => ({ ...s, failures: s.failures + 1, lastError: `${what}: ${error.message}` }))
+        // /healthz counts what threatens the identity (join, renewal); a missed bundle poll is logged and counted only.
+        if (what !== "bundle") yield* Ref.update(status, (s) => ({ ...s, failures: s.failures + 1, lastError: `${what}: ${error.message}` }))
         yield* Effect.logWarning(`${what} failed; retrying`).pipe(Effect.annotateLogs({ error: error.message }))
       })
 
