@@ -116,7 +116,7 @@ describe("join tokens, the signing service and the agent", () => {
       const h = await health(web)
       if (h.code !== 200) throw new Error(JSON.stringify(h))
       return h.body
-    }, 60_000)
+    }, 180_000)
     expect(status.spiffeId).toBe("spiffe://mesh.local/service/web")
     expect(status.expiresInSeconds).toBeGreaterThan(0)
     const verify = openssl(["verify", "-CAfile", join(webDir, "ca.pem"), join(webDir, "cert.pem")])
@@ -142,13 +142,13 @@ describe("join tokens, the signing service and the agent", () => {
   it("the same token a second time is refused with the reason", async () => {
     const line = await refusedAgent(webToken.file)
     expect(line).toContain("spent")
-  }, 60_000)
+  }, 180_000)
 
   it("a token for web cannot get echo", async () => {
     const token = await tokenFor("web")
     const line = await refusedAgent(token.file, ["--service", "echo"])
     expect(line).toContain(`is for service "web", not "echo"`)
-  }, 60_000)
+  }, 180_000)
 
   it("a revoked token is refused", async () => {
     const token = await tokenFor("web")
@@ -156,7 +156,7 @@ describe("join tokens, the signing service and the agent", () => {
     expect(revoked.code, revoked.stderr).toBe(0)
     const line = await refusedAgent(token.file)
     expect(line).toContain("revoked")
-  }, 60_000)
+  }, 180_000)
 
   it("a forged root fingerprint makes the agent refuse the controller before sending the token", async () => {
     const token = await tokenFor("web")
@@ -169,7 +169,7 @@ describe("join tokens, the signing service and the agent", () => {
     // The token was never presented, so it still buys a certificate.
     const list = await runCli(["token", "list", "--config", configPath])
     expect(list.stdout.split("\n").find((l) => l.startsWith(token.id))).toMatch(/\t1\tvalid$/)
-  }, 60_000)
+  }, 180_000)
 
   it("a CSR that names another identity is refused, and the token is not spent by it", async () => {
     const token = await tokenFor("web")
@@ -191,7 +191,7 @@ describe("join tokens, the signing service and the agent", () => {
     expect(error.details).toContain("echo")
     const list = await runCli(["token", "list", "--config", configPath])
     expect(list.stdout.split("\n").find((l) => l.startsWith(parts.id))).toMatch(/\t1\tvalid$/)
-  }, 60_000)
+  }, 180_000)
 
   it("renewal keeps a real grpc-js mTLS server and client on the agent's files talking", async () => {
     const provider = new grpc.experimental.FileWatcherCertificateProvider({
@@ -298,5 +298,5 @@ describe("join tokens, the signing service and the agent", () => {
     expect(h.body.state).toBe("ok")
     expect(web.lines.join("\n")).toContain("reusing the certificate held")
     expect(readFileSync(join(webDir, "key.pem"), "utf8")).toBe(key)
-  }, 60_000)
+  }, 180_000)
 })
