@@ -14,7 +14,7 @@
  * Idle RSS: `mesh-controller agent` (dist/, run `npm run build` first) joined and left idle for
  * 5 s, against a bare `node` process idling, both read from /proc. Figures, not a test.
  */
-import { Duration, Effect, Layer, Redacted, Schema, SubscriptionRef } from "effect"
+import { Duration, Effect, Layer, Logger, LogLevel, Redacted, Schema, SubscriptionRef } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeCrypto from "node:crypto"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
@@ -73,7 +73,7 @@ const program = Effect.gen(function*() {
   const joinStart = performance.now()
   const joined = yield* Effect.forEach(callers, (c) =>
     Effect.map(
-      requestCertificate(address, { _tag: "Verified", roots: root }, { csr_pem: c.csr, token: c.token, service: "web", instance: "" }),
+      requestCertificate(address, { _tag: "Verified", roots: root }, { csr_pem: c.csr, token: c.token, service: "web", instance: "" }, 120_000),
       (answer) => ({ ...c, chainPem: answer.certificate_chain_pem })
     ), { concurrency: "unbounded" })
   const joinRate = agents / ((performance.now() - joinStart) / 1000)
@@ -99,7 +99,7 @@ const program = Effect.gen(function*() {
       _tag: "Verified",
       roots: bundle,
       identity: { chainPem: joined[i]!.chainPem, keyPem: Redacted.make(joined[i]!.keyPem) }
-    }, { csr_pem: joined[i]!.csr, token: "", service: "", instance: "" })
+    }, { csr_pem: joined[i]!.csr, token: "", service: "", instance: "" }, 120_000)
   const direct = (i: number) => certificates.signPublicKey("web", spki[i]!, "ecdsa-p256")
   // Two interleaved rounds, so a burst of load from elsewhere lands on both sides.
   const baseline1 = yield* timed(direct)
@@ -161,7 +161,7 @@ Effect.runPromise(
     const bare = yield* idleRss(["-e", "console.log('ready'); setInterval(() => {}, 1000)"], (line) => line.includes("ready"))
     console.log(`agent idle RSS: ${agent.toFixed(1)} MiB; bare node idle: ${bare.toFixed(1)} MiB; ratio ${(agent / bare).toFixed(2)}`)
     yield* Effect.sleep(Duration.millis(100))
-  }))
+  })).pipe(Logger.withMinimumLogLevel(LogLevel.Warning))
 ).then(() => process.exit(0), (error) => {
   console.error(error)
   process.exit(1)

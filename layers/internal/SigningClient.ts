@@ -52,13 +52,14 @@ const channelCredentials = (credentials: Credentials): grpc.ChannelCredentials =
 const unary = <A>(
   address: string,
   credentials: Credentials,
+  deadlineMillis: number,
   call: (client: ReturnType<typeof newSigningClient>, options: grpc.CallOptions, done: (error: grpc.ServiceError | null, value?: A) => void) => void
 ): Effect.Effect<A, SigningCallFailed> =>
   Effect.async<A, SigningCallFailed>((resume) => {
     // The controller is checked by its SPIFFE ID (checkController), not by name; a fixed name
     // also keeps Node from warning about an IP address as TLS server name (RFC 6066).
     const client = newSigningClient(address, channelCredentials(credentials), { "grpc.ssl_target_name_override": "mesh-controller" })
-    call(client, { deadline: Date.now() + 10_000 }, (error, value) => {
+    call(client, { deadline: Date.now() + deadlineMillis }, (error, value) => {
       client.close()
       if (error !== null || value === undefined) {
         resume(Effect.fail(new SigningCallFailed({ code: error?.code ?? grpc.status.UNKNOWN, details: error?.details ?? "no answer" })))
@@ -67,12 +68,13 @@ const unary = <A>(
     return Effect.sync(() => client.close())
   })
 
-export const fetchBundle = (address: string, credentials: Credentials): Effect.Effect<string, SigningCallFailed> =>
-  Effect.map(unary<{ readonly pem: string }>(address, credentials, (c, o, done) => c.GetTrustBundle({}, o, done)), (r) => r.pem)
+export const fetchBundle = (address: string, credentials: Credentials, deadlineMillis = 10_000): Effect.Effect<string, SigningCallFailed> =>
+  Effect.map(unary<{ readonly pem: string }>(address, credentials, deadlineMillis, (c, o, done) => c.GetTrustBundle({}, o, done)), (r) => r.pem)
 
 export const requestCertificate = (
   address: string,
   credentials: Credentials,
-  request: SignRequest
+  request: SignRequest,
+  deadlineMillis = 10_000
 ): Effect.Effect<SignResponse, SigningCallFailed> =>
-  unary<SignResponse>(address, credentials, (c, o, done) => c.Sign(request, o, done))
+  unary<SignResponse>(address, credentials, deadlineMillis, (c, o, done) => c.Sign(request, o, done))
