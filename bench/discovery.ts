@@ -13,6 +13,7 @@
 import { NodeRuntime } from "@effect/platform-node"
 import Consul from "consul"
 import { Context, Duration, Effect, Either, Layer, Logger, LogLevel } from "effect"
+import { ConsulClient } from "../layers/ConsulClient.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
@@ -75,7 +76,7 @@ const program = Effect.gen(function*() {
     discovery: { consul: { address: standIn.address, watchWait: "5m" } }
   }, "bench"))
   const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
-  const discovery = Discovery.layer().pipe(Layer.provide(inputs))
+  const discovery = Discovery.layer().pipe(Layer.provide(ConsulClient.layer), Layer.provide(inputs))
   const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
   const t1 = performance.now()
   const context = yield* Layer.build(

@@ -3,7 +3,22 @@
  * the config (address, datacenter, TLS, the ACL token from the environment), interruption that
  * aborts the HTTP request, a typed error, and the retry schedule every call uses.
  */
-import { Clock, Config as EffectConfig, Data, Duration, Effect, Either, Option, Redacted, Schedule, type Scope } from "effect"
+import {
+  Clock,
+  Config as EffectConfig,
+  Context,
+  Data,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  Redacted,
+  Ref,
+  Schedule,
+  type Scope,
+  Stream
+} from "effect"
 import Consul from "consul"
 import { EventEmitter } from "node:events"
 import * as NodeFs from "node:fs"
@@ -11,7 +26,8 @@ import * as Https from "node:https"
 import * as Http from "node:http"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
-import { counter, gauge } from "./Metrics.js"
+import { LiveConfig } from "./LiveConfig.js"
+import { consulErrors, consulUp } from "./internal/DiscoveryMetrics.js"
 
 export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
   readonly operation: string
@@ -25,9 +41,6 @@ export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
     return `${this.operation}: ${status !== undefined ? `HTTP ${status}: ` : ""}${text}`
   }
 }
-
-export const consulUp = gauge("mesh_controller_consul_up", "1 while the last call to Consul succeeded, 0 while Consul is unreachable or failing.")
-export const consulErrors = counter("mesh_controller_consul_errors_total", "Failed calls to Consul, by operation.", ["operation"])
 
 /** The ACL token: from the environment only, never the config file, and never logged. */
 export const consulToken = EffectConfig.option(
@@ -57,7 +70,7 @@ export interface ConsulResponse {
 /** papi aborts a request when its `ctx` emitter fires `cancel`; `includeResponse` returns `[res, body]`. */
 type CallContext = EventEmitter & { includeResponse: true }
 
-export interface ConsulClient {
+export interface ConsulConnection {
   readonly consul: Consul
   readonly address: string
   /** Runs one request; interrupting the fiber aborts it. */
@@ -80,10 +93,10 @@ const readPem = (path: string | undefined, what: string) =>
       catch: (cause) => new ConsulUnavailable({ operation: `read TLS ${what} ${path}`, cause })
     })
 
-/** A client for the configured agent; its keep-alive sockets close with the scope. */
-export const makeConsulClient = (
+/** A connection to the configured agent; its keep-alive sockets close with the scope. */
+export const makeConsulConnection = (
   settings: ConsulSettings
-): Effect.Effect<ConsulClient, ConsulUnavailable, Scope.Scope> =>
+): Effect.Effect<ConsulConnection, ConsulUnavailable, Scope.Scope> =>
   Effect.gen(function*() {
     const token = yield* Effect.orDie(consulToken)
     const url = new URL(settings.address)
@@ -170,7 +183,7 @@ export interface BlockingWatchOptions<A> {
  * queries retried on `schedule`, and an answer that does not decode reported and asked again
  * (keeping the index, so that state is not skipped).
  */
-export const blockingWatch = <A>(client: ConsulClient, options: BlockingWatchOptions<A>): Effect.Effect<never> =>
+export const blockingWatch = <A>(client: ConsulConnection, options: BlockingWatchOptions<A>): Effect.Effect<never> =>
   Effect.gen(function*() {
     const wait = Duration.toMillis(options.wait)
     const minInterval = Duration.toMillis(options.minInterval)
@@ -204,3 +217,79 @@ export const blockingWatch = <A>(client: ConsulClient, options: BlockingWatchOpt
       yield* options.onChange(decoded.right)
     }
   })
+
+/** What `/status` shows about the Consul client. */
+export interface ConsulClientStatus {
+  readonly enabled: boolean
+  readonly address: string | null
+  /** `discovery.consul` in the config now differs from the settings the client was built with. */
+  readonly restartRequired: boolean
+}
+
+const sameSettings = (a: ConsulSettings | undefined, b: ConsulSettings | undefined) => JSON.stringify(a) === JSON.stringify(b)
+
+/**
+ * The one Consul client of the process, shared by Discovery, ConsulRegistration and
+ * ConsulPolicies (one keep-alive agent, one read of the TLS files). It is built once from
+ * `discovery.consul` at start, so this is also the one place that knows a reload changing that
+ * section takes effect only at the next restart: it says so in the log and in `status`.
+ */
+export class ConsulClient extends Context.Tag("mesh-controller/ConsulClient")<
+  ConsulClient,
+  {
+    /** The settings the connection was built with; None without a `discovery.consul` section. */
+    readonly settings: Option.Option<ConsulSettings>
+    readonly connection: Option.Option<ConsulConnection>
+    readonly status: Effect.Effect<ConsulClientStatus>
+  }
+>() {
+  /** From `discovery.consul` of the config at start. */
+  static readonly layer: Layer.Layer<ConsulClient, never, LiveConfig> = Layer.scoped(
+    ConsulClient,
+    Effect.gen(function*() {
+      const config = yield* LiveConfig
+      const settings = (yield* config.get).config.discovery.consul
+      const connection = settings === undefined ? undefined : yield* makeConsulConnection(settings).pipe(
+        Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
+        Effect.orDie
+      )
+      const restartRequired = yield* Ref.make(false)
+      // Every value is compared with the settings in force (not "every value after the first"), so
+      // a reload that lands before this fiber subscribes is not lost.
+      yield* config.changes.pipe(
+        Stream.runForEach((loaded) =>
+          Effect.gen(function*() {
+            const changed = !sameSettings(loaded.config.discovery.consul, settings)
+            const before = yield* Ref.getAndSet(restartRequired, changed)
+            if (changed && !before) {
+              yield* Effect.logWarning("discovery.consul changed in the config; it takes effect at the next restart")
+            } else if (!changed && before) {
+              yield* Effect.logInfo("discovery.consul is back to the settings in force; no restart needed")
+            }
+          })
+        ),
+        Effect.annotateLogs({ module: "consul" }),
+        Effect.forkScoped
+      )
+      return ConsulClient.of({
+        settings: Option.fromNullable(settings),
+        connection: Option.fromNullable(connection),
+        status: Effect.map(Ref.get(restartRequired), (restart) => ({
+          enabled: settings !== undefined,
+          address: settings?.address ?? null,
+          restartRequired: restart
+        }))
+      })
+    }).pipe(Effect.annotateLogs({ module: "consul" }))
+  )
+
+  /** No Consul, whatever the config says. */
+  static readonly layerNone: Layer.Layer<ConsulClient> = Layer.succeed(
+    ConsulClient,
+    ConsulClient.of({
+      settings: Option.none(),
+      connection: Option.none(),
+      status: Effect.succeed({ enabled: false, address: null, restartRequired: false })
+    })
+  )
+}

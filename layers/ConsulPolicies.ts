@@ -4,8 +4,8 @@ import { MeshConfig, Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 import { decodeConfig, parseYaml } from "../src/ConfigDocument.js"
 import { LiveConfig, type LoadedConfig } from "./LiveConfig.js"
-import { blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
-import { counter } from "./Metrics.js"
+import { blockingWatch, ConsulClient, type ConsulUnavailable, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import { policiesResults } from "./internal/DiscoveryMetrics.js"
 
 /**
  * Policies shared by several controllers through one Consul KV key (`discovery.consul.policiesKey`).
@@ -24,11 +24,11 @@ export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies"
     readonly current: Effect.Effect<Option.Option<Policies>>
     /** The current value first, then every change. */
     readonly changes: Stream.Stream<Option.Option<Policies>>
-    readonly status: Effect.Effect<unknown>
+    readonly status: Effect.Effect<ConsulPoliciesStatus>
   }
 >() {
-  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, LiveConfig> =>
-    Layer.scoped(ConsulPolicies, make(options))
+  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, LiveConfig | ConsulClient> =>
+    Layer.scoped(ConsulPolicies, make(options).pipe(Effect.annotateLogs({ module: "consul" })))
 
   /**
    * The config as the rest of the controller should see it: the file's, with `policies` replaced
@@ -56,14 +56,25 @@ export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies"
   )
 }
 
+/** What `/status` shows under `consulPolicies`. */
+export type ConsulPoliciesStatus =
+  | { readonly enabled: false }
+  | {
+    readonly enabled: true
+    readonly key: string
+    /** Whose policies are in force. */
+    readonly inForce: "consul-kv" | "config file"
+    /** The last value read from the key and what became of it; null before the first answer. */
+    readonly last: Outcome | null
+    readonly consulError: string | null
+  }
+
 export interface ConsulPoliciesOptions {
   readonly retry?: RetryOptions
   readonly minQueryInterval?: Duration.DurationInput
 }
 
-const results = counter("mesh_controller_consul_policies_total", "Values of the policies KV key, by result (applied, rejected, absent).", ["result"])
-
-type Outcome =
+export type Outcome =
   | { readonly _tag: "Applied"; readonly at: string }
   | { readonly _tag: "Rejected"; readonly at: string; readonly errors: ReadonlyArray<string> }
   | { readonly _tag: "Absent"; readonly at: string }
@@ -92,11 +103,12 @@ const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): Loade
 const make = (options: ConsulPoliciesOptions) =>
   Effect.gen(function*() {
     const config = yield* LiveConfig
-    const initial = (yield* config.get).config
-    const settings = initial.discovery.consul
+    const consulClient = yield* ConsulClient
+    const settings = Option.getOrUndefined(consulClient.settings)
+    const client = Option.getOrUndefined(consulClient.connection)
     const key = settings?.policiesKey
     const good = yield* SubscriptionRef.make(Option.none<Policies>())
-    if (!settings || key === undefined) {
+    if (!settings || !client || key === undefined) {
       return ConsulPolicies.of({ current: SubscriptionRef.get(good), changes: good.changes, status: Effect.succeed({ enabled: false }) })
     }
     const source = `consul-kv:${key}`
@@ -104,10 +116,6 @@ const make = (options: ConsulPoliciesOptions) =>
     const seen = yield* Ref.make(false)
     const outcome = yield* Ref.make<Outcome | null>(null)
     const lastError = yield* Ref.make<string | null>(null)
-    const client = yield* makeConsulClient(settings).pipe(
-      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
-      Effect.orDie
-    )
 
     const lock = yield* Effect.makeSemaphore(1)
     const evaluate = lock.withPermits(1)(Effect.gen(function*() {
@@ -117,20 +125,20 @@ const make = (options: ConsulPoliciesOptions) =>
       if (Option.isNone(text)) {
         yield* SubscriptionRef.set(good, Option.none())
         yield* Ref.set(outcome, { _tag: "Absent", at })
-        results.inc({ result: "absent" })
+        policiesResults.inc({ result: "absent" })
         return
       }
       const checked = checkPolicies(text.value, (yield* config.get).config, source)
       if (Either.isLeft(checked)) {
         const errors = checked.left.issues.map((issue) => issue.toString())
         yield* Ref.set(outcome, { _tag: "Rejected", at, errors })
-        results.inc({ result: "rejected" })
+        policiesResults.inc({ result: "rejected" })
         yield* Effect.logError("policies from Consul KV rejected; keeping the last good ones").pipe(Effect.annotateLogs({ source, errors }))
         return
       }
       yield* SubscriptionRef.set(good, Option.some(checked.right))
       yield* Ref.set(outcome, { _tag: "Applied", at })
-      results.inc({ result: "applied" })
+      policiesResults.inc({ result: "applied" })
     }))
 
     yield* Effect.forkScoped(blockingWatch(client, {
@@ -157,7 +165,7 @@ const make = (options: ConsulPoliciesOptions) =>
       changes: good.changes,
       status: Effect.gen(function*() {
         return {
-          enabled: true,
+          enabled: true as const,
           key,
           inForce: Option.isSome(yield* SubscriptionRef.get(good)) ? "consul-kv" : "config file",
           last: yield* Ref.get(outcome),

@@ -1,4 +1,4 @@
-import { Context, Duration, Effect, Layer, Ref, Schedule, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Option, Ref, Schedule, Stream } from "effect"
 import {
   checkId,
   isRegistered,
@@ -9,9 +9,9 @@ import {
 } from "../src/discovery/Consul.js"
 import { endpointKey, type EndpointHealth } from "../src/MeshState.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import { ConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { Health, type HealthView } from "./Health.js"
-import { counter, gauge } from "./Metrics.js"
+import { registered, restoredTotal } from "./internal/DiscoveryMetrics.js"
 
 /**
  * Registers the services marked `register` (they run on this host) with the local Consul agent,
@@ -31,24 +31,44 @@ export class ConsulRegistration extends Context.Tag("mesh-controller/ConsulRegis
   {
     /** Runs one anti-entropy round now. */
     readonly sync: Effect.Effect<void>
-    readonly status: Effect.Effect<unknown>
+    readonly status: Effect.Effect<RegistrationStatus>
   }
 >() {
-  static readonly layer = (options: RegistrationOptions = {}): Layer.Layer<ConsulRegistration, never, LiveConfig | Health> =>
-    Layer.scoped(ConsulRegistration, make(options))
+  static readonly layer = (
+    options: RegistrationOptions = {}
+  ): Layer.Layer<ConsulRegistration, never, LiveConfig | Health | ConsulClient> =>
+    Layer.scoped(ConsulRegistration, make(options).pipe(Effect.annotateLogs({ module: "consul" })))
 }
+
+/** What `/status` shows under `consulRegistration`. */
+export type RegistrationStatus =
+  | { readonly enabled: false }
+  | {
+    readonly enabled: true
+    readonly address: string
+    readonly antiEntropyInterval: string
+    readonly lastSyncAt: string | null
+    readonly lastError: string | null
+    readonly registrations: ReadonlyArray<{
+      readonly id: string
+      readonly service: string
+      readonly address: string
+      readonly port: number
+      // The check the agent runs (http, tcp, grpc), a TTL the controller reports to, or none.
+      readonly check: "http" | "tcp" | "grpc" | "ttl" | "none"
+      readonly registered: boolean
+      readonly registeredAt: string | null
+      readonly restored: number
+      readonly reported: EndpointHealth | null
+      readonly lastError: string | null
+    }>
+  }
 
 export interface RegistrationOptions {
   readonly retry?: RetryOptions
   /** Upper bound of deregistration at shutdown (default 5s). */
   readonly shutdownTimeout?: Duration.DurationInput
 }
-
-const registered = gauge("mesh_controller_consul_registrations", "Service instances this controller keeps registered in Consul.")
-const restoredTotal = counter(
-  "mesh_controller_consul_registrations_restored_total",
-  "Registrations found missing from the agent by anti-entropy and registered again."
-)
 
 interface Entry {
   readonly registered: boolean
@@ -70,15 +90,13 @@ const make = (options: RegistrationOptions) =>
   Effect.gen(function*() {
     const config = yield* LiveConfig
     const health = yield* Health
+    const consulClient = yield* ConsulClient
     const loaded = yield* config.get
-    const settings = loaded.config.discovery.consul
-    if (!settings) {
+    if (Option.isNone(consulClient.settings) || Option.isNone(consulClient.connection)) {
       return ConsulRegistration.of({ sync: Effect.void, status: Effect.succeed({ enabled: false }) })
     }
-    const client = yield* makeConsulClient(settings).pipe(
-      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
-      Effect.orDie
-    )
+    const settings = consulClient.settings.value
+    const client = consulClient.connection.value
     const schedule = retrySchedule(options.retry)
     // `schedule` never ends, so a call retried on it cannot fail (orDie only fixes the type).
     const persist = <A, E>(effect: Effect.Effect<A, E>) => effect.pipe(Effect.retry(schedule), Effect.orDie)
@@ -228,7 +246,7 @@ const make = (options: RegistrationOptions) =>
         const known = yield* Ref.get(entries)
         const last = yield* Ref.get(lastSync)
         return {
-          enabled: true,
+          enabled: true as const,
           address: settings.address,
           antiEntropyInterval: Duration.format(interval),
           lastSyncAt: last.at?.toISOString() ?? null,

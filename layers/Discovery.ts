@@ -1,13 +1,22 @@
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Queue, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { type BlockingQuery, blockingWatch, type ConsulUnavailable, makeConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
-import { counter, gauge } from "./Metrics.js"
+import {
+  type BlockingQuery,
+  blockingWatch,
+  ConsulClient,
+  type ConsulConnection,
+  type ConsulUnavailable,
+  type RetryOptions,
+  retrySchedule
+} from "./ConsulClient.js"
+import { dnsFailures, servicesBySource, syncLag, watchUpdates } from "./internal/DiscoveryMetrics.js"
 
 export type { ApiRegistration } from "../src/discovery/Merge.js"
 
@@ -26,7 +35,7 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     readonly services: Effect.Effect<ReadonlyArray<Service>>
     /** The current services first, then every change. */
     readonly changes: Stream.Stream<ReadonlyArray<Service>>
-    readonly status: Effect.Effect<unknown>
+    readonly status: Effect.Effect<DiscoveryStatus>
     /** Adds (or replaces) an endpoint registered at run time; kept across config reloads. */
     readonly register: (registration: ApiRegistration) => Effect.Effect<void>
     /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
@@ -35,16 +44,19 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
   }
 >() {
   /**
-   * Services from the config file and the registration API, plus Consul when the config has a
-   * `discovery.consul` section (read at start; a change to that section needs a restart).
+   * Services from the config file and the registration API, plus Consul when the shared
+   * ConsulClient has a connection (built from `discovery.consul` at start; see ConsulClient).
    */
-  static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, LiveConfig> =>
-    Layer.scoped(Discovery, make({ ...options, consul: true }))
+  static readonly layer = (options: DiscoveryOptions = {}): Layer.Layer<Discovery, never, LiveConfig | ConsulClient> =>
+    Layer.scoped(
+      Discovery,
+      Effect.flatMap(ConsulClient, (client) => make(options, client)).pipe(Effect.annotateLogs({ module: "discovery" }))
+    )
 
   /** The embedded registry only (config file + registration API), whatever the config says about Consul. */
   static readonly layerEmbedded: Layer.Layer<Discovery, never, LiveConfig> = Layer.scoped(
     Discovery,
-    Effect.suspend(() => make({ consul: false }))
+    Effect.suspend(() => make({}, undefined)).pipe(Effect.annotateLogs({ module: "discovery" }))
   )
 
   /** A fixed registry for tests; `SubscriptionRef.set` on the returned ref changes it. */
@@ -80,6 +92,45 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     )
 }
 
+/** The Consul watches as `/status` shows them. */
+export interface ConsulWatchStatus {
+  readonly address: string
+  readonly datacenter: string | null
+  readonly connected: boolean
+  readonly lastSuccessAt: string | null
+  readonly lastError: string | null
+  readonly lastErrorAt: string | null
+  readonly watchedServices: number
+  /** Consul service names that cannot be mesh services. */
+  readonly ignoredServices: ReadonlyArray<string>
+  /** Every listed service has been answered at least once. */
+  readonly synced: boolean
+}
+
+/** What `/status` shows under `discovery` (the memory variant shows only `source`). */
+export interface DiscoveryStatus {
+  readonly source: "memory" | "config+api" | "config+api+consul"
+  readonly precedence?: ReadonlyArray<RegistrySource>
+  readonly services?: ReadonlyArray<{
+    readonly name: string
+    readonly source: RegistrySource
+    readonly endpoints: number
+    readonly endpointsBySource: Readonly<Record<RegistrySource, number>>
+  }>
+  readonly apiRegistrations?: number
+  /** `restartRequired`: the config's `discovery.consul` differs from the one in force (see ConsulClient). */
+  readonly consul?: (ConsulWatchStatus & { readonly restartRequired: boolean }) | null
+  readonly dns?: {
+    readonly refreshInterval: string
+    readonly names: ReadonlyArray<{
+      readonly host: string
+      readonly addresses: ReadonlyArray<string>
+      readonly resolvedAt: string | null
+      readonly error: string | null
+    }>
+  }
+}
+
 export interface DiscoveryOptions {
   /** Backoff of failed Consul calls (default 200ms doubling, capped at 10s, jittered). */
   readonly retry?: RetryOptions
@@ -90,22 +141,6 @@ export interface DiscoveryOptions {
   /** Deadline of one DNS resolution (default 5s). */
   readonly dnsTimeout?: Duration.DurationInput
 }
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-// ---------------------------------------------------------------------------------------------
-
-const watchUpdates = counter(
-  "mesh_controller_discovery_watch_updates_total",
-  "Blocking-query answers from Consul that carried a new index, by watch (catalog, service).",
-  ["watch"]
-)
-const syncLag = gauge(
-  "mesh_controller_discovery_consul_sync_lag_seconds",
-  "Seconds since Consul last answered, while a watch is failing (0 while every watch is answered)."
-)
-const servicesBySource = gauge("mesh_controller_discovery_services", "Services known, by the source that defines them.", ["source"])
-const dnsFailures = counter("mesh_controller_discovery_dns_failures_total", "Failed resolutions of endpoint host names.", ["resolver"])
 
 // ---------------------------------------------------------------------------------------------
 // DNS
@@ -148,11 +183,10 @@ interface ConsulState {
 
 const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) => a === b || JSON.stringify(a) === JSON.stringify(b)
 
-const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
+const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<ConsulClient> | undefined) =>
   Effect.gen(function*() {
     const config = yield* LiveConfig
     const initial = yield* config.get
-    const consulSettings = options.consul ? initial.config.discovery.consul : undefined
     const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)
 
     const configServices = yield* Ref.make(fromConfig(initial.config).services)
@@ -161,7 +195,6 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
     const consulView = yield* Ref.make<ReadonlyMap<string, ConsulService>>(new Map())
     const dns = yield* SubscriptionRef.make<ReadonlyMap<string, DnsEntry>>(new Map())
     const output = yield* SubscriptionRef.make<ReadonlyArray<Service>>([])
-    const restartRequired = yield* Ref.make(false)
 
     const resolveInto = (hosts: ReadonlyArray<string>) =>
       Effect.gen(function*() {
@@ -214,10 +247,6 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
         Effect.gen(function*() {
           yield* Ref.set(configServices, fromConfig(loaded.config).services)
           yield* Ref.set(dnsSettings, loaded.config.discovery.dns)
-          if (options.consul && JSON.stringify(loaded.config.discovery.consul) !== JSON.stringify(consulSettings)) {
-            yield* Ref.set(restartRequired, true)
-            yield* Effect.logWarning("discovery.consul changed in the config; it takes effect at the next restart")
-          }
           yield* publish
         })
       ),
@@ -243,11 +272,11 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
     // `consulPublishInterval` while answers keep coming (the sliding queue of one keeps at most
     // one publish pending). A lone change is published without delay; a burst costs a few dozen
     // merges instead of one per answer.
-    const dirty = yield* Queue.sliding<void>(1)
-    const throttle = options.consulPublishInterval ?? Duration.millis(50)
-    yield* Queue.take(dirty).pipe(Effect.zipRight(publish), Effect.zipRight(Effect.sleep(throttle)), Effect.forever, Effect.forkScoped)
-    const consul = consulSettings
-      ? yield* startConsulWatch(consulSettings, options, consulView, Queue.offer(dirty, undefined))
+    const dirty = yield* Coalesce.make(publish, { rest: options.consulPublishInterval ?? Duration.millis(50) })
+    const consulSettings = consulClient && Option.getOrUndefined(consulClient.settings)
+    const connection = consulClient && Option.getOrUndefined(consulClient.connection)
+    const consul = consulSettings && connection
+      ? yield* startConsulWatch(consulSettings, connection, options, consulView, dirty.signal)
       : undefined
 
     const register = (registration: ApiRegistration) =>
@@ -263,13 +292,13 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
         return [rest.length !== all.length, rest] as const
       }).pipe(Effect.tap((removed) => (removed ? publish : Effect.void)))
 
-    const status = Effect.gen(function*() {
+    const status: Effect.Effect<DiscoveryStatus> = Effect.gen(function*() {
       const services = yield* SubscriptionRef.get(output)
       const entries = yield* Ref.get(dns)
       const count = (s: Service, source: RegistrySource) => s.endpoints.filter((e) => e.source === source).length
       return {
-        source: consul ? "config+api+consul" : "config+api",
-        precedence: ["config", "api", "consul"],
+        source: consul ? "config+api+consul" as const : "config+api" as const,
+        precedence: ["config", "api", "consul"] as const,
         services: services.map((s) => ({
           name: s.name,
           source: s.source,
@@ -277,7 +306,7 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
           endpointsBySource: { config: count(s, "config"), api: count(s, "api"), consul: count(s, "consul") }
         })),
         apiRegistrations: (yield* Ref.get(api)).length,
-        consul: consul ? { ...(yield* consul.status), restartRequired: yield* Ref.get(restartRequired) } : null,
+        consul: consul && consulClient ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired } : null,
         dns: {
           refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
           names: [...entries].map(([host, entry]) => ({
@@ -311,21 +340,18 @@ const make = (options: DiscoveryOptions & { readonly consul: boolean }) =>
  */
 const startConsulWatch = (
   settings: ConsulSettings,
+  client: ConsulConnection,
   options: DiscoveryOptions,
   view: Ref.Ref<ReadonlyMap<string, ConsulService>>,
   /** Asks for the view to be merged and published (coalesced). */
   publish: Effect.Effect<unknown>
-): Effect.Effect<{ readonly status: Effect.Effect<Record<string, unknown>> }, never, Scope.Scope> =>
+): Effect.Effect<{ readonly status: Effect.Effect<ConsulWatchStatus> }, never, Scope.Scope> =>
   Effect.gen(function*() {
     const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null })
     const startedAt = new Date()
     const answered = yield* Ref.make<ReadonlySet<string>>(new Set())
     const watched = yield* Ref.make<ReadonlySet<string>>(new Set())
     const ignoredNames = yield* Ref.make<ReadonlyArray<string>>([])
-    const client = yield* makeConsulClient(settings).pipe(
-      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
-      Effect.orDie
-    )
     const schedule = retrySchedule(options.retry)
 
     const failed = (error: ConsulUnavailable) =>

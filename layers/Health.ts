@@ -7,7 +7,6 @@ import {
   FiberMap,
   Layer,
   Option,
-  Queue,
   Random,
   RcMap,
   Ref,
@@ -17,12 +16,22 @@ import {
 } from "effect"
 import type { HealthCheck } from "../schemas/Config.js"
 import { formatDuration } from "../schemas/Duration.js"
-import { type EndpointState, initialState, type ProbeResult, step } from "../src/health/HealthState.js"
+import { type EndpointState, initialState, type ProbeResult, step, type Transition } from "../src/health/HealthState.js"
 import { availability, type HealthView, routing, sameView } from "../src/health/Routing.js"
 import { type EndpointHealth, endpointKey, type Service } from "../src/MeshState.js"
 import { Discovery } from "./Discovery.js"
+import * as Coalesce from "./internal/Coalesce.js"
+import { ProbeSlots } from "./internal/ProbeSlots.js"
 import { grpcProbe, httpProbe, makeGrpcPool, ProbeFailed, type ProbeTarget, tcpProbe } from "./HealthProbes.js"
-import { counter, gauge, histogram, layerUp } from "./Metrics.js"
+import {
+  endpointsByState,
+  metricsOfType,
+  probeLag,
+  probesMissed,
+  servicePanic,
+  transitions
+} from "./internal/HealthMetrics.js"
+import { layerUp } from "./Metrics.js"
 
 export type { HealthView } from "../src/health/Routing.js"
 
@@ -92,7 +101,7 @@ export class Health extends Context.Tag("mesh-controller/Health")<
 >() {
   /** Probes the endpoints Discovery reports; probes start and stop as endpoints come and go. */
   static readonly layer = (options: HealthOptions = {}): Layer.Layer<Health, never, Discovery> =>
-    Layer.scoped(Health, make(options))
+    Layer.scoped(Health, make(options).pipe(Effect.annotateLogs({ module: "health" })))
 
   /** A fixed view for tests; `SubscriptionRef.set` on the ref changes it. */
   static readonly layerMemory = (ref: SubscriptionRef.SubscriptionRef<HealthView>): Layer.Layer<Health> =>
@@ -138,31 +147,6 @@ export interface HealthOptions {
 }
 
 // ---------------------------------------------------------------------------------------------
-// metrics
-// ---------------------------------------------------------------------------------------------
-
-const probeResults = counter("mesh_controller_health_probes_total", "Health probes by check type and result (success, failure).", [
-  "type",
-  "result"
-])
-const probeLatency = histogram("mesh_controller_health_probe_duration_seconds", "Health probe latency by check type.", ["type"])
-const probeLag = histogram(
-  "mesh_controller_health_probe_lag_seconds",
-  "How late health probes start against their schedule (waiting for a probe slot included)."
-)
-const probesMissed = counter(
-  "mesh_controller_health_probes_missed_total",
-  "Health probes skipped because no probe slot (maxConcurrentProbes) freed up before the endpoint's next probe was due."
-)
-const endpointsByState = gauge("mesh_controller_health_endpoints", "Checked endpoints by health state.", ["state"])
-const transitions = counter("mesh_controller_health_transitions_total", "Endpoint health transitions.", ["from", "to"])
-const servicePanic = gauge(
-  "mesh_controller_health_service_panic",
-  "1 while every endpoint of the service is unhealthy (routed to all when failMode is open, none when closed).",
-  ["service", "fail_mode"]
-)
-
-// ---------------------------------------------------------------------------------------------
 // the live layer
 // ---------------------------------------------------------------------------------------------
 
@@ -171,89 +155,6 @@ interface Entry {
   readonly endpoint: string
   state: EndpointState
   missed: number
-}
-
-/** A probe waiting for a slot: granted (`true`) or skipped (`false`, its deadline passed first). */
-interface SlotWaiter {
-  readonly deadline: number
-  readonly resume: (granted: Effect.Effect<boolean>) => void
-  state: "waiting" | "granted" | "cancelled"
-}
-
-/**
- * The global bound on probes in flight. Effect's semaphore wakes every waiter on each release
- * (they all re-check, one wins, the rest wait again): with a thousand endpoints queued behind 64
- * slots that is a thousand fiber wake-ups per finished probe, which starved the event loop and the
- * heap (bench/health.ts at 1,000 endpoints: 125% CPU, 2 GB). Here a freed slot is handed straight
- * to the oldest waiter, O(1) per probe. A waiter whose deadline (its endpoint's next due probe)
- * has passed when its turn comes is skipped instead: a slow or overloaded controller drops ticks,
- * it never builds a backlog.
- */
-class Slots {
-  private taken = 0
-  private readonly queue: Array<SlotWaiter | undefined> = []
-  private head = 0
-  constructor(private readonly max: number, private readonly now: () => number) {}
-
-  get inFlight(): number {
-    return this.taken
-  }
-
-  get waiting(): number {
-    let n = 0
-    for (let i = this.head; i < this.queue.length; i++) if (this.queue[i]?.state === "waiting") n++
-    return n
-  }
-
-  /** `true` once a slot is held (give it back with `release`), `false` if `deadline` passed first. */
-  acquire(deadline: number): Effect.Effect<boolean> {
-    return Effect.async<boolean>((resume) => {
-      if (this.taken < this.max && this.head === this.queue.length) {
-        this.taken++
-        resume(Effect.succeed(true))
-        return
-      }
-      const waiter: SlotWaiter = { deadline, resume, state: "waiting" }
-      this.queue.push(waiter)
-      // Only cancelled waiters ahead of it and a slot free: hand it over now.
-      if (this.taken < this.max) this.grant()
-      return Effect.sync(() => {
-        // Interrupted while waiting; if the slot was handed over in the meantime, give it back.
-        if (waiter.state === "waiting") waiter.state = "cancelled"
-        else if (waiter.state === "granted") this.release()
-      })
-    })
-  }
-
-  release(): void {
-    this.taken--
-    this.grant()
-  }
-
-  private grant(): void {
-    let now: number | undefined
-    while (this.taken < this.max && this.head < this.queue.length) {
-      const waiter = this.queue[this.head]!
-      this.queue[this.head++] = undefined
-      if (waiter.state !== "waiting") continue
-      now ??= this.now()
-      if (waiter.deadline <= now) {
-        waiter.state = "cancelled"
-        waiter.resume(Effect.succeed(false))
-        continue
-      }
-      waiter.state = "granted"
-      this.taken++
-      waiter.resume(Effect.succeed(true))
-    }
-    if (this.head === this.queue.length) {
-      this.queue.length = 0
-      this.head = 0
-    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue.splice(0, this.head)
-      this.head = 0
-    }
-  }
 }
 
 interface Probe {
@@ -302,7 +203,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       : options.meshCa
 
     const clock = yield* Effect.clock
-    const slots = new Slots(maxConcurrent, () => clock.unsafeCurrentTimeMillis())
+    const slots = new ProbeSlots(maxConcurrent, () => clock.unsafeCurrentTimeMillis())
     let missedTotal = 0
     const grpcPool = yield* makeGrpcPool({
       maxReconnectBackoff: Duration.decode(options.grpcMaxReconnectBackoff ?? Duration.seconds(1))
@@ -315,7 +216,6 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     // Effect.sync, so each update is atomic.
     const entries = new Map<string, Entry>()
     let panicking = new Set<string>()
-    const transitionsPending = yield* Queue.sliding<void>(1)
 
     const computeView = (): HealthView => {
       const next = new Map<string, Map<string, EndpointHealth>>()
@@ -368,13 +268,18 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         if (entry !== undefined) entry.missed++
       })
 
-    const record = (probe: Probe, result: ProbeResult) =>
-      Effect.gen(function*() {
+    // The state step is synchronous; only a transition (rare) needs the logging effects below.
+    const record = (probe: Probe, result: ProbeResult): Effect.Effect<void> =>
+      Effect.suspend(() => {
         const entry = entries.get(probe.key)
-        if (entry === undefined) return
+        if (entry === undefined) return Effect.void
         const { state, transition } = step(entry.state, result, probe.check, historySize)
         entry.state = state
-        if (transition === undefined) return
+        return transition === undefined ? Effect.void : announce(probe, entry, result, transition)
+      })
+
+    const announce = (probe: Probe, entry: Entry, result: ProbeResult, transition: Transition) =>
+      Effect.gen(function*() {
         transitions.inc({ from: transition.from, to: transition.to })
         const log = transition.to === "unhealthy" ? Effect.logWarning : Effect.logInfo
         yield* log("endpoint health changed").pipe(
@@ -386,7 +291,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             ...(result.error !== undefined ? { error: result.error } : {})
           })
         )
-        yield* Queue.offer(transitionsPending, undefined)
+        yield* publisher.signal
       })
 
     /**
@@ -429,23 +334,33 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             : Effect.succeedNone)
       )
 
+    // The metric children of each check type, looked up once: prom-client hashes a label object
+    // on every call otherwise, which at a thousand probes a second is a visible share of the CPU.
+    const typeMetrics = new Map<HealthCheck["type"], ReturnType<typeof metricsOfType>>()
+    const metricsOf = (type: HealthCheck["type"]) => {
+      let found = typeMetrics.get(type)
+      if (found === undefined) typeMetrics.set(type, found = metricsOfType(type))
+      return found
+    }
+
+    /**
+     * Runs and times one probe. Written as one suspended step and one match rather than a
+     * generator of several: this runs a thousand times a second, and each Effect step allocates.
+     */
     const measured = (probe: Probe, run: Effect.Effect<void, ProbeFailed>, scheduledAt: number): Effect.Effect<ProbeResult> =>
-      Effect.gen(function*() {
-        const startNanos = yield* Clock.currentTimeNanos
-        const at = yield* Clock.currentTimeMillis
-        const outcome = yield* Effect.either(run)
-        const latencyMs = Number((yield* Clock.currentTimeNanos) - startNanos) / 1e6
-        const ok = outcome._tag === "Right"
-        probeResults.inc({ type: probe.check.type, result: ok ? "success" : "failure" })
-        probeLatency.observe({ type: probe.check.type }, latencyMs / 1000)
-        probeLag.observe(Math.max(0, at - scheduledAt) / 1000)
-        return {
-          at,
-          ok,
-          latencyMs,
-          lagMs: Math.max(0, at - scheduledAt),
-          ...(outcome._tag === "Left" ? { error: outcome.left.reason } : {})
+      Effect.suspend(() => {
+        const startNanos = clock.unsafeCurrentTimeNanos()
+        const at = clock.unsafeCurrentTimeMillis()
+        const lagMs = Math.max(0, at - scheduledAt)
+        const finish = (error: string | undefined): ProbeResult => {
+          const latencyMs = Number(clock.unsafeCurrentTimeNanos() - startNanos) / 1e6
+          const metrics = metricsOf(probe.check.type)
+          ;(error === undefined ? metrics.success : metrics.failure).inc()
+          metrics.latency.observe(latencyMs / 1000)
+          probeLag.observe(lagMs / 1000)
+          return error === undefined ? { at, ok: true, latencyMs, lagMs } : { at, ok: false, latencyMs, lagMs, error }
         }
+        return Effect.match(run, { onFailure: (failure) => finish(failure.reason), onSuccess: () => finish(undefined) })
       })
 
     const jittered = (interval: number) =>
@@ -462,15 +377,15 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       Effect.gen(function*() {
         const run = yield* prepare(probe)
         const interval = Duration.toMillis(probe.check.interval)
-        let due = (yield* Clock.currentTimeMillis) + (spreadStart ? yield* Random.nextRange(0, interval) : 0)
+        let due = clock.unsafeCurrentTimeMillis() + (spreadStart ? yield* Random.nextRange(0, interval) : 0)
         while (true) {
-          const now = yield* Clock.currentTimeMillis
+          const now = clock.unsafeCurrentTimeMillis()
           if (due > now) yield* Effect.sleep(Duration.millis(due - now))
           const next = due + (yield* jittered(interval))
           const result = yield* timedProbe(probe, run, due, next)
           if (Option.isSome(result)) {
             yield* record(probe, result.value)
-            due = Math.max(next, yield* Clock.currentTimeMillis)
+            due = Math.max(next, clock.unsafeCurrentTimeMillis())
           } else {
             yield* missed(probe)
             due = next
@@ -506,19 +421,13 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       })
 
     // Transitions come in bursts (a thousand endpoints turn healthy within one interval at start,
-    // a shared dependency fails): a sliding queue of one coalesces them, and after each publish the
-    // publisher rests PUBLISH_SPACING, so a burst costs a few O(endpoints) rebuilds (and a few view
-    // changes for subscribers) instead of one per transition: at 1,000 endpoints one rebuild per
-    // transition held the event loop long enough to delay probes by a whole interval. A lone
-    // transition is still published at once. The rest is wall-clock time (it bounds CPU, not
-    // anything on the probe schedule), so it does not wait for a TestClock.
-    const wallClock = Clock.make()
-    yield* Queue.take(transitionsPending).pipe(
-      Effect.zipRight(publish),
-      Effect.zipRight(wallClock.sleep(PUBLISH_SPACING)),
-      Effect.forever,
-      Effect.forkScoped
-    )
+    // a shared dependency fails): they are coalesced, and after each publish the publisher rests
+    // PUBLISH_SPACING, so a burst costs a few O(endpoints) rebuilds (and a few view changes for
+    // subscribers) instead of one per transition: at 1,000 endpoints one rebuild per transition
+    // held the event loop long enough to delay probes by a whole interval. A lone transition is
+    // still published at once. The rest is wall-clock time (it bounds CPU, not anything on the
+    // probe schedule), so it does not wait for a TestClock.
+    const publisher = yield* Coalesce.make(publish, { rest: PUBLISH_SPACING, clock: Clock.make() })
 
     yield* Effect.acquireRelease(
       Effect.sync(() => layerUp.set({ layer: "health" }, 1)),

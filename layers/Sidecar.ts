@@ -27,7 +27,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as NodeReadline from "node:readline"
 import * as NodeZlib from "node:zlib"
-import type { Envoy, MeshConfig } from "../schemas/Config.js"
+import { type Envoy, ENVOY_STOP_RESERVE, type MeshConfig } from "../schemas/Config.js"
 import { formatDuration } from "../schemas/Duration.js"
 import {
   type BootstrapInput,
@@ -49,7 +49,7 @@ import {
 } from "../src/sidecar/Restart.js"
 import { writeAtomic } from "./Certificates.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { counter, gauge } from "./Metrics.js"
+import { crashLoopGauge, readyGauge, restartsTotal } from "./internal/SidecarMetrics.js"
 
 // ---------------------------------------------------------------------------------------------
 // The service
@@ -83,6 +83,8 @@ export interface SidecarStatus {
   /** Set in the crash-loop state: why restarts stopped, naming the likely cause when known. */
   readonly crashLoop: string | null
   readonly lastError: string | null
+  /** Envoy is started with a parent-death signal (setpriv), so it dies with the controller whatever kills it. */
+  readonly parentDeathSignal: boolean
 }
 
 const disabledStatus: SidecarStatus = {
@@ -98,7 +100,8 @@ const disabledStatus: SidecarStatus = {
   admin: null,
   preflight: null,
   crashLoop: null,
-  lastError: null
+  lastError: null,
+  parentDeathSignal: false
 }
 
 /** The sidecar config cannot produce a bootstrap Envoy would accept. */
@@ -120,14 +123,15 @@ export class Sidecar extends Context.Tag("mesh-controller/Sidecar")<
 >() {
   /** Runs Envoy for `sidecar.envoy.service`, whatever `sidecar.envoy.enabled` says. */
   static readonly layer = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
-    Layer.scoped(Sidecar, make(options))
+    Layer.scoped(Sidecar, make(options).pipe(Effect.annotateLogs({ module: "sidecar" })))
 
   /** Runs Envoy when `sidecar.envoy.enabled`, otherwise reports "disabled" (what program.ts wants). */
   static readonly layerConfig = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
     Layer.scoped(
       Sidecar,
       Effect.flatMap(LiveConfig, (config) =>
-        Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone))))
+        Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone)))
+      ).pipe(Effect.annotateLogs({ module: "sidecar" }))
     )
 
   /** No sidecar on this host. */
@@ -144,16 +148,6 @@ export interface SidecarOptions {
   readonly preflight?: PreflightResult
 }
 
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-// ---------------------------------------------------------------------------------------------
-
-const restartsTotal = counter("mesh_controller_sidecar_restarts_total", "Envoy restarts, by reason (crash, hot-restart).", [
-  "reason"
-])
-const readyGauge = gauge("mesh_controller_sidecar_ready", "1 while the local Envoy answers 200 on /ready.")
-const crashLoopGauge = gauge("mesh_controller_sidecar_crash_loop", "1 while Envoy restarts are stopped by a crash loop.")
 
 // ---------------------------------------------------------------------------------------------
 // Preflight (reads the host; the decision is src/sidecar/Preflight.ts)
@@ -291,7 +285,7 @@ const pipeLines = (runFork: RunFork, proc: EnvoyProcess, stream: NodeJS.Readable
 }
 
 /** Starts one Envoy process; it is in `live` from the moment it exists until it has exited. */
-const spawnEnvoy = (runFork: RunFork, live: Set<EnvoyProcess>, launch: Launch, epoch: number) =>
+const spawnEnvoy = (runFork: RunFork, live: Set<EnvoyProcess>, launch: Launch, epoch: number, setpriv: string | null) =>
   Effect.gen(function*() {
     const adminAddressPath = NodePath.join(launch.stateDir, `admin-address.${epoch}`)
     yield* Effect.promise(() => NodeFs.promises.rm(adminAddressPath, { force: true }))
@@ -306,7 +300,10 @@ const spawnEnvoy = (runFork: RunFork, live: Set<EnvoyProcess>, launch: Launch, e
     const exited = yield* Deferred.make<ExitInfo>()
     // Spawning and registering happen in one step, so an interruption cannot orphan a process.
     const proc = yield* Effect.sync(() => {
-      const child = spawn(launch.envoy.path, args, { stdio: ["ignore", "pipe", "pipe"] })
+      const [command, commandArgs] = setpriv === null
+        ? [launch.envoy.path, args]
+        : [setpriv, ["--pdeathsig", "KILL", "--", launch.envoy.path, ...args]]
+      const child = spawn(command, commandArgs, { stdio: ["ignore", "pipe", "pipe"], detached: true })
       const proc: EnvoyProcess = { child, pid: child.pid ?? null, epoch, adminAddressPath, exited }
       live.add(proc)
       child.once("error", (error) => {
@@ -354,6 +351,35 @@ const awaitReady = (proc: EnvoyProcess, timeout: Duration.Duration) => {
   )
 }
 
+/** SIGTERM's grace and the wait after SIGKILL: together ENVOY_STOP_RESERVE, which the config leaves after the drain. */
+const TERM_GRACE = Duration.seconds(2)
+const KILL_WAIT = Duration.subtract(ENVOY_STOP_RESERVE, TERM_GRACE)
+
+/**
+ * Signals Envoy's whole process group: Envoy runs in a group of its own (spawned detached), so
+ * anything it (or a wrapper script around it) started goes with it, and a terminal's Ctrl-C
+ * reaches only the controller, which then drains Envoy in order.
+ */
+const signalGroup = (proc: EnvoyProcess, signal: NodeJS.Signals): void => {
+  if (proc.pid === null) return
+  try {
+    process.kill(-proc.pid, signal)
+  } catch {
+    // The group is gone already; the process itself may still be reaped.
+    proc.child.kill(signal)
+  }
+}
+
+/**
+ * The parent-death signal: Linux's PR_SET_PDEATHSIG, set by util-linux's `setpriv --pdeathsig`
+ * (which then execs Envoy, so the pid is Envoy's): the kernel SIGKILLs Envoy when the controller
+ * dies, even by SIGKILL or a crash that runs no finalizer. Node cannot call prctl itself without
+ * a native addon. Where setpriv is missing (the distroless image), status says so; in a container
+ * the controller is PID 1, whose death takes every process of the container with it.
+ */
+const SETPRIV_PATHS: ReadonlyArray<string> = ["/usr/bin/setpriv", "/bin/setpriv"]
+const findSetpriv = (): string | null => SETPRIV_PATHS.find((path) => NodeFs.existsSync(path)) ?? null
+
 /** Drain (optional), wait out the drain time, SIGTERM, and SIGKILL if it still runs. */
 const stopProcess = (proc: EnvoyProcess, drainTime: Duration.Duration, drain: boolean) =>
   Effect.gen(function*() {
@@ -367,13 +393,13 @@ const stopProcess = (proc: EnvoyProcess, drainTime: Duration.Duration, drain: bo
       }
     }
     if (yield* Deferred.isDone(proc.exited)) return
-    yield* Effect.sync(() => proc.child.kill("SIGTERM"))
-    const grace = Duration.min(drainTime, Duration.seconds(5))
+    yield* Effect.sync(() => signalGroup(proc, "SIGTERM"))
+    const grace = Duration.min(drainTime, TERM_GRACE)
     const exited = yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(grace))
     if (Option.isNone(exited)) {
       yield* Effect.logWarning("Envoy ignored SIGTERM; sending SIGKILL").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1 }))
-      yield* Effect.sync(() => proc.child.kill("SIGKILL"))
-      yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(Duration.seconds(2)))
+      yield* Effect.sync(() => signalGroup(proc, "SIGKILL"))
+      yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(KILL_WAIT))
     }
   })
 
@@ -405,6 +431,10 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
     const initial = yield* Either.match(toLaunch(first.config, options), { onLeft: Effect.fail, onRight: Effect.succeed })
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
+    const setpriv = findSetpriv()
+    if (setpriv === null) {
+      yield* Effect.logWarning("setpriv not found: an Envoy started now would outlive a controller killed without its finalizers")
+    }
     const check = options.preflight ?? (yield* hostPreflight)
     if (check.verdict === "likely-crash") yield* Effect.logWarning(`Envoy preflight: ${explain(check)}`)
     else yield* Effect.logDebug(`Envoy preflight: ${check.message}`)
@@ -414,7 +444,8 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
       state: "starting",
       service: initial.service,
       nodeId: nodeId(initial.service, initial.instance),
-      preflight: check
+      preflight: check,
+      parentDeathSignal: setpriv !== null
     })
     const update = (f: (s: SidecarStatus) => SidecarStatus) => SubscriptionRef.update(status, f)
     const setState = (state: SidecarState) =>
@@ -484,7 +515,7 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
         let launch = start
         yield* identityPresent(launch)
         yield* writeBootstrap(launch)
-        let proc = yield* spawnEnvoy(runFork, live, launch, 0)
+        let proc = yield* spawnEnvoy(runFork, live, launch, 0, setpriv)
         yield* update((s) => ({ ...s, pid: proc.pid, epoch: 0 }))
         const first = yield* awaitReady(proc, launch.envoy.readinessTimeout)
         if (first._tag === "Exited") return crashed(proc, first.exit, true)
@@ -514,7 +545,7 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
             continue
           }
           yield* setState("hot-restarting")
-          const child = yield* spawnEnvoy(runFork, live, next, proc.epoch + 1)
+          const child = yield* spawnEnvoy(runFork, live, next, proc.epoch + 1, setpriv)
           const result = yield* awaitReady(child, next.envoy.readinessTimeout)
           if (result._tag !== "Ready") {
             yield* Effect.logError("Envoy hot restart failed; stopping both epochs for a cold start").pipe(
@@ -597,18 +628,21 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
       yield* setState("stopped")
     })
     const killAll = () => {
-      for (const proc of live) proc.child.kill("SIGKILL")
+      for (const proc of live) signalGroup(proc, "SIGKILL")
     }
     // Last resort: if the controller exits without running finalizers, take Envoy down with it.
     yield* Effect.acquireRelease(Effect.sync(() => process.on("exit", killAll)), () => Effect.sync(() => process.off("exit", killAll)))
-    yield* Effect.addFinalizer(() => {
-      const bound = Duration.sum(initial.envoy.drainTime, Duration.seconds(8))
-      // Finalizers run uninterruptibly; the timeouts inside (drain wait, SIGTERM grace) need to interrupt.
-      return Effect.interruptible(stopAll).pipe(
-        Effect.timeoutOption(bound),
-        Effect.flatMap((done) => (Option.isNone(done) ? Effect.sync(killAll) : Effect.void))
-      )
-    })
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        // The drain plus the stop, which the config keeps within controller.shutdownTimeout.
+        const bound = Duration.sum((yield* SubscriptionRef.get(desired)).envoy.drainTime, ENVOY_STOP_RESERVE)
+        // Finalizers run uninterruptibly; the timeouts inside (drain wait, SIGTERM grace) need to interrupt.
+        yield* Effect.interruptible(stopAll).pipe(
+          Effect.timeoutOption(bound),
+          Effect.flatMap((done) => (Option.isNone(done) ? Effect.sync(killAll) : Effect.void))
+        )
+      })
+    )
 
     // LiveConfig changes become new launches; a config that cannot produce a valid bootstrap is
     // reported and the running Envoy keeps its bootstrap.

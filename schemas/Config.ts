@@ -567,7 +567,8 @@ export const Envoy = Schema.Struct({
   instance: Schema.optionalWith(NonEmptyString, { exact: true }),
   path: withDefault(NonEmptyString, () => "envoy"),
   concurrency: withDefault(PositiveInt, () => 1),
-  drainTime: withDefault(PositiveDuration, () => Duration.seconds(10)),
+  /** Must leave ENVOY_STOP_RESERVE of controller.shutdownTimeout (see crossFieldIssues). */
+  drainTime: withDefault(PositiveDuration, () => Duration.seconds(5)),
   args: withDefault(Schema.Array(Schema.String), emptyArray),
   /** Envoy's admin interface (readiness, drain, stats). Port 0 picks a free one (tests). */
   admin: withDefault(ListenAddress("127.0.0.1", 15000), () => ({ host: "127.0.0.1", port: 15000 })),
@@ -606,6 +607,12 @@ const MeshConfigFields = Schema.Struct({
   certificates: withDefault(Certificates, () => Schema.decodeSync(Certificates)({})),
   sidecar: withDefault(Sidecar, () => Schema.decodeSync(Sidecar)({}))
 })
+
+/**
+ * What stopping Envoy takes after its drain: SIGTERM's grace and the wait after SIGKILL
+ * (layers/Sidecar.ts). The drain plus this must fit in `controller.shutdownTimeout`.
+ */
+export const ENVOY_STOP_RESERVE = Duration.seconds(3)
 
 type Fields = typeof MeshConfigFields.Type
 type Issue = { readonly path: ReadonlyArray<PropertyKey>; readonly message: string }
@@ -722,6 +729,17 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
 
   if (Duration.greaterThan(config.controller.debounce.quiet, config.controller.debounce.max)) {
     issues.push({ path: ["controller", "debounce", "quiet"], message: "the quiet window must not be longer than debounce.max" })
+  }
+  // Shutdown drains Envoy, then stops it; all of that must end before the shutdown watchdog
+  // exits the controller, or Envoy would be cut off mid-drain.
+  const envoyStop = Duration.sum(envoy.drainTime, ENVOY_STOP_RESERVE)
+  if (envoy.enabled && Duration.greaterThan(envoyStop, config.controller.shutdownTimeout)) {
+    issues.push({
+      path: ["sidecar", "envoy", "drainTime"],
+      message: `the drain (${Duration.format(envoy.drainTime)}) plus ${Duration.format(ENVOY_STOP_RESERVE)} to stop Envoy ` +
+        `must fit in controller.shutdownTimeout (${Duration.format(config.controller.shutdownTimeout)}): ` +
+        "shorten sidecar.envoy.drainTime or lengthen controller.shutdownTimeout"
+    })
   }
   return issues
 }

@@ -2,6 +2,7 @@ import { Context, Duration, Effect, Layer, Stream } from "effect"
 import { Admin } from "../layers/Admin.js"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
+import { ConsulClient } from "../layers/ConsulClient.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
@@ -130,6 +131,8 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provide(ConsulPoliciesLive),
     Layer.provide(AdminLive),
     Layer.provideMerge(DiscoveryLive),
+    // One Consul client for Discovery, ConsulPolicies and ConsulRegistration, from the file's config.
+    Layer.provideMerge(ConsulClient.layer),
     Layer.provideMerge(ConfigLive),
     Layer.provide(Lifecycle.layer(LAYER_NAMES))
   )

@@ -14,6 +14,7 @@ import * as Https from "node:https"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { LiveConfig } from "../layers/LiveConfig.js"
+import { ConsulClient } from "../layers/ConsulClient.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
@@ -80,9 +81,12 @@ const configOf = (address: string, fields: Record<string, unknown> = {}, consul:
     (error) => new Error(error.message)
   )
 
+/** The config, and the one Consul client built from it (as the composition root does). */
+const configWithConsul = (config: MeshConfig) => ConsulClient.layer.pipe(Layer.provideMerge(LiveConfig.layerMemory(config)))
+
 const startDiscovery = (config: MeshConfig) =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(Discovery.layer(fast).pipe(Layer.provide(LiveConfig.layerMemory(config))))
+    const context = yield* Layer.build(Discovery.layer(fast).pipe(Layer.provide(configWithConsul(config))))
     return Context.get(context, Discovery)
   })
 
@@ -156,6 +160,31 @@ describe(`Discovery watches Consul — ${TARGET}`, () => {
     }))
 })
 
+describe(`one Consul client for the process — ${TARGET}`, () => {
+  it.scopedLive("a reload that changes discovery.consul is reported as needing a restart; the watch keeps its agent", () =>
+    Effect.gen(function*() {
+      const { address, client } = yield* target
+      const config = configOf(address)
+      const context = yield* Layer.build(Discovery.layer(fast).pipe(Layer.provideMerge(configWithConsul(config))))
+      const discovery = Context.get(context, Discovery)
+      const consul = Context.get(context, ConsulClient)
+      const live = Context.get(context, LiveConfig)
+      const restart = Effect.map(discovery.status, (s) => (s as { consul: { restartRequired: boolean } }).consul.restartRequired)
+      assert.isFalse(yield* restart)
+      yield* live.apply(configOf("http://127.0.0.1:1", {}), "test reload")
+      yield* eventually(Effect.filterOrFail(consul.status, (s) => s.restartRequired))
+      assert.isTrue(yield* restart)
+      assert.strictEqual((yield* consul.status).address, address, "the client keeps the agent it was built with")
+      const name = unique("after-reload")
+      yield* registerInConsul(client, name, 7401)
+      yield* waitForPorts(discovery, name, [7401])
+      yield* deregisterInConsul(client, `${name}-7401`)
+      // Back to the settings in force: nothing to restart for.
+      yield* live.apply(config, "test reload back")
+      yield* eventually(Effect.filterOrFail(consul.status, (s) => !s.restartRequired))
+    }))
+})
+
 describe(`Consul to a proxyless gRPC client — ${TARGET}`, () => {
   it.scopedLive("an endpoint registered in Consul reaches a @grpc/grpc-js-xds client through the xDS server", () =>
     Effect.gen(function*() {
@@ -164,7 +193,7 @@ describe(`Consul to a proxyless gRPC client — ${TARGET}`, () => {
       const second = yield* echoBackend("second")
       const name = unique("echo")
       const config = configOf(address)
-      const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
+      const inputs = Layer.mergeAll(configWithConsul(config), Health.layerNoop)
       const discovery = Discovery.layer(fast).pipe(Layer.provide(inputs))
       const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
       const context = yield* Layer.build(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))))
@@ -197,7 +226,7 @@ describe(`ConsulRegistration — ${TARGET}`, () => {
       const scope = yield* Scope.make()
       yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
       const context = yield* Layer.buildWithScope(
-        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(LiveConfig.layerMemory(config), Health.layerMemory(view)))),
+        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(configWithConsul(config), Health.layerMemory(view)))),
         scope
       )
       return { registration: Context.get(context, ConsulRegistration), close: Scope.close(scope, Exit.void) }
@@ -253,7 +282,7 @@ describe(`policies from a Consul KV key — ${TARGET}`, () => {
       const { address, client } = yield* target
       const key = `mesh-controller/${unique("policies")}`
       const config = configOf(address, { services: [{ name: "echo", port: 1 }, { name: "echo-v2", port: 2 }] }, { policiesKey: key })
-      const context = yield* Layer.build(ConsulPolicies.layer(fast).pipe(Layer.provide(LiveConfig.layerMemory(config))))
+      const context = yield* Layer.build(ConsulPolicies.layer(fast).pipe(Layer.provide(configWithConsul(config))))
       const policies = Context.get(context, ConsulPolicies)
       const status = Effect.map(policies.status, (s) => s as { last: { _tag: string; errors?: ReadonlyArray<string> } | null; inForce: string })
       yield* eventually(Effect.filterOrFail(status, (s) => s.last?._tag === "Absent"))
@@ -328,7 +357,7 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       const view = yield* SubscriptionRef.make<HealthView>(new Map())
       const context = yield* Layer.build(
         Layer.merge(Discovery.layer(fast), ConsulRegistration.layer(fast)).pipe(
-          Layer.provide(Layer.merge(LiveConfig.layerMemory(config), Health.layerMemory(view)))
+          Layer.provide(Layer.merge(configWithConsul(config), Health.layerMemory(view)))
         )
       )
       const discovery = Context.get(context, Discovery)
@@ -371,7 +400,7 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       })
       const view = yield* SubscriptionRef.make<HealthView>(new Map())
       const context = yield* Layer.build(
-        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(LiveConfig.layerMemory(config), Health.layerMemory(view))))
+        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(configWithConsul(config), Health.layerMemory(view))))
       )
       const registration = Context.get(context, ConsulRegistration)
       type Status = { lastError: string | null; registrations: ReadonlyArray<{ service: string; registered: boolean; lastError: string | null }> }
@@ -402,6 +431,45 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       standIn.slowDown(0)
     }))
 
+  it.scopedLive("a snapshot restore (the index goes backwards) under the documented 5m wait: restored data at once, no spin", () =>
+    Effect.gen(function*() {
+      const { client, standIn } = yield* standInTarget
+      // 5m is both Consul's default `wait` and the config's default `watchWait`.
+      const discovery = yield* startDiscovery(configOf(standIn.address, {}, { watchWait: "5m" }))
+      const kept = unique("kept")
+      const added = unique("added")
+      yield* registerInConsul(client, kept, 7801)
+      yield* registerInConsul(client, kept, 7802)
+      yield* waitForPorts(discovery, kept, [7801, 7802])
+      const saved = standIn.snapshot()
+
+      yield* deregisterInConsul(client, `${kept}-7801`)
+      yield* registerInConsul(client, added, 7901)
+      yield* waitForPorts(discovery, kept, [7802])
+      yield* waitForPorts(discovery, added, [7901])
+      // Every watch (catalog, two services) parked in a blocking query, as in steady state.
+      yield* eventually(Effect.suspend(() => standIn.blockedQueries() === 3 ? Effect.void : Effect.fail(standIn.blockedQueries())))
+
+      standIn.restore(saved)
+      // Each parked query answers with the lower index; the watch starts again from 0 and gets the
+      // restored state without waiting out its 5 minutes.
+      yield* waitForPorts(discovery, kept, [7801, 7802])
+      yield* eventually(Effect.flatMap(discovery.services, (all) => (find(all, added) ? Effect.fail("still listed") : Effect.void)))
+
+      // And then it rests: the catalog and `kept` watches back in blocking queries, and no query
+      // issued while nothing changes (a watch stuck on the old, higher index would either spin
+      // or never see the restored data).
+      yield* eventually(Effect.suspend(() => standIn.blockedQueries() === 2 ? Effect.void : Effect.fail(standIn.blockedQueries())))
+      const before = standIn.requests.length
+      yield* Effect.sleep(Duration.seconds(1))
+      assert.strictEqual(standIn.requests.length, before, "no query while nothing changes")
+      assert.strictEqual(standIn.blockedQueries(), 2)
+
+      // Writes after the restore arrive as usual.
+      yield* registerInConsul(client, kept, 7803)
+      yield* waitForPorts(discovery, kept, [7801, 7802, 7803])
+    }))
+
   it.scopedLive("TLS to Consul with the configured CA and server name; the ACL token is sent and never shown", () =>
     Effect.gen(function*() {
       const tls = yield* makeTestTls("consul.mesh.local")
@@ -416,7 +484,7 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       const start = (tlsOptions: Record<string, unknown>) =>
         Layer.build(
           Discovery.layer(fast).pipe(
-            Layer.provide(LiveConfig.layerMemory(configOf(standIn.address, {}, { tls: tlsOptions }))),
+            Layer.provide(configWithConsul(configOf(standIn.address, {}, { tls: tlsOptions }))),
             Layer.provide(withToken)
           )
         ).pipe(Effect.map((context) => Context.get(context, Discovery)))

@@ -5,6 +5,7 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer } from "effect"
+import { ConsulClient } from "../layers/ConsulClient.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import type { MeshConfig } from "../schemas/Config.js"
@@ -24,7 +25,10 @@ const configOf = (dnsServer: string, endpoints: ReadonlyArray<Record<string, unk
 
 const start = (config: MeshConfig) =>
   Effect.map(
-    Layer.build(Discovery.layer({ dnsTimeout: "2 seconds" }).pipe(Layer.provide(LiveConfig.layerMemory(config)))),
+    Layer.build(Discovery.layer({ dnsTimeout: "2 seconds" }).pipe(
+      Layer.provide(ConsulClient.layer),
+      Layer.provide(LiveConfig.layerMemory(config))
+    )),
     (context) => Context.get(context, Discovery)
   )
 

@@ -4,7 +4,7 @@ import { Discovery } from "../layers/Discovery.js"
 import { type EndpointStatus, Health, type HealthOptions } from "../layers/Health.js"
 import { HealthCheck } from "../schemas/Config.js"
 import type { Service } from "../src/MeshState.js"
-import { closedPort, grpcTarget, httpTarget, silentTarget, tcpTarget } from "./support/healthTargets.js"
+import { closedPort, gatedHttpTarget, grpcTarget, httpTarget, silentTarget, tcpTarget } from "./support/healthTargets.js"
 import { makeTestTls } from "./support/healthTls.js"
 
 const decodeCheck = Schema.decodeUnknownSync(HealthCheck)
@@ -223,18 +223,26 @@ describe("Health (live probes against real servers)", () => {
 
   it.scoped("a bound of 2 probes in flight still probes all ten endpoints", () =>
     Effect.gen(function*() {
-      const target = yield* silentTarget
-      // Ten endpoints on one silent port: same address, so give each a distinct service.
-      const services = Array.from({ length: 10 }, (_, i) => service(`s${i}`, [target.port], check({ type: "tcp" })))
+      // The target holds every request until released, so what is in flight is seen from its side.
+      const target = yield* gatedHttpTarget
+      // Ten endpoints on one port: same address, so give each a distinct service.
+      const services = Array.from({ length: 10 }, (_, i) => service(`s${i}`, [target.port], check({ type: "http", timeout: "5s" })))
       const { health } = yield* start(services, { ...testOptions, maxConcurrentProbes: 2 })
-      // TCP probes to a listening port connect at once, so an in-flight count is too brief to
-      // observe reliably; the bound itself is asserted with slow probes in the next test.
+      // Five rounds: two probes reach the target and no third, until those two are answered.
+      for (let round = 1; round <= 5; round++) {
+        yield* waitFor(Effect.sync(() => target.requests()), (n) => n === round * 2, `round ${round}: two probes arrive`)
+        assert.strictEqual(target.inFlight(), 2)
+        assert.strictEqual((yield* health.status).probesInFlight, 2)
+        target.release()
+      }
       const statuses = yield* waitFor(
         health.status,
         (s) => s.services.every((x) => x.endpoints[0]?.history.length === 1),
         "every endpoint probed once"
       )
-      assert.isTrue(statuses.services.some((s) => (s.endpoints[0]?.history[0]?.lagMs ?? 0) === 0))
+      assert.isTrue(statuses.services.every((s) => s.endpoints[0]?.history[0]?.ok === true))
+      assert.strictEqual(target.maxInFlight(), 2, "never more than the bound at the target")
+      assert.strictEqual(target.requests(), 10)
       assert.strictEqual(statuses.probes, 10)
     }))
 

@@ -3,7 +3,14 @@
  * It speaks the real wire protocol to the real `consul` npm client: the endpoints the controller
  * uses, blocking queries (`index`, `wait`, `X-Consul-Index`), per-resource indexes, TTL checks that
  * expire, and faults: connection refused, error statuses, slow answers, an index that goes
- * backwards, and a restart that forgets every registration.
+ * backwards, a snapshot restore, and a restart that forgets every registration.
+ *
+ * Blocking queries follow Consul's server (`blockingQuery` in agent/consul/rpc.go): a query with
+ * `index` > 0 blocks while the resource's index is at or below the asked one (also when the asked
+ * one is greater, as after a restore), until the index rises past it or `wait` (default 5m, at
+ * most 10m, plus up to wait/16 of jitter) elapses. A write that leaves the index at or below the
+ * asked one does not answer the query. A restore abandons the state store: every query blocked
+ * at that instant answers at once, with the (lower) restored index.
  *
  * One node (`standin`, 127.0.0.1, datacenter dc1). Agent registrations and catalog entries are the
  * same thing here, as they are on a single-agent cluster.
@@ -39,7 +46,17 @@ export interface StandInService {
 
 interface Waiter {
   readonly resource: string
-  readonly wake: () => void
+  /** `change`: the resource was written (the query re-checks its index); `abandon`: answer now. */
+  readonly wake: (reason: "change" | "abandon") => void
+}
+
+/** What a snapshot holds: the whole state, indexes included. */
+export interface StandInSnapshot {
+  readonly index: bigint
+  readonly resourceIndex: ReadonlyMap<string, bigint>
+  readonly services: ReadonlyMap<string, StandInService>
+  readonly checks: ReadonlyMap<string, StandInCheck>
+  readonly kv: ReadonlyMap<string, { value: Buffer; createIndex: bigint; modifyIndex: bigint }>
 }
 
 const NODE = { ID: "00000000-0000-0000-0000-000000000001", Node: "standin", Address: "127.0.0.1", Datacenter: "dc1" }
@@ -143,12 +160,41 @@ export class ConsulStandIn {
     this.wakeAll()
   }
 
-  /** The index goes backwards without losing data (a snapshot restore, a different server). */
+  /** The index goes backwards without losing data (a different server); blocked queries answer. */
   readonly rewindIndex = (to: bigint): void => {
     this.index = to
     for (const [key, value] of this.resourceIndex) if (value > to) this.resourceIndex.set(key, to)
     this.wakeAll()
   }
+
+  /** `consul snapshot save`: the state at this instant. */
+  readonly snapshot = (): StandInSnapshot => ({
+    index: this.index,
+    resourceIndex: new Map(this.resourceIndex),
+    services: new Map(this.services),
+    checks: new Map([...this.checks].map(([id, check]) => [id, { ...check }])),
+    kv: new Map(this.kv)
+  })
+
+  /**
+   * `consul snapshot restore`: the state (and so every index) goes back to the snapshot's, and
+   * the old state store is abandoned, which answers every blocked query at once.
+   */
+  readonly restore = (snapshot: StandInSnapshot): void => {
+    this.index = snapshot.index
+    this.resourceIndex.clear()
+    for (const [key, value] of snapshot.resourceIndex) this.resourceIndex.set(key, value)
+    this.services.clear()
+    for (const [key, value] of snapshot.services) this.services.set(key, value)
+    this.checks.clear()
+    for (const [key, value] of snapshot.checks) this.checks.set(key, { ...value })
+    this.kv.clear()
+    for (const [key, value] of snapshot.kv) this.kv.set(key, value)
+    this.wakeAll()
+  }
+
+  /** Blocking queries parked right now (a watch that is not spinning sits here). */
+  readonly blockedQueries = (): number => this.waiters.size
 
   // -------------------------------------------------------------------------------------------
   // Test helpers (what a real cluster's other nodes or operators would do)
@@ -213,11 +259,11 @@ export class ConsulStandIn {
   private touch(...resources: ReadonlyArray<string>): void {
     const next = this.bump()
     for (const resource of resources) this.resourceIndex.set(resource, next)
-    for (const waiter of [...this.waiters]) if (resources.includes(waiter.resource)) waiter.wake()
+    for (const waiter of [...this.waiters]) if (resources.includes(waiter.resource)) waiter.wake("change")
   }
 
   private wakeAll(): void {
-    for (const waiter of [...this.waiters]) waiter.wake()
+    for (const waiter of [...this.waiters]) waiter.wake("abandon")
   }
 
   private indexOf(resource: string): bigint {
@@ -240,7 +286,10 @@ export class ConsulStandIn {
     }
   }
 
-  /** Answers now if the resource's index differs from `?index`, else when it changes or `wait` ends. */
+  /**
+   * Without `index` (or 0): answers now. Otherwise blocks while the resource's index is at or
+   * below the asked one, until it rises past it, `wait` ends, or the state is abandoned.
+   */
   private async blocking(
     resource: string,
     url: URL,
@@ -250,10 +299,16 @@ export class ConsulStandIn {
   ): Promise<void> {
     const asked = url.searchParams.get("index")
     const askedIndex = asked !== null && /^\d+$/.test(asked) ? BigInt(asked) : 0n
-    if (askedIndex > 0n && askedIndex === this.indexOf(resource)) {
+    if (askedIndex > 0n && this.indexOf(resource) <= askedIndex) {
       const wait = Math.min(parseGoDuration(url.searchParams.get("wait") ?? "5m") ?? 300_000, 600_000)
       await new Promise<void>((resolve) => {
-        const waiter: Waiter = { resource, wake: () => done() }
+        const waiter: Waiter = {
+          resource,
+          // A write wakes the query to look again; it answers only if the index passed the asked one.
+          wake: (reason) => {
+            if (reason === "abandon" || this.indexOf(resource) > askedIndex) done()
+          }
+        }
         const timer = setTimeout(() => done(), wait + Math.random() * (wait / 16))
         const done = () => {
           clearTimeout(timer)
@@ -335,7 +390,7 @@ export class ConsulStandIn {
         const index = this.bump()
         this.kv.set(key, { value: Buffer.from(body), createIndex: existing?.createIndex ?? index, modifyIndex: index })
         this.resourceIndex.set(`kv:${key}`, index)
-        for (const waiter of [...this.waiters]) if (waiter.resource === `kv:${key}`) waiter.wake()
+        for (const waiter of [...this.waiters]) if (waiter.resource === `kv:${key}`) waiter.wake("change")
         return send(res, 200, true)
       }
       if (method === "DELETE") {

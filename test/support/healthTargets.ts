@@ -67,6 +67,45 @@ export const httpTarget = (tls?: { readonly certPem: string; readonly keyPem: st
     }
   })
 
+export interface GatedHttpTarget {
+  readonly port: number
+  /** Requests received and not yet answered. */
+  readonly inFlight: () => number
+  /** The most requests ever held at once. */
+  readonly maxInFlight: () => number
+  readonly requests: () => number
+  /** Answers every request held now with 200. */
+  readonly release: () => void
+}
+
+/** An HTTP target that holds every request until the test releases it: probes in flight are visible from its side. */
+export const gatedHttpTarget: Effect.Effect<GatedHttpTarget, never, Scope.Scope> = Effect.gen(function*() {
+  const held = new Set<Http.ServerResponse>()
+  let max = 0
+  let count = 0
+  const server = Http.createServer((_request, response) => {
+    count++
+    held.add(response)
+    max = Math.max(max, held.size)
+    response.once("close", () => held.delete(response))
+  })
+  const sockets = track(server)
+  const port = yield* Effect.acquireRelease(listen(server), () => closeServer(server, sockets))
+  return {
+    port,
+    inFlight: () => held.size,
+    maxInFlight: () => max,
+    requests: () => count,
+    release: () => {
+      for (const response of [...held]) {
+        held.delete(response)
+        response.writeHead(200, { "content-type": "text/plain" })
+        response.end("ok\n")
+      }
+    }
+  }
+})
+
 export interface TcpTarget {
   readonly port: number
   /** Down: the port is closed (connections refused); up: listening again on the same port. */
