@@ -4,8 +4,8 @@
  *   npx tsx bench/certs.ts                          # short: 2 s per measurement, ECDSA P-256
  *   npx tsx bench/certs.ts --seconds 10 --alg rsa-2048
  *
- * Measured: `issueWorkload` (key generation, certificate building with SAN/usages/key ids, CA
- * signature, PEM and PKCS#8 export), one after another. Floor: WebCrypto generating the same kind
+ * Measured: `issueWorkload` (key generation, the certificate's DER built directly by
+ * `signWorkload` with SAN/usages/key ids, CA signature, PEM and PKCS#8 export), one after another. Floor: WebCrypto generating the same kind
  * of key and signing the same certificate bytes with the CA key, in a plain loop. Both run in this
  * process, interleaved in two rounds, and it prints both rates and their ratio. Figures, not a test.
  */

@@ -100,7 +100,7 @@ const program = Effect.gen(function*() {
       roots: bundle,
       identity: { chainPem: joined[i]!.chainPem, keyPem: Redacted.make(joined[i]!.keyPem) }
     }, { csr_pem: joined[i]!.csr, token: "", service: "", instance: "" }, 120_000)
-  const direct = (i: number) => certificates.signPublicKey("web", spki[i]!, "ecdsa-p256")
+  const direct = (i: number) => certificates.signPublicKey("web", spki[i]!)
   // Two interleaved rounds, so a burst of load from elsewhere lands on both sides.
   const baseline1 = yield* timed(direct)
   const service1 = yield* timed(renewal)

@@ -22,7 +22,8 @@ import { grpcBootstrap } from "../src/agent/GrpcBootstrap.js"
 import { describeErrno, errnoCode } from "../src/Errno.js"
 import { makeCsr } from "../src/signing/Csr.js"
 import { parseToken, rootFingerprintHex, type TokenParts } from "../src/tokens/Token.js"
-import { writeDirectoryAtomic, writeFileAtomic } from "./internal/AtomicWriter.js"
+import { writeAtomic } from "./internal/AtomicFile.js"
+import { writeDirectoryAtomic } from "./internal/AtomicWriter.js"
 import { type Credentials, fetchBundle, requestCertificate, SigningCallFailed } from "./internal/SigningClient.js"
 import { collectProcessMetrics, counter, gauge, registry } from "./Metrics.js"
 
@@ -197,7 +198,7 @@ export const make = (options: AgentOptions) =>
           instance: options.instance,
           files
         })
-        yield* writeFileAtomic(options.bootstrapFile, JSON.stringify(bootstrap, null, 2) + "\n", { mode: 0o644, replace: true })
+        yield* writeAtomic(options.bootstrapFile, JSON.stringify(bootstrap, null, 2) + "\n", { mode: 0o644, replace: true })
         yield* Ref.update(status, (s) => ({ ...s, held }))
         expiry.set(Math.round((held.notAfter - (yield* Clock.currentTimeMillis)) / 1000))
       }).pipe(Effect.mapError((error) => new FilesFailed({ reason: `cannot write ${files.directory}: ${error.message}` })))

@@ -20,39 +20,42 @@
  * by itself; its files stay in previous/ for the record.
  */
 import * as grpc from "@grpc/grpc-js"
-import { Clock, Context, Duration, Effect, Either, Layer, Option, Redacted, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
-import { createHash, randomBytes } from "node:crypto"
+import { Clock, Context, Duration, Effect, Either, Layer, Option, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
 import type { X509Certificate } from "node:crypto"
-import * as NodeFs from "node:fs/promises"
-import * as NodePath from "node:path"
 import type { PeerCertificate } from "node:tls"
-import type { Certificates as CertificateSettings, KeyAlgorithm, MeshConfig } from "../schemas/Config.js"
+import type { Certificates as CertificateSettings, MeshConfig } from "../schemas/Config.js"
 import {
   type Authority,
-  type CaPem,
-  createRoot,
+  fingerprint,
   issueWorkload,
   type IssuedCertificate,
-  signWorkloadKey,
-  joinPem,
-  loadAuthority,
-  type RootSummary,
-  splitPem,
-  summarizeRoot,
-  WORKLOAD_BACKDATE_MILLIS
+  type SignedCertificate,
+  signWorkload
 } from "../src/certs/Authority.js"
-import { CaInvalid, CaOperationRefused, CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
-import { type RenewalPolicy, renewalReason, renewalTime, retiredRootNeeded } from "../src/certs/Rotation.js"
+import { type CaInvalid, type CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
+import { type RenewalPolicy, renewalReason, renewalTime } from "../src/certs/Rotation.js"
 import { secretMap } from "../src/certs/Sds.js"
 import { certificateSpiffeId, controllerId, type MeshPrincipal, serviceId, type SpiffeIdInvalid } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
-import { filesIn, identityFiles } from "../src/certs/IdentityFiles.js"
-import { describeErrno, errnoCode } from "../src/Errno.js"
+import { identityFiles } from "../src/certs/IdentityFiles.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
-import { counter, gauge } from "./Metrics.js"
+import {
+  bundleOf,
+  caLabel,
+  type CaMaterial,
+  type CaSource,
+  caSourceOf,
+  loadCa,
+  type StoreOptions,
+  type StoreSettings,
+  type TrustBundle,
+  writeIdentityFiles
+} from "./internal/CaStore.js"
+import { expirySeconds, failures, renewals } from "./internal/CertificatesMetrics.js"
 
 export { CaInvalid, CaOperationRefused, CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
+export type { CaSource, RootState, StoreSettings, TrustBundle } from "./internal/CaStore.js"
 
 // ---------------------------------------------------------------------------------------------
 // Values
@@ -67,14 +70,6 @@ export interface WorkloadIdentity extends IssuedCertificate {
 
 /** The name the controller's own identity is kept under (not a valid service name, so no clash). */
 export const CONTROLLER = "<controller>"
-
-export type RootState = "active" | "next" | "previous" | "external"
-
-export interface TrustBundle {
-  /** Every trusted root, PEM, concatenated: what peers verify against. */
-  readonly pem: string
-  readonly roots: ReadonlyArray<RootSummary & { readonly state: RootState }>
-}
 
 /** Everything the snapshot (SDS) and the TLS servers need, as one value that changes as a whole. */
 export interface CertificateState {
@@ -102,23 +97,9 @@ export interface CertificatesStatus {
   readonly renewals: number
   readonly failures: number
   readonly lastError: string | null
+  /** Why CA files found in the directory were not adopted (a root changes only through `ca rotate`), while they are there. */
+  readonly caRefused: string | null
 }
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-// ---------------------------------------------------------------------------------------------
-
-const expirySeconds = gauge(
-  "mesh_controller_certificate_expiry_seconds",
-  "Seconds until the workload certificate expires, per SPIFFE ID.",
-  ["identity"]
-)
-const renewals = counter("mesh_controller_certificate_renewals_total", "Workload certificates issued or renewed.", ["identity"])
-const failures = counter(
-  "mesh_controller_certificate_failures_total",
-  "Failed certificate issuances, CA reloads and identity file writes (what: issue, ca, files).",
-  ["what"]
-)
 
 // ---------------------------------------------------------------------------------------------
 // The tag
@@ -138,14 +119,11 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
     /** A one-off certificate for a service, not tracked or renewed (for `certs issue`). */
     readonly issue: (service: string) => Effect.Effect<WorkloadIdentity, SigningFailed>
     /**
-     * Signs a public key made on another host (SPKI DER) as `service`'s identity, not tracked or
-     * renewed here, and returns it with the current trust bundle (the signing service's answer).
+     * Certifies a public key made elsewhere (DER SubjectPublicKeyInfo, e.g. from an agent's CSR) as
+     * `service`, with the same SANs, usages and lifetime as `issue`; not tracked or renewed. The
+     * caller decides who may ask for which service.
      */
-    readonly signPublicKey: (
-      service: string,
-      spki: Uint8Array,
-      keyAlgorithm: KeyAlgorithm
-    ) => Effect.Effect<{ readonly certificate: Omit<IssuedCertificate, "keyPem">; readonly bundle: TrustBundle }, SigningFailed>
+    readonly signPublicKey: (service: string, publicKey: Uint8Array) => Effect.Effect<SignedIdentity, SigningFailed>
     /** SDS resources for the current state, in `MeshState.secrets` form (names: src/certs/Sds.ts). */
     readonly secrets: Effect.Effect<ReadonlyMap<string, Readonly<Record<string, unknown>>>>
     /** The controller's identity as a grpc-js certificate provider: follows every renewal. */
@@ -159,7 +137,7 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
 >() {
   /** The CA from `certificates.dir` (created on first start) or `certificates.ca`; identities for Discovery's services. */
   static readonly layer: Layer.Layer<Certificates, CaInvalid | CertificateStoreError | SigningFailed, LiveConfig | Discovery> =
-    Layer.scoped(Certificates, fromConfig((config) => (config.certificates.ca === undefined ? { _tag: "Dir" } : { _tag: "Files" })))
+    Layer.scoped(Certificates, fromConfig((config) => caSourceOf(config.certificates)))
 
   /** A root made in memory at start and never written: tests, and programs that want a throwaway mesh. */
   static readonly layerEphemeral: Layer.Layer<Certificates, SigningFailed, LiveConfig | Discovery> = Layer.scoped(
@@ -185,376 +163,6 @@ function fromConfig(source: (config: MeshConfig) => CaSource) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Files: atomic, never clobbering, modes 0700/0600
-// ---------------------------------------------------------------------------------------------
-
-const storeError = (path: string) => (cause: unknown) => new CertificateStoreError({ path, reason: describeErrno(cause) })
-
-/** Creates the directory if needed and makes it 0700 (it holds keys). */
-export const ensurePrivateDir = (dir: string): Effect.Effect<void, CertificateStoreError> =>
-  Effect.tryPromise({
-    try: async () => {
-      await NodeFs.mkdir(dir, { recursive: true, mode: 0o700 })
-      await NodeFs.chmod(dir, 0o700)
-    },
-    catch: storeError(dir)
-  })
-
-const fsyncDir = async (dir: string) => {
-  const handle = await NodeFs.open(dir, "r")
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-}
-
-/**
- * Writes a file atomically: a temporary file in the same directory (created with `mode`), fsync,
- * then `link` (fails if the target exists: nothing is overwritten) or `rename` (replace: for files
- * the user asked to replace), then fsync the directory.
- */
-export const writeAtomic = (
-  path: string,
-  content: string,
-  options: { readonly mode: number; readonly replace: boolean }
-): Effect.Effect<void, CertificateStoreError> =>
-  Effect.tryPromise({
-    try: async () => {
-      const temp = `${path}.tmp-${randomBytes(6).toString("hex")}`
-      const handle = await NodeFs.open(temp, "wx", options.mode)
-      try {
-        await handle.writeFile(content)
-        await handle.sync()
-      } finally {
-        await handle.close()
-      }
-      try {
-        if (options.replace) await NodeFs.rename(temp, path)
-        else await NodeFs.link(temp, path)
-      } finally {
-        await NodeFs.rm(temp, { force: true })
-      }
-      await fsyncDir(NodePath.dirname(path))
-    },
-    catch: storeError(path)
-  })
-
-/** The file's text, or none when it does not exist; any other failure names the file. */
-const readOptional = (path: string): Effect.Effect<Option.Option<string>, CaInvalid> =>
-  Effect.tryPromise({
-    try: () => NodeFs.readFile(path, "utf8"),
-    catch: (cause) => cause
-  }).pipe(
-    Effect.map(Option.some),
-    Effect.catchAll((cause) =>
-      errnoCode(cause) === "ENOENT"
-        ? Effect.succeed(Option.none())
-        : Effect.fail(new CaInvalid({ file: path, reason: `cannot read: ${describeErrno(cause)}` }))
-    )
-  )
-
-const readRequired = (path: string): Effect.Effect<string, CaInvalid> =>
-  Effect.flatMap(
-    readOptional(path),
-    Option.match({
-      onNone: () => Effect.fail(new CaInvalid({ file: path, reason: "no such file" })),
-      onSome: Effect.succeed
-    })
-  )
-
-// ---------------------------------------------------------------------------------------------
-// The CA store
-// ---------------------------------------------------------------------------------------------
-
-export interface CaPaths {
-  readonly dir: string
-  readonly cert: string
-  readonly key: string
-  readonly nextDir: string
-  readonly nextCert: string
-  readonly nextKey: string
-  readonly previousDir: string
-}
-
-export const caPaths = (dir: string): CaPaths => {
-  const root = NodePath.resolve(dir)
-  return {
-    dir: root,
-    cert: NodePath.join(root, "ca.pem"),
-    key: NodePath.join(root, "ca-key.pem"),
-    nextDir: NodePath.join(root, "next"),
-    nextCert: NodePath.join(root, "next", "ca.pem"),
-    nextKey: NodePath.join(root, "next", "ca-key.pem"),
-    previousDir: NodePath.join(root, "previous")
-  }
-}
-
-/** Where the CA comes from. */
-export type CaSource =
-  | { readonly _tag: "Dir" }
-  | { readonly _tag: "Files" }
-  | { readonly _tag: "Ephemeral" }
-
-/** The CA as loaded: the signer, the trust bundle, and a digest of the files it came from. */
-export interface CaMaterial {
-  readonly authority: Authority
-  readonly active: string
-  readonly next: Option.Option<string>
-  readonly previous: ReadonlyArray<{ readonly pem: string; readonly retiredAt: Date }>
-  readonly external: boolean
-  readonly digest: string
-}
-
-const digestOf = (parts: ReadonlyArray<string>) => {
-  const hash = createHash("sha256")
-  for (const part of parts) hash.update(part).update("\0")
-  return hash.digest("hex")
-}
-
-/** A pair of files that must both exist or both be absent. */
-const readPair = (
-  certFile: string,
-  keyFile: string
-): Effect.Effect<Option.Option<{ readonly cert: string; readonly key: Redacted.Redacted<string> }>, CaInvalid> =>
-  Effect.gen(function*() {
-    const cert = yield* readOptional(certFile)
-    const key = yield* readOptional(keyFile)
-    if (Option.isNone(cert) && Option.isNone(key)) return Option.none()
-    if (Option.isNone(cert)) {
-      return yield* new CaInvalid({ file: certFile, reason: `missing, but its key ${keyFile} exists; restore it or move both aside` })
-    }
-    if (Option.isNone(key)) {
-      return yield* new CaInvalid({ file: keyFile, reason: `missing, but its certificate ${certFile} exists; restore it or move both aside` })
-    }
-    return Option.some({ cert: cert.value, key: Redacted.make(key.value) })
-  })
-
-const RETIRED_NAME = /^(\d{8}T\d{6}Z)-([0-9a-f]+)\.pem$/
-
-const compactTime = (date: Date) => date.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")
-const parseCompactTime = (text: string) =>
-  new Date(`${text.slice(0, 4)}-${text.slice(4, 6)}-${text.slice(6, 8)}T${text.slice(9, 11)}:${text.slice(11, 13)}:${text.slice(13, 15)}Z`)
-
-const readPrevious = (paths: CaPaths) =>
-  Effect.gen(function*() {
-    const names = yield* Effect.tryPromise({ try: () => NodeFs.readdir(paths.previousDir), catch: (cause) => cause }).pipe(
-      Effect.catchAll((cause) =>
-        errnoCode(cause) === "ENOENT"
-          ? Effect.succeed([] as Array<string>)
-          : Effect.fail(new CaInvalid({ file: paths.previousDir, reason: `cannot read: ${describeErrno(cause)}` }))
-      )
-    )
-    const out: Array<{ pem: string; retiredAt: Date }> = []
-    for (const name of names.sort()) {
-      const match = RETIRED_NAME.exec(name)
-      if (match === null) continue
-      const file = NodePath.join(paths.previousDir, name)
-      const pems = splitPem(yield* readRequired(file))
-      if (pems.length !== 1) return yield* new CaInvalid({ file, reason: "expected one PEM certificate (corrupt file?)" })
-      yield* Effect.try({ try: () => summarizeRoot(pems[0]!), catch: () => new CaInvalid({ file, reason: "not a valid PEM certificate" }) })
-      out.push({ pem: pems[0]!, retiredAt: parseCompactTime(match[1]!) })
-    }
-    return out
-  })
-
-export interface StoreSettings {
-  readonly settings: CertificateSettings
-  readonly meshName: string
-  readonly trustDomain: string
-}
-
-export interface StoreOptions extends StoreSettings {
-  /** Create the root when the directory holds none (start, `certs issue`); `ca show` does not. */
-  readonly create: boolean
-}
-
-const newRoot = (options: StoreSettings): Effect.Effect<CaPem, SigningFailed> =>
-  Effect.flatMap(Clock.currentTimeMillis, (now) =>
-    createRoot({
-      meshName: options.meshName,
-      trustDomain: options.trustDomain,
-      keyAlgorithm: options.settings.keyAlgorithm,
-      now: new Date(now),
-      validityMillis: Duration.toMillis(options.settings.caValidity)
-    })
-  )
-
-/** Writes a new root pair, key first; neither file may exist yet. */
-const writeRoot = (certFile: string, keyFile: string, root: CaPem) =>
-  Effect.zipRight(
-    writeAtomic(keyFile, Redacted.value(root.keyPem), { mode: 0o600, replace: false }),
-    writeAtomic(certFile, root.certPem, { mode: 0o644, replace: false })
-  )
-
-/** Loads (and on first start creates) the CA under `settings.dir`. */
-export const loadCaDir = (options: StoreOptions): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
-  Effect.gen(function*() {
-    const paths = caPaths(options.settings.dir)
-    const existing = yield* readPair(paths.cert, paths.key)
-    const { cert, key } = Option.isSome(existing) ? existing.value : yield* Effect.gen(function*() {
-      if (!options.create) return yield* new CaInvalid({ file: paths.cert, reason: "no CA yet (it is created on the first start)" })
-      yield* ensurePrivateDir(paths.dir)
-      const root = yield* newRoot(options)
-      yield* writeRoot(paths.cert, paths.key, root)
-      yield* Effect.logInfo("created the mesh root CA").pipe(Effect.annotateLogs({ file: paths.cert }))
-      return { cert: root.certPem, key: root.keyPem }
-    })
-    const authority = yield* loadAuthority({ certPem: cert, certFile: paths.cert, keyPem: key, keyFile: paths.key })
-    if (authority.rootPem !== authority.certPem) {
-      return yield* new CaInvalid({ file: paths.cert, reason: "expected a self-signed root (use certificates.ca for an intermediate)" })
-    }
-    const nextPair = yield* readPair(paths.nextCert, paths.nextKey)
-    const next = yield* Option.match(nextPair, {
-      onNone: () => Effect.succeedNone,
-      onSome: (p) =>
-        Effect.map(
-          loadAuthority({ certPem: p.cert, certFile: paths.nextCert, keyPem: p.key, keyFile: paths.nextKey }),
-          (a) => Option.some(a.certPem)
-        )
-    })
-    const previous = yield* readPrevious(paths)
-    return {
-      authority,
-      active: authority.certPem,
-      next,
-      previous,
-      external: false,
-      digest: digestOf([cert, Redacted.value(key), ...Option.toArray(next), ...previous.map((p) => `${p.retiredAt.toISOString()}${p.pem}`)])
-    }
-  })
-
-/** Loads an operator-provided CA (`certificates.ca`); nothing is ever written. */
-export const loadCaFiles = (files: NonNullable<CertificateSettings["ca"]>): Effect.Effect<CaMaterial, CaInvalid> =>
-  Effect.gen(function*() {
-    const certPem = yield* readRequired(files.cert)
-    const keyPem = Redacted.make(yield* readRequired(files.key))
-    const chainPem = files.chain === undefined ? undefined : yield* readRequired(files.chain)
-    const authority = yield* loadAuthority({
-      certPem,
-      certFile: files.cert,
-      keyPem,
-      keyFile: files.key,
-      ...(chainPem === undefined || files.chain === undefined ? {} : { chainPem, chainFile: files.chain })
-    })
-    return {
-      authority,
-      active: authority.rootPem,
-      next: Option.none(),
-      previous: [],
-      external: true,
-      digest: digestOf([certPem, Redacted.value(keyPem), chainPem ?? ""])
-    }
-  })
-
-/** The CA the settings name: operator files when `certificates.ca` is set, else the directory. */
-export const openCa = (options: StoreOptions): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
-  loadCa(options.settings.ca === undefined ? { _tag: "Dir" } : { _tag: "Files" }, options)
-
-const loadCa = (source: CaSource, options: StoreOptions) => {
-  switch (source._tag) {
-    case "Dir":
-      return loadCaDir(options)
-    case "Files":
-      return options.settings.ca === undefined
-        ? Effect.fail(new CaInvalid({ file: "certificates.ca", reason: "not configured" }))
-        : loadCaFiles(options.settings.ca)
-    case "Ephemeral":
-      return Effect.gen(function*() {
-        const root = yield* newRoot(options)
-        const authority = yield* loadAuthority({ certPem: root.certPem, certFile: "<memory>", keyPem: root.keyPem, keyFile: "<memory>" })
-        return { authority, active: root.certPem, next: Option.none(), previous: [], external: false, digest: "ephemeral" }
-      })
-  }
-}
-
-/** Roots to trust now: active, next, and retired roots whose certificates may still be alive. */
-const bundleOf = (material: CaMaterial, now: number, workloadTtlMillis: number): TrustBundle => {
-  const entries: Array<{ pem: string; state: RootState }> = [
-    { pem: material.active, state: material.external ? "external" : "active" },
-    ...Option.toArray(material.next).map((pem) => ({ pem, state: "next" as const })),
-    ...material.previous
-      .filter((root) => retiredRootNeeded(root, now, workloadTtlMillis, WORKLOAD_BACKDATE_MILLIS))
-      .map((root) => ({ pem: root.pem, state: "previous" as const }))
-  ]
-  const seen = new Set<string>()
-  const roots: Array<RootSummary & { state: RootState }> = []
-  const pems: Array<string> = []
-  for (const entry of entries) {
-    const summary = summarizeRoot(entry.pem)
-    if (seen.has(summary.fingerprint)) continue
-    seen.add(summary.fingerprint)
-    roots.push({ ...summary, state: entry.state })
-    pems.push(entry.pem)
-  }
-  return { pem: joinPem(pems), roots }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Root rotation (the CLI's `ca rotate`)
-// ---------------------------------------------------------------------------------------------
-
-/** The CA directory, for rotation: refused when the CA is the operator's files. */
-const ownCa = (options: StoreSettings) =>
-  Effect.gen(function*() {
-    if (options.settings.ca !== undefined) {
-      return yield* new CaOperationRefused({ reason: "the CA is operator-provided (certificates.ca); rotate it by replacing those files" })
-    }
-    return { material: yield* loadCaDir({ ...options, create: false }), paths: caPaths(options.settings.dir) }
-  })
-
-/** Step 1: create next/ (a new root, trusted but not yet signing). */
-export const introduceRoot = (options: StoreSettings): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
-  Effect.gen(function*() {
-    const { material, paths } = yield* ownCa(options)
-    if (Option.isSome(material.next)) {
-      return yield* new CaOperationRefused({
-        reason: `a new root is already waiting in ${paths.nextDir}; run \`ca rotate --activate\` once every workload trusts it`
-      })
-    }
-    yield* ensurePrivateDir(paths.nextDir)
-    const root = yield* newRoot(options)
-    yield* writeRoot(paths.nextCert, paths.nextKey, root)
-    return summarizeRoot(root.certPem)
-  })
-
-/** Step 2: next/ becomes the active root; the old one moves to previous/ (kept, and trusted for one workload TTL). */
-export const activateRoot = (options: StoreSettings): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
-  Effect.gen(function*() {
-    const { material, paths } = yield* ownCa(options)
-    if (Option.isNone(material.next)) {
-      return yield* new CaOperationRefused({ reason: `no new root in ${paths.nextDir}; run \`ca rotate\` first` })
-    }
-    const oldKey = yield* readRequired(paths.key)
-    const now = yield* Clock.currentTimeMillis
-    const base = NodePath.join(
-      paths.previousDir,
-      `${compactTime(new Date(now))}-${material.authority.fingerprint.replace(/:/g, "").slice(0, 16).toLowerCase()}`
-    )
-    yield* ensurePrivateDir(paths.previousDir)
-    // Copies first, then the renames: a crash part-way leaves every root on disk.
-    yield* writeAtomic(`${base}-key.pem`, oldKey, { mode: 0o600, replace: false })
-    yield* writeAtomic(`${base}.pem`, material.active, { mode: 0o644, replace: false })
-    yield* Effect.tryPromise({
-      try: async () => {
-        await NodeFs.rename(paths.nextKey, paths.key)
-        await NodeFs.rename(paths.nextCert, paths.cert)
-        await fsyncDir(paths.dir)
-        await NodeFs.rmdir(paths.nextDir)
-      },
-      catch: storeError(paths.dir)
-    })
-    return summarizeRoot(material.next.value)
-  })
-
-/** What `ca show` prints: every root in the bundle now. */
-export const showRoots = (options: StoreSettings): Effect.Effect<TrustBundle, CaInvalid | CertificateStoreError | SigningFailed> =>
-  Effect.gen(function*() {
-    const material = yield* openCa({ ...options, create: false })
-    return bundleOf(material, yield* Clock.currentTimeMillis, Duration.toMillis(options.settings.workloadTtl))
-  })
-
-// ---------------------------------------------------------------------------------------------
 // The service
 // ---------------------------------------------------------------------------------------------
 
@@ -570,6 +178,23 @@ export interface MakeOptions {
   readonly writeFilesFor?: ReadonlyArray<string>
 }
 
+const LOG = { module: "certificates" } as const
+
+/**
+ * Why a re-read CA directory may not replace the CA in force, or undefined when it may. The active
+ * root may change only to the root that was waiting in next/ (what `ca rotate --activate` does):
+ * every workload already trusts that one. Any other new active root (a pair copied in) would
+ * drop the old root from the bundle at once and re-issue every identity under a root no workload
+ * trusts yet.
+ */
+const foreignRoot = (inForce: CaMaterial, found: CaMaterial): string | undefined => {
+  if (inForce.external || found.authority.fingerprint === inForce.authority.fingerprint) return undefined
+  if (Option.isSome(inForce.next) && fingerprint(inForce.next.value) === found.authority.fingerprint) return undefined
+  return `the active root in the CA directory changed to ${found.authority.fingerprint} without \`ca rotate\` ` +
+    `(it was not the waiting next root); keeping ${inForce.authority.fingerprint}. ` +
+    `Restore the CA files, or introduce the new root with \`ca rotate\` and activate it once workloads trust it`
+}
+
 /** Issues the identity of a service (or of the controller, `CONTROLLER`) at `now`. */
 export const issueIdentity = (
   authority: Authority,
@@ -578,15 +203,7 @@ export const issueIdentity = (
   now: number
 ): Effect.Effect<WorkloadIdentity, SigningFailed> =>
   Effect.map(
-    issueWorkload(authority, {
-      spiffeId: name === CONTROLLER ? controllerId(options.trustDomain) : serviceId(options.trustDomain, name),
-      commonName: name === CONTROLLER ? "mesh-controller" : name,
-      organization: options.meshName,
-      dnsNames: name === CONTROLLER ? [] : [name],
-      keyAlgorithm: options.settings.keyAlgorithm,
-      now: new Date(now),
-      ttlMillis: Duration.toMillis(options.settings.workloadTtl)
-    }),
+    issueWorkload(authority, { ...identityRequest(options, name, now), keyAlgorithm: options.settings.keyAlgorithm }),
     (issued): WorkloadIdentity => ({
       ...issued,
       name,
@@ -594,52 +211,40 @@ export const issueIdentity = (
     })
   )
 
-/** The files `certs issue` writes. */
-export interface IssuedFiles {
-  readonly identity: WorkloadIdentity
-  readonly cert: string
-  readonly key: string
-  readonly ca: string
+/** A certificate for a key the CA did not make (`signPublicKey`). */
+export interface SignedIdentity extends SignedCertificate {
+  readonly renewAt: Date
 }
 
-/**
- * `certs issue`: opens the CA (creating it under `dir` on first use, as the daemon would), issues
- * a certificate for `service`, and writes `cert.pem` (leaf + intermediates), `key.pem` (0600) and
- * `ca.pem` (the trust bundle) into `out`, each atomically; re-running replaces them (renewal).
- */
-export const issueToFiles = (
+/** The request `issueIdentity` and `signPublicKey` share: who the certificate names, and for how long. */
+const identityRequest = (options: StoreSettings, name: string, now: number) => ({
+  spiffeId: name === CONTROLLER ? controllerId(options.trustDomain) : serviceId(options.trustDomain, name),
+  commonName: name === CONTROLLER ? "mesh-controller" : name,
+  organization: options.meshName,
+  dnsNames: name === CONTROLLER ? [] : [name],
+  now: new Date(now),
+  ttlMillis: Duration.toMillis(options.settings.workloadTtl)
+})
+
+/** Signs an outside public key as service `name` at `now` (the agent's CSR signing). */
+export const signIdentity = (
+  authority: Authority,
   options: StoreSettings,
-  service: string,
-  out: string
-): Effect.Effect<IssuedFiles, CaInvalid | CertificateStoreError | SigningFailed> =>
-  Effect.gen(function*() {
-    const material = yield* openCa({ ...options, create: true })
-    const now = yield* Clock.currentTimeMillis
-    const identity = yield* issueIdentity(material.authority, options, service, now)
-    const bundle = bundleOf(material, now, Duration.toMillis(options.settings.workloadTtl))
-    return { identity, ...(yield* writeIdentityFiles(out, identity, bundle.pem)) }
-  })
+  name: string,
+  publicKey: Uint8Array,
+  now: number
+): Effect.Effect<SignedIdentity, SigningFailed> =>
+  Effect.map(
+    signWorkload(authority, { ...identityRequest(options, name, now), publicKey }),
+    (signed): SignedIdentity => ({
+      ...signed,
+      renewAt: renewalTime(signed, { renewAt: options.settings.renewAt, jitter: options.settings.renewJitter })
+    })
+  )
 
 /** The sidecar's convention: `<certificates.dir>/workloads/<service>/` (src/certs/IdentityFiles.ts). */
 export const workloadFilesDir = (certificatesDir: string, service: string): string =>
   identityFiles(certificatesDir, service).directory
-
-/** Writes cert.pem (chain), key.pem (0600) and ca.pem (bundle) into `out`, each atomically (rename), key first. */
-export const writeIdentityFiles = (
-  out: string,
-  identity: WorkloadIdentity,
-  bundlePem: string
-): Effect.Effect<Omit<IssuedFiles, "identity">, CertificateStoreError> =>
-  Effect.gen(function*() {
-    const paths = filesIn(out)
-    const dir = paths.directory
-    yield* Effect.tryPromise({ try: () => NodeFs.mkdir(dir, { recursive: true, mode: 0o700 }), catch: storeError(dir) })
-    const files = { cert: paths.certificateChain, key: paths.privateKey, ca: paths.trustedCa }
-    yield* writeAtomic(files.key, Redacted.value(identity.keyPem), { mode: 0o600, replace: true })
-    yield* writeAtomic(files.cert, identity.chainPem, { mode: 0o644, replace: true })
-    yield* writeAtomic(files.ca, bundlePem, { mode: 0o644, replace: true })
-    return files
-  })
 
 /** SDS secrets of a state, in `MeshState.secrets` form: feed `changes` through this into the snapshot. */
 export const secretsOf = (state: CertificateState): ReadonlyMap<string, Readonly<Record<string, unknown>>> =>
@@ -667,11 +272,11 @@ export const make = (
     const store: StoreOptions = { settings, meshName, trustDomain, create: true }
     const policy: RenewalPolicy = { renewAt: settings.renewAt, jitter: settings.renewJitter }
     const ttlMillis = Duration.toMillis(settings.workloadTtl)
-    const caLabel = options.ca._tag === "Dir" ? `dir:${caPaths(settings.dir).dir}` : options.ca._tag === "Files" ? "files" : "ephemeral"
 
     const material = yield* Ref.make(yield* loadCa(options.ca, store))
     const wanted = yield* Ref.make<ReadonlyArray<string>>((yield* discovery.services).map((s) => s.name))
     const counts = yield* Ref.make({ renewals: 0, failures: 0, lastError: null as string | null })
+    const refused = yield* Ref.make<string | null>(null)
 
     const issueFor = (name: string, authority: Authority, now: number) => issueIdentity(authority, options, name, now)
 
@@ -690,10 +295,21 @@ export const make = (
         yield* Effect.logError("cannot re-read the CA; keeping the one in force").pipe(Effect.annotateLogs({ error: loaded.left.message }))
         return yield* recordFailure("ca", loaded.left)
       }
-      if (loaded.right.digest !== before.digest) {
-        yield* Ref.set(material, loaded.right)
-        yield* Effect.logInfo("CA files changed; trust bundle updated").pipe(Effect.annotateLogs({ active: loaded.right.authority.fingerprint }))
+      if (loaded.right.digest === before.digest) return yield* Ref.set(refused, null)
+      const why = foreignRoot(before, loaded.right)
+      if (why !== undefined) {
+        // Reported once per set of files, and the CA in force keeps signing.
+        if ((yield* Ref.getAndSet(refused, why)) !== why) {
+          yield* Effect.logError("refusing CA files that appeared in the directory; keeping the CA in force").pipe(
+            Effect.annotateLogs({ reason: why, active: before.authority.fingerprint })
+          )
+          yield* recordFailure("ca", { message: why })
+        }
+        return
       }
+      yield* Ref.set(refused, null)
+      yield* Ref.set(material, loaded.right)
+      yield* Effect.logInfo("CA files changed; trust bundle updated").pipe(Effect.annotateLogs({ active: loaded.right.authority.fingerprint }))
     })
 
     /** Issues what is missing or due; returns the new state (or the old one when nothing changed). */
@@ -779,7 +395,7 @@ export const make = (
           if (after.controller !== before.controller || after.bundle.pem !== before.bundle.pem) provider.update(after.controller, after.bundle.pem)
         }
       })
-    )
+    ).pipe(Effect.annotateLogs(LOG))
 
     yield* reconcile(true).pipe(
       // A defect in one check must not end the checking (and with it every renewal).
@@ -819,21 +435,10 @@ export const make = (
           const { authority } = yield* Ref.get(material)
           return yield* issueFor(service, authority, yield* Clock.currentTimeMillis)
         }),
-      signPublicKey: (service, spki, keyAlgorithm) =>
+      signPublicKey: (service, publicKey) =>
         Effect.gen(function*() {
           const { authority } = yield* Ref.get(material)
-          const now = yield* Clock.currentTimeMillis
-          const request = {
-            spiffeId: serviceId(trustDomain, service),
-            commonName: service,
-            organization: meshName,
-            dnsNames: [service],
-            keyAlgorithm,
-            now: new Date(now),
-            ttlMillis
-          }
-          const certificate = yield* signWorkloadKey(authority, request, spki)
-          return { certificate, bundle: (yield* SubscriptionRef.get(state)).bundle }
+          return yield* signIdentity(authority, options, service, publicKey, yield* Clock.currentTimeMillis)
         }),
       secrets: Effect.map(fresh, secretsOf),
       controllerProvider: provider,
@@ -844,13 +449,17 @@ export const make = (
         const c = yield* Ref.get(counts)
         return {
           trustDomain,
-          ca: caLabel,
+          ca: caLabel(options.ca, settings),
           roots: s.bundle.roots,
           identities: [s.controller, ...s.services.values()].map(identityStatus),
           renewals: c.renewals,
           failures: c.failures,
-          lastError: c.lastError
+          lastError: c.lastError,
+          caRefused: yield* Ref.get(refused)
         }
       })
     })
-  })
+  }).pipe(
+    // Forked fibers inherit the annotation; `reconcile` carries it too, for callers' fibers.
+    Effect.annotateLogs(LOG)
+  )

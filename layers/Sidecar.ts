@@ -47,7 +47,7 @@ import {
   type EnvoyLogLevel,
   parseEnvoyLogLine
 } from "../src/sidecar/Restart.js"
-import { writeAtomic } from "./Certificates.js"
+import { writeAtomic } from "./internal/AtomicFile.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { crashLoopGauge, readyGauge, restartsTotal } from "./internal/SidecarMetrics.js"
 

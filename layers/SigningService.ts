@@ -160,7 +160,8 @@ export const make = (options: SigningOptions) =>
           Effect.catchTag("CsrRefused", (error) => refuse(grpc.status.INVALID_ARGUMENT, "csr", error.message))
         )
         yield* grant.spend
-        const { bundle, certificate } = yield* certificates.signPublicKey(grant.service, key.spki, key.keyAlgorithm)
+        const certificate = yield* certificates.signPublicKey(grant.service, key.spki)
+        const bundle = yield* certificates.bundle
         issued.inc({ method: grant.method })
         yield* Ref.update(counts, (c) => ({ ...c, [grant.method]: c[grant.method] + 1 }))
         yield* Effect.logInfo("certificate issued to a remote workload").pipe(

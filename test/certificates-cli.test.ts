@@ -4,9 +4,11 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
-import { caPaths, showRoots } from "../layers/Certificates.js"
-import { formatRoots, makeCertsCommands } from "../src/commands/certs.js"
+import { caPaths } from "../layers/internal/CaStore.js"
+import { formatRoots, showRoots } from "../src/commands/ca.js"
+import { makeCertsCommands } from "../src/commands/certs.js"
 import { certConfig, openssl, tempDir } from "./support/certs.js"
+import { runCli } from "./support/daemon.js"
 
 /** The commands as the CLI mounts them, run in-process (the CLI module is the lead's; this avoids depending on its wiring). */
 const { ca, certs } = makeCertsCommands(Options.file("config", { exists: "yes" }))
@@ -20,7 +22,10 @@ const run = (args: ReadonlyArray<string>) =>
 const writeConfig = (dir: string) =>
   Effect.promise(async () => {
     const path = NodePath.join(dir, "mesh.yaml")
-    await NodeFs.writeFile(path, `mesh: { name: home-lab, trustDomain: mesh.local }\ncertificates: { dir: ${NodePath.join(dir, "ca")} }\n`)
+    await NodeFs.writeFile(
+      path,
+      `mesh: { name: home-lab, trustDomain: mesh.local }\nservices: [ { name: echo, port: 8080 } ]\ncertificates: { dir: ${NodePath.join(dir, "ca")} }\n`
+    )
     return path
   })
 
@@ -74,5 +79,51 @@ describe("certs and ca commands", () => {
       const keyMode = (yield* Effect.promise(() => NodeFs.stat(caPaths(NodePath.join(dir, "ca")).key))).mode & 0o777
       assert.strictEqual(keyMode, 0o600)
     })
+  )
+
+  it.scopedLive("certs issue (the built CLI): a service the config does not list exits 1 naming it, unless --allow-unknown-service", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const config = yield* writeConfig(dir)
+      const out = NodePath.join(dir, "out")
+      const refused = yield* Effect.promise(() => runCli(["certs", "issue", "--config", config, "--service", "ecko", "--out", out]))
+      assert.strictEqual(refused.code, 1, refused.stderr)
+      assert.strictEqual(
+        refused.stderr.trim(),
+        `error: --service ecko: ${config} lists no such service (it lists: echo); add it to services, or pass --allow-unknown-service to issue anyway`
+      )
+      assert.isFalse(yield* Effect.promise(() => NodeFs.stat(out).then(() => true, () => false)), "nothing written")
+      const allowed = yield* Effect.promise(() =>
+        runCli(["certs", "issue", "--config", config, "--service", "ecko", "--allow-unknown-service", "--out", out])
+      )
+      assert.strictEqual(allowed.code, 0, allowed.stderr)
+      assert.include(allowed.stdout, "issued spiffe://mesh.local/service/ecko")
+      assert.strictEqual(openssl(["verify", "-CAfile", NodePath.join(out, "ca.pem"), NodePath.join(out, "cert.pem")]).status, 0)
+    }),
+    // Two runs of the built CLI: a process start takes seconds on a loaded 2-core machine.
+    120_000
+  )
+
+  it.scopedLive("certs issue (the built CLI) into a world-writable directory warns, and still issues", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const config = yield* writeConfig(dir)
+      const open = NodePath.join(dir, "open")
+      const own = NodePath.join(dir, "own")
+      yield* Effect.promise(async () => {
+        await NodeFs.mkdir(open)
+        await NodeFs.chmod(open, 0o1777)
+      })
+      const warned = yield* Effect.promise(() => runCli(["certs", "issue", "--config", config, "--service", "echo", "--out", open]))
+      assert.strictEqual(warned.code, 0, warned.stderr)
+      assert.include(warned.stderr, `warning: ${open} is world-writable (mode 01777)`)
+      assert.include(warned.stderr, `chmod o-w ${open}`)
+      assert.include(warned.stdout, "issued spiffe://mesh.local/service/echo")
+      const quiet = yield* Effect.promise(() => runCli(["certs", "issue", "--config", config, "--service", "echo", "--out", own]))
+      assert.strictEqual(quiet.code, 0, quiet.stderr)
+      assert.notInclude(quiet.stderr, "warning")
+    }),
+    // Two runs of the built CLI: a process start takes seconds on a loaded 2-core machine.
+    120_000
   )
 })

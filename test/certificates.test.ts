@@ -2,10 +2,17 @@ import { assert, describe, it } from "@effect/vitest"
 import { Cause, Context, Duration, Effect, Either, Exit, Layer, Option, Redacted, Stream, SubscriptionRef, TestClock } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
-import { registry } from "../layers/Metrics.js"
+import { registry, registry as registry_ } from "../layers/Metrics.js"
+import { execFileSync } from "node:child_process"
+import * as NodeOs from "node:os"
 import { X509Certificate } from "node:crypto"
-import { activateRoot, caPaths, workloadFilesDir, type CertificateState, Certificates, introduceRoot } from "../layers/Certificates.js"
-import { createRoot, loadAuthority } from "../src/certs/Authority.js"
+import { workloadFilesDir, type CertificateState, Certificates } from "../layers/Certificates.js"
+import { caPaths } from "../layers/internal/CaStore.js"
+import { activateRoot, introduceRoot } from "../src/commands/ca.js"
+import "reflect-metadata"
+import * as x509 from "@peculiar/x509"
+import * as NodeCrypto from "node:crypto"
+import { createRoot, keyIdentifier, loadAuthority, signWorkload } from "../src/certs/Authority.js"
 import { renewalTime, serialFraction } from "../src/certs/Rotation.js"
 import { mayReadSecret, ROOT_CA_SECRET, secretResources } from "../src/certs/Sds.js"
 import { parseMeshPrincipal, parseSpiffeId } from "../src/certs/Spiffe.js"
@@ -80,6 +87,16 @@ describe("issued certificates", () => {
         assert.match(text, /Key Usage: critical\s+Digital Signature/)
         assert.match(text, /Basic Constraints: critical\s+CA:FALSE/)
         assert.include(text, keyAlgorithm === "ecdsa-p256" ? "prime256v1" : "Public-Key: (2048 bit)")
+        // A public key made elsewhere (an agent's CSR) is certified as the service, with the same SANs.
+        const outside = NodeCrypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" })
+        const signed = yield* certs.signPublicKey("echo", outside.publicKey.export({ format: "der", type: "spki" }))
+        const signedFile = (yield* writeFiles(dir, { "signed.pem": signed.chainPem }))["signed.pem"]!
+        assert.strictEqual(openssl(["verify", "-CAfile", files["bundle.pem"]!, signedFile]).status, 0)
+        assert.strictEqual(
+          new X509Certificate(signed.certPem).publicKey.export({ format: "pem", type: "spki" }),
+          outside.publicKey.export({ format: "pem", type: "spki" })
+        )
+        assert.strictEqual(new X509Certificate(signed.certPem).subjectAltName, "URI:spiffe://mesh.local/service/echo, DNS:echo")
         // A one-off certificate (`certs issue`) verifies the same way.
         const oneOff = yield* certs.issue("batch")
         const oneOffFile = (yield* writeFiles(dir, { "batch.pem": oneOff.chainPem }))["batch.pem"]!
@@ -332,3 +349,248 @@ describe("rotation", () => {
   )
 })
 
+
+/** Polls in real time (the check loop does real file I/O), for tests whose clock is live. */
+const until = <A>(check: Effect.Effect<A | undefined>) =>
+  Effect.gen(function*() {
+    const deadline = Date.now() + 15_000
+    for (;;) {
+      const value = yield* check
+      if (value !== undefined) return value
+      if (Date.now() > deadline) return yield* Effect.die("condition not met within 15 s")
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 25)))
+    }
+  })
+
+const exists = (path: string) => Effect.promise(() => NodeFs.stat(path).then(() => true, () => false))
+const newPair = createRoot({ meshName: "x", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: 24 * HOUR })
+const fingerprintOf = (pem: string) => new X509Certificate(pem).fingerprint256
+
+/** Whether this process may mount a read-only tmpfs (root with CAP_SYS_ADMIN, as in this CI container). */
+const canMountReadOnly = (() => {
+  const dir = NodePath.join(NodeOs.tmpdir(), `mesh-ro-probe-${process.pid}`)
+  try {
+    execFileSync("mkdir", ["-p", dir])
+    execFileSync("mount", ["-t", "tmpfs", "-o", "ro", "tmpfs", dir], { stdio: "ignore" })
+    execFileSync("umount", [dir], { stdio: "ignore" })
+    return true
+  } catch {
+    return false
+  } finally {
+    execFileSync("rm", ["-rf", dir])
+  }
+})()
+
+describe("faults at the worst moment", () => {
+  it.scoped("a first start stopped after the key was published finishes publishing the staged root, and cleans up", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const root = yield* newPair
+      // What a crash between the two links leaves: the whole pair staged, the key in place, a temp file.
+      yield* Effect.promise(async () => {
+        await NodeFs.mkdir(paths.staging, { recursive: true, mode: 0o700 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, "ca-key.pem"), Redacted.value(root.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, "ca.pem"), root.certPem)
+        await NodeFs.writeFile(paths.key, Redacted.value(root.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(`${paths.cert}.tmp-0123456789ab`, root.certPem.slice(0, 100))
+      })
+      const { certs } = yield* startPersistent(dir, ["echo"])
+      const bundle = yield* certs.bundle
+      // The staged root is the one published: never replaced by a new one.
+      assert.deepStrictEqual(bundle.roots.map((r) => r.fingerprint), [fingerprintOf(root.certPem)])
+      assert.strictEqual(yield* Effect.promise(() => NodeFs.readFile(paths.cert, "utf8")), root.certPem)
+      assert.deepStrictEqual((yield* Effect.promise(() => NodeFs.readdir(dir))).sort(), ["ca-key.pem", "ca.pem"])
+    })
+  )
+
+  it.scoped("a first start stopped before the staged pair was whole leaves no CA: the next start makes one and removes the debris", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const root = yield* newPair
+      yield* Effect.promise(async () => {
+        await NodeFs.mkdir(paths.staging, { recursive: true, mode: 0o700 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, "ca-key.pem"), Redacted.value(root.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(NodePath.join(paths.staging, `ca.pem.tmp-0123456789ab`), "half a cert")
+        await NodeFs.writeFile(`${paths.key}.tmp-ba9876543210`, "half a key")
+      })
+      const { certs } = yield* startPersistent(dir, ["echo"])
+      const bundle = yield* certs.bundle
+      assert.strictEqual(bundle.roots.length, 1)
+      assert.deepStrictEqual((yield* Effect.promise(() => NodeFs.readdir(dir))).sort(), ["ca-key.pem", "ca.pem"])
+      assert.strictEqual(yield* mode(paths.key), 0o600)
+    })
+  )
+
+  it.scoped("`ca rotate --activate` stopped between its renames is completed at the next start; a half-written next/ is discarded", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const config = certConfig({ dir }, ["echo"])
+      const store = { settings: config.certificates, meshName: "home-lab", trustDomain: "mesh.local" }
+      yield* Effect.scoped(startPersistent(dir, ["echo"]))
+      const next = yield* introduceRoot(store)
+      // The first of activation's two renames happened (old root already copied to previous/ by then).
+      yield* Effect.promise(async () => {
+        await NodeFs.mkdir(paths.previousDir, { mode: 0o700 })
+        await NodeFs.copyFile(paths.cert, NodePath.join(paths.previousDir, "20260301T000000Z-0000000000000000.pem"))
+        await NodeFs.rename(paths.nextKey, paths.key)
+        await NodeFs.mkdir(paths.nextStaging, { mode: 0o700 })
+        await NodeFs.writeFile(NodePath.join(paths.nextStaging, "ca-key.pem"), "half", { mode: 0o600 })
+      })
+      const { certs } = yield* startPersistent(dir, ["echo"])
+      const bundle = yield* certs.bundle
+      assert.strictEqual(bundle.roots[0]!.fingerprint, next.fingerprint)
+      assert.strictEqual(bundle.roots[0]!.state, "active")
+      assert.isFalse(yield* exists(paths.nextDir))
+      assert.isFalse(yield* exists(paths.nextStaging))
+    })
+  )
+
+  it.scopedLive("a different CA pair copied into the directory while running is refused and reported; the CA in force keeps signing", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      const { certs, registry } = yield* startPersistent(dir, ["echo"], { checkInterval: "50ms" })
+      const before = yield* certs.state
+      const original = before.bundle.roots[0]!.fingerprint
+      const foreign = yield* newPair
+      yield* Effect.promise(async () => {
+        await NodeFs.writeFile(paths.key, Redacted.value(foreign.keyPem), { mode: 0o600 })
+        await NodeFs.writeFile(paths.cert, foreign.certPem)
+      })
+      const status = yield* until(Effect.map(certs.status, (s) => (s.caRefused === null ? undefined : s)))
+      assert.include(status.caRefused!, fingerprintOf(foreign.certPem))
+      assert.include(status.caRefused!, "ca rotate")
+      assert.include(status.lastError!, "without `ca rotate`")
+      // New identities are still signed by the root in force, and the bundle did not change.
+      yield* SubscriptionRef.set(registry, [service("echo"), service("billing")])
+      const after = yield* awaitState(certs, (s) => s.services.has("billing"))
+      assert.deepStrictEqual(after.bundle.roots.map((r) => r.fingerprint), [original])
+      assert.strictEqual(after.services.get("billing")!.issuer, original)
+      assert.strictEqual(after.services.get("echo")!.serial, before.services.get("echo")!.serial)
+      const failures = yield* Effect.promise(() => registry_.getSingleMetricAsString("mesh_controller_certificate_failures_total"))
+      assert.match(failures, /what="ca"\} [1-9]/)
+    })
+  )
+
+  it.scoped("an existing CA key readable by others is refused at start, naming the fix", () =>
+    Effect.gen(function*() {
+      const dir = NodePath.join(yield* tempDir, "certs")
+      const paths = caPaths(dir)
+      yield* Effect.scoped(startPersistent(dir, []))
+      yield* Effect.promise(() => NodeFs.chmod(paths.key, 0o644))
+      const error = yield* Effect.flip(Effect.scoped(startPersistent(dir, [])))
+      assert.strictEqual(error._tag, "CaInvalid")
+      assert.strictEqual(
+        error.message,
+        `${paths.key}: permissions 0644 are too open: the CA key must not be accessible by group or others; run \`chmod 600 ${paths.key}\``
+      )
+      assert.strictEqual(yield* mode(paths.key), 0o644, "left as it was")
+    })
+  )
+
+  it.scoped.skipIf(!canMountReadOnly)(
+    "creating the state dir on a read-only file system says so (needs root with CAP_SYS_ADMIN for a ro tmpfs mount)",
+    () =>
+      Effect.gen(function*() {
+        const mount = yield* Effect.acquireRelease(
+          Effect.map(tempDir, (dir) => {
+            execFileSync("mount", ["-t", "tmpfs", "-o", "ro", "tmpfs", dir])
+            return dir
+          }),
+          (dir) => Effect.sync(() => execFileSync("umount", [dir]))
+        )
+        const error = yield* Effect.flip(Effect.scoped(startPersistent(NodePath.join(mount, "state", "certs"), [])))
+        assert.strictEqual(error._tag, "CertificateStoreError")
+        assert.strictEqual(
+          error.message,
+          `${NodePath.join(mount, "state", "certs")}: cannot create the directory in ${mount}: read-only file system`
+        )
+      })
+  )
+
+  it.scoped("a file where the state dir's parent should be is named as such", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      yield* Effect.promise(() => NodeFs.writeFile(NodePath.join(dir, "state"), "not a directory"))
+      const target = NodePath.join(dir, "state", "certs")
+      const error = yield* Effect.flip(Effect.scoped(startPersistent(target, [])))
+      assert.strictEqual(error.message, `${target}: cannot create the directory: a part of the path is a file, not a directory`)
+    })
+  )
+})
+
+describe("the direct DER path (issue 16)", () => {
+  for (const keyAlgorithm of ["ecdsa-p256", "rsa-2048"] as const) {
+    it.scopedLive(`signWorkload's certificate equals @peculiar/x509's for the same key, and openssl verifies it (${keyAlgorithm})`, () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const root = yield* createRoot({ meshName: "home lab", trustDomain: "mesh.local", keyAlgorithm, now: new Date(START), validityMillis: 365 * 24 * HOUR })
+        const authority = yield* loadAuthority({ certPem: root.certPem, certFile: "ca.pem", keyPem: root.keyPem, keyFile: "ca-key.pem" })
+        // An externally made key (as the agent's CSR brings): the CA signs its public half only.
+        const pair = keyAlgorithm === "ecdsa-p256"
+          ? NodeCrypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" })
+          : NodeCrypto.generateKeyPairSync("rsa", { modulusLength: 2048 })
+        const publicKey = pair.publicKey.export({ format: "der", type: "spki" })
+        const now = new Date(START + 1234)
+        const request = { spiffeId: "spiffe://mesh.local/service/echo", commonName: "echo", organization: "home lab", dnsNames: ["echo", "echo-v2"], now, ttlMillis: 24 * HOUR }
+        const fast = yield* signWorkload(authority, { ...request, publicKey })
+        // The way every certificate was built before: @peculiar/x509 from the same inputs.
+        const reference = yield* Effect.promise(() =>
+          x509.X509CertificateGenerator.create({
+            serialNumber: fast.serial,
+            subject: "CN=echo, O=home lab",
+            issuer: authority.certificate.subjectName,
+            notBefore: fast.notBefore,
+            notAfter: fast.notAfter,
+            publicKey: new Uint8Array(publicKey),
+            signingKey: authority.key,
+            signingAlgorithm: keyAlgorithm === "ecdsa-p256" ? { name: "ECDSA", hash: "SHA-256" } : authority.key.algorithm,
+            extensions: [
+              new x509.BasicConstraintsExtension(false, undefined, true),
+              new x509.KeyUsagesExtension(
+                keyAlgorithm === "ecdsa-p256"
+                  ? x509.KeyUsageFlags.digitalSignature
+                  : x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment,
+                true
+              ),
+              new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth], false),
+              new x509.SubjectAlternativeNameExtension([
+                { type: "url", value: request.spiffeId },
+                { type: "dns", value: "echo" },
+                { type: "dns", value: "echo-v2" }
+              ]),
+              new x509.SubjectKeyIdentifierExtension(keyIdentifier(new Uint8Array(publicKey)), false),
+              new x509.AuthorityKeyIdentifierExtension(authority.keyId, false)
+            ]
+          }, NodeCrypto.webcrypto)
+        )
+        const parsed = new x509.X509Certificate(fast.certPem)
+        const tbsOf = (der: ArrayBuffer) => {
+          // Everything but the signature (ECDSA signatures differ run to run).
+          const cert = new X509Certificate(Buffer.from(der))
+          return { subject: cert.subject, issuer: cert.issuer, validFrom: cert.validFrom, validTo: cert.validTo, serial: cert.serialNumber }
+        }
+        assert.deepStrictEqual(tbsOf(parsed.rawData), tbsOf(reference.rawData))
+        assert.deepStrictEqual(
+          parsed.extensions.map((e) => [e.type, e.critical, Buffer.from(e.value).toString("hex")]),
+          reference.extensions.map((e) => [e.type, e.critical, Buffer.from(e.value).toString("hex")])
+        )
+        assert.deepStrictEqual(parsed.signatureAlgorithm, reference.signatureAlgorithm)
+        assert.isTrue(yield* Effect.promise(() => parsed.verify({ publicKey: authority.certificate.publicKey, signatureOnly: true }, NodeCrypto.webcrypto)))
+        assert.strictEqual(parsed.notAfter.getTime(), Math.floor((START + 1234 + 24 * HOUR) / 1000) * 1000)
+        const files = yield* writeFiles(dir, { "ca.pem": root.certPem, "leaf.pem": fast.certPem })
+        const verify = openssl(["verify", "-attime", String((START + HOUR) / 1000), "-CAfile", files["ca.pem"]!, "-purpose", "sslserver", files["leaf.pem"]!])
+        assert.strictEqual(verify.status, 0, verify.output)
+        // Strict DER: openssl re-encodes it to the same bytes.
+        const reencoded = openssl(["x509", "-in", files["leaf.pem"]!, "-outform", "PEM"]).output
+        assert.strictEqual(reencoded, fast.certPem)
+        const text = openssl(["x509", "-in", files["leaf.pem"]!, "-noout", "-text"]).output
+        assert.include(text, "URI:spiffe://mesh.local/service/echo, DNS:echo, DNS:echo-v2")
+        assert.include(text, keyAlgorithm === "ecdsa-p256" ? "Digital Signature\n" : "Digital Signature, Key Encipherment")
+      })
+    )
+  }
+})

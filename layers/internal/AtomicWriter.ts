@@ -1,8 +1,6 @@
 /**
- * Atomic writes for secrets and for sets of files that must change together.
+ * Atomic writes for sets of files that must change together (one file: ./AtomicFile.ts).
  *
- * - `writeFileAtomic`: temporary file (created with its final mode), fsync, rename or link, fsync
- *   the directory. A reader sees the old file or the new one, never half of either.
  * - `writeDirectoryAtomic`: Kubernetes' atomic writer (pkg/volume/util/atomic_writer.go): the files
  *   go into a fresh `..<timestamp>` directory, a `..data_tmp` symlink to it is renamed over `..data`
  *   (one rename: the swap), and each visible name is a symlink `name -> ..data/name`. A reader that
@@ -14,6 +12,7 @@ import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import { describeErrno, errnoCode } from "../../src/Errno.js"
+import { fsyncDir } from "./AtomicFile.js"
 
 export class AtomicWriteFailed extends Data.TaggedError("AtomicWriteFailed")<{ readonly path: string; readonly reason: string }> {
   override get message(): string {
@@ -23,16 +22,7 @@ export class AtomicWriteFailed extends Data.TaggedError("AtomicWriteFailed")<{ r
 
 const failed = (path: string) => (cause: unknown) => new AtomicWriteFailed({ path, reason: describeErrno(cause) })
 
-const fsyncDir = async (dir: string) => {
-  const handle = await NodeFs.open(dir, "r")
-  try {
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-}
-
-const writeSynced = async (path: string, content: string | Uint8Array, mode: number) => {
+const writeSynced = async (path: string, content: string, mode: number) => {
   const handle = await NodeFs.open(path, "wx", mode)
   try {
     await handle.writeFile(content)
@@ -41,37 +31,6 @@ const writeSynced = async (path: string, content: string | Uint8Array, mode: num
     await handle.close()
   }
 }
-
-/** `replace: false` fails with EEXIST when the file is there (creation that must not clobber). */
-export const writeFileAtomic = (
-  path: string,
-  content: string | Uint8Array,
-  options: { readonly mode: number; readonly replace: boolean }
-): Effect.Effect<void, AtomicWriteFailed> =>
-  Effect.tryPromise({
-    try: async () => {
-      const temp = `${path}.tmp-${randomBytes(6).toString("hex")}`
-      await writeSynced(temp, content, options.mode)
-      try {
-        if (options.replace) await NodeFs.rename(temp, path)
-        else await NodeFs.link(temp, path)
-      } finally {
-        await NodeFs.rm(temp, { force: true })
-      }
-      await fsyncDir(NodePath.dirname(path))
-    },
-    catch: failed(path)
-  })
-
-/** Creates a directory (and parents) and makes it 0700. */
-export const ensurePrivateDirectory = (dir: string): Effect.Effect<void, AtomicWriteFailed> =>
-  Effect.tryPromise({
-    try: async () => {
-      await NodeFs.mkdir(dir, { recursive: true, mode: 0o700 })
-      await NodeFs.chmod(dir, 0o700)
-    },
-    catch: failed(dir)
-  })
 
 export interface DirectoryFile {
   readonly name: string

@@ -3,7 +3,7 @@
  * can stand beside the file store without the signing service or the CLI knowing which it is.
  *
  * The file store keeps one file per token under `<dir>` (0700), each 0600 and written atomically,
- * plus `mac-key` (0600, 32 random bytes) that signs the tokens. One file per token means
+ * plus `mac-key` (0600, 32 random bytes in hex) that signs the tokens. One file per token means
  * `token create` (a CLI process) and the daemon spending another token never rewrite the same
  * file. Spending is read-check-write under a lock per store in this process; the CLI only ever
  * creates new files or marks one revoked.
@@ -14,7 +14,7 @@ import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import { describeErrno, errnoCode } from "../../src/Errno.js"
 import type { TokenRecord, TokenRefusal } from "../../src/tokens/Token.js"
-import { ensurePrivateDirectory, writeFileAtomic } from "./AtomicWriter.js"
+import { ensurePrivateDir, writeAtomic } from "./AtomicFile.js"
 
 /** The token store cannot be read or written; names the place. */
 export class TokenStoreError extends Schema.TaggedError<TokenStoreError>()("TokenStoreError", {
@@ -73,9 +73,9 @@ export const fileTokenStore = (directory: string): TokenStore => {
   const keyFile = NodePath.join(dir, "mac-key")
   const lock = Effect.unsafeMakeSemaphore(1)
   const storeError = (path: string) => (cause: unknown) => new TokenStoreError({ path, reason: describeErrno(cause) })
-  const prepare = ensurePrivateDirectory(dir).pipe(Effect.mapError((e) => new TokenStoreError({ path: e.path, reason: e.reason })))
-  const write = (path: string, content: string | Uint8Array, replace: boolean) =>
-    writeFileAtomic(path, content, { mode: 0o600, replace }).pipe(
+  const prepare = ensurePrivateDir(dir).pipe(Effect.mapError((e) => new TokenStoreError({ path: e.path, reason: e.reason })))
+  const write = (path: string, content: string, replace: boolean) =>
+    writeAtomic(path, content, { mode: 0o600, replace }).pipe(
       Effect.mapError((e) => new TokenStoreError({ path: e.path, reason: e.reason }))
     )
 
@@ -94,15 +94,15 @@ export const fileTokenStore = (directory: string): TokenStore => {
     )
 
   const macKey = Effect.gen(function*() {
-    const existing = yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile), catch: (cause) => cause }).pipe(
+    const existing = yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile, "utf8"), catch: (cause) => cause }).pipe(
       Effect.map(Option.some),
       Effect.catchAll((cause) => (errnoCode(cause) === "ENOENT" ? Effect.succeedNone : Effect.fail(storeError(keyFile)(cause))))
     )
-    if (Option.isSome(existing)) return new Uint8Array(existing.value)
+    if (Option.isSome(existing)) return new Uint8Array(Buffer.from(existing.value, "hex"))
     yield* prepare
     // link() refuses to clobber: of two processes making the key at once, one wins and both read it.
-    yield* write(keyFile, randomBytes(32), false).pipe(Effect.catchAll(() => Effect.void))
-    return new Uint8Array(yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile), catch: storeError(keyFile) }))
+    yield* write(keyFile, randomBytes(32).toString("hex"), false).pipe(Effect.catchAll(() => Effect.void))
+    return new Uint8Array(Buffer.from(yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile, "utf8"), catch: storeError(keyFile) }), "hex"))
   })
 
   return {

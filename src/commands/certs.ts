@@ -3,29 +3,53 @@
  * the same `--config FILE` as `run` and acts on the same CA (directory or operator files).
  */
 import { Command, Options } from "@effect/cli"
-import { Console, Effect, Either, Schema } from "effect"
-import { activateRoot, introduceRoot, issueToFiles, showRoots, type StoreSettings, type TrustBundle } from "../../layers/Certificates.js"
-import { loadFile } from "../../layers/LiveConfig.js"
+import { Clock, Console, Duration, Effect, Either, Schema } from "effect"
+import * as NodeFs from "node:fs/promises"
+import { issueIdentity, type WorkloadIdentity } from "../../layers/Certificates.js"
+import { bundleOf, type IdentityFilePaths, openCa, type StoreSettings, writeIdentityFiles } from "../../layers/internal/CaStore.js"
 import { ServiceName } from "../../schemas/Config.js"
-import { CaOperationRefused } from "../certs/Errors.js"
+import { CaOperationRefused, type CaInvalid, type CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
+import { loadFile } from "../../layers/LiveConfig.js"
+import { makeCaCommand, storeSettingsOf } from "./ca.js"
 
-const settingsFrom = (configPath: string) =>
-  loadFile(configPath).pipe(
-    Effect.map(({ config }): StoreSettings => ({ settings: config.certificates, meshName: config.mesh.name, trustDomain: config.mesh.trustDomain }))
-  )
+export { formatRoots } from "./ca.js"
 
-/** `ca show` output: one block per root, in bundle order (active first). */
-export const formatRoots = (bundle: TrustBundle): string =>
-  bundle.roots
-    .map((root) =>
-      [
-        `${root.state} root: ${root.subject}`,
-        `  fingerprint (SHA-256): ${root.fingerprint}`,
-        `  serial: ${root.serial}`,
-        `  valid: ${root.notBefore} to ${root.notAfter}`
-      ].join("\n")
+/** The files `certs issue` writes. */
+export interface IssuedFiles extends IdentityFilePaths {
+  readonly identity: WorkloadIdentity
+}
+
+/**
+ * `certs issue`: opens the CA (creating it under `dir` on first use, as the daemon would), issues
+ * a certificate for `service`, and writes `cert.pem` (leaf + intermediates), `key.pem` (0600) and
+ * `ca.pem` (the trust bundle) into `out`, each atomically; re-running replaces them (renewal).
+ */
+export const issueToFiles = (
+  options: StoreSettings,
+  service: string,
+  out: string
+): Effect.Effect<IssuedFiles, CaInvalid | CertificateStoreError | SigningFailed> =>
+  Effect.gen(function*() {
+    const material = yield* openCa({ ...options, create: true })
+    const now = yield* Clock.currentTimeMillis
+    const identity = yield* issueIdentity(material.authority, options, service, now)
+    const bundle = bundleOf(material, now, Duration.toMillis(options.settings.workloadTtl))
+    return { identity, ...(yield* writeIdentityFiles(out, identity, bundle.pem)) }
+  })
+
+/**
+ * A warning when others may write into `out`: whoever can replace cert.pem or ca.pem there
+ * decides what the workload trusts (a sticky bit does not help against a file planted first).
+ */
+const worldWritable = (out: string): Effect.Effect<string | undefined> =>
+  Effect.promise(() => NodeFs.stat(out).then((stat) => stat.mode, () => 0)).pipe(
+    Effect.map((mode) =>
+      (mode & 0o002) === 0
+        ? undefined
+        : `warning: ${out} is world-writable (mode 0${(mode & 0o7777).toString(8)}): anyone on this host can replace ` +
+          `the certificate or the trust bundle there; use a directory only the workload's user can write (chmod o-w ${out})`
     )
-    .join("\n")
+  )
 
 /**
  * The `certs` and `ca` commands, built around the CLI's own `--config` option (so they share its
@@ -37,16 +61,31 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
     {
       config: configOption,
       service: Options.text("service").pipe(Options.withDescription("The service the certificate is for (its SPIFFE ID is spiffe://<trustDomain>/service/<NAME>).")),
-      out: Options.directory("out", { exists: "either" }).pipe(Options.withDescription("Where to write cert.pem, key.pem (0600) and ca.pem."))
+      out: Options.directory("out", { exists: "either" }).pipe(Options.withDescription("Where to write cert.pem, key.pem (0600) and ca.pem.")),
+      allowUnknown: Options.boolean("allow-unknown-service").pipe(
+        Options.withDescription("Issue even when the config does not list the service (e.g. one registered only in Consul).")
+      )
     },
-    ({ config, out, service }) =>
+    ({ allowUnknown, config, out, service }) =>
       Effect.gen(function*() {
         const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
           onLeft: () =>
             Effect.fail(new CaOperationRefused({ reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${JSON.stringify(service)}` })),
           onRight: Effect.succeed
         })
-        const issued = yield* issueToFiles(yield* settingsFrom(config), name, out)
+        const { config: mesh } = yield* loadFile(config)
+        // A typo would otherwise mint a valid identity nobody expects (and the CA cannot take it back).
+        if (!allowUnknown && !mesh.services.some((s) => s.name === name)) {
+          const known = mesh.services.map((s) => s.name)
+          return yield* new CaOperationRefused({
+            reason: `--service ${name}: ${config} lists no such service` +
+              (known.length === 0 ? "" : ` (it lists: ${known.join(", ")})`) +
+              `; add it to services, or pass --allow-unknown-service to issue anyway`
+          })
+        }
+        const issued = yield* issueToFiles(storeSettingsOf(mesh), name, out)
+        const warning = yield* worldWritable(out)
+        if (warning !== undefined) yield* Console.error(warning)
         yield* Console.log(
           [
             `issued ${issued.identity.spiffeId}`,
@@ -60,37 +99,8 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
       })
   ).pipe(Command.withDescription("Issue a workload certificate into files (for a workload that reads them, e.g. a proxyless gRPC client)."))
 
-  const show = Command.make("show", { config: configOption }, ({ config }) =>
-    Effect.flatMap(settingsFrom(config), showRoots).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
-  ).pipe(Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity."))
-
-  const rotate = Command.make(
-    "rotate",
-    {
-      config: configOption,
-      activate: Options.boolean("activate").pipe(
-        Options.withDescription("Step 2: make the new root the signer (run once every workload trusts it).")
-      )
-    },
-    ({ activate, config }) =>
-      Effect.gen(function*() {
-        const settings = yield* settingsFrom(config)
-        if (activate) {
-          const root = yield* activateRoot(settings)
-          yield* Console.log(
-            `activated ${root.subject} (${root.fingerprint}).\nThe running controller re-issues every workload certificate on its next check; the previous root stays trusted for one workload TTL.`
-          )
-        } else {
-          const root = yield* introduceRoot(settings)
-          yield* Console.log(
-            `introduced ${root.subject} (${root.fingerprint}): trusted, not yet signing.\nOnce every workload has the new trust bundle (a few check intervals), run \`ca rotate --activate\`.`
-          )
-        }
-      })
-  ).pipe(Command.withDescription("Rotate the mesh root in two steps: introduce a new root, then --activate it."))
-
   return {
     certs: Command.make("certs").pipe(Command.withDescription("Workload certificates."), Command.withSubcommands([issue])),
-    ca: Command.make("ca").pipe(Command.withDescription("The mesh certificate authority."), Command.withSubcommands([show, rotate]))
+    ca: makeCaCommand(configOption)
   }
 }

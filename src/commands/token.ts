@@ -5,7 +5,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Clock, Console, Effect, Either, Logger, LogLevel, Option, Schema } from "effect"
-import { openCa } from "../../layers/Certificates.js"
+import { openCa } from "../../layers/internal/CaStore.js"
 import { fileTokenStore, tokenDirectory } from "../../layers/internal/TokenStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
 import { ServiceName } from "../../schemas/Config.js"
