@@ -15,7 +15,8 @@ import { newEnforcer, newModelFromString, StringAdapter } from "casbin"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { authorize, type AuthzRequest } from "../src/policy/Authorize.js"
-import { compileConfig, spiffeId } from "../src/policy/Compile.js"
+import { serviceId as spiffeId } from "../schemas/Identity.js"
+import { compileConfig } from "../src/policy/Compile.js"
 
 const argv = process.argv.slice(2)
 const secondsArg = argv.indexOf("--seconds")

@@ -3,6 +3,7 @@ import { createHash } from "node:crypto"
 import { MeshConfig, Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 import { decodeConfig, parseYaml } from "../src/ConfigDocument.js"
+import { compileConfig } from "../src/policy/Compile.js"
 import { LiveConfig, type LoadedConfig } from "./LiveConfig.js"
 import { blockingWatch, ConsulClient, type ConsulUnavailable, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { policiesResults } from "./internal/DiscoveryMetrics.js"
@@ -95,6 +96,8 @@ const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): Loade
     onSome: (shared) => ({
       ...loaded,
       config: { ...loaded.config, policies: shared },
+      // A new config (the file's with the key's policies): compiled once, here.
+      policy: compileConfig({ ...loaded.config, policies: shared }),
       hash: createHash("sha256").update(loaded.hash).update(JSON.stringify(Schema.encodeSync(Policies)(shared))).digest("hex"),
       source: `${loaded.source} (policies from Consul KV)`
     })

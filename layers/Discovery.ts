@@ -4,7 +4,8 @@ import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
-import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
+import { type RegistrationLimits, type RegistrationRefused, RegistrationStore } from "../src/discovery/RegistrationStore.js"
+import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import * as Coalesce from "./internal/Coalesce.js"
 import { LiveConfig } from "./LiveConfig.js"
 import {
@@ -19,6 +20,7 @@ import {
 import { dnsFailures, servicesBySource, syncLag, watchUpdates } from "./internal/DiscoveryMetrics.js"
 
 export type { ApiRegistration } from "../src/discovery/Merge.js"
+export { type RegistrationLimits, RegistrationRefused } from "../src/discovery/RegistrationStore.js"
 
 /**
  * The one place that knows the mesh's services and their endpoints. Everything downstream (health
@@ -36,8 +38,13 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     /** The current services first, then every change. */
     readonly changes: Stream.Stream<ReadonlyArray<Service>>
     readonly status: Effect.Effect<DiscoveryStatus>
-    /** Adds (or replaces) an endpoint registered at run time; kept across config reloads. */
-    readonly register: (registration: ApiRegistration) => Effect.Effect<void>
+    /**
+     * Adds (or replaces) an endpoint registered at run time; kept across config reloads. With
+     * `limits`, a registration that would break one is refused and changes nothing. The change
+     * reaches `services` and `changes` shortly after (publishes are coalesced, so a burst of
+     * registrations costs a few merges, not one per registration).
+     */
+    readonly register: (registration: ApiRegistration, limits?: RegistrationLimits) => Effect.Effect<void, RegistrationRefused>
     /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
     readonly deregister: (service: string, address: string, port: number) => Effect.Effect<boolean>
     readonly registrations: Effect.Effect<ReadonlyArray<ApiRegistration>>
@@ -189,9 +196,10 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     const initial = yield* config.get
     const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)
 
-    const configServices = yield* Ref.make(fromConfig(initial.config).services)
+    const configServices = yield* Ref.make(servicesFromConfig(initial.config))
     const dnsSettings = yield* Ref.make(initial.config.discovery.dns)
-    const api = yield* Ref.make<ReadonlyArray<ApiRegistration>>([])
+    // Touched only inside Effect.sync, so each change is one atomic step (see RegistrationStore).
+    const api = new RegistrationStore()
     const consulView = yield* Ref.make<ReadonlyMap<string, ConsulService>>(new Map())
     const dns = yield* SubscriptionRef.make<ReadonlyMap<string, DnsEntry>>(new Map())
     const output = yield* SubscriptionRef.make<ReadonlyArray<Service>>([])
@@ -219,7 +227,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     const lock = yield* Effect.makeSemaphore(1)
     const publish = lock.withPermits(1)(
       Effect.gen(function*() {
-        const merged = mergeRegistry(yield* Ref.get(configServices), yield* Ref.get(api), yield* Ref.get(consulView))
+        const merged = mergeRegistry(yield* Ref.get(configServices), api.all(), yield* Ref.get(consulView))
         const hosts = hostNamesOf(merged)
         const known = yield* Ref.get(dns)
         const fresh = hosts.filter((host) => !known.has(host))
@@ -245,7 +253,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       Stream.drop(1),
       Stream.runForEach((loaded) =>
         Effect.gen(function*() {
-          yield* Ref.set(configServices, fromConfig(loaded.config).services)
+          yield* Ref.set(configServices, servicesFromConfig(loaded.config))
           yield* Ref.set(dnsSettings, loaded.config.discovery.dns)
           yield* publish
         })
@@ -279,18 +287,23 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       ? yield* startConsulWatch(consulSettings, connection, options, consulView, dirty.signal)
       : undefined
 
-    const register = (registration: ApiRegistration) =>
-      Ref.update(api, (all) => [
-        ...all.filter((r) => !(r.service === registration.service && endpointKey(r) === endpointKey(registration))),
-        registration
-      ]).pipe(Effect.zipRight(publish))
+    // A registration changes the store at once (O(1)) and asks for a coalesced publish: publishing
+    // merges every source, which per request made n registrations cost O(n²).
+    const requestPublish = dirty.signal
+    const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
+      Effect.gen(function*() {
+        const configured = yield* Ref.get(configServices)
+        const consulNames = yield* Ref.get(consulView)
+        const known = (name: string) => consulNames.has(name) || configured.some((s) => s.name === name)
+        const refused = api.add(registration, limits, known)
+        if (refused) return yield* refused
+        yield* requestPublish
+      })
 
     const deregister = (service: string, address: string, port: number) =>
-      Ref.modify(api, (all) => {
-        const key = endpointKey({ address, port })
-        const rest = all.filter((r) => !(r.service === service && endpointKey(r) === key))
-        return [rest.length !== all.length, rest] as const
-      }).pipe(Effect.tap((removed) => (removed ? publish : Effect.void)))
+      Effect.sync(() => api.remove(service, endpointKey({ address, port }))).pipe(
+        Effect.tap((removed) => (removed ? requestPublish : Effect.void))
+      )
 
     const status: Effect.Effect<DiscoveryStatus> = Effect.gen(function*() {
       const services = yield* SubscriptionRef.get(output)
@@ -305,7 +318,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
           endpoints: s.endpoints.length,
           endpointsBySource: { config: count(s, "config"), api: count(s, "api"), consul: count(s, "consul") }
         })),
-        apiRegistrations: (yield* Ref.get(api)).length,
+        apiRegistrations: api.size,
         consul: consul && consulClient ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired } : null,
         dns: {
           refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
@@ -325,7 +338,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       status,
       register,
       deregister,
-      registrations: Ref.get(api)
+      registrations: Effect.sync(() => api.all())
     })
   })
 

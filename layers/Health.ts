@@ -45,6 +45,12 @@ export interface EndpointStatus {
   readonly consecutiveFailures: number
   /** Probes skipped because no slot of the global bound freed up before the next one was due. */
   readonly missedProbes: number
+  /** When probing began (ISO 8601): the window `unhealthyMs` covers. */
+  readonly trackedSince: string
+  /** Milliseconds spent unhealthy since `trackedSince`, the current spell included. */
+  readonly unhealthyMs: number
+  /** The last transitions (at most `MAX_FLIPS`), oldest first: a history longer than `history`'s probes. */
+  readonly transitions: ReadonlyArray<{ readonly at: string; readonly from: EndpointHealth; readonly to: EndpointHealth }>
   /** The last `historySize` results, oldest first. */
   readonly history: ReadonlyArray<{
     readonly at: string
@@ -155,7 +161,14 @@ interface Entry {
   readonly endpoint: string
   state: EndpointState
   missed: number
+  readonly trackedSince: number
+  /** Time spent unhealthy in spells that ended (the current one is added when read). */
+  unhealthyMs: number
+  readonly flips: Array<{ readonly at: number; readonly from: EndpointHealth; readonly to: EndpointHealth }>
 }
+
+/** Transitions kept per endpoint for the status page's timeline (a flapping endpoint stays bounded). */
+const MAX_FLIPS = 20
 
 interface Probe {
   readonly key: string
@@ -273,9 +286,14 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       Effect.suspend(() => {
         const entry = entries.get(probe.key)
         if (entry === undefined) return Effect.void
-        const { state, transition } = step(entry.state, result, probe.check, historySize)
+        const before = entry.state
+        const { state, transition } = step(before, result, probe.check, historySize)
         entry.state = state
-        return transition === undefined ? Effect.void : announce(probe, entry, result, transition)
+        if (transition === undefined) return Effect.void
+        if (transition.from === "unhealthy") entry.unhealthyMs += Math.max(0, result.at - before.since)
+        entry.flips.push({ at: result.at, from: transition.from, to: transition.to })
+        if (entry.flips.length > MAX_FLIPS) entry.flips.shift()
+        return announce(probe, entry, result, transition)
       })
 
     const announce = (probe: Probe, entry: Entry, result: ProbeResult, transition: Transition) =>
@@ -413,7 +431,15 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         const started: Array<Probe> = []
         for (const [key, probe] of desired) {
           if (entries.has(key)) continue
-          entries.set(key, { service: probe.service.name, endpoint: endpointKey(probe.target), state: initialState(now), missed: 0 })
+          entries.set(key, {
+            service: probe.service.name,
+            endpoint: endpointKey(probe.target),
+            state: initialState(now),
+            missed: 0,
+            trackedSince: now,
+            unhealthyMs: 0,
+            flips: []
+          })
           started.push(probe)
         }
         yield* Effect.forEach(started, (probe) => FiberMap.run(fibers, probe.key, probeLoop(probe)), { discard: true })
@@ -439,7 +465,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     yield* reconcile(yield* discovery.services)
     yield* discovery.changes.pipe(Stream.runForEach(reconcile), Effect.forkScoped)
 
-    const serviceStatus = (service: Service, check: HealthCheck, current: HealthView): ServiceStatus => {
+    const serviceStatus = (service: Service, check: HealthCheck, current: HealthView, now: number): ServiceStatus => {
       const decision = routing(service, current)
       const byEndpoint = new Map<string, Entry>()
       for (const [key, entry] of entries) if (entry.service === service.name && key === probeKey(service.name, entry.endpoint, check)) byEndpoint.set(entry.endpoint, entry)
@@ -459,6 +485,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             consecutiveSuccesses: entry.state.successes,
             consecutiveFailures: entry.state.failures,
             missedProbes: entry.missed,
+            trackedSince: new Date(entry.trackedSince).toISOString(),
+            unhealthyMs: entry.unhealthyMs + (entry.state.health === "unhealthy" ? Math.max(0, now - entry.state.since) : 0),
+            transitions: entry.flips.map((f) => ({ at: new Date(f.at).toISOString(), from: f.from, to: f.to })),
             history: entry.state.history.map((r) => ({
               at: new Date(r.at).toISOString(),
               ok: r.ok,
@@ -474,6 +503,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     const status: Effect.Effect<HealthStatus> = Effect.gen(function*() {
       const known = yield* Ref.get(services)
       const current = yield* SubscriptionRef.get(view)
+      const now = yield* Clock.currentTimeMillis
       return {
         checks: "on" as const,
         maxConcurrentProbes: maxConcurrent,
@@ -483,7 +513,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         probesMissed: missedTotal,
         grpcChannels: (yield* RcMap.keys(grpcPool)).length,
         services: known.flatMap((service) =>
-          service.healthCheck === undefined ? [] : [serviceStatus(service, service.healthCheck, current)]
+          service.healthCheck === undefined ? [] : [serviceStatus(service, service.healthCheck, current, now)]
         )
       }
     })

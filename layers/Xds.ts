@@ -6,6 +6,7 @@ import { adsService, sdsService, healthService, ServingStatus } from "../src/xds
 import {
   describeStream,
   kindOf,
+  clip,
   newDenials,
   newStream,
   noSecretAccess,
@@ -13,15 +14,15 @@ import {
   onSotwRequest,
   type Protocol,
   push,
-  shortType,
   type SecretAccess,
+  type StreamStatus,
   type StreamState
 } from "../src/xds/XdsStream.js"
 import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
-import { TypeUrls } from "../src/xds/Protos.js"
+import { TypeUrls, typeLabel } from "../src/xds/TypeUrls.js"
 import { describeErrno } from "../src/Errno.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { counter, gauge, histogram } from "./Metrics.js"
+import * as XdsMetrics from "./internal/XdsMetrics.js"
 import { type Published, Snapshot } from "./Snapshot.js"
 
 /** The xDS server could not listen on its address. */
@@ -64,6 +65,12 @@ export interface XdsOptions {
  * `controller.xds.tls: mtls`; over plaintext nobody has one, unless
  * `controller.xds.insecureNodeIdentity` trusts node ids (anyone on the network can claim one).
  * A refused secret is answered as not found, counted, logged, and listed in `status`.
+ *
+ * Client input is bounded (`XdsLimits`): a request naming more than 50,000 resources, a name longer
+ * than 4,096 characters, or a stream subscribing to more than 100,000 names in all ends the stream
+ * with RESOURCE_EXHAUSTED (INVALID_ARGUMENT for the long name) and a message naming the bound; the
+ * request is not applied. A type the server does not serve is ignored and counted as `other`; node
+ * ids, user agents and NACK details show in logs and `status` cut to 1,024 characters.
  */
 export class Xds extends Context.Tag("mesh-controller/Xds")<
   Xds,
@@ -80,24 +87,18 @@ export class Xds extends Context.Tag("mesh-controller/Xds")<
 export interface XdsStatus {
   readonly address: string
   readonly snapshotVersion: string
-  readonly clients: ReadonlyArray<ReturnType<typeof describeStream>>
+  readonly clients: ReadonlyArray<StreamStatus>
 }
 
-const streamsGauge = gauge("mesh_controller_xds_streams", "Open xDS streams, by protocol and client kind.", ["protocol", "kind"])
-const pushesTotal = counter("mesh_controller_xds_pushes_total", "xDS responses sent, by protocol and resource type.", ["protocol", "type"])
-const pushLatency = histogram(
-  "mesh_controller_xds_push_latency_seconds",
-  "Time from a snapshot's publication to its push on a stream, by resource type.",
-  ["type"]
-)
-const ackLatency = histogram("mesh_controller_xds_ack_latency_seconds", "Time from a push to its ACK, by resource type.", ["type"])
-const secretsDenied = counter(
-  "mesh_controller_xds_secrets_denied_total",
-  "SDS secrets a client asked for and may not read (answered as not found), by how its identity was known.",
-  ["identity_source"]
-)
-const nacksTotal = counter("mesh_controller_xds_nacks_total", "xDS responses a client rejected, by resource type.", ["type"])
-
+const {
+  xdsAckLatency: ackLatency,
+  xdsNacks: nacksTotal,
+  xdsPushes: pushesTotal,
+  xdsPushLatency: pushLatency,
+  xdsRequests: requestsTotal,
+  xdsSecretsDenied: secretsDenied,
+  xdsStreams: streamsGauge
+} = XdsMetrics
 
 type StreamEvent =
   | { readonly _tag: "Request"; readonly request: SotwRequest | DeltaRequest }
@@ -183,10 +184,26 @@ export const make = (options: XdsOptions) =>
           const response = push(stream, url, snapshot, at)
           if (response === undefined) return
           call.write(response.bytes)
-          pushesTotal.inc({ protocol, type: shortType(url) })
-          if (since !== undefined) pushLatency.observe({ type: shortType(url) }, Math.max(0, at - since) / 1000)
+          pushesTotal.inc({ protocol, type: typeLabel(url) })
+          if (since !== undefined) pushLatency.observe({ type: typeLabel(url) }, Math.max(0, at - since) / 1000)
         }
 
+        /**
+         * A published snapshot reaching this stream, in a span under the rebuild's span, so one
+         * change can be followed from the rebuild to every stream it reached.
+         */
+        const pushSnapshot = (published: Published, at: number) =>
+          Effect.sync(() => {
+            for (const url of pushOrder(stream)) send(url, published.snapshot, published.publishedAt, at)
+          }).pipe(
+            Effect.withSpan("xds.push", {
+              attributes: { stream: id, version: published.snapshot.version },
+              ...(published.span !== undefined ? { parent: published.span } : {})
+            })
+          )
+
+        // Once per stream: a client asking for many unknown types must not write a line for each.
+        let unknownLogged = false
         while (true) {
           const event = yield* Queue.take(events)
           const at = yield* Clock.currentTimeMillis
@@ -194,7 +211,7 @@ export const make = (options: XdsOptions) =>
           if (event._tag === "Snapshot") {
             if (event.published.snapshot.version === current.snapshot.version) continue
             current = event.published
-            for (const url of pushOrder(stream)) send(url, current.snapshot, current.publishedAt, at)
+            yield* pushSnapshot(current, at)
             continue
           }
           const request = event.request
@@ -206,11 +223,28 @@ export const make = (options: XdsOptions) =>
             streamsGauge.dec({ protocol, kind })
             kind = kindOf(stream.node)
             streamsGauge.inc({ protocol, kind })
-            yield* Effect.logInfo("xds: client connected").pipe(
+            yield* Effect.logInfo("client connected").pipe(
               Effect.annotateLogs({ node: stream.node.id, kind, protocol, peer: stream.peer })
             )
           }
-          const type = shortType(request.type_url)
+          const type = typeLabel(request.type_url)
+          requestsTotal.inc({ protocol, type, outcome: outcome._tag })
+          if (outcome._tag === "Rejected") {
+            yield* Effect.logWarning("rejected a request over a bound; ending the stream").pipe(
+              Effect.annotateLogs({ node: stream.node?.id ?? "", type, reason: outcome.reason, peer: stream.peer })
+            )
+            call.emit("error", { code: grpc.status[outcome.code], details: outcome.reason })
+            return
+          }
+          if (outcome._tag === "UnknownType") {
+            if (!unknownLogged) {
+              unknownLogged = true
+              yield* Effect.logDebug("client asked for a type this server does not serve; ignored").pipe(
+                Effect.annotateLogs({ node: stream.node?.id ?? "", typeUrl: clip(request.type_url), peer: stream.peer })
+              )
+            }
+            continue
+          }
           const denied = newDenials(
             stream,
             request.type_url,
@@ -218,18 +252,18 @@ export const make = (options: XdsOptions) =>
           )
           if (denied.length > 0) {
             secretsDenied.inc({ identity_source: stream.access.source }, denied.length)
-            yield* Effect.logWarning("xds: refused secrets the client may not read (answered as not found)").pipe(
+            yield* Effect.logWarning("refused secrets the client may not read (answered as not found)").pipe(
               Effect.annotateLogs({
                 node: stream.node?.id ?? "",
                 identity: stream.access.spiffeId ?? `none (${stream.access.reason ?? "unknown"})`,
-                secrets: denied.join(", "),
+                secrets: clip(denied.join(", ")),
                 peer: stream.peer
               })
             )
           }
           if (outcome._tag === "Nack") {
             nacksTotal.inc({ type })
-            yield* Effect.logWarning("xds: client rejected a response (NACK)").pipe(
+            yield* Effect.logWarning("client rejected a response (NACK)").pipe(
               Effect.annotateLogs({ node: stream.node?.id ?? "", type, version: outcome.nack.version, error: outcome.nack.message })
             )
           } else if (outcome._tag === "Ack") {
@@ -311,7 +345,7 @@ export const make = (options: XdsOptions) =>
       : trustNodeIds
       ? "by node id, UNVERIFIED (controller.xds.insecureNodeIdentity)"
       : "to nobody (plaintext xDS: set controller.xds.tls: mtls)"
-    yield* Effect.logInfo("xds: serving").pipe(Effect.annotateLogs({ host, port: server.port, privateKeys: keys }))
+    yield* Effect.logInfo("serving").pipe(Effect.annotateLogs({ host, port: server.port, privateKeys: keys }))
 
     return Xds.of({
       address: { host, port: server.port },
@@ -321,7 +355,7 @@ export const make = (options: XdsOptions) =>
         clients: [...streams.values()].map(describeStream)
       }))
     })
-  })
+  }).pipe(Effect.annotateLogs({ module: "xds" }))
 
 /**
  * Envoy's make-before-break order: secrets and clusters (and their endpoints) before the

@@ -91,7 +91,46 @@ const XdsListen = Schema.Struct({
    */
   insecureNodeIdentity: withDefault(Schema.Boolean, () => false)
 })
-const AdminListen = ListenAddress("127.0.0.1", 15014)
+/**
+ * Bounds on what the registration API accepts. They keep one caller from growing memory without
+ * bound, and keep every resource built from registrations far below what xDS clients accept
+ * (gRPC's default receive limit is 4 MiB): `maxServiceBytes` is capped at 2 MiB for that reason.
+ */
+export const AdminRegistration = Schema.Struct({
+  /** A request body larger than this is refused with 413 before it is parsed. */
+  maxBodyBytes: withDefault(intBetween(1, 1024 * 1024, "a size in bytes from 1 to 1048576"), () => 64 * 1024),
+  maxLabels: withDefault(NonNegativeInt, () => 16),
+  maxLabelKeyLength: withDefault(PositiveInt, () => 63),
+  maxLabelValueLength: withDefault(PositiveInt, () => 256),
+  maxEndpointsPerService: withDefault(PositiveInt, () => 10_000),
+  /** The registrations of one service, counted as their JSON size, may not grow past this. */
+  maxServiceBytes: withDefault(intBetween(1024, 2 * 1024 * 1024, "a size in bytes from 1024 to 2097152"), () => 1024 * 1024),
+  /**
+   * May the API create services the config file does not define (nor Consul)? Each one gets a
+   * cluster and a workload certificate, so this is off unless asked for, and bounded by maxServices.
+   */
+  createServices: withDefault(Schema.Boolean, () => false),
+  maxServices: withDefault(NonNegativeInt, () => 32)
+})
+export type AdminRegistration = typeof AdminRegistration.Type
+
+const AdminListen = Schema.Struct({
+  ...ListenAddress("127.0.0.1", 15014).fields,
+  /**
+   * The bearer token that state-changing requests must carry. Absent: `<certificates.dir>/admin-token`,
+   * generated (mode 0600) on first start. A file that does not exist is created with a new token.
+   */
+  tokenFile: Schema.optionalWith(NonEmptyString, { exact: true }),
+  /**
+   * Who may read /status, /metrics and GET /v1/services: "open" to anyone who reaches the port, "token"
+   * only with the token, "auto" (default) open when `host` is a loopback address and token otherwise.
+   */
+  readAccess: withDefault(oneOf("auto", "open", "token"), () => "auto" as const),
+  /** Host names requests may carry besides the bound address (a DNS name the server is reached by). */
+  allowedHosts: withDefault(Schema.Array(NonEmptyString), emptyArray),
+  registration: withDefault(AdminRegistration, () => Schema.decodeSync(AdminRegistration)({}))
+})
+export type AdminListen = typeof AdminListen.Type
 
 export const Debounce = Schema.Struct({
   /** Rebuild once inputs have been quiet this long. */
@@ -123,7 +162,7 @@ export type SigningListen = typeof SigningListen.Type
 export const Controller = Schema.Struct({
   signing: Schema.optionalWith(SigningListen, { exact: true }),
   xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })),
-  admin: withDefault(AdminListen, () => ({ host: "127.0.0.1", port: 15014 })),
+  admin: withDefault(AdminListen, () => Schema.decodeSync(AdminListen)({})),
   shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
   debounce: withDefault(Debounce, () => ({ quiet: Duration.millis(100), max: Duration.seconds(1) }))
 })
@@ -617,7 +656,11 @@ export const ENVOY_STOP_RESERVE = Duration.seconds(3)
 type Fields = typeof MeshConfigFields.Type
 type Issue = { readonly path: ReadonlyArray<PropertyKey>; readonly message: string }
 
-/** Rules that span fields: names are unique and every reference points at something that exists. */
+/**
+ * Rules that span fields outside `policies`: service names and endpoints are unique, and the
+ * sidecar names a service that exists. Policies are checked by their compiler
+ * (src/policy/Compile.ts), the one home of the policy rules; `src/ConfigDocument.ts` runs both.
+ */
 export const crossFieldIssues = (config: Fields, options: { readonly partial?: boolean } = {}): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
   const firstIndex = new Map<string, number>()
@@ -634,86 +677,6 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
   })
   const known = (name: string) => firstIndex.has(name)
   const unknown = (name: string) => `unknown service "${name}"`
-
-  const policyNames = new Map<string, number>()
-  config.policies.traffic.forEach((policy, i) => {
-    const base = ["policies", "traffic", i] as const
-    const seen = policyNames.get(policy.name)
-    if (seen !== undefined) issues.push({ path: [...base, "name"], message: `duplicate traffic policy name "${policy.name}" (first defined at policies.traffic[${seen}])` })
-    else policyNames.set(policy.name, i)
-    if (!known(policy.service)) issues.push({ path: [...base, "service"], message: unknown(policy.service) })
-    policy.routes.forEach((route, r) => {
-      route.destinations.forEach((destination, d) => {
-        if (!known(destination.service)) {
-          issues.push({ path: [...base, "routes", r, "destinations", d, "service"], message: unknown(destination.service) })
-        }
-      })
-      // `mirror` is absent on a partial (undecodable) document.
-      const mirror = route.mirror
-      if (mirror !== undefined && !known(mirror.service)) {
-        issues.push({ path: [...base, "routes", r, "mirror", "service"], message: unknown(mirror.service) })
-      }
-    })
-  })
-  const targets = new Map<string, number>()
-  config.policies.traffic.forEach((policy, i) => {
-    const seen = targets.get(policy.service)
-    if (seen !== undefined) {
-      issues.push({
-        path: ["policies", "traffic", i, "service"],
-        message: `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`
-      })
-    } else targets.set(policy.service, i)
-  })
-
-  const ruleNames = new Map<string, number>()
-  config.policies.security.authorization.forEach((rule, i) => {
-    const base = ["policies", "security", "authorization", i] as const
-    const seen = ruleNames.get(rule.name)
-    if (seen !== undefined) issues.push({ path: [...base, "name"], message: `duplicate rule name "${rule.name}" (first defined at policies.security.authorization[${seen}])` })
-    else ruleNames.set(rule.name, i)
-    if (!known(rule.to)) issues.push({ path: [...base, "to"], message: unknown(rule.to) })
-    rule.from.forEach((peer, p) => {
-      // A `{ principal }` peer names no service (and reads as service "" on a partial document).
-      if ("service" in peer && peer.service !== "" && !known(peer.service)) {
-        issues.push({ path: [...base, "from", p, "service"], message: unknown(peer.service) })
-      }
-    })
-  })
-  // Envoy authorizes a tcp service's connections, not requests: its rules may name callers and ports only.
-  const tcpServices = new Set(config.services.filter((s) => s.protocol === "tcp").map((s) => s.name))
-  config.policies.security.authorization.forEach((rule, i) => {
-    const when = rule.when
-    if (tcpServices.has(rule.to) && (when?.methods !== undefined || when?.paths !== undefined || when?.headers !== undefined)) {
-      issues.push({ path: ["policies", "security", "authorization", i, "when"], message: `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports` })
-    }
-  })
-  // An allow rule with the same callers, target and conditions as a deny rule can never allow anything.
-  const denyKeys = new Map<string, number>()
-  const ruleKey = (rule: AuthorizationRule) => JSON.stringify([rule.to, [...rule.from.map((p) => JSON.stringify(p))].sort(), rule.when ?? null])
-  config.policies.security.authorization.forEach((rule, i) => {
-    if (rule.action === "deny" && !denyKeys.has(ruleKey(rule))) denyKeys.set(ruleKey(rule), i)
-  })
-  config.policies.security.authorization.forEach((rule, i) => {
-    const deny = rule.action === "allow" ? denyKeys.get(ruleKey(rule)) : undefined
-    if (deny !== undefined) {
-      issues.push({
-        path: ["policies", "security", "authorization", i],
-        message: `allow rule "${rule.name}" conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`
-      })
-    }
-  })
-
-  // `resilience` is absent on a partial (undecodable) document.
-  const resilienceTargets = new Map<string, number>()
-  ;(config.policies.resilience ?? []).forEach((policy, i) => {
-    const path = ["policies", "resilience", i, "service"] as const
-    if (!known(policy.service)) issues.push({ path, message: unknown(policy.service) })
-    const seen = resilienceTargets.get(policy.service)
-    if (seen !== undefined) {
-      issues.push({ path, message: `service "${policy.service}" already has a resilience policy (policies.resilience[${seen}]); merge them into one` })
-    } else resilienceTargets.set(policy.service, i)
-  })
 
   // Rules below read decoded values (durations, defaults): skipped on a partial (undecodable) document.
   if (options.partial === true) return issues

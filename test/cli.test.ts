@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as YAML from "yaml"
+import { aliasBomb } from "./support/aliasBomb.js"
 import { runCli } from "./support/daemon.js"
 
 const temp = (text: string) => {
@@ -36,6 +37,15 @@ describe("mesh-controller CLI", () => {
     const result = await runCli(["validate", temp("mesh:\n  name: lab\n  name: again\n")])
     expect(result.code).toBe(1)
     expect(result.stderr).toContain("line 3, column 3: YAML syntax error: Map keys must be unique")
+  })
+
+  it("validate: a YAML alias bomb is one problem, not a stack trace", async () => {
+    const path = temp(aliasBomb())
+    const result = await runCli(["validate", path])
+    expect(result.code).toBe(1)
+    expect(result.stderr).toBe(
+      `error: ${path}: 1 problem\n  YAML cannot be read: Excessive alias count indicates a resource exhaustion attack\n`
+    )
   })
 
   it("validate: exit 1 for a missing file", async () => {

@@ -3,6 +3,7 @@ import { Duration, Either } from "effect"
 import { readFileSync } from "node:fs"
 import { parseDurationMillis } from "../schemas/Duration.js"
 import { parseConfig } from "../src/ConfigDocument.js"
+import { aliasBomb } from "./support/aliasBomb.js"
 
 const base = `
 mesh: { name: lab }
@@ -50,7 +51,8 @@ const invalid: ReadonlyArray<readonly [string, string, string]> = [
   ["http check path without slash", `${base}    healthCheck: { type: http, path: healthz }`, `services[1].healthCheck.path: expected a path starting with "/", got "healthz"`],
   ["YAML syntax error", "mesh: { name: lab\nservices: [", "line 2, column 1: YAML syntax error: Flow map in block collection must be sufficiently indented and end with a }"],
   ["duplicate YAML key", "mesh: { name: a }\nmesh: { name: b }", "line 2, column 1: YAML syntax error: Map keys must be unique"],
-  ["empty file", "", "the file is empty"]
+  ["empty file", "", "the file is empty"],
+  ["YAML alias bomb", aliasBomb(), "YAML cannot be read: Excessive alias count indicates a resource exhaustion attack"]
 ]
 
 describe("config schema", () => {
@@ -87,6 +89,37 @@ policies:
     ])
   })
 
+  it("one checker for policies: a rule naming a caller by service or by its SPIFFE ID is the same rule", () => {
+    // The schema used to compare peers as written and let this pass; the compiler compares identities.
+    const found = problems(`${base}policies:
+  security:
+    authorization:
+      - { name: no-gw, action: deny, from: [ { service: echo-v2 } ], to: echo }
+      - { name: gw, action: allow, from: [ { principal: "spiffe://mesh.local/service/echo-v2" } ], to: echo }`)
+    expect(found).toEqual([
+      `policies.security.authorization[1]: conflicts with deny rule at policies.security.authorization[0]: same callers, target and conditions, so it never allows anything (policy "gw")`
+    ])
+  })
+
+  it("reports policy references together with service problems and structural ones", () => {
+    const found = problems(`${base}  - name: echo
+    port: 1
+  - name: bad
+    port: 0
+policies:
+  traffic:
+    - { name: c, service: ghost, routes: [ { destinations: [ { service: echo } ] } ] }
+    - { name: c, service: echo, routes: [ { destinations: [ { service: echo } ] } ] }
+  resilience: [ { service: gone } ]`)
+    expect(found).toEqual([
+      "services[3].port: expected a port number from 1 to 65535, got 0",
+      `services[2].name: duplicate service name "echo" (first defined at services[0])`,
+      `policies.traffic[0].service: unknown service "ghost"`,
+      `policies.traffic[1].name: duplicate traffic policy name (first defined at policies.traffic[0]) (policy "c")`,
+      `policies.resilience[0].service: unknown service "gone"`
+    ])
+  })
+
   it("keeps IPv6 endpoints apart that would collide unbracketed", () => {
     const result = parseConfig("mesh: { name: lab }\nservices: [ { name: a, port: 80, endpoints: [ { address: \"::1\", port: 880 }, { address: \"::1:8\" } ] } ]", "x")
     expect(Either.isRight(result) ? "ok" : result.left.message).toBe("ok")
@@ -96,7 +129,8 @@ policies:
     const config = Either.getOrThrow(parseConfig("mesh: { name: lab }\nservices: [ { name: a, port: 80, endpoints: [ { address: 10.0.0.1 } ] } ]", "x"))
     expect(config.mesh.trustDomain).toBe("mesh.local")
     expect(config.controller.xds).toMatchObject({ host: "0.0.0.0", port: 15010 })
-    expect(config.controller.admin).toEqual({ host: "127.0.0.1", port: 15014 })
+    expect(config.controller.admin).toMatchObject({ host: "127.0.0.1", port: 15014, readAccess: "auto", allowedHosts: [] })
+    expect(config.controller.admin.registration).toMatchObject({ maxBodyBytes: 65536, createServices: false })
     expect(Duration.toMillis(config.controller.shutdownTimeout)).toBe(10_000)
     expect(Duration.toMillis(config.controller.debounce.quiet)).toBe(100)
     expect(Duration.toMillis(config.controller.debounce.max)).toBe(1_000)

@@ -1,12 +1,12 @@
 import { afterEach, describe, expect, it } from "@effect/vitest"
-import { mkdtempSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { createServer, type Server } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { type Daemon, jsonLogs, runCli, startDaemon } from "./support/daemon.js"
 import { waitFor } from "./support/eventually.js"
 
-const configText = (name: string, adminPort = 0) => `
+const configText = (name: string, adminPort = 0, stateDir = join(tmpdir(), "mesh-daemon-certs")) => `
 mesh: { name: ${name} }
 controller:
   xds: { host: 127.0.0.1, port: 0 }
@@ -16,7 +16,7 @@ services:
   - name: web
     port: 8080
     endpoints: [ { address: 127.0.0.1, port: 18080 } ]
-certificates: { dir: ${JSON.stringify(join(tmpdir(), "mesh-daemon-certs"))} }
+certificates: { dir: ${JSON.stringify(stateDir)} }
 `
 
 const writeConfig = (text: string) => {
@@ -81,6 +81,34 @@ describe("the daemon as a process", () => {
     const exit = await daemon.exited
     expect(exit).toEqual({ code: 0, signal: null })
     expect(await portIsFree(adminPort)).toBe(true)
+  })
+
+  it("generates the admin token into the state dir (0600, never logged); the registration API needs it", async () => {
+    const stateDir = join(mkdtempSync(join(tmpdir(), "mesh-daemon-state-")), "state")
+    const daemon = (running = await startDaemon(writeConfig(configText("tokens", 0, stateDir))))
+    const tokenFile = join(stateDir, "admin-token")
+    const token = readFileSync(tokenFile, "utf8").trim()
+    expect(statSync(tokenFile).mode & 0o777).toBe(0o600)
+    const url = `${daemon.adminUrl}/v1/services/web/endpoints`
+    const body = JSON.stringify({ address: "127.0.0.1", port: 18081 })
+    const json = { "content-type": "application/json" }
+    expect((await fetch(url, { method: "POST", headers: json, body })).status).toBe(401)
+    expect((await fetch(url, { method: "POST", headers: { ...json, authorization: "Bearer wrong-token-0123456789" }, body })).status).toBe(403)
+    expect((await fetch(url, { method: "POST", headers: { "content-type": "text/plain", authorization: `Bearer ${token}` }, body })).status)
+      .toBe(415)
+    expect((await fetch(url, { method: "POST", headers: { ...json, authorization: `Bearer ${token}` }, body })).status).toBe(201)
+    const status = (await (await fetch(`${daemon.adminUrl}/status`)).json()) as { layers: { admin: { status: unknown } } }
+    expect(status.layers.admin.status).toMatchObject({ readAccess: "open", tokenFile })
+    expect(jsonLogs(daemon.lines).some((l) => l.message === `admin: generated the admin token in ${tokenFile}`)).toBe(true)
+    expect([...daemon.lines, ...daemon.stderr].join("\n")).not.toContain(token)
+
+    // A restart keeps the token.
+    daemon.child.kill("SIGTERM")
+    await daemon.exited
+    const again = (running = await startDaemon(writeConfig(configText("tokens", 0, stateDir))))
+    expect(readFileSync(tokenFile, "utf8").trim()).toBe(token)
+    expect((await fetch(url.replace(daemon.adminUrl, again.adminUrl), { method: "POST", headers: { ...json, authorization: `Bearer ${token}` }, body })).status)
+      .toBe(201)
   })
 
   it("exits 1 with one clear line when the admin port is taken", async () => {

@@ -3,20 +3,17 @@
  * registration mapping), the embedded registry across config reloads, and the registration API
  * over real HTTP.
  */
-import { HttpRouter, HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, TestClock } from "effect"
-import * as NodeHttp from "node:http"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
-import { RegistrationApi } from "../layers/RegistrationApi.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { decodeCatalogServices, decodeHealthService, registerOptions, registrationsOf } from "../src/discovery/Consul.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
 import { type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { fromConfig } from "../src/MeshState.js"
+import { bearer, post, post as postWithToken, request, startAdmin } from "./support/admin.js"
 import { eventually } from "./support/eventually.js"
 
 const decode = (value: Record<string, unknown>): MeshConfig =>
@@ -165,40 +162,26 @@ describe("embedded registry and the registration API", () => {
       assert.strictEqual(yield* discovery.services, before)
     }))
 
-  const serve = Effect.gen(function*() {
-    const context = yield* Layer.build(
-      Layer.mergeAll(
-        HttpServer.serve(HttpRouter.toHttpApp(RegistrationApi).pipe(Effect.flatten)).pipe(Layer.provide(Discovery.layerEmbedded)),
-        Discovery.layerEmbedded
-      ).pipe(
-        Layer.provideMerge(NodeHttpServer.layer(() => NodeHttp.createServer(), { port: 0, host: "127.0.0.1" })),
-        Layer.provideMerge(LiveConfig.layerMemory(initial))
-      )
-    )
-    const address = Context.get(context, HttpServer.HttpServer).address
-    const port = address._tag === "TcpAddress" ? address.port : 0
-    return { discovery: Context.get(context, Discovery), config: Context.get(context, LiveConfig), base: `http://127.0.0.1:${port}` }
-  })
-
-  const request = (url: string, init?: RequestInit) =>
-    Effect.promise(async () => {
-      const response = await fetch(url, init)
-      const text = await response.text()
-      return { status: response.status, body: text === "" ? null : (JSON.parse(text) as Record<string, unknown>) }
-    })
-  const post = (url: string, body: unknown) =>
-    request(url, { method: "POST", body: JSON.stringify(body), headers: { "content-type": "application/json" } })
+  // The real admin server; "fresh" is not in the config, so this one may create services.
+  const serve = startAdmin(decode({
+    controller: { admin: { registration: { createServices: true } } },
+    services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.1" }] }]
+  }))
+  const withToken = (token: string, init: RequestInit = {}): RequestInit => ({ ...init, headers: { ...init.headers, ...bearer(token) } })
 
   it.scopedLive("POST adds an endpoint, GET lists it, DELETE removes it; registrations survive a config reload", () =>
     Effect.gen(function*() {
-      const { base, config, discovery } = yield* serve
-      const created = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 50052, weight: 3, labels: { zone: "b" } })
+      const { base, config, discovery, token } = yield* serve
+      const created = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 50052, weight: 3, labels: { zone: "b" } }, token)
       assert.strictEqual(created.status, 201)
       assert.strictEqual(created.body?.["endpoint"], "10.0.0.2:50052")
-      yield* post(`${base}/v1/services/fresh/endpoints`, { address: "10.7.0.1", port: 80, protocol: "tcp" })
+      assert.strictEqual((yield* post(`${base}/v1/services/fresh/endpoints`, { address: "10.7.0.1", port: 80, protocol: "tcp" }, token)).status, 201)
 
-      const listed = yield* request(`${base}/v1/services`)
-      const services = listed.body?.["services"] as ReadonlyArray<{ name: string; source: string; endpoints: ReadonlyArray<{ address: string; source: string }> }>
+      // Publishes are coalesced: the listing shows a registration shortly after its 201.
+      const services = yield* eventually(Effect.flatMap(request(`${base}/v1/services`), (listed) => {
+        const all = listed.body?.["services"] as ReadonlyArray<{ name: string; source: string; endpoints: ReadonlyArray<{ address: string; source: string }> }>
+        return all.length === 2 ? Effect.succeed(all) : Effect.fail(all)
+      }))
       assert.deepStrictEqual(services.map((s) => [s.name, s.source, s.endpoints.map((e) => `${e.address}/${e.source}`)]), [
         ["echo", "config", ["10.0.0.1/config", "10.0.0.2/api"]],
         ["fresh", "api", ["10.7.0.1/api"]]
@@ -212,18 +195,22 @@ describe("embedded registry and the registration API", () => {
       }))
       assert.isDefined(after.find((s) => s.name === "fresh"))
 
-      const removed = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, { method: "DELETE" })
+      const removed = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, withToken(token, { method: "DELETE" }))
       assert.strictEqual(removed.status, 204)
-      const again = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, { method: "DELETE" })
+      const again = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, withToken(token, { method: "DELETE" }))
       assert.strictEqual(again.status, 404)
-      const configOwned = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.9/50051`, { method: "DELETE" })
+      const configOwned = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.9/50051`, withToken(token, { method: "DELETE" }))
       assert.strictEqual(configOwned.status, 404, "the API cannot remove what the file defines")
-      assert.deepStrictEqual((yield* discovery.services).find((s) => s.name === "echo")?.endpoints.map((e) => e.address), ["10.0.0.9"])
+      yield* eventually(Effect.flatMap(discovery.services, (all) => {
+        const addresses = all.find((s) => s.name === "echo")?.endpoints.map((e) => e.address)
+        return JSON.stringify(addresses) === JSON.stringify(["10.0.0.9"]) ? Effect.void : Effect.fail(addresses)
+      }))
     }))
 
   it.scopedLive("bad requests get 400 with a message that names the field", () =>
     Effect.gen(function*() {
-      const { base } = yield* serve
+      const { base, token } = yield* serve
+      const post = (url: string, body: unknown) => postWithToken(url, body, token)
       const badPort = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 70000 })
       assert.strictEqual(badPort.status, 400)
       expect(String(badPort.body?.["message"])).toMatch(/^body: port: expected a port number/)
@@ -233,7 +220,7 @@ describe("embedded registry and the registration API", () => {
       const unknownField = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 80, colour: "red" })
       assert.strictEqual(unknownField.status, 400)
       expect(String(unknownField.body?.["message"])).toMatch(/colour/)
-      const notJson = yield* request(`${base}/v1/services/echo/endpoints`, { method: "POST", body: "{", headers: { "content-type": "application/json" } })
+      const notJson = yield* request(`${base}/v1/services/echo/endpoints`, { method: "POST", body: "{", headers: { "content-type": "application/json", ...bearer(token) } })
       assert.strictEqual(notJson.status, 400)
       const badAddress = yield* post(`${base}/v1/services/echo/endpoints`, { address: "not an address!", port: 80 })
       assert.strictEqual(badAddress.status, 400)

@@ -3,10 +3,17 @@
  * decoded back with Envoy's protos, and which services a policy change rebuilds.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
+import { Effect, Layer } from "effect"
+import { Discovery } from "../layers/Discovery.js"
+import { Health } from "../layers/Health.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
+import { Snapshot } from "../layers/Snapshot.js"
+import type { MeshConfig } from "../schemas/Config.js"
 import { fromConfig } from "../src/MeshState.js"
 import { FilterNames, TRACING_CLUSTER } from "../src/policy/Envoy.js"
 import { decode, Types, TypeUrls } from "../src/xds/Protos.js"
 import { buildSnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
+import { eventually } from "./support/eventually.js"
 import { configWith } from "./support/policyConfig.js"
 
 const config = (policies: Record<string, unknown>) =>
@@ -115,4 +122,36 @@ describe("policy in the snapshot", () => {
     assert.notStrictEqual(after.groups.get("web"), snapshot.groups.get("web"))
     expect(inboundFilters(after, "web")).toEqual([FilterNames.rbacDeny, FilterNames.rbacAllow, "envoy.filters.http.router"])
   })
+})
+
+describe("the Snapshot layer's policy", () => {
+  const good = config(policies)
+  const live = Snapshot.layer.pipe(
+    Layer.provide(Layer.merge(Discovery.layerEmbedded, Health.layerNoop)),
+    Layer.provideMerge(LiveConfig.layerMemory(good))
+  )
+  const current = Effect.flatMap(Snapshot, (snapshot) => Effect.map(snapshot.current, (p) => p.snapshot))
+
+  it.live("is the policy compiled with the config in force: one the Policy layer rejects changes nothing", () =>
+    Effect.gen(function*() {
+      const cfg = yield* LiveConfig
+      expect(inboundFilters(yield* current, "web")).toEqual([FilterNames.rbacDeny, "envoy.filters.http.router"])
+
+      // A config that bypassed decoding: a new service (which Discovery follows), and policies that
+      // do not compile (a rule for an unknown service) and would drop the deny rule on web.
+      const bad: MeshConfig = {
+        ...good,
+        services: [...good.services, { ...good.services[1]!, name: "extra" }],
+        policies: { ...good.policies, security: { ...good.policies.security, authorization: [{ name: "x", action: "allow", from: [], to: "ghost" }] } }
+      }
+      yield* cfg.apply(bad, "memory:bad")
+      const seen = yield* eventually(Effect.filterOrFail(current, (s) => s.groups.has("extra")))
+      expect(inboundFilters(seen, "web")).toEqual([FilterNames.rbacDeny, "envoy.filters.http.router"])
+
+      // A config whose policies compile is followed: without the deny rule, web has no RBAC.
+      const next = config({ ...policies, security: { authorization: policies.security.authorization.filter((r) => r.name !== "no-admin") } })
+      yield* cfg.apply(next, "memory:next")
+      const after = yield* eventually(Effect.filterOrFail(current, (s) => inboundFilters(s, "web").length === 1))
+      expect(inboundFilters(after, "web")).toEqual(["envoy.filters.http.router"])
+    }).pipe(Effect.provide(live)))
 })

@@ -11,7 +11,8 @@ import type { AuthorizationRule, MeshConfig, Policies } from "../schemas/Config.
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { checkConfig, makePolicyCommand, PolicyDenied } from "../src/commands/policy.js"
 import { type AuthzRequest, authorize } from "../src/policy/Authorize.js"
-import { type CompiledPolicy, compileConfig, compilePolicies, PolicyInvalid, serviceOfSpiffeId, spiffeId } from "../src/policy/Compile.js"
+import { serviceId as spiffeId, serviceOfId as serviceOfSpiffeId } from "../schemas/Identity.js"
+import { type CompiledPolicy, compileConfig, compilePolicies, PolicyInvalid } from "../src/policy/Compile.js"
 import { runCli } from "./support/daemon.js"
 import { compiledOf, configWith } from "./support/policyConfig.js"
 

@@ -3,6 +3,7 @@ import { Either } from "effect"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { fromConfig, type MeshState, type Service } from "../src/MeshState.js"
+import { compileUnchecked } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
 import { check, decode, Types, TypeUrls } from "../src/xds/Protos.js"
 import { buildSnapshot, wildcardNames, type XdsResource, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
@@ -92,11 +93,11 @@ describe("snapshot builder", () => {
       body(buildSnapshot(state), TypeUrls.ClusterLoadAssignment, "echo").endpoints.flatMap((l: any) =>
         l.lb_endpoints.map((e: any) => [e.endpoint.address.socket_address.port_value, e.health_status])
       )
-    assert.deepStrictEqual(ports(composeMeshState(base, services, view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "healthy" }))), [[7002, "HEALTHY"]])
+    assert.deepStrictEqual(ports(composeMeshState(base, compileUnchecked(base), services, view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "healthy" }))), [[7002, "HEALTHY"]])
     const allDown = view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "unhealthy" })
-    assert.deepStrictEqual(ports(composeMeshState(base, services, allDown)), [[7001, "UNKNOWN"], [7002, "UNKNOWN"]])
+    assert.deepStrictEqual(ports(composeMeshState(base, compileUnchecked(base), services, allDown)), [[7001, "UNKNOWN"], [7002, "UNKNOWN"]])
     const closed = services.map((s) => (s.name === "echo" ? { ...s, failMode: "closed" as const } : s))
-    const snapshot = buildSnapshot(composeMeshState(base, closed, allDown))
+    const snapshot = buildSnapshot(composeMeshState(base, compileUnchecked(base), closed, allDown))
     assert.deepStrictEqual(body(snapshot, TypeUrls.ClusterLoadAssignment, "echo").endpoints ?? [], [])
     assert.strictEqual(snapshot.availability.get("echo"), false)
     assert.strictEqual(snapshot.availability.get("echo-v2"), true)

@@ -16,6 +16,7 @@ import { ROOT_CA_SECRET } from "../src/certs/Sds.js"
 import { controllerId, serviceId } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsChannelCredentials, socketPeer } from "../src/certs/Tls.js"
 import { emptyView } from "../src/health/Routing.js"
+import { compileUnchecked } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
 import { check, decode, TypeUrls, Types } from "../src/xds/Protos.js"
 import { buildSnapshot } from "../src/xds/XdsSnapshot.js"
@@ -248,7 +249,7 @@ describe("the own-secret alias", () => {
         [ECHO, { tls_certificate: { certificate_chain: { inline_string: echoChain }, private_key: { inline_string: "key" } } }],
         [GATEWAY, { tls_certificate: { certificate_chain: { inline_string: "gateway" }, private_key: { inline_string: "key" } } }]
       ])
-    const first = buildSnapshot(composeMeshState(config, services, emptyView, secrets("echo-1")))
+    const first = buildSnapshot(composeMeshState(config, compileUnchecked(config), services, emptyView, secrets("echo-1")))
     const stream = newStream(1, "delta", "test", 0, { source: "tls", spiffeId: ECHO, trustDomain: TD, reason: undefined, denied: new Set() })
     onDeltaRequest(stream, {
       node: envoyNode("echo~a"),
@@ -272,7 +273,7 @@ describe("the own-secret alias", () => {
       error_detail: undefined
     }, 1)
 
-    const renewed = buildSnapshot(composeMeshState(config, services, emptyView, secrets("echo-2")), first)
+    const renewed = buildSnapshot(composeMeshState(config, compileUnchecked(config), services, emptyView, secrets("echo-2")), first)
     assert.isTrue(renewed.changes?.names.get(TypeUrls.Secret)?.has(OWN_SECRET))
     const push2 = deltaPush(stream, TypeUrls.Secret, renewed, 2)!
     assert.deepStrictEqual([push2.resources, push2.removed], [1, 0])

@@ -155,6 +155,28 @@ describe("xDS server, State of the World", () => {
     }).pipe(Effect.provide(serverLayer(initial))))
 })
 
+describe("xDS server, State of the World, merged types", () => {
+  it.scopedLive("an endpoint change sends only the ClusterLoadAssignment that changed; a new subscription gets only what it adds", () =>
+    Effect.gen(function*() {
+      const ads = yield* AdsClient.sotw(yield* addressOf)
+      yield* ads.send({ node: grpcNode("c"), ...sotwRequest(TypeUrls.ClusterLoadAssignment, ["echo", "echo-v2"]) })
+      const both = yield* ads.next(TypeUrls.ClusterLoadAssignment)
+      assert.deepStrictEqual(both.names, ["echo", "echo-v2"])
+      yield* ads.send(sotwRequest(TypeUrls.ClusterLoadAssignment, ["echo", "echo-v2"], both))
+      yield* apply(meshConfig([echo([7001, 7002, 7003]), echoV2]))
+      const changed = yield* ads.next(TypeUrls.ClusterLoadAssignment)
+      assert.deepStrictEqual(changed.names, ["echo"])
+      assert.deepStrictEqual(ports(changed.resources[0]!), [7001, 7002, 7003])
+      // Leaving echo-v2 (with the ACK) and asking for it again: the client forgot it, so it is sent again, alone.
+      yield* ads.send(sotwRequest(TypeUrls.ClusterLoadAssignment, ["echo"], changed))
+      const left = yield* ads.next(TypeUrls.ClusterLoadAssignment)
+      assert.deepStrictEqual(left.names, [])
+      yield* ads.send(sotwRequest(TypeUrls.ClusterLoadAssignment, ["echo", "echo-v2"], left))
+      const again = yield* ads.next(TypeUrls.ClusterLoadAssignment)
+      assert.deepStrictEqual(again.names, ["echo-v2"])
+    }).pipe(Effect.provide(serverLayer(initial))))
+})
+
 describe("xDS server, Delta", () => {
   it.scopedLive("gives a sidecar its wildcard listeners and clusters, sends only changes, and removes what is gone", () =>
     Effect.gen(function*() {

@@ -49,11 +49,8 @@ export const parseSpiffeId = (input: string): Either.Either<SpiffeId, SpiffeIdIn
   return Either.right({ trustDomain, segments, uri: input })
 }
 
-/** The workload ID of a service. */
-export const serviceId = (trustDomain: string, service: string): string => `${PREFIX}${trustDomain}/service/${service}`
-
-/** The ID of the controller itself (its xDS server certificate). */
-export const controllerId = (trustDomain: string): string => `${PREFIX}${trustDomain}/controller`
+// Built in one place, schemas/Identity.ts; re-exported for the certificate code that reads them here.
+export { controllerId, serviceId } from "../../schemas/Identity.js"
 
 /** Who an ID names, in mesh terms. */
 export type MeshPrincipal =

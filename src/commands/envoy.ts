@@ -6,9 +6,6 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, Option } from "effect"
 import * as NodeOs from "node:os"
-import { loadFile } from "../../layers/LiveConfig.js"
-import { SidecarConfigInvalid } from "../../layers/Sidecar.js"
-import { inputFromConfig, renderBootstrap } from "../sidecar/Bootstrap.js"
 
 /** The `envoy` command group, built around the CLI's own `--config` option (as `certs` is). */
 export const makeEnvoyCommand = (configOption: Options.Options<string>) => {
@@ -27,6 +24,14 @@ export const makeEnvoyCommand = (configOption: Options.Options<string>) => {
     },
     ({ config, instance, service }) =>
       Effect.gen(function*() {
+        // Imported when the command runs, not when the CLI starts (start-up).
+        const [{ loadFile }, { SidecarConfigInvalid }, { inputFromConfig, renderBootstrap }] = yield* Effect.promise(() =>
+          Promise.all([
+            import("../../layers/LiveConfig.js"),
+            import("../../layers/Sidecar.js"),
+            import("../sidecar/Bootstrap.js")
+          ])
+        )
         const loaded = yield* loadFile(config)
         const input = yield* Either.match(
           inputFromConfig(loaded.config, {

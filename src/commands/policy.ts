@@ -7,10 +7,9 @@
  */
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, HashMap, Option, Schema } from "effect"
-import { loadFile } from "../../layers/LiveConfig.js"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { type AuthzRequest, authorize, callerIdentity, type Decision, describeDecision } from "../policy/Authorize.js"
-import { type CompiledPolicy, compileConfig } from "../policy/Compile.js"
+import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../policy/Compile.js"
 
 /** The request was denied: a result, not a failure, but the exit code must say so. */
 export class PolicyDenied extends Schema.TaggedError<PolicyDenied>()("PolicyDenied", {
@@ -51,10 +50,11 @@ export const formatCheck = (policy: CompiledPolicy, input: CheckInput, decision:
   ].join("\n")
 }
 
-/** Compiles `config`'s policies and decides `input`; the printed text and the decision. */
+/** Decides `input` with `config`'s compiled policies (compiled here unless given); the printed text and the decision. */
 export const checkConfig = (
   config: MeshConfig,
-  input: CheckInput
+  input: CheckInput,
+  compiled: Either.Either<CompiledPolicy, PolicyInvalid> = compileConfig(config)
 ): Either.Either<{ readonly text: string; readonly decision: Decision; readonly warnings: ReadonlyArray<string> }, PolicyCheckInvalid> => {
   if (!config.services.some((s) => s.name === input.to)) {
     return Either.left(new PolicyCheckInvalid({ reason: `--to: unknown service "${input.to}"` }))
@@ -62,7 +62,7 @@ export const checkConfig = (
   if (!input.from.startsWith("spiffe://") && !config.services.some((s) => s.name === input.from)) {
     return Either.left(new PolicyCheckInvalid({ reason: `--from: unknown service "${input.from}" (give a service name or a spiffe:// ID)` }))
   }
-  return Either.match(compileConfig(config), {
+  return Either.match(compiled, {
     onLeft: (error) => Either.left(new PolicyCheckInvalid({ reason: error.message })),
     onRight: (policy) => {
       const decision = authorize(policy, input.from, input.to, input.request)
@@ -89,14 +89,16 @@ export const makePolicyCommand = (configOption: Options.Options<string>) => {
     },
     (args) =>
       Effect.gen(function*() {
-        const { config } = yield* loadFile(args.config)
+        // The config loader is imported when the command runs, not when the CLI starts (start-up).
+        const { loadFile } = yield* Effect.promise(() => import("../../layers/LiveConfig.js"))
+        const loaded = yield* loadFile(args.config)
         const request: AuthzRequest = {
           method: Option.getOrUndefined(args.method),
           path: Option.getOrUndefined(args.path),
           port: Option.getOrUndefined(args.port),
           headers: Option.match(args.header, { onNone: () => undefined, onSome: (map) => Object.fromEntries(HashMap.toEntries(map)) })
         }
-        const result = yield* checkConfig(config, { from: args.from, to: args.to, request })
+        const result = yield* checkConfig(loaded.config, { from: args.from, to: args.to, request }, loaded.policy)
         for (const warning of result.warnings) yield* Console.error(`warning: ${warning}`)
         yield* Console.log(result.text)
         if (!result.decision.allowed) return yield* Effect.fail(new PolicyDenied({ to: args.to, rule: result.decision.rule }))

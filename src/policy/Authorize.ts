@@ -12,7 +12,7 @@
  * whether the request passes never depends on that order.
  */
 import type { CompiledPolicy, CompiledRule } from "./Compile.js"
-import { spiffeId } from "./Compile.js"
+import { serviceId } from "../../schemas/Identity.js"
 import { globMatches, urlPath } from "./Match.js"
 
 export interface AuthzRequest {
@@ -46,7 +46,7 @@ export interface Decision {
  * in the policy's trust domain, undefined is an unauthenticated caller.
  */
 export const callerIdentity = (policy: CompiledPolicy, from: string | undefined): string | undefined =>
-  from === undefined || from.startsWith("spiffe://") ? from : spiffeId(policy.trustDomain, from)
+  from === undefined || from.startsWith("spiffe://") ? from : serviceId(policy.trustDomain, from)
 
 const lowerHeaders = (headers: Readonly<Record<string, string>> | undefined): ReadonlyMap<string, string> => {
   const map = new Map<string, string>()

@@ -22,13 +22,13 @@
  */
 import { Duration } from "effect"
 import type { CircuitBreakers, Fault, HeaderMatch, Mirror, Observability, OutlierDetection, RateLimit, Retries, RouteMatch } from "../../schemas/Config.js"
-import { durationProto, typeUrl } from "../xds/Protos.js"
 import type { CompiledPolicy, CompiledRule } from "./Compile.js"
 import { effectivePath } from "./Compile.js"
 import type { Glob } from "./Match.js"
 import { parseHostPort } from "../../schemas/Endpoint.js"
+import { durationProto, type PlainObject, socketAddress, typeUrl } from "../envoy/Messages.js"
 
-export type PlainObject = Record<string, unknown>
+export type { PlainObject }
 
 export const PolicyTypes = {
   HttpRbac: "envoy.extensions.filters.http.rbac.v3.RBAC",
@@ -343,7 +343,7 @@ export const tracingCluster = (observability: Observability): PlainObject | unde
     connect_timeout: durationProto(Duration.seconds(5)),
     load_assignment: {
       cluster_name: TRACING_CLUSTER,
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: host, port_value: port } } } }] }]
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: socketAddress(host, port) } }] }]
     },
     typed_extension_protocol_options: {
       "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

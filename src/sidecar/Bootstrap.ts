@@ -13,6 +13,7 @@ import { parseHostPort } from "../../schemas/Endpoint.js"
 import { type IdentityFiles, identityFiles } from "../certs/IdentityFiles.js"
 import { controllerId, serviceId } from "../certs/Spiffe.js"
 import { statsConfig } from "../policy/Envoy.js"
+import { socketAddress } from "../envoy/Messages.js"
 import { durationJson, fromProto3Json } from "../envoy/Proto3Json.js"
 import * as Protos from "../xds/Protos.js"
 
@@ -105,7 +106,6 @@ export const inputFromConfig = (
   })
 }
 
-const socketAddress = (host: string, port: number) => ({ socket_address: { address: host, port_value: port } })
 
 const staticCluster = (name: string, host: string, port: number, extra: Record<string, unknown> = {}) => ({
   name,
@@ -147,7 +147,7 @@ const upstreamMtls = (input: BootstrapInput, identity: IdentityFiles) => ({
   }
 })
 
-const prometheusListener = (input: BootstrapInput, prometheus: { readonly host: string; readonly port: number }) => ({
+const prometheusListener = (prometheus: { readonly host: string; readonly port: number }) => ({
   name: "prometheus-stats",
   address: socketAddress(prometheus.host, prometheus.port),
   filter_chains: [{
@@ -243,7 +243,7 @@ export const buildBootstrap = (input: BootstrapInput): Record<string, unknown> =
     },
     static_resources: {
       clusters,
-      ...(input.prometheus !== undefined ? { listeners: [prometheusListener(input, input.prometheus)] } : {})
+      ...(input.prometheus !== undefined ? { listeners: [prometheusListener(input.prometheus)] } : {})
     },
     admin: { address: socketAddress(input.admin.host, input.admin.port) },
     stats_config: statsConfig(input.statsTags),

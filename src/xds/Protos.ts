@@ -14,11 +14,13 @@
  * Inside an `Any`, the JSON form `{ "@type": "type.googleapis.com/<full name>", ...fields }` is
  * accepted and checked against the named type.
  */
-import { Duration, Either, Schema } from "effect"
+import { Either, Schema } from "effect"
 import { createRequire } from "node:module"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { durationProto } from "../envoy/Messages.js"
 import protobuf from "protobufjs"
+import { typeUrl } from "./TypeUrls.js"
 
 /** The `.proto` files we load; everything they import comes along. */
 const PROTO_FILES: ReadonlyArray<string> = [
@@ -74,18 +76,10 @@ export const Types = {
   Any: "google.protobuf.Any"
 } as const
 
-export const TYPE_URL_PREFIX = "type.googleapis.com/"
-/** `type.googleapis.com/<full name>`, the form xDS uses in `type_url` and `@type`. */
-export const typeUrl = (fullName: string): string => TYPE_URL_PREFIX + fullName
-
-/** The xDS resource type URLs (what a DiscoveryRequest's `type_url` names). */
-export const TypeUrls = {
-  Listener: typeUrl(Types.Listener),
-  RouteConfiguration: typeUrl(Types.RouteConfiguration),
-  Cluster: typeUrl(Types.Cluster),
-  ClusterLoadAssignment: typeUrl(Types.ClusterLoadAssignment),
-  Secret: typeUrl(Types.Secret)
-} as const
+// Built in src/envoy/Messages.ts (neutral ground for every module that writes Envoy config).
+export { durationProto }
+// The type URLs live in their own module (naming a type needs no protos); re-exported for callers of this one.
+export { TYPE_URL_PREFIX, typeUrl, TypeUrls } from "./TypeUrls.js"
 
 const require = createRequire(import.meta.url)
 
@@ -403,10 +397,3 @@ export const decode = (typeName: string, bytes: Uint8Array): Record<string, unkn
 /** Decodes an `Any` into its inner type (when loaded), in the same plain form as `decode`. */
 export const decodeAny = (any: { readonly type_url: string; readonly value: Uint8Array }): Record<string, unknown> =>
   decode(any.type_url.slice(any.type_url.lastIndexOf("/") + 1), any.value)
-
-/** A `google.protobuf.Duration` object from an Effect Duration. */
-export const durationProto = (duration: Duration.DurationInput): { seconds: number; nanos: number } => {
-  const nanos = Duration.toNanos(Duration.decode(duration))
-  const total = nanos._tag === "Some" ? nanos.value : BigInt(Number.MAX_SAFE_INTEGER) * 1_000_000_000n
-  return { seconds: Number(total / 1_000_000_000n), nanos: Number(total % 1_000_000_000n) }
-}

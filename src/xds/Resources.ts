@@ -27,6 +27,7 @@ import {
   routeMatch
 } from "../policy/Envoy.js"
 import { identitySecretName, ROOT_CA_SECRET } from "../certs/Sds.js"
+import { type PlainObject, socketAddress } from "../envoy/Messages.js"
 import { durationProto, typeUrl, Types } from "./Protos.js"
 
 /** Ports an Envoy sidecar binds (the bootstrap and README document them). */
@@ -41,7 +42,7 @@ export const OUTBOUND_HTTP = "outbound|http"
 export const inboundName = (service: string) => `inbound|${service}`
 export const outboundName = (service: string) => `outbound|${service}`
 
-export type PlainObject = Record<string, unknown>
+export type { PlainObject }
 
 const ads = { ads: {}, resource_api_version: "V3" }
 const CONNECT_TIMEOUT = durationProto("5 seconds")
@@ -98,7 +99,7 @@ export const loadAssignment = (service: Service, name: string = service.name): P
       locality: group.locality,
       load_balancing_weight: { value: group.endpoints.reduce((sum, e) => sum + e.weight, 0) },
       lb_endpoints: group.endpoints.map((endpoint) => ({
-        endpoint: { address: { socket_address: { address: endpoint.address, port_value: endpoint.port } } },
+        endpoint: { address: socketAddress(endpoint.address, endpoint.port) },
         health_status: healthStatus(endpoint),
         load_balancing_weight: { value: endpoint.weight }
       }))
@@ -138,7 +139,7 @@ export const inboundCluster = (service: Service): PlainObject => ({
     cluster_name: inboundName(service.name),
     endpoints: [{
       locality: {},
-      lb_endpoints: [{ endpoint: { address: { socket_address: { address: "127.0.0.1", port_value: service.port } } } }]
+      lb_endpoints: [{ endpoint: { address: socketAddress("127.0.0.1", service.port) } }]
     }]
   },
   ...(service.protocol === "grpc" ? http2Options : {})
@@ -236,8 +237,6 @@ export const apiListener = (service: Service): PlainObject => ({
     }
   }
 })
-
-const socketAddress = (address: string, port: number) => ({ socket_address: { address, port_value: port } })
 
 /** The sidecar's outbound listener for HTTP and gRPC: every destination by Host/:authority. */
 export const outboundHttpListener = (observability?: Observability): PlainObject => ({

@@ -3,7 +3,7 @@
  * back every response decoded with Envoy's protos, in arrival order.
  */
 import * as grpc from "@grpc/grpc-js"
-import { Duration, Effect, Option, Queue, type Scope } from "effect"
+import { Deferred, Duration, Effect, Option, Queue, type Scope } from "effect"
 import { decode, Types } from "../../src/xds/Protos.js"
 import { adsService } from "../../src/xds/Wire.js"
 
@@ -27,6 +27,8 @@ export interface AdsConnection {
   readonly next: (typeUrl?: string) => Effect.Effect<AdsResponse>
   /** A response arriving within `within`, if any (for "nothing is pushed" checks). */
   readonly poll: (within: Duration.DurationInput) => Effect.Effect<Option.Option<AdsResponse>>
+  /** The status the server ended the stream with (waits for it; dies after 15 s). */
+  readonly ended: Effect.Effect<{ readonly code: grpc.status; readonly details: string }>
 }
 
 const nameOf = (resource: Record<string, any>): string =>
@@ -66,6 +68,7 @@ const connect = (
 ): Effect.Effect<AdsConnection, never, Scope.Scope> =>
   Effect.gen(function*() {
     const responses = yield* Queue.unbounded<AdsResponse>()
+    const status = yield* Deferred.make<{ readonly code: grpc.status; readonly details: string }>()
     const { call } = yield* Effect.acquireRelease(
       Effect.sync(() => {
         const client = new grpc.Client(address, credentials)
@@ -77,6 +80,7 @@ const connect = (
         )
         call.on("data", (bytes: Buffer) => Queue.unsafeOffer(responses, toResponse(bytes, delta)))
         call.on("error", () => {})
+        call.on("status", (s: grpc.StatusObject) => Deferred.unsafeDone(status, Effect.succeed({ code: s.code, details: s.details })))
         return { client, call }
       }),
       ({ call, client }) =>
@@ -94,7 +98,11 @@ const connect = (
     return {
       send: (request) => Effect.sync(() => void call.write(request)),
       next,
-      poll: (within) => Queue.take(responses).pipe(Effect.timeoutOption(within))
+      poll: (within) => Queue.take(responses).pipe(Effect.timeoutOption(within)),
+      ended: Deferred.await(status).pipe(
+        Effect.timeoutFail({ duration: Duration.seconds(15), onTimeout: () => new Error("the stream did not end within 15s") }),
+        Effect.orDie
+      )
     }
   })
 
