@@ -139,7 +139,28 @@ export const Debounce = Schema.Struct({
   max: withDefault(PositiveDuration, () => Duration.seconds(1))
 })
 
+/** Calls allowed to the signing service: a token bucket per key (burst, then `perSecond`). */
+const SigningRate = (burst: number, perSecond: number) =>
+  Schema.Struct({
+    burst: withDefault(PositiveInt, () => burst),
+    perSecond: withDefault(Schema.Number.pipe(Schema.positive()), () => perSecond)
+  })
+
+/**
+ * The certificate signing service (join tokens and renewals for agents on other hosts), on a TLS
+ * listener that presents the controller's mesh certificate. Absent: not served.
+ */
+export const SigningListen = Schema.Struct({
+  ...ListenAddress("0.0.0.0", 15012).fields,
+  /** Per caller address (IP). */
+  perPeer: withDefault(SigningRate(20, 5), () => ({ burst: 20, perSecond: 5 })),
+  /** Per join token: guessing a secret or replaying a token gets nowhere fast. */
+  perToken: withDefault(SigningRate(3, 0.1), () => ({ burst: 3, perSecond: 0.1 }))
+})
+export type SigningListen = typeof SigningListen.Type
+
 export const Controller = Schema.Struct({
+  signing: Schema.optionalWith(SigningListen, { exact: true }),
   xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })),
   admin: withDefault(AdminListen, () => Schema.decodeSync(AdminListen)({})),
   shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),

@@ -2,9 +2,11 @@ import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
+import { agentCommand } from "./commands/agent.js"
 import { makeCertsCommands } from "./commands/certs.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"
+import { makeTokenCommand } from "./commands/token.js"
 import { packageVersion } from "./Version.js"
 
 // The daemon, the config loader and the schema are imported when their command runs, not when the
@@ -49,7 +51,17 @@ const { ca, certs } = makeCertsCommands(configOption)
 
 export const makeRootCommand = (version: string) => Command.make("mesh-controller").pipe(
   Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
-  Command.withSubcommands([makeRun(version), validate, schema, certs, ca, makeEnvoyCommand(configOption), makePolicyCommand(configOption)])
+  Command.withSubcommands([
+    makeRun(version),
+    validate,
+    schema,
+    certs,
+    ca,
+    makeEnvoyCommand(configOption),
+    makePolicyCommand(configOption),
+    makeTokenCommand(configOption),
+    agentCommand
+  ])
 )
 
 /** The CLI: the package version is read when it runs (for --version and the daemon's /status). */

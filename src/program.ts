@@ -13,6 +13,7 @@ import { Lifecycle } from "../layers/Lifecycle.js"
 import { Policy } from "../layers/Policy.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import { Sidecar } from "../layers/Sidecar.js"
+import { SigningService } from "../layers/SigningService.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
 import { Ui } from "../layers/Ui.js"
 import { Xds } from "../layers/Xds.js"
@@ -34,6 +35,7 @@ export const LAYER_NAMES = [
   "consulRegistration",
   "snapshot",
   "xds",
+  "signing",
   "sidecar"
 ] as const
 
@@ -131,12 +133,14 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     statusOf(Snapshot)
   )
   const XdsLive = track("xds", XdsFromConfig, statusOf(Xds))
+  const SigningLive = track("signing", SigningService.layerConfig, statusOf(SigningService))
   const SidecarLive = track("sidecar", Sidecar.layerConfig(), statusOf(Sidecar))
 
   // The status page is served from the start (by Admin) and reads the other layers once all are built.
   return Layer.merge(Ready, Ui.layerSources).pipe(
     Layer.provide(SidecarLive),
     Layer.provide(XdsLive),
+    Layer.provide(SigningLive),
     Layer.provideMerge(SnapshotLive),
     Layer.provide(RegistrationLive),
     Layer.provideMerge(HealthLive),
