@@ -7,8 +7,8 @@ import * as NodePath from "node:path"
 import type { MeshConfig } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue, ConfigUnreadable } from "../schemas/Errors.js"
 import { parseConfigWithPolicy } from "../src/ConfigDocument.js"
-import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../src/policy/Compile.js"
 import { describeErrno } from "../src/Errno.js"
+import { compileConfig, type CompiledPolicy, type PolicyInvalid } from "../src/policy/Compile.js"
 import { configReloads } from "./Metrics.js"
 
 /** The config in force, with where it came from. */
@@ -113,18 +113,24 @@ export const loadedValue = (config: MeshConfig, source: string): LoadedConfig =>
 })
 
 /** Reads and decodes a config file once; used at start, by `validate`, and by every reload. */
-export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
-  Effect.withSpan(Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const text = yield* fs.readFileString(path).pipe(
-      Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
-    )
-    const { config, policy } = yield* Either.match(parseConfigWithPolicy(text, path), {
-      onLeft: (error) => Effect.fail(error),
-      onRight: (checked) => Effect.succeed(checked)
-    })
-    return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
-  }), "config.decode", { attributes: { source: path } })
+export const loadFile = (
+  path: string
+): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
+  Effect.withSpan(
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const text = yield* fs.readFileString(path).pipe(
+        Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
+      )
+      const { config, policy } = yield* Either.match(parseConfigWithPolicy(text, path), {
+        onLeft: (error) => Effect.fail(error),
+        onRight: (checked) => Effect.succeed(checked)
+      })
+      return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
+    }),
+    "config.decode",
+    { attributes: { source: path } }
+  )
 
 const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>): ConfigStatus => ({
   source: loaded.source,
@@ -146,7 +152,10 @@ const makeMemory = (initial: MeshConfig) =>
     return LiveConfig.of({
       get: SubscriptionRef.get(current),
       changes: current.changes,
-      reload: Effect.map(SubscriptionRef.get(current), (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })),
+      reload: Effect.map(
+        SubscriptionRef.get(current),
+        (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })
+      ),
       apply,
       status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
     })
@@ -170,14 +179,16 @@ const makeFile = (options: ConfigFileOptions) =>
         Effect.gen(function*() {
           // No input may end the reload loops: a defect in one attempt (a library throwing on
           // hostile input) is that attempt's rejection, reported like any other.
-          const attempt = yield* Effect.either(withFs(loadFile(path)).pipe(Effect.catchAllDefect((defect) =>
-            Effect.fail(
-              new ConfigInvalid({
-                source: path,
-                issues: [new ConfigIssue({ path: "", message: `cannot process the file: ${defectLine(defect)}` })]
-              })
-            )
-          )))
+          const attempt = yield* Effect.either(
+            withFs(loadFile(path)).pipe(Effect.catchAllDefect((defect) =>
+              Effect.fail(
+                new ConfigInvalid({
+                  source: path,
+                  issues: [new ConfigIssue({ path: "", message: `cannot process the file: ${defectLine(defect)}` })]
+                })
+              )
+            ))
+          )
           const at = new Date()
           const result: ReloadResult = yield* Either.match(attempt, {
             onLeft: (error) =>
@@ -194,7 +205,9 @@ const makeFile = (options: ConfigFileOptions) =>
                 yield* SubscriptionRef.set(current, loaded).pipe(
                   Effect.withSpan("config.apply", { attributes: { configHash: loaded.hash } })
                 )
-                yield* Effect.logInfo("config reloaded").pipe(Effect.annotateLogs({ source: path, configHash: loaded.hash }))
+                yield* Effect.logInfo("config reloaded").pipe(
+                  Effect.annotateLogs({ source: path, configHash: loaded.hash })
+                )
                 return { _tag: "Applied" as const, at, hash: loaded.hash }
               })
           })

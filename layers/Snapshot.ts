@@ -1,18 +1,31 @@
-import { Clock, Context, Duration, Effect, Either, Layer, Option, Queue, Ref, Stream, SubscriptionRef, type Tracer } from "effect"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  Queue,
+  Ref,
+  Stream,
+  SubscriptionRef,
+  type Tracer
+} from "effect"
 import type { MeshState } from "../src/MeshState.js"
 import type { PolicyInvalid } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
+import { isKnownType, shortType } from "../src/xds/TypeUrls.js"
 import { buildSnapshot, emptySnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
-import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
 import { Health, type HealthView } from "./Health.js"
-import { isKnownType, shortType } from "../src/xds/TypeUrls.js"
 import {
   snapshotBuilds as builds,
   snapshotBuildSeconds as buildSeconds,
   snapshotResources as resourcesGauge,
   snapshotServiceErrors as serviceErrors
 } from "./internal/XdsMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 /** A snapshot and when it was published (epoch ms, for push latency). */
 export interface Published {
@@ -27,7 +40,9 @@ export interface SnapshotStatus {
   readonly publishedAt: string | null
   readonly builds: number
   readonly resources: Readonly<Record<string, number>>
-  readonly errors: ReadonlyArray<{ readonly service: string; readonly message: string; readonly servingPrevious: boolean }>
+  readonly errors: ReadonlyArray<
+    { readonly service: string; readonly message: string; readonly servingPrevious: boolean }
+  >
 }
 
 /**
@@ -61,7 +76,11 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
   )
 
   /** Also serves the secrets of a `SnapshotSecrets` source (the Certificates layer) over SDS. */
-  static readonly layerWithSecrets: Layer.Layer<Snapshot, PolicyInvalid, LiveConfig | Discovery | Health | SnapshotSecrets> = Layer
+  static readonly layerWithSecrets: Layer.Layer<
+    Snapshot,
+    PolicyInvalid,
+    LiveConfig | Discovery | Health | SnapshotSecrets
+  > = Layer
     .scoped(
       Snapshot,
       Effect.flatMap(SnapshotSecrets, (secrets) => make(Option.some(secrets.changes)))
@@ -133,7 +152,11 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
         }
         for (const error of published.snapshot.errors) {
           yield* Effect.logError("cannot build a service's resources").pipe(
-            Effect.annotateLogs({ service: error.service, reason: error.message, servingPrevious: error.servingPrevious })
+            Effect.annotateLogs({
+              service: error.service,
+              reason: error.message,
+              servingPrevious: error.servingPrevious
+            })
           )
         }
       })
@@ -143,8 +166,15 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
     const ticks = yield* Queue.sliding<void>(1)
     const feed = <A>(stream: Stream.Stream<A>, set: (a: A) => Effect.Effect<void>) =>
       stream.pipe(Stream.runForEach((a) => Effect.zipRight(set(a), Queue.offer(ticks, undefined))), Effect.forkScoped)
-    yield* feed(config.changes, (loaded) =>
-      Ref.update(inputs, (i) => ({ ...i, config: loaded.config, policy: Either.getOrElse(loaded.policy, () => i.policy) })))
+    yield* feed(
+      config.changes,
+      (loaded) =>
+        Ref.update(inputs, (i) => ({
+          ...i,
+          config: loaded.config,
+          policy: Either.getOrElse(loaded.policy, () => i.policy)
+        }))
+    )
     yield* feed(discovery.changes, (services) => Ref.update(inputs, (i) => ({ ...i, services })))
     yield* feed(health.changes, (view) => Ref.update(inputs, (i) => ({ ...i, health: view })))
     if (Option.isSome(secretsSource)) {
@@ -158,7 +188,10 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       while (true) {
         const left = deadline - (yield* Clock.currentTimeMillis)
         if (left <= 0) break
-        const more = yield* Queue.take(ticks).pipe(Effect.timeout(Duration.millis(Math.min(Duration.toMillis(quiet), left))), Effect.option)
+        const more = yield* Queue.take(ticks).pipe(
+          Effect.timeout(Duration.millis(Math.min(Duration.toMillis(quiet), left))),
+          Effect.option
+        )
         if (Option.isNone(more)) break
       }
       const previous = yield* SubscriptionRef.get(ref)
