@@ -4,6 +4,7 @@ import * as Options from "@effect/cli/Options"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
 import { agentCommand } from "./commands/agent.js"
 import { makeCertsCommands } from "./commands/certs.js"
+import { makeDemoCommand } from "./commands/demo.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"
 import { makeTokenCommand } from "./commands/token.js"
@@ -68,7 +69,8 @@ export const makeRootCommand = (version: string) =>
       makeEnvoyCommand(configOption),
       makePolicyCommand(configOption),
       makeTokenCommand(configOption),
-      agentCommand
+      agentCommand,
+      makeDemoCommand(version)
     ])
   )
 
