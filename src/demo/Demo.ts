@@ -26,7 +26,7 @@ export const demoCalls = counter(
   ["outcome", "version", "instance"]
 )
 
-export class DemoConfigError extends Data.TaggedError("DemoConfigError")<{ readonly reason: string }> {
+export class DemoError extends Data.TaggedError("DemoError")<{ readonly reason: string }> {
   override get message() {
     return `demo: ${this.reason}`
   }
@@ -47,24 +47,24 @@ interface Ports {
   readonly web: number
 }
 
-const endpointPorts = (config: MeshConfig, name: string): Effect.Effect<ReadonlyArray<number>, DemoConfigError> => {
+const endpointPorts = (config: MeshConfig, name: string): Effect.Effect<ReadonlyArray<number>, DemoError> => {
   const service = config.services.find((s) => s.name === name)
   if (service === undefined || service.endpoints.length === 0) {
-    return Effect.fail(new DemoConfigError({ reason: `the config needs a service "${name}" with endpoints` }))
+    return Effect.fail(new DemoError({ reason: `the config needs a service "${name}" with endpoints` }))
   }
   const remote = service.endpoints.find((e) => e.address !== "127.0.0.1")
   return remote === undefined
     ? Effect.succeed(service.endpoints.map((e) => e.port ?? service.port))
-    : Effect.fail(new DemoConfigError({ reason: `${name}: the demo runs its services on 127.0.0.1 only` }))
+    : Effect.fail(new DemoError({ reason: `${name}: the demo runs its services on 127.0.0.1 only` }))
 }
 
-const portsOf = (config: MeshConfig): Effect.Effect<Ports, DemoConfigError> =>
+const portsOf = (config: MeshConfig): Effect.Effect<Ports, DemoError> =>
   Effect.gen(function*() {
     const v1 = yield* endpointPorts(config, "greeter-v1")
     const v2 = yield* endpointPorts(config, "greeter-v2")
     const [web] = yield* endpointPorts(config, "web")
     if (v1.length < 2) {
-      return yield* new DemoConfigError({ reason: "greeter-v1 needs two endpoints (one of them is stopped on a timer)" })
+      return yield* new DemoError({ reason: "greeter-v1 needs two endpoints (one of them is stopped on a timer)" })
     }
     return { v1, v2, web: web! }
   })
@@ -173,13 +173,25 @@ export const describeWindow = (counts: ReadonlyMap<string, number>, errors: numb
 }
 
 /** Until the web front answers /healthz (its process takes a moment to start), at most 60 seconds. */
-const webReady = (webPort: number) =>
+const webReady = (webPort: number, child: ChildProcess) =>
   Effect.tryPromise(async () => {
+    if (child.exitCode !== null) throw new Error(`the web front exited with code ${child.exitCode}`)
     const response = await fetch(`http://127.0.0.1:${webPort}/healthz`, { signal: AbortSignal.timeout(2_000) })
     if (response.status !== 200) throw new Error(`web /healthz answered ${response.status}`)
   }).pipe(
-    Effect.retry(Schedule.spaced("200 millis").pipe(Schedule.upTo("60 seconds"))),
-    Effect.mapError(() => new DemoConfigError({ reason: `the web front did not answer on 127.0.0.1:${webPort}` }))
+    Effect.retry(
+      Schedule.spaced("200 millis").pipe(
+        Schedule.upTo("60 seconds"),
+        Schedule.whileInput(() => child.exitCode === null)
+      )
+    ),
+    Effect.mapError(() =>
+      new DemoError({
+        reason: child.exitCode === null
+          ? `the web front did not answer on 127.0.0.1:${webPort}`
+          : `the web front exited (code ${child.exitCode}); its error is above`
+      })
+    )
   )
 
 const loadLoop = (webPort: number) =>
@@ -234,10 +246,12 @@ export const runDemo = (
       makeProgram({ configPath: options.configPath, version: options.version }),
       yield* Effect.scope
     )
-    const xds = `${config.controller.xds.host === "0.0.0.0" ? "127.0.0.1" : config.controller.xds.host}:${config.controller.xds.port}`
+    const xds = `${
+      config.controller.xds.host === "0.0.0.0" ? "127.0.0.1" : config.controller.xds.host
+    }:${config.controller.xds.port}`
     const bootstrap = yield* bootstrapFile(xds)
     const child = yield* webProcess(options, ports.web, bootstrap)
-    yield* webReady(ports.web)
+    yield* webReady(ports.web, child)
     yield* Console.log(`demo: web front started (pid ${child.pid})`)
     yield* loadLoop(ports.web)
     yield* Console.log(banner(config, ports, options.configPath, flapPort))

@@ -1,0 +1,212 @@
+/**
+ * `mesh-controller demo` as a user runs it, as a process: within its first minute the traffic
+ * split between greeter v1 and v2 shows in /metrics, the flapping greeter instance's health flips
+ * in /ui/api/services (calls move to the other v1 instance and come back), and SIGINT stops it
+ * all: the demo exits 0, its child process (the web front) is gone, and every port is free again.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { type ChildProcess, spawn } from "node:child_process"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { createInterface } from "node:readline"
+import { parse, stringify } from "yaml"
+import { waitFor } from "./support/eventually.js"
+
+const BIN = join(process.cwd(), "dist", "bin", "mesh-controller.mjs")
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const server = createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+
+const canListen = (port: number) =>
+  new Promise<boolean>((resolve) => {
+    const server = createServer()
+    server.once("error", () => resolve(false))
+    server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)))
+  })
+
+/** The pids whose parent is `pid` (from /proc). */
+const childrenOf = (pid: number): ReadonlyArray<number> =>
+  readdirSync("/proc").filter((name) => /^\d+$/.test(name)).flatMap((name) => {
+    try {
+      // "pid (comm) state ppid …": comm may hold spaces, so read after its closing parenthesis.
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8")
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1])
+      return ppid === pid ? [Number(name)] : []
+    } catch {
+      return []
+    }
+  })
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** mesh_demo_calls_total by instance, outcome ok only. */
+const callsByInstance = async (admin: string): Promise<Map<string, { version: string; calls: number }>> => {
+  const text = await (await fetch(`${admin}/metrics`)).text()
+  const calls = new Map<string, { version: string; calls: number }>()
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("mesh_demo_calls_total{")) continue
+    const labels = Object.fromEntries([...line.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]))
+    if (labels["outcome"] !== "ok") continue
+    calls.set(labels["instance"]!, { version: labels["version"]!, calls: Number(line.split(" ").at(-1)) })
+  }
+  return calls
+}
+
+interface EndpointJson {
+  readonly key: string
+  readonly health: string
+  readonly transitions: ReadonlyArray<{ readonly from: string; readonly to: string }>
+}
+
+const endpointOf = async (admin: string, service: string, key: string): Promise<EndpointJson> => {
+  const body = (await (await fetch(`${admin}/ui/api/services`)).json()) as {
+    services: ReadonlyArray<{ name: string; endpoints: ReadonlyArray<EndpointJson> }>
+  }
+  const endpoint = body.services.find((s) => s.name === service)?.endpoints.find((e) => e.key === key)
+  if (endpoint === undefined) throw new Error(`${service} ${key} not in /ui/api/services`)
+  return endpoint
+}
+
+describe("mesh-controller demo", () => {
+  it("shows the split and a health flip, and SIGINT leaves nothing behind", { timeout: 300_000 }, async () => {
+    if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`npm run build\` first (npm test does)`)
+    const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
+    const [xds, admin, v1a, v1b, v2, web] = await Promise.all(Array.from({ length: 6 }, freePort)) as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      number
+    ]
+    // examples/demo.yaml itself, on free ports and a temporary state dir.
+    const config = parse(readFileSync("examples/demo.yaml", "utf8"))
+    config.controller.xds.port = xds
+    config.controller.admin.port = admin
+    const service = (name: string) => config.services.find((s: { name: string }) => s.name === name)
+    service("greeter-v1").endpoints[0].port = v1a
+    service("greeter-v1").endpoints[1].port = v1b
+    service("greeter-v2").endpoints[0].port = v2
+    service("web").endpoints[0].port = web
+    config.certificates.dir = join(dir, "certs")
+    const configPath = join(dir, "demo.yaml")
+    writeFileSync(configPath, stringify(config))
+
+    const output: Array<string> = []
+    const child: ChildProcess = spawn(process.execPath, [BIN, "demo", "--config", configPath], {
+      env: { ...process.env, LOG_FORMAT: "json" },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    createInterface({ input: child.stdout! }).on("line", (line) => output.push(line))
+    createInterface({ input: child.stderr! }).on("line", (line) => output.push(line))
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+    let done = false
+    void exited.then(() => (done = true))
+    const adminUrl = `http://127.0.0.1:${admin}`
+    const running = () => {
+      if (done) throw new Error(`the demo exited early:\n${output.join("\n")}`)
+    }
+    try {
+      // It says what to open.
+      await waitFor(
+        async () => {
+          running()
+          if (!output.some((line) => line.includes(`${adminUrl}/ui`))) throw new Error("no banner yet")
+        },
+        120_000,
+        200
+      )
+
+      // The split: both versions answer calls made through xds:///greeter.
+      await waitFor(
+        async () => {
+          running()
+          const versions = new Set([...(await callsByInstance(adminUrl)).values()].map((c) => c.version))
+          if (!versions.has("v1") || !versions.has("v2")) throw new Error(`versions seen: ${[...versions]}`)
+        },
+        120_000,
+        500
+      )
+
+      // The flip: the timer stops the second v1 instance; its health turns unhealthy.
+      const flapping = `127.0.0.1:${v1b}`
+      const steady = `127.0.0.1:${v1a}`
+      await waitFor(
+        async () => {
+          running()
+          const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
+          if (!endpoint.transitions.some((t) => t.to === "unhealthy")) throw new Error(JSON.stringify(endpoint))
+        },
+        120_000,
+        500
+      )
+
+      // Calls move away: while it is down, the other v1 instance takes calls and it takes none.
+      let before = await callsByInstance(adminUrl)
+      await waitFor(
+        async () => {
+          running()
+          const now = await callsByInstance(adminUrl)
+          const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
+          const moved = endpoint.health === "unhealthy" &&
+            now.get(flapping)?.calls === before.get(flapping)?.calls &&
+            (now.get(steady)?.calls ?? 0) >= (before.get(steady)?.calls ?? 0) + 5
+          if (!moved) {
+            before = now
+            throw new Error(`not moved yet: ${JSON.stringify([...now])}, ${endpoint.health}`)
+          }
+        },
+        120_000,
+        1_500
+      )
+
+      // And come back: healthy again, and it answers calls again.
+      const down = (await callsByInstance(adminUrl)).get(flapping)?.calls ?? 0
+      await waitFor(
+        async () => {
+          running()
+          const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
+          const back = endpoint.transitions.some((t) => t.from === "unhealthy" && t.to === "healthy")
+          const calls = (await callsByInstance(adminUrl)).get(flapping)?.calls ?? 0
+          if (!back || calls <= down) throw new Error(`not back yet: ${endpoint.health}, ${calls} calls`)
+        },
+        120_000,
+        500
+      )
+
+      // Ctrl-C: the demo and its web front exit, and every port is free again.
+      const children = childrenOf(child.pid!)
+      expect(children.length).toBeGreaterThan(0)
+      child.kill("SIGINT")
+      expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r("timeout"), 60_000))])).toBe(0)
+      await waitFor(
+        async () => {
+          const left = children.filter(alive)
+          if (left.length > 0) throw new Error(`still running: ${left}`)
+        },
+        30_000,
+        200
+      )
+      for (const port of [xds, admin, v1a, v1b, v2, web]) expect(await canListen(port)).toBe(true)
+    } finally {
+      if (!done) child.kill("SIGKILL")
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
