@@ -1,7 +1,8 @@
 /**
  * `mesh-controller demo` as a user runs it, as a process: within its first minute the traffic
  * split between greeter v1 and v2 shows in /metrics, the flapping greeter instance's health flips
- * in /ui/api/services (calls move to the other v1 instance and come back), and SIGINT stops it
+ * in /ui/api/services (calls move to the other v1 instance and come back), new weights written to
+ * the config file move the split (hot reload), and SIGINT stops it
  * all: the demo exits 0, its child process (the web front) is gone, and every port is free again.
  */
 import { describe, expect, it } from "@effect/vitest"
@@ -84,129 +85,159 @@ const endpointOf = async (admin: string, service: string, key: string): Promise<
 }
 
 describe("mesh-controller demo", () => {
-  it("shows the split and a health flip, and SIGINT leaves nothing behind", { timeout: 300_000 }, async () => {
-    if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`npm run build\` first (npm test does)`)
-    const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
-    const [xds, admin, v1a, v1b, v2, web] = await Promise.all(Array.from({ length: 6 }, freePort)) as [
-      number,
-      number,
-      number,
-      number,
-      number,
-      number
-    ]
-    // examples/demo.yaml itself, on free ports and a temporary state dir.
-    const config = parse(readFileSync("examples/demo.yaml", "utf8"))
-    config.controller.xds.port = xds
-    config.controller.admin.port = admin
-    const service = (name: string) => config.services.find((s: { name: string }) => s.name === name)
-    service("greeter-v1").endpoints[0].port = v1a
-    service("greeter-v1").endpoints[1].port = v1b
-    service("greeter-v2").endpoints[0].port = v2
-    service("web").endpoints[0].port = web
-    config.certificates.dir = join(dir, "certs")
-    const configPath = join(dir, "demo.yaml")
-    writeFileSync(configPath, stringify(config))
+  it(
+    "shows the split, a health flip and a weight change, and SIGINT leaves nothing behind",
+    { timeout: 300_000 },
+    async () => {
+      if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`npm run build\` first (npm test does)`)
+      const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
+      const [xds, admin, v1a, v1b, v2, web] = await Promise.all(Array.from({ length: 6 }, freePort)) as [
+        number,
+        number,
+        number,
+        number,
+        number,
+        number
+      ]
+      // examples/demo.yaml itself, on free ports and a temporary state dir.
+      const config = parse(readFileSync("examples/demo.yaml", "utf8"))
+      config.controller.xds.port = xds
+      config.controller.admin.port = admin
+      const service = (name: string) => config.services.find((s: { name: string }) => s.name === name)
+      service("greeter-v1").endpoints[0].port = v1a
+      service("greeter-v1").endpoints[1].port = v1b
+      service("greeter-v2").endpoints[0].port = v2
+      service("web").endpoints[0].port = web
+      config.certificates.dir = join(dir, "certs")
+      const configPath = join(dir, "demo.yaml")
+      writeFileSync(configPath, stringify(config))
 
-    const output: Array<string> = []
-    const child: ChildProcess = spawn(process.execPath, [BIN, "demo", "--config", configPath], {
-      env: { ...process.env, LOG_FORMAT: "json" },
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    createInterface({ input: child.stdout! }).on("line", (line) => output.push(line))
-    createInterface({ input: child.stderr! }).on("line", (line) => output.push(line))
-    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
-    let done = false
-    void exited.then(() => (done = true))
-    const adminUrl = `http://127.0.0.1:${admin}`
-    const running = () => {
-      if (done) throw new Error(`the demo exited early:\n${output.join("\n")}`)
-    }
-    try {
-      // It says what to open.
-      await waitFor(
-        async () => {
-          running()
-          if (!output.some((line) => line.includes(`${adminUrl}/ui`))) throw new Error("no banner yet")
-        },
-        120_000,
-        200
-      )
+      const output: Array<string> = []
+      const child: ChildProcess = spawn(process.execPath, [BIN, "demo", "--config", configPath], {
+        env: { ...process.env, LOG_FORMAT: "json" },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      createInterface({ input: child.stdout! }).on("line", (line) => output.push(line))
+      createInterface({ input: child.stderr! }).on("line", (line) => output.push(line))
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+      let done = false
+      void exited.then(() => (done = true))
+      const adminUrl = `http://127.0.0.1:${admin}`
+      const running = () => {
+        if (done) throw new Error(`the demo exited early:\n${output.join("\n")}`)
+      }
+      try {
+        // It says what to open.
+        await waitFor(
+          async () => {
+            running()
+            if (!output.some((line) => line.includes(`${adminUrl}/ui`))) throw new Error("no banner yet")
+          },
+          120_000,
+          200
+        )
 
-      // The split: both versions answer calls made through xds:///greeter.
-      await waitFor(
-        async () => {
-          running()
-          const versions = new Set([...(await callsByInstance(adminUrl)).values()].map((c) => c.version))
-          if (!versions.has("v1") || !versions.has("v2")) throw new Error(`versions seen: ${[...versions]}`)
-        },
-        120_000,
-        500
-      )
+        // The split: both versions answer calls made through xds:///greeter.
+        await waitFor(
+          async () => {
+            running()
+            const versions = new Set([...(await callsByInstance(adminUrl)).values()].map((c) => c.version))
+            if (!versions.has("v1") || !versions.has("v2")) throw new Error(`versions seen: ${[...versions]}`)
+          },
+          120_000,
+          500
+        )
 
-      // The flip: the timer stops the second v1 instance; its health turns unhealthy.
-      const flapping = `127.0.0.1:${v1b}`
-      const steady = `127.0.0.1:${v1a}`
-      await waitFor(
-        async () => {
-          running()
-          const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
-          if (!endpoint.transitions.some((t) => t.to === "unhealthy")) throw new Error(JSON.stringify(endpoint))
-        },
-        120_000,
-        500
-      )
+        // The flip: the timer stops the second v1 instance; its health turns unhealthy.
+        const flapping = `127.0.0.1:${v1b}`
+        const steady = `127.0.0.1:${v1a}`
+        await waitFor(
+          async () => {
+            running()
+            const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
+            if (!endpoint.transitions.some((t) => t.to === "unhealthy")) throw new Error(JSON.stringify(endpoint))
+          },
+          120_000,
+          500
+        )
 
-      // Calls move away: while it is down, the other v1 instance takes calls and it takes none.
-      let before = await callsByInstance(adminUrl)
-      await waitFor(
-        async () => {
-          running()
-          const now = await callsByInstance(adminUrl)
-          const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
-          const moved = endpoint.health === "unhealthy" &&
-            now.get(flapping)?.calls === before.get(flapping)?.calls &&
-            (now.get(steady)?.calls ?? 0) >= (before.get(steady)?.calls ?? 0) + 5
-          if (!moved) {
-            before = now
-            throw new Error(`not moved yet: ${JSON.stringify([...now])}, ${endpoint.health}`)
+        // Calls move away: while it is down, the other v1 instance takes calls and it takes none.
+        let before = await callsByInstance(adminUrl)
+        await waitFor(
+          async () => {
+            running()
+            const now = await callsByInstance(adminUrl)
+            const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
+            const moved = endpoint.health === "unhealthy" &&
+              now.get(flapping)?.calls === before.get(flapping)?.calls &&
+              (now.get(steady)?.calls ?? 0) >= (before.get(steady)?.calls ?? 0) + 5
+            if (!moved) {
+              before = now
+              throw new Error(`not moved yet: ${JSON.stringify([...now])}, ${endpoint.health}`)
+            }
+          },
+          120_000,
+          1_500
+        )
+
+        // And come back: healthy again, and it answers calls again.
+        const down = (await callsByInstance(adminUrl)).get(flapping)?.calls ?? 0
+        await waitFor(
+          async () => {
+            running()
+            const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
+            const back = endpoint.transitions.some((t) => t.from === "unhealthy" && t.to === "healthy")
+            const calls = (await callsByInstance(adminUrl)).get(flapping)?.calls ?? 0
+            if (!back || calls <= down) throw new Error(`not back yet: ${endpoint.health}, ${calls} calls`)
+          },
+          120_000,
+          500
+        )
+
+        // Hot reload: new weights in the file move the split (1/99 makes v1 a small minority of the calls).
+        const byVersion = async () => {
+          const totals = { v1: 0, v2: 0 }
+          for (const { calls, version } of (await callsByInstance(adminUrl)).values()) {
+            if (version === "v1" || version === "v2") totals[version] += calls
           }
-        },
-        120_000,
-        1_500
-      )
+          return totals
+        }
+        config.policies.traffic[0].routes[0].destinations[0].weight = 1
+        config.policies.traffic[0].routes[0].destinations[1].weight = 99
+        writeFileSync(configPath, stringify(config))
+        let base = await byVersion()
+        await waitFor(
+          async () => {
+            running()
+            const now = await byVersion()
+            const v1 = now.v1 - base.v1
+            const v2 = now.v2 - base.v2
+            if (v2 < 30) throw new Error(`window still filling: v1 ${v1}, v2 ${v2}`)
+            base = now
+            if (v1 * 4 > v2) throw new Error(`split not moved yet: v1 ${v1}, v2 ${v2}`)
+          },
+          120_000,
+          500
+        )
 
-      // And come back: healthy again, and it answers calls again.
-      const down = (await callsByInstance(adminUrl)).get(flapping)?.calls ?? 0
-      await waitFor(
-        async () => {
-          running()
-          const endpoint = await endpointOf(adminUrl, "greeter-v1", flapping)
-          const back = endpoint.transitions.some((t) => t.from === "unhealthy" && t.to === "healthy")
-          const calls = (await callsByInstance(adminUrl)).get(flapping)?.calls ?? 0
-          if (!back || calls <= down) throw new Error(`not back yet: ${endpoint.health}, ${calls} calls`)
-        },
-        120_000,
-        500
-      )
-
-      // Ctrl-C: the demo and its web front exit, and every port is free again.
-      const children = childrenOf(child.pid!)
-      expect(children.length).toBeGreaterThan(0)
-      child.kill("SIGINT")
-      expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r("timeout"), 60_000))])).toBe(0)
-      await waitFor(
-        async () => {
-          const left = children.filter(alive)
-          if (left.length > 0) throw new Error(`still running: ${left}`)
-        },
-        30_000,
-        200
-      )
-      for (const port of [xds, admin, v1a, v1b, v2, web]) expect(await canListen(port)).toBe(true)
-    } finally {
-      if (!done) child.kill("SIGKILL")
-      rmSync(dir, { recursive: true, force: true })
+        // Ctrl-C: the demo and its web front exit, and every port is free again.
+        const children = childrenOf(child.pid!)
+        expect(children.length).toBeGreaterThan(0)
+        child.kill("SIGINT")
+        expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r("timeout"), 60_000))])).toBe(0)
+        await waitFor(
+          async () => {
+            const left = children.filter(alive)
+            if (left.length > 0) throw new Error(`still running: ${left}`)
+          },
+          30_000,
+          200
+        )
+        for (const port of [xds, admin, v1a, v1b, v2, web]) expect(await canListen(port)).toBe(true)
+      } finally {
+        if (!done) child.kill("SIGKILL")
+        rmSync(dir, { recursive: true, force: true })
+      }
     }
-  })
+  )
 })

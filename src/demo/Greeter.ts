@@ -33,7 +33,11 @@ export interface Greeting {
 
 export class DemoPortBusy extends Data.TaggedError("DemoPortBusy")<{ readonly what: string; readonly cause: unknown }> {
   override get message() {
-    return `demo: cannot listen for ${this.what}: ${describeErrno(this.cause)}` +
+    // grpc-js wraps the errno in its own sentence; the reason is what a reader needs.
+    const reason = /EADDRINUSE/.test(String((this.cause as Error | undefined)?.message))
+      ? "address already in use"
+      : describeErrno(this.cause)
+    return `demo: cannot listen for ${this.what}: ${reason}` +
       " (another demo or `npm start` running? stop it, or change the port in the demo's config)"
   }
 }
