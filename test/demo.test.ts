@@ -84,48 +84,67 @@ const endpointOf = async (admin: string, service: string, key: string): Promise<
   return endpoint
 }
 
+/** The demo on free ports and a temporary state dir, as a process. */
+const startDemo = async () => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`npm run build\` first (npm test does)`)
+  const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
+  const [xds, admin, v1a, v1b, v2, web] = await Promise.all(Array.from({ length: 6 }, freePort)) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number
+  ]
+  // examples/demo.yaml itself, on free ports and a temporary state dir.
+  const config = parse(readFileSync("examples/demo.yaml", "utf8"))
+  config.controller.xds.port = xds
+  config.controller.admin.port = admin
+  const service = (name: string) => config.services.find((s: { name: string }) => s.name === name)
+  service("greeter-v1").endpoints[0].port = v1a
+  service("greeter-v1").endpoints[1].port = v1b
+  service("greeter-v2").endpoints[0].port = v2
+  service("web").endpoints[0].port = web
+  config.certificates.dir = join(dir, "certs")
+  const configPath = join(dir, "demo.yaml")
+  writeFileSync(configPath, stringify(config))
+
+  const output: Array<string> = []
+  const child: ChildProcess = spawn(process.execPath, [BIN, "demo", "--config", configPath], {
+    env: { ...process.env, LOG_FORMAT: "json" },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  createInterface({ input: child.stdout! }).on("line", (line) => output.push(line))
+  createInterface({ input: child.stderr! }).on("line", (line) => output.push(line))
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+  let done = false
+  void exited.then(() => (done = true))
+  const adminUrl = `http://127.0.0.1:${admin}`
+  const running = () => {
+    if (done) throw new Error(`the demo exited early:\n${output.join("\n")}`)
+  }
+  return {
+    dir,
+    config,
+    configPath,
+    service,
+    child,
+    exited,
+    adminUrl,
+    running,
+    isDone: () => done,
+    output,
+    ports: { xds, admin, v1a, v1b, v2, web }
+  }
+}
+
 describe("mesh-controller demo", () => {
   it(
     "shows the split, a health flip and a weight change, and SIGINT leaves nothing behind",
     { timeout: 300_000 },
     async () => {
-      if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`npm run build\` first (npm test does)`)
-      const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
-      const [xds, admin, v1a, v1b, v2, web] = await Promise.all(Array.from({ length: 6 }, freePort)) as [
-        number,
-        number,
-        number,
-        number,
-        number,
-        number
-      ]
-      // examples/demo.yaml itself, on free ports and a temporary state dir.
-      const config = parse(readFileSync("examples/demo.yaml", "utf8"))
-      config.controller.xds.port = xds
-      config.controller.admin.port = admin
-      const service = (name: string) => config.services.find((s: { name: string }) => s.name === name)
-      service("greeter-v1").endpoints[0].port = v1a
-      service("greeter-v1").endpoints[1].port = v1b
-      service("greeter-v2").endpoints[0].port = v2
-      service("web").endpoints[0].port = web
-      config.certificates.dir = join(dir, "certs")
-      const configPath = join(dir, "demo.yaml")
-      writeFileSync(configPath, stringify(config))
-
-      const output: Array<string> = []
-      const child: ChildProcess = spawn(process.execPath, [BIN, "demo", "--config", configPath], {
-        env: { ...process.env, LOG_FORMAT: "json" },
-        stdio: ["ignore", "pipe", "pipe"]
-      })
-      createInterface({ input: child.stdout! }).on("line", (line) => output.push(line))
-      createInterface({ input: child.stderr! }).on("line", (line) => output.push(line))
-      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
-      let done = false
-      void exited.then(() => (done = true))
-      const adminUrl = `http://127.0.0.1:${admin}`
-      const running = () => {
-        if (done) throw new Error(`the demo exited early:\n${output.join("\n")}`)
-      }
+      const { adminUrl, child, config, configPath, dir, exited, isDone, ports, running, output } = await startDemo()
+      const { admin, v1a, v1b, v2, web, xds } = ports
       try {
         // It says what to open.
         await waitFor(
@@ -235,9 +254,40 @@ describe("mesh-controller demo", () => {
         )
         for (const port of [xds, admin, v1a, v1b, v2, web]) expect(await canListen(port)).toBe(true)
       } finally {
-        if (!done) child.kill("SIGKILL")
+        if (!isDone()) child.kill("SIGKILL")
         rmSync(dir, { recursive: true, force: true })
       }
     }
   )
+
+  it("a killed demo (SIGKILL, no finalizers) leaves no web front behind", { timeout: 300_000 }, async () => {
+    const { child, dir, exited, isDone, ports, running } = await startDemo()
+    try {
+      await waitFor(
+        async () => {
+          running()
+          if (childrenOf(child.pid!).length === 0) throw new Error("no web front yet")
+          const response = await fetch(`http://127.0.0.1:${ports.web}/healthz`)
+          if (response.status !== 200) throw new Error(`web /healthz ${response.status}`)
+        },
+        120_000,
+        200
+      )
+      const children = childrenOf(child.pid!)
+      child.kill("SIGKILL")
+      await exited
+      await waitFor(
+        async () => {
+          const left = children.filter(alive)
+          if (left.length > 0) throw new Error(`still running: ${left}`)
+        },
+        30_000,
+        200
+      )
+      expect(await canListen(ports.web)).toBe(true)
+    } finally {
+      if (!isDone()) child.kill("SIGKILL")
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
 })

@@ -21,9 +21,15 @@ const web = Command.make(
     )
   },
   ({ port, target }) =>
-    Effect.flatMap(
-      Effect.promise(() => import("../demo/Web.js")),
-      ({ web }) => Effect.scoped(Effect.zipRight(web(port, target), Effect.never))
+    Effect.zipRight(
+      // Started by `demo` (an IPC channel to it): stop, running the finalizers, when the demo is gone.
+      Effect.sync(() => {
+        if (process.send !== undefined) process.once("disconnect", () => process.kill(process.pid, "SIGTERM"))
+      }),
+      Effect.flatMap(
+        Effect.promise(() => import("../demo/Web.js")),
+        ({ web }) => Effect.scoped(Effect.zipRight(web(port, target), Effect.never))
+      )
     )
 ).pipe(
   Command.withDescription(

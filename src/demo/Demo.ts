@@ -100,7 +100,9 @@ const webProcess = (options: DemoOptions, port: number, bootstrap: string) =>
     Effect.sync(() =>
       spawn(options.self.command, [...options.self.args, "demo", "web", "--port", String(port)], {
         env: { ...process.env, GRPC_XDS_BOOTSTRAP: bootstrap },
-        stdio: ["ignore", "inherit", "inherit"]
+        // The IPC channel closes when this process ends however it ends (even SIGKILL): the web
+        // front stops then too (see commands/demo.ts), so a killed demo leaves no orphan behind.
+        stdio: ["ignore", "inherit", "inherit", "ipc"]
       })
     ),
     (child) =>
