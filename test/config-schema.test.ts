@@ -265,7 +265,7 @@ policies:
     expect(Duration.toMillis(retries.perTryTimeout!)).toBe(500)
   })
 
-  it.each(["examples/container.yaml", "examples/policies.yaml"])("decodes %s", (path) => {
+  it.each(["examples/container.yaml", "examples/policies.yaml", "examples/demo.yaml"])("decodes %s", (path) => {
     const result = parseConfig(readFileSync(path, "utf8"), path)
     expect(Either.isRight(result) ? "ok" : result.left.message).toBe("ok")
   })
