@@ -15,7 +15,7 @@ import { join } from "node:path"
 import { createInterface } from "node:readline"
 import { Effect, Exit, Scope } from "effect"
 import { ConsulStandIn } from "./support/ConsulStandIn.js"
-import { type Daemon, MAIN, requireBuild, startDaemon } from "./support/daemon.js"
+import { type Daemon, MAIN, requireBuild, runCli, startDaemon } from "./support/daemon.js"
 import { waitFor } from "./support/eventually.js"
 
 const REAL_AGENT = process.env["CONSUL_HTTP_ADDR"]
@@ -109,6 +109,23 @@ describe(`several controllers on one Consul (${REAL_AGENT ? `agent ${REAL_AGENT}
       expect(status.roots).toEqual(statuses[0]!.roots)
     }
     expect(statuses[0]!.roots).toHaveLength(1)
+
+    // `ca rotate` with any controller's config reaches every running controller.
+    const rotated = await runCli(["ca", "rotate", "--config", config("a")])
+    expect(rotated.code, rotated.stderr).toBe(0)
+    await waitFor(async () => {
+      for (const d of daemons) expect((await certStatus(d.adminUrl)).roots.map((r) => r.state)).toEqual(["active", "next"])
+    }, 30_000)
+    const activated = await runCli(["ca", "rotate", "--activate", "--config", config("b")])
+    expect(activated.code, activated.stderr).toBe(0)
+    await waitFor(async () => {
+      const all = await Promise.all(daemons.map((d) => certStatus(d.adminUrl)))
+      for (const status of all) expect(status.roots.map((r) => r.state)).toEqual(["active", "previous"])
+      for (const status of all) expect(status.roots).toEqual(all[0]!.roots)
+    }, 30_000)
+    const shown = await runCli(["ca", "show", "--config", config("c")])
+    expect(shown.stdout).toContain("active root")
+    expect(shown.stdout).toContain("previous root")
   }, 90_000)
 })
 

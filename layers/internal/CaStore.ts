@@ -425,7 +425,7 @@ export const loadCa = (source: CaSource, options: StoreOptions) => {
         : loadCaFiles(options.settings.ca)
     case "Consul":
       // Opening it needs a Consul connection: the Certificates layer (and `ca` commands) do that.
-      return Effect.fail(new CaInvalid({ file: "certificates.store", reason: "the CA is in Consul; open it with ConsulCaStore" }))
+      return Effect.fail(new CaInvalid({ file: "certificates.store", reason: "the CA is in Consul (`store: consul`); only the running controller and `ca show`/`ca rotate` open it" }))
     case "Ephemeral":
       return Effect.gen(function*() {
         const root = yield* newRoot(options)

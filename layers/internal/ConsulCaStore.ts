@@ -238,6 +238,8 @@ export interface ConsulCaStore {
   readonly keys: ConsulCaKeys
   /** The CA, created once across all controllers if there is none; waits (retrying) while Consul is unreachable. */
   readonly open: Effect.Effect<CaMaterial, CaInvalid | SigningFailed>
+  /** One read of the CA now (never creates one): for `ca show`. */
+  readonly read: Effect.Effect<CaMaterial, CaInvalid | ConsulUnavailable>
   /** The CA as last seen by the watch (no network): what a re-check compares with the CA in force. */
   readonly current: Effect.Effect<CaMaterial, CaInvalid>
   /** Watches the prefix for ever, calling `onChange` after each change was recorded. */
@@ -448,9 +450,15 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
       (doc) => fingerprint(doc.active.cert)
     )
 
+    const read: ConsulCaStore["read"] = Effect.flatMap(readDoc(client, keys.ca), (found) =>
+      Option.isNone(found)
+        ? Effect.fail(new CaInvalid({ file: `consul:${keys.ca}`, reason: "no CA yet (a controller creates it at its first start)" }))
+        : materialOf(kek, keys, found.value.text))
+
     return {
       keys,
       open,
+      read,
       current,
       watch,
       rotate,
