@@ -208,5 +208,11 @@ describe(`Certificates with store: consul against ${TARGET}`, () => {
             : Effect.fail("not activated yet")))
       }
       assert.deepStrictEqual(yield* rootsOf(a), yield* rootsOf(b))
+
+      // The document deleted by mistake: reported, and the CA in force keeps signing.
+      const url = new URL(address)
+      yield* Effect.promise(() => new Consul({ host: url.hostname, port: Number(url.port) }).kv.del(`${prefix}/ca`))
+      yield* eventually(Effect.flatMap(a.status, (s) => (s.consul?.invalid?.includes("missing") ? Effect.void : Effect.fail(s))))
+      assert.strictEqual((yield* a.bundle).roots.find((r) => r.state === "active")?.fingerprint, next)
     }), { timeout: 60_000 })
 })

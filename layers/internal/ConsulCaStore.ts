@@ -385,8 +385,13 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
           Effect.gen(function*() {
             yield* Ref.set(lockHolder, holderOf(entries.find((e) => e.Key === keys.lock)))
             const doc = entries.find((e) => e.Key === keys.ca)
-            // A deleted document is not a reason to drop the CA in force: keep the last one seen.
-            if (doc === undefined || typeof doc.Value !== "string" || doc.Value === "") return
+            // A deleted document is not a reason to drop the CA in force (or make another): keep the last one seen.
+            if (doc === undefined || typeof doc.Value !== "string" || doc.Value === "") {
+              if (Option.isNone(yield* Ref.get(latest))) return
+              const why = `${keys.ca} is missing from Consul; keeping the CA in force (restore the key from a Consul snapshot)`
+              if ((yield* Ref.getAndSet(invalid, why)) !== why) yield* Effect.logError(why)
+              return
+            }
             const checked = yield* Effect.either(materialOf(kek, keys, doc.Value))
             if (Either.isLeft(checked)) {
               yield* Ref.set(invalid, checked.left.message)
