@@ -11,6 +11,7 @@ ENV npm_config_fund=false npm_config_audit=false
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts scripts
 COPY schemas schemas
 COPY layers layers
 COPY src src
@@ -21,7 +22,10 @@ FROM gcr.io/distroless/nodejs22-debian12:nonroot
 WORKDIR /app
 COPY --from=build --chown=0:0 /app/package.json ./
 COPY --from=build --chown=0:0 /app/node_modules ./node_modules
-COPY --from=build --chown=0:0 /app/dist ./dist
+# Only the executable's bundle (dist/bin) and the status page's files; the per-module dist/ is
+# for library consumers.
+COPY --from=build --chown=0:0 /app/dist/bin ./dist/bin
+COPY --from=build --chown=0:0 /app/dist/src/ui/static ./dist/src/ui/static
 COPY --chown=0:0 examples/container.yaml /etc/mesh-controller/mesh.yaml
 # The CA and workload keys live here, owned by the runtime user; mount a volume so they survive
 # the container (a named volume copies this ownership on first use).
@@ -32,6 +36,6 @@ ENV NODE_ENV=production LOG_FORMAT=json
 # xDS (gRPC) and the admin HTTP server
 EXPOSE 15010 15014
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["/nodejs/bin/node", "dist/src/healthcheck.js", "http://127.0.0.1:15014/healthz"]
-ENTRYPOINT ["/nodejs/bin/node", "dist/src/main.js"]
+  CMD ["/nodejs/bin/node", "dist/bin/healthcheck.mjs", "http://127.0.0.1:15014/healthz"]
+ENTRYPOINT ["/nodejs/bin/node", "dist/bin/mesh-controller.mjs"]
 CMD ["run", "--config", "/etc/mesh-controller/mesh.yaml"]

@@ -1,187 +1,181 @@
 /**
- * xDS push benchmark (prints figures; not a test).
+ * xDS push benchmark against the physical floor (prints figures; never fails a build).
  *
- *   npx tsx bench/xds.ts            # short: Delta 100 and 1,000 streams, SotW 100, scaling 1k → 10k
- *   npx tsx bench/xds.ts --full     # adds SotW with 1,000 streams
+ *   npm run bench:xds -- [--streams 1000] [--services 1000] [--rounds 5] [--scale 10000]
+ *                        [--instrument ../shared/xds-load] [--no-build]
  *
- * Each scenario runs in its own process (so peak RSS is its own), with the clients in another
- * process (so CPU time is the server's own). N raw ADS streams subscribe to the assignments of a
- * mesh of S services with 3 endpoints each; one endpoint changes; we measure the time until every
- * stream has received the update and the server's CPU time for it. The floor, in the same run: a
- * bare @grpc/grpc-js server writing the same number of bytes to the same number of streams.
+ * It runs the instrument's `compare.sh` (see its README): the BUILT controller (`dist`, as the
+ * package's bin runs it, not under tsx) beside `floor.mjs`, a bare grpc-js server that writes one
+ * pre-encoded response to every stream, on the same work in the same run, with the same lean
+ * Envoy-like client (`load.mjs`) for both. Each figure is the median of `--rounds` rounds (load.mjs
+ * takes the medians). Printed: every figure, the floor's, and the ratio; with `--scale N`, a second
+ * run at N services shows what one change costs at N against `--services`.
  */
-import * as grpc from "@grpc/grpc-js"
-import { Effect, Either, Layer, Logger, LogLevel } from "effect"
-import { fork } from "node:child_process"
+import { spawnSync } from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
-import { LiveConfig } from "../layers/LiveConfig.js"
-import { Discovery } from "../layers/Discovery.js"
-import { Health } from "../layers/Health.js"
-import { Snapshot } from "../layers/Snapshot.js"
-import { Xds } from "../layers/Xds.js"
-import type { MeshConfig } from "../schemas/Config.js"
-import { decodeConfig } from "../src/ConfigDocument.js"
 
-interface Result {
-  readonly latencyMs: number
-  readonly cpuMs: number
-  readonly bytesPerStream: number
-  readonly peakRssMiB: number
-  readonly startupMs: number
+const USAGE = `usage: npm run bench:xds -- [options]
+  --streams N        Envoy-like ADS streams (default 1000)
+  --services N       services of 3 endpoints each (default 1000)
+  --rounds N         one-endpoint changes per mode; figures are medians (default 5)
+  --scale N          also run at N services and print the cost of one change at N vs --services
+  --instrument DIR   the xds-load instrument (default ../shared/xds-load from the project root);
+                     it needs its own node_modules (compare.sh runs npm ci there once)
+  --no-build         use dist/ as it is (default: npm run build first)
+  --help             this text`
+
+const root = NodePath.resolve(NodePath.dirname(fileURLToPath(import.meta.url)), "..")
+const args = process.argv.slice(2)
+if (args.includes("--help") || args.includes("-h")) {
+  console.log(USAGE)
+  process.exit(0)
 }
-
-const here = fileURLToPath(import.meta.url)
-const clientsScript = fileURLToPath(new URL("./xds-clients.ts", import.meta.url))
-const argv = process.argv.slice(2)
-
-const mesh = (services: number, changed: boolean): MeshConfig => {
-  const decoded = decodeConfig({
-    mesh: { name: "bench" },
-    controller: { debounce: { quiet: "1ms", max: "1s" } },
-    services: Array.from({ length: services }, (_, i) => ({
-      name: `svc-${i}`,
-      protocol: "grpc",
-      port: 8080,
-      endpoints: [0, 1, 2].map((e) => ({
-        address: `10.${(i >> 8) & 255}.${i & 255}.${changed && i === 0 && e === 0 ? 200 : e + 1}`
-      }))
-    }))
-  }, "bench")
-  if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
-  return decoded.right
+const option = (name: string, fallback: string): string => {
+  const i = args.indexOf(name)
+  if (i < 0) return fallback
+  const value = args[i + 1]
+  if (value === undefined || value.startsWith("--")) {
+    console.error(`${name} needs a value\n${USAGE}`)
+    process.exit(2)
+  }
+  return value
 }
-
-type ClientMessage = { type: "ready" } | { type: "armed" } | { type: "done"; at: number; bytes: number }
-
-/** Starts the client process and resolves each expected message in turn. */
-const startClients = (address: string, mode: string, streams: number, services: number) => {
-  const child = fork(clientsScript, [address, mode, String(streams), String(services)], {
-    execArgv: ["--import", "tsx"],
-    stdio: ["ignore", "inherit", "inherit", "ipc"]
-  })
-  const waiting = new Map<string, (m: ClientMessage) => void>()
-  child.on("message", (m: ClientMessage) => waiting.get(m.type)?.(m))
-  const expect = (type: ClientMessage["type"]) => new Promise<ClientMessage>((resolve) => waiting.set(type, resolve))
-  return {
-    expect,
-    send: (type: string) => child.send({ type }),
-    stop: () => {
-      child.send({ type: "exit" })
-    }
+const int = (name: string, fallback: number): number => {
+  const value = Number(option(name, String(fallback)))
+  if (!Number.isInteger(value) || value < 1) {
+    console.error(`${name} must be a positive integer\n${USAGE}`)
+    process.exit(2)
+  }
+  return value
+}
+const known = new Set(["--streams", "--services", "--rounds", "--scale", "--instrument", "--no-build"])
+for (const a of args) {
+  if (a.startsWith("--") && !known.has(a)) {
+    console.error(`unknown option ${a}\n${USAGE}`)
+    process.exit(2)
   }
 }
+const streams = int("--streams", 1000)
+const services = int("--services", 1000)
+const rounds = int("--rounds", 5)
+const scale = args.includes("--scale") ? int("--scale", 10_000) : undefined
+const instrument = NodePath.resolve(root, option("--instrument", "../shared/xds-load"))
+const compare = NodePath.join(instrument, "compare.sh")
+if (!NodeFs.existsSync(compare)) {
+  console.error(`no compare.sh in ${instrument}: pass --instrument <dir of xds-load>`)
+  process.exit(2)
+}
 
-const peakRss = () => process.resourceUsage().maxRSS / 1024
+if (!args.includes("--no-build")) {
+  const build = spawnSync("npm", ["run", "build"], { cwd: root, stdio: "inherit" })
+  if (build.status !== 0) process.exit(build.status ?? 1)
+}
 
-/** The controller: LiveConfig (memory) → Discovery → Snapshot → Xds, with the clients measuring it. */
-const controllerScenario = (mode: string, streams: number, services: number): Promise<Result> =>
-  Effect.runPromise(Effect.scoped(Effect.gen(function*() {
-    const started = Date.now()
-    const inputs = Layer.mergeAll(LiveConfig.layerMemory(mesh(services, false)), Health.layerNoop)
-    const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))))
-    const context = yield* Layer.build(
-      Layer.mergeAll(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))), inputs)
-    )
-    const startupMs = Date.now() - started
-    const xds = yield* Effect.provide(Xds, context)
-    const config = yield* Effect.provide(LiveConfig, context)
-    const changed = mesh(services, true)
-    const clients = startClients(`127.0.0.1:${xds.address.port}`, mode, streams, services)
-    yield* Effect.promise(() => clients.expect("ready"))
-    const armed = clients.expect("armed")
-    clients.send("arm")
-    yield* Effect.promise(() => armed)
-    const done = clients.expect("done")
-    const cpu = process.cpuUsage()
-    const t0 = Date.now()
-    yield* config.apply(changed, "bench")
-    const result = (yield* Effect.promise(() => done)) as Extract<ClientMessage, { type: "done" }>
-    const used = process.cpuUsage(cpu)
-    clients.stop()
+interface Figures {
+  readonly lastMs: number | undefined
+  readonly bytes: number | undefined
+  readonly syncMs: number | undefined
+  readonly rssPeakMb: number | undefined
+}
+
+/** One compare.sh run, its lines parsed: controller and floor figures by mode. */
+const run = (serviceCount: number) => {
+  const started = Date.now()
+  const result = spawnSync("bash", [compare], {
+    cwd: root,
+    env: { ...process.env, STREAMS: String(streams), SERVICES: String(serviceCount), ROUNDS: String(rounds) },
+    encoding: "utf8",
+    maxBuffer: 64 * 1024 * 1024
+  })
+  const out = `${result.stdout}${result.stderr}`
+  const lines = out.split("\n")
+  const num = (line: string | undefined, re: RegExp): number | undefined => {
+    const m = line === undefined ? null : re.exec(line)
+    return m ? Number(m[1]) : undefined
+  }
+  const figures = (prefix: string): Figures => {
+    const line = lines.find((l) => l.startsWith(prefix))
     return {
-      latencyMs: result.at - t0,
-      cpuMs: (used.user + used.system) / 1000,
-      bytesPerStream: result.bytes,
-      peakRssMiB: peakRss(),
-      startupMs
+      lastMs: num(line, /last stream ([\d.]+) ms/),
+      bytes: num(line, /, (\d+) B\/stream/),
+      syncMs: num(line, /initial sync of all ([\d.]+) ms/),
+      rssPeakMb: num(line, /server peak RSS (\d+) MB/)
     }
-  })).pipe(Logger.withMinimumLogLevel(LogLevel.Warning)))
+  }
+  return {
+    raw: out,
+    seconds: Math.round((Date.now() - started) / 1000),
+    ready: lines.find((l) => l.startsWith("controller ready")),
+    after: lines.find((l) => l.startsWith("controller after")),
+    peakMb: num(lines.find((l) => l.startsWith("controller after")), /(\d+) MB peak/),
+    delta: figures("controller delta-api"),
+    sotw: figures("controller sotw-api"),
+    file: figures("controller delta-file"),
+    floorDelta: figures("floor delta"),
+    floorSotw: figures("floor sotw")
+  }
+}
 
-/** The floor: a bare grpc-js server writing `bytes` to each of `streams` streams. */
-const floorScenario = async (streams: number, bytes: number): Promise<Result> => {
-  const calls: Array<grpc.ServerDuplexStream<Buffer, Buffer>> = []
-  const server = new grpc.Server()
-  const identity = (b: Buffer) => b
-  server.addService({
-    Stream: { path: "/bench.Floor/Stream", requestStream: true, responseStream: true, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity }
-  }, {
-    Stream: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => {
-      calls.push(call)
-      call.write(Buffer.from([1]))
-    }
-  })
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p)))
+const fmt = (
+  n: number | undefined
+) => (n === undefined ? "?" : n >= 100 ? Math.round(n).toLocaleString("en") : String(n))
+const ratio = (a: number | undefined, b: number | undefined) =>
+  a === undefined || b === undefined || b === 0 ? "?" : `${(a / b).toFixed(2)}x`
+
+const load = () => NodeOs.loadavg().map((n) => n.toFixed(2)).join(", ")
+console.log(`xds bench: ${streams} streams, ${services} services x 3 endpoints, ${rounds} rounds (medians)`)
+console.log(
+  `machine: ${NodeOs.cpus().length} x ${
+    NodeOs.cpus()[0]?.model ?? "?"
+  }, node ${process.version}; load average before: ${load()}`
+)
+const main = run(services)
+if (main.delta.lastMs === undefined) {
+  console.log(main.raw)
+  console.error("compare.sh printed no controller figures (its output is above)")
+  process.exit(0)
+}
+const rows: ReadonlyArray<readonly [string, number | undefined, number | undefined]> = [
+  ["Delta: one change reaches the last stream (ms)", main.delta.lastMs, main.floorDelta.lastMs],
+  ["SotW: one change reaches the last stream (ms)", main.sotw.lastMs, main.floorSotw.lastMs],
+  ["SotW bytes per stream for that change (B)", main.sotw.bytes, main.floorSotw.bytes],
+  ["Delta initial sync of all streams (ms)", main.delta.syncMs, main.floorDelta.syncMs],
+  ["SotW initial sync of all streams (ms)", main.sotw.syncMs, main.floorSotw.syncMs],
+  [
+    "peak RSS with all streams (MB)",
+    main.peakMb,
+    Math.max(main.floorDelta.rssPeakMb ?? 0, main.floorSotw.rssPeakMb ?? 0)
+  ],
+  ["config file rewrite -> last stream, Delta (ms)", main.file.lastMs, undefined]
+]
+console.log(`\n| figure | controller | floor | ratio |\n| --- | --- | --- | --- |`)
+for (const [name, ours, floor] of rows) {
+  console.log(
+    `| ${name} | ${fmt(ours)} | ${floor === undefined ? "-" : fmt(floor)} | ${
+      floor === undefined ? "" : ratio(ours, floor)
+    } |`
   )
-  const clients = startClients(`127.0.0.1:${port}`, "floor", streams, 0)
-  await clients.expect("ready")
-  const armed = clients.expect("armed")
-  clients.send("arm")
-  await armed
-  const done = clients.expect("done")
-  const cpu = process.cpuUsage()
-  const t0 = Date.now()
-  // The same work a push is: one buffer of that size per stream (not shared, as each response has its own nonce).
-  for (const call of calls) call.write(Buffer.alloc(bytes, 7))
-  const result = (await done) as Extract<ClientMessage, { type: "done" }>
-  const used = process.cpuUsage(cpu)
-  clients.stop()
-  server.forceShutdown()
-  return { latencyMs: result.at - t0, cpuMs: (used.user + used.system) / 1000, bytesPerStream: result.bytes, peakRssMiB: peakRss(), startupMs: 0 }
 }
+console.log(`\n${main.ready ?? ""}\n${main.after ?? ""}\n(${main.seconds} s; load average after: ${load()})`)
 
-/** Runs one scenario in a fresh process and returns its result. */
-const inChild = (args: ReadonlyArray<string>) =>
-  new Promise<Result>((resolve, reject) => {
-    const child = fork(here, ["--scenario", ...args], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] })
-    child.on("message", (m: Result) => resolve(m))
-    child.on("exit", (code) => (code === 0 ? undefined : reject(new Error(`scenario ${args.join(" ")} exited with ${code}`))))
-  })
-
-const fmt = (n: number, digits = 1) => n.toFixed(digits).padStart(9)
-
-const main = async () => {
-  const full = argv.includes("--full")
-  const cases: Array<[string, number, number]> = [["delta", 100, 1000], ["delta", 1000, 1000], ["sotw", 100, 1000]]
-  if (full) cases.push(["sotw", 1000, 1000])
-  console.log("one endpoint change; time until every stream has it, server CPU for it, server peak RSS")
-  console.log("protocol  streams services |  latency ms   cpu ms  bytes/stream  rss MiB | floor ms  floor cpu | ratio time  ratio cpu")
-  for (const [mode, streams, services] of cases) {
-    const c = await inChild(["controller", mode, String(streams), String(services)])
-    const f = await inChild(["floor", String(streams), String(c.bytesPerStream)])
-    console.log(
-      `${mode.padEnd(8)} ${String(streams).padStart(8)} ${String(services).padStart(8)} |${fmt(c.latencyMs)}${fmt(c.cpuMs)}${String(c.bytesPerStream).padStart(14)}${fmt(c.peakRssMiB)} |${fmt(f.latencyMs)}${fmt(f.cpuMs, 1)}  |${fmt(c.latencyMs / Math.max(f.latencyMs, 0.1), 2)}${fmt(c.cpuMs / Math.max(f.cpuMs, 0.1), 2)}`
-    )
-  }
-  console.log("\nscaling: cost of one endpoint change, Delta, 10 streams")
-  console.log("services |  latency ms   cpu ms  bytes/stream  rss MiB  startup ms")
-  for (const services of [1000, 10000]) {
-    const c = await inChild(["controller", "delta", "10", String(services)])
-    console.log(`${String(services).padStart(8)} |${fmt(c.latencyMs)}${fmt(c.cpuMs)}${String(c.bytesPerStream).padStart(14)}${fmt(c.peakRssMiB)}${fmt(c.startupMs, 0)}`)
-  }
-}
-
-if (argv[0] === "--scenario") {
-  const [, kind, a = "", b = "", c = ""] = argv
-  const result = kind === "controller"
-    ? await controllerScenario(a, Number(b), Number(c))
-    : await floorScenario(Number(a), Number(b))
-  // Run directly (e.g. under --cpu-prof) a scenario prints its result instead.
-  if (process.send) process.send(result, () => process.exit(0))
-  else {
-    console.log(JSON.stringify(result))
-    process.exit(0)
-  }
-} else {
-  await main()
+if (scale !== undefined) {
+  const big = run(scale)
+  console.log(`\none change at ${scale} vs ${services} services (${streams} streams):`)
+  console.log(
+    `  Delta last stream: ${fmt(big.delta.lastMs)} ms vs ${fmt(main.delta.lastMs)} ms = ${
+      ratio(big.delta.lastMs, main.delta.lastMs)
+    }`
+  )
+  console.log(
+    `  SotW last stream:  ${fmt(big.sotw.lastMs)} ms vs ${fmt(main.sotw.lastMs)} ms = ${
+      ratio(big.sotw.lastMs, main.sotw.lastMs)
+    }`
+  )
+  console.log(
+    `  same run's floor at ${scale}: Delta ${fmt(big.floorDelta.lastMs)} ms, SotW ${fmt(big.floorSotw.lastMs)} ms`
+  )
+  console.log(`  (load average after: ${load()})`)
 }

@@ -1,8 +1,9 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Context, Data, Effect, Layer, type Scope } from "effect"
+import { Context, Data, Effect, Layer, Option, type Scope } from "effect"
 import { createServer } from "node:http"
 import { describeErrno, errnoCode } from "../src/Errno.js"
+import { type AccessOptions, AdminAccess, makeAccessRule, requireRead } from "./admin/AdminAccess.js"
 import { Lifecycle } from "./Lifecycle.js"
 import { collectProcessMetrics, registry } from "./Metrics.js"
 
@@ -11,8 +12,23 @@ export interface AdminOptions<R> {
   readonly port: number
   /** The package version shown in /status. */
   readonly version: string
-  /** More routes to serve (the registration API, for instance). */
+  /**
+   * More routes to serve (the registration API, for instance). They may use `AdminAccess` (the
+   * server provides it): wrap a handler in `requireWrite` or `requireRead` to apply the access rule.
+   */
   readonly routes?: HttpRouter.HttpRouter<never, R>
+  /**
+   * Who may do what (see admin/AdminAccess.ts). Without `verifyToken` no request carries a valid
+   * credential, so state-changing routes always answer 401/403.
+   */
+  readonly access?: AccessOptions
+  /** Shown in /status: where the token is (never the token). */
+  readonly tokenFile?: string
+  /**
+   * The status page (`Ui.routes`): its files (`page`, open: no mesh data in them) and the JSON it
+   * reads (`api`: read-only, so under the same rule as /status).
+   */
+  readonly ui?: { readonly page: HttpRouter.HttpRouter<never, R>; readonly api: HttpRouter.HttpRouter<never, R> }
 }
 
 /** The admin server could not listen. */
@@ -31,20 +47,36 @@ export const listenReason = (cause: unknown): string =>
   errnoCode(cause) === "EACCES" ? "permission denied (ports below 1024 need privileges)" : describeErrno(cause)
 
 /** What extra routes need once the server has provided the request and its scope. */
-export type RoutesNeed<R> = Exclude<Exclude<Exclude<R, HttpRouter.RouteContext>, HttpServerRequest.HttpServerRequest>, Scope.Scope>
+export type RoutesNeed<R> = Exclude<
+  Exclude<Exclude<Exclude<R, HttpRouter.RouteContext>, AdminAccess>, HttpServerRequest.HttpServerRequest>,
+  Scope.Scope
+>
+
+/** /healthz and /readyz answer whatever the Host: orchestrators probe by IP, and they reveal nothing. */
+const OPEN_PATHS: ReadonlySet<string> = new Set(["/healthz", "/readyz"])
 
 /** The admin HTTP server: /healthz, /readyz, /status, /metrics. */
 export class Admin extends Context.Tag("mesh-controller/Admin")<
   Admin,
-  { readonly address: { readonly host: string; readonly port: number } }
+  {
+    readonly address: { readonly host: string; readonly port: number }
+    /** What /status shows of the access rule. */
+    readonly status: Effect.Effect<AdminStatus>
+  }
 >() {
   static readonly layer = <R = never>(
     options: AdminOptions<R>
-  ): Layer.Layer<Admin, AdminListenError, Lifecycle | RoutesNeed<R>> =>
-    Layer.scoped(Admin, make(options))
+  ): Layer.Layer<Admin, AdminListenError, Lifecycle | RoutesNeed<R>> => Layer.scoped(Admin, make(options))
 }
 
 const json = (status: number, body: unknown) => HttpServerResponse.unsafeJson(body, { status })
+
+export interface AdminStatus {
+  readonly address: { readonly host: string; readonly port: number }
+  /** "open": /status, /metrics and GET /v1/services answer anyone who reaches the port; "token": only with it. */
+  readonly readAccess: "open" | "token"
+  readonly tokenFile: string | null
+}
 
 export const make = <R>(options: AdminOptions<R>) =>
   Effect.gen(function*() {
@@ -60,14 +92,17 @@ export const make = <R>(options: AdminOptions<R>) =>
           const phase = yield* lifecycle.phase
           if (phase === "ready") return HttpServerResponse.text("ready\n")
           const waiting = yield* lifecycle.waiting
-          return HttpServerResponse.text(`${phase}${waiting.length > 0 ? `: waiting for ${waiting.join(", ")}` : ""}\n`, {
-            status: 503
-          })
+          return HttpServerResponse.text(
+            `${phase}${waiting.length > 0 ? `: waiting for ${waiting.join(", ")}` : ""}\n`,
+            {
+              status: 503
+            }
+          )
         })
       ),
       HttpRouter.get(
         "/status",
-        Effect.gen(function*() {
+        requireRead(Effect.gen(function*() {
           return json(200, {
             version: options.version,
             phase: yield* lifecycle.phase,
@@ -75,20 +110,33 @@ export const make = <R>(options: AdminOptions<R>) =>
             uptimeSeconds: Math.round((Date.now() - startedAt.getTime()) / 1000),
             layers: yield* lifecycle.layers
           })
-        })
+        }))
       ),
+      (
+        base
+      ) => (options.ui
+        ? HttpRouter.concatAll(base, options.ui.page, HttpRouter.use(options.ui.api, requireRead))
+        : base),
       HttpRouter.get(
         "/metrics",
-        Effect.promise(() => registry.metrics()).pipe(
-          Effect.map((body) => HttpServerResponse.text(body, { contentType: registry.contentType }))
+        requireRead(
+          Effect.promise(() => registry.metrics()).pipe(
+            Effect.map((body) => HttpServerResponse.text(body, { contentType: registry.contentType }))
+          )
         )
       ),
       (base) => (options.routes ? HttpRouter.concat(base, options.routes) : base)
     )
 
-    const app = router.pipe(
-      Effect.catchTag("RouteNotFound", () => Effect.succeed(json(404, { error: "not found" })))
-    )
+    const access = makeAccessRule(options.host, options.access)
+    // The Host check runs before any route (and before a 404), so a rebound name learns nothing.
+    const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      const path = request.url.split("?")[0]!
+      const misdirected = OPEN_PATHS.has(path) ? Option.none() : access.checkHost(request)
+      return Option.isSome(misdirected)
+        ? Effect.succeed(misdirected.value)
+        : router.pipe(Effect.catchTag("RouteNotFound", () => Effect.succeed(json(404, { error: "not found" }))))
+    }).pipe(Effect.provideService(AdminAccess, access))
 
     const server = yield* NodeHttpServer.make(() => createServer(), { host: options.host, port: options.port }).pipe(
       Effect.mapError((error) => new AdminListenError({ host: options.host, port: options.port, cause: error.cause }))
@@ -97,6 +145,13 @@ export const make = <R>(options: AdminOptions<R>) =>
     const address = server.address._tag === "TcpAddress"
       ? { host: server.address.hostname, port: server.address.port }
       : { host: options.host, port: options.port }
-    yield* Effect.logInfo(`admin: listening on http://${address.host}:${address.port}`)
-    return Admin.of({ address })
-  })
+    yield* Effect.logInfo(`admin: listening on http://${address.host}:${address.port}`).pipe(
+      Effect.annotateLogs({ readAccess: access.readOpen ? "open" : "token", tokenFile: options.tokenFile ?? null })
+    )
+    const status: AdminStatus = {
+      address,
+      readAccess: access.readOpen ? "open" : "token",
+      tokenFile: options.tokenFile ?? null
+    }
+    return Admin.of({ address, status: Effect.succeed(status) })
+  }).pipe(Effect.annotateLogs({ module: "admin" }))

@@ -1,12 +1,29 @@
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  FiberMap,
+  Layer,
+  Option,
+  Ref,
+  Schedule,
+  type Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
-import { endpointKey, fromConfig, type RegistrySource, type Service } from "../src/MeshState.js"
-import * as Coalesce from "./internal/Coalesce.js"
-import { LiveConfig } from "./LiveConfig.js"
+import {
+  type RegistrationLimits,
+  type RegistrationRefused,
+  RegistrationStore
+} from "../src/discovery/RegistrationStore.js"
+import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import {
   type BlockingQuery,
   blockingWatch,
@@ -16,9 +33,12 @@ import {
   type RetryOptions,
   retrySchedule
 } from "./ConsulClient.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import { dnsFailures, servicesBySource, syncLag, watchUpdates } from "./internal/DiscoveryMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 export type { ApiRegistration } from "../src/discovery/Merge.js"
+export { type RegistrationLimits, RegistrationRefused } from "../src/discovery/RegistrationStore.js"
 
 /**
  * The one place that knows the mesh's services and their endpoints. Everything downstream (health
@@ -36,8 +56,16 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     /** The current services first, then every change. */
     readonly changes: Stream.Stream<ReadonlyArray<Service>>
     readonly status: Effect.Effect<DiscoveryStatus>
-    /** Adds (or replaces) an endpoint registered at run time; kept across config reloads. */
-    readonly register: (registration: ApiRegistration) => Effect.Effect<void>
+    /**
+     * Adds (or replaces) an endpoint registered at run time; kept across config reloads. With
+     * `limits`, a registration that would break one is refused and changes nothing. The change
+     * reaches `services` and `changes` shortly after (publishes are coalesced, so a burst of
+     * registrations costs a few merges, not one per registration).
+     */
+    readonly register: (
+      registration: ApiRegistration,
+      limits?: RegistrationLimits
+    ) => Effect.Effect<void, RegistrationRefused>
     /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
     readonly deregister: (service: string, address: string, port: number) => Effect.Effect<boolean>
     readonly registrations: Effect.Effect<ReadonlyArray<ApiRegistration>>
@@ -60,14 +88,17 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
   )
 
   /** A fixed registry for tests; `SubscriptionRef.set` on the returned ref changes it. */
-  static readonly layerMemory = (ref: SubscriptionRef.SubscriptionRef<ReadonlyArray<Service>>): Layer.Layer<Discovery> =>
+  static readonly layerMemory = (
+    ref: SubscriptionRef.SubscriptionRef<ReadonlyArray<Service>>
+  ): Layer.Layer<Discovery> =>
     Layer.succeed(
       Discovery,
       Discovery.of({
         services: SubscriptionRef.get(ref),
         changes: ref.changes,
         status: Effect.succeed({ source: "memory" }),
-        register: (registration) => SubscriptionRef.update(ref, (services) => mergeRegistry(services, [registration], new Map())),
+        register: (registration) =>
+          SubscriptionRef.update(ref, (services) => mergeRegistry(services, [registration], new Map())),
         deregister: (service, address, port) =>
           SubscriptionRef.modify(ref, (services) => {
             const key = endpointKey({ address, port })
@@ -86,7 +117,9 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
           }),
         registrations: Effect.map(SubscriptionRef.get(ref), (services) =>
           services.flatMap((s) =>
-            s.endpoints.filter((e) => e.source === "api").map((e) => ({ service: s.name, address: e.address, port: e.port, weight: e.weight, labels: e.labels }))
+            s.endpoints.filter((e) =>
+              e.source === "api"
+            ).map((e) => ({ service: s.name, address: e.address, port: e.port, weight: e.weight, labels: e.labels }))
           ))
       })
     )
@@ -181,7 +214,8 @@ interface ConsulState {
   readonly lastErrorAt: Date | null
 }
 
-const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) => a === b || JSON.stringify(a) === JSON.stringify(b)
+const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) =>
+  a === b || JSON.stringify(a) === JSON.stringify(b)
 
 const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<ConsulClient> | undefined) =>
   Effect.gen(function*() {
@@ -189,9 +223,10 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     const initial = yield* config.get
     const dnsTimeout = options.dnsTimeout ?? Duration.seconds(5)
 
-    const configServices = yield* Ref.make(fromConfig(initial.config).services)
+    const configServices = yield* Ref.make(servicesFromConfig(initial.config))
     const dnsSettings = yield* Ref.make(initial.config.discovery.dns)
-    const api = yield* Ref.make<ReadonlyArray<ApiRegistration>>([])
+    // Touched only inside Effect.sync, so each change is one atomic step (see RegistrationStore).
+    const api = new RegistrationStore()
     const consulView = yield* Ref.make<ReadonlyMap<string, ConsulService>>(new Map())
     const dns = yield* SubscriptionRef.make<ReadonlyMap<string, DnsEntry>>(new Map())
     const output = yield* SubscriptionRef.make<ReadonlyArray<Service>>([])
@@ -206,7 +241,11 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
                 const before = entries.get(host)
                 const entry: DnsEntry = Either.match(result, {
                   // A failed refresh keeps the addresses last resolved: a DNS hiccup never empties a service.
-                  onLeft: (error) => ({ addresses: before?.addresses ?? [], resolvedAt: before?.resolvedAt ?? null, error }),
+                  onLeft: (error) => ({
+                    addresses: before?.addresses ?? [],
+                    resolvedAt: before?.resolvedAt ?? null,
+                    error
+                  }),
                   onRight: (addresses) => ({ addresses, resolvedAt: new Date(), error: null })
                 })
                 return new Map(entries).set(host, entry)
@@ -219,7 +258,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     const lock = yield* Effect.makeSemaphore(1)
     const publish = lock.withPermits(1)(
       Effect.gen(function*() {
-        const merged = mergeRegistry(yield* Ref.get(configServices), yield* Ref.get(api), yield* Ref.get(consulView))
+        const merged = mergeRegistry(yield* Ref.get(configServices), api.all(), yield* Ref.get(consulView))
         const hosts = hostNamesOf(merged)
         const known = yield* Ref.get(dns)
         const fresh = hosts.filter((host) => !known.has(host))
@@ -245,7 +284,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       Stream.drop(1),
       Stream.runForEach((loaded) =>
         Effect.gen(function*() {
-          yield* Ref.set(configServices, fromConfig(loaded.config).services)
+          yield* Ref.set(configServices, servicesFromConfig(loaded.config))
           yield* Ref.set(dnsSettings, loaded.config.discovery.dns)
           yield* publish
         })
@@ -279,18 +318,23 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       ? yield* startConsulWatch(consulSettings, connection, options, consulView, dirty.signal)
       : undefined
 
-    const register = (registration: ApiRegistration) =>
-      Ref.update(api, (all) => [
-        ...all.filter((r) => !(r.service === registration.service && endpointKey(r) === endpointKey(registration))),
-        registration
-      ]).pipe(Effect.zipRight(publish))
+    // A registration changes the store at once (O(1)) and asks for a coalesced publish: publishing
+    // merges every source, which per request made n registrations cost O(n²).
+    const requestPublish = dirty.signal
+    const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
+      Effect.gen(function*() {
+        const configured = yield* Ref.get(configServices)
+        const consulNames = yield* Ref.get(consulView)
+        const known = (name: string) => consulNames.has(name) || configured.some((s) => s.name === name)
+        const refused = api.add(registration, limits, known)
+        if (refused) return yield* refused
+        yield* requestPublish
+      })
 
     const deregister = (service: string, address: string, port: number) =>
-      Ref.modify(api, (all) => {
-        const key = endpointKey({ address, port })
-        const rest = all.filter((r) => !(r.service === service && endpointKey(r) === key))
-        return [rest.length !== all.length, rest] as const
-      }).pipe(Effect.tap((removed) => (removed ? publish : Effect.void)))
+      Effect.sync(() => api.remove(service, endpointKey({ address, port }))).pipe(
+        Effect.tap((removed) => (removed ? requestPublish : Effect.void))
+      )
 
     const status: Effect.Effect<DiscoveryStatus> = Effect.gen(function*() {
       const services = yield* SubscriptionRef.get(output)
@@ -305,8 +349,10 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
           endpoints: s.endpoints.length,
           endpointsBySource: { config: count(s, "config"), api: count(s, "api"), consul: count(s, "consul") }
         })),
-        apiRegistrations: (yield* Ref.get(api)).length,
-        consul: consul && consulClient ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired } : null,
+        apiRegistrations: api.size,
+        consul: consul && consulClient
+          ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired }
+          : null,
         dns: {
           refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
           names: [...entries].map(([host, entry]) => ({
@@ -325,7 +371,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       status,
       register,
       deregister,
-      registrations: Ref.get(api)
+      registrations: Effect.sync(() => api.all())
     })
   })
 
@@ -347,7 +393,12 @@ const startConsulWatch = (
   publish: Effect.Effect<unknown>
 ): Effect.Effect<{ readonly status: Effect.Effect<ConsulWatchStatus> }, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null })
+    const state = yield* Ref.make<ConsulState>({
+      connected: false,
+      lastSuccessAt: null,
+      lastError: null,
+      lastErrorAt: null
+    })
     const startedAt = new Date()
     const answered = yield* Ref.make<ReadonlySet<string>>(new Set())
     const watched = yield* Ref.make<ReadonlySet<string>>(new Set())
@@ -356,8 +407,13 @@ const startConsulWatch = (
 
     const failed = (error: ConsulUnavailable) =>
       Effect.gen(function*() {
-        const before = yield* Ref.getAndUpdate(state, (s) => ({ ...s, connected: false, lastError: error.reason, lastErrorAt: new Date() }))
-        if (before.connected || before.lastError === null) yield* Effect.logWarning("Consul unreachable; serving the last known services", error.reason)
+        const before = yield* Ref.getAndUpdate(
+          state,
+          (s) => ({ ...s, connected: false, lastError: error.reason, lastErrorAt: new Date() })
+        )
+        if (before.connected || before.lastError === null) {
+          yield* Effect.logWarning("Consul unreachable; serving the last known services", error.reason)
+        }
       })
     const succeeded = Effect.gen(function*() {
       const before = yield* Ref.getAndUpdate(state, (s) => ({ ...s, connected: true, lastSuccessAt: new Date() }))
@@ -377,7 +433,11 @@ const startConsulWatch = (
         schedule,
         query,
         decode,
-        onChange: (value: A) => Effect.zipRight(Effect.sync(() => watchUpdates.inc({ watch: name.startsWith("health") ? "service" : "catalog" })), onChange(value)),
+        onChange: (value: A) =>
+          Effect.zipRight(
+            Effect.sync(() => watchUpdates.inc({ watch: name.startsWith("health") ? "service" : "catalog" })),
+            onChange(value)
+          ),
         onError: failed,
         onSuccess: succeeded
       })
@@ -400,7 +460,9 @@ const startConsulWatch = (
       Effect.gen(function*() {
         const ignoredBefore = yield* Ref.getAndSet(ignoredNames, ignored)
         if (ignored.some((name) => !ignoredBefore.includes(name))) {
-          yield* Effect.logWarning("Consul services with names that cannot be mesh services are ignored").pipe(Effect.annotateLogs({ ignored }))
+          yield* Effect.logWarning("Consul services with names that cannot be mesh services are ignored").pipe(
+            Effect.annotateLogs({ ignored })
+          )
         }
         const before = yield* Ref.get(watched)
         const listed = new Set(names)

@@ -20,9 +20,8 @@ import { type EndpointState, initialState, type ProbeResult, step, type Transiti
 import { availability, type HealthView, routing, sameView } from "../src/health/Routing.js"
 import { type EndpointHealth, endpointKey, type Service } from "../src/MeshState.js"
 import { Discovery } from "./Discovery.js"
-import * as Coalesce from "./internal/Coalesce.js"
-import { ProbeSlots } from "./internal/ProbeSlots.js"
 import { grpcProbe, httpProbe, makeGrpcPool, ProbeFailed, type ProbeTarget, tcpProbe } from "./HealthProbes.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import {
   endpointsByState,
   metricsOfType,
@@ -31,6 +30,7 @@ import {
   servicePanic,
   transitions
 } from "./internal/HealthMetrics.js"
+import { ProbeSlots } from "./internal/ProbeSlots.js"
 import { layerUp } from "./Metrics.js"
 
 export type { HealthView } from "../src/health/Routing.js"
@@ -45,6 +45,14 @@ export interface EndpointStatus {
   readonly consecutiveFailures: number
   /** Probes skipped because no slot of the global bound freed up before the next one was due. */
   readonly missedProbes: number
+  /** When probing began (ISO 8601): the window `unhealthyMs` covers. */
+  readonly trackedSince: string
+  /** Milliseconds spent unhealthy since `trackedSince`, the current spell included. */
+  readonly unhealthyMs: number
+  /** The last transitions (at most `MAX_FLIPS`), oldest first: a history longer than `history`'s probes. */
+  readonly transitions: ReadonlyArray<
+    { readonly at: string; readonly from: EndpointHealth; readonly to: EndpointHealth }
+  >
   /** The last `historySize` results, oldest first. */
   readonly history: ReadonlyArray<{
     readonly at: string
@@ -110,8 +118,13 @@ export class Health extends Context.Tag("mesh-controller/Health")<
       Health.of({
         view: SubscriptionRef.get(ref),
         changes: ref.changes,
-        availability: Effect.map(SubscriptionRef.get(ref), (view) =>
-          new Map([...view].map(([service, endpoints]) => [service, [...endpoints.values()].some((h) => h !== "unhealthy")]))),
+        availability: Effect.map(
+          SubscriptionRef.get(ref),
+          (view) =>
+            new Map(
+              [...view].map(([service, endpoints]) => [service, [...endpoints.values()].some((h) => h !== "unhealthy")])
+            )
+        ),
         status: Effect.succeed({ checks: "off", services: [] })
       })
     )
@@ -155,7 +168,14 @@ interface Entry {
   readonly endpoint: string
   state: EndpointState
   missed: number
+  readonly trackedSince: number
+  /** Time spent unhealthy in spells that ended (the current one is added when read). */
+  unhealthyMs: number
+  readonly flips: Array<{ readonly at: number; readonly from: EndpointHealth; readonly to: EndpointHealth }>
 }
+
+/** Transitions kept per endpoint for the status page's timeline (a flapping endpoint stays bounded). */
+const MAX_FLIPS = 20
 
 interface Probe {
   readonly key: string
@@ -189,7 +209,9 @@ const desiredProbes = (services: ReadonlyArray<Service>): Map<string, Probe> => 
   return probes
 }
 
-export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<Health>, never, Discovery | Scope.Scope> =>
+export const make = (
+  options: HealthOptions
+): Effect.Effect<Context.Tag.Service<Health>, never, Discovery | Scope.Scope> =>
   Effect.gen(function*() {
     const discovery = yield* Discovery
     const maxConcurrent = Math.max(1, options.maxConcurrentProbes ?? 64)
@@ -255,7 +277,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         }
       }
       for (const name of panicking) {
-        if (!nowPanicking.has(name)) yield* Effect.logInfo("service has a routable endpoint again").pipe(Effect.annotateLogs({ service: name }))
+        if (!nowPanicking.has(name)) {
+          yield* Effect.logInfo("service has a routable endpoint again").pipe(Effect.annotateLogs({ service: name }))
+        }
       }
       panicking = nowPanicking
     })
@@ -273,9 +297,14 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       Effect.suspend(() => {
         const entry = entries.get(probe.key)
         if (entry === undefined) return Effect.void
-        const { state, transition } = step(entry.state, result, probe.check, historySize)
+        const before = entry.state
+        const { state, transition } = step(before, result, probe.check, historySize)
         entry.state = state
-        return transition === undefined ? Effect.void : announce(probe, entry, result, transition)
+        if (transition === undefined) return Effect.void
+        if (transition.from === "unhealthy") entry.unhealthyMs += Math.max(0, result.at - before.since)
+        entry.flips.push({ at: result.at, from: transition.from, to: transition.to })
+        if (entry.flips.length > MAX_FLIPS) entry.flips.shift()
+        return announce(probe, entry, result, transition)
       })
 
     const announce = (probe: Probe, entry: Entry, result: ProbeResult, transition: Transition) =>
@@ -308,7 +337,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             check.https && check.trustMeshCa
               ? Effect.flatMap(meshCa, (ca) =>
                 ca === undefined
-                  ? Effect.fail(new ProbeFailed({ reason: "trustMeshCa is set but no mesh CA is available to the health checker" }))
+                  ? Effect.fail(
+                    new ProbeFailed({ reason: "trustMeshCa is set but no mesh CA is available to the health checker" })
+                  )
                   : httpProbe(probe.target, check, ca))
               : httpProbe(probe.target, check, undefined)
           )
@@ -330,7 +361,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(slots.acquire(deadline)), (granted) =>
           granted
-            ? restore(Effect.asSome(measured(probe, run, scheduledAt))).pipe(Effect.ensuring(Effect.sync(() => slots.release())))
+            ? restore(Effect.asSome(measured(probe, run, scheduledAt))).pipe(
+              Effect.ensuring(Effect.sync(() => slots.release()))
+            )
             : Effect.succeedNone)
       )
 
@@ -347,7 +380,11 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
      * Runs and times one probe. Written as one suspended step and one match rather than a
      * generator of several: this runs a thousand times a second, and each Effect step allocates.
      */
-    const measured = (probe: Probe, run: Effect.Effect<void, ProbeFailed>, scheduledAt: number): Effect.Effect<ProbeResult> =>
+    const measured = (
+      probe: Probe,
+      run: Effect.Effect<void, ProbeFailed>,
+      scheduledAt: number
+    ): Effect.Effect<ProbeResult> =>
       Effect.suspend(() => {
         const startNanos = clock.unsafeCurrentTimeNanos()
         const at = clock.unsafeCurrentTimeMillis()
@@ -364,7 +401,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       })
 
     const jittered = (interval: number) =>
-      jitter === 0 ? Effect.succeed(interval) : Effect.map(Random.nextRange(1 - jitter, 1 + jitter), (f) => interval * f)
+      jitter === 0
+        ? Effect.succeed(interval)
+        : Effect.map(Random.nextRange(1 - jitter, 1 + jitter), (f) => interval * f)
 
     /**
      * The probe loop of one endpoint, at a fixed rate: the next probe is due one (jittered)
@@ -413,7 +452,15 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         const started: Array<Probe> = []
         for (const [key, probe] of desired) {
           if (entries.has(key)) continue
-          entries.set(key, { service: probe.service.name, endpoint: endpointKey(probe.target), state: initialState(now), missed: 0 })
+          entries.set(key, {
+            service: probe.service.name,
+            endpoint: endpointKey(probe.target),
+            state: initialState(now),
+            missed: 0,
+            trackedSince: now,
+            unhealthyMs: 0,
+            flips: []
+          })
           started.push(probe)
         }
         yield* Effect.forEach(started, (probe) => FiberMap.run(fibers, probe.key, probeLoop(probe)), { discard: true })
@@ -439,10 +486,14 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     yield* reconcile(yield* discovery.services)
     yield* discovery.changes.pipe(Stream.runForEach(reconcile), Effect.forkScoped)
 
-    const serviceStatus = (service: Service, check: HealthCheck, current: HealthView): ServiceStatus => {
+    const serviceStatus = (service: Service, check: HealthCheck, current: HealthView, now: number): ServiceStatus => {
       const decision = routing(service, current)
       const byEndpoint = new Map<string, Entry>()
-      for (const [key, entry] of entries) if (entry.service === service.name && key === probeKey(service.name, entry.endpoint, check)) byEndpoint.set(entry.endpoint, entry)
+      for (const [key, entry] of entries) {
+        if (entry.service === service.name && key === probeKey(service.name, entry.endpoint, check)) {
+          byEndpoint.set(entry.endpoint, entry)
+        }
+      }
       return {
         name: service.name,
         failMode: service.failMode,
@@ -459,6 +510,10 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             consecutiveSuccesses: entry.state.successes,
             consecutiveFailures: entry.state.failures,
             missedProbes: entry.missed,
+            trackedSince: new Date(entry.trackedSince).toISOString(),
+            unhealthyMs: entry.unhealthyMs +
+              (entry.state.health === "unhealthy" ? Math.max(0, now - entry.state.since) : 0),
+            transitions: entry.flips.map((f) => ({ at: new Date(f.at).toISOString(), from: f.from, to: f.to })),
             history: entry.state.history.map((r) => ({
               at: new Date(r.at).toISOString(),
               ok: r.ok,
@@ -474,6 +529,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     const status: Effect.Effect<HealthStatus> = Effect.gen(function*() {
       const known = yield* Ref.get(services)
       const current = yield* SubscriptionRef.get(view)
+      const now = yield* Clock.currentTimeMillis
       return {
         checks: "on" as const,
         maxConcurrentProbes: maxConcurrent,
@@ -483,7 +539,7 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         probesMissed: missedTotal,
         grpcChannels: (yield* RcMap.keys(grpcPool)).length,
         services: known.flatMap((service) =>
-          service.healthCheck === undefined ? [] : [serviceStatus(service, service.healthCheck, current)]
+          service.healthCheck === undefined ? [] : [serviceStatus(service, service.healthCheck, current, now)]
         )
       }
     })

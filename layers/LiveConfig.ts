@@ -5,19 +5,29 @@ import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { MeshConfig } from "../schemas/Config.js"
-import { ConfigInvalid, ConfigUnreadable } from "../schemas/Errors.js"
-import { parseConfig } from "../src/ConfigDocument.js"
+import { ConfigInvalid, ConfigIssue, ConfigUnreadable } from "../schemas/Errors.js"
+import { parseConfigWithPolicy } from "../src/ConfigDocument.js"
 import { describeErrno } from "../src/Errno.js"
+import { compileConfig, type CompiledPolicy, type PolicyInvalid } from "../src/policy/Compile.js"
 import { configReloads } from "./Metrics.js"
 
 /** The config in force, with where it came from. */
 export interface LoadedConfig {
   readonly config: MeshConfig
+  /**
+   * Its policies, compiled once here (decoding a document had to compile them anyway). A file or
+   * KV document whose policies do not compile is never loaded; a value given to `apply` may carry
+   * a Left, which the Policy layer rejects.
+   */
+  readonly policy: Either.Either<CompiledPolicy, PolicyInvalid>
   /** sha256 of the source text: equal hashes mean nothing changed. */
   readonly hash: string
   readonly loadedAt: Date
   readonly source: string
 }
+
+/** What asked for a reload: the file watch, the periodic check, or a caller (`reload`, SIGHUP). */
+export type ReloadTrigger = "watch" | "poll" | "request"
 
 /** The outcome of the last attempt to reload. */
 export type ReloadResult =
@@ -50,9 +60,35 @@ export class LiveConfig extends Context.Tag("mesh-controller/LiveConfig")<
   }
 >() {
   static readonly layer = (options: ConfigFileOptions): Layer.Layer<LiveConfig, ConfigInvalid | ConfigUnreadable> =>
-    Layer.scoped(LiveConfig, makeFile(options)).pipe(Layer.provide(NodeFileSystem.layer))
+    Layer.scoped(LiveConfig, makeFile(options).pipe(Effect.annotateLogs({ module: "config" }))).pipe(
+      Layer.provide(NodeFileSystem.layer)
+    )
 
-  static readonly layerMemory = (config: MeshConfig): Layer.Layer<LiveConfig> => Layer.effect(LiveConfig, makeMemory(config))
+  static readonly layerMemory = (config: MeshConfig): Layer.Layer<LiveConfig> =>
+    Layer.effect(LiveConfig, makeMemory(config).pipe(Effect.annotateLogs({ module: "config" })))
+
+  /**
+   * SIGHUP reloads the config, as Consul and nginx do (Node's default for SIGHUP is to exit at
+   * once, skipping every finalizer). The listener lives exactly as long as this layer; SIGTERM and
+   * SIGINT stay with the runtime (runMain).
+   */
+  static readonly reloadOnSighup: Layer.Layer<never, never, LiveConfig> = Layer.scopedDiscard(
+    Effect.gen(function*() {
+      const config = yield* LiveConfig
+      const signals = yield* Queue.sliding<void>(1)
+      const onSignal = () => Queue.unsafeOffer(signals, undefined)
+      yield* Effect.acquireRelease(
+        Effect.sync(() => process.on("SIGHUP", onSignal)),
+        () => Effect.sync(() => process.off("SIGHUP", onSignal))
+      )
+      yield* Queue.take(signals).pipe(
+        Effect.zipRight(Effect.logInfo("SIGHUP: reloading the config")),
+        Effect.zipRight(config.reload.pipe(Effect.withSpan("config.sighup"))),
+        Effect.forever,
+        Effect.forkScoped
+      )
+    }).pipe(Effect.annotateLogs({ module: "config" }))
+  )
 }
 
 export interface ConfigFileOptions {
@@ -68,26 +104,33 @@ export interface ConfigFileOptions {
 const sha256 = (text: string) => createHash("sha256").update(text).digest("hex")
 
 /** A config that did not come from a file's text (memory, other sources): hashed by its content. */
-const loadedValue = (config: MeshConfig, source: string): LoadedConfig => ({
+export const loadedValue = (config: MeshConfig, source: string): LoadedConfig => ({
   config,
+  policy: compileConfig(config),
   hash: sha256(JSON.stringify(config)),
   loadedAt: new Date(),
   source
 })
 
 /** Reads and decodes a config file once; used at start, by `validate`, and by every reload. */
-export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
-  Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const text = yield* fs.readFileString(path).pipe(
-      Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
-    )
-    const config = yield* Either.match(parseConfig(text, path), {
-      onLeft: (error) => Effect.fail(error),
-      onRight: (config) => Effect.succeed(config)
-    })
-    return { config, hash: sha256(text), loadedAt: new Date(), source: path }
-  })
+export const loadFile = (
+  path: string
+): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
+  Effect.withSpan(
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const text = yield* fs.readFileString(path).pipe(
+        Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
+      )
+      const { config, policy } = yield* Either.match(parseConfigWithPolicy(text, path), {
+        onLeft: (error) => Effect.fail(error),
+        onRight: (checked) => Effect.succeed(checked)
+      })
+      return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
+    }),
+    "config.decode",
+    { attributes: { source: path } }
+  )
 
 const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>): ConfigStatus => ({
   source: loaded.source,
@@ -109,7 +152,10 @@ const makeMemory = (initial: MeshConfig) =>
     return LiveConfig.of({
       get: SubscriptionRef.get(current),
       changes: current.changes,
-      reload: Effect.map(SubscriptionRef.get(current), (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })),
+      reload: Effect.map(
+        SubscriptionRef.get(current),
+        (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })
+      ),
       apply,
       status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
     })
@@ -124,36 +170,68 @@ const makeFile = (options: ConfigFileOptions) =>
     const last = yield* Ref.make(Option.none<ReloadResult>())
     const withFs = Effect.provideService(FileSystem.FileSystem, fs)
 
-    // Reloads are serialised so two events close together cannot apply out of order.
+    // Reloads are serialised so two events close together cannot apply out of order. Each runs in
+    // a span (config.reload > config.decode, config.apply) named with what triggered it, and its
+    // logs carry the new config's hash, which the Policy layer's logs carry too.
     const lock = yield* Effect.makeSemaphore(1)
-    const reload: Effect.Effect<ReloadResult> = lock.withPermits(1)(
-      Effect.gen(function*() {
-        const attempt = yield* Effect.either(withFs(loadFile(path)))
-        const at = new Date()
-        const result: ReloadResult = yield* Either.match(attempt, {
-          onLeft: (error) =>
-            Effect.as(
-              Effect.logError("config reload rejected; keeping the config in force").pipe(
-                Effect.annotateLogs({ source: path, errors: errorLines(error) })
+    const reloadFrom = (trigger: ReloadTrigger): Effect.Effect<ReloadResult> =>
+      lock.withPermits(1)(
+        Effect.gen(function*() {
+          // No input may end the reload loops: a defect in one attempt (a library throwing on
+          // hostile input) is that attempt's rejection, reported like any other.
+          const attempt = yield* Effect.either(
+            withFs(loadFile(path)).pipe(Effect.catchAllDefect((defect) =>
+              Effect.fail(
+                new ConfigInvalid({
+                  source: path,
+                  issues: [new ConfigIssue({ path: "", message: `cannot process the file: ${defectLine(defect)}` })]
+                })
+              )
+            ))
+          )
+          const at = new Date()
+          const result: ReloadResult = yield* Either.match(attempt, {
+            onLeft: (error) =>
+              Effect.as(
+                Effect.logError("config reload rejected; keeping the config in force").pipe(
+                  Effect.annotateLogs({ source: path, errors: errorLines(error) })
+                ),
+                { _tag: "Rejected" as const, at, errors: errorLines(error) }
               ),
-              { _tag: "Rejected" as const, at, errors: errorLines(error) }
-            ),
-          onRight: (loaded) =>
-            Effect.gen(function*() {
-              const before = yield* SubscriptionRef.get(current)
-              if (before.hash === loaded.hash) return { _tag: "Unchanged" as const, at, hash: loaded.hash }
-              yield* SubscriptionRef.set(current, loaded)
-              yield* Effect.logInfo("config reloaded").pipe(Effect.annotateLogs({ source: path, hash: loaded.hash }))
-              return { _tag: "Applied" as const, at, hash: loaded.hash }
-            })
+            onRight: (loaded) =>
+              Effect.gen(function*() {
+                const before = yield* SubscriptionRef.get(current)
+                if (before.hash === loaded.hash) return { _tag: "Unchanged" as const, at, hash: loaded.hash }
+                yield* SubscriptionRef.set(current, loaded).pipe(
+                  Effect.withSpan("config.apply", { attributes: { configHash: loaded.hash } })
+                )
+                yield* Effect.logInfo("config reloaded").pipe(
+                  Effect.annotateLogs({ source: path, configHash: loaded.hash })
+                )
+                return { _tag: "Applied" as const, at, hash: loaded.hash }
+              })
+          })
+          if (result._tag !== "Unchanged") {
+            yield* Ref.set(last, Option.some(result))
+            configReloads.inc({ result: result._tag === "Applied" ? "ok" : "failed" })
+          }
+          return result
         })
-        if (result._tag !== "Unchanged") {
-          yield* Ref.set(last, Option.some(result))
-          configReloads.inc({ result: result._tag === "Applied" ? "ok" : "failed" })
-        }
-        return result
-      })
-    )
+      ).pipe(
+        // Whatever else goes wrong in one attempt, the attempt is rejected and the loops go on.
+        Effect.catchAllDefect((defect) =>
+          Effect.as(
+            Effect.logError("config reload failed; keeping the config in force").pipe(
+              Effect.annotateLogs({ source: path, errors: [defectLine(defect)] })
+            ),
+            { _tag: "Rejected" as const, at: new Date(), errors: [defectLine(defect)] }
+          )
+        ),
+        // A tracing span, and the same name as a log span so the log lines show it too.
+        Effect.withLogSpan("config.reload"),
+        Effect.withSpan("config.reload", { attributes: { source: path, trigger } }),
+        Effect.annotateLogs({ module: "config", trigger })
+      )
 
     if (options.watch !== false) {
       const directory = NodePath.dirname(path)
@@ -174,23 +252,26 @@ const makeFile = (options: ConfigFileOptions) =>
       )
       yield* Stream.fromQueue(events).pipe(
         Stream.debounce(options.debounce ?? Duration.millis(150)),
-        Stream.runForEach(() => reload),
+        Stream.runForEach(() => reloadFrom("watch")),
         Effect.forkScoped
       )
       // A slow periodic check as well, for file systems whose change events do not arrive
       // (network mounts, some container bind mounts).
       const every = options.pollInterval ?? Duration.seconds(5)
-      yield* reload.pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
+      yield* reloadFrom("poll").pipe(Effect.repeat(Schedule.spaced(every)), Effect.delay(every), Effect.forkScoped)
     }
 
     return LiveConfig.of({
       get: SubscriptionRef.get(current),
       changes: current.changes,
-      reload,
+      reload: reloadFrom("request"),
       apply: (config, source) => SubscriptionRef.set(current, loadedValue(config, source)),
       status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
     })
   })
+
+const defectLine = (defect: unknown): string =>
+  (defect instanceof Error ? `${defect.name}: ${defect.message}` : String(defect)).split("\n")[0]!
 
 const errorLines = (error: ConfigInvalid | ConfigUnreadable): ReadonlyArray<string> =>
   error._tag === "ConfigInvalid" ? error.issues.map((issue) => issue.toString()) : [error.message]

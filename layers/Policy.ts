@@ -1,7 +1,7 @@
 import { Context, Effect, Either, Layer, Ref, Stream, SubscriptionRef } from "effect"
 import type { MeshConfig } from "../schemas/Config.js"
-import { type AuthzRequest, authorize, type Decision } from "../src/policy/Authorize.js"
-import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../src/policy/Compile.js"
+import { authorize, type AuthzRequest, type Decision } from "../src/policy/Authorize.js"
+import type { CompiledPolicy, PolicyInvalid } from "../src/policy/Compile.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { counter, gauge } from "./Metrics.js"
 
@@ -23,7 +23,9 @@ export interface PolicyStatus {
   readonly resiliencePolicies: number
   readonly warnings: ReadonlyArray<string>
   /** The last config whose policies did not compile (and were not applied); null once one compiles. */
-  readonly lastRejected: { readonly at: string; readonly configHash: string; readonly issues: ReadonlyArray<string> } | null
+  readonly lastRejected:
+    | { readonly at: string; readonly configHash: string; readonly issues: ReadonlyArray<string> }
+    | null
 }
 
 /**
@@ -45,18 +47,32 @@ export class Policy extends Context.Tag("mesh-controller/Policy")<
   /** Follows `LiveConfig`; fails at startup when the config's policies do not compile. */
   static readonly layer: Layer.Layer<Policy, PolicyInvalid, LiveConfig> = Layer.scoped(
     Policy,
-    Effect.suspend(() => make)
+    Effect.suspend(() => make).pipe(Effect.annotateLogs({ module: "policy" }))
   )
 
   /** A fixed policy compiled from `config` (tests, `policy check`). */
   static readonly layerMemory = (config: MeshConfig): Layer.Layer<Policy, PolicyInvalid> =>
-    Layer.scoped(Policy, make.pipe(Effect.provide(LiveConfig.layerMemory(config))))
+    Layer.scoped(
+      Policy,
+      make.pipe(Effect.provide(LiveConfig.layerMemory(config)), Effect.annotateLogs({ module: "policy" }))
+    )
 }
 
-const compilations = counter("mesh_controller_policy_compilations_total", "Policy compilations by result (ok, rejected).", ["result"])
+const compilations = counter(
+  "mesh_controller_policy_compilations_total",
+  "Policy compilations by result (ok, rejected).",
+  ["result"]
+)
 const rulesGauge = gauge("mesh_controller_policy_authorization_rules", "Authorization rules in the policy in force.")
-const warningsGauge = gauge("mesh_controller_policy_warnings", "Warnings (such as shadowed routes) in the policy in force.")
-const decisions = counter("mesh_controller_policy_decisions_total", "Authorization decisions made through the Policy service.", ["decision"])
+const warningsGauge = gauge(
+  "mesh_controller_policy_warnings",
+  "Warnings (such as shadowed routes) in the policy in force."
+)
+const decisions = counter(
+  "mesh_controller_policy_decisions_total",
+  "Authorization decisions made through the Policy service.",
+  ["decision"]
+)
 
 const published = (inForce: PolicyInForce) => {
   compilations.inc({ result: "ok" })
@@ -69,26 +85,33 @@ type Rejected = NonNullable<PolicyStatus["lastRejected"]>
 const make = Effect.gen(function*() {
   const config = yield* LiveConfig
   const loaded = yield* config.get
-  const first = yield* Either.match(compileConfig(loaded.config), {
+  // Compiled where the config was loaded (`LoadedConfig.policy`): once per config.
+  const first = yield* Either.match(loaded.policy, {
     onLeft: (error) => Effect.zipRight(Effect.sync(() => compilations.inc({ result: "rejected" })), Effect.fail(error)),
     onRight: (policy) => Effect.succeed({ policy, configHash: loaded.hash, compiledAt: new Date() })
   })
   published(first)
-  for (const warning of first.policy.warnings) yield* Effect.logWarning(`policy: ${warning.toString()}`)
+  for (const warning of first.policy.warnings) yield* Effect.logWarning(warning.toString())
   const current = yield* SubscriptionRef.make<PolicyInForce>(first)
   const rejected = yield* Ref.make<Rejected | null>(null)
 
   yield* config.changes.pipe(
-    // `changes` starts with the config in force: compiling only what differs from the policy's source.
-    Stream.filterEffect((next) => Effect.map(SubscriptionRef.get(current), (inForce) => inForce.configHash !== next.hash)),
+    // `changes` starts with the config in force: only configs other than the policy's source matter.
+    Stream.filterEffect((next) =>
+      Effect.map(SubscriptionRef.get(current), (inForce) => inForce.configHash !== next.hash)
+    ),
     Stream.runForEach((next) =>
-      Either.match(compileConfig(next.config), {
+      Either.match(next.policy, {
         onLeft: (error) =>
           Effect.zipRight(
             Effect.sync(() => compilations.inc({ result: "rejected" })),
             Effect.zipRight(
-              Ref.set(rejected, { at: new Date().toISOString(), configHash: next.hash, issues: error.issues.map(String) }),
-              Effect.logWarning(`policy: kept the policy in force; the new one is rejected: ${error.message}`)
+              Ref.set(rejected, {
+                at: new Date().toISOString(),
+                configHash: next.hash,
+                issues: error.issues.map(String)
+              }),
+              Effect.logWarning(`kept the policy in force; the new one is rejected: ${error.message}`)
             )
           ),
         onRight: (policy) => {
@@ -96,10 +119,14 @@ const make = Effect.gen(function*() {
           return Effect.sync(() => published(inForce)).pipe(
             Effect.zipRight(SubscriptionRef.set(current, inForce)),
             Effect.zipRight(Ref.set(rejected, null)),
-            Effect.zipRight(Effect.forEach(policy.warnings, (w) => Effect.logWarning(`policy: ${w.toString()}`), { discard: true }))
+            Effect.zipRight(Effect.forEach(policy.warnings, (w) => Effect.logWarning(w.toString()), { discard: true }))
           )
         }
-      })
+      }).pipe(
+        Effect.withLogSpan("policy.apply"),
+        Effect.withSpan("policy.apply", { attributes: { configHash: next.hash } }),
+        Effect.annotateLogs({ configHash: next.hash })
+      )
     ),
     Effect.forkScoped
   )

@@ -10,23 +10,37 @@
  * not written to Consul (each controller serves its own). A config-file entry with the same
  * `address:port` takes precedence over them (see Discovery). Bad requests get 400 with a message
  * that names the field.
+ *
+ * POST and DELETE need the admin token and a JSON body (see admin/AdminAccess.ts, admin/JsonBody.ts);
+ * GET follows the read rule. What a caller may add is bounded by `controller.admin.registration`
+ * (read at each request, so a reload changes it): the body size (413), labels (count, key and value
+ * length: 400), endpoints and bytes per service, and whether and how many services the API may create
+ * (409, or 404 for a service the config does not define while creating services is off).
  */
-import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Effect, ParseResult, Schema } from "effect"
+import { HttpRouter, HttpServerResponse } from "@effect/platform"
+import type { ParseResult } from "effect"
+import { Effect, Schema } from "effect"
 import { isIP } from "node:net"
-import { Port, Protocol, ServiceName } from "../schemas/Config.js"
+import { type AdminRegistration, Port, Protocol, ServiceName } from "../schemas/Config.js"
 import { endpointKey } from "../src/MeshState.js"
-import { Discovery } from "./Discovery.js"
-import { formatPath } from "../src/ConfigDocument.js"
+import { requireRead, requireWrite } from "./admin/AdminAccess.js"
+import { formatParseError, jsonBody, refused, refusedResponse, type RequestRefused } from "./admin/JsonBody.js"
+import { Discovery, type RegistrationRefused } from "./Discovery.js"
+import { LiveConfig } from "./LiveConfig.js"
 
-const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$/
+const HOST_NAME =
+  /^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$/
 
 const Address = Schema.String.pipe(
-  Schema.filter((s) => isIP(s) !== 0 || HOST_NAME.test(s) || `expected an IP address or a host name, got ${JSON.stringify(s)}`)
+  Schema.filter((s) =>
+    isIP(s) !== 0 || HOST_NAME.test(s) || `expected an IP address or a host name, got ${JSON.stringify(s)}`
+  )
 )
 
 const Weight = Schema.Number.pipe(
-  Schema.filter((n) => (Number.isInteger(n) && n >= 1 && n <= 1_000_000) || `expected a whole number from 1 to 1000000, got ${n}`)
+  Schema.filter((n) =>
+    (Number.isInteger(n) && n >= 1 && n <= 1_000_000) || `expected a whole number from 1 to 1000000, got ${n}`
+  )
 )
 
 /** The body of POST /v1/services/:name/endpoints. Unknown fields are errors. */
@@ -34,7 +48,10 @@ export const EndpointBody = Schema.Struct({
   address: Address,
   port: Port,
   weight: Schema.optionalWith(Weight, { default: () => 1, exact: true }),
-  labels: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { default: () => ({}), exact: true }),
+  labels: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), {
+    default: () => ({}),
+    exact: true
+  }),
   /** Used only when no config entry defines the service. */
   protocol: Schema.optionalWith(Protocol, { exact: true })
 })
@@ -46,38 +63,64 @@ const EndpointPath = Schema.Struct({
   port: Schema.NumberFromString.pipe(Schema.compose(Port))
 })
 
-/** A request the API refuses, with the reason a person can act on. */
-export class RegistrationRejected extends Schema.TaggedError<RegistrationRejected>()("RegistrationRejected", {
-  message: Schema.String
-}) {}
+const pathRefused = (error: ParseResult.ParseError) =>
+  refused(400, "BadRequest", "bad_request", formatParseError("path", error))
 
-const rejected = (where: string) => (error: ParseResult.ParseError | { readonly _tag: string; readonly message?: string }) =>
-  new RegistrationRejected({
-    message: ParseResult.isParseError(error)
-      ? `${where}: ${ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => (i.path.length > 0 ? `${formatPath(i.path)}: ${i.message}` : i.message)).join("; ")}`
-      : `${where}: ${error.message ?? error._tag}`
-  })
+/** Label bounds, checked after decoding so the message names the label. */
+const checkLabels = (
+  labels: Readonly<Record<string, string>>,
+  limits: AdminRegistration
+): RequestRefused | undefined => {
+  const keys = Object.keys(labels)
+  if (keys.length > limits.maxLabels) {
+    return refused(
+      400,
+      "BadRequest",
+      "limit",
+      `body: labels: ${keys.length} labels, at most ${limits.maxLabels} allowed`
+    )
+  }
+  for (const key of keys) {
+    const at = `body: labels[${JSON.stringify(key.slice(0, 64))}]`
+    if (key.length === 0 || key.length > limits.maxLabelKeyLength) {
+      return refused(400, "BadRequest", "limit", `${at}: a label key has 1 to ${limits.maxLabelKeyLength} characters`)
+    }
+    if (labels[key]!.length > limits.maxLabelValueLength) {
+      return refused(400, "BadRequest", "limit", `${at}: value longer than ${limits.maxLabelValueLength} characters`)
+    }
+  }
+  return undefined
+}
 
-const badRequest = (error: RegistrationRejected) =>
-  Effect.succeed(HttpServerResponse.unsafeJson({ error: error._tag, message: error.message }, { status: 400 }))
+const fromRefusal = (e: RegistrationRefused): RequestRefused =>
+  e.reason === "unknown-service"
+    ? refused(404, "UnknownService", "unknown_service", e.message)
+    : refused(409, "LimitReached", "limit", e.message)
 
-const register = Effect.gen(function*() {
-  const { name } = yield* HttpRouter.schemaPathParams(NamePath).pipe(Effect.mapError(rejected("path")))
-  const body = yield* HttpServerRequest.schemaBodyJson(EndpointBody, { onExcessProperty: "error" }).pipe(Effect.mapError(rejected("body")))
-  const discovery = yield* Discovery
-  yield* discovery.register({
-    service: name,
-    address: body.address,
-    port: body.port,
-    weight: body.weight,
-    labels: body.labels,
-    ...(body.protocol ? { protocol: body.protocol } : {})
-  })
-  return HttpServerResponse.unsafeJson({ service: name, endpoint: endpointKey(body), weight: body.weight, labels: body.labels }, { status: 201 })
-}).pipe(Effect.catchTag("RegistrationRejected", badRequest))
+const register = <R>(settings: Effect.Effect<AdminRegistration, never, R>) =>
+  Effect.gen(function*() {
+    const limits = yield* settings
+    const { name } = yield* HttpRouter.schemaPathParams(NamePath).pipe(Effect.mapError(pathRefused))
+    const body = yield* jsonBody(EndpointBody, limits.maxBodyBytes)
+    const labelsRefused = checkLabels(body.labels, limits)
+    if (labelsRefused) return yield* labelsRefused
+    const discovery = yield* Discovery
+    yield* discovery.register({
+      service: name,
+      address: body.address,
+      port: body.port,
+      weight: body.weight,
+      labels: body.labels,
+      ...(body.protocol ? { protocol: body.protocol } : {})
+    }, limits).pipe(Effect.mapError(fromRefusal))
+    return HttpServerResponse.unsafeJson(
+      { service: name, endpoint: endpointKey(body), weight: body.weight, labels: body.labels },
+      { status: 201 }
+    )
+  }).pipe(Effect.catchTag("RequestRefused", refusedResponse))
 
 const deregister = Effect.gen(function*() {
-  const path = yield* HttpRouter.schemaPathParams(EndpointPath).pipe(Effect.mapError(rejected("path")))
+  const path = yield* HttpRouter.schemaPathParams(EndpointPath).pipe(Effect.mapError(pathRefused))
   const discovery = yield* Discovery
   const removed = yield* discovery.deregister(path.name, path.address, path.port)
   return removed
@@ -86,7 +129,7 @@ const deregister = Effect.gen(function*() {
       error: "NotFound",
       message: `no endpoint ${endpointKey(path)} of service "${path.name}" was registered through this API`
     }, { status: 404 })
-}).pipe(Effect.catchTag("RegistrationRejected", badRequest))
+}).pipe(Effect.catchTag("RequestRefused", refusedResponse))
 
 const list = Effect.gen(function*() {
   const discovery = yield* Discovery
@@ -97,14 +140,33 @@ const list = Effect.gen(function*() {
       source: s.source,
       protocol: s.protocol,
       port: s.port,
-      endpoints: s.endpoints.map((e) => ({ address: e.address, port: e.port, weight: e.weight, labels: e.labels, health: e.health, source: e.source }))
+      endpoints: s.endpoints.map((e) => ({
+        address: e.address,
+        port: e.port,
+        weight: e.weight,
+        labels: e.labels,
+        health: e.health,
+        source: e.source
+      }))
     }))
   })
 })
 
-/** Mount into the admin server (`HttpRouter.concat`); needs the Discovery service. */
-export const RegistrationApi: HttpRouter.HttpRouter<never, Discovery> = HttpRouter.empty.pipe(
-  HttpRouter.post("/v1/services/:name/endpoints", register),
-  HttpRouter.del("/v1/services/:name/endpoints/:address/:port", deregister),
-  HttpRouter.get("/v1/services", list)
+/**
+ * The routes, with the bounds `settings` gives at each request. Mount into the admin server
+ * (`Admin.layer({ routes })`), which provides the access rule the routes apply.
+ */
+export const makeRegistrationApi = <R = never>(settings: Effect.Effect<AdminRegistration, never, R>) =>
+  HttpRouter.empty.pipe(
+    HttpRouter.post("/v1/services/:name/endpoints", requireWrite(register(settings))),
+    HttpRouter.del("/v1/services/:name/endpoints/:address/:port", requireWrite(deregister)),
+    HttpRouter.get("/v1/services", requireRead(list))
+  )
+
+/** The registration API with the bounds of the live config (`controller.admin.registration`). */
+export const RegistrationApi = makeRegistrationApi(
+  Effect.flatMap(
+    LiveConfig,
+    (config) => Effect.map(config.get, (loaded) => loaded.config.controller.admin.registration)
+  )
 )

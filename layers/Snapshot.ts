@@ -1,17 +1,38 @@
-import { Clock, Context, Duration, Effect, Layer, Option, Queue, Ref, Stream, SubscriptionRef } from "effect"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  Queue,
+  Ref,
+  Stream,
+  SubscriptionRef,
+  type Tracer
+} from "effect"
 import type { MeshState } from "../src/MeshState.js"
+import type { PolicyInvalid } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
+import { isKnownType, shortType } from "../src/xds/TypeUrls.js"
 import { buildSnapshot, emptySnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
-import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
 import { Health, type HealthView } from "./Health.js"
-import { counter, gauge, histogram } from "./Metrics.js"
-import { shortType } from "../src/xds/XdsStream.js"
+import {
+  snapshotBuilds as builds,
+  snapshotBuildSeconds as buildSeconds,
+  snapshotResources as resourcesGauge,
+  snapshotServiceErrors as serviceErrors
+} from "./internal/XdsMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 /** A snapshot and when it was published (epoch ms, for push latency). */
 export interface Published {
   readonly snapshot: XdsSnapshot
   readonly publishedAt: number
+  /** The rebuild's span: each stream's push of this snapshot runs in a child span of it. */
+  readonly span?: Tracer.AnySpan
 }
 
 export interface SnapshotStatus {
@@ -19,7 +40,9 @@ export interface SnapshotStatus {
   readonly publishedAt: string | null
   readonly builds: number
   readonly resources: Readonly<Record<string, number>>
-  readonly errors: ReadonlyArray<{ readonly service: string; readonly message: string; readonly servingPrevious: boolean }>
+  readonly errors: ReadonlyArray<
+    { readonly service: string; readonly message: string; readonly servingPrevious: boolean }
+  >
 }
 
 /**
@@ -47,13 +70,17 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
     readonly status: Effect.Effect<SnapshotStatus>
   }
 >() {
-  static readonly layer: Layer.Layer<Snapshot, never, LiveConfig | Discovery | Health> = Layer.scoped(
+  static readonly layer: Layer.Layer<Snapshot, PolicyInvalid, LiveConfig | Discovery | Health> = Layer.scoped(
     Snapshot,
     Effect.suspend(() => make(Option.none()))
   )
 
   /** Also serves the secrets of a `SnapshotSecrets` source (the Certificates layer) over SDS. */
-  static readonly layerWithSecrets: Layer.Layer<Snapshot, never, LiveConfig | Discovery | Health | SnapshotSecrets> = Layer
+  static readonly layerWithSecrets: Layer.Layer<
+    Snapshot,
+    PolicyInvalid,
+    LiveConfig | Discovery | Health | SnapshotSecrets
+  > = Layer
     .scoped(
       Snapshot,
       Effect.flatMap(SnapshotSecrets, (secrets) => make(Option.some(secrets.changes)))
@@ -75,17 +102,13 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
 const errorsKey = (snapshot: XdsSnapshot): string =>
   snapshot.errors.map((error) => `${error.service}\u0000${error.message}`).join("\n")
 
-const builds = counter("mesh_controller_snapshot_builds_total", "Snapshot rebuilds, by whether the content changed.", ["changed"])
-const buildSeconds = histogram("mesh_controller_snapshot_build_seconds", "Time to rebuild the xDS snapshot.")
-const serviceErrors = gauge("mesh_controller_snapshot_service_errors", "Services whose resources could not be built.")
-const resourcesGauge = gauge("mesh_controller_snapshot_resources", "Resources in the snapshot, by type.", ["type"])
-
-
 const statusOf = (published: Published, count: number): SnapshotStatus => ({
   version: published.snapshot.version,
   publishedAt: published.publishedAt === 0 ? null : new Date(published.publishedAt).toISOString(),
   builds: count,
-  resources: Object.fromEntries([...published.snapshot.resources].map(([url, r]) => [shortType(url), r.size])),
+  resources: Object.fromEntries(
+    [...published.snapshot.resources].flatMap(([url, r]) => (isKnownType(url) ? [[shortType(url), r.size]] : []))
+  ),
   errors: published.snapshot.errors
 })
 
@@ -95,8 +118,12 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
     const discovery = yield* Discovery
     const health = yield* Health
 
+    // The policy comes compiled with its config (`LoadedConfig.policy`, once per config). A config
+    // whose policy does not compile changes no policy, here as in the Policy layer (which reports it).
+    const loaded = yield* config.get
     const inputs = yield* Ref.make({
-      config: (yield* config.get).config,
+      config: loaded.config,
+      policy: yield* loaded.policy,
       services: yield* discovery.services,
       health: (yield* health.view) as HealthView,
       secrets: new Map() as NonNullable<MeshState["secrets"]>
@@ -107,22 +134,29 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       Effect.gen(function*() {
         const i = yield* Ref.get(inputs)
         const start = yield* Clock.currentTimeMillis
-        const snapshot = buildSnapshot(composeMeshState(i.config, i.services, i.health, i.secrets), previous)
+        const snapshot = buildSnapshot(composeMeshState(i.config, i.policy, i.services, i.health, i.secrets), previous)
         const at = yield* Clock.currentTimeMillis
         buildSeconds.observe((at - start) / 1000)
         yield* Ref.update(count, (n) => n + 1)
-        return { snapshot, publishedAt: at }
-      })
+        const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+        return { snapshot, publishedAt: at, ...(span !== undefined ? { span } : {}) }
+      }).pipe(Effect.withSpan("snapshot.rebuild"))
 
     const first = yield* rebuild(emptySnapshot)
     const ref = yield* SubscriptionRef.make<Published>(first)
     const report = (published: Published) =>
       Effect.gen(function*() {
         serviceErrors.set(published.snapshot.errors.length)
-        for (const [url, resources] of published.snapshot.resources) resourcesGauge.set({ type: shortType(url) }, resources.size)
+        for (const [url, resources] of published.snapshot.resources) {
+          if (isKnownType(url)) resourcesGauge.set({ type: shortType(url) }, resources.size)
+        }
         for (const error of published.snapshot.errors) {
-          yield* Effect.logError("xds: cannot build a service's resources").pipe(
-            Effect.annotateLogs({ service: error.service, reason: error.message, servingPrevious: error.servingPrevious })
+          yield* Effect.logError("cannot build a service's resources").pipe(
+            Effect.annotateLogs({
+              service: error.service,
+              reason: error.message,
+              servingPrevious: error.servingPrevious
+            })
           )
         }
       })
@@ -132,7 +166,15 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
     const ticks = yield* Queue.sliding<void>(1)
     const feed = <A>(stream: Stream.Stream<A>, set: (a: A) => Effect.Effect<void>) =>
       stream.pipe(Stream.runForEach((a) => Effect.zipRight(set(a), Queue.offer(ticks, undefined))), Effect.forkScoped)
-    yield* feed(config.changes, (loaded) => Ref.update(inputs, (i) => ({ ...i, config: loaded.config })))
+    yield* feed(
+      config.changes,
+      (loaded) =>
+        Ref.update(inputs, (i) => ({
+          ...i,
+          config: loaded.config,
+          policy: Either.getOrElse(loaded.policy, () => i.policy)
+        }))
+    )
     yield* feed(discovery.changes, (services) => Ref.update(inputs, (i) => ({ ...i, services })))
     yield* feed(health.changes, (view) => Ref.update(inputs, (i) => ({ ...i, health: view })))
     if (Option.isSome(secretsSource)) {
@@ -146,7 +188,10 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       while (true) {
         const left = deadline - (yield* Clock.currentTimeMillis)
         if (left <= 0) break
-        const more = yield* Queue.take(ticks).pipe(Effect.timeout(Duration.millis(Math.min(Duration.toMillis(quiet), left))), Effect.option)
+        const more = yield* Queue.take(ticks).pipe(
+          Effect.timeout(Duration.millis(Math.min(Duration.toMillis(quiet), left))),
+          Effect.option
+        )
         if (Option.isNone(more)) break
       }
       const previous = yield* SubscriptionRef.get(ref)
@@ -157,7 +202,7 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       if (changed) {
         yield* SubscriptionRef.set(ref, next)
         yield* report(next)
-        yield* Effect.logDebug("xds: snapshot published").pipe(Effect.annotateLogs({ version: next.snapshot.version }))
+        yield* Effect.logDebug("snapshot published").pipe(Effect.annotateLogs({ version: next.snapshot.version }))
       }
     })
     yield* debounced.pipe(Effect.forever, Effect.forkScoped)
@@ -167,4 +212,4 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       changes: ref.changes,
       status: Effect.zipWith(SubscriptionRef.get(ref), Ref.get(count), statusOf)
     })
-  })
+  }).pipe(Effect.annotateLogs({ module: "snapshot" }))

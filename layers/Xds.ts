@@ -1,9 +1,26 @@
 import * as grpc from "@grpc/grpc-js"
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Queue, Runtime, Schema, Stream } from "effect"
-import { callPeer, type CallWithAuthContext } from "../src/certs/Tls.js"
-import type { DeltaRequest, HealthCheckRequest, SotwRequest } from "../src/xds/Wire.js"
-import { adsService, sdsService, healthService, ServingStatus } from "../src/xds/Wire.js"
 import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  FiberMap,
+  Layer,
+  Option,
+  Queue,
+  Runtime,
+  Schema,
+  Stream
+} from "effect"
+import { callPeer, type CallWithAuthContext } from "../src/certs/Tls.js"
+import { describeErrno } from "../src/Errno.js"
+import { typeLabel, TypeUrls } from "../src/xds/TypeUrls.js"
+import type { DeltaRequest, HealthCheckRequest, SotwRequest } from "../src/xds/Wire.js"
+import { adsService, healthService, sdsService, ServingStatus } from "../src/xds/Wire.js"
+import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
+import {
+  clip,
   describeStream,
   kindOf,
   newDenials,
@@ -13,15 +30,12 @@ import {
   onSotwRequest,
   type Protocol,
   push,
-  shortType,
   type SecretAccess,
-  type StreamState
+  type StreamState,
+  type StreamStatus
 } from "../src/xds/XdsStream.js"
-import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
-import { TypeUrls } from "../src/xds/Protos.js"
-import { describeErrno } from "../src/Errno.js"
+import * as XdsMetrics from "./internal/XdsMetrics.js"
 import { LiveConfig } from "./LiveConfig.js"
-import { counter, gauge, histogram } from "./Metrics.js"
 import { type Published, Snapshot } from "./Snapshot.js"
 
 /** The xDS server could not listen on its address. */
@@ -64,6 +78,12 @@ export interface XdsOptions {
  * `controller.xds.tls: mtls`; over plaintext nobody has one, unless
  * `controller.xds.insecureNodeIdentity` trusts node ids (anyone on the network can claim one).
  * A refused secret is answered as not found, counted, logged, and listed in `status`.
+ *
+ * Client input is bounded (`XdsLimits`): a request naming more than 50,000 resources, a name longer
+ * than 4,096 characters, or a stream subscribing to more than 100,000 names in all ends the stream
+ * with RESOURCE_EXHAUSTED (INVALID_ARGUMENT for the long name) and a message naming the bound; the
+ * request is not applied. A type the server does not serve is ignored and counted as `other`; node
+ * ids, user agents and NACK details show in logs and `status` cut to 1,024 characters.
  */
 export class Xds extends Context.Tag("mesh-controller/Xds")<
   Xds,
@@ -80,24 +100,18 @@ export class Xds extends Context.Tag("mesh-controller/Xds")<
 export interface XdsStatus {
   readonly address: string
   readonly snapshotVersion: string
-  readonly clients: ReadonlyArray<ReturnType<typeof describeStream>>
+  readonly clients: ReadonlyArray<StreamStatus>
 }
 
-const streamsGauge = gauge("mesh_controller_xds_streams", "Open xDS streams, by protocol and client kind.", ["protocol", "kind"])
-const pushesTotal = counter("mesh_controller_xds_pushes_total", "xDS responses sent, by protocol and resource type.", ["protocol", "type"])
-const pushLatency = histogram(
-  "mesh_controller_xds_push_latency_seconds",
-  "Time from a snapshot's publication to its push on a stream, by resource type.",
-  ["type"]
-)
-const ackLatency = histogram("mesh_controller_xds_ack_latency_seconds", "Time from a push to its ACK, by resource type.", ["type"])
-const secretsDenied = counter(
-  "mesh_controller_xds_secrets_denied_total",
-  "SDS secrets a client asked for and may not read (answered as not found), by how its identity was known.",
-  ["identity_source"]
-)
-const nacksTotal = counter("mesh_controller_xds_nacks_total", "xDS responses a client rejected, by resource type.", ["type"])
-
+const {
+  xdsAckLatency: ackLatency,
+  xdsNacks: nacksTotal,
+  xdsPushes: pushesTotal,
+  xdsPushLatency: pushLatency,
+  xdsRequests: requestsTotal,
+  xdsSecretsDenied: secretsDenied,
+  xdsStreams: streamsGauge
+} = XdsMetrics
 
 type StreamEvent =
   | { readonly _tag: "Request"; readonly request: SotwRequest | DeltaRequest }
@@ -124,8 +138,18 @@ export const make = (options: XdsOptions) =>
         return { source: "tls", spiffeId: peer.right.id.uri, trustDomain, reason: undefined, denied: new Set() }
       }
       if (options.credentials !== undefined) return noSecretAccess(peer.left.reason)
-      if (trustNodeIds) return { source: "node-id", spiffeId: undefined, trustDomain, reason: "the node id names no service (<service>~<instance>)", denied: new Set() }
-      return noSecretAccess("plaintext xDS: private keys go only to mTLS clients (controller.xds.tls: mtls) unless controller.xds.insecureNodeIdentity is set")
+      if (trustNodeIds) {
+        return {
+          source: "node-id",
+          spiffeId: undefined,
+          trustDomain,
+          reason: "the node id names no service (<service>~<instance>)",
+          denied: new Set()
+        }
+      }
+      return noSecretAccess(
+        "plaintext xDS: private keys go only to mTLS clients (controller.xds.tls: mtls) unless controller.xds.insecureNodeIdentity is set"
+      )
     }
     const host = options.host ?? listen.host
     const requestedPort = options.port ?? listen.port
@@ -183,10 +207,26 @@ export const make = (options: XdsOptions) =>
           const response = push(stream, url, snapshot, at)
           if (response === undefined) return
           call.write(response.bytes)
-          pushesTotal.inc({ protocol, type: shortType(url) })
-          if (since !== undefined) pushLatency.observe({ type: shortType(url) }, Math.max(0, at - since) / 1000)
+          pushesTotal.inc({ protocol, type: typeLabel(url) })
+          if (since !== undefined) pushLatency.observe({ type: typeLabel(url) }, Math.max(0, at - since) / 1000)
         }
 
+        /**
+         * A published snapshot reaching this stream, in a span under the rebuild's span, so one
+         * change can be followed from the rebuild to every stream it reached.
+         */
+        const pushSnapshot = (published: Published, at: number) =>
+          Effect.sync(() => {
+            for (const url of pushOrder(stream)) send(url, published.snapshot, published.publishedAt, at)
+          }).pipe(
+            Effect.withSpan("xds.push", {
+              attributes: { stream: id, version: published.snapshot.version },
+              ...(published.span !== undefined ? { parent: published.span } : {})
+            })
+          )
+
+        // Once per stream: a client asking for many unknown types must not write a line for each.
+        let unknownLogged = false
         while (true) {
           const event = yield* Queue.take(events)
           const at = yield* Clock.currentTimeMillis
@@ -194,7 +234,7 @@ export const make = (options: XdsOptions) =>
           if (event._tag === "Snapshot") {
             if (event.published.snapshot.version === current.snapshot.version) continue
             current = event.published
-            for (const url of pushOrder(stream)) send(url, current.snapshot, current.publishedAt, at)
+            yield* pushSnapshot(current, at)
             continue
           }
           const request = event.request
@@ -206,31 +246,55 @@ export const make = (options: XdsOptions) =>
             streamsGauge.dec({ protocol, kind })
             kind = kindOf(stream.node)
             streamsGauge.inc({ protocol, kind })
-            yield* Effect.logInfo("xds: client connected").pipe(
+            yield* Effect.logInfo("client connected").pipe(
               Effect.annotateLogs({ node: stream.node.id, kind, protocol, peer: stream.peer })
             )
           }
-          const type = shortType(request.type_url)
+          const type = typeLabel(request.type_url)
+          requestsTotal.inc({ protocol, type, outcome: outcome._tag })
+          if (outcome._tag === "Rejected") {
+            yield* Effect.logWarning("rejected a request over a bound; ending the stream").pipe(
+              Effect.annotateLogs({ node: stream.node?.id ?? "", type, reason: outcome.reason, peer: stream.peer })
+            )
+            call.emit("error", { code: grpc.status[outcome.code], details: outcome.reason })
+            return
+          }
+          if (outcome._tag === "UnknownType") {
+            if (!unknownLogged) {
+              unknownLogged = true
+              yield* Effect.logDebug("client asked for a type this server does not serve; ignored").pipe(
+                Effect.annotateLogs({ node: stream.node?.id ?? "", typeUrl: clip(request.type_url), peer: stream.peer })
+              )
+            }
+            continue
+          }
           const denied = newDenials(
             stream,
             request.type_url,
-            protocol === "sotw" ? (request as SotwRequest).resource_names : (request as DeltaRequest).resource_names_subscribe
+            protocol === "sotw"
+              ? (request as SotwRequest).resource_names
+              : (request as DeltaRequest).resource_names_subscribe
           )
           if (denied.length > 0) {
             secretsDenied.inc({ identity_source: stream.access.source }, denied.length)
-            yield* Effect.logWarning("xds: refused secrets the client may not read (answered as not found)").pipe(
+            yield* Effect.logWarning("refused secrets the client may not read (answered as not found)").pipe(
               Effect.annotateLogs({
                 node: stream.node?.id ?? "",
                 identity: stream.access.spiffeId ?? `none (${stream.access.reason ?? "unknown"})`,
-                secrets: denied.join(", "),
+                secrets: clip(denied.join(", ")),
                 peer: stream.peer
               })
             )
           }
           if (outcome._tag === "Nack") {
             nacksTotal.inc({ type })
-            yield* Effect.logWarning("xds: client rejected a response (NACK)").pipe(
-              Effect.annotateLogs({ node: stream.node?.id ?? "", type, version: outcome.nack.version, error: outcome.nack.message })
+            yield* Effect.logWarning("client rejected a response (NACK)").pipe(
+              Effect.annotateLogs({
+                node: stream.node?.id ?? "",
+                type,
+                version: outcome.nack.version,
+                error: outcome.nack.message
+              })
             )
           } else if (outcome._tag === "Ack") {
             ackLatency.observe({ type }, outcome.latency / 1000)
@@ -240,7 +304,10 @@ export const make = (options: XdsOptions) =>
       }).pipe(Effect.scoped)
 
     const serveHealth = {
-      Check: (call: grpc.ServerUnaryCall<HealthCheckRequest, ServingStatus>, callback: grpc.sendUnaryData<ServingStatus>) => {
+      Check: (
+        call: grpc.ServerUnaryCall<HealthCheckRequest, ServingStatus>,
+        callback: grpc.sendUnaryData<ServingStatus>
+      ) => {
         runFork(Effect.map(snapshots.current, (published) => {
           const status = servingStatus(call.request.service, published.snapshot)
           if (status === ServingStatus.SERVICE_UNKNOWN) {
@@ -311,7 +378,7 @@ export const make = (options: XdsOptions) =>
       : trustNodeIds
       ? "by node id, UNVERIFIED (controller.xds.insecureNodeIdentity)"
       : "to nobody (plaintext xDS: set controller.xds.tls: mtls)"
-    yield* Effect.logInfo("xds: serving").pipe(Effect.annotateLogs({ host, port: server.port, privateKeys: keys }))
+    yield* Effect.logInfo("serving").pipe(Effect.annotateLogs({ host, port: server.port, privateKeys: keys }))
 
     return Xds.of({
       address: { host, port: server.port },
@@ -321,7 +388,7 @@ export const make = (options: XdsOptions) =>
         clients: [...streams.values()].map(describeStream)
       }))
     })
-  })
+  }).pipe(Effect.annotateLogs({ module: "xds" }))
 
 /**
  * Envoy's make-before-break order: secrets and clusters (and their endpoints) before the
@@ -338,10 +405,15 @@ const rank = (url: string) => {
   const i = ORDER.indexOf(url)
   return i < 0 ? ORDER.length : i
 }
-const pushOrder = (stream: StreamState): ReadonlyArray<string> => [...stream.types.keys()].sort((a, b) => rank(a) - rank(b))
+const pushOrder = (stream: StreamState): ReadonlyArray<string> =>
+  [...stream.types.keys()].sort((a, b) => rank(a) - rank(b))
 
 const servingStatus = (service: string, snapshot: XdsSnapshot): ServingStatus => {
   if (service === "") return ServingStatus.SERVING
   const available = snapshot.availability.get(service)
-  return available === undefined ? ServingStatus.SERVICE_UNKNOWN : available ? ServingStatus.SERVING : ServingStatus.NOT_SERVING
+  return available === undefined
+    ? ServingStatus.SERVICE_UNKNOWN
+    : available
+    ? ServingStatus.SERVING
+    : ServingStatus.NOT_SERVING
 }

@@ -1,6 +1,6 @@
 import { Duration, Schema } from "effect"
-import { endpointKey } from "./Endpoint.js"
 import { DurationString, PositiveDuration } from "./Duration.js"
+import { endpointKey } from "./Endpoint.js"
 import { Re2Regex } from "./Regex.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -25,7 +25,9 @@ const NonNegativeInt = intBetween(0, Number.MAX_SAFE_INTEGER, "a whole number, z
 export const oneOf = <const L extends ReadonlyArray<string>>(...values: L) =>
   Schema.Literal(...values).annotations({
     message: (issue) => ({
-      message: `expected one of ${values.map((v) => JSON.stringify(v)).join(", ")}, got ${JSON.stringify(issue.actual)}`,
+      message: `expected one of ${values.map((v) => JSON.stringify(v)).join(", ")}, got ${
+        JSON.stringify(issue.actual)
+      }`,
       override: true
     })
   })
@@ -37,7 +39,9 @@ export const ServiceName = Schema.String.pipe(
   Schema.filter(
     (s) =>
       DNS_LABEL.test(s) ||
-      `expected a service name (lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit), got ${JSON.stringify(s)}`,
+      `expected a service name (lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit), got ${
+        JSON.stringify(s)
+      }`,
     { jsonSchema: { pattern: DNS_LABEL.source } }
   )
 )
@@ -91,7 +95,49 @@ const XdsListen = Schema.Struct({
    */
   insecureNodeIdentity: withDefault(Schema.Boolean, () => false)
 })
-const AdminListen = ListenAddress("127.0.0.1", 15014)
+/**
+ * Bounds on what the registration API accepts. They keep one caller from growing memory without
+ * bound, and keep every resource built from registrations far below what xDS clients accept
+ * (gRPC's default receive limit is 4 MiB): `maxServiceBytes` is capped at 2 MiB for that reason.
+ */
+export const AdminRegistration = Schema.Struct({
+  /** A request body larger than this is refused with 413 before it is parsed. */
+  maxBodyBytes: withDefault(intBetween(1, 1024 * 1024, "a size in bytes from 1 to 1048576"), () => 64 * 1024),
+  maxLabels: withDefault(NonNegativeInt, () => 16),
+  maxLabelKeyLength: withDefault(PositiveInt, () => 63),
+  maxLabelValueLength: withDefault(PositiveInt, () => 256),
+  maxEndpointsPerService: withDefault(PositiveInt, () => 10_000),
+  /** The registrations of one service, counted as their JSON size, may not grow past this. */
+  maxServiceBytes: withDefault(
+    intBetween(1024, 2 * 1024 * 1024, "a size in bytes from 1024 to 2097152"),
+    () => 1024 * 1024
+  ),
+  /**
+   * May the API create services the config file does not define (nor Consul)? Each one gets a
+   * cluster and a workload certificate, so this is off unless asked for, and bounded by maxServices.
+   */
+  createServices: withDefault(Schema.Boolean, () => false),
+  maxServices: withDefault(NonNegativeInt, () => 32)
+})
+export type AdminRegistration = typeof AdminRegistration.Type
+
+const AdminListen = Schema.Struct({
+  ...ListenAddress("127.0.0.1", 15014).fields,
+  /**
+   * The bearer token that state-changing requests must carry. Absent: `<certificates.dir>/admin-token`,
+   * generated (mode 0600) on first start. A file that does not exist is created with a new token.
+   */
+  tokenFile: Schema.optionalWith(NonEmptyString, { exact: true }),
+  /**
+   * Who may read /status, /metrics and GET /v1/services: "open" to anyone who reaches the port, "token"
+   * only with the token, "auto" (default) open when `host` is a loopback address and token otherwise.
+   */
+  readAccess: withDefault(oneOf("auto", "open", "token"), () => "auto" as const),
+  /** Host names requests may carry besides the bound address (a DNS name the server is reached by). */
+  allowedHosts: withDefault(Schema.Array(NonEmptyString), emptyArray),
+  registration: withDefault(AdminRegistration, () => Schema.decodeSync(AdminRegistration)({}))
+})
+export type AdminListen = typeof AdminListen.Type
 
 export const Debounce = Schema.Struct({
   /** Rebuild once inputs have been quiet this long. */
@@ -100,9 +146,33 @@ export const Debounce = Schema.Struct({
   max: withDefault(PositiveDuration, () => Duration.seconds(1))
 })
 
+/** Calls allowed to the signing service: a token bucket per key (burst, then `perSecond`). */
+const SigningRate = (burst: number, perSecond: number) =>
+  Schema.Struct({
+    burst: withDefault(PositiveInt, () => burst),
+    perSecond: withDefault(Schema.Number.pipe(Schema.positive()), () => perSecond)
+  })
+
+/**
+ * The certificate signing service (join tokens and renewals for agents on other hosts), on a TLS
+ * listener that presents the controller's mesh certificate. Absent: not served.
+ */
+export const SigningListen = Schema.Struct({
+  ...ListenAddress("0.0.0.0", 15012).fields,
+  /** Per caller address (IP). */
+  perPeer: withDefault(SigningRate(20, 5), () => ({ burst: 20, perSecond: 5 })),
+  /** Per join token: guessing a secret or replaying a token gets nowhere fast. */
+  perToken: withDefault(SigningRate(3, 0.1), () => ({ burst: 3, perSecond: 0.1 }))
+})
+export type SigningListen = typeof SigningListen.Type
+
 export const Controller = Schema.Struct({
-  xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })),
-  admin: withDefault(AdminListen, () => ({ host: "127.0.0.1", port: 15014 })),
+  signing: Schema.optionalWith(SigningListen, { exact: true }),
+  xds: withDefault(
+    XdsListen,
+    () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })
+  ),
+  admin: withDefault(AdminListen, () => Schema.decodeSync(AdminListen)({})),
   shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
   debounce: withDefault(Debounce, () => ({ quiet: Duration.millis(100), max: Duration.seconds(1) }))
 })
@@ -190,7 +260,9 @@ export const HttpCheck = Schema.Struct({
   ...checkTiming,
   method: withDefault(oneOf("GET", "HEAD", "POST", "PUT", "OPTIONS"), () => "GET" as const),
   path: withDefault(
-    Schema.String.pipe(Schema.filter((p) => p.startsWith("/") || `expected a path starting with "/", got ${JSON.stringify(p)}`)),
+    Schema.String.pipe(
+      Schema.filter((p) => p.startsWith("/") || `expected a path starting with "/", got ${JSON.stringify(p)}`)
+    ),
     () => "/healthz"
   ),
   expectedStatuses: withDefault(Schema.Array(StatusCode), () => [200]),
@@ -229,7 +301,9 @@ export const ServiceConfig = Schema.Struct({
    * Runs on this host: register its endpoints with the local Consul agent. `true` uses
    * `discovery.consul.registration`; `{ check: ttl }` or `{ check: consul }` overrides it.
    */
-  register: Schema.optionalWith(Schema.Union(Schema.Boolean, Schema.Struct({ check: RegistrationCheck })), { exact: true })
+  register: Schema.optionalWith(Schema.Union(Schema.Boolean, Schema.Struct({ check: RegistrationCheck })), {
+    exact: true
+  })
 })
 export type ServiceConfig = typeof ServiceConfig.Type
 
@@ -283,7 +357,8 @@ export const Percent = Schema.Number.pipe(
 
 const exactlyOne = (what: string, keys: ReadonlyArray<string>) => (value: object): true | string => {
   const set = keys.filter((key) => (value as Record<string, unknown>)[key] !== undefined)
-  return set.length === 1 || `${what}: give exactly one of ${keys.join(", ")}${set.length > 1 ? ` (got ${set.join(" and ")})` : ""}`
+  return set.length === 1 ||
+    `${what}: give exactly one of ${keys.join(", ")}${set.length > 1 ? ` (got ${set.join(" and ")})` : ""}`
 }
 
 const RequestPath = Schema.String.pipe(
@@ -376,7 +451,9 @@ export const Peer = Schema.Union(
   Schema.Struct({
     principal: Schema.String.pipe(
       Schema.filter(
-        (s) => SPIFFE_ID.test(s) || `expected a SPIFFE ID such as "spiffe://mesh.local/service/web", got ${JSON.stringify(s)}`,
+        (s) =>
+          SPIFFE_ID.test(s) ||
+          `expected a SPIFFE ID such as "spiffe://mesh.local/service/web", got ${JSON.stringify(s)}`,
         { jsonSchema: { pattern: SPIFFE_ID.source } }
       )
     )
@@ -457,7 +534,9 @@ export const Observability = Schema.Struct({
     Schema.Struct({
       samplingPercent: withDefault(Percent, () => 1),
       collector: Schema.String.pipe(
-        Schema.filter((s) => HOST_PORT.test(s) || `expected host:port, got ${JSON.stringify(s)}`, { jsonSchema: { pattern: HOST_PORT.source } })
+        Schema.filter((s) => HOST_PORT.test(s) || `expected host:port, got ${JSON.stringify(s)}`, {
+          jsonSchema: { pattern: HOST_PORT.source }
+        })
       )
     }),
     { exact: true }
@@ -469,7 +548,10 @@ export type Observability = typeof Observability.Type
 
 export const Policies = Schema.Struct({
   traffic: withDefault(Schema.Array(TrafficPolicy), emptyArray),
-  security: withDefault(Security, () => ({ mtls: "permissive" as const, defaultAction: "allow" as const, authorization: [] })),
+  security: withDefault(
+    Security,
+    () => ({ mtls: "permissive" as const, defaultAction: "allow" as const, authorization: [] })
+  ),
   resilience: withDefault(Schema.Array(ResiliencePolicy), emptyArray),
   observability: withDefault(Observability, () => Schema.decodeSync(Observability)({}))
 })
@@ -585,7 +667,10 @@ export const Envoy = Schema.Struct({
   /** Envoy's admin interface (readiness, drain, stats). Port 0 picks a free one (tests). */
   admin: withDefault(ListenAddress("127.0.0.1", 15000), () => ({ host: "127.0.0.1", port: 15000 })),
   /** A listener serving Envoy's stats at /stats/prometheus; absent: only through the admin port. */
-  prometheus: Schema.optionalWith(Schema.Struct({ host: withDefault(NonEmptyString, () => "0.0.0.0"), port: ListenPort }), { exact: true }),
+  prometheus: Schema.optionalWith(
+    Schema.Struct({ host: withDefault(NonEmptyString, () => "0.0.0.0"), port: ListenPort }),
+    { exact: true }
+  ),
   /** Envoy's --base-id: distinct per Envoy on one host (hot restart shares memory by it). */
   baseId: withDefault(NonNegativeInt, () => 0),
   /** Where the bootstrap and Envoy's files go; default: `envoy/` next to the certificates dir. */
@@ -629,103 +714,35 @@ export const ENVOY_STOP_RESERVE = Duration.seconds(3)
 type Fields = typeof MeshConfigFields.Type
 type Issue = { readonly path: ReadonlyArray<PropertyKey>; readonly message: string }
 
-/** Rules that span fields: names are unique and every reference points at something that exists. */
-export const crossFieldIssues = (config: Fields, options: { readonly partial?: boolean } = {}): ReadonlyArray<Issue> => {
+/**
+ * Rules that span fields outside `policies`: service names and endpoints are unique, and the
+ * sidecar names a service that exists. Policies are checked by their compiler
+ * (src/policy/Compile.ts), the one home of the policy rules; `src/ConfigDocument.ts` runs both.
+ */
+export const crossFieldIssues = (
+  config: Fields,
+  options: { readonly partial?: boolean } = {}
+): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
   const firstIndex = new Map<string, number>()
   config.services.forEach((service, i) => {
     const seen = firstIndex.get(service.name)
     if (seen === undefined) firstIndex.set(service.name, i)
-    else issues.push({ path: ["services", i, "name"], message: `duplicate service name "${service.name}" (first defined at services[${seen}])` })
+    else {issues.push({
+        path: ["services", i, "name"],
+        message: `duplicate service name "${service.name}" (first defined at services[${seen}])`
+      })}
     const endpointKeys = new Set<string>()
     service.endpoints.forEach((endpoint, j) => {
       const key = endpointKey({ address: endpoint.address, port: endpoint.port ?? service.port })
-      if (endpointKeys.has(key)) issues.push({ path: ["services", i, "endpoints", j], message: `duplicate endpoint ${key}` })
+      if (endpointKeys.has(key)) {
+        issues.push({ path: ["services", i, "endpoints", j], message: `duplicate endpoint ${key}` })
+      }
       endpointKeys.add(key)
     })
   })
   const known = (name: string) => firstIndex.has(name)
   const unknown = (name: string) => `unknown service "${name}"`
-
-  const policyNames = new Map<string, number>()
-  config.policies.traffic.forEach((policy, i) => {
-    const base = ["policies", "traffic", i] as const
-    const seen = policyNames.get(policy.name)
-    if (seen !== undefined) issues.push({ path: [...base, "name"], message: `duplicate traffic policy name "${policy.name}" (first defined at policies.traffic[${seen}])` })
-    else policyNames.set(policy.name, i)
-    if (!known(policy.service)) issues.push({ path: [...base, "service"], message: unknown(policy.service) })
-    policy.routes.forEach((route, r) => {
-      route.destinations.forEach((destination, d) => {
-        if (!known(destination.service)) {
-          issues.push({ path: [...base, "routes", r, "destinations", d, "service"], message: unknown(destination.service) })
-        }
-      })
-      // `mirror` is absent on a partial (undecodable) document.
-      const mirror = route.mirror
-      if (mirror !== undefined && !known(mirror.service)) {
-        issues.push({ path: [...base, "routes", r, "mirror", "service"], message: unknown(mirror.service) })
-      }
-    })
-  })
-  const targets = new Map<string, number>()
-  config.policies.traffic.forEach((policy, i) => {
-    const seen = targets.get(policy.service)
-    if (seen !== undefined) {
-      issues.push({
-        path: ["policies", "traffic", i, "service"],
-        message: `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`
-      })
-    } else targets.set(policy.service, i)
-  })
-
-  const ruleNames = new Map<string, number>()
-  config.policies.security.authorization.forEach((rule, i) => {
-    const base = ["policies", "security", "authorization", i] as const
-    const seen = ruleNames.get(rule.name)
-    if (seen !== undefined) issues.push({ path: [...base, "name"], message: `duplicate rule name "${rule.name}" (first defined at policies.security.authorization[${seen}])` })
-    else ruleNames.set(rule.name, i)
-    if (!known(rule.to)) issues.push({ path: [...base, "to"], message: unknown(rule.to) })
-    rule.from.forEach((peer, p) => {
-      // A `{ principal }` peer names no service (and reads as service "" on a partial document).
-      if ("service" in peer && peer.service !== "" && !known(peer.service)) {
-        issues.push({ path: [...base, "from", p, "service"], message: unknown(peer.service) })
-      }
-    })
-  })
-  // Envoy authorizes a tcp service's connections, not requests: its rules may name callers and ports only.
-  const tcpServices = new Set(config.services.filter((s) => s.protocol === "tcp").map((s) => s.name))
-  config.policies.security.authorization.forEach((rule, i) => {
-    const when = rule.when
-    if (tcpServices.has(rule.to) && (when?.methods !== undefined || when?.paths !== undefined || when?.headers !== undefined)) {
-      issues.push({ path: ["policies", "security", "authorization", i, "when"], message: `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports` })
-    }
-  })
-  // An allow rule with the same callers, target and conditions as a deny rule can never allow anything.
-  const denyKeys = new Map<string, number>()
-  const ruleKey = (rule: AuthorizationRule) => JSON.stringify([rule.to, [...rule.from.map((p) => JSON.stringify(p))].sort(), rule.when ?? null])
-  config.policies.security.authorization.forEach((rule, i) => {
-    if (rule.action === "deny" && !denyKeys.has(ruleKey(rule))) denyKeys.set(ruleKey(rule), i)
-  })
-  config.policies.security.authorization.forEach((rule, i) => {
-    const deny = rule.action === "allow" ? denyKeys.get(ruleKey(rule)) : undefined
-    if (deny !== undefined) {
-      issues.push({
-        path: ["policies", "security", "authorization", i],
-        message: `allow rule "${rule.name}" conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`
-      })
-    }
-  })
-
-  // `resilience` is absent on a partial (undecodable) document.
-  const resilienceTargets = new Map<string, number>()
-  ;(config.policies.resilience ?? []).forEach((policy, i) => {
-    const path = ["policies", "resilience", i, "service"] as const
-    if (!known(policy.service)) issues.push({ path, message: unknown(policy.service) })
-    const seen = resilienceTargets.get(policy.service)
-    if (seen !== undefined) {
-      issues.push({ path, message: `service "${policy.service}" already has a resilience policy (policies.resilience[${seen}]); merge them into one` })
-    } else resilienceTargets.set(policy.service, i)
-  })
 
   // Rules below read decoded values (durations, defaults): skipped on a partial (undecodable) document.
   if (options.partial === true) return issues
@@ -733,14 +750,23 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
   if (envoy.service !== undefined && !known(envoy.service)) {
     issues.push({ path: ["sidecar", "envoy", "service"], message: unknown(envoy.service) })
   } else if (envoy.enabled && envoy.service === undefined) {
-    issues.push({ path: ["sidecar", "envoy", "service"], message: "name the service this Envoy fronts (required when enabled)" })
+    issues.push({
+      path: ["sidecar", "envoy", "service"],
+      message: "name the service this Envoy fronts (required when enabled)"
+    })
   }
   if (Duration.greaterThan(envoy.restart.initialBackoff, envoy.restart.maxBackoff)) {
-    issues.push({ path: ["sidecar", "envoy", "restart", "initialBackoff"], message: "must not be longer than restart.maxBackoff" })
+    issues.push({
+      path: ["sidecar", "envoy", "restart", "initialBackoff"],
+      message: "must not be longer than restart.maxBackoff"
+    })
   }
 
   if (Duration.greaterThan(config.controller.debounce.quiet, config.controller.debounce.max)) {
-    issues.push({ path: ["controller", "debounce", "quiet"], message: "the quiet window must not be longer than debounce.max" })
+    issues.push({
+      path: ["controller", "debounce", "quiet"],
+      message: "the quiet window must not be longer than debounce.max"
+    })
   }
   // Shutdown drains Envoy, then stops it; all of that must end before the shutdown watchdog
   // exits the controller, or Envoy would be cut off mid-drain.
@@ -748,7 +774,8 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
   if (envoy.enabled && Duration.greaterThan(envoyStop, config.controller.shutdownTimeout)) {
     issues.push({
       path: ["sidecar", "envoy", "drainTime"],
-      message: `the drain (${Duration.format(envoy.drainTime)}) plus ${Duration.format(ENVOY_STOP_RESERVE)} to stop Envoy ` +
+      message:
+        `the drain (${Duration.format(envoy.drainTime)}) plus ${Duration.format(ENVOY_STOP_RESERVE)} to stop Envoy ` +
         `must fit in controller.shutdownTimeout (${Duration.format(config.controller.shutdownTimeout)}): ` +
         "shorten sidecar.envoy.drainTime or lengthen controller.shutdownTimeout"
     })

@@ -1,8 +1,8 @@
 import { Either, ParseResult, Schema } from "effect"
 import * as YAML from "yaml"
-import { crossFieldIssues, MeshConfig } from "../schemas/Config.js"
-import { compileConfig } from "./policy/Compile.js"
+import { crossFieldIssues, MeshConfig, type Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
+import { compileConfig, type CompiledPolicy, compilePolicies, type PolicyIssue } from "./policy/Compile.js"
 
 /** `["services", 2, "healthCheck"]` → `services[2].healthCheck` */
 export const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
@@ -37,57 +37,85 @@ const recordsOf = (value: unknown): Array<Record<string, unknown>> =>
 
 const textOf = (value: unknown): string => (typeof value === "string" ? value : "")
 
+/** A compiler issue as the config document reports it (see `PolicyIssue.kind`). */
+const configIssueOf = (issue: PolicyIssue): ConfigIssue =>
+  new ConfigIssue({
+    path: issue.field,
+    message: issue.kind === "catalogue" ? issue.message : `${issue.message} (policy "${issue.policy}")`
+  })
+
 /**
- * When the structure does not decode, the cross-field rules (unique names, references) still run
- * on what can be read, so one pass reports every problem in the file.
+ * When the structure does not decode, the cross-field rules (unique names, references; the
+ * policies' from their compiler) still run on what can be read, so one pass reports every problem
+ * in the file.
  */
 const rawCrossFieldIssues = (value: unknown): ReadonlyArray<ConfigIssue> => {
   if (!isRecord(value)) return []
   const policies = isRecord(value.policies) ? value.policies : {}
   const security = isRecord(policies.security) ? policies.security : {}
-  const lenient = {
-    services: recordsOf(value.services).map((service) => ({
-      name: textOf(service.name),
-      port: service.port,
-      endpoints: recordsOf(service.endpoints).map((e) => ({ address: textOf(e.address), port: e.port }))
+  const services = recordsOf(value.services).map((service) => ({
+    name: textOf(service.name),
+    port: service.port,
+    endpoints: recordsOf(service.endpoints).map((e) => ({ address: textOf(e.address), port: e.port }))
+  }))
+  const lenientPolicies = {
+    traffic: recordsOf(policies.traffic).map((policy) => ({
+      name: textOf(policy.name),
+      service: textOf(policy.service),
+      routes: recordsOf(policy.routes).map((route) => ({
+        destinations: recordsOf(route.destinations).map((d) => ({ service: textOf(d.service) })),
+        ...(isRecord(route.mirror) ? { mirror: { service: textOf(route.mirror.service) } } : {})
+      }))
     })),
-    policies: {
-      traffic: recordsOf(policies.traffic).map((policy) => ({
-        name: textOf(policy.name),
-        service: textOf(policy.service),
-        routes: recordsOf(policy.routes).map((route) => ({
-          destinations: recordsOf(route.destinations).map((d) => ({ service: textOf(d.service) }))
-        }))
-      })),
-      security: {
-        authorization: recordsOf(security.authorization).map((rule) => ({
-          name: textOf(rule.name),
-          to: textOf(rule.to),
-          from: recordsOf(rule.from).map((peer) => ({ service: textOf(peer.service) }))
-        }))
-      }
-    }
+    security: {
+      mtls: "permissive",
+      defaultAction: "allow",
+      authorization: recordsOf(security.authorization).map((rule) => ({
+        name: textOf(rule.name),
+        action: rule.action === "deny" ? "deny" : "allow",
+        to: textOf(rule.to),
+        // A `{ principal }` peer names no service.
+        from: recordsOf(rule.from).map((peer) =>
+          "principal" in peer ? { principal: textOf(peer.principal) } : { service: textOf(peer.service) }
+        )
+      }))
+    },
+    resilience: recordsOf(policies.resilience).map((policy) => ({ service: textOf(policy.service) })),
+    observability: {}
   }
-  return crossFieldIssues(lenient as unknown as Parameters<typeof crossFieldIssues>[0], { partial: true })
+  const serviceIssues = crossFieldIssues({ services } as unknown as Parameters<typeof crossFieldIssues>[0], {
+    partial: true
+  })
     .map((issue) => new ConfigIssue({ path: formatPath(issue.path), message: issue.message }))
+  const compiled = compilePolicies(lenientPolicies as unknown as Policies, {
+    trustDomain: "",
+    services: services.map((s) => s.name),
+    tcpServices: []
+  })
+  return [...serviceIssues, ...(Either.isLeft(compiled) ? compiled.left.issues.map(configIssueOf) : [])]
 }
 
 /**
  * Decodes an already-parsed value (JSON, a KV entry, a test fixture) as the config. A config
  * decodes only if its policies also compile, so everything downstream (the snapshot, the Policy
  * layer) sees policies that mean what they say: a rule the compiler would drop never reaches Envoy.
+ * The schema checks structure and the services; the policy compiler is the one policy checker.
  */
 export const decodeConfig = (value: unknown, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
+  Either.map(decodeConfigWithPolicy(value, source), (checked) => checked.config)
+
+/** A decoded config with its policies compiled: compiled once, where the config is read. */
+export interface CheckedConfig {
+  readonly config: MeshConfig
+  readonly policy: CompiledPolicy
+}
+
+/** `decodeConfig`, keeping the compiled policy that decoding had to produce anyway. */
+export const decodeConfigWithPolicy = (value: unknown, source: string): Either.Either<CheckedConfig, ConfigInvalid> =>
   Either.flatMap(decodeStructure(value, source), (config) =>
     Either.match(compileConfig(config), {
-      onLeft: (error) =>
-        Either.left(
-          new ConfigInvalid({
-            source,
-            issues: error.issues.map((issue) => new ConfigIssue({ path: issue.field, message: `${issue.message} (policy "${issue.policy}")` }))
-          })
-        ),
-      onRight: () => Either.right(config)
+      onLeft: (error) => Either.left(new ConfigInvalid({ source, issues: error.issues.map(configIssueOf) })),
+      onRight: (policy) => Either.right({ config, policy })
     }))
 
 const decodeStructure = (value: unknown, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
@@ -105,7 +133,14 @@ const decodeStructure = (value: unknown, source: string): Either.Either<MeshConf
  * errors with line and column, schema errors with the path of the offending value.
  */
 export const parseConfig = (text: string, source: string): Either.Either<MeshConfig, ConfigInvalid> =>
-  Either.flatMap(parseYaml(text, source), (value) => decodeConfig(value, source))
+  Either.map(parseConfigWithPolicy(text, source), (checked) => checked.config)
+
+/** `parseConfig`, keeping the compiled policy. */
+export const parseConfigWithPolicy = (text: string, source: string): Either.Either<CheckedConfig, ConfigInvalid> =>
+  Either.flatMap(parseYaml(text, source), (value) => decodeConfigWithPolicy(value, source))
+
+/** How many alias expansions a document may make (yaml's own bound against exponential expansion). */
+const MAX_ALIAS_COUNT = 100
 
 /**
  * YAML text to a plain value, the way every config document is read (the file, a Consul KV
@@ -125,9 +160,27 @@ export const parseYaml = (text: string, source: string): Either.Either<unknown, 
       })
     )
   }
-  const value = document.toJS({ maxAliasCount: 100 }) as unknown
+  // `maxAliasCount` makes yaml throw (a ReferenceError) on an alias bomb ("billion laughs") instead
+  // of expanding it: that is bad input like any other, reported as one issue, never a defect.
+  const converted = Either.try({
+    try: () => document.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown,
+    catch: (error) =>
+      new ConfigInvalid({
+        source,
+        issues: [
+          new ConfigIssue({
+            path: "",
+            message: `YAML cannot be read: ${firstLine(error instanceof Error ? error.message : String(error))}`
+          })
+        ]
+      })
+  })
+  if (Either.isLeft(converted)) return converted
+  const value = converted.right
   if (value === null || value === undefined) {
-    return Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "the file is empty" })] }))
+    return Either.left(
+      new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "the file is empty" })] })
+    )
   }
   return Either.right(value)
 }

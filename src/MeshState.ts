@@ -1,4 +1,5 @@
-import type { HealthCheck, Mesh, MeshConfig, Policies, Protocol } from "../schemas/Config.js"
+import type { HealthCheck, Mesh, MeshConfig, Protocol } from "../schemas/Config.js"
+import { type CompiledPolicy, compileUnchecked } from "./policy/Compile.js"
 
 /** What the controller currently believes about one endpoint's health. */
 export type EndpointHealth = "healthy" | "unhealthy" | "unknown"
@@ -37,7 +38,8 @@ export interface MeshState {
   readonly mesh: Mesh
   /** Sorted by name, so equal states build byte-identical resources. */
   readonly services: ReadonlyArray<Service>
-  readonly policies: Policies
+  /** The policy in force, compiled once per config (the Policy layer's); the builder never compiles. */
+  readonly policy: CompiledPolicy
   /**
    * SDS secrets (workload certificates, trust bundles) to serve as Envoy `Secret` resources, keyed
    * by resource name. Absent: none. The Certificates layer fills this; the snapshot builder encodes
@@ -57,10 +59,15 @@ export { endpointKey } from "../schemas/Endpoint.js"
 const byName = <A extends { readonly name: string }>(a: A, b: A) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
 
 /** The mesh as the config file alone describes it: every endpoint's health still unknown. */
-export const fromConfig = (config: MeshConfig): MeshState => ({
+export const fromConfig = (config: MeshConfig, policy: CompiledPolicy = compileUnchecked(config)): MeshState => ({
   mesh: config.mesh,
-  policies: config.policies,
-  services: config.services
+  policy,
+  services: servicesFromConfig(config)
+})
+
+/** The config file's services, sorted by name, every endpoint's health still unknown. */
+export const servicesFromConfig = (config: MeshConfig): ReadonlyArray<Service> =>
+  config.services
     .map((service): Service => ({
       name: service.name,
       protocol: service.protocol,
@@ -80,4 +87,3 @@ export const fromConfig = (config: MeshConfig): MeshState => ({
       }))
     }))
     .sort(byName)
-})

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
-import { ValidationError } from "@effect/cli"
-import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import * as ValidationError from "@effect/cli/ValidationError"
+// Subpath imports: the package's index would also load its HTTP client (undici), which no command uses.
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, Config, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
 import { cli } from "./Cli.js"
 

@@ -1,17 +1,21 @@
 import { Context, Duration, Effect, Layer, Stream } from "effect"
+import * as NodePath from "node:path"
 import { Admin } from "../layers/Admin.js"
+import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { ConsulClient } from "../layers/ConsulClient.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Lifecycle } from "../layers/Lifecycle.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Policy } from "../layers/Policy.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import { Sidecar } from "../layers/Sidecar.js"
+import { SigningService } from "../layers/SigningService.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
+import { Ui } from "../layers/Ui.js"
 import { Xds } from "../layers/Xds.js"
 
 export interface ProgramOptions {
@@ -31,6 +35,7 @@ export const LAYER_NAMES = [
   "consulRegistration",
   "snapshot",
   "xds",
+  "signing",
   "sidecar"
 ] as const
 
@@ -77,30 +82,53 @@ const XdsFromConfig: Layer.Layer<Xds, unknown, LiveConfig | Certificates | Snaps
   })
 )
 
-/** The admin server on `controller.admin`, with the runtime registration API. */
-const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle> =>
+/**
+ * The admin server on `controller.admin`, with the runtime registration API and the status page. Its bearer token is
+ * `controller.admin.tokenFile`, else `admin-token` in the state dir (`certificates.dir`), generated
+ * on first start. Settings of `controller.admin` apply at start.
+ */
+const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle | Ui> =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const { config } = yield* (yield* LiveConfig).get
-      return Admin.layer({ host: config.controller.admin.host, port: config.controller.admin.port, version, routes: RegistrationApi })
-    })
+      const admin = config.controller.admin
+      const tokenFile = NodePath.resolve(admin.tokenFile ?? NodePath.join(config.certificates.dir, "admin-token"))
+      const ui = yield* Ui
+      const token = yield* loadOrCreateToken(tokenFile)
+      if (token.created) yield* Effect.logInfo(`admin: generated the admin token in ${token.path}`)
+      return Admin.layer({
+        host: admin.host,
+        port: admin.port,
+        version,
+        routes: RegistrationApi,
+        ui: ui.routes,
+        tokenFile: token.path,
+        access: { verifyToken: token.verify, readAccess: admin.readAccess, allowedHosts: admin.allowedHosts }
+      })
+    }).pipe(Effect.annotateLogs({ module: "admin" }))
   )
 
-const statusOf = <I, S extends { readonly status: Effect.Effect<unknown> }>(tag: Context.Tag<I, S>) => (ctx: Context.Context<I>) =>
-  Context.get(ctx, tag).status
+const statusOf =
+  <I, S extends { readonly status: Effect.Effect<unknown> }>(tag: Context.Tag<I, S>) => (ctx: Context.Context<I>) =>
+    Context.get(ctx, tag).status
 
 /** The composition root: every layer of the daemon, in dependency order. */
 export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown> => {
   const track = Lifecycle.track
   const ConfigLive = track("config", LiveConfig.layer({ path: options.configPath }), statusOf(LiveConfig))
   const DiscoveryLive = track("discovery", Discovery.layer(), statusOf(Discovery))
-  const AdminLive = track("admin", AdminFromConfig(options.version), (ctx) => Effect.succeed(Context.get(ctx, Admin).address))
+  const AdminLive = track("admin", AdminFromConfig(options.version), statusOf(Admin))
   const PolicyLive = track("policy", Policy.layer, statusOf(Policy))
   const ConsulPoliciesLive = track("consulPolicies", ConsulPolicies.layer(), statusOf(ConsulPolicies))
   // HTTPS checks with `trustMeshCa` verify targets against the current trust bundle.
   const HealthLive = track(
     "health",
-    Layer.unwrapEffect(Effect.map(Certificates, (certificates) => Health.layer({ meshCa: Effect.map(certificates.bundle, (b) => b.pem) }))),
+    Layer.unwrapEffect(
+      Effect.map(
+        Certificates,
+        (certificates) => Health.layer({ meshCa: Effect.map(certificates.bundle, (b) => b.pem) })
+      )
+    ),
     statusOf(Health)
   )
   const RegistrationLive = track("consulRegistration", ConsulRegistration.layer(), statusOf(ConsulRegistration))
@@ -111,11 +139,14 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     statusOf(Snapshot)
   )
   const XdsLive = track("xds", XdsFromConfig, statusOf(Xds))
+  const SigningLive = track("signing", SigningService.layerConfig, statusOf(SigningService))
   const SidecarLive = track("sidecar", Sidecar.layerConfig(), statusOf(Sidecar))
 
-  return Ready.pipe(
+  // The status page is served from the start (by Admin) and reads the other layers once all are built.
+  return Layer.merge(Ready, Ui.layerSources).pipe(
     Layer.provide(SidecarLive),
     Layer.provide(XdsLive),
+    Layer.provide(SigningLive),
     Layer.provideMerge(SnapshotLive),
     Layer.provide(RegistrationLive),
     Layer.provideMerge(HealthLive),
@@ -129,7 +160,9 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provideMerge(DiscoveryLive),
     // One Consul client for Discovery, ConsulPolicies and ConsulRegistration, from the file's config.
     Layer.provideMerge(ConsulClient.layer),
-    Layer.provideMerge(ConfigLive),
+    // SIGHUP reloads from as soon as there is a config until shutdown ends.
+    Layer.provideMerge(LiveConfig.reloadOnSighup.pipe(Layer.provideMerge(ConfigLive))),
+    Layer.provide(Ui.layer({ version: options.version })),
     Layer.provide(Lifecycle.layer(LAYER_NAMES))
   )
 }

@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import * as YAML from "yaml"
+import { aliasBomb } from "./support/aliasBomb.js"
 import { runCli } from "./support/daemon.js"
 
 const temp = (text: string) => {
@@ -22,7 +23,9 @@ describe("mesh-controller CLI", () => {
   })
 
   it("validate: exit 1 with every problem and its path", async () => {
-    const path = temp("mesh: { name: lab }\nservices:\n  - { name: a, port: 80, healthCheck: { type: http, interval: 10 parsecs } }\n  - { name: a, port: 81 }\n")
+    const path = temp(
+      "mesh: { name: lab }\nservices:\n  - { name: a, port: 80, healthCheck: { type: http, interval: 10 parsecs } }\n  - { name: a, port: 81 }\n"
+    )
     const result = await runCli(["validate", path])
     expect(result.code).toBe(1)
     expect(result.stderr).toBe(
@@ -38,10 +41,21 @@ describe("mesh-controller CLI", () => {
     expect(result.stderr).toContain("line 3, column 3: YAML syntax error: Map keys must be unique")
   })
 
+  it("validate: a YAML alias bomb is one problem, not a stack trace", async () => {
+    const path = temp(aliasBomb())
+    const result = await runCli(["validate", path])
+    expect(result.code).toBe(1)
+    expect(result.stderr).toBe(
+      `error: ${path}: 1 problem\n  YAML cannot be read: Excessive alias count indicates a resource exhaustion attack\n`
+    )
+  })
+
   it("validate: exit 1 for a missing file", async () => {
     const result = await runCli(["validate", "/nonexistent/mesh.yaml"])
     expect(result.code).toBe(1)
-    expect(result.stderr.trim()).toBe("error: /nonexistent/mesh.yaml: cannot read the config file: no such file or directory")
+    expect(result.stderr.trim()).toBe(
+      "error: /nonexistent/mesh.yaml: cannot read the config file: no such file or directory"
+    )
   })
 
   it("exit 2 on a usage error", async () => {

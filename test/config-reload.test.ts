@@ -1,10 +1,12 @@
-import { assert, describe, expect, it } from "@effect/vitest"
+import { afterEach, assert, describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { mkdtempSync, renameSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { LiveConfig } from "../layers/LiveConfig.js"
-import { eventually } from "./support/eventually.js"
+import { aliasBomb } from "./support/aliasBomb.js"
+import { type Daemon, jsonLogs, startDaemon } from "./support/daemon.js"
+import { eventually, waitFor } from "./support/eventually.js"
 
 const yaml = (name: string, port = 80) => `mesh: { name: ${name} }\nservices: [ { name: web, port: ${port} } ]\n`
 
@@ -52,6 +54,25 @@ describe("LiveConfig file layer", () => {
     }).pipe(Effect.provide(LiveConfig.layer({ path, pollInterval: "200 millis" })))
   })
 
+  it.live("rejects a YAML alias bomb, reports it, and applies the next good edit", () => {
+    const { path } = withConfigFile(yaml("good"))
+    return Effect.gen(function*() {
+      const config = yield* LiveConfig
+      writeFileSync(path, aliasBomb())
+      // The watch and the periodic check both reach it: both must survive it.
+      const status = yield* eventually(Effect.filterOrFail(config.status, (s) => s.lastReload?._tag === "Rejected"))
+      assert.deepStrictEqual(status.lastReload?._tag === "Rejected" && status.lastReload.errors, [
+        "YAML cannot be read: Excessive alias count indicates a resource exhaustion attack"
+      ])
+      assert.strictEqual(yield* meshName, "good")
+      // An explicit reload of the same bomb is rejected too (and does not fail).
+      expect((yield* config.reload)._tag).toBe("Rejected")
+      writeFileSync(path, yaml("fixed"))
+      yield* eventually(Effect.filterOrFail(meshName, (name) => name === "fixed"))
+      expect((yield* config.status).lastReload?._tag).toBe("Applied")
+    }).pipe(Effect.provide(LiveConfig.layer({ path, pollInterval: "200 millis" })))
+  })
+
   it.live("picks up a file replaced by rename, as editors and config managers write it", () => {
     const { dir, path } = withConfigFile(yaml("before"))
     return Effect.gen(function*() {
@@ -75,5 +96,55 @@ describe("LiveConfig file layer", () => {
       expect(error.message).toContain("mesh.name: expected a service name")
       expect(error.message).toContain("services[0].port: expected a port number from 1 to 65535, got 0")
     })
+  })
+})
+
+describe("SIGHUP", () => {
+  const daemonConfig = (name: string) => `
+mesh: { name: ${name} }
+controller:
+  xds: { host: 127.0.0.1, port: 0 }
+  admin: { host: 127.0.0.1, port: 0 }
+  shutdownTimeout: 5s
+services: [ { name: web, port: 8080, endpoints: [ { address: 127.0.0.1, port: 18080 } ] } ]
+certificates: { dir: ${JSON.stringify(join(tmpdir(), "mesh-sighup-certs"))} }
+`
+  type Status = { layers: Record<string, { status?: { hash?: string; lastReload?: { _tag: string } } }> }
+  const configStatus = async (daemon: Daemon) =>
+    ((await (await fetch(`${daemon.adminUrl}/status`)).json()) as Status).layers.config!.status!
+
+  let running: Daemon | undefined
+  afterEach(() => {
+    running?.child.kill("SIGKILL")
+    running = undefined
+  })
+
+  it("reloads the config of the running daemon, which keeps running and still stops cleanly", async () => {
+    const { path } = withConfigFile(daemonConfig("first"))
+    const daemon = (running = await startDaemon(path))
+    const before = (await configStatus(daemon)).hash
+
+    writeFileSync(path, daemonConfig("second"))
+    daemon.child.kill("SIGHUP")
+    await waitFor(async () => {
+      const status = await configStatus(daemon)
+      expect(status.lastReload?._tag).toBe("Applied")
+      expect(status.hash).not.toBe(before)
+    })
+    type Line = { message: unknown; annotations: Record<string, unknown>; spans?: Record<string, unknown> }
+    const logs = () => jsonLogs(daemon.lines) as Array<Line>
+    const sighups = () => logs().filter((l) => l.message === "SIGHUP: reloading the config").length
+    await waitFor(async () => expect(sighups()).toBe(1))
+    // The reload can be followed: its lines carry the module and run in the config.reload span.
+    const reloaded = logs().find((l) => l.message === "config reloaded")
+    expect(reloaded?.annotations["module"]).toBe("config")
+    expect(Object.keys(reloaded?.spans ?? {})).toContain("config.reload")
+    // A second SIGHUP with nothing changed is harmless too.
+    daemon.child.kill("SIGHUP")
+    await waitFor(async () => expect(sighups()).toBe(2))
+    expect((await fetch(`${daemon.adminUrl}/healthz`)).status).toBe(200)
+
+    daemon.child.kill("SIGTERM")
+    expect(await daemon.exited).toEqual({ code: 0, signal: null })
   })
 })

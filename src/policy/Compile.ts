@@ -20,6 +20,7 @@ import type {
   RouteMatch,
   TrafficPolicy
 } from "../../schemas/Config.js"
+import { serviceId } from "../../schemas/Identity.js"
 import { re2Problem } from "../../schemas/Regex.js"
 import { type Glob, parseGlob } from "./Match.js"
 
@@ -27,7 +28,14 @@ import { type Glob, parseGlob } from "./Match.js"
 export class PolicyIssue extends Schema.Class<PolicyIssue>("PolicyIssue")({
   policy: Schema.String,
   field: Schema.String,
-  message: Schema.String
+  message: Schema.String,
+  /**
+   * "catalogue": how a policy relates to the services (an unknown service, a second policy for one
+   * service, HTTP conditions on a tcp service); the message names the service, so a config
+   * document reports it by its path alone, as it reports other references. "rule": inside one
+   * policy, reported with the policy's name.
+   */
+  kind: Schema.optionalWith(Schema.Literal("catalogue", "rule"), { default: () => "rule" as const })
 }) {
   override toString(): string {
     return `${this.field} (policy "${this.policy}"): ${this.message}`
@@ -87,19 +95,8 @@ export interface Catalogue {
   readonly tcpServices?: Iterable<string>
 }
 
-/** `spiffe://<trustDomain>/service/<name>`: a mesh service's identity (the URI SAN of its certificate). */
-export const spiffeId = (trustDomain: string, service: string): string => `spiffe://${trustDomain}/service/${service}`
-
-/** The service a SPIFFE ID names in `trustDomain`, if it is a mesh service identity there. */
-export const serviceOfSpiffeId = (trustDomain: string, id: string): string | undefined => {
-  const prefix = `spiffe://${trustDomain}/service/`
-  if (!id.startsWith(prefix)) return undefined
-  const name = id.slice(prefix.length)
-  return name.length > 0 && !name.includes("/") ? name : undefined
-}
-
 export const principalOf = (trustDomain: string, peer: Peer): string =>
-  "service" in peer ? spiffeId(trustDomain, peer.service) : peer.principal
+  "service" in peer ? serviceId(trustDomain, peer.service) : peer.principal
 
 const HTTP_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"])
 
@@ -111,29 +108,26 @@ export const compileConfig = (config: MeshConfig): Either.Either<CompiledPolicy,
     tcpServices: config.services.filter((s) => s.protocol === "tcp").map((s) => s.name)
   })
 
-export const compilePolicies = (policies: Policies, catalogue: Catalogue): Either.Either<CompiledPolicy, PolicyInvalid> => {
-  const { issues, policy } = compileAll(policies, catalogue.trustDomain, new Set(catalogue.services), new Set(catalogue.tcpServices ?? []))
+export const compilePolicies = (
+  policies: Policies,
+  catalogue: Catalogue
+): Either.Either<CompiledPolicy, PolicyInvalid> => {
+  const { issues, policy } = compileAll(
+    policies,
+    catalogue.trustDomain,
+    new Set(catalogue.services),
+    new Set(catalogue.tcpServices ?? [])
+  )
   return issues.length > 0 ? Either.left(new PolicyInvalid({ issues })) : Either.right(policy)
 }
 
-const memo = new WeakMap<Policies, Map<string, CompiledPolicy>>()
-
 /**
- * The compiled form for the xDS snapshot builder, which sees policies only after they were
- * validated (the config decoder rejects what the compiler would; the Policy layer reports the
- * rest), and whose service catalogue also holds services discovered elsewhere: so nothing is
- * checked against services here. Memoized per `policies` value, since a snapshot is rebuilt far
- * more often than the config changes.
+ * Compiles without checking names against a service catalogue, for a config already checked
+ * (`MeshState.fromConfig`, tests and benchmarks). The daemon compiles each config once, where it is
+ * loaded (`LoadedConfig.policy`), and the snapshot takes the Policy layer's result.
  */
-export const compileForSnapshot = (policies: Policies, trustDomain: string): CompiledPolicy => {
-  const byDomain = memo.get(policies) ?? new Map<string, CompiledPolicy>()
-  memo.set(policies, byDomain)
-  const cached = byDomain.get(trustDomain)
-  if (cached !== undefined) return cached
-  const { policy } = compileAll(policies, trustDomain, undefined, new Set())
-  byDomain.set(trustDomain, policy)
-  return policy
-}
+export const compileUnchecked = (config: MeshConfig): CompiledPolicy =>
+  compileAll(config.policies, config.mesh.trustDomain, undefined, new Set()).policy
 
 /** Compiles everything it can and lists every problem; `known` undefined skips the service checks. */
 const compileAll = (
@@ -145,25 +139,35 @@ const compileAll = (
   const catalogue = { trustDomain }
   const issues: Array<PolicyIssue> = []
   const warnings: Array<PolicyIssue> = []
-  const issue = (policy: string, field: string, message: string) => issues.push(new PolicyIssue({ policy, field, message }))
+  const issue = (policy: string, field: string, message: string) =>
+    issues.push(new PolicyIssue({ policy, field, message }))
+  const catalogueIssue = (policy: string, field: string, message: string) =>
+    issues.push(new PolicyIssue({ policy, field, message, kind: "catalogue" }))
   const service = (policy: string, field: string, name: string) => {
-    if (known !== undefined && !known.has(name)) issue(policy, field, `unknown service "${name}"`)
+    if (known !== undefined && !known.has(name)) catalogueIssue(policy, field, `unknown service "${name}"`)
   }
 
   const traffic = new Map<string, TrafficPolicy>()
   const trafficAt = new Map<string, number>()
+  const trafficNames = new Map<string, number>()
   policies.traffic.forEach((policy, i) => {
     const base = `policies.traffic[${i}]`
+    const named = trafficNames.get(policy.name)
+    if (named !== undefined) {
+      issue(policy.name, `${base}.name`, `duplicate traffic policy name (first defined at policies.traffic[${named}])`)
+    } else trafficNames.set(policy.name, i)
     service(policy.name, `${base}.service`, policy.service)
     const seen = trafficAt.get(policy.service)
     if (seen !== undefined) {
-      issue(policy.name, `${base}.service`, `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`)
+      const message =
+        `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`
+      catalogueIssue(policy.name, `${base}.service`, message)
     } else {
       trafficAt.set(policy.service, i)
       traffic.set(policy.service, policy)
     }
     policy.routes.forEach((route, r) => checkRoute(policy.name, `${base}.routes[${r}]`, route, service, issue))
-    warnings.push(...shadowedRoutes(policy, base))
+    for (const warning of shadowedRoutes(policy, base)) warnings.push(warning)
   })
 
   const rules = new Map<string, { deny: Array<CompiledRule>; allow: Array<CompiledRule> }>()
@@ -177,20 +181,33 @@ const compileAll = (
   policies.security.authorization.forEach((rule, i) => {
     const base = `policies.security.authorization[${i}]`
     const seen = ruleAt.get(rule.name)
-    if (seen !== undefined) issue(rule.name, `${base}.name`, `duplicate rule name (first defined at policies.security.authorization[${seen}])`)
-    else ruleAt.set(rule.name, i)
+    if (seen !== undefined) {
+      issue(
+        rule.name,
+        `${base}.name`,
+        `duplicate rule name (first defined at policies.security.authorization[${seen}])`
+      )
+    } else ruleAt.set(rule.name, i)
     service(rule.name, `${base}.to`, rule.to)
     rule.from.forEach((peer, p) => {
       if ("service" in peer) service(rule.name, `${base}.from[${p}].service`, peer.service)
     })
     const deny = rule.action === "allow" ? denyKeys.get(keyOf(rule)) : undefined
     if (deny !== undefined) {
-      issue(rule.name, base, `conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`)
+      issue(
+        rule.name,
+        base,
+        `conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`
+      )
     }
     const when = rule.when
     if (tcp.has(rule.to) && (when?.methods !== undefined || when?.paths !== undefined || when?.headers !== undefined)) {
       // Envoy's network RBAC sees connections, not requests: such a rule could not be enforced.
-      issue(rule.name, `${base}.when`, `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports`)
+      catalogueIssue(
+        rule.name,
+        `${base}.when`,
+        `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports`
+      )
     }
     const compiled = compileRule(rule, i, catalogue.trustDomain, base, issue)
     const group = rules.get(rule.to) ?? { deny: [], allow: [] }
@@ -203,8 +220,13 @@ const compileAll = (
     const base = `policies.resilience[${i}]`
     const name = `resilience of ${policy.service}`
     service(name, `${base}.service`, policy.service)
-    if (resilience.has(policy.service)) issue(name, `${base}.service`, `service "${policy.service}" already has a resilience policy; merge them into one`)
-    else resilience.set(policy.service, policy)
+    if (resilience.has(policy.service)) {
+      catalogueIssue(
+        name,
+        `${base}.service`,
+        `service "${policy.service}" already has a resilience policy; merge them into one`
+      )
+    } else resilience.set(policy.service, policy)
   })
 
   return {
@@ -227,7 +249,9 @@ type Report = (policy: string, field: string, message: string) => void
 
 const checkRegex = (policy: string, field: string, pattern: string, issue: Report) => {
   const problem = re2Problem(pattern)
-  if (problem !== undefined) issue(policy, field, `RE2 (Envoy's regex engine) rejects ${JSON.stringify(pattern)}: ${problem}`)
+  if (problem !== undefined) {
+    issue(policy, field, `RE2 (Envoy's regex engine) rejects ${JSON.stringify(pattern)}: ${problem}`)
+  }
 }
 
 const checkRoute = (
@@ -244,14 +268,22 @@ const checkRoute = (
   match?.headers.forEach((h, j) => {
     if (h.regex !== undefined) checkRegex(policy, `${base}.match.headers[${j}].regex`, h.regex, issue)
   })
-  if (match?.path !== undefined && match.grpc !== undefined) issue(policy, `${base}.match`, "give path or grpc, not both")
+  if (match?.path !== undefined && match.grpc !== undefined) {
+    issue(policy, `${base}.match`, "give path or grpc, not both")
+  }
   const backoff = route.retries?.backoff
   if (backoff?.maxInterval !== undefined && Duration.lessThan(backoff.maxInterval, backoff.baseInterval)) {
     issue(policy, `${base}.retries.backoff.maxInterval`, "must not be shorter than baseInterval")
   }
 }
 
-const compileRule = (rule: AuthorizationRule, index: number, trustDomain: string, base: string, issue: Report): CompiledRule => {
+const compileRule = (
+  rule: AuthorizationRule,
+  index: number,
+  trustDomain: string,
+  base: string,
+  issue: Report
+): CompiledRule => {
   const when = rule.when
   const globs = (field: string, values: ReadonlyArray<string>) =>
     values.flatMap((value, j) => {
@@ -263,10 +295,18 @@ const compileRule = (rule: AuthorizationRule, index: number, trustDomain: string
       return [glob]
     })
   when?.methods?.forEach((method, j) => {
-    if (!HTTP_METHODS.has(method.toUpperCase())) issue(rule.name, `${base}.when.methods[${j}]`, `unknown HTTP method "${method}"`)
+    if (!HTTP_METHODS.has(method.toUpperCase())) {
+      issue(rule.name, `${base}.when.methods[${j}]`, `unknown HTTP method "${method}"`)
+    }
   })
   when?.paths?.forEach((path, j) => {
-    if (!path.startsWith("/") && !path.startsWith("*")) issue(rule.name, `${base}.when.paths[${j}]`, `expected a path starting with "/" (or a "*" suffix form), got "${path}"`)
+    if (!path.startsWith("/") && !path.startsWith("*")) {
+      issue(
+        rule.name,
+        `${base}.when.paths[${j}]`,
+        `expected a path starting with "/" (or a "*" suffix form), got "${path}"`
+      )
+    }
   })
   const headers = when?.headers === undefined ? undefined : Object.entries(when.headers).flatMap(([name, value]) => {
     const glob = parseGlob(value)
@@ -309,7 +349,8 @@ const pathCovers = (earlier: PathMatch | undefined, later: PathMatch | undefined
   if (later === undefined) return earlier.prefix === "/" || earlier.prefix === ""
   if (earlier.prefix !== undefined) {
     const p = earlier.prefix
-    return (later.prefix !== undefined && later.prefix.startsWith(p)) || (later.exact !== undefined && later.exact.startsWith(p))
+    return (later.prefix !== undefined && later.prefix.startsWith(p)) ||
+      (later.exact !== undefined && later.exact.startsWith(p))
   }
   if (earlier.exact !== undefined) return later.exact === earlier.exact
   return earlier.regex !== undefined && later.regex === earlier.regex

@@ -14,11 +14,13 @@
  * Inside an `Any`, the JSON form `{ "@type": "type.googleapis.com/<full name>", ...fields }` is
  * accepted and checked against the named type.
  */
-import { Duration, Either, Schema } from "effect"
-import { createRequire } from "node:module"
+import { Either, Schema } from "effect"
 import * as NodeFs from "node:fs"
+import { createRequire } from "node:module"
 import * as NodePath from "node:path"
 import protobuf from "protobufjs"
+import { durationProto } from "../envoy/Messages.js"
+import { typeUrl } from "./TypeUrls.js"
 
 /** The `.proto` files we load; everything they import comes along. */
 const PROTO_FILES: ReadonlyArray<string> = [
@@ -74,18 +76,10 @@ export const Types = {
   Any: "google.protobuf.Any"
 } as const
 
-export const TYPE_URL_PREFIX = "type.googleapis.com/"
-/** `type.googleapis.com/<full name>`, the form xDS uses in `type_url` and `@type`. */
-export const typeUrl = (fullName: string): string => TYPE_URL_PREFIX + fullName
-
-/** The xDS resource type URLs (what a DiscoveryRequest's `type_url` names). */
-export const TypeUrls = {
-  Listener: typeUrl(Types.Listener),
-  RouteConfiguration: typeUrl(Types.RouteConfiguration),
-  Cluster: typeUrl(Types.Cluster),
-  ClusterLoadAssignment: typeUrl(Types.ClusterLoadAssignment),
-  Secret: typeUrl(Types.Secret)
-} as const
+// Built in src/envoy/Messages.ts (neutral ground for every module that writes Envoy config).
+export { durationProto }
+// The type URLs live in their own module (naming a type needs no protos); re-exported for callers of this one.
+export { TYPE_URL_PREFIX, typeUrl, TypeUrls } from "./TypeUrls.js"
 
 const require = createRequire(import.meta.url)
 
@@ -234,7 +228,9 @@ interface TypeInfo {
   readonly isAny: boolean
   readonly rules: ReadonlyMap<string, Rules>
   readonly required: ReadonlyArray<string>
-  readonly oneofs: ReadonlyArray<{ readonly name: string; readonly members: ReadonlyArray<string>; readonly required: boolean }>
+  readonly oneofs: ReadonlyArray<
+    { readonly name: string; readonly members: ReadonlyArray<string>; readonly required: boolean }
+  >
 }
 
 const infoCache = new WeakMap<protobuf.Type, TypeInfo>()
@@ -248,7 +244,11 @@ const infoOf = (type: protobuf.Type): TypeInfo => {
       rules,
       // A rule on a oneof member applies only when that member is the one chosen.
       required: type.fieldsArray.filter((f) => f.partOf === null && rules.get(f.name)!.required).map((f) => f.name),
-      oneofs: type.oneofsArray.map((o) => ({ name: o.name, members: o.oneof, required: o.options?.["(validate.required)"] === true }))
+      oneofs: type.oneofsArray.map((o) => ({
+        name: o.name,
+        members: o.oneof,
+        required: o.options?.["(validate.required)"] === true
+      }))
     }
     infoCache.set(type, info)
   }
@@ -272,7 +272,9 @@ const checkValue = (field: protobuf.Field, value: unknown, path: string, issues:
   } else if (resolved instanceof protobuf.Enum) {
     if (typeof value === "string") {
       if (!(value in resolved.values)) {
-        issues.push(`${path}: unknown ${resolved.name} value ${show(value)} (one of ${Object.keys(resolved.values).join(", ")})`)
+        issues.push(
+          `${path}: unknown ${resolved.name} value ${show(value)} (one of ${Object.keys(resolved.values).join(", ")})`
+        )
       }
     } else if (typeof value !== "number" || !Number.isInteger(value)) {
       issues.push(`${path}: expected a ${resolved.name} name, got ${show(value)}`)
@@ -286,7 +288,9 @@ const checkAny = (value: Record<string, unknown>, path: string, issues: Issues):
   const url = value["@type"]
   if (url === undefined) {
     for (const key of Object.keys(value)) {
-      if (key !== "type_url" && key !== "value") issues.push(`${path}.${key}: unknown field in google.protobuf.Any (use "@type")`)
+      if (key !== "type_url" && key !== "value") {
+        issues.push(`${path}.${key}: unknown field in google.protobuf.Any (use "@type")`)
+      }
     }
     if (typeof value["type_url"] !== "string") issues.push(`${path}.type_url: expected a string`)
     return
@@ -337,7 +341,9 @@ const checkMessage = (type: protobuf.Type, value: unknown, path: string, issues:
         issues.push(`${join(path, key)}: expected a map object, got ${show(fieldValue)}`)
         continue
       }
-      for (const mapKey in fieldValue) checkValue(field, fieldValue[mapKey], `${join(path, key)}[${show(mapKey)}]`, issues)
+      for (const mapKey in fieldValue) {
+        checkValue(field, fieldValue[mapKey], `${join(path, key)}[${show(mapKey)}]`, issues)
+      }
     } else if (field.repeated) {
       if (!Array.isArray(fieldValue)) {
         issues.push(`${join(path, key)}: expected a list, got ${show(fieldValue)}`)
@@ -359,7 +365,11 @@ const checkMessage = (type: protobuf.Type, value: unknown, path: string, issues:
     let set = 0
     for (const member of oneof.members) if (present.has(member)) set++
     if (set > 1) {
-      issues.push(`${path || "(root)"}: only one of ${oneof.members.filter((m) => present.has(m)).join(", ")} may be set (oneof ${oneof.name})`)
+      issues.push(
+        `${path || "(root)"}: only one of ${
+          oneof.members.filter((m) => present.has(m)).join(", ")
+        } may be set (oneof ${oneof.name})`
+      )
     }
     if (set === 0 && oneof.required) issues.push(`${path || "(root)"}: one of ${oneof.members.join(", ")} is required`)
   }
@@ -403,10 +413,3 @@ export const decode = (typeName: string, bytes: Uint8Array): Record<string, unkn
 /** Decodes an `Any` into its inner type (when loaded), in the same plain form as `decode`. */
 export const decodeAny = (any: { readonly type_url: string; readonly value: Uint8Array }): Record<string, unknown> =>
   decode(any.type_url.slice(any.type_url.lastIndexOf("/") + 1), any.value)
-
-/** A `google.protobuf.Duration` object from an Effect Duration. */
-export const durationProto = (duration: Duration.DurationInput): { seconds: number; nanos: number } => {
-  const nanos = Duration.toNanos(Duration.decode(duration))
-  const total = nanos._tag === "Some" ? nanos.value : BigInt(Number.MAX_SAFE_INTEGER) * 1_000_000_000n
-  return { seconds: Number(total / 1_000_000_000n), nanos: Number(total % 1_000_000_000n) }
-}

@@ -98,6 +98,23 @@ export const encodeSotwResponse = (
 }
 
 /**
+ * The part of a SotW response that does not depend on the stream (version_info and resources),
+ * encoded once and shared by every stream that gets the same set.
+ */
+export const encodeSotwBody = (version: string, resources: Iterable<XdsResource>): Buffer => {
+  const w = protobuf.Writer.create().uint32(10).string(version)
+  for (const r of resources) w.uint32(18).bytes(r.any)
+  return Buffer.from(w.finish())
+}
+
+/** A SotW response from a shared body (`encodeSotwBody`) and this stream's type URL and nonce. */
+export const encodeSotwResponseFrom = (body: Buffer, typeUrl: string, nonce: string): Buffer => {
+  const tail = protobuf.Writer.create().uint32(34).string(typeUrl).uint32(42).string(nonce)
+    .uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim().finish()
+  return Buffer.concat([body, tail], body.length + tail.length)
+}
+
+/**
  * DeltaDiscoveryResponse {system_version_info=1, resources=2 (Resource{version=1, resource=2,
  * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}.
  */

@@ -13,9 +13,8 @@ import protobuf from "protobufjs"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
-import { compileForSnapshot } from "../policy/Compile.js"
 import { servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
-import { check, encode, typeUrl, Types, TypeUrls } from "./Protos.js"
+import { check, encode, Types, typeUrl, TypeUrls } from "./Protos.js"
 import {
   apiListener,
   edsCluster,
@@ -60,6 +59,8 @@ export interface ServiceGroup {
   readonly tcp: boolean
   /** `versionOf(resources)`. */
   readonly version: string
+  /** The service value it was built from: an unchanged one is recognised without computing `key`. */
+  readonly source?: Service
 }
 
 export interface SnapshotError {
@@ -88,6 +89,12 @@ export interface XdsSnapshot {
    * a stream of that identity that asks for `OWN_SECRET` (never listed in `resources`).
    */
   readonly ownSecrets?: ReadonlyMap<string, XdsResource>
+  /**
+   * What every group depends on besides its own service: the compiled policy (by identity: compiled once per config), the mesh TLS
+   * settings and the service names (a route's destination exists or not). Equal inputs and an
+   * equal service value mean an equal group.
+   */
+  readonly inputs?: { readonly policy: object; readonly tls: string; readonly names: ReadonlyArray<string> }
   /** The sidecars' shared outbound listener and route configuration, kept for reuse. */
   readonly outbound?: {
     readonly virtualHosts: ReadonlyArray<PlainObject>
@@ -121,7 +128,10 @@ const encodeAnyBytes = (url: string, value: Uint8Array): Uint8Array =>
 export const resource = (owner: string, typeName: string, name: string, object: PlainObject): XdsResource => {
   const encoded = encode(typeName, object)
   if (encoded._tag === "Left") {
-    throw new ServiceInvalid(owner, `${typeName.slice(typeName.lastIndexOf(".") + 1)} "${name}": ${encoded.left.issues.join("; ")}`)
+    throw new ServiceInvalid(
+      owner,
+      `${typeName.slice(typeName.lastIndexOf(".") + 1)} "${name}": ${encoded.left.issues.join("; ")}`
+    )
   }
   const url = typeUrl(typeName)
   return { name, typeUrl: url, version: hash(encoded.right), any: encodeAnyBytes(url, encoded.right) }
@@ -134,8 +144,8 @@ const buildGroup = (
   known: (name: string) => boolean,
   tls: MeshTls | undefined
 ): ServiceGroup => {
-  const policy = state.policies.traffic.find((p) => p.service === service.name)
-  const compiled = compileForSnapshot(state.policies, state.mesh.trustDomain)
+  const policy = state.policy.traffic.get(service.name)
+  const compiled = state.policy
   const name = service.name
   const resources: Array<XdsResource> = [
     resource(name, Types.Listener, name, apiListener(service)),
@@ -147,8 +157,18 @@ const buildGroup = (
     ),
     resource(name, Types.Cluster, name, edsCluster(name, service, false, compiled)),
     resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service)),
-    resource(name, Types.Cluster, outboundName(name), tlsCluster(edsCluster(outboundName(name), service, true, compiled), service, tls)),
-    resource(name, Types.Listener, inboundName(name), tls ? withDownstreamTls(inboundListener(service, compiled), tls, service) : inboundListener(service, compiled)),
+    resource(
+      name,
+      Types.Cluster,
+      outboundName(name),
+      tlsCluster(edsCluster(outboundName(name), service, true, compiled), service, tls)
+    ),
+    resource(
+      name,
+      Types.Listener,
+      inboundName(name),
+      tls ? withDownstreamTls(inboundListener(service, compiled), tls, service) : inboundListener(service, compiled)
+    ),
     resource(name, Types.Cluster, inboundName(name), inboundCluster(service))
   ]
   const tcp = service.protocol === "tcp"
@@ -158,7 +178,7 @@ const buildGroup = (
     const issues = check("envoy.config.route.v3.VirtualHost", outboundVirtualHost)
     if (issues.length > 0) throw new ServiceInvalid(name, `outbound virtual host: ${issues.join("; ")}`)
   }
-  return { service: name, key, resources, outboundVirtualHost, tcp, version: versionOf(resources) }
+  return { service: name, key, resources, outboundVirtualHost, tcp, version: versionOf(resources), source: service }
 }
 
 const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undefined) =>
@@ -171,21 +191,24 @@ const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undef
  */
 export const meshTls = (state: MeshState): MeshTls | undefined =>
   state.secrets?.has(ROOT_CA_SECRET) && state.sidecarKeys === true
-    ? { trustDomain: state.mesh.trustDomain, mode: state.policies.security.mtls }
+    ? { trustDomain: state.mesh.trustDomain, mode: state.policy.mtls }
     : undefined
 
 /** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
 const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>, tls: MeshTls | undefined): string => {
-  const policy = state.policies.traffic.find((p) => p.service === service.name)
+  const policy = state.policy.traffic.get(service.name)
   const destinations = policy?.routes.flatMap((r) => r.destinations.map((d) => `${d.service}:${known.has(d.service)}`))
   // The rest of the policy that applies to the service: authorization, resilience, observability.
-  const rest = servicePolicyKey(compileForSnapshot(state.policies, state.mesh.trustDomain), service.name)
+  const rest = servicePolicyKey(state.policy, service.name)
   return JSON.stringify([service, policy ?? null, destinations ?? null, rest, tls ?? null])
 }
 
 /** The outbound listener and the tracing collector's cluster, encoded once per observability setting. */
-const meshResources = new WeakMap<object, { readonly listener: XdsResource; readonly tracing: XdsResource | undefined }>()
-const meshResourcesFor = (observability: MeshState["policies"]["observability"]) => {
+const meshResources = new WeakMap<
+  object,
+  { readonly listener: XdsResource; readonly tracing: XdsResource | undefined }
+>()
+const meshResourcesFor = (observability: MeshState["policy"]["observability"]) => {
   const cached = meshResources.get(observability)
   if (cached !== undefined) return cached
   const collector = tracingCluster(observability)
@@ -211,28 +234,60 @@ const secretResources = new WeakMap<object, SecretResources>()
 const secretResourcesFor = (name: string, secret: Readonly<Record<string, unknown>>): SecretResources => {
   const cached = secretResources.get(secret)
   if (cached !== undefined && cached.name === name) return cached
-  const trusted = name === ROOT_CA_SECRET ? (secret as { validation_context?: { trusted_ca?: unknown } }).validation_context?.trusted_ca : undefined
+  const trusted = name === ROOT_CA_SECRET
+    ? (secret as { validation_context?: { trusted_ca?: unknown } }).validation_context?.trusted_ca
+    : undefined
   const built: SecretResources = {
     name,
     main: resource("(secrets)", Types.Secret, name, { ...secret, name }),
-    own: "tls_certificate" in secret ? resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET }) : undefined,
+    own: "tls_certificate" in secret
+      ? resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET })
+      : undefined,
     bundle: trusted === undefined
       ? undefined
-      : resource("(secrets)", Types.Secret, TRUST_BUNDLE, { name: TRUST_BUNDLE, validation_context: { trusted_ca: trusted } })
+      : resource("(secrets)", Types.Secret, TRUST_BUNDLE, {
+        name: TRUST_BUNDLE,
+        validation_context: { trusted_ca: trusted }
+      })
   }
   secretResources.set(secret, built)
   return built
 }
 
+/**
+ * The same service value, compared one level deep: the registry rebuilds its service objects on
+ * every change but keeps their parts (endpoints, tags, metadata) when they did not change, so this
+ * recognises an unchanged service without serialising it (what made a one-endpoint change cost
+ * O(services) in `groupKey`). A false "different" only costs the `groupKey` comparison.
+ */
+const sameService = (a: Service, b: Service): boolean =>
+  a === b || (
+    a.name === b.name && a.protocol === b.protocol && a.port === b.port && a.failMode === b.failMode &&
+    a.source === b.source && a.healthCheck === b.healthCheck && a.tags === b.tags && a.metadata === b.metadata &&
+    a.endpoints.length === b.endpoints.length && a.endpoints.every((e, i) => e === b.endpoints[i])
+  )
+
+const sameNames = (a: ReadonlyArray<string>, b: ReadonlyArray<string>) =>
+  a === b || (a.length === b.length && a.every((n, i) => n === b[i]))
+
 /** Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change. */
 export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySnapshot): XdsSnapshot => {
-  const known = new Set(state.services.map((s) => s.name))
+  const names = state.services.map((s) => s.name)
+  const known = new Set(names)
   const tls = meshTls(state)
+  const inputs = { policy: state.policy, tls: JSON.stringify(tls ?? null), names }
+  const was = previous.inputs
+  const sameInputs = was !== undefined && was.policy === inputs.policy && was.tls === inputs.tls &&
+    sameNames(was.names, names)
   const groups = new Map<string, ServiceGroup>()
   const errors: Array<SnapshotError> = []
   for (const service of state.services) {
-    const key = groupKey(service, state, known, tls)
     const before = previous.groups.get(service.name)
+    if (sameInputs && before?.source !== undefined && sameService(before.source, service)) {
+      groups.set(service.name, before)
+      continue
+    }
+    const key = groupKey(service, state, known, tls)
     if (before !== undefined && before.key === key) {
       groups.set(service.name, before)
       continue
@@ -255,7 +310,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   // when one of them changed (unchanged groups keep their virtual host object).
   const virtualHosts = [...groups.values()].flatMap((g) => (g.outboundVirtualHost ? [g.outboundVirtualHost] : []))
   const before = previous.outbound
-  const mesh = meshResourcesFor(state.policies.observability)
+  const mesh = meshResourcesFor(state.policy.observability)
   const sameHosts = before !== undefined && before.virtualHosts.length === virtualHosts.length &&
     before.virtualHosts.every((v, i) => v === virtualHosts[i] || JSON.stringify(v) === JSON.stringify(virtualHosts[i]))
   const outbound = sameHosts && before.listener === mesh.listener
@@ -294,7 +349,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const mark = (r: XdsResource) => changed.get(r.typeUrl)?.add(r.name)
   for (const [name, group] of groups) {
     const old = previous.groups.get(name)
-    if (old !== group) {
+    if (old !== group && old?.version !== group.version) {
       group.resources.forEach(mark)
       old?.resources.forEach(mark)
     }
@@ -318,6 +373,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
 
   return {
     changes: { from: previous.version, names: changed },
+    inputs,
     version: hash(parts.join("\n")),
     resources: byType,
     groups,
@@ -346,9 +402,12 @@ export const sidecarService = (nodeId: string): string | undefined => {
  * The names a wildcard subscription (Envoy's LDS and CDS) receives. Proxyless gRPC clients never
  * subscribe by wildcard: they name `<service>` resources.
  */
-export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> => {
+export const wildcardNames = (snapshot: XdsSnapshot, url: string, nodeId: string): ReadonlyArray<string> =>
+  wildcardNamesOf(snapshot, url, sidecarService(nodeId))
+
+/** `wildcardNames` for the sidecar of service `own` (undefined: not a sidecar). */
+export const wildcardNamesOf = (snapshot: XdsSnapshot, url: string, own: string | undefined): ReadonlyArray<string> => {
   if (url !== TypeUrls.Listener && url !== TypeUrls.Cluster) return []
-  const own = sidecarService(nodeId)
   return [...(snapshot.resources.get(url)?.keys() ?? [])].filter((n) => inWildcard(url, own, n))
 }
 

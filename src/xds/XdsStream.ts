@@ -12,22 +12,59 @@
  *   rejected content is not sent again: only a change of content (or, SotW, of subscription)
  *   leads to another push.
  *
- * SotW: every response holds every subscribed resource that exists (a client treats an LDS/CDS
- * resource left out as deleted), and a changed subscription always gets a fresh response, since
- * gRPC clients subscribe one name at a time and wait for an answer to each.
+ * SotW, Listener and Cluster (and Secret): every response holds every subscribed resource that
+ * exists (a client treats an LDS/CDS resource left out as deleted), and a changed subscription
+ * always gets a fresh response, since gRPC clients subscribe one name at a time and wait for an
+ * answer to each.
+ * SotW, ClusterLoadAssignment and RouteConfiguration: a response holds only the subscribed resources
+ * the client does not have in their current version (the xDS spec lets a server leave out, for
+ * these types, what did not change; Envoy and grpc-js-xds keep what a response does not name).
+ * One endpoint change so sends one ClusterLoadAssignment, not all of them.
  * Delta: only changed resources are sent; names the client has that are gone (or left the
  * wildcard set) go in `removed_resources`.
+ *
+ * A stream in step with the snapshot its state was last reconciled with (`synced` is the new
+ * snapshot's `changes.from`) looks only at the names that changed, so a push costs what changed,
+ * not what exists.
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
-import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
-import { encodeDeltaResponse, encodeSotwResponse } from "./Wire.js"
-import { TypeUrls } from "./Protos.js"
 import { OWN_SECRET, TRUST_BUNDLE } from "./Resources.js"
-import { inWildcard, sidecarService, versionOf, wildcardNames, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
+import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
+import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
+import { encodeDeltaResponse, encodeSotwBody, encodeSotwResponse, encodeSotwResponseFrom } from "./Wire.js"
+import {
+  inWildcard,
+  sidecarService,
+  versionOf,
+  wildcardNamesOf,
+  type XdsResource,
+  type XdsSnapshot
+} from "./XdsSnapshot.js"
 
 export type Protocol = "sotw" | "delta"
 export type ClientKind = "proxyless" | "envoy" | "unknown"
+
+/**
+ * Bounds on what a client can make the server hold. A request beyond a bound is rejected: the
+ * stream ends with the status named here (the client reconnects and may ask again within the
+ * bounds), and nothing of the request is applied. Sized so that a sidecar of a 10,000-service mesh
+ * (one EDS name per service, twice over for inbound and outbound) stays well inside.
+ */
+export const XdsLimits = {
+  /** Resource names in one request (SotW `resource_names`, Delta subscribe + unsubscribe). */
+  namesPerRequest: 50_000,
+  /** Distinct subscribed names on one stream, all types together. */
+  subscriptionsPerStream: 100_000,
+  /** Characters in one resource name. */
+  nameLength: 4096,
+  /** Characters of a client-sent string (node id, user agent, NACK `error_detail`) kept for logs and `/status`. */
+  shown: 1024
+} as const
+
+/** `text` cut to `XdsLimits.shown` characters, saying how long it was: what logs and `/status` show of client input. */
+export const clip = (text: string, max: number = XdsLimits.shown): string =>
+  text.length <= max ? text : `${text.slice(0, max)}... (${text.length} characters, cut)`
 
 export interface Nack {
   readonly version: string
@@ -35,30 +72,59 @@ export interface Nack {
   readonly at: number
 }
 
-export interface TypeState {
+/** What both protocols keep per resource type. */
+interface TypeStateBase {
   subscribed: boolean
   wildcard: boolean
   names: Set<string>
-  /** SotW: the subscription changed since the last push. */
-  dirty: boolean
   pendingNonce: string | undefined
   pendingVersion: string | undefined
   pendingSince: number
-  /** SotW: the content version of the last push. */
-  lastSent: string | undefined
-  /** SotW: the content version the client rejected last. */
-  rejected: string | undefined
-  /** Delta: resource name → version the client has been sent (or told it has). */
-  readonly known: Map<string, string>
-  /** Delta: the snapshot version `known` was last reconciled with (unset after a subscription change). */
-  synced: string | undefined
-  /** Delta: refused secrets already answered with `removed_resources` (once per subscription). */
-  readonly toldAbsent: Set<string>
   acked: { version: string; at: number } | undefined
   lastNack: Nack | undefined
   nacks: number
   pushes: number
 }
+
+/** SotW for Listener, Cluster and Secret: every push is the whole subscribed set, so the state is its version. */
+export interface SotwWholeState extends TypeStateBase {
+  readonly _tag: "SotwWhole"
+  /** The subscription changed since the last push. */
+  dirty: boolean
+  /** The content version of the last push. */
+  lastSent: string | undefined
+  /** The content version the client rejected last. */
+  rejected: string | undefined
+  /** The snapshot version this type was last decided against (unset after a subscription change). */
+  synced: string | undefined
+}
+
+/**
+ * SotW for ClusterLoadAssignment and RouteConfiguration: a push names only what the client lacks,
+ * so the state is what the client holds, by name (as Delta, without removals).
+ */
+export interface SotwMergedState extends TypeStateBase {
+  readonly _tag: "SotwMerged"
+  /** The subscription changed since the last push. */
+  dirty: boolean
+  /** Resource name → version sent (the client keeps a rejected one's previous version; it is not resent). */
+  readonly sent: Map<string, string>
+  /** The snapshot version `sent` was last reconciled with (unset after a subscription change). */
+  synced: string | undefined
+}
+
+/** Delta: pushes carry only what changed, so the state is what the client holds, by name. */
+export interface DeltaTypeState extends TypeStateBase {
+  readonly _tag: "Delta"
+  /** Resource name → version the client has been sent (or told it has). */
+  readonly known: Map<string, string>
+  /** The snapshot version `known` was last reconciled with (unset after a subscription change). */
+  synced: string | undefined
+  /** Refused secrets already answered with `removed_resources` (once per subscription). */
+  readonly toldAbsent: Set<string>
+}
+
+export type TypeState = SotwWholeState | SotwMergedState | DeltaTypeState
 
 /**
  * Whose private key a stream may read over SDS (everyone may read `ROOTCA`):
@@ -93,7 +159,12 @@ export interface StreamState {
   readonly protocol: Protocol
   readonly peer: string
   readonly connectedAt: number
+  /** The node of the first request, its strings clipped (`clip`). */
   node: NodeInfo | undefined
+  /** The service whose sidecar this is (from the full node id `<service>~<instance>`), if any. */
+  own: string | undefined
+  /** Distinct subscribed names over all types (bounded by `XdsLimits.subscriptionsPerStream`). */
+  subscriptions: number
   readonly types: Map<string, TypeState>
   nonce: number
   readonly access: SecretAccess
@@ -111,6 +182,8 @@ export const newStream = (
   peer,
   connectedAt: now,
   node: undefined,
+  own: undefined,
+  subscriptions: 0,
   types: new Map(),
   nonce: 0,
   access
@@ -119,16 +192,24 @@ export const newStream = (
 /** Remembers the node of a stream's first request; with `node-id` access, it names the identity. */
 const bindNode = (stream: StreamState, node: NodeInfo | undefined) => {
   if (stream.node !== undefined || node === undefined) return
-  stream.node = node
+  stream.node = {
+    id: clip(node.id),
+    cluster: clip(node.cluster),
+    user_agent_name: clip(node.user_agent_name),
+    user_agent_version: clip(node.user_agent_version)
+  }
+  const service = sidecarService(node.id)
+  stream.own = service
   if (stream.access.source === "node-id") {
-    const service = sidecarService(node.id)
     stream.access.spiffeId = service === undefined ? undefined : serviceId(stream.access.trustDomain, service)
   }
 }
 
 /** Whether the stream may read secret `name` (`OWN_SECRET` is its own identity's, if it has one). */
 export const secretAllowed = (stream: StreamState, name: string): boolean =>
-  name === OWN_SECRET ? stream.access.spiffeId !== undefined : name === TRUST_BUNDLE || mayReadSecret(stream.access.spiffeId, name)
+  name === OWN_SECRET
+    ? stream.access.spiffeId !== undefined
+    : name === TRUST_BUNDLE || mayReadSecret(stream.access.spiffeId, name)
 
 /**
  * The resource a stream gets for `name`: for secrets, only what it may read, and `OWN_SECRET`
@@ -148,34 +229,50 @@ const lookup = (stream: StreamState, url: string, snapshot: XdsSnapshot, name: s
 export const newDenials = (stream: StreamState, url: string, names: ReadonlyArray<string>): ReadonlyArray<string> => {
   if (url !== TypeUrls.Secret) return []
   const fresh = names.filter((n) => n !== "*" && !secretAllowed(stream, n) && !stream.access.denied.has(n))
-  for (const n of fresh) stream.access.denied.add(n)
-  return fresh
+  // Remembered (so logged) up to a bound; past it a denial is still counted and answered as absent.
+  const room = Math.max(0, MAX_DENIED - stream.access.denied.size)
+  const logged = fresh.slice(0, room)
+  for (const n of logged) stream.access.denied.add(n)
+  return logged
 }
+
+const base = (): TypeStateBase => ({
+  subscribed: false,
+  wildcard: false,
+  names: new Set(),
+  pendingNonce: undefined,
+  pendingVersion: undefined,
+  pendingSince: 0,
+  acked: undefined,
+  lastNack: undefined,
+  nacks: 0,
+  pushes: 0
+})
+
+/** The SotW types whose responses may leave out what did not change. */
+const mergedType = (url: string) => url === TypeUrls.ClusterLoadAssignment || url === TypeUrls.RouteConfiguration
+
+const newTypeState = (protocol: Protocol, url: string): TypeState =>
+  protocol === "delta"
+    ? { ...base(), _tag: "Delta", known: new Map(), synced: undefined, toldAbsent: new Set() }
+    : mergedType(url)
+    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: new Map(), synced: undefined }
+    : { ...base(), _tag: "SotwWhole", dirty: false, lastSent: undefined, rejected: undefined, synced: undefined }
+
+/** The stream's state for `url`, created on first use in the stream's protocol. */
+const MAX_DENIED = 1000
 
 const typeState = (stream: StreamState, url: string): TypeState => {
   let t = stream.types.get(url)
   if (t === undefined) {
-    t = {
-      subscribed: false,
-      wildcard: false,
-      names: new Set(),
-      dirty: false,
-      pendingNonce: undefined,
-      pendingVersion: undefined,
-      pendingSince: 0,
-      lastSent: undefined,
-      rejected: undefined,
-      known: new Map(),
-      synced: undefined,
-      toldAbsent: new Set(),
-      acked: undefined,
-      lastNack: undefined,
-      nacks: 0,
-      pushes: 0
-    }
+    t = newTypeState(stream.protocol, url)
     stream.types.set(url, t)
   }
   return t
+}
+const deltaState = (stream: StreamState, url: string): DeltaTypeState | undefined => {
+  const t = stream.types.get(url)
+  return t?._tag === "Delta" ? t : undefined
 }
 
 export const kindOf = (node: NodeInfo | undefined): ClientKind => {
@@ -194,8 +291,18 @@ export type RequestOutcome =
   | { readonly _tag: "Ack"; readonly version: string; readonly latency: number }
   | { readonly _tag: "Nack"; readonly nack: Nack }
   | { readonly _tag: "Stale" }
+  /** A type this server does not serve: no state is kept for it, nothing is ever sent. */
+  | { readonly _tag: "UnknownType" }
+  /** Over a bound (`XdsLimits`): nothing was applied; the stream is to end with `code`. */
+  | { readonly _tag: "Rejected"; readonly code: "RESOURCE_EXHAUSTED" | "INVALID_ARGUMENT"; readonly reason: string }
 
-const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest["error_detail"], now: number): RequestOutcome => {
+const settle = (
+  t: TypeState,
+  nonce: string,
+  version: string,
+  error: SotwRequest["error_detail"],
+  now: number
+): RequestOutcome => {
   if (nonce === "") return { _tag: "Subscribe" }
   if (t.pendingNonce === undefined || nonce !== t.pendingNonce) return { _tag: "Stale" }
   const latency = now - t.pendingSince
@@ -203,9 +310,9 @@ const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest
   t.pendingNonce = undefined
   t.pendingVersion = undefined
   if (error !== undefined) {
-    const nack = { version: sent, message: error.message, at: now }
+    const nack = { version: sent, message: clip(error.message), at: now }
     t.lastNack = nack
-    t.rejected = sent
+    if (t._tag === "SotwWhole") t.rejected = sent
     t.nacks++
     return { _tag: "Nack", nack }
   }
@@ -215,24 +322,78 @@ const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest
 
 const sameSet = (a: ReadonlySet<string>, b: ReadonlySet<string>) => a.size === b.size && [...a].every((x) => b.has(x))
 
+/** Why a request breaks a bound, if it does; `added` is how many distinct names it would add to the stream. */
+const overLimit = (
+  stream: StreamState,
+  names: ReadonlyArray<string>,
+  added: number
+): Extract<RequestOutcome, { _tag: "Rejected" }> | undefined => {
+  if (names.length > XdsLimits.namesPerRequest) {
+    return {
+      _tag: "Rejected",
+      code: "RESOURCE_EXHAUSTED",
+      reason: `${names.length} resource names in one request; at most ${XdsLimits.namesPerRequest} are accepted`
+    }
+  }
+  if (names.some((n) => n.length > XdsLimits.nameLength)) {
+    return {
+      _tag: "Rejected",
+      code: "INVALID_ARGUMENT",
+      reason: `a resource name longer than ${XdsLimits.nameLength} characters`
+    }
+  }
+  if (stream.subscriptions + added > XdsLimits.subscriptionsPerStream) {
+    return {
+      _tag: "Rejected",
+      code: "RESOURCE_EXHAUSTED",
+      reason: `${stream.subscriptions + added} subscribed resource names on one stream; ` +
+        `at most ${XdsLimits.subscriptionsPerStream} are accepted`
+    }
+  }
+  return undefined
+}
+
 export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
+  if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
+  const before = stream.types.get(request.type_url)?.names.size ?? 0
+  const distinct = new Set(request.resource_names).size
+  const rejected = overLimit(stream, request.resource_names, distinct - before)
+  if (rejected !== undefined) return rejected
   const t = typeState(stream, request.type_url)
+  if (t._tag === "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
   if (outcome._tag === "Stale") return outcome
   const names = new Set(request.resource_names.filter((n) => n !== "*"))
   const wildcard = request.resource_names.includes("*") ||
     (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
-  if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) t.dirty = true
+  if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) {
+    t.dirty = true
+    t.synced = undefined
+    // A name left and asked for again is sent again: the client forgot it when it left.
+    if (t._tag === "SotwMerged") { for (const n of t.sent.keys()) if (!names.has(n)) t.sent.delete(n) }
+  }
   t.subscribed = true
   t.wildcard = wildcard
+  stream.subscriptions += names.size - t.names.size
   t.names = names
   return outcome
 }
 
 export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
+  if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
+  const held = stream.types.get(request.type_url)?.names
+  const fresh = new Set(request.resource_names_subscribe.filter((n) => n !== "*" && held?.has(n) !== true)).size
+  const initial = Object.keys(request.initial_resource_versions)
+  const rejected = overLimit(
+    stream,
+    [...request.resource_names_subscribe, ...request.resource_names_unsubscribe, ...initial],
+    fresh
+  )
+  if (rejected !== undefined) return rejected
   const t = typeState(stream, request.type_url)
+  if (t._tag !== "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
   if (!t.subscribed) {
     for (const [name, version] of Object.entries(request.initial_resource_versions)) t.known.set(name, version)
@@ -241,6 +402,7 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
   if (request.resource_names_subscribe.length > 0 || request.resource_names_unsubscribe.length > 0 || !t.subscribed) {
     t.synced = undefined
   }
+  const before = t.names.size
   for (const name of request.resource_names_subscribe) {
     if (name === "*") t.wildcard = true
     else t.names.add(name)
@@ -253,13 +415,14 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
       t.toldAbsent.delete(name)
     }
   }
+  stream.subscriptions += t.names.size - before
   t.subscribed = true
   return outcome
 }
 
 const wanted = (stream: StreamState, t: TypeState, url: string, snapshot: XdsSnapshot): ReadonlyArray<string> => {
   if (!t.wildcard) return [...t.names]
-  const names = new Set(wildcardNames(snapshot, url, stream.node?.id ?? ""))
+  const names = new Set(wildcardNamesOf(snapshot, url, stream.own))
   for (const n of t.names) names.add(n)
   return [...names]
 }
@@ -274,29 +437,126 @@ export interface Push {
 
 const nextNonce = (stream: StreamState) => String(++stream.nonce)
 
-/** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
-export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
-  const t = stream.types.get(url)
-  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
-  const names = wanted(stream, t, url, snapshot)
-  if (!t.wildcard && names.length === 0) {
-    t.dirty = false
-    return undefined
+/** Whether a changed name concerns this stream's subscription to `url`. */
+const concerns = (
+  stream: StreamState,
+  t: TypeState,
+  url: string,
+  changed: ReadonlySet<string> | undefined
+): boolean => {
+  if (changed === undefined) return false
+  for (const n of changed) if (t.names.has(n) || (t.wildcard && inWildcard(url, stream.own, n))) return true
+  return false
+}
+
+/** The snapshot's changes since `synced`, if the stream is in step with the snapshot they start from. */
+const changesSince = (snapshot: XdsSnapshot, synced: string | undefined, url: string) => {
+  const delta = snapshot.changes
+  return synced !== undefined && delta !== undefined && delta.from === synced
+    ? { names: delta.names.get(url) ?? new Set<string>() }
+    : undefined
+}
+
+/**
+ * The whole subscribed set of `url` for a wildcard subscription without named extras, computed
+ * once per snapshot and client view (the sidecar's service) and shared by every stream with that
+ * view: a thousand sidecars do not each sort and hash the same thousand clusters.
+ */
+const wholeSets = new WeakMap<
+  XdsSnapshot,
+  Map<string, { readonly version: string; readonly body: Buffer; readonly count: number }>
+>()
+const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot: XdsSnapshot) => {
+  const shared = t.wildcard && t.names.size === 0 && url !== TypeUrls.Secret
+  const key = `${url}\u0000${stream.own ?? ""}`
+  if (shared) {
+    const cached = wholeSets.get(snapshot)?.get(key)
+    if (cached !== undefined) return cached
   }
-  const resources = names.flatMap((n) => {
+  const resources = wanted(stream, t, url, snapshot).flatMap((n) => {
     const r = lookup(stream, url, snapshot, n)
     return r === undefined ? [] : [r]
   }).sort(byName)
   const version = versionOf(resources)
-  if (!t.dirty && (version === t.lastSent || version === t.rejected)) return undefined
+  const built = { version, body: encodeSotwBody(version, resources), count: resources.length }
+  if (shared) {
+    let bySnapshot = wholeSets.get(snapshot)
+    if (bySnapshot === undefined) wholeSets.set(snapshot, bySnapshot = new Map())
+    bySnapshot.set(key, built)
+  }
+  return built
+}
+
+const sotwWholePush = (
+  stream: StreamState,
+  t: SotwWholeState,
+  url: string,
+  snapshot: XdsSnapshot,
+  now: number
+): Push | undefined => {
+  if (!t.wildcard && t.names.size === 0) {
+    t.dirty = false
+    return undefined
+  }
+  // In step and nothing this stream sees changed: the set (so its version) is what it was.
+  const since = t.dirty ? undefined : changesSince(snapshot, t.synced, url)
+  const unchanged = since !== undefined && !concerns(stream, t, url, since.names)
+  t.synced = snapshot.version
+  if (unchanged) return undefined
+  const set = wholeSet(stream, t, url, snapshot)
+  if (!t.dirty && (set.version === t.lastSent || set.version === t.rejected)) return undefined
   const nonce = nextNonce(stream)
   t.pendingNonce = nonce
-  t.pendingVersion = version
+  t.pendingVersion = set.version
   t.pendingSince = now
-  t.lastSent = version
+  t.lastSent = set.version
   t.dirty = false
   t.pushes++
-  return { bytes: encodeSotwResponse(version, resources, url, nonce), resources: resources.length, removed: 0 }
+  return { bytes: encodeSotwResponseFrom(set.body, url, nonce), resources: set.count, removed: 0 }
+}
+
+const sotwMergedPush = (
+  stream: StreamState,
+  t: SotwMergedState,
+  url: string,
+  snapshot: XdsSnapshot,
+  now: number
+): Push | undefined => {
+  if (t.names.size === 0) {
+    t.dirty = false
+    return undefined
+  }
+  if (!t.dirty && t.synced === snapshot.version) return undefined
+  const since = t.dirty ? undefined : changesSince(snapshot, t.synced, url)
+  const updates: Array<XdsResource> = []
+  for (const n of since?.names ?? t.names) {
+    if (!t.names.has(n)) continue
+    const r = lookup(stream, url, snapshot, n)
+    if (r === undefined) t.sent.delete(n)
+    else if (t.sent.get(n) !== r.version) updates.push(r)
+  }
+  t.synced = snapshot.version
+  // A changed subscription is always answered (gRPC clients wait for an answer to each), even
+  // when all it asks for is already held or does not exist.
+  if (updates.length === 0 && !t.dirty) return undefined
+  updates.sort(byName)
+  for (const r of updates) t.sent.set(r.name, r.version)
+  const nonce = nextNonce(stream)
+  t.pendingNonce = nonce
+  t.pendingVersion = snapshot.version
+  t.pendingSince = now
+  t.dirty = false
+  t.pushes++
+  return { bytes: encodeSotwResponse(snapshot.version, updates, url, nonce), resources: updates.length, removed: 0 }
+}
+
+/** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
+export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  const t = stream.types.get(url)
+  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
+  if (t._tag === "SotwWhole") return sotwWholePush(stream, t, url, snapshot, now)
+  if (t._tag === "SotwMerged") return sotwMergedPush(stream, t, url, snapshot, now)
+  return undefined
 }
 
 /**
@@ -305,7 +565,7 @@ export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot
  * changed between the two are examined, so a push costs what changed, not what exists.
  */
 export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
-  const t = stream.types.get(url)
+  const t = deltaState(stream, url)
   if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
   // Reconciled with this very snapshot and no subscription change since: nothing to send.
   if (t.synced === snapshot.version) return undefined
@@ -313,7 +573,7 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
   const removed: Array<string> = []
   const delta = snapshot.changes
   if (t.synced !== undefined && delta !== undefined && delta.from === t.synced) {
-    const own = sidecarService(stream.node?.id ?? "")
+    const own = stream.own
     for (const n of delta.names.get(url) ?? []) {
       const want = t.names.has(n) || (t.wildcard && inWildcard(url, own, n))
       const r = lookup(stream, url, snapshot, n)
@@ -327,7 +587,10 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
       const r = lookup(stream, url, snapshot, n)
       if (r !== undefined && t.known.get(n) !== r.version) updates.push(r)
       // A refused secret is answered as absent, so the client need not wait for it.
-      if (r === undefined && !t.known.has(n) && !t.toldAbsent.has(n) && url === TypeUrls.Secret && !secretAllowed(stream, n)) {
+      if (
+        r === undefined && !t.known.has(n) && !t.toldAbsent.has(n) && url === TypeUrls.Secret &&
+        !secretAllowed(stream, n)
+      ) {
         removed.push(n)
         t.toldAbsent.add(n)
       }
@@ -354,13 +617,54 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
 export const push = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined =>
   stream.protocol === "sotw" ? sotwPush(stream, url, snapshot, now) : deltaPush(stream, url, snapshot, now)
 
-/** `type.googleapis.com/envoy.config.cluster.v3.Cluster` → `Cluster` (metric labels, status). */
-export const shortType = (url: string) => url.slice(url.lastIndexOf(".") + 1)
 const iso = (ms: number) => new Date(ms).toISOString()
 const MAX_LISTED = 50
 
+/** One resource type of a stream as `/status` shows it. */
+export interface TypeStatus {
+  /** Up to 50 subscribed names; `*` first for a wildcard subscription. */
+  readonly subscribed: ReadonlyArray<string>
+  readonly subscribedCount: number
+  readonly acknowledgedVersion: string | null
+  readonly acknowledgedAt: string | null
+  readonly waitingForAck: boolean
+  readonly pushes: number
+  readonly nacks: number
+  readonly lastNack: { readonly version: string; readonly message: string; readonly at: string } | null
+}
+
+/** One stream as `/status` shows it. */
+export interface StreamStatus {
+  readonly stream: number
+  readonly nodeId: string | null
+  readonly kind: ClientKind
+  readonly userAgent: string | null
+  readonly protocol: Protocol
+  readonly peer: string
+  /** The SPIFFE ID whose private key the stream may read, if any. */
+  readonly identity: string | null
+  readonly identitySource: SecretAccess["source"]
+  /** Why the stream has no identity (only when it has none). */
+  readonly identityMissing?: string
+  readonly deniedSecrets: ReadonlyArray<string>
+  readonly connectedAt: string
+  /** By short type name (`Cluster`, `ClusterLoadAssignment`, ...). */
+  readonly types: Readonly<Record<string, TypeStatus>>
+}
+
+const describeType = (t: TypeState): TypeStatus => ({
+  subscribed: t.wildcard ? ["*", ...[...t.names].slice(0, MAX_LISTED)] : [...t.names].slice(0, MAX_LISTED),
+  subscribedCount: t.names.size,
+  acknowledgedVersion: t.acked?.version ?? null,
+  acknowledgedAt: t.acked ? iso(t.acked.at) : null,
+  waitingForAck: t.pendingNonce !== undefined,
+  pushes: t.pushes,
+  nacks: t.nacks,
+  lastNack: t.lastNack ? { version: t.lastNack.version, message: t.lastNack.message, at: iso(t.lastNack.at) } : null
+})
+
 /** The stream as `/status` shows it. */
-export const describeStream = (stream: StreamState) => ({
+export const describeStream = (stream: StreamState): StreamStatus => ({
   stream: stream.id,
   nodeId: stream.node?.id ?? null,
   kind: kindOf(stream.node),
@@ -369,19 +673,12 @@ export const describeStream = (stream: StreamState) => ({
   peer: stream.peer,
   identity: stream.access.spiffeId ?? null,
   identitySource: stream.access.source,
-  ...(stream.access.reason !== undefined && stream.access.spiffeId === undefined ? { identityMissing: stream.access.reason } : {}),
+  ...(stream.access.reason !== undefined && stream.access.spiffeId === undefined
+    ? { identityMissing: stream.access.reason }
+    : {}),
   deniedSecrets: [...stream.access.denied].slice(0, MAX_LISTED),
   connectedAt: iso(stream.connectedAt),
   types: Object.fromEntries(
-    [...stream.types].map(([url, t]) => [shortType(url), {
-      subscribed: t.wildcard ? ["*", ...[...t.names].slice(0, MAX_LISTED)] : [...t.names].slice(0, MAX_LISTED),
-      subscribedCount: t.names.size,
-      acknowledgedVersion: t.acked?.version ?? null,
-      acknowledgedAt: t.acked ? iso(t.acked.at) : null,
-      waitingForAck: t.pendingNonce !== undefined,
-      pushes: t.pushes,
-      nacks: t.nacks,
-      lastNack: t.lastNack ? { version: t.lastNack.version, message: t.lastNack.message, at: iso(t.lastNack.at) } : null
-    }])
+    [...stream.types].flatMap(([url, t]) => (isKnownType(url) ? [[shortType(url), describeType(t)]] : []))
   )
 })

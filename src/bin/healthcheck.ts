@@ -1,6 +1,6 @@
 /**
  * The container's HEALTHCHECK: the distroless image has no shell or curl, so Node itself asks the
- * admin server's /healthz. Usage: node dist/src/healthcheck.js [URL]
+ * admin server's /healthz. Usage: node dist/src/bin/healthcheck.js [URL]
  */
 const url = process.argv[2] ?? "http://127.0.0.1:15014/healthz"
 

@@ -1,0 +1,30 @@
+/**
+ * The admin server's metrics, declared together (as cluster's ClusterMetrics.ts). Label values
+ * come from fixed sets only, never from a request, so no caller can add series.
+ */
+import { counter } from "../Metrics.js"
+
+/** 401 (no credential) and 403 (a wrong one), by `result`: "missing" or "invalid". */
+export const authFailures = counter(
+  "mesh_controller_admin_auth_failures_total",
+  "Admin requests refused for their credential: missing (401) or invalid (403).",
+  ["result"]
+)
+
+export type RejectReason =
+  | "host"
+  | "media_type"
+  | "body_too_large"
+  | "bad_request"
+  | "unknown_service"
+  | "limit"
+
+/** Requests refused for what they carry, by `reason` (see RejectReason). */
+export const requestsRejected = counter(
+  "mesh_controller_admin_requests_rejected_total",
+  "Admin requests refused for their content: host, media_type, body_too_large, bad_request, unknown_service, limit.",
+  ["reason"]
+)
+
+export const countAuthFailure = (result: "missing" | "invalid"): void => authFailures.inc({ result })
+export const countRejected = (reason: RejectReason): void => requestsRejected.inc({ reason })

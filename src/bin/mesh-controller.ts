@@ -1,0 +1,15 @@
+#!/usr/bin/env node
+/**
+ * The executable's entry (package.json `bin`, the image's ENTRYPOINT, built as the bundle
+ * dist/bin/mesh-controller.mjs). `--version` is answered before the CLI is loaded, since loading it
+ * costs most of a second on a Raspberry Pi; everything else goes to main.ts.
+ */
+import { readPackageVersion } from "../PackageVersion.js"
+
+const args = process.argv.slice(2)
+if (args.length === 1 && args[0] === "--version") {
+  // The same bytes @effect/cli prints for --version.
+  process.stdout.write(`${readPackageVersion()}\n\n`)
+} else {
+  await import("../main.js")
+}
