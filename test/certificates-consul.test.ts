@@ -16,9 +16,11 @@ import { Certificates } from "../layers/Certificates.js"
 import { ConsulClient, makeConsulConnection } from "../layers/ConsulClient.js"
 import { Discovery } from "../layers/Discovery.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
-import { makeConsulCaStore } from "../layers/internal/ConsulCaStore.js"
+import { makeConsulCaStore, readKek } from "../layers/internal/ConsulCaStore.js"
+import { consulTokenStore } from "../layers/internal/ConsulTokenStore.js"
 import { fingerprint } from "../src/certs/Authority.js"
 import type { Service } from "../src/MeshState.js"
+import { checkRecord, hashSecret, newTokenSecrets } from "../src/tokens/Token.js"
 import { certConfig, tempDir } from "./support/certs.js"
 import { ConsulStandIn } from "./support/ConsulStandIn.js"
 import { eventually } from "./support/eventually.js"
@@ -215,4 +217,61 @@ describe(`Certificates with store: consul against ${TARGET}`, () => {
       yield* eventually(Effect.flatMap(a.status, (s) => (s.consul?.invalid?.includes("missing") ? Effect.void : Effect.fail(s))))
       assert.strictEqual((yield* a.bundle).roots.find((r) => r.state === "active")?.fingerprint, next)
     }), { timeout: 60_000 })
+})
+
+describe(`join tokens in Consul against ${TARGET}`, () => {
+  it.scopedLive("a token made at A is accepted once at B, then nowhere; two controllers racing for its last use: one wins", () =>
+    Effect.gen(function*() {
+      const { address } = yield* target
+      const dir = yield* tempDir
+      const kekFile = yield* writeKek(dir)
+      const prefix = newPrefix()
+      const connect = makeConsulConnection(certConfig({}, [], { discovery: { consul: { address } } }).discovery.consul!)
+      const a = consulTokenStore(yield* connect, prefix, yield* readKek(kekFile))
+      const b = consulTokenStore(yield* connect, prefix, yield* readKek(kekFile))
+      // One MAC key for every controller, stored sealed.
+      const [keyA, keyB] = yield* Effect.all([a.macKey, b.macKey], { concurrency: "unbounded" })
+      assert.deepStrictEqual(keyA, keyB)
+      assert.deepStrictEqual(yield* a.macKey, keyA)
+      const stored = yield* readKv(address, `${prefix}/token-mac-key`)
+      assert.notInclude(stored!, Buffer.from(keyA).toString("hex"))
+
+      const now = Date.now()
+      const make = (uses: number) =>
+        Effect.gen(function*() {
+          const { id, secret } = newTokenSecrets()
+          yield* a.create({
+            id,
+            service: "echo",
+            createdAt: new Date(now).toISOString(),
+            expiresAt: new Date(now + 3_600_000).toISOString(),
+            uses,
+            used: 0,
+            secretHash: hashSecret(secret)
+          })
+          return { id, secret }
+        })
+      const once = yield* make(1)
+      const redeem = (store: typeof a, token: { id: string; secret: string }) =>
+        store.redeem(token.id, (record) => checkRecord(record, { secret: token.secret, now: Date.now() }))
+      const atB = yield* redeem(b, once)
+      assert.isTrue(atB._tag === "Right")
+      const again = yield* redeem(a, once)
+      assert.deepStrictEqual(again._tag === "Left" ? again.left._tag : "accepted", "Spent")
+      assert.deepStrictEqual((yield* redeem(b, once))._tag, "Left")
+
+      // Both controllers spend the last use at the same moment: CAS lets exactly one through.
+      const raced = yield* make(1)
+      const outcomes = yield* Effect.all([redeem(a, raced), redeem(b, raced), redeem(a, raced), redeem(b, raced)], {
+        concurrency: "unbounded"
+      })
+      assert.strictEqual(outcomes.filter((o) => o._tag === "Right").length, 1)
+
+      // A revocation at B is seen at A.
+      const revoked = yield* make(3)
+      yield* b.revoke(revoked.id, new Date())
+      const refused = yield* redeem(a, revoked)
+      assert.strictEqual(refused._tag === "Left" ? refused.left._tag : "accepted", "Revoked")
+      assert.sameMembers((yield* a.list).map((r) => r.id), [once.id, raced.id, revoked.id])
+    }))
 })

@@ -32,7 +32,7 @@ import { type CaMaterial, newRoot, type StoreSettings } from "./CaStore.js"
 const subtle = webcrypto.subtle
 
 /** A root key as it sits in KV: AES-256-GCM ciphertext (with its tag) under the KEK. */
-interface SealedKey {
+export interface SealedKey {
   readonly alg: "A256GCM"
   readonly iv: string
   readonly data: string
@@ -98,15 +98,25 @@ export const readKek = (file: string): Effect.Effect<webcrypto.CryptoKey, CaInva
 const aadOf = (prefix: string, certPem: string) => Buffer.from(`mesh-controller ca key\0${prefix}\0${fingerprint(certPem)}`)
 
 export const sealKey = (kek: webcrypto.CryptoKey, prefix: string, certPem: string, keyPem: Redacted.Redacted<string>) =>
+  seal(kek, aadOf(prefix, certPem), Buffer.from(Redacted.value(keyPem)))
+
+/** AES-256-GCM under the KEK with a fresh 96-bit IV; `aad` binds the ciphertext to what it is for. */
+export const seal = (kek: webcrypto.CryptoKey, aad: Uint8Array, plain: Uint8Array) =>
   Effect.promise(async (): Promise<SealedKey> => {
     const iv = webcrypto.getRandomValues(new Uint8Array(12))
-    const data = await subtle.encrypt(
-      { name: "AES-GCM", iv, additionalData: aadOf(prefix, certPem) },
-      kek,
-      Buffer.from(Redacted.value(keyPem))
-    )
+    const data = await subtle.encrypt({ name: "AES-GCM", iv, additionalData: aad }, kek, plain)
     return { alg: "A256GCM", iv: Buffer.from(iv).toString("base64"), data: Buffer.from(data).toString("base64") }
   })
+
+/** The plaintext of `seal`, or undefined when the KEK or the additional data do not match. */
+export const unseal = (kek: webcrypto.CryptoKey, aad: Uint8Array, sealed: SealedKey) =>
+  Effect.promise(() =>
+    subtle.decrypt(
+      { name: "AES-GCM", iv: Buffer.from(sealed.iv, "base64"), additionalData: aad },
+      kek,
+      Buffer.from(sealed.data, "base64")
+    ).then((plain) => new Uint8Array(plain), () => undefined)
+  )
 
 const openKey = (kek: webcrypto.CryptoKey, prefix: string, where: string, root: StoredRoot) =>
   Effect.tryPromise({
@@ -249,6 +259,8 @@ export interface ConsulCaStore {
   readonly rotate: Effect.Effect<string, CaInvalid | CaOperationRefused | SigningFailed | ConsulUnavailable>
   /** `ca rotate --activate`: `next` signs, the old active root retires (CAS on the document). */
   readonly activate: Effect.Effect<string, CaInvalid | CaOperationRefused | ConsulUnavailable>
+  /** The KEK, for the token store beside the CA (layers/internal/ConsulTokenStore.ts). */
+  readonly kek: webcrypto.CryptoKey
 }
 
 export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<ConsulCaStore, CaInvalid> =>
@@ -400,7 +412,9 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
               )
             }
             yield* Ref.set(invalid, null)
-            yield* Ref.set(latest, Option.some(doc.Value))
+            // Token writes under the prefix wake the watch too; only a changed CA document matters.
+            const before = yield* Ref.getAndSet(latest, Option.some(doc.Value))
+            if (Option.isSome(before) && before.value === doc.Value) return
             yield* onChange
           }),
         onError: (error) => Ref.set(consulError, error.reason),
@@ -462,6 +476,7 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
 
     return {
       keys,
+      kek,
       open,
       read,
       current,
