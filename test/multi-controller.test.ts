@@ -8,12 +8,17 @@
  * prefix unique to the run); the fault tests need the stand-in and are skipped.
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
+import Consul from "consul"
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Either, Exit, Scope } from "effect"
+import { requestCertificate } from "../layers/internal/SigningClient.js"
+import { generateKeyPair } from "../src/certs/Authority.js"
+import { makeCsr } from "../src/signing/Csr.js"
+import { freePort } from "./support/agent.js"
 import { ConsulStandIn } from "./support/ConsulStandIn.js"
 import { type Daemon, MAIN, requireBuild, runCli, startDaemon } from "./support/daemon.js"
 import { waitFor } from "./support/eventually.js"
@@ -47,14 +52,17 @@ const fleet = (address: string) => {
   const kek = join(dir, "kek")
   writeFileSync(kek, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 })
   const prefix = `mesh-controller-test/${run}-${++count}/ca`
-  const config = (name: string) => {
+  const config = (name: string, signingPort?: number) => {
     const path = join(dir, `${name}.yaml`)
     writeFileSync(path, `
-mesh: { name: multi }
+mesh: { name: multi, trustDomain: mesh.local }
 controller:
   xds: { host: 127.0.0.1, port: 0 }
   admin: { host: 127.0.0.1, port: 0 }
   shutdownTimeout: 5s
+${signingPort === undefined ? "" : `  signing: { host: 127.0.0.1, port: ${signingPort} }`}
+services:
+  - { name: web, port: 8080 }
 discovery: { consul: { address: ${JSON.stringify(address)}, watchWait: 5s } }
 certificates:
   dir: ${JSON.stringify(join(dir, name))}
@@ -127,6 +135,46 @@ describe(`several controllers on one Consul (${REAL_AGENT ? `agent ${REAL_AGENT}
     expect(shown.stdout).toContain("active root")
     expect(shown.stdout).toContain("previous root")
   }, 90_000)
+})
+
+describe(`join tokens across controllers (${REAL_AGENT ? `agent ${REAL_AGENT}` : "the stand-in"})`, () => {
+  it("a token made at A buys a certificate at B once, then nowhere", async () => {
+    const address = REAL_AGENT ?? (await standIn()).address
+    const { config, prefix } = fleet(address)
+    const [portA, portB] = [await freePort(), await freePort()]
+    const configA = config("a", portA)
+    const configB = config("b", portB)
+    const daemons = (await Promise.all([startDaemon(configA), startDaemon(configB)])).map(track)
+    expect(daemons).toHaveLength(2)
+    const created = await runCli(["token", "create", "--config", configA, "--service", "web"])
+    expect(created.code, created.stderr).toBe(0)
+    const token = created.stdout.trim()
+    const url = new URL(address)
+    const entry = (await new Consul({ host: url.hostname, port: Number(url.port) }).kv.get(`${prefix}/ca`)) as { Value: string }
+    const doc = JSON.parse(entry.Value) as { active: { cert: string } }
+    const ask = (port: number) =>
+      Effect.runPromise(Effect.either(Effect.gen(function*() {
+        const keys = yield* generateKeyPair("ecdsa-p256")
+        const csr = yield* makeCsr(keys, { service: "web", spiffeId: "spiffe://mesh.local/service/web" })
+        return yield* requestCertificate(`127.0.0.1:${port}`, { _tag: "Verified", roots: doc.active.cert }, {
+          csr_pem: csr,
+          token,
+          service: "",
+          instance: ""
+        })
+      })))
+    const atB = await ask(portB)
+    expect(Either.isRight(atB), JSON.stringify(atB)).toBe(true)
+    for (const port of [portB, portA]) {
+      const again = await ask(port)
+      expect(Either.isLeft(again)).toBe(true)
+      const refusal = Either.getLeft(again).pipe((o) => (o._tag === "Some" ? String(o.value.message) : ""))
+      expect(refusal).toMatch(/spent|used/i)
+    }
+    // The token list at B (through Consul) shows it spent.
+    const list = await runCli(["token", "list", "--config", configB])
+    expect(list.stdout).toContain("spent")
+  }, 120_000)
 })
 
 describe.skipIf(REAL_AGENT !== undefined)("several controllers: faults (the stand-in)", () => {

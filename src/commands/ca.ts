@@ -22,7 +22,7 @@ import {
   writeAtomic,
   writeRoot
 } from "../../layers/internal/CaStore.js"
-import { ConsulUnavailable, makeConsulConnection } from "../../layers/ConsulClient.js"
+import { type ConsulConnection, ConsulUnavailable, makeConsulConnection } from "../../layers/ConsulClient.js"
 import { type ConsulCaStore, makeConsulCaStore } from "../../layers/internal/ConsulCaStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
 import type { MeshConfig } from "../../schemas/Config.js"
@@ -120,7 +120,10 @@ export const activateRoot = (
  * reached with the config's `discovery.consul` and the KEK file. Every controller sees the change
  * through its watch of the prefix.
  */
-const withConsulStore = <A, E>(config: MeshConfig, use: (store: ConsulCaStore) => Effect.Effect<A, E | ConsulUnavailable>) =>
+export const withConsulStore = <A, E>(
+  config: MeshConfig,
+  use: (store: ConsulCaStore, client: ConsulConnection) => Effect.Effect<A, E | ConsulUnavailable>
+) =>
   Effect.gen(function*() {
     const consul = config.discovery.consul
     const settings = config.certificates.consul
@@ -132,7 +135,7 @@ const withConsulStore = <A, E>(config: MeshConfig, use: (store: ConsulCaStore) =
     }
     const client = yield* makeConsulConnection(consul)
     const store = yield* makeConsulCaStore({ client, settings, store: storeSettingsOf(config) })
-    return yield* use(store)
+    return yield* use(store, client)
   }).pipe(
     Effect.catchIf(
       (error): error is ConsulUnavailable => error instanceof ConsulUnavailable,
