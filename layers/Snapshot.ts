@@ -1,17 +1,4 @@
-import {
-  Clock,
-  Context,
-  Duration,
-  Effect,
-  Either,
-  Layer,
-  Option,
-  Queue,
-  Ref,
-  Stream,
-  SubscriptionRef,
-  type Tracer
-} from "effect"
+import { Clock, Context, Effect, Either, Layer, Option, Ref, Stream, SubscriptionRef, type Tracer } from "effect"
 import type { MeshState } from "../src/MeshState.js"
 import type { PolicyInvalid } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
@@ -19,6 +6,7 @@ import { isKnownType, shortType } from "../src/xds/TypeUrls.js"
 import { buildSnapshot, emptySnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
 import { Discovery } from "./Discovery.js"
 import { Health, type HealthView } from "./Health.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import {
   snapshotBuilds as builds,
   snapshotBuildSeconds as buildSeconds,
@@ -162,10 +150,25 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
       })
     yield* report(first)
 
-    // Every input change is a tick; the rebuild loop debounces them.
-    const ticks = yield* Queue.sliding<void>(1)
+    // Every input change is a signal; the rebuild runs once they settle (controller.debounce:
+    // quiet, but never later than max after the first).
+    const rebuildAndPublish = Effect.gen(function*() {
+      const previous = yield* SubscriptionRef.get(ref)
+      const next = yield* rebuild(previous.snapshot)
+      const changed = next.snapshot.version !== previous.snapshot.version ||
+        errorsKey(next.snapshot) !== errorsKey(previous.snapshot)
+      builds.inc({ changed: String(changed) })
+      if (changed) {
+        yield* SubscriptionRef.set(ref, next)
+        yield* report(next)
+        yield* Effect.logDebug("snapshot published").pipe(Effect.annotateLogs({ version: next.snapshot.version }))
+      }
+    })
+    const rebuilds = yield* Coalesce.make(rebuildAndPublish, {
+      settle: Effect.map(Ref.get(inputs), (i) => i.config.controller.debounce)
+    })
     const feed = <A>(stream: Stream.Stream<A>, set: (a: A) => Effect.Effect<void>) =>
-      stream.pipe(Stream.runForEach((a) => Effect.zipRight(set(a), Queue.offer(ticks, undefined))), Effect.forkScoped)
+      stream.pipe(Stream.runForEach((a) => Effect.zipRight(set(a), rebuilds.signal)), Effect.forkScoped)
     yield* feed(
       config.changes,
       (loaded) =>
@@ -180,32 +183,6 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
     if (Option.isSome(secretsSource)) {
       yield* feed(secretsSource.value, (secrets) => Ref.update(inputs, (i) => ({ ...i, secrets })))
     }
-
-    const debounced = Effect.gen(function*() {
-      yield* Queue.take(ticks)
-      const { max, quiet } = (yield* Ref.get(inputs)).config.controller.debounce
-      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(max)
-      while (true) {
-        const left = deadline - (yield* Clock.currentTimeMillis)
-        if (left <= 0) break
-        const more = yield* Queue.take(ticks).pipe(
-          Effect.timeout(Duration.millis(Math.min(Duration.toMillis(quiet), left))),
-          Effect.option
-        )
-        if (Option.isNone(more)) break
-      }
-      const previous = yield* SubscriptionRef.get(ref)
-      const next = yield* rebuild(previous.snapshot)
-      const changed = next.snapshot.version !== previous.snapshot.version ||
-        errorsKey(next.snapshot) !== errorsKey(previous.snapshot)
-      builds.inc({ changed: String(changed) })
-      if (changed) {
-        yield* SubscriptionRef.set(ref, next)
-        yield* report(next)
-        yield* Effect.logDebug("snapshot published").pipe(Effect.annotateLogs({ version: next.snapshot.version }))
-      }
-    })
-    yield* debounced.pipe(Effect.forever, Effect.forkScoped)
 
     return Snapshot.of({
       current: SubscriptionRef.get(ref),

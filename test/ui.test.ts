@@ -8,11 +8,12 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, ManagedRuntime } from "effect"
-import { mkdtempSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { type Browser, chromium, type Page } from "playwright-core"
 import { Admin } from "../layers/Admin.js"
+import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Certificates } from "../layers/Certificates.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
@@ -180,6 +181,36 @@ describe("the status page's JSON and headers", () => {
       })
       assert.strictEqual((yield* Effect.promise(() => fetch(`${url}/ui`))).status, 200)
       assert.strictEqual((yield* Effect.promise(() => fetch(`${url}/ui/api/overview`))).status, 200)
+    })))
+  })
+
+  it("the page's data follows the /status read rule: with readAccess token, /ui/api needs the token; the page's files do not", async () => {
+    const tokenFile = join(mkdtempSync(join(tmpdir(), "mesh-ui-token-")), "admin-token")
+    const guarded = Layer.unwrapEffect(
+      Effect.gen(function*() {
+        const ui = yield* Ui
+        const token = yield* loadOrCreateToken(tokenFile)
+        return Admin.layer({
+          host: "127.0.0.1",
+          port: 0,
+          version: "test",
+          ui: ui.routes,
+          tokenFile,
+          access: { verifyToken: token.verify, readAccess: "token" }
+        })
+      })
+    ).pipe(Layer.provideMerge(Ui.layer({ version: "test" })), Layer.provideMerge(Lifecycle.layer([])))
+    await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const context = yield* Layer.build(guarded)
+      const url = `http://127.0.0.1:${Context.get(context, Admin).address.port}`
+      const token = readFileSync(tokenFile, "utf8").trim()
+      const status = (path: string, headers: Record<string, string> = {}) =>
+        Effect.promise(() => fetch(`${url}${path}`, { headers }).then((r) => r.status))
+      assert.strictEqual(yield* status("/ui/api/overview"), 401)
+      assert.strictEqual(yield* status("/ui/api/overview", { authorization: "Bearer wrong" }), 403)
+      assert.strictEqual(yield* status("/ui/api/overview", { authorization: `Bearer ${token}` }), 200)
+      assert.strictEqual(yield* status("/status"), 401)
+      assert.strictEqual(yield* status("/ui"), 200)
     })))
   })
 

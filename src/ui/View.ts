@@ -11,6 +11,7 @@ import { endpointKey } from "../MeshState.js"
 import type { CompiledPolicy, CompiledRule } from "../policy/Compile.js"
 import type { Glob } from "../policy/Match.js"
 import { sidecarService } from "../xds/XdsSnapshot.js"
+import type { StreamStatus } from "../xds/XdsStream.js"
 
 // ---------------------------------------------------------------------------------------------
 // Services
@@ -143,28 +144,10 @@ export const servicesView = (
 // ---------------------------------------------------------------------------------------------
 
 /** One client as `Xds.status` describes it (the fields the page uses). */
-export interface XdsClientInput {
-  readonly stream: number
-  readonly nodeId: string | null
-  readonly kind: string
-  readonly userAgent: string | null
-  readonly protocol: string
-  readonly peer: string
-  readonly identity: string | null
-  readonly connectedAt: string
-  readonly types: Readonly<
-    Record<string, {
-      readonly subscribed: ReadonlyArray<string>
-      readonly subscribedCount: number
-      readonly acknowledgedVersion: string | null
-      readonly acknowledgedAt: string | null
-      readonly waitingForAck: boolean
-      readonly pushes: number
-      readonly nacks: number
-      readonly lastNack: { readonly version: string; readonly message: string; readonly at: string } | null
-    }>
-  >
-}
+export type XdsClientInput = Pick<
+  StreamStatus,
+  "stream" | "nodeId" | "kind" | "userAgent" | "protocol" | "peer" | "identity" | "connectedAt" | "types"
+>
 
 export interface DataPlaneView {
   readonly stream: number
