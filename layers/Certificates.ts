@@ -45,7 +45,12 @@ import {
   type SignedCertificate,
   signWorkload
 } from "../src/certs/Authority.js"
-import { type CaInvalid, CaInvalid as CaInvalidError, type CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
+import {
+  type CaInvalid,
+  CaInvalid as CaInvalidError,
+  type CertificateStoreError,
+  SigningFailed
+} from "../src/certs/Errors.js"
 import { identityFiles } from "../src/certs/IdentityFiles.js"
 import { type RenewalPolicy, renewalReason, renewalTime } from "../src/certs/Rotation.js"
 import { secretMap } from "../src/certs/Sds.js"
@@ -59,7 +64,6 @@ import {
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
 import { ConsulClient } from "./ConsulClient.js"
 import { Discovery } from "./Discovery.js"
-import { type ConsulCaStatus, type ConsulCaStore, makeConsulCaStore } from "./internal/ConsulCaStore.js"
 import {
   bundleOf,
   caLabel,
@@ -73,6 +77,7 @@ import {
   writeIdentityFiles
 } from "./internal/CaStore.js"
 import { expirySeconds, failures, renewals } from "./internal/CertificatesMetrics.js"
+import { type ConsulCaStatus, type ConsulCaStore, makeConsulCaStore } from "./internal/ConsulCaStore.js"
 import { LiveConfig } from "./LiveConfig.js"
 
 export { CaInvalid, CaOperationRefused, CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
@@ -209,7 +214,10 @@ function openConsulStore(config: MeshConfig) {
     const client = yield* ConsulClient
     const settings = config.certificates.consul
     if (Option.isNone(client.connection)) {
-      return yield* new CaInvalidError({ file: "certificates.store", reason: "`consul` needs a `discovery.consul` section" })
+      return yield* new CaInvalidError({
+        file: "certificates.store",
+        reason: "`consul` needs a `discovery.consul` section"
+      })
     }
     if (settings === undefined) {
       return yield* new CaInvalidError({
@@ -340,7 +348,10 @@ export const make = (
 
     const consul = options.ca._tag === "Consul" ? options.consul : undefined
     if (options.ca._tag === "Consul" && consul === undefined) {
-      return yield* new CaInvalidError({ file: "certificates.store", reason: "the CA is in Consul but no Consul store was given" })
+      return yield* new CaInvalidError({
+        file: "certificates.store",
+        reason: "the CA is in Consul but no Consul store was given"
+      })
     }
     const material = yield* Ref.make(yield* (consul !== undefined ? consul.open : loadCa(options.ca, store)))
     const wanted = yield* Ref.make<ReadonlyArray<string>>((yield* discovery.services).map((s) => s.name))
@@ -359,7 +370,9 @@ export const make = (
     const refreshCa = Effect.gen(function*() {
       if (options.ca._tag === "Ephemeral") return
       const before = yield* Ref.get(material)
-      const loaded = yield* Effect.either(consul !== undefined ? consul.current : loadCa(options.ca, { ...store, create: false }))
+      const loaded = yield* Effect.either(
+        consul !== undefined ? consul.current : loadCa(options.ca, { ...store, create: false })
+      )
       if (Either.isLeft(loaded)) {
         yield* Effect.logError("cannot re-read the CA; keeping the one in force").pipe(
           Effect.annotateLogs({ error: loaded.left.message })

@@ -74,20 +74,23 @@ export class SigningService extends Context.Tag("mesh-controller/SigningService"
     Layer.scoped(SigningService, make(options))
 
   /** From `controller.signing` (tokens in `<certificates.dir>/tokens`); not served when the setting is absent. */
-  static readonly layerConfig: Layer.Layer<SigningService, SigningListenError, LiveConfig | Certificates | ConsulClient> =
-    Layer.unwrapEffect(
-      Effect.gen(function*() {
-        const { config } = yield* (yield* LiveConfig).get
-        const settings: SigningListen | undefined = config.controller.signing
-        if (settings === undefined) {
-          return Layer.succeed(SigningService, {
-            address: null,
-            status: Effect.succeed({ address: null, issued: { token: 0, renewal: 0 }, refused: 0, lastRefusal: null })
-          })
-        }
-        return SigningService.layer({ ...settings, tokens: yield* tokenStoreOf(config) })
-      })
-    )
+  static readonly layerConfig: Layer.Layer<
+    SigningService,
+    SigningListenError,
+    LiveConfig | Certificates | ConsulClient
+  > = Layer.unwrapEffect(
+    Effect.gen(function*() {
+      const { config } = yield* (yield* LiveConfig).get
+      const settings: SigningListen | undefined = config.controller.signing
+      if (settings === undefined) {
+        return Layer.succeed(SigningService, {
+          address: null,
+          status: Effect.succeed({ address: null, issued: { token: 0, renewal: 0 }, refused: 0, lastRefusal: null })
+        })
+      }
+      return SigningService.layer({ ...settings, tokens: yield* tokenStoreOf(config) })
+    })
+  )
 }
 
 /**
@@ -102,7 +105,9 @@ const tokenStoreOf = (config: MeshConfig) =>
     }
     const client = yield* ConsulClient
     // The Certificates layer, built first, has already refused a missing connection or a bad KEK.
-    if (Option.isNone(client.connection)) return yield* Effect.dieMessage("certificates.store: consul without discovery.consul")
+    if (Option.isNone(client.connection)) {
+      return yield* Effect.dieMessage("certificates.store: consul without discovery.consul")
+    }
     const kek = yield* Effect.orDie(readKek(consul.keyEncryptionKeyFile))
     return consulTokenStore(client.connection.value, consul.prefix, kek)
   })

@@ -586,7 +586,9 @@ export const ConsulCaStoreSettings = Schema.Struct({
   /** KV prefix holding the CA (`<prefix>/ca`) and its creation lock (`<prefix>/lock`); no leading or trailing `/`. */
   prefix: withDefault(
     NonEmptyString.pipe(
-      Schema.filter((p) => (!p.startsWith("/") && !p.endsWith("/")) || `expected a KV prefix without a leading or trailing "/", got "${p}"`)
+      Schema.filter((p) =>
+        (!p.startsWith("/") && !p.endsWith("/")) || `expected a KV prefix without a leading or trailing "/", got "${p}"`
+      )
     ),
     () => "mesh-controller/ca"
   ),
@@ -599,7 +601,8 @@ export const ConsulCaStoreSettings = Schema.Struct({
   sessionTtl: withDefault(
     PositiveDuration.pipe(
       Schema.filter((d) =>
-        (Duration.toMillis(d) >= 10_000 && Duration.toMillis(d) <= 86_400_000) || "expected a session TTL from 10s to 24h"
+        (Duration.toMillis(d) >= 10_000 && Duration.toMillis(d) <= 86_400_000) ||
+        "expected a session TTL from 10s to 24h"
       )
     ),
     () => Duration.seconds(15)

@@ -15,9 +15,9 @@ import * as NodePath from "node:path"
 import { Certificates } from "../layers/Certificates.js"
 import { ConsulClient, makeConsulConnection } from "../layers/ConsulClient.js"
 import { Discovery } from "../layers/Discovery.js"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { makeConsulCaStore, readKek } from "../layers/internal/ConsulCaStore.js"
 import { consulTokenStore } from "../layers/internal/ConsulTokenStore.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { fingerprint } from "../src/certs/Authority.js"
 import type { Service } from "../src/MeshState.js"
 import { checkRecord, hashSecret, newTokenSecrets } from "../src/tokens/Token.js"
@@ -26,7 +26,9 @@ import { ConsulStandIn } from "./support/ConsulStandIn.js"
 import { eventually } from "./support/eventually.js"
 
 const REAL_AGENT = process.env["CONSUL_HTTP_ADDR"]
-const TARGET = REAL_AGENT ? `a real Consul agent at ${REAL_AGENT}` : "the Consul stand-in (set CONSUL_HTTP_ADDR for a real agent)"
+const TARGET = REAL_AGENT
+  ? `a real Consul agent at ${REAL_AGENT}`
+  : "the Consul stand-in (set CONSUL_HTTP_ADDR for a real agent)"
 const run = Math.random().toString(36).slice(2, 7)
 let prefixes = 0
 const newPrefix = () => `mesh-controller-test/${run}-${++prefixes}/ca`
@@ -34,12 +36,17 @@ const newPrefix = () => `mesh-controller-test/${run}-${++prefixes}/ca`
 /** The target address, and the stand-in when there is one. */
 const target = REAL_AGENT
   ? Effect.succeed({ address: REAL_AGENT, standIn: undefined as ConsulStandIn | undefined })
-  : Effect.map(ConsulStandIn.make, (standIn) => ({ address: standIn.address, standIn: standIn as ConsulStandIn | undefined }))
+  : Effect.map(
+    ConsulStandIn.make,
+    (standIn) => ({ address: standIn.address, standIn: standIn as ConsulStandIn | undefined })
+  )
 
 const writeKek = (dir: string, name = "kek") =>
   Effect.promise(async () => {
     const file = NodePath.join(dir, name)
-    await NodeFs.writeFile(file, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 })
+    await NodeFs.writeFile(file, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, {
+      mode: 0o600
+    })
     return file
   })
 
@@ -53,7 +60,9 @@ const fast = { retry: { base: Duration.millis(20), cap: Duration.millis(200) } }
 
 const openStore = (address: string, prefix: string, kekFile: string, dir: string, holder: string) =>
   Effect.gen(function*() {
-    const client = yield* makeConsulConnection(certConfig({}, [], { discovery: { consul: { address } } }).discovery.consul!)
+    const client = yield* makeConsulConnection(
+      certConfig({}, [], { discovery: { consul: { address } } }).discovery.consul!
+    )
     return yield* makeConsulCaStore({
       client,
       settings: { prefix, keyEncryptionKeyFile: kekFile, sessionTtl: Duration.seconds(10) },
@@ -133,7 +142,9 @@ describe.skipIf(REAL_AGENT !== undefined)("ConsulCaStore faults (the stand-in)",
       const late = yield* openStore(standIn.address, prefix, kek, dir, "late")
       const opening = yield* Effect.fork(late.open)
       // It reports the trouble while it waits.
-      yield* eventually(Effect.flatMap(late.status, (s) => (s.consulError !== null ? Effect.void : Effect.fail("no error yet"))))
+      yield* eventually(
+        Effect.flatMap(late.status, (s) => (s.consulError !== null ? Effect.void : Effect.fail("no error yet")))
+      )
       assert.isTrue(Option.isNone(yield* Fiber.poll(opening)))
       yield* Effect.promise(() => standIn.acceptConnections())
       const material = yield* Fiber.join(opening)
@@ -142,81 +153,107 @@ describe.skipIf(REAL_AGENT !== undefined)("ConsulCaStore faults (the stand-in)",
       assert.isNull((yield* late.status).consulError)
     }))
 
-  it.scopedLive("a creator that died holding the lock loses it with its session (TTL); another finishes with one root", () =>
-    Effect.gen(function*() {
-      const standIn = yield* ConsulStandIn.make
-      const dir = yield* tempDir
-      const kek = yield* writeKek(dir)
-      const prefix = newPrefix()
-      // What a controller killed inside the lock leaves: a session nobody renews, holding the lock.
-      const consul = new Consul({ host: "127.0.0.1", port: standIn.port })
-      const dead = (yield* Effect.promise(() => consul.session.create({ ttl: "10s", behavior: "delete", lockdelay: "0s" }))) as { ID: string }
-      const took = yield* Effect.promise(() =>
-        consul.kv.set({ key: `${prefix}/lock`, value: JSON.stringify({ holder: "dead" }), acquire: dead.ID })
-      )
-      assert.isTrue(took)
-      const other = yield* openStore(standIn.address, prefix, kek, dir, "other")
-      const opening = yield* Effect.fork(other.open)
-      yield* eventually(Effect.flatMap(other.status, (s) => (s.lockHolder === "dead" ? Effect.void : Effect.fail(s))))
-      assert.isTrue(Option.isNone(yield* Fiber.poll(opening)))
-      const material = yield* Fiber.join(opening)
-      const stored = JSON.parse(standIn.kvEntry(`${prefix}/ca`)!.value.toString()) as { active: { cert: string } }
-      assert.strictEqual(fingerprint(stored.active.cert), material.authority.fingerprint)
-      assert.deepStrictEqual(standIn.liveSessions(), [])
-    }), { timeout: 60_000 })
+  it.scopedLive(
+    "a creator that died holding the lock loses it with its session (TTL); another finishes with one root",
+    () =>
+      Effect.gen(function*() {
+        const standIn = yield* ConsulStandIn.make
+        const dir = yield* tempDir
+        const kek = yield* writeKek(dir)
+        const prefix = newPrefix()
+        // What a controller killed inside the lock leaves: a session nobody renews, holding the lock.
+        const consul = new Consul({ host: "127.0.0.1", port: standIn.port })
+        const dead = (yield* Effect.promise(() =>
+          consul.session.create({ ttl: "10s", behavior: "delete", lockdelay: "0s" })
+        )) as { ID: string }
+        const took = yield* Effect.promise(() =>
+          consul.kv.set({ key: `${prefix}/lock`, value: JSON.stringify({ holder: "dead" }), acquire: dead.ID })
+        )
+        assert.isTrue(took)
+        const other = yield* openStore(standIn.address, prefix, kek, dir, "other")
+        const opening = yield* Effect.fork(other.open)
+        yield* eventually(Effect.flatMap(other.status, (s) => (s.lockHolder === "dead" ? Effect.void : Effect.fail(s))))
+        assert.isTrue(Option.isNone(yield* Fiber.poll(opening)))
+        const material = yield* Fiber.join(opening)
+        const stored = JSON.parse(standIn.kvEntry(`${prefix}/ca`)!.value.toString()) as { active: { cert: string } }
+        assert.strictEqual(fingerprint(stored.active.cert), material.authority.fingerprint)
+        assert.deepStrictEqual(standIn.liveSessions(), [])
+      }),
+    { timeout: 60_000 }
+  )
 })
 
 describe(`Certificates with store: consul against ${TARGET}`, () => {
-  it.scopedLive("`ca rotate` through one controller reaches every controller's trust bundle, and activation its signer", () =>
-    Effect.gen(function*() {
-      const { address } = yield* target
-      const dir = yield* tempDir
-      const kek = yield* writeKek(dir)
-      const prefix = newPrefix()
-      const controller = (name: string) =>
-        Effect.gen(function*() {
-          const config = certConfig(
-            { dir: NodePath.join(dir, name), store: "consul", consul: { prefix, keyEncryptionKeyFile: kek, sessionTtl: "10s" } },
-            [],
-            { discovery: { consul: { address } } }
+  it.scopedLive(
+    "`ca rotate` through one controller reaches every controller's trust bundle, and activation its signer",
+    () =>
+      Effect.gen(function*() {
+        const { address } = yield* target
+        const dir = yield* tempDir
+        const kek = yield* writeKek(dir)
+        const prefix = newPrefix()
+        const controller = (name: string) =>
+          Effect.gen(function*() {
+            const config = certConfig(
+              {
+                dir: NodePath.join(dir, name),
+                store: "consul",
+                consul: { prefix, keyEncryptionKeyFile: kek, sessionTtl: "10s" }
+              },
+              [],
+              { discovery: { consul: { address } } }
+            )
+            const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>([])
+            const configLayer = LiveConfig.layerMemory(config)
+            const layer = Certificates.layer.pipe(
+              Layer.provide(Discovery.layerMemory(registry)),
+              Layer.provide(ConsulClient.layer),
+              Layer.provide(configLayer)
+            )
+            return Context.get(yield* Layer.build(layer), Certificates)
+          })
+        const [a, b] = yield* Effect.all([controller("a"), controller("b")], { concurrency: "unbounded" })
+        const rootsOf = (c: Certificates["Type"]) =>
+          Effect.map(c.bundle, (bundle) => bundle.roots.map((r) => `${r.state}:${r.fingerprint}`))
+        assert.deepStrictEqual(yield* rootsOf(a), yield* rootsOf(b))
+        const status = yield* a.status
+        assert.strictEqual(status.store, "consul")
+        assert.strictEqual(status.ca, `consul:${prefix}`)
+        assert.strictEqual(status.consul?.prefix, prefix)
+        // The operator's `ca rotate`, run anywhere.
+        const operator = yield* openStore(address, prefix, kek, dir, "operator")
+        const next = yield* operator.rotate
+        for (const c of [a, b]) {
+          yield* eventually(
+            Effect.flatMap(rootsOf(c), (roots) => (roots.includes(`next:${next}`) ? Effect.void : Effect.fail(roots)))
           )
-          const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>([])
-          const configLayer = LiveConfig.layerMemory(config)
-          const layer = Certificates.layer.pipe(
-            Layer.provide(Discovery.layerMemory(registry)),
-            Layer.provide(ConsulClient.layer),
-            Layer.provide(configLayer)
-          )
-          return Context.get(yield* Layer.build(layer), Certificates)
-        })
-      const [a, b] = yield* Effect.all([controller("a"), controller("b")], { concurrency: "unbounded" })
-      const rootsOf = (c: Certificates["Type"]) => Effect.map(c.bundle, (bundle) => bundle.roots.map((r) => `${r.state}:${r.fingerprint}`))
-      assert.deepStrictEqual(yield* rootsOf(a), yield* rootsOf(b))
-      const status = yield* a.status
-      assert.strictEqual(status.store, "consul")
-      assert.strictEqual(status.ca, `consul:${prefix}`)
-      assert.strictEqual(status.consul?.prefix, prefix)
-      // The operator's `ca rotate`, run anywhere.
-      const operator = yield* openStore(address, prefix, kek, dir, "operator")
-      const next = yield* operator.rotate
-      for (const c of [a, b]) {
-        yield* eventually(Effect.flatMap(rootsOf(c), (roots) => (roots.includes(`next:${next}`) ? Effect.void : Effect.fail(roots))))
-      }
-      yield* operator.activate
-      for (const c of [a, b]) {
-        yield* eventually(Effect.flatMap(c.state, (s) =>
-          s.controller.chainPem.length > 0 && s.bundle.roots.find((r) => r.state === "active")?.fingerprint === next
-            ? Effect.void
-            : Effect.fail("not activated yet")))
-      }
-      assert.deepStrictEqual(yield* rootsOf(a), yield* rootsOf(b))
+        }
+        yield* operator.activate
+        for (const c of [a, b]) {
+          yield* eventually(Effect.flatMap(c.state, (s) =>
+            s.controller.chainPem.length > 0 && s.bundle.roots.find((r) =>
+                  r.state === "active"
+                )?.fingerprint === next
+              ? Effect.void
+              : Effect.fail("not activated yet")))
+        }
+        assert.deepStrictEqual(yield* rootsOf(a), yield* rootsOf(b))
 
-      // The document deleted by mistake: reported, and the CA in force keeps signing.
-      const url = new URL(address)
-      yield* Effect.promise(() => new Consul({ host: url.hostname, port: Number(url.port) }).kv.del(`${prefix}/ca`))
-      yield* eventually(Effect.flatMap(a.status, (s) => (s.consul?.invalid?.includes("missing") ? Effect.void : Effect.fail(s))))
-      assert.strictEqual((yield* a.bundle).roots.find((r) => r.state === "active")?.fingerprint, next)
-    }), { timeout: 60_000 })
+        // The document deleted by mistake: reported, and the CA in force keeps signing.
+        const url = new URL(address)
+        yield* Effect.promise(() =>
+          new Consul({ host: url.hostname, port: Number(url.port) }).kv.del(`${prefix}/ca`)
+        )
+        yield* eventually(
+          Effect.flatMap(a.status, (s) => (s.consul?.invalid?.includes("missing") ? Effect.void : Effect.fail(s)))
+        )
+        assert.strictEqual(
+          (yield* a.bundle).roots.find((r) => r.state === "active")?.fingerprint,
+          next
+        )
+      }),
+    { timeout: 60_000 }
+  )
 })
 
 describe(`join tokens in Consul against ${TARGET}`, () => {

@@ -9,12 +9,12 @@
  */
 import { afterEach, describe, expect, it } from "@effect/vitest"
 import Consul from "consul"
+import { Effect, Either, Exit, Scope } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
-import { Effect, Either, Exit, Scope } from "effect"
 import { requestCertificate } from "../layers/internal/SigningClient.js"
 import { generateKeyPair } from "../src/certs/Authority.js"
 import { makeCsr } from "../src/signing/Csr.js"
@@ -32,13 +32,15 @@ let count = 0
 const started: Array<ChildProcess> = []
 const scopes: Array<Scope.CloseableScope> = []
 afterEach(async () => {
-  await Promise.all(started.splice(0).map((child) =>
-    new Promise<void>((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) return resolve()
-      child.once("exit", () => resolve())
-      child.kill("SIGTERM")
-    })
-  ))
+  await Promise.all(
+    started.splice(0).map((child) =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null || child.signalCode !== null) return resolve()
+        child.once("exit", () => resolve())
+        child.kill("SIGTERM")
+      })
+    )
+  )
   for (const scope of scopes.splice(0)) await Effect.runPromise(Scope.close(scope, Exit.void))
 })
 
@@ -56,7 +58,9 @@ const fleet = (address: string) => {
   const prefix = `mesh-controller-test/${run}-${++count}/ca`
   const config = (name: string, signingPort?: number, xdsPort = 0) => {
     const path = join(dir, `${name}.yaml`)
-    writeFileSync(path, `
+    writeFileSync(
+      path,
+      `
 mesh: { name: multi, trustDomain: mesh.local }
 controller:
   xds: { host: 127.0.0.1, port: ${xdsPort} }
@@ -70,7 +74,8 @@ certificates:
   dir: ${JSON.stringify(join(dir, name))}
   store: consul
   consul: { prefix: ${JSON.stringify(prefix)}, keyEncryptionKeyFile: ${JSON.stringify(kek)}, sessionTtl: 10s }
-`)
+`
+    )
     return path
   }
   return { prefix, config }
@@ -103,7 +108,9 @@ interface CertStatus {
 }
 
 const certStatus = async (adminUrl: string): Promise<CertStatus> => {
-  const status = (await (await fetch(`${adminUrl}/status`)).json()) as { layers: { certificates: { status: CertStatus } } }
+  const status = (await (await fetch(`${adminUrl}/status`)).json()) as {
+    layers: { certificates: { status: CertStatus } }
+  }
   return status.layers.certificates.status
 }
 
@@ -124,7 +131,9 @@ describe(`several controllers on one Consul (${REAL_AGENT ? `agent ${REAL_AGENT}
     const rotated = await runCli(["ca", "rotate", "--config", config("a")])
     expect(rotated.code, rotated.stderr).toBe(0)
     await waitFor(async () => {
-      for (const d of daemons) expect((await certStatus(d.adminUrl)).roots.map((r) => r.state)).toEqual(["active", "next"])
+      for (const d of daemons) {
+        expect((await certStatus(d.adminUrl)).roots.map((r) => r.state)).toEqual(["active", "next"])
+      }
     }, 30_000)
     const activated = await runCli(["ca", "rotate", "--activate", "--config", config("b")])
     expect(activated.code, activated.stderr).toBe(0)
@@ -152,7 +161,9 @@ describe(`join tokens across controllers (${REAL_AGENT ? `agent ${REAL_AGENT}` :
     expect(created.code, created.stderr).toBe(0)
     const token = created.stdout.trim()
     const url = new URL(address)
-    const entry = (await new Consul({ host: url.hostname, port: Number(url.port) }).kv.get(`${prefix}/ca`)) as { Value: string }
+    const entry = (await new Consul({ host: url.hostname, port: Number(url.port) }).kv.get(`${prefix}/ca`)) as {
+      Value: string
+    }
     const doc = JSON.parse(entry.Value) as { active: { cert: string } }
     const ask = (port: number) =>
       Effect.runPromise(Effect.either(Effect.gen(function*() {
@@ -184,8 +195,9 @@ describe(`an xDS client moving between controllers (${REAL_AGENT ? `agent ${REAL
     const address = REAL_AGENT ?? (await standIn()).address
     const { config } = fleet(address)
     const [xdsA, xdsB] = [await freePort(), await freePort()]
-    const daemons = (await Promise.all([startDaemon(config("a", undefined, xdsA)), startDaemon(config("b", undefined, xdsB))]))
-      .map(track)
+    const daemons =
+      (await Promise.all([startDaemon(config("a", undefined, xdsA)), startDaemon(config("b", undefined, xdsB))]))
+        .map(track)
     expect(daemons).toHaveLength(2)
     const fetchAll = (port: number) =>
       Effect.runPromise(Effect.scoped(Effect.gen(function*() {
@@ -245,28 +257,32 @@ describe.skipIf(REAL_AGENT !== undefined)("several controllers: faults (the stan
     expect((await certStatus(third.adminUrl)).roots).toEqual(status.roots)
   }, 120_000)
 
-  it("Consul down while a controller starts whose peers made the CA: it waits, makes no root, then adopts theirs", async () => {
-    const consul = await standIn()
-    const { config, prefix } = fleet(consul.address)
-    const first = track(await startDaemon(config("first")))
-    const roots = (await certStatus(first.adminUrl)).roots
-    const written = consul.kvEntry(`${prefix}/ca`)!.modifyIndex
-    await consul.refuseConnections()
-    const late = spawnController(config("late"))
-    await waitFor(async () => {
-      expect(late.lines.some((line) => line.includes("cannot reach Consul to read the CA"))).toBe(true)
-    }, 60_000)
-    // Not ready while it waits, and alive.
-    const admin = await waitFor(async () => {
-      const line = late.lines.find((l) => /admin: listening on (http:\/\/[^"\s]+)/.test(l))
-      if (line === undefined) throw new Error("no admin address yet")
-      return /admin: listening on (http:\/\/[^"\s]+)/.exec(line)![1]!
-    })
-    expect((await fetch(`${admin}/readyz`)).status).toBe(503)
-    expect(late.child.exitCode).toBeNull()
-    await consul.acceptConnections()
-    await waitFor(async () => expect((await fetch(`${admin}/readyz`)).status).toBe(200), 60_000)
-    expect((await certStatus(admin)).roots).toEqual(roots)
-    expect(consul.kvEntry(`${prefix}/ca`)!.modifyIndex).toBe(written)
-  }, 120_000)
+  it(
+    "Consul down while a controller starts whose peers made the CA: it waits, makes no root, then adopts theirs",
+    async () => {
+      const consul = await standIn()
+      const { config, prefix } = fleet(consul.address)
+      const first = track(await startDaemon(config("first")))
+      const roots = (await certStatus(first.adminUrl)).roots
+      const written = consul.kvEntry(`${prefix}/ca`)!.modifyIndex
+      await consul.refuseConnections()
+      const late = spawnController(config("late"))
+      await waitFor(async () => {
+        expect(late.lines.some((line) => line.includes("cannot reach Consul to read the CA"))).toBe(true)
+      }, 60_000)
+      // Not ready while it waits, and alive.
+      const admin = await waitFor(async () => {
+        const line = late.lines.find((l) => /admin: listening on (http:\/\/[^"\s]+)/.test(l))
+        if (line === undefined) throw new Error("no admin address yet")
+        return /admin: listening on (http:\/\/[^"\s]+)/.exec(line)![1]!
+      })
+      expect((await fetch(`${admin}/readyz`)).status).toBe(503)
+      expect(late.child.exitCode).toBeNull()
+      await consul.acceptConnections()
+      await waitFor(async () => expect((await fetch(`${admin}/readyz`)).status).toBe(200), 60_000)
+      expect((await certStatus(admin)).roots).toEqual(roots)
+      expect(consul.kvEntry(`${prefix}/ca`)!.modifyIndex).toBe(written)
+    },
+    120_000
+  )
 })

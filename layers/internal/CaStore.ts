@@ -133,7 +133,9 @@ export const caLabel = (source: CaSource, settings: CertificateSettings): string
     ? `dir:${caPaths(settings.dir).dir}`
     : source._tag === "Consul"
     ? `consul:${settings.consul?.prefix ?? ""}`
-    : source._tag === "Files" ? "files" : "ephemeral"
+    : source._tag === "Files"
+    ? "files"
+    : "ephemeral"
 
 /** The CA as loaded: the signer, the trust bundle, and a digest of the files it came from. */
 export interface CaMaterial {
@@ -464,7 +466,12 @@ export const loadCa = (source: CaSource, options: StoreOptions) => {
         : loadCaFiles(options.settings.ca)
     case "Consul":
       // Opening it needs a Consul connection: the Certificates layer (and `ca` commands) do that.
-      return Effect.fail(new CaInvalid({ file: "certificates.store", reason: "the CA is in Consul (`store: consul`); only the running controller and `ca show`/`ca rotate` open it" }))
+      return Effect.fail(
+        new CaInvalid({
+          file: "certificates.store",
+          reason: "the CA is in Consul (`store: consul`); only the running controller and `ca show`/`ca rotate` open it"
+        })
+      )
     case "Ephemeral":
       return Effect.gen(function*() {
         const root = yield* newRoot(options)

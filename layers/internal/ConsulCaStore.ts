@@ -26,7 +26,13 @@ import type { ConsulCaStoreSettings } from "../../schemas/Config.js"
 import { fingerprint, loadAuthority } from "../../src/certs/Authority.js"
 import { CaInvalid, CaOperationRefused, type SigningFailed } from "../../src/certs/Errors.js"
 import { describeErrno } from "../../src/Errno.js"
-import { blockingWatch, type ConsulConnection, ConsulUnavailable, retrySchedule, type RetryOptions } from "../ConsulClient.js"
+import {
+  blockingWatch,
+  type ConsulConnection,
+  ConsulUnavailable,
+  type RetryOptions,
+  retrySchedule
+} from "../ConsulClient.js"
 import { type CaMaterial, newRoot, type StoreSettings } from "./CaStore.js"
 
 const subtle = webcrypto.subtle
@@ -76,7 +82,9 @@ export const readKek = (file: string): Effect.Effect<webcrypto.CryptoKey, CaInva
     if ((stat.mode & 0o077) !== 0) {
       return yield* new CaInvalid({
         file,
-        reason: `permissions 0${(stat.mode & 0o777).toString(8)} are too open for the key-encryption key; run \`chmod 600 ${file}\``
+        reason: `permissions 0${
+          (stat.mode & 0o777).toString(8)
+        } are too open for the key-encryption key; run \`chmod 600 ${file}\``
       })
     }
     const text = yield* Effect.tryPromise({
@@ -91,11 +99,14 @@ export const readKek = (file: string): Effect.Effect<webcrypto.CryptoKey, CaInva
         reason: "expected 32 random bytes, base64 encoded (make one with `openssl rand -base64 32`)"
       })
     }
-    return yield* Effect.promise(() => subtle.importKey("raw", bytes, { name: "AES-GCM" }, false, ["encrypt", "decrypt"]))
+    return yield* Effect.promise(() =>
+      subtle.importKey("raw", bytes, { name: "AES-GCM" }, false, ["encrypt", "decrypt"])
+    )
   })
 
 /** The additional data: the sealed key opens only as the key of this certificate under this prefix. */
-const aadOf = (prefix: string, certPem: string) => Buffer.from(`mesh-controller ca key\0${prefix}\0${fingerprint(certPem)}`)
+const aadOf = (prefix: string, certPem: string) =>
+  Buffer.from(`mesh-controller ca key\0${prefix}\0${fingerprint(certPem)}`)
 
 export const sealKey = (kek: webcrypto.CryptoKey, prefix: string, certPem: string, keyPem: Redacted.Redacted<string>) =>
   seal(kek, aadOf(prefix, certPem), Buffer.from(Redacted.value(keyPem)))
@@ -131,7 +142,8 @@ const openKey = (kek: webcrypto.CryptoKey, prefix: string, where: string, root: 
     catch: () =>
       new CaInvalid({
         file: where,
-        reason: "the root key does not open with this key-encryption key (a different KEK file than the controller that made it?)"
+        reason:
+          "the root key does not open with this key-encryption key (a different KEK file than the controller that made it?)"
       })
   })
 
@@ -165,17 +177,33 @@ export const parseStoredCa = (where: string, text: string): Either.Either<Stored
 }
 
 /** The CA material of a stored document: both keys opened with the KEK and checked against their certificates. */
-export const materialOf = (kek: webcrypto.CryptoKey, keys: ConsulCaKeys, text: string): Effect.Effect<CaMaterial, CaInvalid> =>
+export const materialOf = (
+  kek: webcrypto.CryptoKey,
+  keys: ConsulCaKeys,
+  text: string
+): Effect.Effect<CaMaterial, CaInvalid> =>
   Effect.gen(function*() {
     const where = `consul:${keys.ca}`
     const doc = yield* parseStoredCa(where, text)
     const keyPem = yield* openKey(kek, keys.prefix, where, doc.active)
-    const authority = yield* loadAuthority({ certPem: doc.active.cert, certFile: where, keyPem, keyFile: `${where} (active key)` })
-    if (authority.rootPem !== authority.certPem) return yield* new CaInvalid({ file: where, reason: "the active root is not self-signed" })
+    const authority = yield* loadAuthority({
+      certPem: doc.active.cert,
+      certFile: where,
+      keyPem,
+      keyFile: `${where} (active key)`
+    })
+    if (authority.rootPem !== authority.certPem) {
+      return yield* new CaInvalid({ file: where, reason: "the active root is not self-signed" })
+    }
     let next = Option.none<string>()
     if (doc.next !== undefined) {
       const nextKey = yield* openKey(kek, keys.prefix, where, doc.next)
-      const loaded = yield* loadAuthority({ certPem: doc.next.cert, certFile: `${where} (next)`, keyPem: nextKey, keyFile: `${where} (next key)` })
+      const loaded = yield* loadAuthority({
+        certPem: doc.next.cert,
+        certFile: `${where} (next)`,
+        keyPem: nextKey,
+        keyFile: `${where} (next key)`
+      })
       next = Option.some(loaded.certPem)
     }
     return {
@@ -286,9 +314,10 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
           error instanceof ConsulUnavailable
             ? Effect.zipRight(
               Ref.set(consulError, error.reason),
-              Effect.logWarning(`cannot reach Consul to ${what}; retrying (no root is created without reading Consul)`).pipe(
-                Effect.annotateLogs({ error: error.reason })
-              )
+              Effect.logWarning(`cannot reach Consul to ${what}; retrying (no root is created without reading Consul)`)
+                .pipe(
+                  Effect.annotateLogs({ error: error.reason })
+                )
             )
             : Effect.void
         ),
@@ -301,16 +330,21 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
     /** Creates the first root while holding the lock; none when the lock is someone else's. */
     const createUnderLock = Effect.gen(function*() {
       const session = yield* client.call<{ ID: string }>("session.create", (ctx) =>
-        client.consul.session.create({
-          name: `mesh-controller CA creation (${holder})`,
-          ttl: `${Math.round(ttlMillis / 1000)}s`,
-          behavior: "delete",
-          // The CAS write is what prevents a second root; a lock-delay would only slow the takeover.
-          lockdelay: "0s",
-          ctx
-        } as Parameters<typeof client.consul.session.create>[0]))
+        client.consul.session.create(
+          {
+            name: `mesh-controller CA creation (${holder})`,
+            ttl: `${Math.round(ttlMillis / 1000)}s`,
+            behavior: "delete",
+            // The CAS write is what prevents a second root; a lock-delay would only slow the takeover.
+            lockdelay: "0s",
+            ctx
+          } as Parameters<typeof client.consul.session.create>[0]
+        ))
       const id = session.ID
-      const destroy = client.call("session.destroy", (ctx) => client.consul.session.destroy({ id, ctx } as { id: string })).pipe(
+      const destroy = client.call(
+        "session.destroy",
+        (ctx) => client.consul.session.destroy({ id, ctx } as { id: string })
+      ).pipe(
         Effect.ignore
       )
       return yield* Effect.gen(function*() {
@@ -335,10 +369,16 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
         const again = yield* readDoc(client, keys.ca)
         if (Option.isSome(again)) return Option.some(again.value.text)
         const root = yield* newRoot(options.store)
-        const doc: StoredCa = { version: 1, active: { cert: root.certPem, key: yield* sealKey(kek, keys.prefix, root.certPem, root.keyPem) }, previous: [] }
+        const doc: StoredCa = {
+          version: 1,
+          active: { cert: root.certPem, key: yield* sealKey(kek, keys.prefix, root.certPem, root.keyPem) },
+          previous: []
+        }
         const text = JSON.stringify(doc)
-        const written = yield* client.call<boolean>("kv.cas", (ctx) =>
-          client.consul.kv.set({ key: keys.ca, value: text, cas: 0, ctx } as { key: string; value: string }))
+        const written = yield* client.call<boolean>(
+          "kv.cas",
+          (ctx) => client.consul.kv.set({ key: keys.ca, value: text, cas: 0, ctx } as { key: string; value: string })
+        )
         if (written !== true) return Option.none<string>()
         yield* Effect.logInfo("created the mesh root CA in Consul").pipe(
           Effect.annotateLogs({ key: keys.ca, fingerprint: fingerprint(root.certPem) })
@@ -349,13 +389,20 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
 
     /** Waits until the lock key changes (released, deleted with a dead holder's session), at most one TTL. */
     const awaitLock = Effect.gen(function*() {
-      const [response, entry] = yield* client.callWithResponse<KvEntry | undefined>("kv.get lock", (ctx) =>
-        client.consul.kv.get({ key: keys.lock, ctx } as { key: string }))
+      const [response, entry] = yield* client.callWithResponse<KvEntry | undefined>(
+        "kv.get lock",
+        (ctx) => client.consul.kv.get({ key: keys.lock, ctx } as { key: string })
+      )
       yield* Ref.set(lockHolder, holderOf(entry))
       if (entry === undefined) return
       const index = String(response.headers["x-consul-index"] ?? "0")
-      yield* client.callWithResponse("kv.get lock (blocking)", (ctx) =>
-        client.consul.kv.get({ key: keys.lock, index, wait: `${ttlMillis}ms`, timeout: ttlMillis + 5_000, ctx } as { key: string }))
+      yield* client.callWithResponse(
+        "kv.get lock (blocking)",
+        (ctx) =>
+          client.consul.kv.get(
+            { key: keys.lock, index, wait: `${ttlMillis}ms`, timeout: ttlMillis + 5_000, ctx } as { key: string }
+          )
+      )
     })
 
     const open: ConsulCaStore["open"] = Effect.gen(function*() {
@@ -379,7 +426,9 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
 
     const current: ConsulCaStore["current"] = Effect.flatMap(Ref.get(latest), (text) =>
       Option.isNone(text)
-        ? Effect.fail(new CaInvalid({ file: `consul:${keys.ca}`, reason: "no CA document in Consul (was it deleted?)" }))
+        ? Effect.fail(
+          new CaInvalid({ file: `consul:${keys.ca}`, reason: "no CA document in Consul (was it deleted?)" })
+        )
         : materialOf(kek, keys, text.value))
 
     const watch = (onChange: Effect.Effect<void>): Effect.Effect<never> =>
@@ -388,7 +437,8 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
         wait: Duration.decode(options.watchWait ?? Duration.minutes(5)),
         minInterval: Duration.millis(50),
         schedule,
-        query: (blocking) => (ctx) => client.consul.kv.get({ key: `${keys.prefix}/`, recurse: true, ...blocking, ctx } as { key: string }),
+        query: (blocking) => (ctx) =>
+          client.consul.kv.get({ key: `${keys.prefix}/`, recurse: true, ...blocking, ctx } as { key: string }),
         decode: (body) =>
           body === undefined || body === null || Array.isArray(body)
             ? Either.right((body ?? []) as ReadonlyArray<KvEntry>)
@@ -400,7 +450,8 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
             // A deleted document is not a reason to drop the CA in force (or make another): keep the last one seen.
             if (doc === undefined || typeof doc.Value !== "string" || doc.Value === "") {
               if (Option.isNone(yield* Ref.get(latest))) return
-              const why = `${keys.ca} is missing from Consul; keeping the CA in force (restore the key from a Consul snapshot)`
+              const why =
+                `${keys.ca} is missing from Consul; keeping the CA in force (restore the key from a Consul snapshot)`
               if ((yield* Ref.getAndSet(invalid, why)) !== why) yield* Effect.logError(why)
               return
             }
@@ -426,7 +477,9 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
       Effect.gen(function*() {
         const found = yield* readDoc(client, keys.ca)
         if (Option.isNone(found)) {
-          return yield* new CaOperationRefused({ reason: `no CA in Consul under ${keys.ca} yet (a controller creates it at start)` })
+          return yield* new CaOperationRefused({
+            reason: `no CA in Consul under ${keys.ca} yet (a controller creates it at start)`
+          })
         }
         const doc = yield* parseStoredCa(`consul:${keys.ca}`, found.value.text)
         // The KEK must open what is there before anything is written over it.
@@ -448,11 +501,16 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
         Effect.gen(function*() {
           if (doc.next !== undefined) {
             return yield* new CaOperationRefused({
-              reason: `a new root is already waiting (${fingerprint(doc.next.cert)}); activate it with \`ca rotate --activate\``
+              reason: `a new root is already waiting (${
+                fingerprint(doc.next.cert)
+              }); activate it with \`ca rotate --activate\``
             })
           }
           const root = yield* newRoot(options.store)
-          return { ...doc, next: { cert: root.certPem, key: yield* sealKey(kek, keys.prefix, root.certPem, root.keyPem) } }
+          return {
+            ...doc,
+            next: { cert: root.certPem, key: yield* sealKey(kek, keys.prefix, root.certPem, root.keyPem) }
+          }
         })),
       (doc) => fingerprint(doc.next!.cert)
     )
@@ -471,7 +529,9 @@ export const makeConsulCaStore = (options: ConsulCaStoreOptions): Effect.Effect<
 
     const read: ConsulCaStore["read"] = Effect.flatMap(readDoc(client, keys.ca), (found) =>
       Option.isNone(found)
-        ? Effect.fail(new CaInvalid({ file: `consul:${keys.ca}`, reason: "no CA yet (a controller creates it at its first start)" }))
+        ? Effect.fail(
+          new CaInvalid({ file: `consul:${keys.ca}`, reason: "no CA yet (a controller creates it at its first start)" })
+        )
         : materialOf(kek, keys, found.value.text))
 
     return {

@@ -15,7 +15,7 @@ import { Effect, Either, Option, Schema } from "effect"
 import { randomBytes, type webcrypto } from "node:crypto"
 import type { TokenRecord, TokenRefusal } from "../../src/tokens/Token.js"
 import type { ConsulConnection, ConsulUnavailable } from "../ConsulClient.js"
-import { type SealedKey, seal, unseal } from "./ConsulCaStore.js"
+import { seal, type SealedKey, unseal } from "./ConsulCaStore.js"
 import { TokenNotFound, type TokenStore, TokenStoreError } from "./TokenStore.js"
 
 const Record = Schema.Struct({
@@ -45,7 +45,8 @@ export const consulTokenStore = (client: ConsulConnection, prefix: string, kek: 
   const macKeyKey = `${prefix}/token-mac-key`
   const location = `consul:${prefix}/tokens/`
   const aad = Buffer.from(`mesh-controller token mac key\0${prefix}`)
-  const unavailable = (where: string) => (error: ConsulUnavailable) => new TokenStoreError({ path: where, reason: error.reason })
+  const unavailable = (where: string) => (error: ConsulUnavailable) =>
+    new TokenStoreError({ path: where, reason: error.reason })
 
   const getEntry = (key: string) =>
     client.call<KvEntry | undefined | null>(
@@ -54,7 +55,10 @@ export const consulTokenStore = (client: ConsulConnection, prefix: string, kek: 
     ).pipe(Effect.mapError(unavailable(`consul:${key}`)))
 
   const put = (key: string, value: string, cas: number) =>
-    client.call<boolean>(`kv.cas ${key}`, (ctx) => client.consul.kv.set({ key, value, cas, ctx } as { key: string; value: string }))
+    client.call<boolean>(
+      `kv.cas ${key}`,
+      (ctx) => client.consul.kv.set({ key, value, cas, ctx } as { key: string; value: string })
+    )
       .pipe(Effect.mapError(unavailable(`consul:${key}`)), Effect.map((ok) => ok === true))
 
   const decode = (key: string, entry: KvEntry) =>
@@ -64,15 +68,20 @@ export const consulTokenStore = (client: ConsulConnection, prefix: string, kek: 
     })
 
   const read = (id: string) =>
-    Effect.flatMap(getEntry(tokenKey(id)), (entry) =>
-      entry === undefined || entry === null || typeof entry.Value !== "string"
-        ? Effect.succeedNone
-        : Effect.map(decode(tokenKey(id), entry), Option.some))
+    Effect.flatMap(
+      getEntry(tokenKey(id)),
+      (entry) =>
+        entry === undefined || entry === null || typeof entry.Value !== "string"
+          ? Effect.succeedNone
+          : Effect.map(decode(tokenKey(id), entry), Option.some)
+    )
 
   /** Read, decide, write back with CAS; a lost race reads again. */
   const change = <A, E>(
     id: string,
-    decide: (current: Option.Option<TokenRecord>) => Effect.Effect<{ readonly write?: TokenRecord; readonly result: A }, E>
+    decide: (
+      current: Option.Option<TokenRecord>
+    ) => Effect.Effect<{ readonly write?: TokenRecord; readonly result: A }, E>
   ): Effect.Effect<A, E | TokenStoreError> =>
     Effect.gen(function*() {
       for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
@@ -82,7 +91,10 @@ export const consulTokenStore = (client: ConsulConnection, prefix: string, kek: 
         const index = Option.isSome(found) ? found.value.index : 0
         if (yield* put(tokenKey(id), JSON.stringify(write), index)) return result
       }
-      return yield* new TokenStoreError({ path: `consul:${tokenKey(id)}`, reason: "too many concurrent changes; try again" })
+      return yield* new TokenStoreError({
+        path: `consul:${tokenKey(id)}`,
+        reason: "too many concurrent changes; try again"
+      })
     })
 
   const macKey = Effect.gen(function*() {
@@ -112,7 +124,9 @@ export const consulTokenStore = (client: ConsulConnection, prefix: string, kek: 
       Effect.flatMap(put(tokenKey(record.id), JSON.stringify(record), 0), (ok) =>
         ok
           ? Effect.void
-          : Effect.fail(new TokenStoreError({ path: `consul:${tokenKey(record.id)}`, reason: "a token with this id exists" }))),
+          : Effect.fail(
+            new TokenStoreError({ path: `consul:${tokenKey(record.id)}`, reason: "a token with this id exists" })
+          )),
     get: (id) => Effect.map(read(id), Option.map((f) => f.record)),
     list: Effect.gen(function*() {
       const key = `${prefix}/tokens/`
@@ -139,7 +153,9 @@ export const consulTokenStore = (client: ConsulConnection, prefix: string, kek: 
     redeem: (id, check) =>
       change(id, (current) =>
         Effect.succeed(Option.match(current, {
-          onNone: () => ({ result: Either.left<TokenRefusal>({ _tag: "Unknown" }) as Either.Either<TokenRecord, TokenRefusal> }),
+          onNone: () => ({
+            result: Either.left<TokenRefusal>({ _tag: "Unknown" }) as Either.Either<TokenRecord, TokenRefusal>
+          }),
           onSome: (record) => {
             const outcome = check(record)
             return Either.isRight(outcome) ? { write: outcome.right, result: outcome } : { result: outcome }

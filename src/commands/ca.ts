@@ -7,6 +7,7 @@ import { Command, Options } from "@effect/cli"
 import { Clock, Console, Duration, Effect, Option } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
+import { type ConsulConnection, ConsulUnavailable, makeConsulConnection } from "../../layers/ConsulClient.js"
 import {
   bundleOf,
   caPaths,
@@ -22,7 +23,6 @@ import {
   writeAtomic,
   writeRoot
 } from "../../layers/internal/CaStore.js"
-import { type ConsulConnection, ConsulUnavailable, makeConsulConnection } from "../../layers/ConsulClient.js"
 import { type ConsulCaStore, makeConsulCaStore } from "../../layers/internal/ConsulCaStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
 import type { MeshConfig } from "../../schemas/Config.js"
@@ -131,7 +131,10 @@ export const withConsulStore = <A, E>(
       return yield* new CaInvalid({ file: "certificates.store", reason: "`consul` needs a `discovery.consul` section" })
     }
     if (settings === undefined) {
-      return yield* new CaInvalid({ file: "certificates.consul", reason: "`store: consul` needs `certificates.consul.keyEncryptionKeyFile`" })
+      return yield* new CaInvalid({
+        file: "certificates.consul",
+        reason: "`store: consul` needs `certificates.consul.keyEncryptionKeyFile`"
+      })
     }
     const client = yield* makeConsulConnection(consul)
     const store = yield* makeConsulCaStore({ client, settings, store: storeSettingsOf(config) })
@@ -153,7 +156,10 @@ const rotateIn = (configPath: string, activate: boolean) =>
       const pem = yield* withConsulStore(config, (store) =>
         Effect.flatMap(activate ? store.activate : store.rotate, (fp) =>
           // The root just written, as the store now holds it.
-          Effect.map(store.read, (m) => [m.active, ...Option.toArray(m.next)].find((p) => fingerprint(p) === fp) ?? m.active)))
+          Effect.map(store.read, (m) =>
+            [m.active, ...Option.toArray(m.next)].find((p) =>
+              fingerprint(p) === fp
+            ) ?? m.active)))
       return summarizeRoot(pem)
     }
     return yield* (activate ? activateRoot(settings) : introduceRoot(settings))
@@ -191,8 +197,9 @@ export const makeCaCommand = (configOption: Options.Options<string>) => {
         return bundleOf(material, yield* Clock.currentTimeMillis, Duration.toMillis(mesh.certificates.workloadTtl))
       }
       return yield* showRoots(storeSettingsOf(mesh))
-    }).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
-  ).pipe(Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity."))
+    }).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))).pipe(
+      Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity.")
+    )
 
   const rotate = Command.make(
     "rotate",

@@ -5,17 +5,16 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Clock, Console, Effect, Either, Logger, LogLevel, Option, Schema } from "effect"
-import { openCa } from "../../layers/internal/CaStore.js"
 import type { ConsulUnavailable } from "../../layers/ConsulClient.js"
+import { openCa } from "../../layers/internal/CaStore.js"
 import type { ConsulCaStore } from "../../layers/internal/ConsulCaStore.js"
 import { consulTokenStore } from "../../layers/internal/ConsulTokenStore.js"
 import { fileTokenStore, tokenDirectory, type TokenStore } from "../../layers/internal/TokenStore.js"
-import type { MeshConfig } from "../../schemas/Config.js"
-import type { CaInvalid, CaOperationRefused } from "../certs/Errors.js"
-import { withConsulStore } from "./ca.js"
 import { loadFile } from "../../layers/LiveConfig.js"
+import type { MeshConfig } from "../../schemas/Config.js"
 import { ServiceName } from "../../schemas/Config.js"
 import { parseDurationMillis } from "../../schemas/Duration.js"
+import type { CaInvalid, CaOperationRefused } from "../certs/Errors.js"
 import {
   formatToken,
   hashSecret,
@@ -24,6 +23,7 @@ import {
   rootFingerprintHex,
   type TokenRecord
 } from "../tokens/Token.js"
+import { withConsulStore } from "./ca.js"
 
 /** Bad command-line input: one line, exit 1. */
 export class TokenUsageError
@@ -48,8 +48,11 @@ const stores = <A, E>(
   onDisk: () => Effect.Effect<A, E>
 ): Effect.Effect<A & { readonly store: TokenStore }, E | CaInvalid | CaOperationRefused> =>
   mesh.certificates.store === "consul" && mesh.certificates.ca === undefined
-    ? withConsulStore(mesh, (ca, client) =>
-      Effect.map(inConsul(ca), (more) => ({ ...more, store: consulTokenStore(client, ca.keys.prefix, ca.kek) })))
+    ? withConsulStore(
+      mesh,
+      (ca, client) =>
+        Effect.map(inConsul(ca), (more) => ({ ...more, store: consulTokenStore(client, ca.keys.prefix, ca.kek) }))
+    )
     : Effect.map(onDisk(), (more) => ({ ...more, store: fileTokenStore(tokenDirectory(mesh.certificates.dir)) }))
 
 export const formatRecords = (records: ReadonlyArray<TokenRecord>, now: number): string =>

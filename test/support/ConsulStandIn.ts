@@ -16,8 +16,8 @@
  * same thing here, as they are on a single-agent cluster.
  */
 import { Effect, type Scope } from "effect"
-import * as Http from "node:http"
 import * as NodeCrypto from "node:crypto"
+import * as Http from "node:http"
 import * as Https from "node:https"
 import type { AddressInfo, Socket } from "node:net"
 
@@ -526,7 +526,9 @@ export class ConsulStandIn {
       return this.blocking(recurse ? `kvtree:${key}` : `kv:${key}`, url, req, res, () => {
         if (recurse) {
           const entries = [...this.kv].filter(([k]) => k.startsWith(key)).sort(([a], [b]) => a.localeCompare(b))
-          return entries.length === 0 ? { status: 404, body: "" } : { status: 200, body: entries.map(([k, e]) => entryJson(k, e)) }
+          return entries.length === 0
+            ? { status: 404, body: "" }
+            : { status: 200, body: entries.map(([k, e]) => entryJson(k, e)) }
         }
         const entry = this.kv.get(key)
         return entry ? { status: 200, body: [entryJson(key, entry)] } : { status: 404, body: "" }
@@ -666,16 +668,26 @@ export class ConsulStandIn {
   private wakeKey(key: string, index: bigint) {
     this.resourceIndex.set(`kv:${key}`, index)
     for (const waiter of [...this.waiters]) {
-      if (waiter.resource === `kv:${key}` || (waiter.resource.startsWith("kvtree:") && key.startsWith(waiter.resource.slice(7)))) {
+      if (
+        waiter.resource === `kv:${key}` ||
+        (waiter.resource.startsWith("kvtree:") && key.startsWith(waiter.resource.slice(7)))
+      ) {
         waiter.wake("change")
       }
     }
   }
 
   private createSession(body: string, res: Http.ServerResponse) {
-    const request = (body === "" ? {} : JSON.parse(body)) as { Name?: string; Behavior?: string; TTL?: string; LockDelay?: string | number }
+    const request = (body === "" ? {} : JSON.parse(body)) as {
+      Name?: string
+      Behavior?: string
+      TTL?: string
+      LockDelay?: string | number
+    }
     const behavior = request.Behavior ?? "release"
-    if (behavior !== "release" && behavior !== "delete") return send(res, 400, `Invalid Behavior setting '${behavior}'\n`)
+    if (behavior !== "release" && behavior !== "delete") {
+      return send(res, 400, `Invalid Behavior setting '${behavior}'\n`)
+    }
     if (request.TTL !== undefined && request.TTL !== "") {
       const ttl = parseGoDuration(request.TTL)
       if (ttl === undefined || ttl < 10_000 || ttl > 86_400_000) {
@@ -684,7 +696,9 @@ export class ConsulStandIn {
     }
     const lockDelay = typeof request.LockDelay === "number"
       ? request.LockDelay / 1e6
-      : request.LockDelay !== undefined ? parseGoDuration(request.LockDelay) ?? 15_000 : 15_000
+      : request.LockDelay !== undefined
+      ? parseGoDuration(request.LockDelay) ?? 15_000
+      : 15_000
     const session: StandInSession = {
       ID: NodeCrypto.randomUUID(),
       Name: request.Name ?? "",
