@@ -45,7 +45,12 @@ import {
   type SignedCertificate,
   signWorkload
 } from "../src/certs/Authority.js"
-import { type CaInvalid, type CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
+import {
+  type CaInvalid,
+  CaInvalid as CaInvalidError,
+  type CertificateStoreError,
+  SigningFailed
+} from "../src/certs/Errors.js"
 import { identityFiles } from "../src/certs/IdentityFiles.js"
 import { type RenewalPolicy, renewalReason, renewalTime } from "../src/certs/Rotation.js"
 import { secretMap } from "../src/certs/Sds.js"
@@ -57,6 +62,7 @@ import {
   type SpiffeIdInvalid
 } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
+import { ConsulClient } from "./ConsulClient.js"
 import { Discovery } from "./Discovery.js"
 import {
   bundleOf,
@@ -71,6 +77,7 @@ import {
   writeIdentityFiles
 } from "./internal/CaStore.js"
 import { expirySeconds, failures, renewals } from "./internal/CertificatesMetrics.js"
+import { type ConsulCaStatus, type ConsulCaStore, makeConsulCaStore } from "./internal/ConsulCaStore.js"
 import { LiveConfig } from "./LiveConfig.js"
 
 export { CaInvalid, CaOperationRefused, CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
@@ -118,6 +125,10 @@ export interface CertificatesStatus {
   readonly lastError: string | null
   /** Why CA files found in the directory were not adopted (a root changes only through `ca rotate`), while they are there. */
   readonly caRefused: string | null
+  /** `file` or `consul` (`certificates.store`). */
+  readonly store: "file" | "consul"
+  /** With `store: consul`: the prefix, who holds the creation lock, and Consul trouble. */
+  readonly consul: ConsulCaStatus | null
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,8 +171,16 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
   static readonly layer: Layer.Layer<
     Certificates,
     CaInvalid | CertificateStoreError | SigningFailed,
-    LiveConfig | Discovery
-  > = Layer.scoped(Certificates, fromConfig((config) => caSourceOf(config.certificates)))
+    LiveConfig | Discovery | ConsulClient
+  > = Layer.scoped(
+    Certificates,
+    Effect.gen(function*() {
+      const { config } = yield* (yield* LiveConfig).get
+      const source = caSourceOf(config.certificates)
+      const consul = source._tag === "Consul" ? Option.some(yield* openConsulStore(config)) : Option.none()
+      return yield* fromConfig(() => source, consul)
+    })
+  )
 
   /** A root made in memory at start and never written: tests, and programs that want a throwaway mesh. */
   static readonly layerEphemeral: Layer.Layer<Certificates, SigningFailed, LiveConfig | Discovery> = Layer.scoped(
@@ -172,7 +191,7 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
 
 /** `make` with the settings of the config in force at start (certificate settings apply at start). */
 // A function declaration: the static layers above use it while the class is being defined.
-function fromConfig(source: (config: MeshConfig) => CaSource) {
+function fromConfig(source: (config: MeshConfig) => CaSource, consul: Option.Option<ConsulCaStore> = Option.none()) {
   return Effect.gen(function*() {
     const { config } = yield* (yield* LiveConfig).get
     const sidecar = config.sidecar.envoy
@@ -183,7 +202,33 @@ function fromConfig(source: (config: MeshConfig) => CaSource) {
       ca: source(config),
       writeFilesFor: source(config)._tag !== "Ephemeral" && sidecar.enabled && sidecar.service !== undefined
         ? [sidecar.service]
-        : []
+        : [],
+      ...(Option.isSome(consul) ? { consul: consul.value } : {})
+    })
+  })
+}
+
+/** `store: consul` needs the shared Consul client and the KEK; each missing piece is named. */
+function openConsulStore(config: MeshConfig) {
+  return Effect.gen(function*() {
+    const client = yield* ConsulClient
+    const settings = config.certificates.consul
+    if (Option.isNone(client.connection)) {
+      return yield* new CaInvalidError({
+        file: "certificates.store",
+        reason: "`consul` needs a `discovery.consul` section"
+      })
+    }
+    if (settings === undefined) {
+      return yield* new CaInvalidError({
+        file: "certificates.consul",
+        reason: "`store: consul` needs `certificates.consul.keyEncryptionKeyFile`"
+      })
+    }
+    return yield* makeConsulCaStore({
+      client: client.connection.value,
+      settings,
+      store: { settings: config.certificates, meshName: config.mesh.name, trustDomain: config.mesh.trustDomain }
     })
   })
 }
@@ -202,6 +247,8 @@ export interface MakeOptions {
    * every renewal and bundle change (the local Envoy sidecar's bootstrap reads them).
    */
   readonly writeFilesFor?: ReadonlyArray<string>
+  /** With `ca: Consul`: the store the CA is read from, created in, and watched. */
+  readonly consul?: ConsulCaStore
 }
 
 const LOG = { module: "certificates" } as const
@@ -299,7 +346,14 @@ export const make = (
     const policy: RenewalPolicy = { renewAt: settings.renewAt, jitter: settings.renewJitter }
     const ttlMillis = Duration.toMillis(settings.workloadTtl)
 
-    const material = yield* Ref.make(yield* loadCa(options.ca, store))
+    const consul = options.ca._tag === "Consul" ? options.consul : undefined
+    if (options.ca._tag === "Consul" && consul === undefined) {
+      return yield* new CaInvalidError({
+        file: "certificates.store",
+        reason: "the CA is in Consul but no Consul store was given"
+      })
+    }
+    const material = yield* Ref.make(yield* (consul !== undefined ? consul.open : loadCa(options.ca, store)))
     const wanted = yield* Ref.make<ReadonlyArray<string>>((yield* discovery.services).map((s) => s.name))
     const counts = yield* Ref.make({ renewals: 0, failures: 0, lastError: null as string | null })
     const refused = yield* Ref.make<string | null>(null)
@@ -316,7 +370,9 @@ export const make = (
     const refreshCa = Effect.gen(function*() {
       if (options.ca._tag === "Ephemeral") return
       const before = yield* Ref.get(material)
-      const loaded = yield* Effect.either(loadCa(options.ca, { ...store, create: false }))
+      const loaded = yield* Effect.either(
+        consul !== undefined ? consul.current : loadCa(options.ca, { ...store, create: false })
+      )
       if (Either.isLeft(loaded)) {
         yield* Effect.logError("cannot re-read the CA; keeping the one in force").pipe(
           Effect.annotateLogs({ error: loaded.left.message })
@@ -456,6 +512,10 @@ export const make = (
       Effect.delay(settings.checkInterval),
       Effect.forkScoped
     )
+    // A change in Consul (`ca rotate` at any controller) is applied at once, not at the next check.
+    if (consul !== undefined) {
+      yield* consul.watch(reconcile(true)).pipe(Effect.annotateLogs(LOG), Effect.forkScoped)
+    }
     yield* discovery.changes.pipe(
       Stream.map((services) => services.map((s) => s.name)),
       // Endpoint and health churn does not change which identities exist.
@@ -507,7 +567,9 @@ export const make = (
           renewals: c.renewals,
           failures: c.failures,
           lastError: c.lastError,
-          caRefused: yield* Ref.get(refused)
+          caRefused: yield* Ref.get(refused),
+          store: consul !== undefined ? "consul" as const : "file" as const,
+          consul: consul !== undefined ? yield* consul.status : null
         }
       })
     })

@@ -10,7 +10,7 @@
  */
 import * as grpc from "@grpc/grpc-js"
 import { Clock, Context, Data, Effect, Either, Layer, Option, Ref, Runtime } from "effect"
-import type { SigningListen } from "../schemas/Config.js"
+import type { MeshConfig, SigningListen } from "../schemas/Config.js"
 import { serviceId } from "../src/certs/Spiffe.js"
 import { callPeer } from "../src/certs/Tls.js"
 import { checkCsr } from "../src/signing/Csr.js"
@@ -18,6 +18,9 @@ import { RateLimiter, type RateSettings } from "../src/signing/RateLimit.js"
 import { signingServiceDefinition, type SignRequest, type SignResponse } from "../src/signing/SigningProto.js"
 import { checkRecord, describeRefusal, macValid, parseToken } from "../src/tokens/Token.js"
 import { Certificates } from "./Certificates.js"
+import { ConsulClient } from "./ConsulClient.js"
+import { readKek } from "./internal/ConsulCaStore.js"
+import { consulTokenStore } from "./internal/ConsulTokenStore.js"
 import { fileTokenStore, tokenDirectory, type TokenStore } from "./internal/TokenStore.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { counter } from "./Metrics.js"
@@ -71,21 +74,43 @@ export class SigningService extends Context.Tag("mesh-controller/SigningService"
     Layer.scoped(SigningService, make(options))
 
   /** From `controller.signing` (tokens in `<certificates.dir>/tokens`); not served when the setting is absent. */
-  static readonly layerConfig: Layer.Layer<SigningService, SigningListenError, LiveConfig | Certificates> = Layer
-    .unwrapEffect(
-      Effect.gen(function*() {
-        const { config } = yield* (yield* LiveConfig).get
-        const settings: SigningListen | undefined = config.controller.signing
-        if (settings === undefined) {
-          return Layer.succeed(SigningService, {
-            address: null,
-            status: Effect.succeed({ address: null, issued: { token: 0, renewal: 0 }, refused: 0, lastRefusal: null })
-          })
-        }
-        return SigningService.layer({ ...settings, tokens: fileTokenStore(tokenDirectory(config.certificates.dir)) })
-      })
-    )
+  static readonly layerConfig: Layer.Layer<
+    SigningService,
+    SigningListenError,
+    LiveConfig | Certificates | ConsulClient
+  > = Layer.unwrapEffect(
+    Effect.gen(function*() {
+      const { config } = yield* (yield* LiveConfig).get
+      const settings: SigningListen | undefined = config.controller.signing
+      if (settings === undefined) {
+        return Layer.succeed(SigningService, {
+          address: null,
+          status: Effect.succeed({ address: null, issued: { token: 0, renewal: 0 }, refused: 0, lastRefusal: null })
+        })
+      }
+      return SigningService.layer({ ...settings, tokens: yield* tokenStoreOf(config) })
+    })
+  )
 }
+
+/**
+ * Tokens live beside the CA: files under `certificates.dir`, or Consul's KV with
+ * `certificates.store: consul` (so a token made at one controller is spent once at any).
+ */
+const tokenStoreOf = (config: MeshConfig) =>
+  Effect.gen(function*() {
+    const consul = config.certificates.consul
+    if (config.certificates.store !== "consul" || config.certificates.ca !== undefined || consul === undefined) {
+      return fileTokenStore(tokenDirectory(config.certificates.dir))
+    }
+    const client = yield* ConsulClient
+    // The Certificates layer, built first, has already refused a missing connection or a bad KEK.
+    if (Option.isNone(client.connection)) {
+      return yield* Effect.dieMessage("certificates.store: consul without discovery.consul")
+    }
+    const kek = yield* Effect.orDie(readKek(consul.keyEncryptionKeyFile))
+    return consulTokenStore(client.connection.value, consul.prefix, kek)
+  })
 
 /** `call.getPeer()` is `host:port` (IPv6 hosts unbracketed): the host is what rate limits key on. */
 const peerHost = (peer: string): string => peer.replace(/^ipv[46]:/, "").replace(/:\d+$/, "").replace(/^\[|\]$/g, "")

@@ -581,7 +581,43 @@ export const CaFiles = Schema.Struct({
 export const KeyAlgorithm = oneOf("ecdsa-p256", "rsa-2048", "rsa-3072")
 export type KeyAlgorithm = typeof KeyAlgorithm.Type
 
+/** `certificates.store: consul`: where in Consul's KV the shared CA lives, and how its keys are sealed. */
+export const ConsulCaStoreSettings = Schema.Struct({
+  /** KV prefix holding the CA (`<prefix>/ca`) and its creation lock (`<prefix>/lock`); no leading or trailing `/`. */
+  prefix: withDefault(
+    NonEmptyString.pipe(
+      Schema.filter((p) =>
+        (!p.startsWith("/") && !p.endsWith("/")) || `expected a KV prefix without a leading or trailing "/", got "${p}"`
+      )
+    ),
+    () => "mesh-controller/ca"
+  ),
+  /**
+   * File holding the key-encryption key: 32 random bytes, base64 (`openssl rand -base64 32`), mode
+   * 0600, the same on every controller. CA keys are stored in KV only sealed with it (AES-256-GCM).
+   */
+  keyEncryptionKeyFile: NonEmptyString,
+  /** TTL of the Consul session that holds the creation lock (Consul's range: 10s to 24h). */
+  sessionTtl: withDefault(
+    PositiveDuration.pipe(
+      Schema.filter((d) =>
+        (Duration.toMillis(d) >= 10_000 && Duration.toMillis(d) <= 86_400_000) ||
+        "expected a session TTL from 10s to 24h"
+      )
+    ),
+    () => Duration.seconds(15)
+  )
+})
+export type ConsulCaStoreSettings = typeof ConsulCaStoreSettings.Type
+
 export const Certificates = Schema.Struct({
+  /**
+   * Where the CA lives: `file` (under `dir`, the default) or `consul` (in Consul's KV under
+   * `consul.prefix`, shared by every controller using the same Consul; needs `discovery.consul`).
+   */
+  store: withDefault(oneOf("file", "consul"), () => "file" as const),
+  /** Settings of `store: consul`. */
+  consul: Schema.optionalWith(ConsulCaStoreSettings, { exact: true }),
   /** Where the mesh CA lives (0700; keys 0600). Unused when `ca` is given. */
   dir: withDefault(NonEmptyString, () => "/var/lib/mesh-controller/certs"),
   workloadTtl: withDefault(PositiveDuration, () => Duration.hours(24)),

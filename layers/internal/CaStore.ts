@@ -117,14 +117,25 @@ export type CaSource =
   | { readonly _tag: "Dir" }
   | { readonly _tag: "Files" }
   | { readonly _tag: "Ephemeral" }
+  /** `certificates.store: consul`: layers/internal/ConsulCaStore.ts, opened by the Certificates layer. */
+  | { readonly _tag: "Consul" }
 
-/** The one place that says where a configured CA lives: operator files when `certificates.ca` is set, else the dir. */
+/**
+ * The one place that says where a configured CA lives: operator files when `certificates.ca` is
+ * set, Consul's KV with `store: consul`, else the dir.
+ */
 export const caSourceOf = (settings: CertificateSettings): CaSource =>
-  settings.ca === undefined ? { _tag: "Dir" } : { _tag: "Files" }
+  settings.ca !== undefined ? { _tag: "Files" } : settings.store === "consul" ? { _tag: "Consul" } : { _tag: "Dir" }
 
 /** `dir:<path>`, `files` or `ephemeral`: how /status names the source. */
 export const caLabel = (source: CaSource, settings: CertificateSettings): string =>
-  source._tag === "Dir" ? `dir:${caPaths(settings.dir).dir}` : source._tag === "Files" ? "files" : "ephemeral"
+  source._tag === "Dir"
+    ? `dir:${caPaths(settings.dir).dir}`
+    : source._tag === "Consul"
+    ? `consul:${settings.consul?.prefix ?? ""}`
+    : source._tag === "Files"
+    ? "files"
+    : "ephemeral"
 
 /** The CA as loaded: the signer, the trust bundle, and a digest of the files it came from. */
 export interface CaMaterial {
@@ -453,6 +464,14 @@ export const loadCa = (source: CaSource, options: StoreOptions) => {
       return options.settings.ca === undefined
         ? Effect.fail(new CaInvalid({ file: "certificates.ca", reason: "not configured" }))
         : loadCaFiles(options.settings.ca)
+    case "Consul":
+      // Opening it needs a Consul connection: the Certificates layer (and `ca` commands) do that.
+      return Effect.fail(
+        new CaInvalid({
+          file: "certificates.store",
+          reason: "the CA is in Consul (`store: consul`); only the running controller and `ca show`/`ca rotate` open it"
+        })
+      )
     case "Ephemeral":
       return Effect.gen(function*() {
         const root = yield* newRoot(options)

@@ -7,6 +7,7 @@ import { Command, Options } from "@effect/cli"
 import { Clock, Console, Duration, Effect, Option } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
+import { type ConsulConnection, ConsulUnavailable, makeConsulConnection } from "../../layers/ConsulClient.js"
 import {
   bundleOf,
   caPaths,
@@ -22,10 +23,11 @@ import {
   writeAtomic,
   writeRoot
 } from "../../layers/internal/CaStore.js"
+import { type ConsulCaStore, makeConsulCaStore } from "../../layers/internal/ConsulCaStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
 import type { MeshConfig } from "../../schemas/Config.js"
-import { type RootSummary, summarizeRoot } from "../certs/Authority.js"
-import { type CaInvalid, CaOperationRefused, CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
+import { fingerprint, type RootSummary, summarizeRoot } from "../certs/Authority.js"
+import { CaInvalid, CaOperationRefused, CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
 import { describeErrno } from "../Errno.js"
 
 const storeError = (path: string) => (cause: unknown) =>
@@ -113,6 +115,56 @@ export const activateRoot = (
     return summarizeRoot(material.next.value)
   })
 
+/**
+ * With `certificates.store: consul`: the shared CA in Consul's KV (layers/internal/ConsulCaStore.ts),
+ * reached with the config's `discovery.consul` and the KEK file. Every controller sees the change
+ * through its watch of the prefix.
+ */
+export const withConsulStore = <A, E>(
+  config: MeshConfig,
+  use: (store: ConsulCaStore, client: ConsulConnection) => Effect.Effect<A, E | ConsulUnavailable>
+) =>
+  Effect.gen(function*() {
+    const consul = config.discovery.consul
+    const settings = config.certificates.consul
+    if (consul === undefined) {
+      return yield* new CaInvalid({ file: "certificates.store", reason: "`consul` needs a `discovery.consul` section" })
+    }
+    if (settings === undefined) {
+      return yield* new CaInvalid({
+        file: "certificates.consul",
+        reason: "`store: consul` needs `certificates.consul.keyEncryptionKeyFile`"
+      })
+    }
+    const client = yield* makeConsulConnection(consul)
+    const store = yield* makeConsulCaStore({ client, settings, store: storeSettingsOf(config) })
+    return yield* use(store, client)
+  }).pipe(
+    Effect.catchIf(
+      (error): error is ConsulUnavailable => error instanceof ConsulUnavailable,
+      (error) => Effect.fail(new CaOperationRefused({ reason: `cannot reach Consul: ${error.reason}` }))
+    ),
+    Effect.scoped
+  )
+
+/** `ca rotate [--activate]` on whichever store the config names; returns the root's summary. */
+const rotateIn = (configPath: string, activate: boolean) =>
+  Effect.gen(function*() {
+    const { config } = yield* loadFile(configPath)
+    const settings = storeSettingsOf(config)
+    if (config.certificates.store === "consul" && config.certificates.ca === undefined) {
+      const pem = yield* withConsulStore(config, (store) =>
+        Effect.flatMap(activate ? store.activate : store.rotate, (fp) =>
+          // The root just written, as the store now holds it.
+          Effect.map(store.read, (m) =>
+            [m.active, ...Option.toArray(m.next)].find((p) =>
+              fingerprint(p) === fp
+            ) ?? m.active)))
+      return summarizeRoot(pem)
+    }
+    return yield* (activate ? activateRoot(settings) : introduceRoot(settings))
+  })
+
 /** What `ca show` prints: every root in the bundle now. */
 export const showRoots = (
   options: StoreSettings
@@ -137,12 +189,17 @@ export const formatRoots = (bundle: TrustBundle): string =>
 
 /** `ca show` and `ca rotate`, around the CLI's `--config` option. */
 export const makeCaCommand = (configOption: Options.Options<string>) => {
-  const show = Command.make(
-    "show",
-    { config: configOption },
-    ({ config }) =>
-      Effect.flatMap(settingsFrom(config), showRoots).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
-  ).pipe(Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity."))
+  const show = Command.make("show", { config: configOption }, ({ config }) =>
+    Effect.gen(function*() {
+      const { config: mesh } = yield* loadFile(config)
+      if (mesh.certificates.store === "consul" && mesh.certificates.ca === undefined) {
+        const material = yield* withConsulStore(mesh, (store) => store.read)
+        return bundleOf(material, yield* Clock.currentTimeMillis, Duration.toMillis(mesh.certificates.workloadTtl))
+      }
+      return yield* showRoots(storeSettingsOf(mesh))
+    }).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))).pipe(
+      Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity.")
+    )
 
   const rotate = Command.make(
     "rotate",
@@ -154,14 +211,13 @@ export const makeCaCommand = (configOption: Options.Options<string>) => {
     },
     ({ activate, config }) =>
       Effect.gen(function*() {
-        const settings = yield* settingsFrom(config)
         if (activate) {
-          const root = yield* activateRoot(settings)
+          const root = yield* rotateIn(config, true)
           yield* Console.log(
             `activated ${root.subject} (${root.fingerprint}).\nThe running controller re-issues every workload certificate on its next check; the previous root stays trusted for one workload TTL.`
           )
         } else {
-          const root = yield* introduceRoot(settings)
+          const root = yield* rotateIn(config, false)
           yield* Console.log(
             `introduced ${root.subject} (${root.fingerprint}): trusted, not yet signing.\nOnce every workload has the new trust bundle (a few check intervals), run \`ca rotate --activate\`.`
           )

@@ -5,11 +5,16 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Clock, Console, Effect, Either, Logger, LogLevel, Option, Schema } from "effect"
+import type { ConsulUnavailable } from "../../layers/ConsulClient.js"
 import { openCa } from "../../layers/internal/CaStore.js"
-import { fileTokenStore, tokenDirectory } from "../../layers/internal/TokenStore.js"
+import type { ConsulCaStore } from "../../layers/internal/ConsulCaStore.js"
+import { consulTokenStore } from "../../layers/internal/ConsulTokenStore.js"
+import { fileTokenStore, tokenDirectory, type TokenStore } from "../../layers/internal/TokenStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
+import type { MeshConfig } from "../../schemas/Config.js"
 import { ServiceName } from "../../schemas/Config.js"
 import { parseDurationMillis } from "../../schemas/Duration.js"
+import type { CaInvalid, CaOperationRefused } from "../certs/Errors.js"
 import {
   formatToken,
   hashSecret,
@@ -18,6 +23,7 @@ import {
   rootFingerprintHex,
   type TokenRecord
 } from "../tokens/Token.js"
+import { withConsulStore } from "./ca.js"
 
 /** Bad command-line input: one line, exit 1. */
 export class TokenUsageError
@@ -31,6 +37,23 @@ export class TokenUsageError
 const INSTANCE = /^[A-Za-z0-9._-]{1,63}$/
 
 const configOf = (path: string) => Effect.map(loadFile(path), ({ config }) => config)
+
+/**
+ * The token store the config names, with whatever `more` reads from the CA: the files under
+ * `certificates.dir`, or Consul's KV beside the shared CA with `certificates.store: consul`.
+ */
+const stores = <A, E>(
+  mesh: MeshConfig,
+  inConsul: (store: ConsulCaStore) => Effect.Effect<A, E | ConsulUnavailable>,
+  onDisk: () => Effect.Effect<A, E>
+): Effect.Effect<A & { readonly store: TokenStore }, E | CaInvalid | CaOperationRefused> =>
+  mesh.certificates.store === "consul" && mesh.certificates.ca === undefined
+    ? withConsulStore(
+      mesh,
+      (ca, client) =>
+        Effect.map(inConsul(ca), (more) => ({ ...more, store: consulTokenStore(client, ca.keys.prefix, ca.kek) }))
+    )
+    : Effect.map(onDisk(), (more) => ({ ...more, store: fileTokenStore(tokenDirectory(mesh.certificates.dir)) }))
 
 export const formatRecords = (records: ReadonlyArray<TokenRecord>, now: number): string =>
   records.length === 0
@@ -95,15 +118,18 @@ export const makeTokenCommand = (configOption: Options.Options<string>) => {
         const mesh = yield* configOf(config)
         // The CA is made here on first use, as `certs issue` does: the token must pin a root.
         // Its log line is kept off stdout, which holds the token alone (`token create ... > token`).
-        const ca = yield* openCa({
-          settings: mesh.certificates,
-          meshName: mesh.mesh.name,
-          trustDomain: mesh.mesh.trustDomain,
-          create: true
-        }).pipe(
-          Logger.withMinimumLogLevel(LogLevel.Warning)
-        )
-        const store = fileTokenStore(tokenDirectory(mesh.certificates.dir))
+        const { ca, store } = yield* stores(mesh, (store) => Effect.map(store.read, (ca) => ({ ca })), () =>
+          Effect.map(
+            // The CA is made here on first use, as `certs issue` does: the token must pin a root.
+            // Its log line is kept off stdout, which holds the token alone (`token create ... > token`).
+            openCa({
+              settings: mesh.certificates,
+              meshName: mesh.mesh.name,
+              trustDomain: mesh.mesh.trustDomain,
+              create: true
+            }).pipe(Logger.withMinimumLogLevel(LogLevel.Warning)),
+            (ca) => ({ ca })
+          ))
         const now = yield* Clock.currentTimeMillis
         const { id, secret } = newTokenSecrets()
         yield* store.create({
@@ -128,7 +154,9 @@ export const makeTokenCommand = (configOption: Options.Options<string>) => {
   const list = Command.make("list", { config: configOption }, ({ config }) =>
     Effect.gen(function*() {
       const mesh = yield* configOf(config)
-      const records = yield* fileTokenStore(tokenDirectory(mesh.certificates.dir)).list
+      const records = yield* stores(mesh, () => Effect.succeed({}), () => Effect.succeed({})).pipe(
+        Effect.flatMap(({ store }) => store.list)
+      )
       yield* Console.log(formatRecords(records, yield* Clock.currentTimeMillis))
     })).pipe(Command.withDescription("List join tokens: id, service, expiry, uses left (never the secret)."))
 
@@ -141,10 +169,8 @@ export const makeTokenCommand = (configOption: Options.Options<string>) => {
     ({ config, id }) =>
       Effect.gen(function*() {
         const mesh = yield* configOf(config)
-        const record = yield* fileTokenStore(tokenDirectory(mesh.certificates.dir)).revoke(
-          id,
-          new Date(yield* Clock.currentTimeMillis)
-        )
+        const { store } = yield* stores(mesh, () => Effect.succeed({}), () => Effect.succeed({}))
+        const record = yield* store.revoke(id, new Date(yield* Clock.currentTimeMillis))
         yield* Console.log(`revoked token ${record.id} (service ${record.service})`)
       })
   ).pipe(Command.withDescription("Revoke a join token: it buys no further certificate."))

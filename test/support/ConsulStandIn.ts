@@ -16,6 +16,7 @@
  * same thing here, as they are on a single-agent cluster.
  */
 import { Effect, type Scope } from "effect"
+import * as NodeCrypto from "node:crypto"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type { AddressInfo, Socket } from "node:net"
@@ -56,7 +57,25 @@ export interface StandInSnapshot {
   readonly resourceIndex: ReadonlyMap<string, bigint>
   readonly services: ReadonlyMap<string, StandInService>
   readonly checks: ReadonlyMap<string, StandInCheck>
-  readonly kv: ReadonlyMap<string, { value: Buffer; createIndex: bigint; modifyIndex: bigint }>
+  readonly kv: ReadonlyMap<string, KvEntry>
+}
+
+/** A KV entry; `session` is the session holding its lock. */
+export interface KvEntry {
+  value: Buffer
+  createIndex: bigint
+  modifyIndex: bigint
+  lockIndex: bigint
+  session?: string
+}
+
+export interface StandInSession {
+  readonly ID: string
+  readonly Name: string
+  readonly Behavior: "release" | "delete"
+  readonly TTL: string
+  readonly LockDelay: number
+  readonly CreateIndex: bigint
 }
 
 const NODE = { ID: "00000000-0000-0000-0000-000000000001", Node: "standin", Address: "127.0.0.1", Datacenter: "dc1" }
@@ -80,7 +99,14 @@ export class ConsulStandIn {
   private readonly resourceIndex = new Map<string, bigint>()
   private readonly services = new Map<string, StandInService>()
   private readonly checks = new Map<string, StandInCheck>()
-  private readonly kv = new Map<string, { value: Buffer; createIndex: bigint; modifyIndex: bigint }>()
+  private readonly kv = new Map<string, KvEntry>()
+  /** Index at which a key was deleted, so a recursive query's index never goes backwards (Consul's tombstones). */
+  private readonly tombstones = new Map<string, bigint>()
+  private readonly sessions = new Map<string, StandInSession>()
+  private readonly sessionTimers = new Map<string, NodeJS.Timeout>()
+  /** KV writes to keys matching this are parked (not applied) until `releaseHeldWrites`. */
+  private holdPredicate: ((key: string) => boolean) | undefined
+  private held: Array<() => void> = []
   private readonly ttlTimers = new Map<string, NodeJS.Timeout>()
   private waiters = new Set<Waiter>()
   private failStatus: number | undefined
@@ -155,6 +181,10 @@ export class ConsulStandIn {
     this.services.clear()
     this.checks.clear()
     this.kv.clear()
+    this.tombstones.clear()
+    this.sessions.clear()
+    for (const timer of this.sessionTimers.values()) clearTimeout(timer)
+    this.sessionTimers.clear()
     for (const timer of this.ttlTimers.values()) clearTimeout(timer)
     this.ttlTimers.clear()
     this.resourceIndex.clear()
@@ -210,6 +240,32 @@ export class ConsulStandIn {
     this.touch(`service:${check.ServiceName}`)
   }
 
+  /**
+   * KV writes (PUT) to keys `matches` accepts are parked unanswered and unapplied: the writer sits
+   * inside whatever it was doing (e.g. holding a lock) until `releaseHeldWrites`, or until it dies.
+   */
+  readonly holdWrites = (matches: ((key: string) => boolean) | undefined): void => {
+    this.holdPredicate = matches
+  }
+
+  /** Parked writes proceed (those whose client has gone are dropped, as the real server never saw them). */
+  readonly releaseHeldWrites = (): void => {
+    const held = this.held
+    this.held = []
+    for (const proceed of held) proceed()
+  }
+
+  /** Writes parked by `holdWrites` right now. */
+  readonly heldWrites = (): number => this.held.length
+
+  /** A KV entry as stored (tests read what a Consul reader alone would see). */
+  readonly kvEntry = (key: string): KvEntry | undefined => this.kv.get(key)
+  readonly kvKeys = (): ReadonlyArray<string> => [...this.kv.keys()].sort()
+  readonly liveSessions = (): ReadonlyArray<StandInSession> => [...this.sessions.values()]
+
+  /** Invalidates a session now, as when its node fails or its TTL lapses. */
+  readonly invalidateSession = (id: string): void => this.dropSession(id)
+
   readonly registeredServices = (): ReadonlyArray<StandInService> => [...this.services.values()]
   readonly registeredChecks = (): ReadonlyArray<StandInCheck> => [...this.checks.values()]
   readonly count = (request: string): number => this.requests.filter((r) => r === request).length
@@ -252,6 +308,8 @@ export class ConsulStandIn {
 
   readonly close = async (): Promise<void> => {
     for (const timer of this.ttlTimers.values()) clearTimeout(timer)
+    for (const timer of this.sessionTimers.values()) clearTimeout(timer)
+    this.releaseHeldWrites()
     await this.closeServer()
   }
 
@@ -272,6 +330,14 @@ export class ConsulStandIn {
   }
 
   private indexOf(resource: string): bigint {
+    if (resource.startsWith("kvtree:")) {
+      // A recursive read's index is the highest modify (or delete) index under the prefix.
+      const prefix = resource.slice("kvtree:".length)
+      let max = 0n
+      for (const [key, entry] of this.kv) if (key.startsWith(prefix) && entry.modifyIndex > max) max = entry.modifyIndex
+      for (const [key, at] of this.tombstones) if (key.startsWith(prefix) && at > max) max = at
+      return max > 0n ? max : (this.index > 1n ? 1n : this.index)
+    }
     return this.resourceIndex.get(resource) ?? (this.index > 1n ? 1n : this.index)
   }
 
@@ -411,35 +477,61 @@ export class ConsulStandIn {
       this.updateTtl(check, status, url.searchParams.get("note") ?? parsed.Output ?? "")
       return send(res, 200, "")
     }
-    if ((m = path.match(/^\/v1\/kv\/(.+)$/))) {
+    if (method === "PUT" && path === "/v1/session/create") return this.createSession(body, res)
+    if (method === "PUT" && (m = path.match(/^\/v1\/session\/destroy\/([^/]+)$/))) {
+      this.dropSession(decodeURIComponent(m[1]!))
+      return send(res, 200, true)
+    }
+    if (method === "PUT" && (m = path.match(/^\/v1\/session\/renew\/([^/]+)$/))) {
+      const session = this.sessions.get(decodeURIComponent(m[1]!))
+      if (!session) return send(res, 404, `Session id '${decodeURIComponent(m[1]!)}' not found\n`)
+      this.armSession(session)
+      return send(res, 200, [this.sessionJson(session)])
+    }
+    if (method === "GET" && (m = path.match(/^\/v1\/session\/info\/([^/]+)$/))) {
+      const session = this.sessions.get(decodeURIComponent(m[1]!))
+      return send(res, 200, session ? [this.sessionJson(session)] : null)
+    }
+    if ((m = path.match(/^\/v1\/kv\/(.*)$/))) {
       const key = decodeURIComponent(m[1]!)
       if (method === "PUT") {
-        const existing = this.kv.get(key)
-        const index = this.bump()
-        this.kv.set(key, { value: Buffer.from(body), createIndex: existing?.createIndex ?? index, modifyIndex: index })
-        this.resourceIndex.set(`kv:${key}`, index)
-        for (const waiter of [...this.waiters]) if (waiter.resource === `kv:${key}`) waiter.wake("change")
-        return send(res, 200, true)
+        if (key === "") return send(res, 400, "Missing key name\n")
+        if (this.holdPredicate?.(key)) {
+          // Parked: applied only if the writer is still connected when released.
+          await new Promise<void>((resolve) => this.held.push(resolve))
+          if (req.socket.destroyed || res.destroyed) return
+        }
+        return this.kvPut(key, url, body, res)
       }
       if (method === "DELETE") {
-        this.kv.delete(key)
-        this.touch(`kv:${key}`)
+        const cas = url.searchParams.get("cas")
+        const prefix = url.searchParams.has("recurse")
+        const existing = this.kv.get(key)
+        if (cas !== null && BigInt(cas) !== (existing?.modifyIndex ?? 0n)) return send(res, 200, false)
+        const gone = prefix ? [...this.kv.keys()].filter((k) => k.startsWith(key)) : existing ? [key] : []
+        for (const k of gone) this.deleteKey(k)
+        if (gone.length === 0) this.bump()
         return send(res, 200, true)
       }
-      return this.blocking(`kv:${key}`, url, req, res, () => {
-        const entry = this.kv.get(key)
-        if (!entry) return { status: 404, body: "" }
-        return {
-          status: 200,
-          body: [{
-            Key: key,
-            Flags: 0,
-            LockIndex: 0,
-            CreateIndex: Number(entry.createIndex),
-            ModifyIndex: Number(entry.modifyIndex),
-            Value: entry.value.toString("base64")
-          }]
+      const recurse = url.searchParams.has("recurse")
+      const entryJson = (k: string, entry: KvEntry) => ({
+        Key: k,
+        Flags: 0,
+        LockIndex: Number(entry.lockIndex),
+        ...(entry.session ? { Session: entry.session } : {}),
+        CreateIndex: Number(entry.createIndex),
+        ModifyIndex: Number(entry.modifyIndex),
+        Value: entry.value.length === 0 ? null : entry.value.toString("base64")
+      })
+      return this.blocking(recurse ? `kvtree:${key}` : `kv:${key}`, url, req, res, () => {
+        if (recurse) {
+          const entries = [...this.kv].filter(([k]) => k.startsWith(key)).sort(([a], [b]) => a.localeCompare(b))
+          return entries.length === 0
+            ? { status: 404, body: "" }
+            : { status: 200, body: entries.map(([k, e]) => entryJson(k, e)) }
         }
+        const entry = this.kv.get(key)
+        return entry ? { status: 200, body: [entryJson(key, entry)] } : { status: 404, body: "" }
       })
     }
     send(res, 404, `stand-in: no route for ${method} ${path}\n`)
@@ -525,6 +617,144 @@ export class ConsulStandIn {
     }, ttl)
     timer.unref()
     this.ttlTimers.set(check.CheckID, timer)
+  }
+
+  /**
+   * PUT /v1/kv/<key>: `?cas=` writes only if the key's ModifyIndex is that (0: only if absent);
+   * `?acquire=` takes the lock for a live session (refused while another session holds it, or
+   * within a lock-delay after an invalidated holder); `?release=` gives it up. Answers true/false.
+   */
+  private kvPut(key: string, url: URL, body: string, res: Http.ServerResponse): void {
+    const existing = this.kv.get(key)
+    const cas = url.searchParams.get("cas")
+    if (cas !== null && BigInt(cas) !== (existing?.modifyIndex ?? 0n)) return send(res, 200, false)
+    const acquire = url.searchParams.get("acquire")
+    const release = url.searchParams.get("release")
+    let session = existing?.session
+    let lockIndex = existing?.lockIndex ?? 0n
+    if (acquire !== null) {
+      if (!this.sessions.has(acquire)) return send(res, 500, `invalid session "${acquire}"\n`)
+      if (session !== undefined && session !== acquire) return send(res, 200, false)
+      if ((this.lockDelays.get(key) ?? 0) > Date.now()) return send(res, 200, false)
+      if (session !== acquire) lockIndex += 1n
+      session = acquire
+    } else if (release !== null) {
+      if (session !== release) return send(res, 200, false)
+      session = undefined
+    }
+    const index = this.bump()
+    this.tombstones.delete(key)
+    this.kv.set(key, {
+      value: Buffer.from(body),
+      createIndex: existing?.createIndex ?? index,
+      modifyIndex: index,
+      lockIndex,
+      ...(session !== undefined ? { session } : {})
+    })
+    this.wakeKey(key, index)
+    send(res, 200, true)
+  }
+
+  private readonly lockDelays = new Map<string, number>()
+
+  private deleteKey(key: string) {
+    this.kv.delete(key)
+    const index = this.bump()
+    this.tombstones.set(key, index)
+    this.wakeKey(key, index)
+  }
+
+  /** A key changed at `index`: its readers and the recursive readers of every prefix of it wake. */
+  private wakeKey(key: string, index: bigint) {
+    this.resourceIndex.set(`kv:${key}`, index)
+    for (const waiter of [...this.waiters]) {
+      if (
+        waiter.resource === `kv:${key}` ||
+        (waiter.resource.startsWith("kvtree:") && key.startsWith(waiter.resource.slice(7)))
+      ) {
+        waiter.wake("change")
+      }
+    }
+  }
+
+  private createSession(body: string, res: Http.ServerResponse) {
+    const request = (body === "" ? {} : JSON.parse(body)) as {
+      Name?: string
+      Behavior?: string
+      TTL?: string
+      LockDelay?: string | number
+    }
+    const behavior = request.Behavior ?? "release"
+    if (behavior !== "release" && behavior !== "delete") {
+      return send(res, 400, `Invalid Behavior setting '${behavior}'\n`)
+    }
+    if (request.TTL !== undefined && request.TTL !== "") {
+      const ttl = parseGoDuration(request.TTL)
+      if (ttl === undefined || ttl < 10_000 || ttl > 86_400_000) {
+        return send(res, 400, `Invalid Session TTL '${request.TTL}': must be between [10s=24h0m0s]\n`)
+      }
+    }
+    const lockDelay = typeof request.LockDelay === "number"
+      ? request.LockDelay / 1e6
+      : request.LockDelay !== undefined
+      ? parseGoDuration(request.LockDelay) ?? 15_000
+      : 15_000
+    const session: StandInSession = {
+      ID: NodeCrypto.randomUUID(),
+      Name: request.Name ?? "",
+      Behavior: behavior,
+      TTL: request.TTL ?? "",
+      LockDelay: lockDelay,
+      CreateIndex: this.bump()
+    }
+    this.sessions.set(session.ID, session)
+    this.armSession(session)
+    send(res, 200, { ID: session.ID })
+  }
+
+  private sessionJson(session: StandInSession) {
+    return {
+      ID: session.ID,
+      Name: session.Name,
+      Node: NODE.Node,
+      LockDelay: session.LockDelay * 1e6,
+      Behavior: session.Behavior,
+      TTL: session.TTL,
+      NodeChecks: ["serfHealth"],
+      ServiceChecks: null,
+      CreateIndex: Number(session.CreateIndex),
+      ModifyIndex: Number(session.CreateIndex)
+    }
+  }
+
+  /** A session with a TTL not renewed within it is invalidated (Consul may take up to twice the TTL; this takes the TTL). */
+  private armSession(session: StandInSession) {
+    clearTimeout(this.sessionTimers.get(session.ID))
+    if (session.TTL === "") return
+    const timer = setTimeout(() => this.dropSession(session.ID), parseGoDuration(session.TTL)!)
+    timer.unref()
+    this.sessionTimers.set(session.ID, timer)
+  }
+
+  /** Invalidation: each lock the session holds is released (or its key deleted), and lock-delay starts. */
+  private dropSession(id: string) {
+    const session = this.sessions.get(id)
+    if (!session) return
+    this.sessions.delete(id)
+    clearTimeout(this.sessionTimers.get(id))
+    this.sessionTimers.delete(id)
+    for (const [key, entry] of [...this.kv]) {
+      if (entry.session !== id) continue
+      if (session.LockDelay > 0) this.lockDelays.set(key, Date.now() + session.LockDelay)
+      if (session.Behavior === "delete") {
+        this.deleteKey(key)
+      } else {
+        const index = this.bump()
+        const { session: _, ...rest } = entry
+        this.kv.set(key, { ...rest, modifyIndex: index })
+        this.wakeKey(key, index)
+      }
+    }
   }
 
   private dropCheck(checkId: string) {

@@ -4,6 +4,7 @@ import * as NodeFs from "node:fs/promises"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { Certificates } from "../../layers/Certificates.js"
+import { ConsulClient } from "../../layers/ConsulClient.js"
 import { Discovery } from "../../layers/Discovery.js"
 import { LiveConfig } from "../../layers/LiveConfig.js"
 import { type MeshConfig, MeshConfig as MeshConfigSchema } from "../../schemas/Config.js"
@@ -44,7 +45,11 @@ export const persistentLayer = (
   config: MeshConfig,
   registry: SubscriptionRef.SubscriptionRef<ReadonlyArray<Service>>
 ) =>
-  Certificates.layer.pipe(Layer.provide(Discovery.layerMemory(registry)), Layer.provide(LiveConfig.layerMemory(config)))
+  Certificates.layer.pipe(
+    Layer.provide(Discovery.layerMemory(registry)),
+    Layer.provide(ConsulClient.layerNone),
+    Layer.provide(LiveConfig.layerMemory(config))
+  )
 
 /**
  * The in-memory CA over a memory registry holding the config's services (the embedded registry
