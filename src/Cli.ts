@@ -4,6 +4,7 @@ import * as Options from "@effect/cli/Options"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
 import { agentCommand } from "./commands/agent.js"
 import { makeCertsCommands } from "./commands/certs.js"
+import { makeGrpcCommand } from "./commands/grpc.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
 import { makePolicyCommand } from "./commands/policy.js"
 import { makeTokenCommand } from "./commands/token.js"
@@ -58,6 +59,7 @@ export const makeRootCommand = (version: string) => Command.make("mesh-controlle
     certs,
     ca,
     makeEnvoyCommand(configOption),
+    makeGrpcCommand(configOption),
     makePolicyCommand(configOption),
     makeTokenCommand(configOption),
     agentCommand
