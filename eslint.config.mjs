@@ -20,8 +20,18 @@ export default tseslint.config(
       sourceType: "module",
       globals: Object.fromEntries(
         [
-          "window", "document", "location", "sessionStorage", "fetch", "URLSearchParams", "AbortController",
-          "setTimeout", "clearTimeout", "addEventListener", "removeEventListener", "console"
+          "window",
+          "document",
+          "location",
+          "sessionStorage",
+          "fetch",
+          "URLSearchParams",
+          "AbortController",
+          "setTimeout",
+          "clearTimeout",
+          "addEventListener",
+          "removeEventListener",
+          "console"
         ].map((name) => [name, "readonly"])
       )
     }

@@ -24,7 +24,12 @@ const algorithm = argument("alg", "ecdsa-p256") as KeyAlgorithm
 const subtle = NodeCrypto.webcrypto.subtle
 const keyParams = algorithm === "ecdsa-p256"
   ? { name: "ECDSA", namedCurve: "P-256" }
-  : { name: "RSASSA-PKCS1-v1_5", modulusLength: algorithm === "rsa-2048" ? 2048 : 3072, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" }
+  : {
+    name: "RSASSA-PKCS1-v1_5",
+    modulusLength: algorithm === "rsa-2048" ? 2048 : 3072,
+    publicExponent: new Uint8Array([1, 0, 1]),
+    hash: "SHA-256"
+  }
 const signParams = algorithm === "ecdsa-p256" ? { name: "ECDSA", hash: "SHA-256" } : { name: "RSASSA-PKCS1-v1_5" }
 
 /** Runs `once` back to back for `seconds`; returns operations per second. */
@@ -41,9 +46,17 @@ const rate = async (once: () => Promise<unknown>): Promise<number> => {
 
 const main = async () => {
   const root = await Effect.runPromise(
-    createRoot({ meshName: "bench", trustDomain: "mesh.local", keyAlgorithm: algorithm, now: new Date(), validityMillis: 86_400_000 * 365 })
+    createRoot({
+      meshName: "bench",
+      trustDomain: "mesh.local",
+      keyAlgorithm: algorithm,
+      now: new Date(),
+      validityMillis: 86_400_000 * 365
+    })
   )
-  const authority = await Effect.runPromise(loadAuthority({ certPem: root.certPem, certFile: "<memory>", keyPem: root.keyPem, keyFile: "<memory>" }))
+  const authority = await Effect.runPromise(
+    loadAuthority({ certPem: root.certPem, certFile: "<memory>", keyPem: root.keyPem, keyFile: "<memory>" })
+  )
   let n = 0
   const issue = () =>
     Effect.runPromise(

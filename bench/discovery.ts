@@ -14,9 +14,9 @@ import { NodeRuntime } from "@effect/platform-node"
 import Consul from "consul"
 import { Context, Duration, Effect, Either, Layer, Logger, LogLevel } from "effect"
 import { ConsulClient } from "../layers/ConsulClient.js"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Snapshot } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
@@ -34,9 +34,12 @@ const ROUNDS = arg("rounds", 5)
 const TARGET = `svc-${String(Math.floor(SERVICES / 2)).padStart(4, "0")}`
 
 const ports = (resource: Record<string, any>): ReadonlyArray<number> =>
-  (resource["endpoints"] ?? []).flatMap((l: any) => l.lb_endpoints.map((e: any) => e.endpoint.address.socket_address.port_value))
+  (resource["endpoints"] ?? []).flatMap((l: any) =>
+    l.lb_endpoints.map((e: any) => e.endpoint.address.socket_address.port_value)
+  )
 
-const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
+const percentile = (sorted: ReadonlyArray<number>, p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
 const ms = (n: number) => `${n.toFixed(1)} ms`
 
 /** Waits on every stream for an EDS push containing `port`, ACKing what it reads; times from `start`. */
@@ -45,7 +48,12 @@ const arrival = (streams: ReadonlyArray<AdsConnection>, port: number, start: num
     Effect.gen(function*() {
       for (;;) {
         const eds = yield* ads.next(TypeUrls.ClusterLoadAssignment)
-        yield* ads.send({ type_url: TypeUrls.ClusterLoadAssignment, resource_names: [TARGET], version_info: eds.version, response_nonce: eds.nonce })
+        yield* ads.send({
+          type_url: TypeUrls.ClusterLoadAssignment,
+          resource_names: [TARGET],
+          version_info: eds.version,
+          response_nonce: eds.nonce
+        })
         if (eds.resources.some((r) => ports(r).includes(port))) return performance.now() - start
       }
     }), { concurrency: "unbounded" })
@@ -65,10 +73,19 @@ const program = Effect.gen(function*() {
   const consul = new Consul({ host: "127.0.0.1", port: standIn.port })
   yield* Effect.addFinalizer(() => Effect.sync(() => consul.destroy()))
   const t0 = performance.now()
-  yield* Effect.forEach(Array.from({ length: SERVICES }, (_, i) => i), (i) =>
-    Effect.promise(() =>
-      consul.agent.service.register({ name: `svc-${String(i).padStart(4, "0")}`, id: `svc-${i}`, address: "10.0.0.1", port: 20000 + i })
-    ), { concurrency: 32, discard: true })
+  yield* Effect.forEach(
+    Array.from({ length: SERVICES }, (_, i) => i),
+    (i) =>
+      Effect.promise(() =>
+        consul.agent.service.register({
+          name: `svc-${String(i).padStart(4, "0")}`,
+          id: `svc-${i}`,
+          address: "10.0.0.1",
+          port: 20000 + i
+        })
+      ),
+    { concurrency: 32, discard: true }
+  )
   console.log(`registered ${SERVICES} services in Consul (stand-in) in ${ms(performance.now() - t0)}`)
 
   const config = Either.getOrThrow(decodeConfig({
@@ -80,7 +97,10 @@ const program = Effect.gen(function*() {
   const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
   const t1 = performance.now()
   const context = yield* Layer.build(
-    Layer.mergeAll(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))), discovery)
+    Layer.mergeAll(
+      Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))),
+      discovery
+    )
   )
   const registry = Context.get(context, Discovery)
   const xds = `127.0.0.1:${Context.get(context, Xds).address.port}`
@@ -93,9 +113,18 @@ const program = Effect.gen(function*() {
   const streams = yield* Effect.forEach(Array.from({ length: STREAMS }, (_, i) => i), (i) =>
     Effect.gen(function*() {
       const ads = yield* AdsClient.sotw(xds)
-      yield* ads.send({ node: grpcNode(`bench-${i}`), type_url: TypeUrls.ClusterLoadAssignment, resource_names: [TARGET] })
+      yield* ads.send({
+        node: grpcNode(`bench-${i}`),
+        type_url: TypeUrls.ClusterLoadAssignment,
+        resource_names: [TARGET]
+      })
       const first = yield* ads.next(TypeUrls.ClusterLoadAssignment)
-      yield* ads.send({ type_url: TypeUrls.ClusterLoadAssignment, resource_names: [TARGET], version_info: first.version, response_nonce: first.nonce })
+      yield* ads.send({
+        type_url: TypeUrls.ClusterLoadAssignment,
+        resource_names: [TARGET],
+        version_info: first.version,
+        response_nonce: first.nonce
+      })
       return ads
     }), { concurrency: 10 })
   console.log(`${STREAMS} ADS streams watching ${TARGET}`)
@@ -108,7 +137,9 @@ const program = Effect.gen(function*() {
     const consulPort = 30000 + round
     const start = performance.now()
     const waiting = yield* Effect.fork(arrival(streams, consulPort, start))
-    yield* Effect.promise(() => consul.agent.service.register({ name: TARGET, id: `bench-${round}`, address: "10.0.0.2", port: consulPort }))
+    yield* Effect.promise(() =>
+      consul.agent.service.register({ name: TARGET, id: `bench-${round}`, address: "10.0.0.2", port: consulPort })
+    )
     viaConsul.push(yield* waiting.await.pipe(Effect.flatten))
 
     yield* Effect.sleep(Duration.millis(300))
@@ -120,7 +151,11 @@ const program = Effect.gen(function*() {
   }
 
   const debounce = config.controller.debounce
-  console.log(`\n${ROUNDS} rounds, ${SERVICES} services, ${STREAMS} SotW ADS streams; debounce window quiet ${Duration.format(debounce.quiet)} (max ${Duration.format(debounce.max)})`)
+  console.log(
+    `\n${ROUNDS} rounds, ${SERVICES} services, ${STREAMS} SotW ADS streams; debounce window quiet ${
+      Duration.format(debounce.quiet)
+    } (max ${Duration.format(debounce.max)})`
+  )
   const consulMedian = summary("Consul change → ADS streams", viaConsul)
   const apiMedian = summary("baseline: in-process registration", viaApi)
   console.log(`ratio Consul / baseline (all streams, median round): ${(consulMedian / apiMedian).toFixed(2)}x`)

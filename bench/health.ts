@@ -73,7 +73,11 @@ const measureWindow = async (seconds: number): Promise<{ cpuShare: number; rssPe
   const cpu = process.cpuUsage(cpu0)
   const wall = performance.now() - t0
   clearInterval(sampler)
-  return { cpuShare: (cpu.user + cpu.system) / 1000 / wall, rssPeakMb: rssPeak / 2 ** 20, rssStartMb: rssStart / 2 ** 20 }
+  return {
+    cpuShare: (cpu.user + cpu.system) / 1000 / wall,
+    rssPeakMb: rssPeak / 2 ** 20,
+    rssStartMb: rssStart / 2 ** 20
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,7 +115,14 @@ const runController = async (): Promise<Measurement> => {
     metadata: {},
     source: "config",
     healthCheck: check,
-    endpoints: ports().map((port) => ({ address: "127.0.0.1", port, weight: 1, labels: {}, health: "unknown", source: "config" }))
+    endpoints: ports().map((port) => ({
+      address: "127.0.0.1",
+      port,
+      weight: 1,
+      labels: {},
+      health: "unknown",
+      source: "config"
+    }))
   }
   const historySize = Math.ceil((settings.seconds * 1000) / settings.intervalMs) + WARMUP_INTERVALS + 4
   const program = Effect.gen(function*() {
@@ -225,18 +236,23 @@ const fmt = (n: number, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) :
 
 const main = async () => {
   console.log(
-    `health bench: ${settings.endpoints} HTTP endpoints on loopback, every ${settings.intervalMs} ms (±${JITTER * 100}%), ` +
+    `health bench: ${settings.endpoints} HTTP endpoints on loopback, every ${settings.intervalMs} ms (±${
+      JITTER * 100
+    }%), ` +
       `${settings.seconds} s measured after ${WARMUP_INTERVALS} intervals of warm-up; controller bound ${settings.maxConcurrent} in flight`
   )
   const targets = child("targets")
   const portList = await new Promise<ReadonlyArray<number>>((resolve) =>
-    targets.once("message", (m) => resolve((m as { ports: ReadonlyArray<number> }).ports)))
+    targets.once("message", (m) => resolve((m as { ports: ReadonlyArray<number> }).ports))
+  )
   try {
     const controller = await measureIn("controller", portList)
     const floor = await measureIn("floor", portList)
     const expected = Math.round((settings.endpoints * settings.seconds * 1000) / settings.intervalMs)
     const row = (name: string, m: Measurement) =>
-      `${name.padEnd(11)} cpu ${fmt(m.cpuShare * 100).padStart(6)} %   rss peak ${fmt(m.rssPeakMb).padStart(6)} MB (start ${fmt(m.rssStartMb)})` +
+      `${name.padEnd(11)} cpu ${fmt(m.cpuShare * 100).padStart(6)} %   rss peak ${
+        fmt(m.rssPeakMb).padStart(6)
+      } MB (start ${fmt(m.rssStartMb)})` +
       `   probes ${String(m.probes).padStart(6)}/${expected} (${m.failures} failed)` +
       `   lag p50 ${fmt(m.lagMs.p50, 0)} ms p99 ${fmt(m.lagMs.p99, 0)} ms max ${fmt(m.lagMs.max, 0)} ms` +
       `   answer p50 ${fmt(m.latencyP50Ms, 0)} ms`
@@ -244,12 +260,16 @@ const main = async () => {
     console.log(row("floor", floor))
     if (controller.latencyP50Ms * settings.endpoints > settings.maxConcurrent * settings.intervalMs) {
       console.log(
-        `note: at ${fmt(controller.latencyP50Ms, 0)} ms per answer, ${settings.endpoints} endpoints per ${settings.intervalMs} ms need more than ` +
+        `note: at ${
+          fmt(controller.latencyP50Ms, 0)
+        } ms per answer, ${settings.endpoints} endpoints per ${settings.intervalMs} ms need more than ` +
           `--max-concurrent ${settings.maxConcurrent} probes in flight: the controller is held by its bound (the floor has none)`
       )
     }
     console.log(
-      `ratio       cpu ${fmt(controller.cpuShare / floor.cpuShare, 2)}x   rss ${fmt(controller.rssPeakMb / floor.rssPeakMb, 2)}x` +
+      `ratio       cpu ${fmt(controller.cpuShare / floor.cpuShare, 2)}x   rss ${
+        fmt(controller.rssPeakMb / floor.rssPeakMb, 2)
+      }x` +
         `   lag p99 +${fmt(controller.lagMs.p99 - floor.lagMs.p99, 0)} ms`
     )
   } finally {

@@ -10,12 +10,12 @@
  * requests; the run first checks that they agree (on the first 2,000), then measures decisions/second for
  * each, and the time to compile the policy set (and, for comparison, to build the casbin enforcer).
  */
-import { Either } from "effect"
 import { newEnforcer, newModelFromString, StringAdapter } from "casbin"
+import { Either } from "effect"
 import type { MeshConfig } from "../schemas/Config.js"
+import { serviceId as spiffeId } from "../schemas/Identity.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { authorize, type AuthzRequest } from "../src/policy/Authorize.js"
-import { serviceId as spiffeId } from "../schemas/Identity.js"
 import { compileConfig } from "../src/policy/Compile.js"
 
 const argv = process.argv.slice(2)
@@ -71,7 +71,9 @@ const meshConfig = (): MeshConfig => {
           action: r.action,
           from: r.from === undefined ? [] : [{ service: r.from }],
           to: r.to,
-          ...(r.method || r.path ? { when: { ...(r.method ? { methods: [r.method] } : {}), ...(r.path ? { paths: [r.path] } : {}) } } : {})
+          ...(r.method || r.path
+            ? { when: { ...(r.method ? { methods: [r.method] } : {}), ...(r.path ? { paths: [r.path] } : {}) } }
+            : {})
         }))
       }
     }
@@ -94,7 +96,10 @@ e = some(where (p.eft == allow)) && !some(where (p.eft == deny))
 m = r.obj == p.obj && (p.sub == "*" || r.sub == p.sub) && (p.act == "*" || r.act == p.act) && keyMatch(r.path, p.path)
 `
 const casbinPolicy = rules
-  .map((r) => ["p", r.from === undefined ? "*" : spiffeId("mesh.local", r.from), r.to, r.method ?? "*", r.path ?? "*", r.action].join(", "))
+  .map((r) =>
+    ["p", r.from === undefined ? "*" : spiffeId("mesh.local", r.from), r.to, r.method ?? "*", r.path ?? "*", r.action]
+      .join(", ")
+  )
   .join("\n")
 
 interface BenchRequest {
@@ -161,12 +166,24 @@ const main = async () => {
   const oursRate = throughput(ours)
   const casbinRate = throughput(theirs)
   const fmt = (n: number) => Math.round(n).toLocaleString("en-US")
-  console.log(`policy set: ${SERVICES} services, ${RULES} rules (${rules.filter((r) => r.action === "deny").length} deny); ${requests.length} distinct requests`)
-  console.log(`agreement with casbin: ${checked.length - disagreements}/${checked.length} (${allowedCount} allowed)${disagreements > 0 ? "  (MISMATCH: the models differ)" : ""}`)
+  console.log(
+    `policy set: ${SERVICES} services, ${RULES} rules (${
+      rules.filter((r) => r.action === "deny").length
+    } deny); ${requests.length} distinct requests`
+  )
+  console.log(
+    `agreement with casbin: ${checked.length - disagreements}/${checked.length} (${allowedCount} allowed)${
+      disagreements > 0 ? "  (MISMATCH: the models differ)" : ""
+    }`
+  )
   console.log(`mesh-controller authorize: ${fmt(oursRate)} decisions/s`)
   console.log(`casbin enforceSync:        ${fmt(casbinRate)} decisions/s`)
   console.log(`ratio (mesh-controller / casbin): ${(oursRate / casbinRate).toFixed(1)}x`)
-  console.log(`compile ${RULES} rules: median ${compileTimes[10]!.toFixed(2)} ms (min ${compileTimes[0]!.toFixed(2)} ms); casbin enforcer build: ${casbinBuild.ms.toFixed(2)} ms`)
+  console.log(
+    `compile ${RULES} rules: median ${compileTimes[10]!.toFixed(2)} ms (min ${
+      compileTimes[0]!.toFixed(2)
+    } ms); casbin enforcer build: ${casbinBuild.ms.toFixed(2)} ms`
+  )
 }
 
 main().catch((error) => {

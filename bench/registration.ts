@@ -22,7 +22,9 @@ const SLICE = arg("slice", 1_000)
 
 const dir = mkdtempSync(join(tmpdir(), "mesh-bench-registration-"))
 const config = join(dir, "mesh.yaml")
-writeFileSync(config, `
+writeFileSync(
+  config,
+  `
 mesh: { name: bench }
 controller:
   xds: { host: 127.0.0.1, port: 0 }
@@ -33,7 +35,8 @@ controller:
 services:
   - { name: bench, port: 8080 }
 certificates: { dir: ${JSON.stringify(join(dir, "state"))} }
-`)
+`
+)
 
 const daemon = await startDaemon(config)
 try {
@@ -43,14 +46,19 @@ try {
   const slices: Array<number> = []
   const cpuSlices: Array<number> = []
   // The daemon's own CPU time (user + system, from /proc): what the machine's load does not change.
-  const cpu = () => readFileSync(`/proc/${daemon.child.pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13)
-    .reduce((sum, ticks) => sum + Number(ticks) / 100, 0)
+  const cpu = () =>
+    readFileSync(`/proc/${daemon.child.pid}/stat`, "utf8").split(") ")[1]!.split(" ").slice(11, 13)
+      .reduce((sum, ticks) => sum + Number(ticks) / 100, 0)
   let cpuStart = cpu()
   const cpuAtStart = cpuStart
   const start = performance.now()
   let sliceStart = start
   for (let i = 0; i < ENDPOINTS; i++) {
-    const body = JSON.stringify({ address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, port: 8080, labels: { zone: "a" } })
+    const body = JSON.stringify({
+      address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
+      port: 8080,
+      labels: { zone: "a" }
+    })
     const response = await fetch(url, { method: "POST", headers, body })
     await response.arrayBuffer()
     if (response.status !== 201) throw new Error(`registration ${i}: HTTP ${response.status}`)
@@ -62,8 +70,10 @@ try {
       cpuSlices.push(c - cpuStart)
       cpuStart = c
       // Printed as it goes, so a run cut short by a loaded machine still shows its slices.
-      console.log(`  slice ${String(slices.length).padStart(2)}: ${(slices.at(-1)! / 1000).toFixed(2)} s wall, ` +
-        `${cpuSlices.at(-1)!.toFixed(2)} s daemon CPU`)
+      console.log(
+        `  slice ${String(slices.length).padStart(2)}: ${(slices.at(-1)! / 1000).toFixed(2)} s wall, ` +
+          `${cpuSlices.at(-1)!.toFixed(2)} s daemon CPU`
+      )
     }
   }
   const total = performance.now() - start
@@ -76,8 +86,10 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   const visible = performance.now() - start
-  console.log(`\nregistered ${ENDPOINTS} endpoints of one service over HTTP in ${(total / 1000).toFixed(2)} s` +
-    ` (all listed after ${(visible / 1000).toFixed(2)} s)`)
+  console.log(
+    `\nregistered ${ENDPOINTS} endpoints of one service over HTTP in ${(total / 1000).toFixed(2)} s` +
+      ` (all listed after ${(visible / 1000).toFixed(2)} s)`
+  )
   console.log(`daemon CPU during the registrations: ${(cpu() - cpuAtStart).toFixed(2)} s`)
   const ratio = (xs: ReadonlyArray<number>) => (xs[xs.length - 1]! / xs[0]!).toFixed(2)
   console.log(`last slice / first slice (baseline, same run): wall ${ratio(slices)}, daemon CPU ${ratio(cpuSlices)}`)

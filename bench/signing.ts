@@ -22,8 +22,8 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Certificates } from "../layers/Certificates.js"
 import { Discovery } from "../layers/Discovery.js"
-import { fileTokenStore } from "../layers/internal/TokenStore.js"
 import { requestCertificate } from "../layers/internal/SigningClient.js"
+import { fileTokenStore } from "../layers/internal/TokenStore.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { SigningService } from "../layers/SigningService.js"
 import { MeshConfig } from "../schemas/Config.js"
@@ -63,8 +63,13 @@ const program = Effect.gen(function*() {
       const csr = yield* makeCsr(keys, { service: "web" })
       const { id, secret } = newTokenSecrets()
       yield* tokens.create({
-        id, service: "web", createdAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
-        uses: 1, used: 0, secretHash: hashSecret(secret)
+        id,
+        service: "web",
+        createdAt: new Date().toISOString(),
+        expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+        uses: 1,
+        used: 0,
+        secretHash: hashSecret(secret)
       })
       const keyPem = NodeCrypto.KeyObject.from(keys.privateKey).export({ format: "pem", type: "pkcs8" }).toString()
       return { csr, keyPem, token: formatToken(key, { id, secret, rootFingerprint: rootFingerprintHex(root) }) }
@@ -73,7 +78,12 @@ const program = Effect.gen(function*() {
   const joinStart = performance.now()
   const joined = yield* Effect.forEach(callers, (c) =>
     Effect.map(
-      requestCertificate(address, { _tag: "Verified", roots: root }, { csr_pem: c.csr, token: c.token, service: "web", instance: "" }, 120_000),
+      requestCertificate(address, { _tag: "Verified", roots: root }, {
+        csr_pem: c.csr,
+        token: c.token,
+        service: "web",
+        instance: ""
+      }, 120_000),
       (answer) => ({ ...c, chainPem: answer.certificate_chain_pem })
     ), { concurrency: "unbounded" })
   const joinRate = agents / ((performance.now() - joinStart) / 1000)
@@ -93,13 +103,20 @@ const program = Effect.gen(function*() {
       return count / ((performance.now() - start) / 1000)
     })
 
-  const spki = joined.map((c) => new Uint8Array(NodeCrypto.createPublicKey(c.keyPem).export({ format: "der", type: "spki" })))
+  const spki = joined.map((c) =>
+    new Uint8Array(NodeCrypto.createPublicKey(c.keyPem).export({ format: "der", type: "spki" }))
+  )
   const renewal = (i: number) =>
-    requestCertificate(address, {
-      _tag: "Verified",
-      roots: bundle,
-      identity: { chainPem: joined[i]!.chainPem, keyPem: Redacted.make(joined[i]!.keyPem) }
-    }, { csr_pem: joined[i]!.csr, token: "", service: "", instance: "" }, 120_000)
+    requestCertificate(
+      address,
+      {
+        _tag: "Verified",
+        roots: bundle,
+        identity: { chainPem: joined[i]!.chainPem, keyPem: Redacted.make(joined[i]!.keyPem) }
+      },
+      { csr_pem: joined[i]!.csr, token: "", service: "", instance: "" },
+      120_000
+    )
   const direct = (i: number) => certificates.signPublicKey("web", spki[i]!)
   // Two interleaved rounds, so a burst of load from elsewhere lands on both sides.
   const baseline1 = yield* timed(direct)
@@ -109,24 +126,43 @@ const program = Effect.gen(function*() {
   const baseline = (baseline1 + baseline2) / 2
   const service = (service1 + service2) / 2
   console.log(`joins: ${agents} concurrent token+CSR calls, ${joinRate.toFixed(1)} issuances/s`)
-  console.log(`renewals over mTLS, ${agents} concurrent callers: ${service.toFixed(1)} issuances/s (rounds ${service1.toFixed(1)}, ${service2.toFixed(1)})`)
-  console.log(`baseline signPublicKey in-process, same concurrency: ${baseline.toFixed(1)}/s (rounds ${baseline1.toFixed(1)}, ${baseline2.toFixed(1)})`)
+  console.log(
+    `renewals over mTLS, ${agents} concurrent callers: ${service.toFixed(1)} issuances/s (rounds ${
+      service1.toFixed(1)
+    }, ${service2.toFixed(1)})`
+  )
+  console.log(
+    `baseline signPublicKey in-process, same concurrency: ${baseline.toFixed(1)}/s (rounds ${baseline1.toFixed(1)}, ${
+      baseline2.toFixed(1)
+    })`
+  )
   console.log(`ratio service/baseline: ${(service / baseline).toFixed(3)}`)
-  return { port: signing.address!.port, token: (yield* Effect.promise(async () => {
-    const { id, secret } = newTokenSecrets()
-    await Effect.runPromise(tokens.create({
-      id, service: "web", createdAt: new Date().toISOString(), expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
-      uses: 1, used: 0, secretHash: hashSecret(secret)
+  return {
+    port: signing.address!.port,
+    token: (yield* Effect.promise(async () => {
+      const { id, secret } = newTokenSecrets()
+      await Effect.runPromise(tokens.create({
+        id,
+        service: "web",
+        createdAt: new Date().toISOString(),
+        expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+        uses: 1,
+        used: 0,
+        secretHash: hashSecret(secret)
+      }))
+      return formatToken(key, { id, secret, rootFingerprint: rootFingerprintHex(root) })
     }))
-    return formatToken(key, { id, secret, rootFingerprint: rootFingerprintHex(root) })
-  })) }
+  }
 })
 
 const rssOf = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) / 1024
 
 const idleRss = (args: ReadonlyArray<string>, ready: (line: string) => boolean) =>
   Effect.async<number>((resume) => {
-    const child = spawn(process.execPath, [...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, LOG_FORMAT: "json" } })
+    const child = spawn(process.execPath, [...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, LOG_FORMAT: "json" }
+    })
     let seen = false
     const onLine = (chunk: Buffer) => {
       if (seen || !ready(chunk.toString())) return
@@ -142,12 +178,17 @@ const idleRss = (args: ReadonlyArray<string>, ready: (line: string) => boolean) 
   })
 
 const registry = SubscriptionRef.make<ReadonlyArray<Service>>([])
-const layer = Layer.unwrapEffect(Effect.map(registry, (r) =>
-  SigningService.layer({ host: "127.0.0.1", port: 0, perPeer: loose, perToken: loose, tokens }).pipe(
-    Layer.provideMerge(Certificates.layerEphemeral),
-    Layer.provide(Discovery.layerMemory(r)),
-    Layer.provide(LiveConfig.layerMemory(config))
-  )))
+const layer = Layer.unwrapEffect(
+  Effect.map(
+    registry,
+    (r) =>
+      SigningService.layer({ host: "127.0.0.1", port: 0, perPeer: loose, perToken: loose, tokens }).pipe(
+        Layer.provideMerge(Certificates.layerEphemeral),
+        Layer.provide(Discovery.layerMemory(r)),
+        Layer.provide(LiveConfig.layerMemory(config))
+      )
+  )
+)
 
 Effect.runPromise(
   Effect.scoped(Effect.gen(function*() {
@@ -155,11 +196,29 @@ Effect.runPromise(
     const tokenFile = join(dir, "token")
     writeFileSync(tokenFile, token)
     const agent = yield* idleRss(
-      ["dist/src/main.js", "agent", "--controller", `127.0.0.1:${port}`, "--token-file", tokenFile, "--dir", join(dir, "agent"), "--admin", "127.0.0.1:0"],
+      [
+        "dist/src/main.js",
+        "agent",
+        "--controller",
+        `127.0.0.1:${port}`,
+        "--token-file",
+        tokenFile,
+        "--dir",
+        join(dir, "agent"),
+        "--admin",
+        "127.0.0.1:0"
+      ],
       (line) => line.includes("certificate written")
     )
-    const bare = yield* idleRss(["-e", "console.log('ready'); setInterval(() => {}, 1000)"], (line) => line.includes("ready"))
-    console.log(`agent idle RSS: ${agent.toFixed(1)} MiB; bare node idle: ${bare.toFixed(1)} MiB; ratio ${(agent / bare).toFixed(2)}`)
+    const bare = yield* idleRss(
+      ["-e", "console.log('ready'); setInterval(() => {}, 1000)"],
+      (line) => line.includes("ready")
+    )
+    console.log(
+      `agent idle RSS: ${agent.toFixed(1)} MiB; bare node idle: ${bare.toFixed(1)} MiB; ratio ${
+        (agent / bare).toFixed(2)
+      }`
+    )
     yield* Effect.sleep(Duration.millis(100))
   })).pipe(Logger.withMinimumLogLevel(LogLevel.Warning))
 ).then(() => process.exit(0), (error) => {

@@ -33,7 +33,9 @@ const PER_CHANNEL = 50
 const channels: Array<grpc.Client> = []
 const channelFor = (i: number) => {
   const index = Math.floor(i / PER_CHANNEL)
-  channels[index] ??= new grpc.Client(address, grpc.credentials.createInsecure(), { "grpc.max_receive_message_length": 256 * 1024 * 1024 })
+  channels[index] ??= new grpc.Client(address, grpc.credentials.createInsecure(), {
+    "grpc.max_receive_message_length": 256 * 1024 * 1024
+  })
   return channels[index]!
 }
 
@@ -80,7 +82,12 @@ for (let i = 0; i < streams; i++) {
     const { nonce, version } = header(bytes)
     call.write(
       mode === "sotw"
-        ? { type_url: TypeUrls.ClusterLoadAssignment, resource_names: names, version_info: version, response_nonce: nonce }
+        ? {
+          type_url: TypeUrls.ClusterLoadAssignment,
+          resource_names: names,
+          version_info: version,
+          response_nonce: nonce
+        }
         : { type_url: TypeUrls.ClusterLoadAssignment, response_nonce: nonce }
     )
     markReady()

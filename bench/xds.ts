@@ -13,8 +13,8 @@
  */
 import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
-import * as NodePath from "node:path"
 import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
 
 const USAGE = `usage: npm run bench:xds -- [options]
@@ -119,13 +119,19 @@ const run = (serviceCount: number) => {
   }
 }
 
-const fmt = (n: number | undefined) => (n === undefined ? "?" : n >= 100 ? Math.round(n).toLocaleString("en") : String(n))
+const fmt = (
+  n: number | undefined
+) => (n === undefined ? "?" : n >= 100 ? Math.round(n).toLocaleString("en") : String(n))
 const ratio = (a: number | undefined, b: number | undefined) =>
   a === undefined || b === undefined || b === 0 ? "?" : `${(a / b).toFixed(2)}x`
 
 const load = () => NodeOs.loadavg().map((n) => n.toFixed(2)).join(", ")
 console.log(`xds bench: ${streams} streams, ${services} services x 3 endpoints, ${rounds} rounds (medians)`)
-console.log(`machine: ${NodeOs.cpus().length} x ${NodeOs.cpus()[0]?.model ?? "?"}, node ${process.version}; load average before: ${load()}`)
+console.log(
+  `machine: ${NodeOs.cpus().length} x ${
+    NodeOs.cpus()[0]?.model ?? "?"
+  }, node ${process.version}; load average before: ${load()}`
+)
 const main = run(services)
 if (main.delta.lastMs === undefined) {
   console.log(main.raw)
@@ -138,20 +144,38 @@ const rows: ReadonlyArray<readonly [string, number | undefined, number | undefin
   ["SotW bytes per stream for that change (B)", main.sotw.bytes, main.floorSotw.bytes],
   ["Delta initial sync of all streams (ms)", main.delta.syncMs, main.floorDelta.syncMs],
   ["SotW initial sync of all streams (ms)", main.sotw.syncMs, main.floorSotw.syncMs],
-  ["peak RSS with all streams (MB)", main.peakMb, Math.max(main.floorDelta.rssPeakMb ?? 0, main.floorSotw.rssPeakMb ?? 0)],
+  [
+    "peak RSS with all streams (MB)",
+    main.peakMb,
+    Math.max(main.floorDelta.rssPeakMb ?? 0, main.floorSotw.rssPeakMb ?? 0)
+  ],
   ["config file rewrite -> last stream, Delta (ms)", main.file.lastMs, undefined]
 ]
 console.log(`\n| figure | controller | floor | ratio |\n| --- | --- | --- | --- |`)
 for (const [name, ours, floor] of rows) {
-  console.log(`| ${name} | ${fmt(ours)} | ${floor === undefined ? "-" : fmt(floor)} | ${floor === undefined ? "" : ratio(ours, floor)} |`)
+  console.log(
+    `| ${name} | ${fmt(ours)} | ${floor === undefined ? "-" : fmt(floor)} | ${
+      floor === undefined ? "" : ratio(ours, floor)
+    } |`
+  )
 }
 console.log(`\n${main.ready ?? ""}\n${main.after ?? ""}\n(${main.seconds} s; load average after: ${load()})`)
 
 if (scale !== undefined) {
   const big = run(scale)
   console.log(`\none change at ${scale} vs ${services} services (${streams} streams):`)
-  console.log(`  Delta last stream: ${fmt(big.delta.lastMs)} ms vs ${fmt(main.delta.lastMs)} ms = ${ratio(big.delta.lastMs, main.delta.lastMs)}`)
-  console.log(`  SotW last stream:  ${fmt(big.sotw.lastMs)} ms vs ${fmt(main.sotw.lastMs)} ms = ${ratio(big.sotw.lastMs, main.sotw.lastMs)}`)
-  console.log(`  same run's floor at ${scale}: Delta ${fmt(big.floorDelta.lastMs)} ms, SotW ${fmt(big.floorSotw.lastMs)} ms`)
+  console.log(
+    `  Delta last stream: ${fmt(big.delta.lastMs)} ms vs ${fmt(main.delta.lastMs)} ms = ${
+      ratio(big.delta.lastMs, main.delta.lastMs)
+    }`
+  )
+  console.log(
+    `  SotW last stream:  ${fmt(big.sotw.lastMs)} ms vs ${fmt(main.sotw.lastMs)} ms = ${
+      ratio(big.sotw.lastMs, main.sotw.lastMs)
+    }`
+  )
+  console.log(
+    `  same run's floor at ${scale}: Delta ${fmt(big.floorDelta.lastMs)} ms, SotW ${fmt(big.floorSotw.lastMs)} ms`
+  )
   console.log(`  (load average after: ${load()})`)
 }

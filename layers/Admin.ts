@@ -66,8 +66,7 @@ export class Admin extends Context.Tag("mesh-controller/Admin")<
 >() {
   static readonly layer = <R = never>(
     options: AdminOptions<R>
-  ): Layer.Layer<Admin, AdminListenError, Lifecycle | RoutesNeed<R>> =>
-    Layer.scoped(Admin, make(options))
+  ): Layer.Layer<Admin, AdminListenError, Lifecycle | RoutesNeed<R>> => Layer.scoped(Admin, make(options))
 }
 
 const json = (status: number, body: unknown) => HttpServerResponse.unsafeJson(body, { status })
@@ -93,9 +92,12 @@ export const make = <R>(options: AdminOptions<R>) =>
           const phase = yield* lifecycle.phase
           if (phase === "ready") return HttpServerResponse.text("ready\n")
           const waiting = yield* lifecycle.waiting
-          return HttpServerResponse.text(`${phase}${waiting.length > 0 ? `: waiting for ${waiting.join(", ")}` : ""}\n`, {
-            status: 503
-          })
+          return HttpServerResponse.text(
+            `${phase}${waiting.length > 0 ? `: waiting for ${waiting.join(", ")}` : ""}\n`,
+            {
+              status: 503
+            }
+          )
         })
       ),
       HttpRouter.get(
@@ -110,12 +112,18 @@ export const make = <R>(options: AdminOptions<R>) =>
           })
         }))
       ),
-      (base) => (options.ui ? HttpRouter.concatAll(base, options.ui.page, HttpRouter.use(options.ui.api, requireRead)) : base),
+      (
+        base
+      ) => (options.ui
+        ? HttpRouter.concatAll(base, options.ui.page, HttpRouter.use(options.ui.api, requireRead))
+        : base),
       HttpRouter.get(
         "/metrics",
-        requireRead(Effect.promise(() => registry.metrics()).pipe(
-          Effect.map((body) => HttpServerResponse.text(body, { contentType: registry.contentType }))
-        ))
+        requireRead(
+          Effect.promise(() => registry.metrics()).pipe(
+            Effect.map((body) => HttpServerResponse.text(body, { contentType: registry.contentType }))
+          )
+        )
       ),
       (base) => (options.routes ? HttpRouter.concat(base, options.routes) : base)
     )

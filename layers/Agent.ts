@@ -10,15 +10,29 @@
  * server, and accepted only if it holds the root whose SHA-256 the token pins; the token itself is
  * then sent over TLS verified against that root, so a man in the middle learns nothing.
  */
-import { Clock, Context, Data, Duration, Effect, Either, Layer, Option, Redacted, Ref, Runtime, Schedule, Schema } from "effect"
+import {
+  Clock,
+  Context,
+  Data,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  Redacted,
+  Ref,
+  Runtime,
+  Schedule,
+  Schema
+} from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import { createServer } from "node:http"
 import * as NodePath from "node:path"
+import { grpcBootstrap } from "../src/agent/GrpcBootstrap.js"
 import { generateKeyPair, splitPem, WORKLOAD_BACKDATE_MILLIS } from "../src/certs/Authority.js"
 import { filesIn, type IdentityFiles } from "../src/certs/IdentityFiles.js"
 import { parseSpiffeId, uriSans } from "../src/certs/Spiffe.js"
-import { grpcBootstrap } from "../src/agent/GrpcBootstrap.js"
 import { describeErrno, errnoCode } from "../src/Errno.js"
 import { makeCsr } from "../src/signing/Csr.js"
 import { parseToken, rootFingerprintHex, type TokenParts } from "../src/tokens/Token.js"
@@ -27,9 +41,18 @@ import { writeDirectoryAtomic } from "./internal/AtomicWriter.js"
 import { type Credentials, fetchBundle, requestCertificate, SigningCallFailed } from "./internal/SigningClient.js"
 import { collectProcessMetrics, counter, gauge, registry } from "./Metrics.js"
 
-const expiry = gauge("mesh_agent_certificate_expiry_seconds", "Seconds until the agent's certificate expires (negative: expired).")
-const renewals = counter("mesh_agent_certificates_total", "Certificates the agent obtained (reason: join, renewal).", ["reason"])
-const failures = counter("mesh_agent_failures_total", "Failed calls to the signing service (what: join, renewal, bundle).", ["what"])
+const expiry = gauge(
+  "mesh_agent_certificate_expiry_seconds",
+  "Seconds until the agent's certificate expires (negative: expired)."
+)
+const renewals = counter("mesh_agent_certificates_total", "Certificates the agent obtained (reason: join, renewal).", [
+  "reason"
+])
+const failures = counter(
+  "mesh_agent_failures_total",
+  "Failed calls to the signing service (what: join, renewal, bundle).",
+  ["what"]
+)
 
 export interface AgentOptions {
   /** host:port of the controller's signing service. */
@@ -97,7 +120,8 @@ export class Agent extends Context.Tag("mesh-controller/Agent")<
     readonly admin: { readonly host: string; readonly port: number }
   }
 >() {
-  static readonly layer = (options: AgentOptions): Layer.Layer<Agent, AgentRefused> => Layer.scoped(Agent, make(options))
+  static readonly layer = (options: AgentOptions): Layer.Layer<Agent, AgentRefused> =>
+    Layer.scoped(Agent, make(options))
 }
 
 const parseHeld = (chainPem: string, keyPem: string, bundlePem: string): Either.Either<Held, string> => {
@@ -105,7 +129,9 @@ const parseHeld = (chainPem: string, keyPem: string, bundlePem: string): Either.
     const leaf = new NodeCrypto.X509Certificate(splitPem(chainPem)[0] ?? "")
     const key = NodeCrypto.createPrivateKey(keyPem)
     const spki = (k: NodeCrypto.KeyObject) => k.export({ format: "der", type: "spki" })
-    if (!spki(NodeCrypto.createPublicKey(key)).equals(spki(leaf.publicKey))) return Either.left("key.pem does not match cert.pem")
+    if (!spki(NodeCrypto.createPublicKey(key)).equals(spki(leaf.publicKey))) {
+      return Either.left("key.pem does not match cert.pem")
+    }
     const uri = uriSans(leaf.subjectAltName)[0] ?? ""
     const id = parseSpiffeId(uri)
     if (Either.isLeft(id)) return Either.left(id.left.message)
@@ -128,7 +154,10 @@ const parseHeld = (chainPem: string, keyPem: string, bundlePem: string): Either.
 }
 
 /** When to renew: `renewAt` of the lifetime, counted from issuance (notBefore is backdated for clock skew). */
-export const renewalTime = (held: { readonly notBefore: number; readonly notAfter: number }, renewAt: number): number => {
+export const renewalTime = (
+  held: { readonly notBefore: number; readonly notAfter: number },
+  renewAt: number
+): number => {
   const start = Math.min(held.notBefore + WORKLOAD_BACKDATE_MILLIS, held.notAfter)
   return start + (held.notAfter - start) * renewAt
 }
@@ -136,13 +165,20 @@ export const renewalTime = (held: { readonly notBefore: number; readonly notAfte
 const readText = (path: string) =>
   Effect.tryPromise({ try: () => NodeFs.readFile(path, "utf8"), catch: (cause) => cause }).pipe(
     Effect.map(Option.some),
-    Effect.catchAll((cause) => Effect.succeed(errnoCode(cause) === "ENOENT" ? Option.none<string>() : Option.none<string>()))
+    Effect.catchAll((cause) =>
+      Effect.succeed(errnoCode(cause) === "ENOENT" ? Option.none<string>() : Option.none<string>())
+    )
   )
 
 export const make = (options: AgentOptions) =>
   Effect.gen(function*() {
     const files = filesIn(options.dir)
-    const status = yield* Ref.make({ held: null as Held | null, renewals: 0, failures: 0, lastError: null as string | null })
+    const status = yield* Ref.make({
+      held: null as Held | null,
+      renewals: 0,
+      failures: 0,
+      lastError: null as string | null
+    })
 
     const statusNow = Effect.gen(function*() {
       const s = yield* Ref.get(status)
@@ -167,12 +203,18 @@ export const make = (options: AgentOptions) =>
       Effect.gen(function*() {
         failures.inc({ what })
         // /healthz counts what threatens the identity (join, renewal); a missed bundle poll is logged and counted only.
-        if (what !== "bundle") yield* Ref.update(status, (s) => ({ ...s, failures: s.failures + 1, lastError: `${what}: ${error.message}` }))
+        if (what !== "bundle") {
+          yield* Ref.update(status, (s) => ({ ...s, failures: s.failures + 1, lastError: `${what}: ${error.message}` }))
+        }
         yield* Effect.logWarning(`${what} failed; retrying`).pipe(Effect.annotateLogs({ error: error.message }))
       })
 
     /** Exponential from `retryInitial`, jittered, capped at `retryMax`, for calls that may succeed later. */
-    const retrying = <A, E extends { readonly message: string }>(what: "join" | "renewal" | "bundle", effect: Effect.Effect<A, E>, forever: boolean) =>
+    const retrying = <A, E extends { readonly message: string }>(
+      what: "join" | "renewal" | "bundle",
+      effect: Effect.Effect<A, E>,
+      forever: boolean
+    ) =>
       effect.pipe(
         Effect.tapError((error) => fail(what, error)),
         Effect.retry(
@@ -198,10 +240,15 @@ export const make = (options: AgentOptions) =>
           instance: options.instance,
           files
         })
-        yield* writeAtomic(options.bootstrapFile, JSON.stringify(bootstrap, null, 2) + "\n", { mode: 0o644, replace: true })
+        yield* writeAtomic(options.bootstrapFile, JSON.stringify(bootstrap, null, 2) + "\n", {
+          mode: 0o644,
+          replace: true
+        })
         yield* Ref.update(status, (s) => ({ ...s, held }))
         expiry.set(Math.round((held.notAfter - (yield* Clock.currentTimeMillis)) / 1000))
-      }).pipe(Effect.mapError((error) => new FilesFailed({ reason: `cannot write ${files.directory}: ${error.message}` })))
+      }).pipe(
+        Effect.mapError((error) => new FilesFailed({ reason: `cannot write ${files.directory}: ${error.message}` }))
+      )
 
     /** A new key, a CSR for it, and the controller's answer, checked before anything is written. */
     const obtain = (credentials: Credentials, token: string, service: string | undefined) =>
@@ -216,7 +263,8 @@ export const make = (options: AgentOptions) =>
           instance: options.instance
         })
         return yield* Either.match(parseHeld(answer.certificate_chain_pem, keyPem, answer.trust_bundle_pem), {
-          onLeft: (reason) => Effect.fail(new AgentRefused({ reason: `the controller's answer is unusable: ${reason}` })),
+          onLeft: (reason) =>
+            Effect.fail(new AgentRefused({ reason: `the controller's answer is unusable: ${reason}` })),
           onRight: Effect.succeed
         })
       })
@@ -227,24 +275,40 @@ export const make = (options: AgentOptions) =>
         const pinned = splitPem(bundle).find((pem) => rootFingerprintHex(pem) === token.rootFingerprint)
         if (pinned === undefined) {
           return yield* new AgentRefused({
-            reason: `the controller at ${options.controller} does not hold the root the token pins (sha256 ${token.rootFingerprint}); ` +
+            reason:
+              `the controller at ${options.controller} does not hold the root the token pins (sha256 ${token.rootFingerprint}); ` +
               "refusing to send the token (a man in the middle, or a token from another mesh)"
           })
         }
-        const held = yield* retrying("join", obtain({ _tag: "Verified", roots: pinned }, tokenText, options.service), false)
-        yield* Effect.logInfo("joined the mesh").pipe(Effect.annotateLogs({ identity: held.spiffeId, serial: held.serial, token: token.id }))
+        const held = yield* retrying(
+          "join",
+          obtain({ _tag: "Verified", roots: pinned }, tokenText, options.service),
+          false
+        )
+        yield* Effect.logInfo("joined the mesh").pipe(
+          Effect.annotateLogs({ identity: held.spiffeId, serial: held.serial, token: token.id })
+        )
         return held
       }).pipe(
-        Effect.catchTag("SigningCallFailed", (error) =>
-          Effect.fail(new AgentRefused({ reason: `the controller refused the join token: ${error.details}` })))
+        Effect.catchTag(
+          "SigningCallFailed",
+          (error) =>
+            Effect.fail(new AgentRefused({ reason: `the controller refused the join token: ${error.details}` }))
+        )
       )
 
     const existing = Effect.gen(function*() {
-      const [chain, key, bundle] = yield* Effect.all([readText(files.certificateChain), readText(files.privateKey), readText(files.trustedCa)])
+      const [chain, key, bundle] = yield* Effect.all([
+        readText(files.certificateChain),
+        readText(files.privateKey),
+        readText(files.trustedCa)
+      ])
       if (Option.isNone(chain) || Option.isNone(key) || Option.isNone(bundle)) return Option.none<Held>()
       const held = parseHeld(chain.value, key.value, bundle.value)
       if (Either.isLeft(held)) {
-        yield* Effect.logWarning("ignoring the files in the directory").pipe(Effect.annotateLogs({ dir: files.directory, reason: held.left }))
+        yield* Effect.logWarning("ignoring the files in the directory").pipe(
+          Effect.annotateLogs({ dir: files.directory, reason: held.left })
+        )
         return Option.none<Held>()
       }
       if (held.right.notAfter <= (yield* Clock.currentTimeMillis)) {
@@ -258,14 +322,18 @@ export const make = (options: AgentOptions) =>
 
     const readToken = Effect.gen(function*() {
       if (options.tokenFile === undefined) {
-        return yield* new AgentRefused({ reason: `no valid certificate in ${files.directory} and no --token-file to join with` })
+        return yield* new AgentRefused({
+          reason: `no valid certificate in ${files.directory} and no --token-file to join with`
+        })
       }
       const text = yield* Effect.tryPromise({
         try: () => NodeFs.readFile(options.tokenFile!, "utf8"),
-        catch: (cause) => new AgentRefused({ reason: `--token-file ${options.tokenFile}: cannot read: ${describeErrno(cause)}` })
+        catch: (cause) =>
+          new AgentRefused({ reason: `--token-file ${options.tokenFile}: cannot read: ${describeErrno(cause)}` })
       })
       const parts = yield* Either.match(parseToken(text), {
-        onLeft: (error) => Effect.fail(new AgentRefused({ reason: `--token-file ${options.tokenFile}: ${error.message}` })),
+        onLeft: (error) =>
+          Effect.fail(new AgentRefused({ reason: `--token-file ${options.tokenFile}: ${error.message}` })),
         onRight: Effect.succeed
       })
       return { parts, text: text.trim() }
@@ -275,7 +343,8 @@ export const make = (options: AgentOptions) =>
     const found = yield* existing
     if (Option.isSome(found) && options.service !== undefined && found.value.service !== options.service) {
       return yield* new AgentRefused({
-        reason: `${files.certificateChain} is service "${found.value.service}", not --service ${options.service}; use another --dir`
+        reason:
+          `${files.certificateChain} is service "${found.value.service}", not --service ${options.service}; use another --dir`
       })
     }
     const initial = Option.isSome(found)
@@ -286,14 +355,24 @@ export const make = (options: AgentOptions) =>
           CsrRefused: (e) => Effect.fail(new AgentRefused({ reason: e.message }))
         })
       )
-    yield* write(initial).pipe(Effect.catchTag("FilesFailed", (e) => Effect.fail(new AgentRefused({ reason: e.reason }))))
+    yield* write(initial).pipe(
+      Effect.catchTag("FilesFailed", (e) => Effect.fail(new AgentRefused({ reason: e.reason })))
+    )
     if (Option.isNone(found)) renewals.inc({ reason: "join" })
     yield* Effect.logInfo(Option.isSome(found) ? "reusing the certificate held" : "certificate written").pipe(
-      Effect.annotateLogs({ identity: initial.spiffeId, serial: initial.serial, notAfter: new Date(initial.notAfter).toISOString() })
+      Effect.annotateLogs({
+        identity: initial.spiffeId,
+        serial: initial.serial,
+        notAfter: new Date(initial.notAfter).toISOString()
+      })
     )
 
     const held = Effect.map(Ref.get(status), (s) => s.held!)
-    const mtls = (h: Held): Credentials => ({ _tag: "Verified", roots: h.bundlePem, identity: { chainPem: h.chainPem, keyPem: h.keyPem } })
+    const mtls = (h: Held): Credentials => ({
+      _tag: "Verified",
+      roots: h.bundlePem,
+      identity: { chainPem: h.chainPem, keyPem: h.keyPem }
+    })
 
     // Renewal: sleep to half life, then renew over mTLS until it works; the files stay meanwhile.
     const renewOnce = Effect.gen(function*() {
@@ -303,7 +382,11 @@ export const make = (options: AgentOptions) =>
       renewals.inc({ reason: "renewal" })
       yield* Ref.update(status, (s) => ({ ...s, renewals: s.renewals + 1, lastError: null }))
       yield* Effect.logInfo("certificate renewed").pipe(
-        Effect.annotateLogs({ identity: next.spiffeId, serial: next.serial, notAfter: new Date(next.notAfter).toISOString() })
+        Effect.annotateLogs({
+          identity: next.spiffeId,
+          serial: next.serial,
+          notAfter: new Date(next.notAfter).toISOString()
+        })
       )
     })
     yield* Effect.gen(function*() {
@@ -319,7 +402,9 @@ export const make = (options: AgentOptions) =>
       const bundle = yield* fetchBundle(options.controller, mtls(current))
       if (bundle !== current.bundlePem && splitPem(bundle).length > 0) {
         yield* write({ ...current, bundlePem: bundle })
-        yield* Effect.logInfo("trust bundle changed; ca.pem rewritten").pipe(Effect.annotateLogs({ roots: splitPem(bundle).length }))
+        yield* Effect.logInfo("trust bundle changed; ca.pem rewritten").pipe(
+          Effect.annotateLogs({ roots: splitPem(bundle).length })
+        )
       }
     }).pipe(
       Effect.catchAll((error) => fail("bundle", error)),
@@ -359,11 +444,22 @@ const serveAdmin = (address: { readonly host: string; readonly port: number }, s
     })
     const bound = yield* Effect.acquireRelease(
       Effect.async<{ host: string; port: number }, AgentRefused>((resume) => {
-        server.once("error", (cause) =>
-          resume(Effect.fail(new AgentRefused({ reason: `--admin ${address.host}:${address.port}: cannot listen: ${describeErrno(cause)}` }))))
+        server.once(
+          "error",
+          (cause) =>
+            resume(
+              Effect.fail(
+                new AgentRefused({
+                  reason: `--admin ${address.host}:${address.port}: cannot listen: ${describeErrno(cause)}`
+                })
+              )
+            )
+        )
         server.listen(address.port, address.host, () => {
           const a = server.address()
-          resume(Effect.succeed({ host: address.host, port: typeof a === "object" && a !== null ? a.port : address.port }))
+          resume(
+            Effect.succeed({ host: address.host, port: typeof a === "object" && a !== null ? a.port : address.port })
+          )
         })
       }),
       () =>

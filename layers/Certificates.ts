@@ -19,26 +19,44 @@
  * once. (3) The old root stays in the bundle for one workload TTL after activation, then drops out
  * by itself; its files stay in previous/ for the record.
  */
-import * as grpc from "@grpc/grpc-js"
-import { Clock, Context, Duration, Effect, Either, Layer, Option, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import type * as grpc from "@grpc/grpc-js"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  Ref,
+  Schedule,
+  type Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
 import type { X509Certificate } from "node:crypto"
 import type { PeerCertificate } from "node:tls"
 import type { Certificates as CertificateSettings, MeshConfig } from "../schemas/Config.js"
 import {
   type Authority,
   fingerprint,
-  issueWorkload,
   type IssuedCertificate,
+  issueWorkload,
   type SignedCertificate,
   signWorkload
 } from "../src/certs/Authority.js"
 import { type CaInvalid, type CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
+import { identityFiles } from "../src/certs/IdentityFiles.js"
 import { type RenewalPolicy, renewalReason, renewalTime } from "../src/certs/Rotation.js"
 import { secretMap } from "../src/certs/Sds.js"
-import { certificateSpiffeId, controllerId, type MeshPrincipal, serviceId, type SpiffeIdInvalid } from "../src/certs/Spiffe.js"
+import {
+  certificateSpiffeId,
+  controllerId,
+  type MeshPrincipal,
+  serviceId,
+  type SpiffeIdInvalid
+} from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsServerCredentials } from "../src/certs/Tls.js"
-import { identityFiles } from "../src/certs/IdentityFiles.js"
-import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
 import {
   bundleOf,
@@ -53,6 +71,7 @@ import {
   writeIdentityFiles
 } from "./internal/CaStore.js"
 import { expirySeconds, failures, renewals } from "./internal/CertificatesMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 export { CaInvalid, CaOperationRefused, CertificateStoreError, SigningFailed } from "../src/certs/Errors.js"
 export type { CaSource, RootState, StoreSettings, TrustBundle } from "./internal/CaStore.js"
@@ -131,13 +150,18 @@ export class Certificates extends Context.Tag("mesh-controller/Certificates")<
     /** For `controller.xds.tls: mtls`: the controller's identity, a client certificate from the mesh CA required. */
     readonly xdsServerCredentials: grpc.ServerCredentials
     /** The mesh principal a peer certificate names (chain already verified by the TLS handshake). */
-    readonly verifyPeer: (certificate: PeerCertificate | X509Certificate) => Either.Either<MeshPrincipal, SpiffeIdInvalid>
+    readonly verifyPeer: (
+      certificate: PeerCertificate | X509Certificate
+    ) => Either.Either<MeshPrincipal, SpiffeIdInvalid>
     readonly status: Effect.Effect<CertificatesStatus>
   }
 >() {
   /** The CA from `certificates.dir` (created on first start) or `certificates.ca`; identities for Discovery's services. */
-  static readonly layer: Layer.Layer<Certificates, CaInvalid | CertificateStoreError | SigningFailed, LiveConfig | Discovery> =
-    Layer.scoped(Certificates, fromConfig((config) => caSourceOf(config.certificates)))
+  static readonly layer: Layer.Layer<
+    Certificates,
+    CaInvalid | CertificateStoreError | SigningFailed,
+    LiveConfig | Discovery
+  > = Layer.scoped(Certificates, fromConfig((config) => caSourceOf(config.certificates)))
 
   /** A root made in memory at start and never written: tests, and programs that want a throwaway mesh. */
   static readonly layerEphemeral: Layer.Layer<Certificates, SigningFailed, LiveConfig | Discovery> = Layer.scoped(
@@ -157,7 +181,9 @@ function fromConfig(source: (config: MeshConfig) => CaSource) {
       meshName: config.mesh.name,
       trustDomain: config.mesh.trustDomain,
       ca: source(config),
-      writeFilesFor: source(config)._tag !== "Ephemeral" && sidecar.enabled && sidecar.service !== undefined ? [sidecar.service] : []
+      writeFilesFor: source(config)._tag !== "Ephemeral" && sidecar.enabled && sidecar.service !== undefined
+        ? [sidecar.service]
+        : []
     })
   })
 }
@@ -292,7 +318,9 @@ export const make = (
       const before = yield* Ref.get(material)
       const loaded = yield* Effect.either(loadCa(options.ca, { ...store, create: false }))
       if (Either.isLeft(loaded)) {
-        yield* Effect.logError("cannot re-read the CA; keeping the one in force").pipe(Effect.annotateLogs({ error: loaded.left.message }))
+        yield* Effect.logError("cannot re-read the CA; keeping the one in force").pipe(
+          Effect.annotateLogs({ error: loaded.left.message })
+        )
         return yield* recordFailure("ca", loaded.left)
       }
       if (loaded.right.digest === before.digest) return yield* Ref.set(refused, null)
@@ -309,7 +337,9 @@ export const make = (
       }
       yield* Ref.set(refused, null)
       yield* Ref.set(material, loaded.right)
-      yield* Effect.logInfo("CA files changed; trust bundle updated").pipe(Effect.annotateLogs({ active: loaded.right.authority.fingerprint }))
+      yield* Effect.logInfo("CA files changed; trust bundle updated").pipe(
+        Effect.annotateLogs({ active: loaded.right.authority.fingerprint })
+      )
     })
 
     /** Issues what is missing or due; returns the new state (or the old one when nothing changed). */
@@ -318,7 +348,9 @@ export const make = (
         const now = yield* Clock.currentTimeMillis
         const { authority } = yield* Ref.get(material)
         const names = [CONTROLLER, ...new Set(yield* Ref.get(wanted))]
-        const current = new Map<string, WorkloadIdentity>(previous === undefined ? [] : [[CONTROLLER, previous.controller], ...previous.services])
+        const current = new Map<string, WorkloadIdentity>(
+          previous === undefined ? [] : [[CONTROLLER, previous.controller], ...previous.services]
+        )
         let changed = previous === undefined
         const next = new Map<string, WorkloadIdentity>()
         for (const name of names) {
@@ -330,7 +362,9 @@ export const make = (
           }
           const issued = yield* Effect.either(issueFor(name, authority, now))
           if (Either.isLeft(issued)) {
-            yield* Effect.logError("certificate issuance failed; will retry").pipe(Effect.annotateLogs({ identity: name, error: issued.left.message }))
+            yield* Effect.logError("certificate issuance failed; will retry").pipe(
+              Effect.annotateLogs({ identity: name, error: issued.left.message })
+            )
             yield* recordFailure("issue", issued.left)
             if (existing !== undefined) next.set(name, existing)
             continue
@@ -346,11 +380,20 @@ export const make = (
         const removed = [...current.keys()].filter((name) => !next.has(name))
         for (const name of removed) expirySeconds.remove({ identity: current.get(name)!.spiffeId })
         const bundle = bundleOf(yield* Ref.get(material), now, ttlMillis)
-        for (const identity of next.values()) expirySeconds.set({ identity: identity.spiffeId }, Math.round((identity.notAfter.getTime() - now) / 1000))
-        if (!changed && removed.length === 0 && previous !== undefined && previous.bundle.pem === bundle.pem) return previous
+        for (const identity of next.values()) {
+          expirySeconds.set({ identity: identity.spiffeId }, Math.round((identity.notAfter.getTime() - now) / 1000))
+        }
+        if (
+          !changed && removed.length === 0 && previous !== undefined && previous.bundle.pem === bundle.pem
+        ) {
+          return previous
+        }
         const controller = next.get(CONTROLLER)
         if (controller === undefined) {
-          return yield* new SigningFailed({ what: "issuing the controller's certificate", cause: (yield* Ref.get(counts)).lastError })
+          return yield* new SigningFailed({
+            what: "issuing the controller's certificate",
+            cause: (yield* Ref.get(counts)).lastError
+          })
         }
         next.delete(CONTROLLER)
         return { trustDomain, bundle, controller, services: next } satisfies CertificateState
@@ -366,12 +409,18 @@ export const make = (
       Effect.forEach(options.writeFilesFor ?? [], (service) => {
         const identity = current.services.get(service)
         const last = written.get(service)
-        if (identity === undefined || (last?.serial === identity.serial && last.bundle === current.bundle.pem)) return Effect.void
+        if (
+          identity === undefined || (last?.serial === identity.serial && last.bundle === current.bundle.pem)
+        ) return Effect.void
         return writeIdentityFiles(workloadFilesDir(settings.dir, service), identity, current.bundle.pem).pipe(
-          Effect.tap(() => Effect.sync(() => written.set(service, { serial: identity.serial, bundle: current.bundle.pem }))),
+          Effect.tap(() =>
+            Effect.sync(() => written.set(service, { serial: identity.serial, bundle: current.bundle.pem }))
+          ),
           Effect.catchAll((error) =>
             Effect.zipRight(
-              Effect.logError("cannot write identity files; will retry").pipe(Effect.annotateLogs({ service, error: error.message })),
+              Effect.logError("cannot write identity files; will retry").pipe(
+                Effect.annotateLogs({ service, error: error.message })
+              ),
               recordFailure("files", error)
             )
           )
@@ -382,20 +431,23 @@ export const make = (
     // One reconciliation at a time: the tick, Discovery changes and freshness checks all land here.
     const lock = yield* Effect.makeSemaphore(1)
     /** `rereadCa` on the periodic check only: Discovery changes and readers need no file reads. */
-    const reconcile = (rereadCa: boolean) => lock.withPermits(1)(
-      Effect.gen(function*() {
-        if (rereadCa) yield* refreshCa
-        const before = yield* SubscriptionRef.get(state)
-        const after = yield* renewDue(before).pipe(
-          Effect.catchAll((error) => Effect.as(recordFailure("issue", error), before))
-        )
-        yield* syncFiles(after)
-        if (after !== before) {
-          yield* SubscriptionRef.set(state, after)
-          if (after.controller !== before.controller || after.bundle.pem !== before.bundle.pem) provider.update(after.controller, after.bundle.pem)
-        }
-      })
-    ).pipe(Effect.annotateLogs(LOG))
+    const reconcile = (rereadCa: boolean) =>
+      lock.withPermits(1)(
+        Effect.gen(function*() {
+          if (rereadCa) yield* refreshCa
+          const before = yield* SubscriptionRef.get(state)
+          const after = yield* renewDue(before).pipe(
+            Effect.catchAll((error) => Effect.as(recordFailure("issue", error), before))
+          )
+          yield* syncFiles(after)
+          if (after !== before) {
+            yield* SubscriptionRef.set(state, after)
+            if (after.controller !== before.controller || after.bundle.pem !== before.bundle.pem) {
+              provider.update(after.controller, after.bundle.pem)
+            }
+          }
+        })
+      ).pipe(Effect.annotateLogs(LOG))
 
     yield* reconcile(true).pipe(
       // A defect in one check must not end the checking (and with it every renewal).

@@ -3,6 +3,7 @@
  * the config (address, datacenter, TLS, the ACL token from the environment), interruption that
  * aborts the HTTP request, a typed error, and the retry schedule every call uses.
  */
+import Consul from "consul"
 import {
   Clock,
   Config as EffectConfig,
@@ -19,15 +20,14 @@ import {
   type Scope,
   Stream
 } from "effect"
-import Consul from "consul"
 import { EventEmitter } from "node:events"
 import * as NodeFs from "node:fs"
-import * as Https from "node:https"
 import * as Http from "node:http"
+import * as Https from "node:https"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
-import { LiveConfig } from "./LiveConfig.js"
 import { consulErrors, consulUp } from "./internal/DiscoveryMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
   readonly operation: string
@@ -35,7 +35,12 @@ export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
 }> {
   /** The reason without anything from the request (headers carry the token). */
   get reason(): string {
-    const cause = this.cause as { message?: unknown; code?: unknown; statusCode?: unknown; response?: { statusCode?: number } }
+    const cause = this.cause as {
+      message?: unknown
+      code?: unknown
+      statusCode?: unknown
+      response?: { statusCode?: number }
+    }
     const status = cause?.response?.statusCode ?? cause?.statusCode
     const text = typeof cause?.message === "string" ? cause.message.split("\n")[0] : String(this.cause)
     return `${this.operation}: ${status !== undefined ? `HTTP ${status}: ` : ""}${text}`
@@ -44,7 +49,9 @@ export class ConsulUnavailable extends Data.TaggedError("ConsulUnavailable")<{
 
 /** The ACL token: from the environment only, never the config file, and never logged. */
 export const consulToken = EffectConfig.option(
-  EffectConfig.redacted("CONSUL_HTTP_TOKEN").pipe(EffectConfig.withDescription("Consul ACL token sent with every request"))
+  EffectConfig.redacted("CONSUL_HTTP_TOKEN").pipe(
+    EffectConfig.withDescription("Consul ACL token sent with every request")
+  )
 )
 
 export interface RetryOptions {
@@ -140,7 +147,11 @@ export const makeConsulConnection = (
         catch: (cause) => new ConsulUnavailable({ operation, cause })
       }).pipe(
         Effect.tapBoth({
-          onFailure: () => Effect.sync(() => { consulErrors.inc({ operation }); consulUp.set(0) }),
+          onFailure: () =>
+            Effect.sync(() => {
+              consulErrors.inc({ operation })
+              consulUp.set(0)
+            }),
           onSuccess: () => Effect.sync(() => consulUp.set(1))
         })
       )
@@ -149,7 +160,8 @@ export const makeConsulConnection = (
       address: settings.address,
       // With `includeResponse` the client resolves `[res, body]`; `call` returns the body only.
       call: <A>(operation: string, request: (ctx: CallContext) => Promise<A>) =>
-        Effect.map(run(operation, request as (ctx: CallContext) => Promise<unknown>), (result) => (result as readonly [unknown, A])[1]),
+        Effect.map(run(operation, request as (ctx: CallContext) => Promise<unknown>), (result) =>
+          (result as readonly [unknown, A])[1]),
       callWithResponse: <A>(operation: string, request: (ctx: CallContext) => Promise<unknown>) =>
         run(operation, request) as Effect.Effect<readonly [ConsulResponse, A], ConsulUnavailable>
     }
@@ -196,7 +208,10 @@ export const blockingWatch = <A>(client: ConsulConnection, options: BlockingWatc
       lastStart = yield* Clock.currentTimeMillis
       const blocking: BlockingQuery = { index: index.toString(), wait: `${wait}ms`, timeout }
       // The schedule never ends, so the retried call cannot fail (orDie only fixes the type).
-      const [response, body] = yield* client.callWithResponse<unknown>(options.name, (ctx) => options.query(blocking)(ctx)).pipe(
+      const [response, body] = yield* client.callWithResponse<unknown>(
+        options.name,
+        (ctx) => options.query(blocking)(ctx)
+      ).pipe(
         Effect.tapError(options.onError),
         Effect.retry(options.schedule),
         Effect.orDie
@@ -209,7 +224,9 @@ export const blockingWatch = <A>(client: ConsulConnection, options: BlockingWatc
       }
       const decoded = options.decode(body)
       if (Either.isLeft(decoded)) {
-        yield* options.onError(new ConsulUnavailable({ operation: options.name, cause: new Error(`unexpected answer: ${decoded.left}`) }))
+        yield* options.onError(
+          new ConsulUnavailable({ operation: options.name, cause: new Error(`unexpected answer: ${decoded.left}`) })
+        )
         yield* Effect.sleep(Duration.seconds(1))
         continue
       }
@@ -226,7 +243,8 @@ export interface ConsulClientStatus {
   readonly restartRequired: boolean
 }
 
-const sameSettings = (a: ConsulSettings | undefined, b: ConsulSettings | undefined) => JSON.stringify(a) === JSON.stringify(b)
+const sameSettings = (a: ConsulSettings | undefined, b: ConsulSettings | undefined) =>
+  JSON.stringify(a) === JSON.stringify(b)
 
 /**
  * The one Consul client of the process, shared by Discovery, ConsulRegistration and

@@ -4,9 +4,15 @@ import { MeshConfig, Policies } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
 import { decodeConfig, parseYaml } from "../src/ConfigDocument.js"
 import { compileConfig } from "../src/policy/Compile.js"
-import { LiveConfig, type LoadedConfig } from "./LiveConfig.js"
-import { blockingWatch, ConsulClient, type ConsulUnavailable, type RetryOptions, retrySchedule } from "./ConsulClient.js"
+import {
+  blockingWatch,
+  ConsulClient,
+  type ConsulUnavailable,
+  type RetryOptions,
+  retrySchedule
+} from "./ConsulClient.js"
 import { policiesResults } from "./internal/DiscoveryMetrics.js"
+import { LiveConfig, type LoadedConfig } from "./LiveConfig.js"
 
 /**
  * Policies shared by several controllers through one Consul KV key (`discovery.consul.policiesKey`).
@@ -28,7 +34,9 @@ export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies"
     readonly status: Effect.Effect<ConsulPoliciesStatus>
   }
 >() {
-  static readonly layer = (options: ConsulPoliciesOptions = {}): Layer.Layer<ConsulPolicies, never, LiveConfig | ConsulClient> =>
+  static readonly layer = (
+    options: ConsulPoliciesOptions = {}
+  ): Layer.Layer<ConsulPolicies, never, LiveConfig | ConsulClient> =>
     Layer.scoped(ConsulPolicies, make(options).pipe(Effect.annotateLogs({ module: "consul" })))
 
   /**
@@ -53,7 +61,11 @@ export class ConsulPolicies extends Context.Tag("mesh-controller/ConsulPolicies"
   /** No shared policies. */
   static readonly layerNoop: Layer.Layer<ConsulPolicies> = Layer.succeed(
     ConsulPolicies,
-    ConsulPolicies.of({ current: Effect.succeedNone, changes: Stream.make(Option.none()), status: Effect.succeed({ enabled: false }) })
+    ConsulPolicies.of({
+      current: Effect.succeedNone,
+      changes: Stream.make(Option.none()),
+      status: Effect.succeed({ enabled: false })
+    })
   )
 }
 
@@ -83,11 +95,23 @@ export type Outcome =
 const encodeConfig = Schema.encodeSync(MeshConfig)
 
 /** The KV text as the `policies` of the config in force: the whole document is decoded, as a reload would be. */
-export const checkPolicies = (text: string, config: MeshConfig, source: string): Either.Either<Policies, ConfigInvalid> => {
-  return Either.flatMap(parseYaml(text, source), (value) =>
-    value === null || typeof value !== "object" || Array.isArray(value)
-      ? Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "expected a policies mapping (traffic, security)" })] }))
-      : Either.map(decodeConfig({ ...encodeConfig(config), policies: value }, source), (decoded) => decoded.policies))
+export const checkPolicies = (
+  text: string,
+  config: MeshConfig,
+  source: string
+): Either.Either<Policies, ConfigInvalid> => {
+  return Either.flatMap(
+    parseYaml(text, source),
+    (value) =>
+      value === null || typeof value !== "object" || Array.isArray(value)
+        ? Either.left(
+          new ConfigInvalid({
+            source,
+            issues: [new ConfigIssue({ path: "", message: "expected a policies mapping (traffic, security)" })]
+          })
+        )
+        : Either.map(decodeConfig({ ...encodeConfig(config), policies: value }, source), (decoded) => decoded.policies)
+  )
 }
 
 const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): LoadedConfig =>
@@ -98,7 +122,9 @@ const overlay = (loaded: LoadedConfig, policies: Option.Option<Policies>): Loade
       config: { ...loaded.config, policies: shared },
       // A new config (the file's with the key's policies): compiled once, here.
       policy: compileConfig({ ...loaded.config, policies: shared }),
-      hash: createHash("sha256").update(loaded.hash).update(JSON.stringify(Schema.encodeSync(Policies)(shared))).digest("hex"),
+      hash: createHash("sha256").update(loaded.hash).update(JSON.stringify(Schema.encodeSync(Policies)(shared))).digest(
+        "hex"
+      ),
       source: `${loaded.source} (policies from Consul KV)`
     })
   })
@@ -112,7 +138,11 @@ const make = (options: ConsulPoliciesOptions) =>
     const key = settings?.policiesKey
     const good = yield* SubscriptionRef.make(Option.none<Policies>())
     if (!settings || !client || key === undefined) {
-      return ConsulPolicies.of({ current: SubscriptionRef.get(good), changes: good.changes, status: Effect.succeed({ enabled: false }) })
+      return ConsulPolicies.of({
+        current: SubscriptionRef.get(good),
+        changes: good.changes,
+        status: Effect.succeed({ enabled: false })
+      })
     }
     const source = `consul-kv:${key}`
     const raw = yield* Ref.make(Option.none<string>())
@@ -136,7 +166,9 @@ const make = (options: ConsulPoliciesOptions) =>
         const errors = checked.left.issues.map((issue) => issue.toString())
         yield* Ref.set(outcome, { _tag: "Rejected", at, errors })
         policiesResults.inc({ result: "rejected" })
-        yield* Effect.logError("policies from Consul KV rejected; keeping the last good ones").pipe(Effect.annotateLogs({ source, errors }))
+        yield* Effect.logError("policies from Consul KV rejected; keeping the last good ones").pipe(
+          Effect.annotateLogs({ source, errors })
+        )
         return
       }
       yield* SubscriptionRef.set(good, Option.some(checked.right))

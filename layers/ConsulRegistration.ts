@@ -3,15 +3,15 @@ import {
   checkId,
   isRegistered,
   OWNER_META,
-  type Registration,
   registerOptions,
+  type Registration,
   registrationsOf
 } from "../src/discovery/Consul.js"
-import { endpointKey, type EndpointHealth } from "../src/MeshState.js"
-import { LiveConfig } from "./LiveConfig.js"
+import { type EndpointHealth, endpointKey } from "../src/MeshState.js"
 import { ConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
 import { Health, type HealthView } from "./Health.js"
 import { registered, restoredTotal } from "./internal/DiscoveryMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 /**
  * Registers the services marked `register` (they run on this host) with the local Consul agent,
@@ -81,7 +81,15 @@ interface Entry {
 
 const blank: Entry = { registered: false, registeredAt: null, restored: 0, reported: null, lastError: null }
 
-type AgentServices = Record<string, { readonly Service?: string; readonly Address?: string; readonly Port?: number; readonly Meta?: Record<string, string> }>
+type AgentServices = Record<
+  string,
+  {
+    readonly Service?: string
+    readonly Address?: string
+    readonly Port?: number
+    readonly Meta?: Record<string, string>
+  }
+>
 
 const healthOf = (view: HealthView, registration: Registration): EndpointHealth =>
   view.get(registration.service)?.get(endpointKey(registration)) ?? "unknown"
@@ -105,33 +113,44 @@ const make = (options: RegistrationOptions) =>
     const meshName = yield* Ref.make(loaded.config.mesh.name)
     const entries = yield* Ref.make<ReadonlyMap<string, Entry>>(new Map())
     const view = yield* Ref.make<HealthView>(new Map())
-    const lastSync = yield* Ref.make<{ readonly at: Date | null; readonly error: string | null }>({ at: null, error: null })
+    const lastSync = yield* Ref.make<{ readonly at: Date | null; readonly error: string | null }>({
+      at: null,
+      error: null
+    })
     const lock = yield* Effect.makeSemaphore(1)
 
     const setEntry = (id: string, f: (entry: Entry) => Entry) =>
       Ref.update(entries, (all) => new Map(all).set(id, f(all.get(id) ?? blank)))
-    const noteError = (id: string) => (error: { readonly reason: string }) => setEntry(id, (e) => ({ ...e, lastError: error.reason }))
+    const noteError = (id: string) => (error: { readonly reason: string }) =>
+      setEntry(id, (e) => ({ ...e, lastError: error.reason }))
 
-    const listAgent = client.call<AgentServices>("agent.service.list", (ctx) => client.consul.agent.service.list({ ctx } as object))
+    const listAgent = client.call<AgentServices>("agent.service.list", (ctx) =>
+      client.consul.agent.service.list({ ctx } as object))
     const registerOne = (registration: Registration) =>
       client.call(`agent.service.register ${registration.id}`, (ctx) =>
         client.consul.agent.service.register({ ...registerOptions(registration), ctx } as { name: string }))
     const deregisterOne = (id: string) =>
-      client.call(`agent.service.deregister ${id}`, (ctx) => client.consul.agent.service.deregister({ id, ctx } as { id: string }))
+      client.call(`agent.service.deregister ${id}`, (ctx) =>
+        client.consul.agent.service.deregister({ id, ctx } as { id: string }))
 
     const report = (registration: Registration, status: EndpointHealth) => {
       const id = checkId(registration)
       const note = `mesh-controller probe: ${status}`
       const call = status === "healthy"
-        ? client.call(`agent.check.pass ${id}`, (ctx) => client.consul.agent.check.pass({ id, note, ctx } as { id: string }))
+        ? client.call(`agent.check.pass ${id}`, (ctx) =>
+          client.consul.agent.check.pass({ id, note, ctx } as { id: string }))
         : status === "unhealthy"
-        ? client.call(`agent.check.fail ${id}`, (ctx) => client.consul.agent.check.fail({ id, note, ctx } as { id: string }))
-        : client.call(`agent.check.warn ${id}`, (ctx) => client.consul.agent.check.warn({ id, note, ctx } as { id: string }))
+        ? client.call(`agent.check.fail ${id}`, (ctx) =>
+          client.consul.agent.check.fail({ id, note, ctx } as { id: string }))
+        : client.call(`agent.check.warn ${id}`, (ctx) =>
+          client.consul.agent.check.warn({ id, note, ctx } as { id: string }))
       return call.pipe(
         Effect.tapError(noteError(registration.id)),
         Effect.retry(Schedule.intersect(schedule, Schedule.recurs(2))),
         Effect.zipRight(setEntry(registration.id, (e) => ({ ...e, reported: status, lastError: null }))),
-        Effect.catchAll((error) => Effect.logWarning("cannot report a TTL check to Consul", error.reason))
+        Effect.catchAll((error) =>
+          Effect.logWarning("cannot report a TTL check to Consul", error.reason)
+        )
       )
     }
 
@@ -141,11 +160,17 @@ const make = (options: RegistrationOptions) =>
         const current = yield* Ref.get(view)
         const known = yield* Ref.get(entries)
         for (const registration of yield* Ref.get(desired)) {
-          if (registration.check?.kind !== "ttl") continue
+          if (registration.check?.kind !== "ttl") {
+            continue
+          }
           const entry = known.get(registration.id)
-          if (!entry?.registered) continue
+          if (!entry?.registered) {
+            continue
+          }
           const status = healthOf(current, registration)
-          if (all || entry.reported !== status) yield* report(registration, status)
+          if (all || entry.reported !== status) {
+            yield* report(registration, status)
+          }
         }
       })
 
@@ -155,11 +180,16 @@ const make = (options: RegistrationOptions) =>
         const owner = yield* Ref.get(meshName)
         let failures = 0
         const present = yield* persist(listAgent.pipe(
-          Effect.tapError((error) => Ref.update(lastSync, (s) => ({ ...s, error: error.reason })))
+          Effect.tapError((error) =>
+            Ref.update(lastSync, (s) => ({ ...s, error: error.reason }))
+          )
         ))
         for (const registration of wanted) {
           if (isRegistered(registration, present)) {
-            yield* setEntry(registration.id, (e) => (e.registered ? e : { ...e, registered: true, registeredAt: new Date() }))
+            yield* setEntry(
+              registration.id,
+              (e) => (e.registered ? e : { ...e, registered: true, registeredAt: new Date() })
+            )
             continue
           }
           const before = (yield* Ref.get(entries)).get(registration.id)
@@ -169,7 +199,9 @@ const make = (options: RegistrationOptions) =>
             Effect.tapError(noteError(registration.id)),
             Effect.retry(attempts),
             Effect.as(true),
-            Effect.catchAll((error) => Effect.as(Effect.logWarning("cannot register with Consul; trying again next round", error.reason), false))
+            Effect.catchAll((error) =>
+              Effect.as(Effect.logWarning("cannot register with Consul; trying again next round", error.reason), false)
+            )
           )
           if (!done) {
             failures++
@@ -178,7 +210,9 @@ const make = (options: RegistrationOptions) =>
           const restored = before?.registered === true
           if (restored) {
             restoredTotal.inc()
-            yield* Effect.logWarning("Consul had lost a registration; registered it again").pipe(Effect.annotateLogs({ id: registration.id }))
+            yield* Effect.logWarning("Consul had lost a registration; registered it again").pipe(
+              Effect.annotateLogs({ id: registration.id })
+            )
           }
           yield* setEntry(registration.id, (e) => ({
             ...e,
@@ -189,15 +223,32 @@ const make = (options: RegistrationOptions) =>
             lastError: null
           }))
         }
-        const wantedIds = new Set(wanted.map((r) => r.id))
+        const wantedIds = new Set(wanted.map((r) =>
+          r.id
+        ))
         for (const [id, service] of Object.entries(present)) {
-          if (service.Meta?.[OWNER_META] !== owner || wantedIds.has(id)) continue
-          const removed = yield* deregisterOne(id).pipe(Effect.retry(attempts), Effect.as(true), Effect.orElseSucceed(() => false))
-          if (!removed) failures++
-          else yield* Ref.update(entries, (all) => new Map([...all].filter(([key]) => key !== id)))
+          if (service.Meta?.[OWNER_META] !== owner || wantedIds.has(id)) {
+            continue
+          }
+          const removed = yield* deregisterOne(id).pipe(
+            Effect.retry(attempts),
+            Effect.as(true),
+            Effect.orElseSucceed(() =>
+              false
+            )
+          )
+          if (!removed) {
+            failures++
+          } else {yield* Ref.update(entries, (all) =>
+              new Map([...all].filter(([key]) =>
+                key !== id
+              )))}
         }
         yield* reportTtl(true)
-        yield* Ref.set(lastSync, { at: new Date(), error: failures === 0 ? null : `${failures} registration change(s) failed; see registrations` })
+        yield* Ref.set(lastSync, {
+          at: new Date(),
+          error: failures === 0 ? null : `${failures} registration change(s) failed; see registrations`
+        })
         registered.set([...(yield* Ref.get(entries)).values()].filter((e) => e.registered).length)
       })
     )
@@ -208,7 +259,12 @@ const make = (options: RegistrationOptions) =>
         const ids = [...(yield* Ref.get(entries))].filter(([, e]) => e.registered).map(([id]) => id)
         yield* Effect.forEach(ids, (id) =>
           deregisterOne(id).pipe(
-            Effect.retry(Schedule.intersect(retrySchedule({ base: Duration.millis(100), cap: Duration.millis(500) }), Schedule.recurs(2))),
+            Effect.retry(
+              Schedule.intersect(
+                retrySchedule({ base: Duration.millis(100), cap: Duration.millis(500) }),
+                Schedule.recurs(2)
+              )
+            ),
             Effect.catchAll((error) => Effect.logWarning("cannot deregister from Consul at shutdown", error.reason))
           ), { concurrency: 8, discard: true })
         registered.set(0)

@@ -1,13 +1,29 @@
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Ref, Schedule, type Scope, Stream, SubscriptionRef } from "effect"
+import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  FiberMap,
+  Layer,
+  Option,
+  Ref,
+  Schedule,
+  type Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
-import { type RegistrationLimits, type RegistrationRefused, RegistrationStore } from "../src/discovery/RegistrationStore.js"
+import {
+  type RegistrationLimits,
+  type RegistrationRefused,
+  RegistrationStore
+} from "../src/discovery/RegistrationStore.js"
 import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
-import * as Coalesce from "./internal/Coalesce.js"
-import { LiveConfig } from "./LiveConfig.js"
 import {
   type BlockingQuery,
   blockingWatch,
@@ -17,7 +33,9 @@ import {
   type RetryOptions,
   retrySchedule
 } from "./ConsulClient.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import { dnsFailures, servicesBySource, syncLag, watchUpdates } from "./internal/DiscoveryMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 export type { ApiRegistration } from "../src/discovery/Merge.js"
 export { type RegistrationLimits, RegistrationRefused } from "../src/discovery/RegistrationStore.js"
@@ -44,7 +62,10 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
      * reaches `services` and `changes` shortly after (publishes are coalesced, so a burst of
      * registrations costs a few merges, not one per registration).
      */
-    readonly register: (registration: ApiRegistration, limits?: RegistrationLimits) => Effect.Effect<void, RegistrationRefused>
+    readonly register: (
+      registration: ApiRegistration,
+      limits?: RegistrationLimits
+    ) => Effect.Effect<void, RegistrationRefused>
     /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
     readonly deregister: (service: string, address: string, port: number) => Effect.Effect<boolean>
     readonly registrations: Effect.Effect<ReadonlyArray<ApiRegistration>>
@@ -67,14 +88,17 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
   )
 
   /** A fixed registry for tests; `SubscriptionRef.set` on the returned ref changes it. */
-  static readonly layerMemory = (ref: SubscriptionRef.SubscriptionRef<ReadonlyArray<Service>>): Layer.Layer<Discovery> =>
+  static readonly layerMemory = (
+    ref: SubscriptionRef.SubscriptionRef<ReadonlyArray<Service>>
+  ): Layer.Layer<Discovery> =>
     Layer.succeed(
       Discovery,
       Discovery.of({
         services: SubscriptionRef.get(ref),
         changes: ref.changes,
         status: Effect.succeed({ source: "memory" }),
-        register: (registration) => SubscriptionRef.update(ref, (services) => mergeRegistry(services, [registration], new Map())),
+        register: (registration) =>
+          SubscriptionRef.update(ref, (services) => mergeRegistry(services, [registration], new Map())),
         deregister: (service, address, port) =>
           SubscriptionRef.modify(ref, (services) => {
             const key = endpointKey({ address, port })
@@ -93,7 +117,9 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
           }),
         registrations: Effect.map(SubscriptionRef.get(ref), (services) =>
           services.flatMap((s) =>
-            s.endpoints.filter((e) => e.source === "api").map((e) => ({ service: s.name, address: e.address, port: e.port, weight: e.weight, labels: e.labels }))
+            s.endpoints.filter((e) =>
+              e.source === "api"
+            ).map((e) => ({ service: s.name, address: e.address, port: e.port, weight: e.weight, labels: e.labels }))
           ))
       })
     )
@@ -188,7 +214,8 @@ interface ConsulState {
   readonly lastErrorAt: Date | null
 }
 
-const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) => a === b || JSON.stringify(a) === JSON.stringify(b)
+const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) =>
+  a === b || JSON.stringify(a) === JSON.stringify(b)
 
 const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<ConsulClient> | undefined) =>
   Effect.gen(function*() {
@@ -214,7 +241,11 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
                 const before = entries.get(host)
                 const entry: DnsEntry = Either.match(result, {
                   // A failed refresh keeps the addresses last resolved: a DNS hiccup never empties a service.
-                  onLeft: (error) => ({ addresses: before?.addresses ?? [], resolvedAt: before?.resolvedAt ?? null, error }),
+                  onLeft: (error) => ({
+                    addresses: before?.addresses ?? [],
+                    resolvedAt: before?.resolvedAt ?? null,
+                    error
+                  }),
                   onRight: (addresses) => ({ addresses, resolvedAt: new Date(), error: null })
                 })
                 return new Map(entries).set(host, entry)
@@ -319,7 +350,9 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
           endpointsBySource: { config: count(s, "config"), api: count(s, "api"), consul: count(s, "consul") }
         })),
         apiRegistrations: api.size,
-        consul: consul && consulClient ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired } : null,
+        consul: consul && consulClient
+          ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired }
+          : null,
         dns: {
           refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
           names: [...entries].map(([host, entry]) => ({
@@ -360,7 +393,12 @@ const startConsulWatch = (
   publish: Effect.Effect<unknown>
 ): Effect.Effect<{ readonly status: Effect.Effect<ConsulWatchStatus> }, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const state = yield* Ref.make<ConsulState>({ connected: false, lastSuccessAt: null, lastError: null, lastErrorAt: null })
+    const state = yield* Ref.make<ConsulState>({
+      connected: false,
+      lastSuccessAt: null,
+      lastError: null,
+      lastErrorAt: null
+    })
     const startedAt = new Date()
     const answered = yield* Ref.make<ReadonlySet<string>>(new Set())
     const watched = yield* Ref.make<ReadonlySet<string>>(new Set())
@@ -369,8 +407,13 @@ const startConsulWatch = (
 
     const failed = (error: ConsulUnavailable) =>
       Effect.gen(function*() {
-        const before = yield* Ref.getAndUpdate(state, (s) => ({ ...s, connected: false, lastError: error.reason, lastErrorAt: new Date() }))
-        if (before.connected || before.lastError === null) yield* Effect.logWarning("Consul unreachable; serving the last known services", error.reason)
+        const before = yield* Ref.getAndUpdate(
+          state,
+          (s) => ({ ...s, connected: false, lastError: error.reason, lastErrorAt: new Date() })
+        )
+        if (before.connected || before.lastError === null) {
+          yield* Effect.logWarning("Consul unreachable; serving the last known services", error.reason)
+        }
       })
     const succeeded = Effect.gen(function*() {
       const before = yield* Ref.getAndUpdate(state, (s) => ({ ...s, connected: true, lastSuccessAt: new Date() }))
@@ -390,7 +433,11 @@ const startConsulWatch = (
         schedule,
         query,
         decode,
-        onChange: (value: A) => Effect.zipRight(Effect.sync(() => watchUpdates.inc({ watch: name.startsWith("health") ? "service" : "catalog" })), onChange(value)),
+        onChange: (value: A) =>
+          Effect.zipRight(
+            Effect.sync(() => watchUpdates.inc({ watch: name.startsWith("health") ? "service" : "catalog" })),
+            onChange(value)
+          ),
         onError: failed,
         onSuccess: succeeded
       })
@@ -413,7 +460,9 @@ const startConsulWatch = (
       Effect.gen(function*() {
         const ignoredBefore = yield* Ref.getAndSet(ignoredNames, ignored)
         if (ignored.some((name) => !ignoredBefore.includes(name))) {
-          yield* Effect.logWarning("Consul services with names that cannot be mesh services are ignored").pipe(Effect.annotateLogs({ ignored }))
+          yield* Effect.logWarning("Consul services with names that cannot be mesh services are ignored").pipe(
+            Effect.annotateLogs({ ignored })
+          )
         }
         const before = yield* Ref.get(watched)
         const listed = new Set(names)

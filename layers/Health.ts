@@ -20,9 +20,8 @@ import { type EndpointState, initialState, type ProbeResult, step, type Transiti
 import { availability, type HealthView, routing, sameView } from "../src/health/Routing.js"
 import { type EndpointHealth, endpointKey, type Service } from "../src/MeshState.js"
 import { Discovery } from "./Discovery.js"
-import * as Coalesce from "./internal/Coalesce.js"
-import { ProbeSlots } from "./internal/ProbeSlots.js"
 import { grpcProbe, httpProbe, makeGrpcPool, ProbeFailed, type ProbeTarget, tcpProbe } from "./HealthProbes.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import {
   endpointsByState,
   metricsOfType,
@@ -31,6 +30,7 @@ import {
   servicePanic,
   transitions
 } from "./internal/HealthMetrics.js"
+import { ProbeSlots } from "./internal/ProbeSlots.js"
 import { layerUp } from "./Metrics.js"
 
 export type { HealthView } from "../src/health/Routing.js"
@@ -50,7 +50,9 @@ export interface EndpointStatus {
   /** Milliseconds spent unhealthy since `trackedSince`, the current spell included. */
   readonly unhealthyMs: number
   /** The last transitions (at most `MAX_FLIPS`), oldest first: a history longer than `history`'s probes. */
-  readonly transitions: ReadonlyArray<{ readonly at: string; readonly from: EndpointHealth; readonly to: EndpointHealth }>
+  readonly transitions: ReadonlyArray<
+    { readonly at: string; readonly from: EndpointHealth; readonly to: EndpointHealth }
+  >
   /** The last `historySize` results, oldest first. */
   readonly history: ReadonlyArray<{
     readonly at: string
@@ -116,8 +118,13 @@ export class Health extends Context.Tag("mesh-controller/Health")<
       Health.of({
         view: SubscriptionRef.get(ref),
         changes: ref.changes,
-        availability: Effect.map(SubscriptionRef.get(ref), (view) =>
-          new Map([...view].map(([service, endpoints]) => [service, [...endpoints.values()].some((h) => h !== "unhealthy")]))),
+        availability: Effect.map(
+          SubscriptionRef.get(ref),
+          (view) =>
+            new Map(
+              [...view].map(([service, endpoints]) => [service, [...endpoints.values()].some((h) => h !== "unhealthy")])
+            )
+        ),
         status: Effect.succeed({ checks: "off", services: [] })
       })
     )
@@ -202,7 +209,9 @@ const desiredProbes = (services: ReadonlyArray<Service>): Map<string, Probe> => 
   return probes
 }
 
-export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<Health>, never, Discovery | Scope.Scope> =>
+export const make = (
+  options: HealthOptions
+): Effect.Effect<Context.Tag.Service<Health>, never, Discovery | Scope.Scope> =>
   Effect.gen(function*() {
     const discovery = yield* Discovery
     const maxConcurrent = Math.max(1, options.maxConcurrentProbes ?? 64)
@@ -268,7 +277,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
         }
       }
       for (const name of panicking) {
-        if (!nowPanicking.has(name)) yield* Effect.logInfo("service has a routable endpoint again").pipe(Effect.annotateLogs({ service: name }))
+        if (!nowPanicking.has(name)) {
+          yield* Effect.logInfo("service has a routable endpoint again").pipe(Effect.annotateLogs({ service: name }))
+        }
       }
       panicking = nowPanicking
     })
@@ -326,7 +337,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             check.https && check.trustMeshCa
               ? Effect.flatMap(meshCa, (ca) =>
                 ca === undefined
-                  ? Effect.fail(new ProbeFailed({ reason: "trustMeshCa is set but no mesh CA is available to the health checker" }))
+                  ? Effect.fail(
+                    new ProbeFailed({ reason: "trustMeshCa is set but no mesh CA is available to the health checker" })
+                  )
                   : httpProbe(probe.target, check, ca))
               : httpProbe(probe.target, check, undefined)
           )
@@ -348,7 +361,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(restore(slots.acquire(deadline)), (granted) =>
           granted
-            ? restore(Effect.asSome(measured(probe, run, scheduledAt))).pipe(Effect.ensuring(Effect.sync(() => slots.release())))
+            ? restore(Effect.asSome(measured(probe, run, scheduledAt))).pipe(
+              Effect.ensuring(Effect.sync(() => slots.release()))
+            )
             : Effect.succeedNone)
       )
 
@@ -365,7 +380,11 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
      * Runs and times one probe. Written as one suspended step and one match rather than a
      * generator of several: this runs a thousand times a second, and each Effect step allocates.
      */
-    const measured = (probe: Probe, run: Effect.Effect<void, ProbeFailed>, scheduledAt: number): Effect.Effect<ProbeResult> =>
+    const measured = (
+      probe: Probe,
+      run: Effect.Effect<void, ProbeFailed>,
+      scheduledAt: number
+    ): Effect.Effect<ProbeResult> =>
       Effect.suspend(() => {
         const startNanos = clock.unsafeCurrentTimeNanos()
         const at = clock.unsafeCurrentTimeMillis()
@@ -382,7 +401,9 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
       })
 
     const jittered = (interval: number) =>
-      jitter === 0 ? Effect.succeed(interval) : Effect.map(Random.nextRange(1 - jitter, 1 + jitter), (f) => interval * f)
+      jitter === 0
+        ? Effect.succeed(interval)
+        : Effect.map(Random.nextRange(1 - jitter, 1 + jitter), (f) => interval * f)
 
     /**
      * The probe loop of one endpoint, at a fixed rate: the next probe is due one (jittered)
@@ -468,7 +489,11 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
     const serviceStatus = (service: Service, check: HealthCheck, current: HealthView, now: number): ServiceStatus => {
       const decision = routing(service, current)
       const byEndpoint = new Map<string, Entry>()
-      for (const [key, entry] of entries) if (entry.service === service.name && key === probeKey(service.name, entry.endpoint, check)) byEndpoint.set(entry.endpoint, entry)
+      for (const [key, entry] of entries) {
+        if (entry.service === service.name && key === probeKey(service.name, entry.endpoint, check)) {
+          byEndpoint.set(entry.endpoint, entry)
+        }
+      }
       return {
         name: service.name,
         failMode: service.failMode,
@@ -486,7 +511,8 @@ export const make = (options: HealthOptions): Effect.Effect<Context.Tag.Service<
             consecutiveFailures: entry.state.failures,
             missedProbes: entry.missed,
             trackedSince: new Date(entry.trackedSince).toISOString(),
-            unhealthyMs: entry.unhealthyMs + (entry.state.health === "unhealthy" ? Math.max(0, now - entry.state.since) : 0),
+            unhealthyMs: entry.unhealthyMs +
+              (entry.state.health === "unhealthy" ? Math.max(0, now - entry.state.since) : 0),
             transitions: entry.flips.map((f) => ({ at: new Date(f.at).toISOString(), from: f.from, to: f.to })),
             history: entry.state.history.map((r) => ({
               at: new Date(r.at).toISOString(),

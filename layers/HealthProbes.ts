@@ -21,7 +21,9 @@ import {
  */
 
 /** A probe that did not succeed, with a reason a person can act on. */
-export class ProbeFailed extends Data.TaggedError("ProbeFailed")<{ readonly reason: string; readonly cause?: unknown }> {}
+export class ProbeFailed
+  extends Data.TaggedError("ProbeFailed")<{ readonly reason: string; readonly cause?: unknown }>
+{}
 
 export type HttpCheck = Extract<HealthCheck, { type: "http" }>
 export type GrpcCheck = Extract<HealthCheck, { type: "grpc" }>
@@ -67,7 +69,11 @@ const deadlined = (
 const hostName = (host: string): string => host.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1")
 
 /** An HTTP(S) request on a fresh connection (`Connection: close`): no idle sockets per endpoint. */
-export const httpProbe = (target: ProbeTarget, check: HttpCheck, ca: string | undefined): Effect.Effect<void, ProbeFailed> =>
+export const httpProbe = (
+  target: ProbeTarget,
+  check: HttpCheck,
+  ca: string | undefined
+): Effect.Effect<void, ProbeFailed> =>
   deadlined(check.timeout, (resume) => {
     const headers: Record<string, string> = { connection: "close", "user-agent": "mesh-controller-health/1" }
     if (check.host !== undefined) headers.host = check.host
@@ -98,9 +104,11 @@ export const httpProbe = (target: ProbeTarget, check: HttpCheck, ca: string | un
             ? Effect.void
             : Effect.fail(new ProbeFailed({ reason: `status ${status}` }))
         ))
-      response.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
+      response.once("error", (error) =>
+        resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
     })
-    request.once("error", (error) => resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
+    request.once("error", (error) =>
+      resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
     request.end()
     return () => request.destroy()
   })
@@ -169,7 +177,9 @@ const nextTurn = Effect.async<void>((resume) => {
  * Channels to gRPC targets, one per `address:port`, closed when the last probe using it stops
  * (and with it, its connection).
  */
-export const makeGrpcPool = (options: GrpcPoolOptions): Effect.Effect<RcMap.RcMap<string, grpc.Client>, never, Scope.Scope> =>
+export const makeGrpcPool = (
+  options: GrpcPoolOptions
+): Effect.Effect<RcMap.RcMap<string, grpc.Client>, never, Scope.Scope> =>
   RcMap.make({
     lookup: (target: string) =>
       Effect.acquireRelease(

@@ -40,10 +40,14 @@ export class Lifecycle extends Context.Tag("mesh-controller/Lifecycle")<
           setPhase: (next) => Ref.set(phase, next),
           mark: (layer, state, status) =>
             Ref.update(entries, (map) =>
-              new Map(map).set(layer, { state, since: new Date(), status: state === "running" ? status : undefined })
-            ).pipe(Effect.zipRight(Effect.sync(() => layerUp.set({ layer }, state === "running" ? 1 : 0)))),
+              new Map(map).set(layer, { state, since: new Date(), status: state === "running" ? status : undefined }))
+              .pipe(Effect.zipRight(Effect.sync(() =>
+                layerUp.set({ layer }, state === "running" ? 1 : 0)
+              ))),
           waiting: Effect.map(Ref.get(entries), (map) =>
-            [...map].filter(([, entry]) => entry.state !== "running").map(([name]) => name)),
+            [...map].filter(([, entry]) =>
+              entry.state !== "running"
+            ).map(([name]) => name)),
           layers: Effect.gen(function*() {
             const out: Record<string, { state: LayerState; since: string; status?: unknown }> = {}
             for (const [name, entry] of yield* Ref.get(entries)) {
@@ -54,7 +58,11 @@ export class Lifecycle extends Context.Tag("mesh-controller/Lifecycle")<
                   Effect.map((o) => (o._tag === "Some" ? o.value : { error: "status timed out" })),
                   Effect.catchAllCause(() => Effect.succeed({ error: "status failed" }))
                 )
-              out[name] = { state: entry.state, since: entry.since.toISOString(), ...(status === undefined ? {} : { status }) }
+              out[name] = {
+                state: entry.state,
+                since: entry.since.toISOString(),
+                ...(status === undefined ? {} : { status })
+              }
             }
             return out
           })
@@ -75,8 +83,10 @@ export class Lifecycle extends Context.Tag("mesh-controller/Lifecycle")<
       Layer.scopedContext(
         Effect.gen(function*() {
           const lifecycle = yield* Lifecycle
-          yield* Effect.acquireRelease(lifecycle.mark(name, "running", status?.(context)), () =>
-            lifecycle.mark(name, "stopped"))
+          yield* Effect.acquireRelease(
+            lifecycle.mark(name, "running", status?.(context)),
+            () => lifecycle.mark(name, "stopped")
+          )
           return context
         })
       ))

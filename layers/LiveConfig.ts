@@ -1,14 +1,15 @@
 import { FileSystem } from "@effect/platform"
 import { NodeFileSystem } from "@effect/platform-node"
-import { Context, Duration, Effect, Either, Layer, Option, Queue, Ref, Schedule, Stream, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Either, Layer, Option, Ref, Schedule, type Stream, SubscriptionRef } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { MeshConfig } from "../schemas/Config.js"
 import { ConfigInvalid, ConfigIssue, ConfigUnreadable } from "../schemas/Errors.js"
 import { parseConfigWithPolicy } from "../src/ConfigDocument.js"
-import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../src/policy/Compile.js"
 import { describeErrno } from "../src/Errno.js"
+import { compileConfig, type CompiledPolicy, type PolicyInvalid } from "../src/policy/Compile.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import { configReloads } from "./Metrics.js"
 
 /** The config in force, with where it came from. */
@@ -75,17 +76,17 @@ export class LiveConfig extends Context.Tag("mesh-controller/LiveConfig")<
   static readonly reloadOnSighup: Layer.Layer<never, never, LiveConfig> = Layer.scopedDiscard(
     Effect.gen(function*() {
       const config = yield* LiveConfig
-      const signals = yield* Queue.sliding<void>(1)
-      const onSignal = () => Queue.unsafeOffer(signals, undefined)
+      // Signals during a reload become one more reload (the one coalescing loop).
+      const reloads = yield* Coalesce.make(
+        Effect.logInfo("SIGHUP: reloading the config").pipe(
+          Effect.zipRight(config.reload.pipe(Effect.withSpan("config.sighup"))),
+          Effect.asVoid
+        )
+      )
+      const onSignal = () => reloads.unsafeSignal()
       yield* Effect.acquireRelease(
         Effect.sync(() => process.on("SIGHUP", onSignal)),
         () => Effect.sync(() => process.off("SIGHUP", onSignal))
-      )
-      yield* Queue.take(signals).pipe(
-        Effect.zipRight(Effect.logInfo("SIGHUP: reloading the config")),
-        Effect.zipRight(config.reload.pipe(Effect.withSpan("config.sighup"))),
-        Effect.forever,
-        Effect.forkScoped
       )
     }).pipe(Effect.annotateLogs({ module: "config" }))
   )
@@ -113,18 +114,24 @@ export const loadedValue = (config: MeshConfig, source: string): LoadedConfig =>
 })
 
 /** Reads and decodes a config file once; used at start, by `validate`, and by every reload. */
-export const loadFile = (path: string): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
-  Effect.withSpan(Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
-    const text = yield* fs.readFileString(path).pipe(
-      Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
-    )
-    const { config, policy } = yield* Either.match(parseConfigWithPolicy(text, path), {
-      onLeft: (error) => Effect.fail(error),
-      onRight: (checked) => Effect.succeed(checked)
-    })
-    return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
-  }), "config.decode", { attributes: { source: path } })
+export const loadFile = (
+  path: string
+): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
+  Effect.withSpan(
+    Effect.gen(function*() {
+      const fs = yield* FileSystem.FileSystem
+      const text = yield* fs.readFileString(path).pipe(
+        Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
+      )
+      const { config, policy } = yield* Either.match(parseConfigWithPolicy(text, path), {
+        onLeft: (error) => Effect.fail(error),
+        onRight: (checked) => Effect.succeed(checked)
+      })
+      return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
+    }),
+    "config.decode",
+    { attributes: { source: path } }
+  )
 
 const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>): ConfigStatus => ({
   source: loaded.source,
@@ -146,7 +153,10 @@ const makeMemory = (initial: MeshConfig) =>
     return LiveConfig.of({
       get: SubscriptionRef.get(current),
       changes: current.changes,
-      reload: Effect.map(SubscriptionRef.get(current), (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })),
+      reload: Effect.map(
+        SubscriptionRef.get(current),
+        (loaded) => ({ _tag: "Unchanged", at: new Date(), hash: loaded.hash })
+      ),
       apply,
       status: Effect.zipWith(SubscriptionRef.get(current), Ref.get(last), statusOf)
     })
@@ -170,14 +180,16 @@ const makeFile = (options: ConfigFileOptions) =>
         Effect.gen(function*() {
           // No input may end the reload loops: a defect in one attempt (a library throwing on
           // hostile input) is that attempt's rejection, reported like any other.
-          const attempt = yield* Effect.either(withFs(loadFile(path)).pipe(Effect.catchAllDefect((defect) =>
-            Effect.fail(
-              new ConfigInvalid({
-                source: path,
-                issues: [new ConfigIssue({ path: "", message: `cannot process the file: ${defectLine(defect)}` })]
-              })
-            )
-          )))
+          const attempt = yield* Effect.either(
+            withFs(loadFile(path)).pipe(Effect.catchAllDefect((defect) =>
+              Effect.fail(
+                new ConfigInvalid({
+                  source: path,
+                  issues: [new ConfigIssue({ path: "", message: `cannot process the file: ${defectLine(defect)}` })]
+                })
+              )
+            ))
+          )
           const at = new Date()
           const result: ReloadResult = yield* Either.match(attempt, {
             onLeft: (error) =>
@@ -194,7 +206,9 @@ const makeFile = (options: ConfigFileOptions) =>
                 yield* SubscriptionRef.set(current, loaded).pipe(
                   Effect.withSpan("config.apply", { attributes: { configHash: loaded.hash } })
                 )
-                yield* Effect.logInfo("config reloaded").pipe(Effect.annotateLogs({ source: path, configHash: loaded.hash }))
+                yield* Effect.logInfo("config reloaded").pipe(
+                  Effect.annotateLogs({ source: path, configHash: loaded.hash })
+                )
                 return { _tag: "Applied" as const, at, hash: loaded.hash }
               })
           })
@@ -223,24 +237,22 @@ const makeFile = (options: ConfigFileOptions) =>
     if (options.watch !== false) {
       const directory = NodePath.dirname(path)
       const name = NodePath.basename(path)
-      const events = yield* Queue.sliding<void>(1)
+      // File events settle before a reload (editors write in several steps): the one coalescing loop.
+      const events = yield* Coalesce.make(Effect.asVoid(reloadFrom("watch")), {
+        settle: Effect.succeed({ quiet: options.debounce ?? Duration.millis(150) })
+      })
       // Watch the directory, not the file: editors and config managers replace files by rename,
       // which would leave a watch on the old inode blind. The watch is registered before this
       // layer is ready, so no edit made after start can slip past it.
       yield* Effect.acquireRelease(
         Effect.sync(() => {
           const watcher = NodeFs.watch(directory, (_event, filename) => {
-            if (filename === null || filename === name) Queue.unsafeOffer(events, undefined)
+            if (filename === null || filename === name) events.unsafeSignal()
           })
-          watcher.on("error", () => Queue.unsafeOffer(events, undefined))
+          watcher.on("error", () => events.unsafeSignal())
           return watcher
         }),
         (watcher) => Effect.sync(() => watcher.close())
-      )
-      yield* Stream.fromQueue(events).pipe(
-        Stream.debounce(options.debounce ?? Duration.millis(150)),
-        Stream.runForEach(() => reloadFrom("watch")),
-        Effect.forkScoped
       )
       // A slow periodic check as well, for file systems whose change events do not arrive
       // (network mounts, some container bind mounts).

@@ -1,6 +1,6 @@
 import { Context, Effect, Either, Layer, Ref, Stream, SubscriptionRef } from "effect"
 import type { MeshConfig } from "../schemas/Config.js"
-import { type AuthzRequest, authorize, type Decision } from "../src/policy/Authorize.js"
+import { authorize, type AuthzRequest, type Decision } from "../src/policy/Authorize.js"
 import type { CompiledPolicy, PolicyInvalid } from "../src/policy/Compile.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { counter, gauge } from "./Metrics.js"
@@ -23,7 +23,9 @@ export interface PolicyStatus {
   readonly resiliencePolicies: number
   readonly warnings: ReadonlyArray<string>
   /** The last config whose policies did not compile (and were not applied); null once one compiles. */
-  readonly lastRejected: { readonly at: string; readonly configHash: string; readonly issues: ReadonlyArray<string> } | null
+  readonly lastRejected:
+    | { readonly at: string; readonly configHash: string; readonly issues: ReadonlyArray<string> }
+    | null
 }
 
 /**
@@ -50,13 +52,27 @@ export class Policy extends Context.Tag("mesh-controller/Policy")<
 
   /** A fixed policy compiled from `config` (tests, `policy check`). */
   static readonly layerMemory = (config: MeshConfig): Layer.Layer<Policy, PolicyInvalid> =>
-    Layer.scoped(Policy, make.pipe(Effect.provide(LiveConfig.layerMemory(config)), Effect.annotateLogs({ module: "policy" })))
+    Layer.scoped(
+      Policy,
+      make.pipe(Effect.provide(LiveConfig.layerMemory(config)), Effect.annotateLogs({ module: "policy" }))
+    )
 }
 
-const compilations = counter("mesh_controller_policy_compilations_total", "Policy compilations by result (ok, rejected).", ["result"])
+const compilations = counter(
+  "mesh_controller_policy_compilations_total",
+  "Policy compilations by result (ok, rejected).",
+  ["result"]
+)
 const rulesGauge = gauge("mesh_controller_policy_authorization_rules", "Authorization rules in the policy in force.")
-const warningsGauge = gauge("mesh_controller_policy_warnings", "Warnings (such as shadowed routes) in the policy in force.")
-const decisions = counter("mesh_controller_policy_decisions_total", "Authorization decisions made through the Policy service.", ["decision"])
+const warningsGauge = gauge(
+  "mesh_controller_policy_warnings",
+  "Warnings (such as shadowed routes) in the policy in force."
+)
+const decisions = counter(
+  "mesh_controller_policy_decisions_total",
+  "Authorization decisions made through the Policy service.",
+  ["decision"]
+)
 
 const published = (inForce: PolicyInForce) => {
   compilations.inc({ result: "ok" })
@@ -81,14 +97,20 @@ const make = Effect.gen(function*() {
 
   yield* config.changes.pipe(
     // `changes` starts with the config in force: only configs other than the policy's source matter.
-    Stream.filterEffect((next) => Effect.map(SubscriptionRef.get(current), (inForce) => inForce.configHash !== next.hash)),
+    Stream.filterEffect((next) =>
+      Effect.map(SubscriptionRef.get(current), (inForce) => inForce.configHash !== next.hash)
+    ),
     Stream.runForEach((next) =>
       Either.match(next.policy, {
         onLeft: (error) =>
           Effect.zipRight(
             Effect.sync(() => compilations.inc({ result: "rejected" })),
             Effect.zipRight(
-              Ref.set(rejected, { at: new Date().toISOString(), configHash: next.hash, issues: error.issues.map(String) }),
+              Ref.set(rejected, {
+                at: new Date().toISOString(),
+                configHash: next.hash,
+                issues: error.issues.map(String)
+              }),
               Effect.logWarning(`kept the policy in force; the new one is rejected: ${error.message}`)
             )
           ),

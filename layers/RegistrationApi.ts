@@ -18,7 +18,8 @@
  * (409, or 404 for a service the config does not define while creating services is off).
  */
 import { HttpRouter, HttpServerResponse } from "@effect/platform"
-import { Effect, ParseResult, Schema } from "effect"
+import type { ParseResult } from "effect"
+import { Effect, Schema } from "effect"
 import { isIP } from "node:net"
 import { type AdminRegistration, Port, Protocol, ServiceName } from "../schemas/Config.js"
 import { endpointKey } from "../src/MeshState.js"
@@ -27,14 +28,19 @@ import { formatParseError, jsonBody, refused, refusedResponse, type RequestRefus
 import { Discovery, type RegistrationRefused } from "./Discovery.js"
 import { LiveConfig } from "./LiveConfig.js"
 
-const HOST_NAME = /^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$/
+const HOST_NAME =
+  /^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*\.?$/
 
 const Address = Schema.String.pipe(
-  Schema.filter((s) => isIP(s) !== 0 || HOST_NAME.test(s) || `expected an IP address or a host name, got ${JSON.stringify(s)}`)
+  Schema.filter((s) =>
+    isIP(s) !== 0 || HOST_NAME.test(s) || `expected an IP address or a host name, got ${JSON.stringify(s)}`
+  )
 )
 
 const Weight = Schema.Number.pipe(
-  Schema.filter((n) => (Number.isInteger(n) && n >= 1 && n <= 1_000_000) || `expected a whole number from 1 to 1000000, got ${n}`)
+  Schema.filter((n) =>
+    (Number.isInteger(n) && n >= 1 && n <= 1_000_000) || `expected a whole number from 1 to 1000000, got ${n}`
+  )
 )
 
 /** The body of POST /v1/services/:name/endpoints. Unknown fields are errors. */
@@ -42,7 +48,10 @@ export const EndpointBody = Schema.Struct({
   address: Address,
   port: Port,
   weight: Schema.optionalWith(Weight, { default: () => 1, exact: true }),
-  labels: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { default: () => ({}), exact: true }),
+  labels: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), {
+    default: () => ({}),
+    exact: true
+  }),
   /** Used only when no config entry defines the service. */
   protocol: Schema.optionalWith(Protocol, { exact: true })
 })
@@ -54,13 +63,22 @@ const EndpointPath = Schema.Struct({
   port: Schema.NumberFromString.pipe(Schema.compose(Port))
 })
 
-const pathRefused = (error: ParseResult.ParseError) => refused(400, "BadRequest", "bad_request", formatParseError("path", error))
+const pathRefused = (error: ParseResult.ParseError) =>
+  refused(400, "BadRequest", "bad_request", formatParseError("path", error))
 
 /** Label bounds, checked after decoding so the message names the label. */
-const checkLabels = (labels: Readonly<Record<string, string>>, limits: AdminRegistration): RequestRefused | undefined => {
+const checkLabels = (
+  labels: Readonly<Record<string, string>>,
+  limits: AdminRegistration
+): RequestRefused | undefined => {
   const keys = Object.keys(labels)
   if (keys.length > limits.maxLabels) {
-    return refused(400, "BadRequest", "limit", `body: labels: ${keys.length} labels, at most ${limits.maxLabels} allowed`)
+    return refused(
+      400,
+      "BadRequest",
+      "limit",
+      `body: labels: ${keys.length} labels, at most ${limits.maxLabels} allowed`
+    )
   }
   for (const key of keys) {
     const at = `body: labels[${JSON.stringify(key.slice(0, 64))}]`
@@ -122,7 +140,14 @@ const list = Effect.gen(function*() {
       source: s.source,
       protocol: s.protocol,
       port: s.port,
-      endpoints: s.endpoints.map((e) => ({ address: e.address, port: e.port, weight: e.weight, labels: e.labels, health: e.health, source: e.source }))
+      endpoints: s.endpoints.map((e) => ({
+        address: e.address,
+        port: e.port,
+        weight: e.weight,
+        labels: e.labels,
+        health: e.health,
+        source: e.source
+      }))
     }))
   })
 })
@@ -140,6 +165,8 @@ export const makeRegistrationApi = <R = never>(settings: Effect.Effect<AdminRegi
 
 /** The registration API with the bounds of the live config (`controller.admin.registration`). */
 export const RegistrationApi = makeRegistrationApi(
-  Effect.flatMap(LiveConfig, (config) =>
-    Effect.map(config.get, (loaded) => loaded.config.controller.admin.registration))
+  Effect.flatMap(
+    LiveConfig,
+    (config) => Effect.map(config.get, (loaded) => loaded.config.controller.admin.registration)
+  )
 )

@@ -3,6 +3,7 @@
  * on crash (capped backoff, crash-loop detection), hot-restarts it when the bootstrap changes, and
  * drains and stops it on shutdown. The decisions are pure (src/sidecar/); this module does the I/O.
  */
+import type { Scope } from "effect"
 import {
   Clock,
   Context,
@@ -15,7 +16,6 @@ import {
   Option,
   Runtime,
   Schema,
-  Scope,
   Stream,
   SubscriptionRef
 } from "effect"
@@ -42,20 +42,28 @@ import {
   type Crash,
   decide,
   describeExit,
-  envoyArgs,
   drainSeconds,
+  envoyArgs,
   type EnvoyLogLevel,
   parseEnvoyLogLine
 } from "../src/sidecar/Restart.js"
 import { writeAtomic } from "./internal/AtomicFile.js"
-import { LiveConfig } from "./LiveConfig.js"
 import { crashLoopGauge, readyGauge, restartsTotal } from "./internal/SidecarMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 // ---------------------------------------------------------------------------------------------
 // The service
 // ---------------------------------------------------------------------------------------------
 
-export type SidecarState = "disabled" | "starting" | "ready" | "hot-restarting" | "restarting" | "crash-loop" | "stopping" | "stopped"
+export type SidecarState =
+  | "disabled"
+  | "starting"
+  | "ready"
+  | "hot-restarting"
+  | "restarting"
+  | "crash-loop"
+  | "stopping"
+  | "stopped"
 
 export interface SidecarExit {
   readonly code: number | null
@@ -126,12 +134,16 @@ export class Sidecar extends Context.Tag("mesh-controller/Sidecar")<
     Layer.scoped(Sidecar, make(options).pipe(Effect.annotateLogs({ module: "sidecar" })))
 
   /** Runs Envoy when `sidecar.envoy.enabled`, otherwise reports "disabled" (what program.ts wants). */
-  static readonly layerConfig = (options: SidecarOptions = {}): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
+  static readonly layerConfig = (
+    options: SidecarOptions = {}
+  ): Layer.Layer<Sidecar, SidecarConfigInvalid, LiveConfig> =>
     Layer.scoped(
       Sidecar,
       Effect.flatMap(LiveConfig, (config) =>
-        Effect.flatMap(config.get, (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone)))
-      ).pipe(Effect.annotateLogs({ module: "sidecar" }))
+        Effect.flatMap(
+          config.get,
+          (loaded) => (loaded.config.sidecar.envoy.enabled ? make(options) : Effect.provide(Sidecar, Sidecar.layerNone))
+        )).pipe(Effect.annotateLogs({ module: "sidecar" }))
     )
 
   /** No sidecar on this host. */
@@ -147,7 +159,6 @@ export interface SidecarOptions {
   /** The Raspberry Pi preflight's result; default: examine this host. */
   readonly preflight?: PreflightResult
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Preflight (reads the host; the decision is src/sidecar/Preflight.ts)
@@ -222,10 +233,17 @@ const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<La
     Either.mapLeft(input, (error) => new SidecarConfigInvalid({ reason: error.reason })),
     (input: BootstrapInput) =>
       Either.map(
-        Either.mapLeft(renderBootstrap(input), (error) => new SidecarConfigInvalid({ reason: `generated bootstrap rejected: ${error.message}` })),
+        Either.mapLeft(renderBootstrap(input), (error) =>
+          new SidecarConfigInvalid({ reason: `generated bootstrap rejected: ${error.message}` })),
         (rendered) => {
           const stateDir = stateDirOf(config)
-          const settings = JSON.stringify([envoy.path, envoy.args, envoy.baseId, envoy.concurrency, formatDuration(envoy.drainTime)])
+          const settings = JSON.stringify([
+            envoy.path,
+            envoy.args,
+            envoy.baseId,
+            envoy.concurrency,
+            formatDuration(envoy.drainTime)
+          ])
           return {
             rendered,
             envoy,
@@ -251,10 +269,12 @@ const LOG_LEVEL: Record<EnvoyLogLevel, "Debug" | "Info" | "Warning" | "Error"> =
 }
 
 const fetchAdmin = (address: string, path: string, method: "GET" | "POST" = "GET") =>
-  Effect.tryPromise((signal) => fetch(`http://${address}${path}`, { method, signal }).then(async (response) => ({
-    status: response.status,
-    body: await response.text()
-  }))).pipe(Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => new Error(`admin ${path} timed out`) }))
+  Effect.tryPromise((signal) =>
+    fetch(`http://${address}${path}`, { method, signal }).then(async (response) => ({
+      status: response.status,
+      body: await response.text()
+    }))
+  ).pipe(Effect.timeoutFail({ duration: Duration.seconds(2), onTimeout: () => new Error(`admin ${path} timed out`) }))
 
 // ---------------------------------------------------------------------------------------------
 // One Envoy process
@@ -263,14 +283,21 @@ const fetchAdmin = (address: string, path: string, method: "GET" | "POST" = "GET
 type RunFork = <A, E>(effect: Effect.Effect<A, E>) => unknown
 
 /** Each line Envoy prints goes to the controller's log at its own level, tagged with its pid and epoch. */
-const pipeLines = (runFork: RunFork, proc: EnvoyProcess, stream: NodeJS.ReadableStream | null, name: "stdout" | "stderr") => {
+const pipeLines = (
+  runFork: RunFork,
+  proc: EnvoyProcess,
+  stream: NodeJS.ReadableStream | null,
+  name: "stdout" | "stderr"
+) => {
   if (stream === null) return
   const lines = NodeReadline.createInterface({ input: stream, crlfDelay: Infinity })
   lines.on("line", (line) => {
     const parsed = parseEnvoyLogLine(line)
     runFork(
       Effect.logWithLevel(
-        LogLevel.fromLiteral(parsed.level === undefined ? (name === "stderr" ? "Warning" : "Info") : LOG_LEVEL[parsed.level]),
+        LogLevel.fromLiteral(
+          parsed.level === undefined ? (name === "stderr" ? "Warning" : "Info") : LOG_LEVEL[parsed.level]
+        ),
         parsed.message
       ).pipe(
         Effect.annotateLogs({
@@ -308,7 +335,13 @@ const spawnEnvoy = (runFork: RunFork, live: Set<EnvoyProcess>, launch: Launch, e
       live.add(proc)
       child.once("error", (error) => {
         live.delete(proc)
-        runFork(Deferred.succeed(exited, { code: null, signal: null, error: `cannot start ${launch.envoy.path}: ${error.message}` }))
+        runFork(
+          Deferred.succeed(exited, {
+            code: null,
+            signal: null,
+            error: `cannot start ${launch.envoy.path}: ${error.message}`
+          })
+        )
       })
       child.once("exit", (code, signal) => {
         live.delete(proc)
@@ -318,7 +351,9 @@ const spawnEnvoy = (runFork: RunFork, live: Set<EnvoyProcess>, launch: Launch, e
       pipeLines(runFork, proc, child.stderr, "stderr")
       return proc
     })
-    yield* Effect.logInfo("Envoy started").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1, epoch, path: launch.envoy.path }))
+    yield* Effect.logInfo("Envoy started").pipe(
+      Effect.annotateLogs({ pid: proc.pid ?? -1, epoch, path: launch.envoy.path })
+    )
     return proc
   }).pipe(Effect.uninterruptible)
 
@@ -397,7 +432,9 @@ const stopProcess = (proc: EnvoyProcess, drainTime: Duration.Duration, drain: bo
     const grace = Duration.min(drainTime, TERM_GRACE)
     const exited = yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(grace))
     if (Option.isNone(exited)) {
-      yield* Effect.logWarning("Envoy ignored SIGTERM; sending SIGKILL").pipe(Effect.annotateLogs({ pid: proc.pid ?? -1 }))
+      yield* Effect.logWarning("Envoy ignored SIGTERM; sending SIGKILL").pipe(
+        Effect.annotateLogs({ pid: proc.pid ?? -1 })
+      )
       yield* Effect.sync(() => signalGroup(proc, "SIGKILL"))
       yield* Deferred.await(proc.exited).pipe(Effect.timeoutOption(KILL_WAIT))
     }
@@ -424,16 +461,23 @@ const crashed = (proc: EnvoyProcess, exit: ExitInfo, beforeReady: boolean, why?:
 // The supervisor
 // ---------------------------------------------------------------------------------------------
 
-export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Service<Sidecar>, SidecarConfigInvalid, LiveConfig | Scope.Scope> =>
+export const make = (
+  options: SidecarOptions = {}
+): Effect.Effect<Context.Tag.Service<Sidecar>, SidecarConfigInvalid, LiveConfig | Scope.Scope> =>
   Effect.gen(function*() {
     const config = yield* LiveConfig
     const first = yield* config.get
-    const initial = yield* Either.match(toLaunch(first.config, options), { onLeft: Effect.fail, onRight: Effect.succeed })
+    const initial = yield* Either.match(toLaunch(first.config, options), {
+      onLeft: Effect.fail,
+      onRight: Effect.succeed
+    })
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const setpriv = findSetpriv()
     if (setpriv === null) {
-      yield* Effect.logWarning("setpriv not found: an Envoy started now would outlive a controller killed without its finalizers")
+      yield* Effect.logWarning(
+        "setpriv not found: an Envoy started now would outlive a controller killed without its finalizers"
+      )
     }
     const check = options.preflight ?? (yield* hostPreflight)
     if (check.verdict === "likely-crash") yield* Effect.logWarning(`Envoy preflight: ${explain(check)}`)
@@ -473,7 +517,9 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
             catch: (cause) => new SidecarConfigInvalid({ reason: `cannot create ${launch.stateDir}: ${String(cause)}` })
           })
           yield* writeAtomic(launch.bootstrapPath, launch.rendered.yaml, { mode: 0o644, replace: true }).pipe(
-            Effect.mapError((error) => new SidecarConfigInvalid({ reason: `cannot write the bootstrap: ${error.message}` }))
+            Effect.mapError((error) =>
+              new SidecarConfigInvalid({ reason: `cannot write the bootstrap: ${error.message}` })
+            )
           )
           lastWritten = launch.rendered.version
           generation += 1
@@ -482,7 +528,10 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
           )
         }
         const written = generation
-        yield* update((s) => ({ ...s, bootstrap: { version: launch.rendered.version, path: launch.bootstrapPath, generation: written } }))
+        yield* update((s) => ({
+          ...s,
+          bootstrap: { version: launch.rendered.version, path: launch.bootstrapPath, generation: written }
+        }))
       })
 
     const nextLaunch = (key: string) =>
@@ -521,7 +570,12 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
         if (first._tag === "Exited") return crashed(proc, first.exit, true)
         if (first._tag === "TimedOut") {
           yield* stopProcess(proc, launch.envoy.drainTime, false)
-          return crashed(proc, yield* Deferred.await(proc.exited), true, `not ready within ${formatDuration(launch.envoy.readinessTimeout)}`)
+          return crashed(
+            proc,
+            yield* Deferred.await(proc.exited),
+            true,
+            `not ready within ${formatDuration(launch.envoy.readinessTimeout)}`
+          )
         }
         yield* update((s) => ({ ...s, admin: first.address, crashLoop: null }))
         yield* setState("ready")
@@ -540,7 +594,10 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
           if (Either.isLeft(wrote)) {
             // The running Envoy keeps its bootstrap; the next change tries again.
             yield* update((s) => ({ ...s, lastError: wrote.left.message }))
-            yield* Effect.logError("cannot hot-restart Envoy with the new bootstrap; keeping the running one", wrote.left)
+            yield* Effect.logError(
+              "cannot hot-restart Envoy with the new bootstrap; keeping the running one",
+              wrote.left
+            )
             launch = next
             continue
           }
@@ -551,7 +608,10 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
             yield* Effect.logError("Envoy hot restart failed; stopping both epochs for a cold start").pipe(
               Effect.annotateLogs({ epoch: child.epoch })
             )
-            yield* Effect.all([stopProcess(child, next.envoy.drainTime, false), stopProcess(proc, next.envoy.drainTime, false)], {
+            yield* Effect.all([
+              stopProcess(child, next.envoy.drainTime, false),
+              stopProcess(proc, next.envoy.drainTime, false)
+            ], {
               concurrency: 2,
               discard: true
             })
@@ -562,7 +622,13 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
           yield* Effect.forkScoped(retireParent(proc, launch.envoy))
           proc = child
           launch = next
-          yield* update((s) => ({ ...s, admin: result.address, hotRestarts: s.hotRestarts + 1, pid: child.pid, epoch: child.epoch }))
+          yield* update((s) => ({
+            ...s,
+            admin: result.address,
+            hotRestarts: s.hotRestarts + 1,
+            pid: child.pid,
+            epoch: child.epoch
+          }))
           yield* setState("ready")
           yield* Effect.logInfo("Envoy hot restart complete").pipe(
             Effect.annotateLogs({ epoch: child.epoch, version: next.rendered.version })
@@ -576,7 +642,13 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
         const launch = yield* SubscriptionRef.get(desired)
         const outcome = yield* runUntilFailure(launch).pipe(
           Effect.catchAll((error): Effect.Effect<Outcome> =>
-            Effect.succeed({ _tag: "Crashed", exit: { code: null, signal: null, error: error.message }, beforeReady: true, epoch: 0, why: error.message })
+            Effect.succeed({
+              _tag: "Crashed",
+              exit: { code: null, signal: null, error: error.message },
+              beforeReady: true,
+              epoch: 0,
+              why: error.message
+            })
           )
         )
         const now = yield* Clock.currentTimeMillis
@@ -588,7 +660,12 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
           epoch: outcome.epoch,
           beforeReady: outcome.beforeReady
         }
-        crashes = [...crashes, { at: now, beforeReady: outcome.beforeReady, code: outcome.exit.code, signal: outcome.exit.signal }]
+        crashes = [...crashes, {
+          at: now,
+          beforeReady: outcome.beforeReady,
+          code: outcome.exit.code,
+          signal: outcome.exit.signal
+        }]
         const current = yield* SubscriptionRef.get(desired)
         const policy = current.envoy.restart
         const decision = decide(crashes, now, policy)
@@ -597,9 +674,10 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
           restartsTotal.inc({ reason: "crash" })
           yield* update((s) => ({ ...s, restarts: s.restarts + 1 }))
           yield* setState("restarting")
-          yield* Effect.logWarning(`Envoy exited (${outcome.why}); restarting in ${formatDuration(decision.delay)}`).pipe(
-            Effect.annotateLogs({ recentCrashes: decision.recentCrashes })
-          )
+          yield* Effect.logWarning(`Envoy exited (${outcome.why}); restarting in ${formatDuration(decision.delay)}`)
+            .pipe(
+              Effect.annotateLogs({ recentCrashes: decision.recentCrashes })
+            )
           yield* Effect.sleep(decision.delay)
           continue
         }
@@ -608,7 +686,9 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
           ? ` Likely cause: ${explain(check)}`
           : ""
         const report = `Envoy crashed ${decision.recentCrashes} times within ${formatDuration(policy.window)}` +
-          `${atStart ? ", each time before it became ready" : ""} (last: ${outcome.why}); restarts stopped until the sidecar config changes.${cause}`
+          `${
+            atStart ? ", each time before it became ready" : ""
+          } (last: ${outcome.why}); restarts stopped until the sidecar config changes.${cause}`
         yield* update((s) => ({ ...s, crashLoop: report }))
         yield* setState("crash-loop")
         yield* Effect.logError(report)
@@ -623,7 +703,10 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
     const stopAll = Effect.gen(function*() {
       const envoy = (yield* SubscriptionRef.get(desired)).envoy
       yield* setState("stopping")
-      yield* Effect.forEach([...live], (proc) => stopProcess(proc, envoy.drainTime, true), { concurrency: "unbounded", discard: true })
+      yield* Effect.forEach([...live], (proc) => stopProcess(proc, envoy.drainTime, true), {
+        concurrency: "unbounded",
+        discard: true
+      })
       yield* update((s) => ({ ...s, pid: null }))
       yield* setState("stopped")
     })
@@ -631,7 +714,10 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
       for (const proc of live) signalGroup(proc, "SIGKILL")
     }
     // Last resort: if the controller exits without running finalizers, take Envoy down with it.
-    yield* Effect.acquireRelease(Effect.sync(() => process.on("exit", killAll)), () => Effect.sync(() => process.off("exit", killAll)))
+    yield* Effect.acquireRelease(
+      Effect.sync(() => process.on("exit", killAll)),
+      () => Effect.sync(() => process.off("exit", killAll))
+    )
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         // The drain plus the stop, which the config keeps within controller.shutdownTimeout.
@@ -655,7 +741,8 @@ export const make = (options: SidecarOptions = {}): Effect.Effect<Context.Tag.Se
               update((s) => ({ ...s, lastError: error.message })),
               Effect.logError("sidecar config change rejected; Envoy keeps its bootstrap", error)
             ),
-          onRight: (launch) => Effect.zipRight(update((s) => ({ ...s, lastError: null })), SubscriptionRef.set(desired, launch))
+          onRight: (launch) =>
+            Effect.zipRight(update((s) => ({ ...s, lastError: null })), SubscriptionRef.set(desired, launch))
         })
       ),
       Effect.forkScoped

@@ -11,18 +11,22 @@
 import * as grpc from "@grpc/grpc-js"
 import { Clock, Context, Data, Effect, Either, Layer, Option, Ref, Runtime } from "effect"
 import type { SigningListen } from "../schemas/Config.js"
-import { callPeer } from "../src/certs/Tls.js"
 import { serviceId } from "../src/certs/Spiffe.js"
+import { callPeer } from "../src/certs/Tls.js"
 import { checkCsr } from "../src/signing/Csr.js"
 import { RateLimiter, type RateSettings } from "../src/signing/RateLimit.js"
-import { type SignRequest, type SignResponse, signingServiceDefinition } from "../src/signing/SigningProto.js"
+import { signingServiceDefinition, type SignRequest, type SignResponse } from "../src/signing/SigningProto.js"
 import { checkRecord, describeRefusal, macValid, parseToken } from "../src/tokens/Token.js"
 import { Certificates } from "./Certificates.js"
-import { fileTokenStore, type TokenStore, tokenDirectory } from "./internal/TokenStore.js"
+import { fileTokenStore, tokenDirectory, type TokenStore } from "./internal/TokenStore.js"
 import { LiveConfig } from "./LiveConfig.js"
 import { counter } from "./Metrics.js"
 
-const issued = counter("mesh_controller_signing_issued_total", "Certificates issued by the signing service (method: token, renewal).", ["method"])
+const issued = counter(
+  "mesh_controller_signing_issued_total",
+  "Certificates issued by the signing service (method: token, renewal).",
+  ["method"]
+)
 const refused = counter("mesh_controller_signing_refused_total", "Signing requests refused, by reason.", ["reason"])
 
 export interface SigningOptions {
@@ -40,14 +44,20 @@ export interface SigningStatus {
   readonly lastRefusal: string | null
 }
 
-export class SigningListenError extends Data.TaggedError("SigningListenError")<{ readonly address: string; readonly cause: unknown }> {
+export class SigningListenError
+  extends Data.TaggedError("SigningListenError")<{ readonly address: string; readonly cause: unknown }>
+{
   override get message(): string {
-    return `signing service: cannot listen on ${this.address}: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
+    return `signing service: cannot listen on ${this.address}: ${
+      this.cause instanceof Error ? this.cause.message : String(this.cause)
+    }`
   }
 }
 
 /** A request turned down: the gRPC code, the sentence the caller sees, and a metric label. */
-class Refusal extends Data.TaggedError("Refusal")<{ readonly code: grpc.status; readonly reason: string; readonly label: string }> {}
+class Refusal
+  extends Data.TaggedError("Refusal")<{ readonly code: grpc.status; readonly reason: string; readonly label: string }>
+{}
 
 export class SigningService extends Context.Tag("mesh-controller/SigningService")<
   SigningService,
@@ -61,19 +71,20 @@ export class SigningService extends Context.Tag("mesh-controller/SigningService"
     Layer.scoped(SigningService, make(options))
 
   /** From `controller.signing` (tokens in `<certificates.dir>/tokens`); not served when the setting is absent. */
-  static readonly layerConfig: Layer.Layer<SigningService, SigningListenError, LiveConfig | Certificates> = Layer.unwrapEffect(
-    Effect.gen(function*() {
-      const { config } = yield* (yield* LiveConfig).get
-      const settings: SigningListen | undefined = config.controller.signing
-      if (settings === undefined) {
-        return Layer.succeed(SigningService, {
-          address: null,
-          status: Effect.succeed({ address: null, issued: { token: 0, renewal: 0 }, refused: 0, lastRefusal: null })
-        })
-      }
-      return SigningService.layer({ ...settings, tokens: fileTokenStore(tokenDirectory(config.certificates.dir)) })
-    })
-  )
+  static readonly layerConfig: Layer.Layer<SigningService, SigningListenError, LiveConfig | Certificates> = Layer
+    .unwrapEffect(
+      Effect.gen(function*() {
+        const { config } = yield* (yield* LiveConfig).get
+        const settings: SigningListen | undefined = config.controller.signing
+        if (settings === undefined) {
+          return Layer.succeed(SigningService, {
+            address: null,
+            status: Effect.succeed({ address: null, issued: { token: 0, renewal: 0 }, refused: 0, lastRefusal: null })
+          })
+        }
+        return SigningService.layer({ ...settings, tokens: fileTokenStore(tokenDirectory(config.certificates.dir)) })
+      })
+    )
 }
 
 /** `call.getPeer()` is `host:port` (IPv6 hosts unbracketed): the host is what rate limits key on. */
@@ -88,11 +99,14 @@ export const make = (options: SigningOptions) =>
     const perToken = new RateLimiter(options.perToken)
     const counts = yield* Ref.make({ token: 0, renewal: 0, refused: 0, lastRefusal: null as string | null })
 
-    const refuse = (code: grpc.status, label: string, reason: string) => Effect.fail(new Refusal({ code, label, reason }))
+    const refuse = (code: grpc.status, label: string, reason: string) =>
+      Effect.fail(new Refusal({ code, label, reason }))
 
     const limitPeer = (peer: string) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        perPeer.take(peer, now) ? Effect.void : refuse(grpc.status.RESOURCE_EXHAUSTED, "rate_peer", `too many calls from ${peer}; retry later`))
+        perPeer.take(peer, now)
+          ? Effect.void
+          : refuse(grpc.status.RESOURCE_EXHAUSTED, "rate_peer", `too many calls from ${peer}; retry later`))
 
     /** Who the caller is, and which token (if any) it spends; the token is spent only after the CSR passed. */
     const grantByToken = (request: SignRequest) =>
@@ -102,12 +116,20 @@ export const make = (options: SigningOptions) =>
           onRight: Effect.succeed
         })
         if (!perToken.take(parts.id, yield* Clock.currentTimeMillis)) {
-          return yield* refuse(grpc.status.RESOURCE_EXHAUSTED, "rate_token", `too many attempts with token ${parts.id}; retry later`)
+          return yield* refuse(
+            grpc.status.RESOURCE_EXHAUSTED,
+            "rate_token",
+            `too many attempts with token ${parts.id}; retry later`
+          )
         }
         const key = yield* options.tokens.macKey
-        if (!macValid(key, parts)) return yield* refuse(grpc.status.PERMISSION_DENIED, "unknown", describeRefusal(parts.id, { _tag: "Unknown" }))
+        if (!macValid(key, parts)) {
+          return yield* refuse(grpc.status.PERMISSION_DENIED, "unknown", describeRefusal(parts.id, { _tag: "Unknown" }))
+        }
         const record = yield* options.tokens.get(parts.id)
-        if (Option.isNone(record)) return yield* refuse(grpc.status.PERMISSION_DENIED, "unknown", describeRefusal(parts.id, { _tag: "Unknown" }))
+        if (Option.isNone(record)) {
+          return yield* refuse(grpc.status.PERMISSION_DENIED, "unknown", describeRefusal(parts.id, { _tag: "Unknown" }))
+        }
         const redemption = {
           secret: parts.secret,
           service: request.service === "" ? undefined : request.service,
@@ -116,12 +138,23 @@ export const make = (options: SigningOptions) =>
         }
         const precheck = checkRecord(record.value, redemption)
         if (Either.isLeft(precheck)) {
-          return yield* refuse(grpc.status.PERMISSION_DENIED, precheck.left._tag.toLowerCase(), describeRefusal(parts.id, precheck.left))
+          return yield* refuse(
+            grpc.status.PERMISSION_DENIED,
+            precheck.left._tag.toLowerCase(),
+            describeRefusal(parts.id, precheck.left)
+          )
         }
-        const spend = Effect.flatMap(options.tokens.redeem(parts.id, (current) => checkRecord(current, redemption)), (outcome) =>
-          Either.isLeft(outcome)
-            ? refuse(grpc.status.PERMISSION_DENIED, outcome.left._tag.toLowerCase(), describeRefusal(parts.id, outcome.left))
-            : Effect.void)
+        const spend = Effect.flatMap(
+          options.tokens.redeem(parts.id, (current) => checkRecord(current, redemption)),
+          (outcome) =>
+            Either.isLeft(outcome)
+              ? refuse(
+                grpc.status.PERMISSION_DENIED,
+                outcome.left._tag.toLowerCase(),
+                describeRefusal(parts.id, outcome.left)
+              )
+              : Effect.void
+        )
         return { service: record.value.service, tokenId: parts.id as string | null, method: "token" as const, spend }
       })
 
@@ -136,7 +169,11 @@ export const make = (options: SigningOptions) =>
           )
         }
         if (principal.right._tag !== "Service") {
-          return yield* refuse(grpc.status.PERMISSION_DENIED, "not_a_service", "only a service's certificate can renew a service's certificate")
+          return yield* refuse(
+            grpc.status.PERMISSION_DENIED,
+            "not_a_service",
+            "only a service's certificate can renew a service's certificate"
+          )
         }
         const service = principal.right.name
         if (call.request.service !== "" && call.request.service !== service) {
@@ -186,7 +223,9 @@ export const make = (options: SigningOptions) =>
 
     /** Runs a handler's effect and answers the call; refusals become gRPC statuses with their reason. */
     const answer = <Req, Res>(
-      handler: (call: grpc.ServerUnaryCall<Req, Res>) => Effect.Effect<Res, Refusal | { readonly _tag: string; readonly message: string }>
+      handler: (
+        call: grpc.ServerUnaryCall<Req, Res>
+      ) => Effect.Effect<Res, Refusal | { readonly _tag: string; readonly message: string }>
     ) =>
     (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => {
       runFork(
@@ -196,7 +235,11 @@ export const make = (options: SigningOptions) =>
             onFailure: (error) => {
               const refusal = error instanceof Refusal
                 ? error
-                : new Refusal({ code: grpc.status.INTERNAL, label: "internal", reason: `the controller could not sign: ${error.message}` })
+                : new Refusal({
+                  code: grpc.status.INTERNAL,
+                  label: "internal",
+                  reason: `the controller could not sign: ${error.message}`
+                })
               return Effect.gen(function*() {
                 refused.inc({ reason: refusal.label })
                 yield* Ref.update(counts, (c) => ({ ...c, refused: c.refused + 1, lastRefusal: refusal.reason }))
@@ -215,7 +258,10 @@ export const make = (options: SigningOptions) =>
     const server = new grpc.Server()
     server.addService(signingServiceDefinition(), {
       GetTrustBundle: answer((call: grpc.ServerUnaryCall<unknown, { pem: string }>) =>
-        Effect.zipRight(limitPeer(peerHost(call.getPeer())), Effect.map(certificates.bundle, (bundle) => ({ pem: bundle.pem })))
+        Effect.zipRight(
+          limitPeer(peerHost(call.getPeer())),
+          Effect.map(certificates.bundle, (bundle) => ({ pem: bundle.pem }))
+        )
       ),
       Sign: answer(sign)
     })
@@ -228,7 +274,11 @@ export const make = (options: SigningOptions) =>
     const port = yield* Effect.acquireRelease(
       Effect.async<number, SigningListenError>((resume) => {
         server.bindAsync(target, credentials, (error, port) =>
-          resume(error === null ? Effect.succeed(port) : Effect.fail(new SigningListenError({ address: target, cause: error }))))
+          resume(
+            error === null
+              ? Effect.succeed(port)
+              : Effect.fail(new SigningListenError({ address: target, cause: error }))
+          ))
       }),
       () =>
         Effect.async<void>((resume) => server.tryShutdown(() => resume(Effect.void))).pipe(
@@ -237,7 +287,9 @@ export const make = (options: SigningOptions) =>
         )
     )
     const address = { host: options.host, port }
-    yield* Effect.logInfo(`signing: listening on ${options.host}:${port} (TLS)`).pipe(Effect.annotateLogs({ module: "signing" }))
+    yield* Effect.logInfo(`signing: listening on ${options.host}:${port} (TLS)`).pipe(
+      Effect.annotateLogs({ module: "signing" })
+    )
     return SigningService.of({
       address,
       status: Effect.map(Ref.get(counts), (c) => ({

@@ -1,18 +1,19 @@
-import { Clock, Context, Duration, Effect, Either, Layer, Option, Queue, Ref, Stream, SubscriptionRef, type Tracer } from "effect"
+import { Clock, Context, Effect, Either, Layer, Option, Ref, Stream, SubscriptionRef, type Tracer } from "effect"
 import type { MeshState } from "../src/MeshState.js"
 import type { PolicyInvalid } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
+import { isKnownType, shortType } from "../src/xds/TypeUrls.js"
 import { buildSnapshot, emptySnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
-import { LiveConfig } from "./LiveConfig.js"
 import { Discovery } from "./Discovery.js"
 import { Health, type HealthView } from "./Health.js"
-import { isKnownType, shortType } from "../src/xds/TypeUrls.js"
+import * as Coalesce from "./internal/Coalesce.js"
 import {
   snapshotBuilds as builds,
   snapshotBuildSeconds as buildSeconds,
   snapshotResources as resourcesGauge,
   snapshotServiceErrors as serviceErrors
 } from "./internal/XdsMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 
 /** A snapshot and when it was published (epoch ms, for push latency). */
 export interface Published {
@@ -27,7 +28,9 @@ export interface SnapshotStatus {
   readonly publishedAt: string | null
   readonly builds: number
   readonly resources: Readonly<Record<string, number>>
-  readonly errors: ReadonlyArray<{ readonly service: string; readonly message: string; readonly servingPrevious: boolean }>
+  readonly errors: ReadonlyArray<
+    { readonly service: string; readonly message: string; readonly servingPrevious: boolean }
+  >
 }
 
 /**
@@ -61,7 +64,11 @@ export class Snapshot extends Context.Tag("mesh-controller/Snapshot")<
   )
 
   /** Also serves the secrets of a `SnapshotSecrets` source (the Certificates layer) over SDS. */
-  static readonly layerWithSecrets: Layer.Layer<Snapshot, PolicyInvalid, LiveConfig | Discovery | Health | SnapshotSecrets> = Layer
+  static readonly layerWithSecrets: Layer.Layer<
+    Snapshot,
+    PolicyInvalid,
+    LiveConfig | Discovery | Health | SnapshotSecrets
+  > = Layer
     .scoped(
       Snapshot,
       Effect.flatMap(SnapshotSecrets, (secrets) => make(Option.some(secrets.changes)))
@@ -133,34 +140,19 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
         }
         for (const error of published.snapshot.errors) {
           yield* Effect.logError("cannot build a service's resources").pipe(
-            Effect.annotateLogs({ service: error.service, reason: error.message, servingPrevious: error.servingPrevious })
+            Effect.annotateLogs({
+              service: error.service,
+              reason: error.message,
+              servingPrevious: error.servingPrevious
+            })
           )
         }
       })
     yield* report(first)
 
-    // Every input change is a tick; the rebuild loop debounces them.
-    const ticks = yield* Queue.sliding<void>(1)
-    const feed = <A>(stream: Stream.Stream<A>, set: (a: A) => Effect.Effect<void>) =>
-      stream.pipe(Stream.runForEach((a) => Effect.zipRight(set(a), Queue.offer(ticks, undefined))), Effect.forkScoped)
-    yield* feed(config.changes, (loaded) =>
-      Ref.update(inputs, (i) => ({ ...i, config: loaded.config, policy: Either.getOrElse(loaded.policy, () => i.policy) })))
-    yield* feed(discovery.changes, (services) => Ref.update(inputs, (i) => ({ ...i, services })))
-    yield* feed(health.changes, (view) => Ref.update(inputs, (i) => ({ ...i, health: view })))
-    if (Option.isSome(secretsSource)) {
-      yield* feed(secretsSource.value, (secrets) => Ref.update(inputs, (i) => ({ ...i, secrets })))
-    }
-
-    const debounced = Effect.gen(function*() {
-      yield* Queue.take(ticks)
-      const { max, quiet } = (yield* Ref.get(inputs)).config.controller.debounce
-      const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(max)
-      while (true) {
-        const left = deadline - (yield* Clock.currentTimeMillis)
-        if (left <= 0) break
-        const more = yield* Queue.take(ticks).pipe(Effect.timeout(Duration.millis(Math.min(Duration.toMillis(quiet), left))), Effect.option)
-        if (Option.isNone(more)) break
-      }
+    // Every input change is a signal; the rebuild runs once they settle (controller.debounce:
+    // quiet, but never later than max after the first).
+    const rebuildAndPublish = Effect.gen(function*() {
       const previous = yield* SubscriptionRef.get(ref)
       const next = yield* rebuild(previous.snapshot)
       const changed = next.snapshot.version !== previous.snapshot.version ||
@@ -172,7 +164,25 @@ export const make = (secretsSource: Option.Option<Stream.Stream<NonNullable<Mesh
         yield* Effect.logDebug("snapshot published").pipe(Effect.annotateLogs({ version: next.snapshot.version }))
       }
     })
-    yield* debounced.pipe(Effect.forever, Effect.forkScoped)
+    const rebuilds = yield* Coalesce.make(rebuildAndPublish, {
+      settle: Effect.map(Ref.get(inputs), (i) => i.config.controller.debounce)
+    })
+    const feed = <A>(stream: Stream.Stream<A>, set: (a: A) => Effect.Effect<void>) =>
+      stream.pipe(Stream.runForEach((a) => Effect.zipRight(set(a), rebuilds.signal)), Effect.forkScoped)
+    yield* feed(
+      config.changes,
+      (loaded) =>
+        Ref.update(inputs, (i) => ({
+          ...i,
+          config: loaded.config,
+          policy: Either.getOrElse(loaded.policy, () => i.policy)
+        }))
+    )
+    yield* feed(discovery.changes, (services) => Ref.update(inputs, (i) => ({ ...i, services })))
+    yield* feed(health.changes, (view) => Ref.update(inputs, (i) => ({ ...i, health: view })))
+    if (Option.isSome(secretsSource)) {
+      yield* feed(secretsSource.value, (secrets) => Ref.update(inputs, (i) => ({ ...i, secrets })))
+    }
 
     return Snapshot.of({
       current: SubscriptionRef.get(ref),

@@ -29,9 +29,9 @@ import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
 import { dirname, join, sep } from "node:path"
 import { fileURLToPath } from "node:url"
+import { checkConfig } from "../src/commands/policy.js"
 import { findPackage } from "../src/PackageVersion.js"
 import type { AuthzRequest } from "../src/policy/Authorize.js"
-import { checkConfig } from "../src/commands/policy.js"
 import { certificatesView, dataPlanesView, rulesView, servicesView } from "../src/ui/View.js"
 import { Certificates } from "./Certificates.js"
 import { Discovery } from "./Discovery.js"
@@ -57,7 +57,9 @@ export interface UiOptions {
 }
 
 /** A file the page needs is not where the package puts it: a packaging bug, reported at start. */
-export class UiAssetMissing extends Data.TaggedError("UiAssetMissing")<{ readonly path: string; readonly cause: unknown }> {
+export class UiAssetMissing
+  extends Data.TaggedError("UiAssetMissing")<{ readonly path: string; readonly cause: unknown }>
+{
   override get message(): string {
     return `ui: cannot read ${this.path} (is the package built and complete?)`
   }
@@ -71,13 +73,17 @@ export class Ui extends Context.Tag("mesh-controller/Ui")<
      * nothing of the mesh, so a browser can load them without a credential (a navigation cannot
      * carry a bearer token). `api` is everything the page shows: the same access rule as /status.
      */
-    readonly routes: { readonly page: HttpRouter.HttpRouter<never, never>; readonly api: HttpRouter.HttpRouter<never, never> }
+    readonly routes: {
+      readonly page: HttpRouter.HttpRouter<never, never>
+      readonly api: HttpRouter.HttpRouter<never, never>
+    }
     /** Makes the built layers readable by the page (and unreadable again when they stop). */
     readonly bind: (sources: UiSources) => Effect.Effect<void>
     readonly unbind: Effect.Effect<void>
   }
 >() {
-  static readonly layer = (options: UiOptions): Layer.Layer<Ui, UiAssetMissing, Lifecycle> => Layer.effect(Ui, make(options))
+  static readonly layer = (options: UiOptions): Layer.Layer<Ui, UiAssetMissing, Lifecycle> =>
+    Layer.effect(Ui, make(options))
 
   /** Binds the built layers to the page for as long as they live; place it where all are built. */
   static readonly layerSources: Layer.Layer<
@@ -125,7 +131,10 @@ const vendorPath = (): string =>
   join(dirname(createRequire(import.meta.url).resolve("htm")), "..", "preact", "standalone.module.js")
 
 const readAsset = (path: string, contentType: string) =>
-  Effect.try({ try: (): Asset => ({ body: readFileSync(path, "utf8"), contentType }), catch: (cause) => new UiAssetMissing({ path, cause }) })
+  Effect.try({
+    try: (): Asset => ({ body: readFileSync(path, "utf8"), contentType }),
+    catch: (cause) => new UiAssetMissing({ path, cause })
+  })
 
 /**
  * Nothing but the page's own files may run or load; no framing (clickjacking). Preact sets styles
@@ -140,10 +149,14 @@ const PAGE_HEADERS = {
   "cache-control": "no-cache"
 }
 
-const serve = (asset: Asset) => Effect.succeed(HttpServerResponse.text(asset.body, { contentType: asset.contentType, headers: PAGE_HEADERS }))
+const serve = (asset: Asset) =>
+  Effect.succeed(HttpServerResponse.text(asset.body, { contentType: asset.contentType, headers: PAGE_HEADERS }))
 
 const json = (body: unknown, status = 200) =>
-  HttpServerResponse.unsafeJson(body, { status, headers: { "cache-control": "no-store", "x-content-type-options": "nosniff" } })
+  HttpServerResponse.unsafeJson(body, {
+    status,
+    headers: { "cache-control": "no-store", "x-content-type-options": "nosniff" }
+  })
 
 const badRequest = (message: string) => json({ error: "BadRequest", message }, 400)
 
@@ -173,7 +186,12 @@ const checkInput = (url: URL): Either.Either<{ from: string; to: string; request
   return Either.right({
     from,
     to,
-    request: { method: text("method"), path: text("path"), port, headers: Object.keys(headers).length > 0 ? headers : undefined }
+    request: {
+      method: text("method"),
+      path: text("path"),
+      port,
+      headers: Object.keys(headers).length > 0 ? headers : undefined
+    }
   })
 }
 
@@ -211,17 +229,25 @@ export const make = (options: UiOptions) =>
     const services = withSources((s, now) =>
       Effect.gen(function*() {
         const known = yield* s.discovery.services
-        return json({ now: new Date(now).toISOString(), services: servicesView(known, yield* s.health.view, yield* s.health.status, now) })
+        return json({
+          now: new Date(now).toISOString(),
+          services: servicesView(known, yield* s.health.view, yield* s.health.status, now)
+        })
       })
     )
 
     const dataplanes = withSources((s, now) =>
       Effect.map(s.xds.status, (status) =>
-        json({ now: new Date(now).toISOString(), snapshotVersion: status.snapshotVersion, clients: dataPlanesView(status.clients) }))
+        json({
+          now: new Date(now).toISOString(),
+          snapshotVersion: status.snapshotVersion,
+          clients: dataPlanesView(status.clients)
+        }))
     )
 
     const certificates = withSources((s, now) =>
-      Effect.map(s.certificates.status, (status) => json({ now: new Date(now).toISOString(), ...certificatesView(status, now) }))
+      Effect.map(s.certificates.status, (status) =>
+        json({ now: new Date(now).toISOString(), ...certificatesView(status, now) }))
     )
 
     const policy = withSources((s) =>
@@ -236,7 +262,9 @@ export const make = (options: UiOptions) =>
           configHash: status.configHash,
           lastRejected: status.lastRejected,
           config: { source: config.source, loadedAt: config.loadedAt, lastReload: config.lastReload },
-          services: current.services.map((service) => service.name)
+          services: current.services.map((service) =>
+            service.name
+          )
         })
       })
     )
@@ -247,7 +275,9 @@ export const make = (options: UiOptions) =>
       Effect.gen(function*() {
         const request = yield* HttpServerRequest.HttpServerRequest
         const input = checkInput(new URL(request.url, "http://ui.invalid"))
-        if (Either.isLeft(input)) return badRequest(input.left)
+        if (Either.isLeft(input)) {
+          return badRequest(input.left)
+        }
         const { config } = yield* s.config.get
         return Either.match(checkConfig(config, input.right), {
           onLeft: (error) => json({ error: error._tag, message: error.message }, 400),

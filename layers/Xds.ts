@@ -1,12 +1,28 @@
 import * as grpc from "@grpc/grpc-js"
-import { Clock, Context, Duration, Effect, Either, FiberMap, Layer, Option, Queue, Runtime, Schema, Stream } from "effect"
-import { callPeer, type CallWithAuthContext } from "../src/certs/Tls.js"
-import type { DeltaRequest, HealthCheckRequest, SotwRequest } from "../src/xds/Wire.js"
-import { adsService, sdsService, healthService, ServingStatus } from "../src/xds/Wire.js"
 import {
+  Clock,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  FiberMap,
+  Layer,
+  Option,
+  Queue,
+  Runtime,
+  Schema,
+  Stream
+} from "effect"
+import { callPeer, type CallWithAuthContext } from "../src/certs/Tls.js"
+import { describeErrno } from "../src/Errno.js"
+import { typeLabel, TypeUrls } from "../src/xds/TypeUrls.js"
+import type { DeltaRequest, HealthCheckRequest, SotwRequest } from "../src/xds/Wire.js"
+import { adsService, healthService, sdsService, ServingStatus } from "../src/xds/Wire.js"
+import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
+import {
+  clip,
   describeStream,
   kindOf,
-  clip,
   newDenials,
   newStream,
   noSecretAccess,
@@ -15,14 +31,11 @@ import {
   type Protocol,
   push,
   type SecretAccess,
-  type StreamStatus,
-  type StreamState
+  type StreamState,
+  type StreamStatus
 } from "../src/xds/XdsStream.js"
-import type { XdsSnapshot } from "../src/xds/XdsSnapshot.js"
-import { TypeUrls, typeLabel } from "../src/xds/TypeUrls.js"
-import { describeErrno } from "../src/Errno.js"
-import { LiveConfig } from "./LiveConfig.js"
 import * as XdsMetrics from "./internal/XdsMetrics.js"
+import { LiveConfig } from "./LiveConfig.js"
 import { type Published, Snapshot } from "./Snapshot.js"
 
 /** The xDS server could not listen on its address. */
@@ -125,8 +138,18 @@ export const make = (options: XdsOptions) =>
         return { source: "tls", spiffeId: peer.right.id.uri, trustDomain, reason: undefined, denied: new Set() }
       }
       if (options.credentials !== undefined) return noSecretAccess(peer.left.reason)
-      if (trustNodeIds) return { source: "node-id", spiffeId: undefined, trustDomain, reason: "the node id names no service (<service>~<instance>)", denied: new Set() }
-      return noSecretAccess("plaintext xDS: private keys go only to mTLS clients (controller.xds.tls: mtls) unless controller.xds.insecureNodeIdentity is set")
+      if (trustNodeIds) {
+        return {
+          source: "node-id",
+          spiffeId: undefined,
+          trustDomain,
+          reason: "the node id names no service (<service>~<instance>)",
+          denied: new Set()
+        }
+      }
+      return noSecretAccess(
+        "plaintext xDS: private keys go only to mTLS clients (controller.xds.tls: mtls) unless controller.xds.insecureNodeIdentity is set"
+      )
     }
     const host = options.host ?? listen.host
     const requestedPort = options.port ?? listen.port
@@ -248,7 +271,9 @@ export const make = (options: XdsOptions) =>
           const denied = newDenials(
             stream,
             request.type_url,
-            protocol === "sotw" ? (request as SotwRequest).resource_names : (request as DeltaRequest).resource_names_subscribe
+            protocol === "sotw"
+              ? (request as SotwRequest).resource_names
+              : (request as DeltaRequest).resource_names_subscribe
           )
           if (denied.length > 0) {
             secretsDenied.inc({ identity_source: stream.access.source }, denied.length)
@@ -264,7 +289,12 @@ export const make = (options: XdsOptions) =>
           if (outcome._tag === "Nack") {
             nacksTotal.inc({ type })
             yield* Effect.logWarning("client rejected a response (NACK)").pipe(
-              Effect.annotateLogs({ node: stream.node?.id ?? "", type, version: outcome.nack.version, error: outcome.nack.message })
+              Effect.annotateLogs({
+                node: stream.node?.id ?? "",
+                type,
+                version: outcome.nack.version,
+                error: outcome.nack.message
+              })
             )
           } else if (outcome._tag === "Ack") {
             ackLatency.observe({ type }, outcome.latency / 1000)
@@ -274,7 +304,10 @@ export const make = (options: XdsOptions) =>
       }).pipe(Effect.scoped)
 
     const serveHealth = {
-      Check: (call: grpc.ServerUnaryCall<HealthCheckRequest, ServingStatus>, callback: grpc.sendUnaryData<ServingStatus>) => {
+      Check: (
+        call: grpc.ServerUnaryCall<HealthCheckRequest, ServingStatus>,
+        callback: grpc.sendUnaryData<ServingStatus>
+      ) => {
         runFork(Effect.map(snapshots.current, (published) => {
           const status = servingStatus(call.request.service, published.snapshot)
           if (status === ServingStatus.SERVICE_UNKNOWN) {
@@ -372,10 +405,15 @@ const rank = (url: string) => {
   const i = ORDER.indexOf(url)
   return i < 0 ? ORDER.length : i
 }
-const pushOrder = (stream: StreamState): ReadonlyArray<string> => [...stream.types.keys()].sort((a, b) => rank(a) - rank(b))
+const pushOrder = (stream: StreamState): ReadonlyArray<string> =>
+  [...stream.types.keys()].sort((a, b) => rank(a) - rank(b))
 
 const servingStatus = (service: string, snapshot: XdsSnapshot): ServingStatus => {
   if (service === "") return ServingStatus.SERVING
   const available = snapshot.availability.get(service)
-  return available === undefined ? ServingStatus.SERVICE_UNKNOWN : available ? ServingStatus.SERVING : ServingStatus.NOT_SERVING
+  return available === undefined
+    ? ServingStatus.SERVICE_UNKNOWN
+    : available
+    ? ServingStatus.SERVING
+    : ServingStatus.NOT_SERVING
 }

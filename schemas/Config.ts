@@ -1,6 +1,6 @@
 import { Duration, Schema } from "effect"
-import { endpointKey } from "./Endpoint.js"
 import { DurationString, PositiveDuration } from "./Duration.js"
+import { endpointKey } from "./Endpoint.js"
 import { Re2Regex } from "./Regex.js"
 
 // ---------------------------------------------------------------------------------------------
@@ -25,7 +25,9 @@ const NonNegativeInt = intBetween(0, Number.MAX_SAFE_INTEGER, "a whole number, z
 export const oneOf = <const L extends ReadonlyArray<string>>(...values: L) =>
   Schema.Literal(...values).annotations({
     message: (issue) => ({
-      message: `expected one of ${values.map((v) => JSON.stringify(v)).join(", ")}, got ${JSON.stringify(issue.actual)}`,
+      message: `expected one of ${values.map((v) => JSON.stringify(v)).join(", ")}, got ${
+        JSON.stringify(issue.actual)
+      }`,
       override: true
     })
   })
@@ -37,7 +39,9 @@ export const ServiceName = Schema.String.pipe(
   Schema.filter(
     (s) =>
       DNS_LABEL.test(s) ||
-      `expected a service name (lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit), got ${JSON.stringify(s)}`,
+      `expected a service name (lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit), got ${
+        JSON.stringify(s)
+      }`,
     { jsonSchema: { pattern: DNS_LABEL.source } }
   )
 )
@@ -104,7 +108,10 @@ export const AdminRegistration = Schema.Struct({
   maxLabelValueLength: withDefault(PositiveInt, () => 256),
   maxEndpointsPerService: withDefault(PositiveInt, () => 10_000),
   /** The registrations of one service, counted as their JSON size, may not grow past this. */
-  maxServiceBytes: withDefault(intBetween(1024, 2 * 1024 * 1024, "a size in bytes from 1024 to 2097152"), () => 1024 * 1024),
+  maxServiceBytes: withDefault(
+    intBetween(1024, 2 * 1024 * 1024, "a size in bytes from 1024 to 2097152"),
+    () => 1024 * 1024
+  ),
   /**
    * May the API create services the config file does not define (nor Consul)? Each one gets a
    * cluster and a workload certificate, so this is off unless asked for, and bounded by maxServices.
@@ -161,7 +168,10 @@ export type SigningListen = typeof SigningListen.Type
 
 export const Controller = Schema.Struct({
   signing: Schema.optionalWith(SigningListen, { exact: true }),
-  xds: withDefault(XdsListen, () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })),
+  xds: withDefault(
+    XdsListen,
+    () => ({ host: "0.0.0.0", port: 15010, tls: "off" as const, insecureNodeIdentity: false })
+  ),
   admin: withDefault(AdminListen, () => Schema.decodeSync(AdminListen)({})),
   shutdownTimeout: withDefault(PositiveDuration, () => Duration.seconds(10)),
   debounce: withDefault(Debounce, () => ({ quiet: Duration.millis(100), max: Duration.seconds(1) }))
@@ -250,7 +260,9 @@ export const HttpCheck = Schema.Struct({
   ...checkTiming,
   method: withDefault(oneOf("GET", "HEAD", "POST", "PUT", "OPTIONS"), () => "GET" as const),
   path: withDefault(
-    Schema.String.pipe(Schema.filter((p) => p.startsWith("/") || `expected a path starting with "/", got ${JSON.stringify(p)}`)),
+    Schema.String.pipe(
+      Schema.filter((p) => p.startsWith("/") || `expected a path starting with "/", got ${JSON.stringify(p)}`)
+    ),
     () => "/healthz"
   ),
   expectedStatuses: withDefault(Schema.Array(StatusCode), () => [200]),
@@ -289,7 +301,9 @@ export const ServiceConfig = Schema.Struct({
    * Runs on this host: register its endpoints with the local Consul agent. `true` uses
    * `discovery.consul.registration`; `{ check: ttl }` or `{ check: consul }` overrides it.
    */
-  register: Schema.optionalWith(Schema.Union(Schema.Boolean, Schema.Struct({ check: RegistrationCheck })), { exact: true })
+  register: Schema.optionalWith(Schema.Union(Schema.Boolean, Schema.Struct({ check: RegistrationCheck })), {
+    exact: true
+  })
 })
 export type ServiceConfig = typeof ServiceConfig.Type
 
@@ -343,7 +357,8 @@ export const Percent = Schema.Number.pipe(
 
 const exactlyOne = (what: string, keys: ReadonlyArray<string>) => (value: object): true | string => {
   const set = keys.filter((key) => (value as Record<string, unknown>)[key] !== undefined)
-  return set.length === 1 || `${what}: give exactly one of ${keys.join(", ")}${set.length > 1 ? ` (got ${set.join(" and ")})` : ""}`
+  return set.length === 1 ||
+    `${what}: give exactly one of ${keys.join(", ")}${set.length > 1 ? ` (got ${set.join(" and ")})` : ""}`
 }
 
 const RequestPath = Schema.String.pipe(
@@ -436,7 +451,9 @@ export const Peer = Schema.Union(
   Schema.Struct({
     principal: Schema.String.pipe(
       Schema.filter(
-        (s) => SPIFFE_ID.test(s) || `expected a SPIFFE ID such as "spiffe://mesh.local/service/web", got ${JSON.stringify(s)}`,
+        (s) =>
+          SPIFFE_ID.test(s) ||
+          `expected a SPIFFE ID such as "spiffe://mesh.local/service/web", got ${JSON.stringify(s)}`,
         { jsonSchema: { pattern: SPIFFE_ID.source } }
       )
     )
@@ -517,7 +534,9 @@ export const Observability = Schema.Struct({
     Schema.Struct({
       samplingPercent: withDefault(Percent, () => 1),
       collector: Schema.String.pipe(
-        Schema.filter((s) => HOST_PORT.test(s) || `expected host:port, got ${JSON.stringify(s)}`, { jsonSchema: { pattern: HOST_PORT.source } })
+        Schema.filter((s) => HOST_PORT.test(s) || `expected host:port, got ${JSON.stringify(s)}`, {
+          jsonSchema: { pattern: HOST_PORT.source }
+        })
       )
     }),
     { exact: true }
@@ -529,7 +548,10 @@ export type Observability = typeof Observability.Type
 
 export const Policies = Schema.Struct({
   traffic: withDefault(Schema.Array(TrafficPolicy), emptyArray),
-  security: withDefault(Security, () => ({ mtls: "permissive" as const, defaultAction: "allow" as const, authorization: [] })),
+  security: withDefault(
+    Security,
+    () => ({ mtls: "permissive" as const, defaultAction: "allow" as const, authorization: [] })
+  ),
   resilience: withDefault(Schema.Array(ResiliencePolicy), emptyArray),
   observability: withDefault(Observability, () => Schema.decodeSync(Observability)({}))
 })
@@ -612,7 +634,10 @@ export const Envoy = Schema.Struct({
   /** Envoy's admin interface (readiness, drain, stats). Port 0 picks a free one (tests). */
   admin: withDefault(ListenAddress("127.0.0.1", 15000), () => ({ host: "127.0.0.1", port: 15000 })),
   /** A listener serving Envoy's stats at /stats/prometheus; absent: only through the admin port. */
-  prometheus: Schema.optionalWith(Schema.Struct({ host: withDefault(NonEmptyString, () => "0.0.0.0"), port: ListenPort }), { exact: true }),
+  prometheus: Schema.optionalWith(
+    Schema.Struct({ host: withDefault(NonEmptyString, () => "0.0.0.0"), port: ListenPort }),
+    { exact: true }
+  ),
   /** Envoy's --base-id: distinct per Envoy on one host (hot restart shares memory by it). */
   baseId: withDefault(NonNegativeInt, () => 0),
   /** Where the bootstrap and Envoy's files go; default: `envoy/` next to the certificates dir. */
@@ -661,17 +686,25 @@ type Issue = { readonly path: ReadonlyArray<PropertyKey>; readonly message: stri
  * sidecar names a service that exists. Policies are checked by their compiler
  * (src/policy/Compile.ts), the one home of the policy rules; `src/ConfigDocument.ts` runs both.
  */
-export const crossFieldIssues = (config: Fields, options: { readonly partial?: boolean } = {}): ReadonlyArray<Issue> => {
+export const crossFieldIssues = (
+  config: Fields,
+  options: { readonly partial?: boolean } = {}
+): ReadonlyArray<Issue> => {
   const issues: Array<Issue> = []
   const firstIndex = new Map<string, number>()
   config.services.forEach((service, i) => {
     const seen = firstIndex.get(service.name)
     if (seen === undefined) firstIndex.set(service.name, i)
-    else issues.push({ path: ["services", i, "name"], message: `duplicate service name "${service.name}" (first defined at services[${seen}])` })
+    else {issues.push({
+        path: ["services", i, "name"],
+        message: `duplicate service name "${service.name}" (first defined at services[${seen}])`
+      })}
     const endpointKeys = new Set<string>()
     service.endpoints.forEach((endpoint, j) => {
       const key = endpointKey({ address: endpoint.address, port: endpoint.port ?? service.port })
-      if (endpointKeys.has(key)) issues.push({ path: ["services", i, "endpoints", j], message: `duplicate endpoint ${key}` })
+      if (endpointKeys.has(key)) {
+        issues.push({ path: ["services", i, "endpoints", j], message: `duplicate endpoint ${key}` })
+      }
       endpointKeys.add(key)
     })
   })
@@ -684,14 +717,23 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
   if (envoy.service !== undefined && !known(envoy.service)) {
     issues.push({ path: ["sidecar", "envoy", "service"], message: unknown(envoy.service) })
   } else if (envoy.enabled && envoy.service === undefined) {
-    issues.push({ path: ["sidecar", "envoy", "service"], message: "name the service this Envoy fronts (required when enabled)" })
+    issues.push({
+      path: ["sidecar", "envoy", "service"],
+      message: "name the service this Envoy fronts (required when enabled)"
+    })
   }
   if (Duration.greaterThan(envoy.restart.initialBackoff, envoy.restart.maxBackoff)) {
-    issues.push({ path: ["sidecar", "envoy", "restart", "initialBackoff"], message: "must not be longer than restart.maxBackoff" })
+    issues.push({
+      path: ["sidecar", "envoy", "restart", "initialBackoff"],
+      message: "must not be longer than restart.maxBackoff"
+    })
   }
 
   if (Duration.greaterThan(config.controller.debounce.quiet, config.controller.debounce.max)) {
-    issues.push({ path: ["controller", "debounce", "quiet"], message: "the quiet window must not be longer than debounce.max" })
+    issues.push({
+      path: ["controller", "debounce", "quiet"],
+      message: "the quiet window must not be longer than debounce.max"
+    })
   }
   // Shutdown drains Envoy, then stops it; all of that must end before the shutdown watchdog
   // exits the controller, or Envoy would be cut off mid-drain.
@@ -699,7 +741,8 @@ export const crossFieldIssues = (config: Fields, options: { readonly partial?: b
   if (envoy.enabled && Duration.greaterThan(envoyStop, config.controller.shutdownTimeout)) {
     issues.push({
       path: ["sidecar", "envoy", "drainTime"],
-      message: `the drain (${Duration.format(envoy.drainTime)}) plus ${Duration.format(ENVOY_STOP_RESERVE)} to stop Envoy ` +
+      message:
+        `the drain (${Duration.format(envoy.drainTime)}) plus ${Duration.format(ENVOY_STOP_RESERVE)} to stop Envoy ` +
         `must fit in controller.shutdownTimeout (${Duration.format(config.controller.shutdownTimeout)}): ` +
         "shorten sidecar.envoy.drainTime or lengthen controller.shutdownTimeout"
     })

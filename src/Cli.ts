@@ -24,10 +24,17 @@ export const configOption = Options.file("config", { exists: "yes" }).pipe(
 )
 
 const makeRun = (version: string) =>
-  Command.make("run", { config: configOption }, ({ config }) =>
-    Effect.flatMap(Effect.promise(daemon), ({ makeProgram }) => Layer.launch(makeProgram({ configPath: config, version })))).pipe(
-      Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT; SIGHUP reloads the config.")
-    )
+  Command.make(
+    "run",
+    { config: configOption },
+    ({ config }) =>
+      Effect.flatMap(
+        Effect.promise(daemon),
+        ({ makeProgram }) => Layer.launch(makeProgram({ configPath: config, version }))
+      )
+  ).pipe(
+    Command.withDescription("Run the control plane daemon until SIGTERM or SIGINT; SIGHUP reloads the config.")
+  )
 
 const validate = Command.make(
   "validate",
@@ -45,27 +52,31 @@ const schema = Command.make("schema", {}, () =>
     Effect.promise(() => import("./ConfigSchema.js")),
     ({ configJsonSchema }) => Console.log(JSON.stringify(configJsonSchema(), null, 2))
   )).pipe(
-  Command.withDescription("Print the config file's JSON Schema (for yaml-language-server and other editors).")
-)
+    Command.withDescription("Print the config file's JSON Schema (for yaml-language-server and other editors).")
+  )
 
 const { ca, certs } = makeCertsCommands(configOption)
 
-export const makeRootCommand = (version: string) => Command.make("mesh-controller").pipe(
-  Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
-  Command.withSubcommands([
-    makeRun(version),
-    validate,
-    schema,
-    certs,
-    ca,
-    makeEnvoyCommand(configOption),
-    makeGrpcCommand(configOption),
-    makePolicyCommand(configOption),
-    makeTokenCommand(configOption),
-    agentCommand
-  ])
-)
+export const makeRootCommand = (version: string) =>
+  Command.make("mesh-controller").pipe(
+    Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
+    Command.withSubcommands([
+      makeRun(version),
+      validate,
+      schema,
+      certs,
+      ca,
+      makeEnvoyCommand(configOption),
+      makeGrpcCommand(configOption),
+      makePolicyCommand(configOption),
+      makeTokenCommand(configOption),
+      agentCommand
+    ])
+  )
 
 /** The CLI: the package version is read when it runs (for --version and the daemon's /status). */
 export const cli = (argv: ReadonlyArray<string>) =>
-  Effect.flatMap(packageVersion, (version) => Command.run(makeRootCommand(version), { name: "mesh-controller", version })(argv))
+  Effect.flatMap(
+    packageVersion,
+    (version) => Command.run(makeRootCommand(version), { name: "mesh-controller", version })(argv)
+  )

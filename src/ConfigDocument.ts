@@ -1,8 +1,8 @@
 import { Either, ParseResult, Schema } from "effect"
 import * as YAML from "yaml"
 import { crossFieldIssues, MeshConfig, type Policies } from "../schemas/Config.js"
-import { type CompiledPolicy, compileConfig, compilePolicies, type PolicyIssue } from "./policy/Compile.js"
 import { ConfigInvalid, ConfigIssue } from "../schemas/Errors.js"
+import { compileConfig, type CompiledPolicy, compilePolicies, type PolicyIssue } from "./policy/Compile.js"
 
 /** `["services", 2, "healthCheck"]` → `services[2].healthCheck` */
 export const formatPath = (path: ReadonlyArray<PropertyKey>): string =>
@@ -83,7 +83,9 @@ const rawCrossFieldIssues = (value: unknown): ReadonlyArray<ConfigIssue> => {
     resilience: recordsOf(policies.resilience).map((policy) => ({ service: textOf(policy.service) })),
     observability: {}
   }
-  const serviceIssues = crossFieldIssues({ services } as unknown as Parameters<typeof crossFieldIssues>[0], { partial: true })
+  const serviceIssues = crossFieldIssues({ services } as unknown as Parameters<typeof crossFieldIssues>[0], {
+    partial: true
+  })
     .map((issue) => new ConfigIssue({ path: formatPath(issue.path), message: issue.message }))
   const compiled = compilePolicies(lenientPolicies as unknown as Policies, {
     trustDomain: "",
@@ -165,13 +167,20 @@ export const parseYaml = (text: string, source: string): Either.Either<unknown, 
     catch: (error) =>
       new ConfigInvalid({
         source,
-        issues: [new ConfigIssue({ path: "", message: `YAML cannot be read: ${firstLine(error instanceof Error ? error.message : String(error))}` })]
+        issues: [
+          new ConfigIssue({
+            path: "",
+            message: `YAML cannot be read: ${firstLine(error instanceof Error ? error.message : String(error))}`
+          })
+        ]
       })
   })
   if (Either.isLeft(converted)) return converted
   const value = converted.right
   if (value === null || value === undefined) {
-    return Either.left(new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "the file is empty" })] }))
+    return Either.left(
+      new ConfigInvalid({ source, issues: [new ConfigIssue({ path: "", message: "the file is empty" })] })
+    )
   }
   return Either.right(value)
 }

@@ -8,7 +8,9 @@ import { fileURLToPath } from "node:url"
  * not at import. Plain Node on purpose: the executable answers `--version` with it before loading
  * Effect (src/bin/mesh-controller.ts).
  */
-export const findPackage = (from: string = fileURLToPath(import.meta.url)): { readonly dir: string; readonly version: string } | undefined => {
+export const findPackage = (
+  from: string = fileURLToPath(import.meta.url)
+): { readonly dir: string; readonly version: string } | undefined => {
   let dir = dirname(from)
   for (let i = 0; i < 6; i++) {
     try {

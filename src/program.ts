@@ -3,13 +3,13 @@ import * as NodePath from "node:path"
 import { Admin } from "../layers/Admin.js"
 import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { ConsulClient } from "../layers/ConsulClient.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { Lifecycle } from "../layers/Lifecycle.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Policy } from "../layers/Policy.js"
 import { RegistrationApi } from "../layers/RegistrationApi.js"
 import { Sidecar } from "../layers/Sidecar.js"
@@ -108,8 +108,9 @@ const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfi
     }).pipe(Effect.annotateLogs({ module: "admin" }))
   )
 
-const statusOf = <I, S extends { readonly status: Effect.Effect<unknown> }>(tag: Context.Tag<I, S>) => (ctx: Context.Context<I>) =>
-  Context.get(ctx, tag).status
+const statusOf =
+  <I, S extends { readonly status: Effect.Effect<unknown> }>(tag: Context.Tag<I, S>) => (ctx: Context.Context<I>) =>
+    Context.get(ctx, tag).status
 
 /** The composition root: every layer of the daemon, in dependency order. */
 export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown> => {
@@ -122,7 +123,12 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
   // HTTPS checks with `trustMeshCa` verify targets against the current trust bundle.
   const HealthLive = track(
     "health",
-    Layer.unwrapEffect(Effect.map(Certificates, (certificates) => Health.layer({ meshCa: Effect.map(certificates.bundle, (b) => b.pem) }))),
+    Layer.unwrapEffect(
+      Effect.map(
+        Certificates,
+        (certificates) => Health.layer({ meshCa: Effect.map(certificates.bundle, (b) => b.pem) })
+      )
+    ),
     statusOf(Health)
   )
   const RegistrationLive = track("consulRegistration", ConsulRegistration.layer(), statusOf(ConsulRegistration))

@@ -25,7 +25,10 @@ const echoOnly = (admin: Record<string, unknown> = {}) =>
   decode({ controller: { admin }, services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.1" }] }] })
 
 /** A request with a Host header of our choosing (fetch does not let one set it). */
-const rawRequest = (url: string, options: { method?: string; host: string; headers?: Record<string, string>; body?: string }) =>
+const rawRequest = (
+  url: string,
+  options: { method?: string; host: string; headers?: Record<string, string>; body?: string }
+) =>
   Effect.async<{ status: number; text: string }>((resume) => {
     const target = new URL(url)
     const req = NodeHttp.request({
@@ -62,7 +65,11 @@ describe("who may change the mesh", () => {
       const none = yield* request(url, { method: "POST", body: JSON.stringify(endpointOf), headers: json })
       assert.strictEqual(none.status, 401)
       expect(none.headers.get("www-authenticate")).toMatch(/^Bearer /)
-      const basic = yield* request(url, { method: "POST", body: JSON.stringify(endpointOf), headers: { ...json, authorization: "Basic YTpi" } })
+      const basic = yield* request(url, {
+        method: "POST",
+        body: JSON.stringify(endpointOf),
+        headers: { ...json, authorization: "Basic YTpi" }
+      })
       assert.strictEqual(basic.status, 401)
       const wrong = yield* post(url, endpointOf, `${token.slice(0, -1)}${token.endsWith("A") ? "B" : "A"}`)
       assert.strictEqual(wrong.status, 403)
@@ -97,7 +104,11 @@ describe("who may change the mesh", () => {
       const { base, discovery, token } = yield* startAdmin(echoOnly())
       const url = `${base}/v1/services/echo/endpoints`
       for (const type of ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]) {
-        const answer = yield* request(url, { method: "POST", body: JSON.stringify(endpointOf), headers: { "content-type": type, ...bearer(token) } })
+        const answer = yield* request(url, {
+          method: "POST",
+          body: JSON.stringify(endpointOf),
+          headers: { "content-type": type, ...bearer(token) }
+        })
         assert.strictEqual(answer.status, 415, type)
       }
       const charset = yield* request(url, {
@@ -115,7 +126,10 @@ describe("who may change the mesh", () => {
       const evil = "evil.example:80"
       const body = JSON.stringify(endpointOf)
       const headers = { "content-type": "application/json", ...bearer(token) }
-      assert.strictEqual((yield* rawRequest(`${base}/v1/services/echo/endpoints`, { method: "POST", host: evil, headers, body })).status, 421)
+      assert.strictEqual(
+        (yield* rawRequest(`${base}/v1/services/echo/endpoints`, { method: "POST", host: evil, headers, body })).status,
+        421
+      )
       for (const path of ["/status", "/metrics", "/v1/services", "/no-such-page"]) {
         assert.strictEqual((yield* rawRequest(`${base}${path}`, { host: evil })).status, 421, path)
       }
@@ -127,7 +141,15 @@ describe("who may change the mesh", () => {
       for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, "LOCALHOST", "mesh-admin.lan:15014"]) {
         assert.strictEqual((yield* rawRequest(`${base}/status`, { host })).status, 200, host)
       }
-      assert.strictEqual((yield* rawRequest(`${base}/v1/services/echo/endpoints`, { method: "POST", host: `127.0.0.1:${port}`, headers, body })).status, 201)
+      assert.strictEqual(
+        (yield* rawRequest(`${base}/v1/services/echo/endpoints`, {
+          method: "POST",
+          host: `127.0.0.1:${port}`,
+          headers,
+          body
+        })).status,
+        201
+      )
     }))
 
   it.scopedLive("the read rule: with readAccess token, /status, /metrics and GET /v1/services need the token; /healthz does not", () =>
@@ -135,7 +157,11 @@ describe("who may change the mesh", () => {
       const { base, token } = yield* startAdmin(echoOnly(), { readAccess: "token" })
       for (const path of ["/status", "/metrics", "/v1/services"]) {
         assert.strictEqual((yield* request(`${base}${path}`)).status, 401, path)
-        assert.strictEqual((yield* request(`${base}${path}`, { headers: bearer("not-the-token-at-all") })).status, 403, path)
+        assert.strictEqual(
+          (yield* request(`${base}${path}`, { headers: bearer("not-the-token-at-all") })).status,
+          403,
+          path
+        )
         assert.strictEqual((yield* request(`${base}${path}`, { headers: bearer(token) })).status, 200, path)
       }
       assert.strictEqual((yield* request(`${base}/healthz`)).status, 200)
@@ -145,11 +171,15 @@ describe("who may change the mesh", () => {
   it.scopedLive("with the default read rule on loopback, reads are open", () =>
     Effect.gen(function*() {
       const { base } = yield* startAdmin(echoOnly())
-      for (const path of ["/status", "/metrics", "/v1/services"]) assert.strictEqual((yield* request(`${base}${path}`)).status, 200, path)
+      for (const path of ["/status", "/metrics", "/v1/services"]) {
+        assert.strictEqual((yield* request(`${base}${path}`)).status, 200, path)
+      }
     }))
 
   it("the container's config is safe by default: reads need the token, the API creates no services", () => {
-    const config = Either.getOrThrow(parseConfig(readFileSync("examples/container.yaml", "utf8"), "examples/container.yaml"))
+    const config = Either.getOrThrow(
+      parseConfig(readFileSync("examples/container.yaml", "utf8"), "examples/container.yaml")
+    )
     const admin = config.controller.admin
     assert.strictEqual(admin.host, "0.0.0.0")
     assert.isFalse(makeAccessRule(admin.host, { readAccess: admin.readAccess }).readOpen)
@@ -157,7 +187,9 @@ describe("who may change the mesh", () => {
   })
 
   it("auto: reads are open only when the server is bound to loopback", () => {
-    for (const host of ["127.0.0.1", "127.0.0.2", "::1", "localhost"]) assert.isTrue(makeAccessRule(host).readOpen, host)
+    for (const host of ["127.0.0.1", "127.0.0.2", "::1", "localhost"]) {
+      assert.isTrue(makeAccessRule(host).readOpen, host)
+    }
     for (const host of ["0.0.0.0", "::", "10.0.0.5", "mesh.lan"]) assert.isFalse(makeAccessRule(host).readOpen, host)
     assert.isTrue(makeAccessRule("0.0.0.0", { readAccess: "open" }).readOpen)
     assert.isFalse(makeAccessRule("127.0.0.1", { readAccess: "token" }).readOpen)
@@ -177,7 +209,9 @@ describe("bounds on what the registration API accepts", () => {
         headers: { "content-type": "application/json", ...bearer(token) },
         body: new ReadableStream({
           start(controller) {
-            controller.enqueue(new TextEncoder().encode(JSON.stringify({ ...endpointOf, labels: { zone: "z".repeat(200_000) } })))
+            controller.enqueue(
+              new TextEncoder().encode(JSON.stringify({ ...endpointOf, labels: { zone: "z".repeat(200_000) } }))
+            )
             controller.close()
           }
         }),
@@ -185,7 +219,10 @@ describe("bounds on what the registration API accepts", () => {
       } as RequestInit)
       assert.strictEqual(chunked.status, 413)
 
-      const tooMany = yield* post(url, { ...endpointOf, labels: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) }, token)
+      const tooMany = yield* post(url, {
+        ...endpointOf,
+        labels: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"]))
+      }, token)
       assert.strictEqual(tooMany.status, 400)
       expect(String(tooMany.body?.["message"])).toMatch(/^body: labels: 17 labels, at most 16/)
       const longKey = yield* post(url, { ...endpointOf, labels: { ["k".repeat(64)]: "v" } }, token)
@@ -204,9 +241,17 @@ describe("bounds on what the registration API accepts", () => {
       expect(String(refused.body?.["message"])).toContain("createServices")
 
       const open = yield* startAdmin(echoOnly({ registration: { createServices: true, maxServices: 2 } }))
-      for (const name of ["new-a", "new-b"]) assert.strictEqual((yield* post(`${open.base}/v1/services/${name}/endpoints`, endpointOf, open.token)).status, 201)
+      for (const name of ["new-a", "new-b"]) {
+        assert.strictEqual(
+          (yield* post(`${open.base}/v1/services/${name}/endpoints`, endpointOf, open.token)).status,
+          201
+        )
+      }
       // More endpoints of a service the API created are fine; a third service is not.
-      assert.strictEqual((yield* post(`${open.base}/v1/services/new-a/endpoints`, { ...endpointOf, port: 2 }, open.token)).status, 201)
+      assert.strictEqual(
+        (yield* post(`${open.base}/v1/services/new-a/endpoints`, { ...endpointOf, port: 2 }, open.token)).status,
+        201
+      )
       const third = yield* post(`${open.base}/v1/services/new-c/endpoints`, endpointOf, open.token)
       assert.strictEqual(third.status, 409)
       expect(String(third.body?.["message"])).toContain("maxServices")
@@ -218,12 +263,17 @@ describe("bounds on what the registration API accepts", () => {
     Effect.gen(function*() {
       const { base, token } = yield* startAdmin(echoOnly({ registration: { maxEndpointsPerService: 3 } }))
       const url = `${base}/v1/services/echo/endpoints`
-      for (const port of [1, 2, 3]) assert.strictEqual((yield* post(url, { address: "10.0.0.2", port }, token)).status, 201)
+      for (const port of [1, 2, 3]) {
+        assert.strictEqual((yield* post(url, { address: "10.0.0.2", port }, token)).status, 201)
+      }
       const fourth = yield* post(url, { address: "10.0.0.2", port: 4 }, token)
       assert.strictEqual(fourth.status, 409)
       expect(String(fourth.body?.["message"])).toContain("maxEndpointsPerService")
       assert.strictEqual((yield* post(url, { address: "10.0.0.2", port: 3, weight: 7 }, token)).status, 201)
-      assert.strictEqual((yield* request(`${url}/10.0.0.2/3`, { method: "DELETE", headers: bearer(token) })).status, 204)
+      assert.strictEqual(
+        (yield* request(`${url}/10.0.0.2/3`, { method: "DELETE", headers: bearer(token) })).status,
+        204
+      )
       assert.strictEqual((yield* post(url, { address: "10.0.0.2", port: 4 }, token)).status, 201)
     }))
 
@@ -258,7 +308,10 @@ describe("bounds on what the registration API accepts", () => {
       expect(accepted).toBeGreaterThan(50)
       expect(bytes).toBeLessThan(2 * maxServiceBytes)
       // The schema refuses a budget that could outgrow the client's limit.
-      const tooBig = decodeConfig({ mesh: { name: "unit" }, controller: { admin: { registration: { maxServiceBytes: 3 * 1024 * 1024 } } } }, "test")
+      const tooBig = decodeConfig({
+        mesh: { name: "unit" },
+        controller: { admin: { registration: { maxServiceBytes: 3 * 1024 * 1024 } } }
+      }, "test")
       assert.isTrue(Either.isLeft(tooBig))
     }))
 })
@@ -266,10 +319,16 @@ describe("bounds on what the registration API accepts", () => {
 describe("registration cost", () => {
   it.scoped("a burst of registrations is merged and published a few times, not once per registration", () =>
     Effect.gen(function*() {
-      const context = yield* Layer.build(Discovery.layerEmbedded.pipe(Layer.provide(LiveConfig.layerMemory(echoOnly()))))
+      const context = yield* Layer.build(
+        Discovery.layerEmbedded.pipe(Layer.provide(LiveConfig.layerMemory(echoOnly())))
+      )
       const discovery = Context.get(context, Discovery)
       const published = yield* Ref.make(0)
-      yield* discovery.changes.pipe(Stream.drop(1), Stream.runForEach(() => Ref.update(published, (n) => n + 1)), Effect.forkScoped)
+      yield* discovery.changes.pipe(
+        Stream.drop(1),
+        Stream.runForEach(() => Ref.update(published, (n) => n + 1)),
+        Effect.forkScoped
+      )
       yield* Effect.yieldNow()
       const n = 2_000
       for (let i = 0; i < n; i++) {
@@ -277,8 +336,12 @@ describe("registration cost", () => {
       }
       // TestClock: the publisher's pause between publishes passes only here.
       yield* TestClock.adjust("1 second")
-      yield* eventually(Effect.flatMap(discovery.services, (all) =>
-        all.find((s) => s.name === "echo")!.endpoints.length === n + 1 ? Effect.void : Effect.fail("not yet")))
+      yield* eventually(
+        Effect.flatMap(discovery.services, (all) =>
+          all.find((s) => s.name === "echo")!.endpoints.length === n + 1
+            ? Effect.void
+            : Effect.fail("not yet"))
+      )
       expect(yield* Ref.get(published)).toBeLessThanOrEqual(3)
     }))
 })

@@ -3,8 +3,8 @@
  * service, the agent's files, renewal under live mTLS traffic, a controller outage, root rotation,
  * and every refusal the agent must turn into one line and exit 1.
  */
-import * as grpc from "@grpc/grpc-js"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import * as grpc from "@grpc/grpc-js"
 import { Effect, Either } from "effect"
 import { mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -105,39 +105,45 @@ describe("join tokens, the signing service and the agent", () => {
   const webDir = join(base, "web-identity")
   let webToken: { file: string; text: string; id: string }
 
-  it("token -> agent -> files: openssl verifies them against the bundle, the SAN is the token's service, the key stays on the host", async () => {
-    webToken = await tokenFor("web", ["--instance", "pi-3"])
-    const list = await runCli(["token", "list", "--config", configPath])
-    expect(list.stdout).toContain(webToken.id)
-    expect(list.stdout).not.toContain(webToken.text.split(".")[2]!)
-    web = await startAgent(agentArgs(webToken.file, webDir, ["--service", "web", "--instance", "pi-3"]))
-    agents.push(web)
-    const status = await waitFor(async () => {
-      const h = await health(web)
-      if (h.code !== 200) throw new Error(JSON.stringify(h))
-      return h.body
-    }, 180_000)
-    expect(status.spiffeId).toBe("spiffe://mesh.local/service/web")
-    expect(status.expiresInSeconds).toBeGreaterThan(0)
-    const verify = openssl(["verify", "-CAfile", join(webDir, "ca.pem"), join(webDir, "cert.pem")])
-    expect(verify.status, verify.output).toBe(0)
-    const san = openssl(["x509", "-in", join(webDir, "cert.pem"), "-noout", "-ext", "subjectAltName"]).output
-    expect(san).toContain("URI:spiffe://mesh.local/service/web")
-    expect(san).not.toContain("echo")
-    expect(statSync(join(webDir, "key.pem")).mode & 0o777).toBe(0o600)
-    // The key in the agent's directory appears nowhere in the controller's state.
-    const key = readFileSync(join(webDir, "key.pem"), "utf8").trim()
-    const walk = (dir: string): Array<string> =>
-      readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]))
-    for (const file of walk(stateDir)) expect(readFileSync(file, "utf8").includes(key), file).toBe(false)
-    // The gRPC xDS bootstrap for proxyless apps on this host.
-    const bootstrap = JSON.parse(readFileSync(join(webDir, "grpc-bootstrap.json"), "utf8"))
-    expect(bootstrap.node.id).toBe("web~pi-3")
-    expect(bootstrap.certificate_providers.mesh.config.certificate_file).toBe(join(webDir, "cert.pem"))
-    expect(bootstrap.server_listener_resource_name_template).toBe("grpc/server?xds.resource.listening_address=%s")
-    const metrics = await (await fetch(`${web.adminUrl}/metrics`)).text()
-    expect(metrics).toMatch(/mesh_agent_certificate_expiry_seconds \d+/)
-  }, 120_000)
+  it(
+    "token -> agent -> files: openssl verifies them against the bundle, the SAN is the token's service, the key stays on the host",
+    async () => {
+      webToken = await tokenFor("web", ["--instance", "pi-3"])
+      const list = await runCli(["token", "list", "--config", configPath])
+      expect(list.stdout).toContain(webToken.id)
+      expect(list.stdout).not.toContain(webToken.text.split(".")[2]!)
+      web = await startAgent(agentArgs(webToken.file, webDir, ["--service", "web", "--instance", "pi-3"]))
+      agents.push(web)
+      const status = await waitFor(async () => {
+        const h = await health(web)
+        if (h.code !== 200) throw new Error(JSON.stringify(h))
+        return h.body
+      }, 180_000)
+      expect(status.spiffeId).toBe("spiffe://mesh.local/service/web")
+      expect(status.expiresInSeconds).toBeGreaterThan(0)
+      const verify = openssl(["verify", "-CAfile", join(webDir, "ca.pem"), join(webDir, "cert.pem")])
+      expect(verify.status, verify.output).toBe(0)
+      const san = openssl(["x509", "-in", join(webDir, "cert.pem"), "-noout", "-ext", "subjectAltName"]).output
+      expect(san).toContain("URI:spiffe://mesh.local/service/web")
+      expect(san).not.toContain("echo")
+      expect(statSync(join(webDir, "key.pem")).mode & 0o777).toBe(0o600)
+      // The key in the agent's directory appears nowhere in the controller's state.
+      const key = readFileSync(join(webDir, "key.pem"), "utf8").trim()
+      const walk = (dir: string): Array<string> =>
+        readdirSync(dir, { withFileTypes: true }).flatMap((
+          e
+        ) => (e.isDirectory() ? walk(join(dir, e.name)) : [join(dir, e.name)]))
+      for (const file of walk(stateDir)) expect(readFileSync(file, "utf8").includes(key), file).toBe(false)
+      // The gRPC xDS bootstrap for proxyless apps on this host.
+      const bootstrap = JSON.parse(readFileSync(join(webDir, "grpc-bootstrap.json"), "utf8"))
+      expect(bootstrap.node.id).toBe("web~pi-3")
+      expect(bootstrap.certificate_providers.mesh.config.certificate_file).toBe(join(webDir, "cert.pem"))
+      expect(bootstrap.server_listener_resource_name_template).toBe("grpc/server?xds.resource.listening_address=%s")
+      const metrics = await (await fetch(`${web.adminUrl}/metrics`)).text()
+      expect(metrics).toMatch(/mesh_agent_certificate_expiry_seconds \d+/)
+    },
+    120_000
+  )
 
   it("the same token a second time is refused with the reason", async () => {
     const line = await refusedAgent(webToken.file)
@@ -180,7 +186,12 @@ describe("join tokens, the signing service and the agent", () => {
         const keys = yield* generateKeyPair("ecdsa-p256")
         const csr = yield* makeCsr(keys, { service: "echo", spiffeId: "spiffe://mesh.local/service/echo" })
         return yield* Effect.either(
-          requestCertificate(`127.0.0.1:${signingPort}`, { _tag: "Verified", roots: root }, { csr_pem: csr, token: token.text, service: "", instance: "" })
+          requestCertificate(`127.0.0.1:${signingPort}`, { _tag: "Verified", roots: root }, {
+            csr_pem: csr,
+            token: token.text,
+            service: "",
+            instance: ""
+          })
         )
       })
     )
@@ -201,10 +212,16 @@ describe("join tokens, the signing service and the agent", () => {
       refreshIntervalMs: 200
     })
     const server = new grpc.Server()
-    server.addService(echoDefinition, { Echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, call.request) })
+    server.addService(echoDefinition, {
+      Echo: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, call.request)
+    })
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", grpc.experimental.createCertificateProviderServerCredentials(provider, provider, true), (e, p) =>
-        e ? reject(e) : resolve(p)))
+      server.bindAsync(
+        "127.0.0.1:0",
+        grpc.experimental.createCertificateProviderServerCredentials(provider, provider, true),
+        (e, p) => e ? reject(e) : resolve(p)
+      )
+    )
     const seen: Array<string> = []
     const newClient = () =>
       new EchoClient(
@@ -219,31 +236,44 @@ describe("join tokens, the signing service and the agent", () => {
       )
     const call = (client: grpc.Client) =>
       new Promise<void>((resolve, reject) =>
-        (client as any).Echo(Buffer.from("ping"), { deadline: Date.now() + 10_000 }, (e: Error | null) => (e ? reject(e) : resolve())))
+        (client as any).Echo(
+          Buffer.from("ping"),
+          { deadline: Date.now() + 10_000 },
+          (e: Error | null) => (e ? reject(e) : resolve())
+        )
+      )
     const client = newClient()
     try {
       const before = (await health(web)).body.serial as string
       let calls = 0
       // Calls on one channel all through the renewal window: none fails.
-      const after = await waitFor(async () => {
-        await call(client)
-        calls++
-        const serial = (await health(web)).body.serial as string
-        if (serial === before) throw new Error("not renewed yet")
-        return serial
-      }, 90_000, 250)
+      const after = await waitFor(
+        async () => {
+          await call(client)
+          calls++
+          const serial = (await health(web)).body.serial as string
+          if (serial === before) throw new Error("not renewed yet")
+          return serial
+        },
+        90_000,
+        250
+      )
       expect(calls).toBeGreaterThan(0)
       await call(client)
       // A new connection after the renewal: the server presents the renewed certificate.
-      await waitFor(async () => {
-        const fresh = newClient()
-        try {
-          await call(fresh)
-        } finally {
-          fresh.close()
-        }
-        if (seen[seen.length - 1] !== after) throw new Error(`server still presents ${seen[seen.length - 1]}`)
-      }, 30_000, 250)
+      await waitFor(
+        async () => {
+          const fresh = newClient()
+          try {
+            await call(fresh)
+          } finally {
+            fresh.close()
+          }
+          if (seen[seen.length - 1] !== after) throw new Error(`server still presents ${seen[seen.length - 1]}`)
+        },
+        30_000,
+        250
+      )
       expect(openssl(["verify", "-CAfile", join(webDir, "ca.pem"), join(webDir, "cert.pem")]).status).toBe(0)
     } finally {
       client.close()
@@ -255,34 +285,54 @@ describe("join tokens, the signing service and the agent", () => {
     const rotate = await runCli(["ca", "rotate", "--config", configPath])
     expect(rotate.code, rotate.stderr).toBe(0)
     const next = readFileSync(join(stateDir, "next", "ca.pem"), "utf8").trim()
-    await waitFor(async () => {
-      if (!readFileSync(join(webDir, "ca.pem"), "utf8").includes(next)) throw new Error("new root not in ca.pem yet")
-    }, 60_000, 250)
+    await waitFor(
+      async () => {
+        if (!readFileSync(join(webDir, "ca.pem"), "utf8").includes(next)) throw new Error("new root not in ca.pem yet")
+      },
+      60_000,
+      250
+    )
     expect(splitPem(readFileSync(join(webDir, "ca.pem"), "utf8"))).toHaveLength(2)
   }, 90_000)
 
-  it("controller stopped during a renewal window: the agent keeps its files, retries, and renews when it is back", async () => {
-    await stopController()
-    const held = readFileSync(join(webDir, "cert.pem"), "utf8")
-    const serial = (await health(web)).body.serial as string
-    const failing = await waitFor(async () => {
-      const h = await health(web)
-      if (h.body.failures === 0 || !String(h.body.lastError).startsWith("renewal")) throw new Error(JSON.stringify(h.body))
-      return h
-    }, 90_000, 250)
-    expect(failing.code).toBe(200)
-    expect(failing.body.serial).toBe(serial)
-    expect(readFileSync(join(webDir, "cert.pem"), "utf8")).toBe(held)
-    expect(openssl(["verify", "-CAfile", join(webDir, "ca.pem"), join(webDir, "cert.pem")]).status).toBe(0)
-    await startController()
-    const renewed = await waitFor(async () => {
-      const h = await health(web)
-      if (h.body.serial === serial) throw new Error("not renewed yet")
-      return h
-    }, 90_000, 250)
-    expect(renewed.code).toBe(200)
-    expect(renewed.body.state).toBe("ok")
-  }, 240_000)
+  it(
+    "controller stopped during a renewal window: the agent keeps its files, retries, and renews when it is back",
+    async () => {
+      await stopController()
+      const held = readFileSync(join(webDir, "cert.pem"), "utf8")
+      const serial = (await health(web)).body.serial as string
+      const failing = await waitFor(
+        async () => {
+          const h = await health(web)
+          if (h.body.failures === 0 || !String(h.body.lastError).startsWith("renewal")) {
+            throw new Error(
+              JSON.stringify(h.body)
+            )
+          }
+          return h
+        },
+        90_000,
+        250
+      )
+      expect(failing.code).toBe(200)
+      expect(failing.body.serial).toBe(serial)
+      expect(readFileSync(join(webDir, "cert.pem"), "utf8")).toBe(held)
+      expect(openssl(["verify", "-CAfile", join(webDir, "ca.pem"), join(webDir, "cert.pem")]).status).toBe(0)
+      await startController()
+      const renewed = await waitFor(
+        async () => {
+          const h = await health(web)
+          if (h.body.serial === serial) throw new Error("not renewed yet")
+          return h
+        },
+        90_000,
+        250
+      )
+      expect(renewed.code).toBe(200)
+      expect(renewed.body.state).toBe("ok")
+    },
+    240_000
+  )
 
   it("an agent restart reuses its key and certificate without the token", async () => {
     web.child.kill("SIGTERM")

@@ -24,7 +24,9 @@ const writeConfig = (dir: string) =>
     const path = NodePath.join(dir, "mesh.yaml")
     await NodeFs.writeFile(
       path,
-      `mesh: { name: home-lab, trustDomain: mesh.local }\nservices: [ { name: echo, port: 8080 } ]\ncertificates: { dir: ${NodePath.join(dir, "ca")} }\n`
+      `mesh: { name: home-lab, trustDomain: mesh.local }\nservices: [ { name: echo, port: 8080 } ]\ncertificates: { dir: ${
+        NodePath.join(dir, "ca")
+      } }\n`
     )
     return path
   })
@@ -41,7 +43,10 @@ describe("certs and ca commands", () => {
       assert.strictEqual(stat.mode & 0o777, 0o600)
       const verify = openssl(["verify", "-CAfile", NodePath.join(out, "ca.pem"), NodePath.join(out, "cert.pem")])
       assert.strictEqual(verify.status, 0, verify.output)
-      assert.include(openssl(["x509", "-in", NodePath.join(out, "cert.pem"), "-noout", "-ext", "subjectAltName"]).output, "URI:spiffe://mesh.local/service/echo")
+      assert.include(
+        openssl(["x509", "-in", NodePath.join(out, "cert.pem"), "-noout", "-ext", "subjectAltName"]).output,
+        "URI:spiffe://mesh.local/service/echo"
+      )
       // The key matches the certificate.
       const keyPub = openssl(["pkey", "-in", NodePath.join(out, "key.pem"), "-pubout"]).output
       const certPub = openssl(["x509", "-in", NodePath.join(out, "cert.pem"), "-noout", "-pubkey"]).output
@@ -49,8 +54,7 @@ describe("certs and ca commands", () => {
 
       const bad = yield* run(["certs", "issue", "--config", config, "--service", "Not_A_Name", "--out", out])
       assert.isTrue(Exit.isFailure(bad))
-    })
-  )
+    }))
 
   it.scopedLive("ca rotate introduces a second root, --activate makes it active; ca show lists both", () =>
     Effect.gen(function*() {
@@ -58,8 +62,16 @@ describe("certs and ca commands", () => {
       const config = yield* writeConfig(dir)
       const refused = yield* run(["ca", "show", "--config", config])
       assert.isTrue(Exit.isFailure(refused), "no CA yet: ca show does not create one")
-      assert.isTrue(Exit.isSuccess(yield* run(["certs", "issue", "--config", config, "--service", "echo", "--out", NodePath.join(dir, "out")])))
-      const settings = { settings: certConfig({ dir: NodePath.join(dir, "ca") }).certificates, meshName: "home-lab", trustDomain: "mesh.local" }
+      assert.isTrue(
+        Exit.isSuccess(
+          yield* run(["certs", "issue", "--config", config, "--service", "echo", "--out", NodePath.join(dir, "out")])
+        )
+      )
+      const settings = {
+        settings: certConfig({ dir: NodePath.join(dir, "ca") }).certificates,
+        meshName: "home-lab",
+        trustDomain: "mesh.local"
+      }
       const [first] = (yield* showRoots(settings)).roots
 
       assert.isTrue(Exit.isSuccess(yield* run(["ca", "rotate", "--config", config])))
@@ -78,51 +90,63 @@ describe("certs and ca commands", () => {
       assert.include(text, `fingerprint (SHA-256): ${first!.fingerprint}`)
       const keyMode = (yield* Effect.promise(() => NodeFs.stat(caPaths(NodePath.join(dir, "ca")).key))).mode & 0o777
       assert.strictEqual(keyMode, 0o600)
-    })
-  )
+    }))
 
-  it.scopedLive("certs issue (the built CLI): a service the config does not list exits 1 naming it, unless --allow-unknown-service", () =>
-    Effect.gen(function*() {
-      const dir = yield* tempDir
-      const config = yield* writeConfig(dir)
-      const out = NodePath.join(dir, "out")
-      const refused = yield* Effect.promise(() => runCli(["certs", "issue", "--config", config, "--service", "ecko", "--out", out]))
-      assert.strictEqual(refused.code, 1, refused.stderr)
-      assert.strictEqual(
-        refused.stderr.trim(),
-        `error: --service ecko: ${config} lists no such service (it lists: echo); add it to services, or pass --allow-unknown-service to issue anyway`
-      )
-      assert.isFalse(yield* Effect.promise(() => NodeFs.stat(out).then(() => true, () => false)), "nothing written")
-      const allowed = yield* Effect.promise(() =>
-        runCli(["certs", "issue", "--config", config, "--service", "ecko", "--allow-unknown-service", "--out", out])
-      )
-      assert.strictEqual(allowed.code, 0, allowed.stderr)
-      assert.include(allowed.stdout, "issued spiffe://mesh.local/service/ecko")
-      assert.strictEqual(openssl(["verify", "-CAfile", NodePath.join(out, "ca.pem"), NodePath.join(out, "cert.pem")]).status, 0)
-    }),
+  it.scopedLive(
+    "certs issue (the built CLI): a service the config does not list exits 1 naming it, unless --allow-unknown-service",
+    () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const config = yield* writeConfig(dir)
+        const out = NodePath.join(dir, "out")
+        const refused = yield* Effect.promise(() =>
+          runCli(["certs", "issue", "--config", config, "--service", "ecko", "--out", out])
+        )
+        assert.strictEqual(refused.code, 1, refused.stderr)
+        assert.strictEqual(
+          refused.stderr.trim(),
+          `error: --service ecko: ${config} lists no such service (it lists: echo); add it to services, or pass --allow-unknown-service to issue anyway`
+        )
+        assert.isFalse(yield* Effect.promise(() => NodeFs.stat(out).then(() => true, () => false)), "nothing written")
+        const allowed = yield* Effect.promise(() =>
+          runCli(["certs", "issue", "--config", config, "--service", "ecko", "--allow-unknown-service", "--out", out])
+        )
+        assert.strictEqual(allowed.code, 0, allowed.stderr)
+        assert.include(allowed.stdout, "issued spiffe://mesh.local/service/ecko")
+        assert.strictEqual(
+          openssl(["verify", "-CAfile", NodePath.join(out, "ca.pem"), NodePath.join(out, "cert.pem")]).status,
+          0
+        )
+      }),
     // Two runs of the built CLI: a process start takes seconds on a loaded 2-core machine.
     120_000
   )
 
-  it.scopedLive("certs issue (the built CLI) into a world-writable directory warns, and still issues", () =>
-    Effect.gen(function*() {
-      const dir = yield* tempDir
-      const config = yield* writeConfig(dir)
-      const open = NodePath.join(dir, "open")
-      const own = NodePath.join(dir, "own")
-      yield* Effect.promise(async () => {
-        await NodeFs.mkdir(open)
-        await NodeFs.chmod(open, 0o1777)
-      })
-      const warned = yield* Effect.promise(() => runCli(["certs", "issue", "--config", config, "--service", "echo", "--out", open]))
-      assert.strictEqual(warned.code, 0, warned.stderr)
-      assert.include(warned.stderr, `warning: ${open} is world-writable (mode 01777)`)
-      assert.include(warned.stderr, `chmod o-w ${open}`)
-      assert.include(warned.stdout, "issued spiffe://mesh.local/service/echo")
-      const quiet = yield* Effect.promise(() => runCli(["certs", "issue", "--config", config, "--service", "echo", "--out", own]))
-      assert.strictEqual(quiet.code, 0, quiet.stderr)
-      assert.notInclude(quiet.stderr, "warning")
-    }),
+  it.scopedLive(
+    "certs issue (the built CLI) into a world-writable directory warns, and still issues",
+    () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const config = yield* writeConfig(dir)
+        const open = NodePath.join(dir, "open")
+        const own = NodePath.join(dir, "own")
+        yield* Effect.promise(async () => {
+          await NodeFs.mkdir(open)
+          await NodeFs.chmod(open, 0o1777)
+        })
+        const warned = yield* Effect.promise(() =>
+          runCli(["certs", "issue", "--config", config, "--service", "echo", "--out", open])
+        )
+        assert.strictEqual(warned.code, 0, warned.stderr)
+        assert.include(warned.stderr, `warning: ${open} is world-writable (mode 01777)`)
+        assert.include(warned.stderr, `chmod o-w ${open}`)
+        assert.include(warned.stdout, "issued spiffe://mesh.local/service/echo")
+        const quiet = yield* Effect.promise(() =>
+          runCli(["certs", "issue", "--config", config, "--service", "echo", "--out", own])
+        )
+        assert.strictEqual(quiet.code, 0, quiet.stderr)
+        assert.notInclude(quiet.stderr, "warning")
+      }),
     // Two runs of the built CLI: a process start takes seconds on a loaded 2-core machine.
     120_000
   )

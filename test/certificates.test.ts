@@ -1,13 +1,26 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Context, Duration, Effect, Either, Exit, Layer, Option, Redacted, Stream, SubscriptionRef, TestClock } from "effect"
-import * as NodeFs from "node:fs/promises"
-import * as NodePath from "node:path"
-import { registry, registry as registry_ } from "../layers/Metrics.js"
+import {
+  Cause,
+  Context,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Layer,
+  Option,
+  Redacted,
+  Stream,
+  SubscriptionRef,
+  TestClock
+} from "effect"
 import { execFileSync } from "node:child_process"
-import * as NodeOs from "node:os"
 import { X509Certificate } from "node:crypto"
-import { workloadFilesDir, type CertificateState, Certificates } from "../layers/Certificates.js"
+import * as NodeFs from "node:fs/promises"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { Certificates, type CertificateState, workloadFilesDir } from "../layers/Certificates.js"
 import { caPaths } from "../layers/internal/CaStore.js"
+import { registry, registry as registry_ } from "../layers/Metrics.js"
 import { activateRoot, introduceRoot } from "../src/commands/ca.js"
 import "reflect-metadata"
 import * as x509 from "@peculiar/x509"
@@ -16,8 +29,8 @@ import { createRoot, keyIdentifier, loadAuthority, signWorkload } from "../src/c
 import { renewalTime, serialFraction } from "../src/certs/Rotation.js"
 import { mayReadSecret, ROOT_CA_SECRET, secretResources } from "../src/certs/Sds.js"
 import { parseMeshPrincipal, parseSpiffeId } from "../src/certs/Spiffe.js"
-import { check, Types } from "../src/xds/Protos.js"
 import type { Service } from "../src/MeshState.js"
+import { check, Types } from "../src/xds/Protos.js"
 import { certConfig, ephemeralLayer, openssl, persistentLayer, service, tempDir, writeFiles } from "./support/certs.js"
 
 const START = Date.parse("2026-03-01T00:00:00Z")
@@ -51,15 +64,17 @@ describe("SPIFFE IDs", () => {
     const ok = parseMeshPrincipal("spiffe://mesh.local/service/echo", "mesh.local")
     assert.deepStrictEqual(Either.map(ok, (p) => p._tag === "Service" && p.name), Either.right("echo"))
     assert.isTrue(Either.isRight(parseMeshPrincipal("spiffe://mesh.local/controller", "mesh.local")))
-    for (const bad of [
-      "https://mesh.local/service/echo",
-      "spiffe://Mesh.local/service/echo",
-      "spiffe://mesh.local:8443/service/echo",
-      "spiffe://mesh.local/service//echo",
-      "spiffe://mesh.local/service/../admin",
-      "spiffe://mesh.local/service/echo?x=1",
-      "spiffe:///service/echo"
-    ]) {
+    for (
+      const bad of [
+        "https://mesh.local/service/echo",
+        "spiffe://Mesh.local/service/echo",
+        "spiffe://mesh.local:8443/service/echo",
+        "spiffe://mesh.local/service//echo",
+        "spiffe://mesh.local/service/../admin",
+        "spiffe://mesh.local/service/echo?x=1",
+        "spiffe:///service/echo"
+      ]
+    ) {
       assert.isTrue(Either.isLeft(parseSpiffeId(bad)), bad)
     }
     const foreign = parseMeshPrincipal("spiffe://other.example/service/echo", "mesh.local")
@@ -96,13 +111,15 @@ describe("issued certificates", () => {
           new X509Certificate(signed.certPem).publicKey.export({ format: "pem", type: "spki" }),
           outside.publicKey.export({ format: "pem", type: "spki" })
         )
-        assert.strictEqual(new X509Certificate(signed.certPem).subjectAltName, "URI:spiffe://mesh.local/service/echo, DNS:echo")
+        assert.strictEqual(
+          new X509Certificate(signed.certPem).subjectAltName,
+          "URI:spiffe://mesh.local/service/echo, DNS:echo"
+        )
         // A one-off certificate (`certs issue`) verifies the same way.
         const oneOff = yield* certs.issue("batch")
         const oneOffFile = (yield* writeFiles(dir, { "batch.pem": oneOff.chainPem }))["batch.pem"]!
         assert.strictEqual(openssl(["verify", "-CAfile", files["bundle.pem"]!, oneOffFile]).status, 0)
-      })
-    )
+      }))
   }
 
   it.scoped("the controller has its own identity; SDS secrets pass Envoy's Secret schema and are named by SPIFFE ID", () =>
@@ -111,7 +128,11 @@ describe("issued certificates", () => {
       const certs = Context.get(context, Certificates)
       const state = yield* certs.state
       assert.strictEqual(state.controller.spiffeId, "spiffe://mesh.local/controller")
-      const secrets = secretResources({ trustDomain: "mesh.local", bundlePem: state.bundle.pem, identities: state.services.values() })
+      const secrets = secretResources({
+        trustDomain: "mesh.local",
+        bundlePem: state.bundle.pem,
+        identities: state.services.values()
+      })
       assert.deepStrictEqual(secrets.map((s) => s.name), [
         ROOT_CA_SECRET,
         "spiffe://mesh.local/service/echo",
@@ -124,14 +145,18 @@ describe("issued certificates", () => {
       assert.isTrue(mayReadSecret(undefined, ROOT_CA_SECRET))
       assert.isTrue(mayReadSecret("spiffe://mesh.local/service/echo", "spiffe://mesh.local/service/echo"))
       assert.isFalse(mayReadSecret("spiffe://mesh.local/service/gateway", "spiffe://mesh.local/service/echo"))
-      const expiry = yield* Effect.promise(() => registry.getSingleMetricAsString("mesh_controller_certificate_expiry_seconds"))
-      assert.match(expiry, /mesh_controller_certificate_expiry_seconds\{identity="spiffe:\/\/mesh\.local\/service\/echo"\} \d+/)
+      const expiry = yield* Effect.promise(() =>
+        registry.getSingleMetricAsString("mesh_controller_certificate_expiry_seconds")
+      )
+      assert.match(
+        expiry,
+        /mesh_controller_certificate_expiry_seconds\{identity="spiffe:\/\/mesh\.local\/service\/echo"\} \d+/
+      )
       // Key material stays out of status.
       const status = JSON.stringify(yield* certs.status)
       assert.notInclude(status, "PRIVATE KEY")
       assert.include(status, state.services.get("echo")!.serial)
-    })
-  )
+    }))
 })
 
 describe("persistence", () => {
@@ -148,8 +173,7 @@ describe("persistence", () => {
       assert.isTrue(keyBefore.equals(yield* Effect.promise(() => NodeFs.readFile(paths.key))))
       const leftovers = (yield* Effect.promise(() => NodeFs.readdir(dir))).filter((name) => name.includes(".tmp-"))
       assert.deepStrictEqual(leftovers, [])
-    })
-  )
+    }))
 
   it.scoped("a corrupt CA file stops the start with the file and reason, and is left byte-for-byte unchanged", () =>
     Effect.gen(function*() {
@@ -165,34 +189,56 @@ describe("persistence", () => {
       assert.strictEqual(error?._tag, "CaInvalid")
       assert.strictEqual(error?.message, `${paths.cert}: not a valid PEM certificate (corrupt or truncated?)`)
       assert.strictEqual(yield* Effect.promise(() => NodeFs.readFile(paths.cert, "utf8")), corrupt)
-    })
-  )
+    }))
 
   it.scoped("a key that does not match the certificate is refused, naming the key file", () =>
     Effect.gen(function*() {
       const dir = NodePath.join(yield* tempDir, "certs")
       yield* Effect.scoped(startPersistent(dir, []))
       const paths = caPaths(dir)
-      const other = yield* createRoot({ meshName: "x", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: HOUR })
+      const other = yield* createRoot({
+        meshName: "x",
+        trustDomain: "mesh.local",
+        keyAlgorithm: "ecdsa-p256",
+        now: new Date(),
+        validityMillis: HOUR
+      })
       yield* Effect.promise(() => NodeFs.writeFile(paths.key, Redacted.value(other.keyPem)))
       const error = yield* Effect.flip(Effect.scoped(startPersistent(dir, [])))
       assert.strictEqual(error._tag, "CaInvalid")
       assert.strictEqual(error.message, `${paths.key}: the key does not match the certificate in ${paths.cert}`)
       assert.notInclude(error.message, "PRIVATE")
-    })
-  )
+    }))
 
   it.effect("loading checks the chain of an operator-provided CA", () =>
     Effect.gen(function*() {
-      const root = yield* createRoot({ meshName: "x", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: HOUR })
-      const stranger = yield* createRoot({ meshName: "y", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: HOUR })
+      const root = yield* createRoot({
+        meshName: "x",
+        trustDomain: "mesh.local",
+        keyAlgorithm: "ecdsa-p256",
+        now: new Date(),
+        validityMillis: HOUR
+      })
+      const stranger = yield* createRoot({
+        meshName: "y",
+        trustDomain: "mesh.local",
+        keyAlgorithm: "ecdsa-p256",
+        now: new Date(),
+        validityMillis: HOUR
+      })
       const error = yield* Effect.flip(
-        loadAuthority({ certPem: root.certPem, certFile: "ca.pem", keyPem: root.keyPem, keyFile: "key.pem", chainPem: stranger.certPem, chainFile: "chain.pem" })
+        loadAuthority({
+          certPem: root.certPem,
+          certFile: "ca.pem",
+          keyPem: root.keyPem,
+          keyFile: "key.pem",
+          chainPem: stranger.certPem,
+          chainFile: "chain.pem"
+        })
       )
       assert.strictEqual(error.file, "chain.pem")
       assert.include(error.reason, "did not issue")
-    })
-  )
+    }))
 })
 
 describe("bring your own CA", () => {
@@ -205,33 +251,80 @@ describe("bring your own CA", () => {
         assert.strictEqual(result.status, 0, `openssl ${args.join(" ")}: ${result.output}`)
       }
       yield* writeFiles(dir, {
-        "int.ext": "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+        "int.ext":
+          "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
       })
       run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", at("root.key"))
-      run("req", "-x509", "-new", "-key", at("root.key"), "-subj", "/CN=Operator Root", "-days", "30", "-out", at("root.pem"),
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+      run(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        at("root.key"),
+        "-subj",
+        "/CN=Operator Root",
+        "-days",
+        "30",
+        "-out",
+        at("root.pem"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign"
+      )
       run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", at("int.key"))
       run("req", "-new", "-key", at("int.key"), "-subj", "/CN=Operator Intermediate", "-out", at("int.csr"))
-      run("x509", "-req", "-in", at("int.csr"), "-CA", at("root.pem"), "-CAkey", at("root.key"), "-CAcreateserial", "-days", "30",
-        "-out", at("int.pem"), "-extfile", at("int.ext"))
+      run(
+        "x509",
+        "-req",
+        "-in",
+        at("int.csr"),
+        "-CA",
+        at("root.pem"),
+        "-CAkey",
+        at("root.key"),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-out",
+        at("int.pem"),
+        "-extfile",
+        at("int.ext")
+      )
 
       const stateDir = at("never-written")
-      const { certs } = yield* startPersistent(stateDir, ["echo"], { ca: { cert: at("int.pem"), key: at("int.key"), chain: at("root.pem") } })
+      const { certs } = yield* startPersistent(stateDir, ["echo"], {
+        ca: { cert: at("int.pem"), key: at("int.key"), chain: at("root.pem") }
+      })
       const state = yield* certs.state
       assert.deepStrictEqual(state.bundle.roots.map((r) => [r.state, r.subject]), [["external", "CN=Operator Root"]])
-      const files = yield* writeFiles(dir, { "echo.pem": state.services.get("echo")!.chainPem, "bundle.pem": state.bundle.pem })
+      const files = yield* writeFiles(dir, {
+        "echo.pem": state.services.get("echo")!.chainPem,
+        "bundle.pem": state.bundle.pem
+      })
       // The chain a peer receives (leaf + intermediate) verifies against the operator's root alone.
-      const verify = openssl(["verify", "-CAfile", files["bundle.pem"]!, "-untrusted", files["echo.pem"]!, files["echo.pem"]!])
+      const verify = openssl([
+        "verify",
+        "-CAfile",
+        files["bundle.pem"]!,
+        "-untrusted",
+        files["echo.pem"]!,
+        files["echo.pem"]!
+      ])
       assert.strictEqual(verify.status, 0, verify.output)
       assert.isTrue(Exit.isFailure(yield* Effect.exit(Effect.promise(() => NodeFs.stat(stateDir)))))
       assert.strictEqual((yield* certs.status).ca, "files")
-    })
-  )
+    }))
 })
 
 describe("rotation", () => {
   it("the renewal time sits at the fraction, minus a per-certificate jitter", () => {
-    const cert = { serial: "7f00000000000000000000000000ffff", issuedAt: new Date(0), notAfter: new Date(24 * HOUR), issuer: "x" }
+    const cert = {
+      serial: "7f00000000000000000000000000ffff",
+      issuedAt: new Date(0),
+      notAfter: new Date(24 * HOUR),
+      issuer: "x"
+    }
     assert.strictEqual(renewalTime(cert, { renewAt: 0.5, jitter: 0 }).getTime(), 12 * HOUR)
     const jittered = renewalTime(cert, { renewAt: 0.5, jitter: 0.1 }).getTime()
     assert.strictEqual(jittered, Math.round(12 * HOUR * (1 - 0.1 * serialFraction(cert.serial))))
@@ -243,7 +336,12 @@ describe("rotation", () => {
       yield* TestClock.setTime(START)
       const dir = NodePath.join(yield* tempDir, "certs")
       // With a local Envoy for echo, echo's identity is also kept as files for its bootstrap.
-      const { certs } = yield* startPersistent(dir, ["echo"], { workloadTtl: "24h", renewAt: 0.5, renewJitter: 0.1, checkInterval: "1m" }, {
+      const { certs } = yield* startPersistent(dir, ["echo"], {
+        workloadTtl: "24h",
+        renewAt: 0.5,
+        renewJitter: 0.1,
+        checkInterval: "1m"
+      }, {
         sidecar: { envoy: { enabled: true, service: "echo" } }
       })
       const first = (yield* certs.state).services.get("echo")!
@@ -256,7 +354,10 @@ describe("rotation", () => {
       const renewAt = first.renewAt.getTime()
       assert.isTrue(renewAt >= START + 10.8 * HOUR && renewAt <= START + 12 * HOUR)
       const status = yield* certs.status
-      assert.strictEqual(status.identities.find((i) => i.spiffeId.endsWith("/echo"))!.renewAt, first.renewAt.toISOString())
+      assert.strictEqual(
+        status.identities.find((i) => i.spiffeId.endsWith("/echo"))!.renewAt,
+        first.renewAt.toISOString()
+      )
 
       yield* TestClock.adjust(Duration.millis(renewAt - START - 2 * 60_000))
       assert.strictEqual((yield* peek(certs)).services.get("echo")!.serial, first.serial)
@@ -271,8 +372,7 @@ describe("rotation", () => {
       assert.strictEqual(echo.notAfter.getTime(), echo.issuedAt.getTime() + 24 * HOUR)
       assert.strictEqual(renewed.bundle.pem, (yield* certs.bundle).pem)
       assert.strictEqual(yield* fileSerial, echo.serial)
-    })
-  )
+    }))
 
   it.scoped("a wall-clock jump past expiry (a host back from a week asleep) renews at once", () =>
     Effect.gen(function*() {
@@ -293,8 +393,7 @@ describe("rotation", () => {
       assert.isTrue(after.controller.notAfter.getTime() > now)
       // …and the renewal was published to watchers (SDS, the controller's TLS servers).
       assert.strictEqual((yield* peek(certs)).services.get("echo")!.serial, after.services.get("echo")!.serial)
-    })
-  )
+    }))
 
   it.scoped("identities follow Discovery: a new service gets one, a removed service loses it", () =>
     Effect.gen(function*() {
@@ -306,8 +405,7 @@ describe("rotation", () => {
       yield* SubscriptionRef.set(registry, [service("billing")])
       const removed = yield* awaitState(certs, (s) => !s.services.has("echo"))
       assert.deepStrictEqual([...removed.services.keys()], ["billing"])
-    })
-  )
+    }))
 
   it.scoped("root rotation: introduce (trusted, not signing), activate (re-issue at once), old root drops after one TTL", () =>
     Effect.gen(function*() {
@@ -345,10 +443,8 @@ describe("rotation", () => {
       // The retired root is kept on disk.
       const kept = yield* Effect.promise(() => NodeFs.readdir(caPaths(dir).previousDir))
       assert.strictEqual(kept.length, 2)
-    })
-  )
+    }))
 })
-
 
 /** Polls in real time (the check loop does real file I/O), for tests whose clock is live. */
 const until = <A>(check: Effect.Effect<A | undefined>) =>
@@ -363,7 +459,13 @@ const until = <A>(check: Effect.Effect<A | undefined>) =>
   })
 
 const exists = (path: string) => Effect.promise(() => NodeFs.stat(path).then(() => true, () => false))
-const newPair = createRoot({ meshName: "x", trustDomain: "mesh.local", keyAlgorithm: "ecdsa-p256", now: new Date(), validityMillis: 24 * HOUR })
+const newPair = createRoot({
+  meshName: "x",
+  trustDomain: "mesh.local",
+  keyAlgorithm: "ecdsa-p256",
+  now: new Date(),
+  validityMillis: 24 * HOUR
+})
 const fingerprintOf = (pem: string) => new X509Certificate(pem).fingerprint256
 
 /** Whether this process may mount a read-only tmpfs (root with CAP_SYS_ADMIN, as in this CI container). */
@@ -401,8 +503,7 @@ describe("faults at the worst moment", () => {
       assert.deepStrictEqual(bundle.roots.map((r) => r.fingerprint), [fingerprintOf(root.certPem)])
       assert.strictEqual(yield* Effect.promise(() => NodeFs.readFile(paths.cert, "utf8")), root.certPem)
       assert.deepStrictEqual((yield* Effect.promise(() => NodeFs.readdir(dir))).sort(), ["ca-key.pem", "ca.pem"])
-    })
-  )
+    }))
 
   it.scoped("a first start stopped before the staged pair was whole leaves no CA: the next start makes one and removes the debris", () =>
     Effect.gen(function*() {
@@ -420,8 +521,7 @@ describe("faults at the worst moment", () => {
       assert.strictEqual(bundle.roots.length, 1)
       assert.deepStrictEqual((yield* Effect.promise(() => NodeFs.readdir(dir))).sort(), ["ca-key.pem", "ca.pem"])
       assert.strictEqual(yield* mode(paths.key), 0o600)
-    })
-  )
+    }))
 
   it.scoped("`ca rotate --activate` stopped between its renames is completed at the next start; a half-written next/ is discarded", () =>
     Effect.gen(function*() {
@@ -445,8 +545,7 @@ describe("faults at the worst moment", () => {
       assert.strictEqual(bundle.roots[0]!.state, "active")
       assert.isFalse(yield* exists(paths.nextDir))
       assert.isFalse(yield* exists(paths.nextStaging))
-    })
-  )
+    }))
 
   it.scopedLive("a different CA pair copied into the directory while running is refused and reported; the CA in force keeps signing", () =>
     Effect.gen(function*() {
@@ -470,10 +569,11 @@ describe("faults at the worst moment", () => {
       assert.deepStrictEqual(after.bundle.roots.map((r) => r.fingerprint), [original])
       assert.strictEqual(after.services.get("billing")!.issuer, original)
       assert.strictEqual(after.services.get("echo")!.serial, before.services.get("echo")!.serial)
-      const failures = yield* Effect.promise(() => registry_.getSingleMetricAsString("mesh_controller_certificate_failures_total"))
+      const failures = yield* Effect.promise(() =>
+        registry_.getSingleMetricAsString("mesh_controller_certificate_failures_total")
+      )
       assert.match(failures, /what="ca"\} [1-9]/)
-    })
-  )
+    }))
 
   it.scoped("an existing CA key readable by others is refused at start, naming the fix", () =>
     Effect.gen(function*() {
@@ -488,8 +588,7 @@ describe("faults at the worst moment", () => {
         `${paths.key}: permissions 0644 are too open: the CA key must not be accessible by group or others; run \`chmod 600 ${paths.key}\``
       )
       assert.strictEqual(yield* mode(paths.key), 0o644, "left as it was")
-    })
-  )
+    }))
 
   it.scoped.skipIf(!canMountReadOnly)(
     "creating the state dir on a read-only file system says so (needs root with CAP_SYS_ADMIN for a ro tmpfs mount)",
@@ -517,9 +616,11 @@ describe("faults at the worst moment", () => {
       yield* Effect.promise(() => NodeFs.writeFile(NodePath.join(dir, "state"), "not a directory"))
       const target = NodePath.join(dir, "state", "certs")
       const error = yield* Effect.flip(Effect.scoped(startPersistent(target, [])))
-      assert.strictEqual(error.message, `${target}: cannot create the directory: a part of the path is a file, not a directory`)
-    })
-  )
+      assert.strictEqual(
+        error.message,
+        `${target}: cannot create the directory: a part of the path is a file, not a directory`
+      )
+    }))
 })
 
 describe("the direct DER path (issue 16)", () => {
@@ -527,15 +628,33 @@ describe("the direct DER path (issue 16)", () => {
     it.scopedLive(`signWorkload's certificate equals @peculiar/x509's for the same key, and openssl verifies it (${keyAlgorithm})`, () =>
       Effect.gen(function*() {
         const dir = yield* tempDir
-        const root = yield* createRoot({ meshName: "home lab", trustDomain: "mesh.local", keyAlgorithm, now: new Date(START), validityMillis: 365 * 24 * HOUR })
-        const authority = yield* loadAuthority({ certPem: root.certPem, certFile: "ca.pem", keyPem: root.keyPem, keyFile: "ca-key.pem" })
+        const root = yield* createRoot({
+          meshName: "home lab",
+          trustDomain: "mesh.local",
+          keyAlgorithm,
+          now: new Date(START),
+          validityMillis: 365 * 24 * HOUR
+        })
+        const authority = yield* loadAuthority({
+          certPem: root.certPem,
+          certFile: "ca.pem",
+          keyPem: root.keyPem,
+          keyFile: "ca-key.pem"
+        })
         // An externally made key (as the agent's CSR brings): the CA signs its public half only.
         const pair = keyAlgorithm === "ecdsa-p256"
           ? NodeCrypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" })
           : NodeCrypto.generateKeyPairSync("rsa", { modulusLength: 2048 })
         const publicKey = pair.publicKey.export({ format: "der", type: "spki" })
         const now = new Date(START + 1234)
-        const request = { spiffeId: "spiffe://mesh.local/service/echo", commonName: "echo", organization: "home lab", dnsNames: ["echo", "echo-v2"], now, ttlMillis: 24 * HOUR }
+        const request = {
+          spiffeId: "spiffe://mesh.local/service/echo",
+          commonName: "echo",
+          organization: "home lab",
+          dnsNames: ["echo", "echo-v2"],
+          now,
+          ttlMillis: 24 * HOUR
+        }
         const fast = yield* signWorkload(authority, { ...request, publicKey })
         // The way every certificate was built before: @peculiar/x509 from the same inputs.
         const reference = yield* Effect.promise(() =>
@@ -547,7 +666,9 @@ describe("the direct DER path (issue 16)", () => {
             notAfter: fast.notAfter,
             publicKey: new Uint8Array(publicKey),
             signingKey: authority.key,
-            signingAlgorithm: keyAlgorithm === "ecdsa-p256" ? { name: "ECDSA", hash: "SHA-256" } : authority.key.algorithm,
+            signingAlgorithm: keyAlgorithm === "ecdsa-p256"
+              ? { name: "ECDSA", hash: "SHA-256" }
+              : authority.key.algorithm,
             extensions: [
               new x509.BasicConstraintsExtension(false, undefined, true),
               new x509.KeyUsagesExtension(
@@ -556,7 +677,10 @@ describe("the direct DER path (issue 16)", () => {
                   : x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment,
                 true
               ),
-              new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth], false),
+              new x509.ExtendedKeyUsageExtension(
+                [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth],
+                false
+              ),
               new x509.SubjectAlternativeNameExtension([
                 { type: "url", value: request.spiffeId },
                 { type: "dns", value: "echo" },
@@ -571,7 +695,13 @@ describe("the direct DER path (issue 16)", () => {
         const tbsOf = (der: ArrayBuffer) => {
           // Everything but the signature (ECDSA signatures differ run to run).
           const cert = new X509Certificate(Buffer.from(der))
-          return { subject: cert.subject, issuer: cert.issuer, validFrom: cert.validFrom, validTo: cert.validTo, serial: cert.serialNumber }
+          return {
+            subject: cert.subject,
+            issuer: cert.issuer,
+            validFrom: cert.validFrom,
+            validTo: cert.validTo,
+            serial: cert.serialNumber
+          }
         }
         assert.deepStrictEqual(tbsOf(parsed.rawData), tbsOf(reference.rawData))
         assert.deepStrictEqual(
@@ -579,18 +709,33 @@ describe("the direct DER path (issue 16)", () => {
           reference.extensions.map((e) => [e.type, e.critical, Buffer.from(e.value).toString("hex")])
         )
         assert.deepStrictEqual(parsed.signatureAlgorithm, reference.signatureAlgorithm)
-        assert.isTrue(yield* Effect.promise(() => parsed.verify({ publicKey: authority.certificate.publicKey, signatureOnly: true }, NodeCrypto.webcrypto)))
+        assert.isTrue(
+          yield* Effect.promise(() =>
+            parsed.verify({ publicKey: authority.certificate.publicKey, signatureOnly: true }, NodeCrypto.webcrypto)
+          )
+        )
         assert.strictEqual(parsed.notAfter.getTime(), Math.floor((START + 1234 + 24 * HOUR) / 1000) * 1000)
         const files = yield* writeFiles(dir, { "ca.pem": root.certPem, "leaf.pem": fast.certPem })
-        const verify = openssl(["verify", "-attime", String((START + HOUR) / 1000), "-CAfile", files["ca.pem"]!, "-purpose", "sslserver", files["leaf.pem"]!])
+        const verify = openssl([
+          "verify",
+          "-attime",
+          String((START + HOUR) / 1000),
+          "-CAfile",
+          files["ca.pem"]!,
+          "-purpose",
+          "sslserver",
+          files["leaf.pem"]!
+        ])
         assert.strictEqual(verify.status, 0, verify.output)
         // Strict DER: openssl re-encodes it to the same bytes.
         const reencoded = openssl(["x509", "-in", files["leaf.pem"]!, "-outform", "PEM"]).output
         assert.strictEqual(reencoded, fast.certPem)
         const text = openssl(["x509", "-in", files["leaf.pem"]!, "-noout", "-text"]).output
         assert.include(text, "URI:spiffe://mesh.local/service/echo, DNS:echo, DNS:echo-v2")
-        assert.include(text, keyAlgorithm === "ecdsa-p256" ? "Digital Signature\n" : "Digital Signature, Key Encipherment")
-      })
-    )
+        assert.include(
+          text,
+          keyAlgorithm === "ecdsa-p256" ? "Digital Signature\n" : "Digital Signature, Key Encipherment"
+        )
+      }))
   }
 })

@@ -23,7 +23,9 @@ describe("mesh-controller CLI", () => {
   })
 
   it("validate: exit 1 with every problem and its path", async () => {
-    const path = temp("mesh: { name: lab }\nservices:\n  - { name: a, port: 80, healthCheck: { type: http, interval: 10 parsecs } }\n  - { name: a, port: 81 }\n")
+    const path = temp(
+      "mesh: { name: lab }\nservices:\n  - { name: a, port: 80, healthCheck: { type: http, interval: 10 parsecs } }\n  - { name: a, port: 81 }\n"
+    )
     const result = await runCli(["validate", path])
     expect(result.code).toBe(1)
     expect(result.stderr).toBe(
@@ -51,7 +53,9 @@ describe("mesh-controller CLI", () => {
   it("validate: exit 1 for a missing file", async () => {
     const result = await runCli(["validate", "/nonexistent/mesh.yaml"])
     expect(result.code).toBe(1)
-    expect(result.stderr.trim()).toBe("error: /nonexistent/mesh.yaml: cannot read the config file: no such file or directory")
+    expect(result.stderr.trim()).toBe(
+      "error: /nonexistent/mesh.yaml: cannot read the config file: no such file or directory"
+    )
   })
 
   it("exit 2 on a usage error", async () => {

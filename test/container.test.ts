@@ -1,6 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { execFileSync } from "node:child_process"
-import { chmodSync, chownSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync
+} from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { requireBuild, startDaemon } from "./support/daemon.js"
@@ -72,12 +82,24 @@ describe("the container's process, run as the image runs it", () => {
       env: { NODE_ENV: "production" }
     })
     try {
-      const health = execFileSync(process.execPath, [join(app, "dist", "bin", "healthcheck.mjs"), `${daemon.adminUrl}/healthz`], {
+      const health = execFileSync(process.execPath, [
+        join(app, "dist", "bin", "healthcheck.mjs"),
+        `${daemon.adminUrl}/healthz`
+      ], {
         stdio: "pipe"
       })
       expect(health.toString()).toBe("")
       // The status page and what it loads come from dist/ and the production dependencies alone.
-      for (const path of ["/ui", "/ui/app.js", "/ui/app.css", "/ui/vendor/preact-htm.js", "/ui/api/services", "/ui/api/policy"]) {
+      for (
+        const path of [
+          "/ui",
+          "/ui/app.js",
+          "/ui/app.css",
+          "/ui/vendor/preact-htm.js",
+          "/ui/api/services",
+          "/ui/api/policy"
+        ]
+      ) {
         const response = await fetch(`${daemon.adminUrl}${path}`)
         expect({ path, status: response.status }).toEqual({ path, status: 200 })
       }
@@ -100,13 +122,19 @@ describe("the container's process, run as the image runs it", () => {
     const bin = join(app, "dist", "bin", "mesh-controller.mjs")
     const run = (args: ReadonlyArray<string>) => {
       try {
-        return { code: 0, stdout: execFileSync(process.execPath, [bin, ...args], { cwd: app, stdio: "pipe" }).toString() }
+        return {
+          code: 0,
+          stdout: execFileSync(process.execPath, [bin, ...args], { cwd: app, stdio: "pipe" }).toString()
+        }
       } catch (error) {
         const failed = error as { status: number; stdout: Buffer }
         return { code: failed.status, stdout: failed.stdout.toString() }
       }
     }
-    expect(run(["--version"])).toEqual({ code: 0, stdout: `${JSON.parse(readFileSync("package.json", "utf8")).version}\n\n` })
+    expect(run(["--version"])).toEqual({
+      code: 0,
+      stdout: `${JSON.parse(readFileSync("package.json", "utf8")).version}\n\n`
+    })
     const help = run(["--help"])
     expect(help.code).toBe(0)
     expect(help.stdout).toContain("validate")
@@ -121,7 +149,9 @@ describe("the container's process, run as the image runs it", () => {
 
   it("the health check fails when nothing answers", () => {
     expect(() =>
-      execFileSync(process.execPath, [join(app, "dist", "bin", "healthcheck.mjs"), "http://127.0.0.1:1/healthz"], { stdio: "pipe" })
+      execFileSync(process.execPath, [join(app, "dist", "bin", "healthcheck.mjs"), "http://127.0.0.1:1/healthz"], {
+        stdio: "pipe"
+      })
     ).toThrow()
   })
 })

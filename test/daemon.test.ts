@@ -48,7 +48,10 @@ describe("the daemon as a process", () => {
     const status = (await (await fetch(`${daemon.adminUrl}/status`)).json()) as {
       version: string
       phase: string
-      layers: Record<string, { state: string; status?: { hash?: string; lastReload?: { _tag: string; errors?: Array<string> } } }>
+      layers: Record<
+        string,
+        { state: string; status?: { hash?: string; lastReload?: { _tag: string; errors?: Array<string> } } }
+      >
     }
     expect(status.phase).toBe("ready")
     expect(status.version).toMatch(/^\d+\.\d+\.\d+/)
@@ -70,10 +73,11 @@ describe("the daemon as a process", () => {
       expect(s.layers.config!.status!.lastReload!.errors!.join("\n")).toContain("mesh.name: expected a service name")
     })
     const metrics = await (await fetch(`${daemon.adminUrl}/metrics`)).text()
-    expect(metrics).toContain('mesh_controller_config_reloads_total{result="ok"} 1')
-    expect(metrics).toContain('mesh_controller_config_reloads_total{result="failed"} 1')
+    expect(metrics).toContain("mesh_controller_config_reloads_total{result=\"ok\"} 1")
+    expect(metrics).toContain("mesh_controller_config_reloads_total{result=\"failed\"} 1")
     expect(metrics).toMatch(/mesh_controller_process_resident_memory_bytes \d+/)
-    expect(jsonLogs(daemon.lines).some((l) => l.message === "config reload rejected; keeping the config in force")).toBe(true)
+    expect(jsonLogs(daemon.lines).some((l) => l.message === "config reload rejected; keeping the config in force"))
+      .toBe(true)
 
     const adminPort = Number(new URL(daemon.adminUrl).port)
     daemon.child.kill("SIGTERM")
@@ -93,13 +97,27 @@ describe("the daemon as a process", () => {
     const body = JSON.stringify({ address: "127.0.0.1", port: 18081 })
     const json = { "content-type": "application/json" }
     expect((await fetch(url, { method: "POST", headers: json, body })).status).toBe(401)
-    expect((await fetch(url, { method: "POST", headers: { ...json, authorization: "Bearer wrong-token-0123456789" }, body })).status).toBe(403)
-    expect((await fetch(url, { method: "POST", headers: { "content-type": "text/plain", authorization: `Bearer ${token}` }, body })).status)
+    expect(
+      (await fetch(url, { method: "POST", headers: { ...json, authorization: "Bearer wrong-token-0123456789" }, body }))
+        .status
+    ).toBe(403)
+    expect(
+      (await fetch(url, {
+        method: "POST",
+        headers: { "content-type": "text/plain", authorization: `Bearer ${token}` },
+        body
+      })).status
+    )
       .toBe(415)
-    expect((await fetch(url, { method: "POST", headers: { ...json, authorization: `Bearer ${token}` }, body })).status).toBe(201)
-    const status = (await (await fetch(`${daemon.adminUrl}/status`)).json()) as { layers: { admin: { status: unknown } } }
+    expect((await fetch(url, { method: "POST", headers: { ...json, authorization: `Bearer ${token}` }, body })).status)
+      .toBe(201)
+    const status = (await (await fetch(`${daemon.adminUrl}/status`)).json()) as {
+      layers: { admin: { status: unknown } }
+    }
     expect(status.layers.admin.status).toMatchObject({ readAccess: "open", tokenFile })
-    expect(jsonLogs(daemon.lines).some((l) => l.message === `admin: generated the admin token in ${tokenFile}`)).toBe(true)
+    expect(jsonLogs(daemon.lines).some((l) => l.message === `admin: generated the admin token in ${tokenFile}`)).toBe(
+      true
+    )
     expect([...daemon.lines, ...daemon.stderr].join("\n")).not.toContain(token)
 
     // A restart keeps the token.
@@ -107,7 +125,13 @@ describe("the daemon as a process", () => {
     await daemon.exited
     const again = (running = await startDaemon(writeConfig(configText("tokens", 0, stateDir))))
     expect(readFileSync(tokenFile, "utf8").trim()).toBe(token)
-    expect((await fetch(url.replace(daemon.adminUrl, again.adminUrl), { method: "POST", headers: { ...json, authorization: `Bearer ${token}` }, body })).status)
+    expect(
+      (await fetch(url.replace(daemon.adminUrl, again.adminUrl), {
+        method: "POST",
+        headers: { ...json, authorization: `Bearer ${token}` },
+        body
+      })).status
+    )
       .toBe(201)
   })
 
@@ -125,7 +149,11 @@ describe("the daemon as a process", () => {
   })
 
   it("exits 1 listing every problem when the config is invalid, without a stack trace", async () => {
-    const result = await runCli(["run", "--config", writeConfig("mesh: { name: x }\nservices: [ { name: a, port: 0, protocol: udp } ]\n")])
+    const result = await runCli([
+      "run",
+      "--config",
+      writeConfig("mesh: { name: x }\nservices: [ { name: a, port: 0, protocol: udp } ]\n")
+    ])
     expect(result.code).toBe(1)
     expect(result.stderr).toContain("services[0].protocol: expected one of \"http\", \"grpc\", \"tcp\", got \"udp\"")
     expect(result.stderr).toContain("services[0].port: expected a port number from 1 to 65535, got 0")

@@ -13,12 +13,12 @@ import * as NodeFs from "node:fs"
 import * as Https from "node:https"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { ConsulClient } from "../layers/ConsulClient.js"
 import { ConsulPolicies } from "../layers/ConsulPolicies.js"
 import { ConsulRegistration } from "../layers/ConsulRegistration.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health, type HealthView } from "../layers/Health.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { registry } from "../layers/Metrics.js"
 import { Snapshot } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
@@ -62,16 +62,25 @@ const clientFor = (address: string) => {
 /** A fresh stand-in and a client for it, both closed with the scope. */
 const standInTarget = Effect.gen(function*() {
   const standIn = yield* ConsulStandIn.make
-  const client = yield* Effect.acquireRelease(Effect.sync(() => clientFor(standIn.address)), (c) => Effect.sync(() => c.destroy()))
+  const client = yield* Effect.acquireRelease(
+    Effect.sync(() => clientFor(standIn.address)),
+    (c) => Effect.sync(() => c.destroy())
+  )
   return { address: standIn.address, client, standIn }
 })
 
 const target: Effect.Effect<Target, never, Scope.Scope> = REAL_AGENT
-  ? Effect.acquireRelease(Effect.sync(() => ({ address: REAL_AGENT, client: clientFor(REAL_AGENT) })), (t) =>
-    Effect.sync(() => t.client.destroy()))
+  ? Effect.acquireRelease(
+    Effect.sync(() => ({ address: REAL_AGENT, client: clientFor(REAL_AGENT) })),
+    (t) => Effect.sync(() => t.client.destroy())
+  )
   : standInTarget
 
-const configOf = (address: string, fields: Record<string, unknown> = {}, consul: Record<string, unknown> = {}): MeshConfig =>
+const configOf = (
+  address: string,
+  fields: Record<string, unknown> = {},
+  consul: Record<string, unknown> = {}
+): MeshConfig =>
   Either.getOrThrowWith(
     decodeConfig({
       mesh: { name: unique("mesh") },
@@ -82,7 +91,8 @@ const configOf = (address: string, fields: Record<string, unknown> = {}, consul:
   )
 
 /** The config, and the one Consul client built from it (as the composition root does). */
-const configWithConsul = (config: MeshConfig) => ConsulClient.layer.pipe(Layer.provideMerge(LiveConfig.layerMemory(config)))
+const configWithConsul = (config: MeshConfig) =>
+  ConsulClient.layer.pipe(Layer.provideMerge(LiveConfig.layerMemory(config)))
 
 const startDiscovery = (config: MeshConfig) =>
   Effect.gen(function*() {
@@ -104,15 +114,19 @@ const waitForPorts = (discovery: Context.Tag.Service<Discovery>, name: string, p
   eventually(
     Effect.flatMap(discovery.services, (services) => {
       const got = find(services, name)?.endpoints.map((e) => e.port) ?? []
-      return JSON.stringify(got) === JSON.stringify(ports) ? Effect.succeed(find(services, name)) : Effect.fail(new Error(`${name}: ${JSON.stringify(got)}`))
+      return JSON.stringify(got) === JSON.stringify(ports)
+        ? Effect.succeed(find(services, name))
+        : Effect.fail(new Error(`${name}: ${JSON.stringify(got)}`))
     })
   )
 
 const consulStatus = (discovery: Context.Tag.Service<Discovery>) =>
-  Effect.map(discovery.status, (status) => (status as { consul: { connected: boolean; lastError: string | null; synced: boolean } }).consul)
+  Effect.map(
+    discovery.status,
+    (status) => (status as { consul: { connected: boolean; lastError: string | null; synced: boolean } }).consul
+  )
 
-const metric = (name: string) =>
-  promise(async () => (await registry.getSingleMetric(name)?.get())?.values[0]?.value)
+const metric = (name: string) => promise(async () => (await registry.getSingleMetric(name)?.get())?.values[0]?.value)
 
 describe(`Discovery watches Consul — ${TARGET}`, () => {
   it.scopedLive("a service registered in Consul reaches Discovery.changes, and leaves when deregistered", () =>
@@ -130,7 +144,9 @@ describe(`Discovery watches Consul — ${TARGET}`, () => {
       yield* deregisterInConsul(client, `${name}-7001`)
       yield* waitForPorts(discovery, name, [7002])
       yield* deregisterInConsul(client, `${name}-7002`)
-      yield* eventually(Effect.flatMap(discovery.services, (s) => (find(s, name) ? Effect.fail("still there") : Effect.void)))
+      yield* eventually(
+        Effect.flatMap(discovery.services, (s) => (find(s, name) ? Effect.fail("still there") : Effect.void))
+      )
       const status = yield* consulStatus(discovery)
       assert.isTrue(status.connected)
       assert.isTrue(status.synced)
@@ -169,7 +185,10 @@ describe(`one Consul client for the process — ${TARGET}`, () => {
       const discovery = Context.get(context, Discovery)
       const consul = Context.get(context, ConsulClient)
       const live = Context.get(context, LiveConfig)
-      const restart = Effect.map(discovery.status, (s) => (s as { consul: { restartRequired: boolean } }).consul.restartRequired)
+      const restart = Effect.map(
+        discovery.status,
+        (s) => (s as { consul: { restartRequired: boolean } }).consul.restartRequired
+      )
       assert.isFalse(yield* restart)
       yield* live.apply(configOf("http://127.0.0.1:1", {}), "test reload")
       yield* eventually(Effect.filterOrFail(consul.status, (s) => s.restartRequired))
@@ -196,7 +215,9 @@ describe(`Consul to a proxyless gRPC client — ${TARGET}`, () => {
       const inputs = Layer.mergeAll(configWithConsul(config), Health.layerNoop)
       const discovery = Discovery.layer(fast).pipe(Layer.provide(inputs))
       const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, discovery)))
-      const context = yield* Layer.build(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))))
+      const context = yield* Layer.build(
+        Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs)))
+      )
       const controller = `127.0.0.1:${Context.get(context, Xds).address.port}`
 
       yield* registerInConsul(client, name, first.port, { meta: { protocol: "grpc" } })
@@ -207,17 +228,22 @@ describe(`Consul to a proxyless gRPC client — ${TARGET}`, () => {
       yield* eventually(Effect.filterOrFail(grpc.call, (answer) => answer === "second"))
 
       yield* deregisterInConsul(client, `${name}-${first.port}`)
-      yield* eventually(Effect.gen(function*() {
-        const before = first.calls()
-        const answers = yield* Effect.all(Array.from({ length: 10 }, () => grpc.call), { concurrency: 1 })
-        return before === first.calls() && answers.every((a) => a === "second") ? Effect.void : Effect.fail("still reaching the deregistered endpoint")
-      }).pipe(Effect.flatten))
+      yield* eventually(
+        Effect.gen(function*() {
+          const before = first.calls()
+          const answers = yield* Effect.all(Array.from({ length: 10 }, () => grpc.call), { concurrency: 1 })
+          return before === first.calls() && answers.every((a) => a === "second")
+            ? Effect.void
+            : Effect.fail("still reaching the deregistered endpoint")
+        }).pipe(Effect.flatten)
+      )
       yield* deregisterInConsul(client, `${name}-${second.port}`)
     }))
 })
 
 describe(`ConsulRegistration — ${TARGET}`, () => {
-  const agentServices = (client: Consul) => promise(() => client.agent.service.list() as Promise<Record<string, { Service: string; Port: number }>>)
+  const agentServices = (client: Consul) =>
+    promise(() => client.agent.service.list() as Promise<Record<string, { Service: string; Port: number }>>)
   const agentChecks = (client: Consul) =>
     promise(() => client.agent.check.list() as Promise<Record<string, { Status: string; ServiceID: string }>>)
 
@@ -226,7 +252,9 @@ describe(`ConsulRegistration — ${TARGET}`, () => {
       const scope = yield* Scope.make()
       yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
       const context = yield* Layer.buildWithScope(
-        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(configWithConsul(config), Health.layerMemory(view)))),
+        ConsulRegistration.layer(fast).pipe(
+          Layer.provide(Layer.merge(configWithConsul(config), Health.layerMemory(view)))
+        ),
         scope
       )
       return { registration: Context.get(context, ConsulRegistration), close: Scope.close(scope, Exit.void) }
@@ -248,7 +276,12 @@ describe(`ConsulRegistration — ${TARGET}`, () => {
       const view = yield* SubscriptionRef.make<HealthView>(new Map())
       const { close } = yield* startRegistration(config, view)
       const id = `mesh-${name}-127.0.0.1-7200`
-      yield* eventually(Effect.flatMap(agentServices(client), (all) => (all[id]?.Port === 7200 ? Effect.void : Effect.fail("not registered"))))
+      yield* eventually(
+        Effect.flatMap(
+          agentServices(client),
+          (all) => (all[id]?.Port === 7200 ? Effect.void : Effect.fail("not registered"))
+        )
+      )
       const checks = yield* agentChecks(client)
       assert.isDefined(checks[`service:${id}`], "the agent runs the service's TCP check")
       yield* close
@@ -267,7 +300,12 @@ describe(`ConsulRegistration — ${TARGET}`, () => {
       yield* startRegistration(config, view)
       const checkId = `service:mesh-${name}-127.0.0.1-7300`
       const statusOf = (wanted: string) =>
-        eventually(Effect.flatMap(agentChecks(client), (all) => (all[checkId]?.Status === wanted ? Effect.void : Effect.fail(all[checkId]?.Status))))
+        eventually(
+          Effect.flatMap(
+            agentChecks(client),
+            (all) => (all[checkId]?.Status === wanted ? Effect.void : Effect.fail(all[checkId]?.Status))
+          )
+        )
       yield* statusOf("warning")
       yield* SubscriptionRef.set(view, new Map([[name, new Map([["127.0.0.1:7300", "healthy" as const]])]]))
       yield* statusOf("passing")
@@ -281,22 +319,37 @@ describe(`policies from a Consul KV key — ${TARGET}`, () => {
     Effect.gen(function*() {
       const { address, client } = yield* target
       const key = `mesh-controller/${unique("policies")}`
-      const config = configOf(address, { services: [{ name: "echo", port: 1 }, { name: "echo-v2", port: 2 }] }, { policiesKey: key })
+      const config = configOf(address, { services: [{ name: "echo", port: 1 }, { name: "echo-v2", port: 2 }] }, {
+        policiesKey: key
+      })
       const context = yield* Layer.build(ConsulPolicies.layer(fast).pipe(Layer.provide(configWithConsul(config))))
       const policies = Context.get(context, ConsulPolicies)
-      const status = Effect.map(policies.status, (s) => s as { last: { _tag: string; errors?: ReadonlyArray<string> } | null; inForce: string })
+      const status = Effect.map(
+        policies.status,
+        (s) => s as { last: { _tag: string; errors?: ReadonlyArray<string> } | null; inForce: string }
+      )
       yield* eventually(Effect.filterOrFail(status, (s) => s.last?._tag === "Absent"))
       assert.isTrue(Option.isNone(yield* policies.current))
 
-      const canary = "traffic:\n  - name: canary\n    service: echo\n    routes:\n      - destinations: [{ service: echo, weight: 90 }, { service: echo-v2, weight: 10 }]\n"
+      const canary =
+        "traffic:\n  - name: canary\n    service: echo\n    routes:\n      - destinations: [{ service: echo, weight: 90 }, { service: echo-v2, weight: 10 }]\n"
       yield* promise(() => client.kv.set(key, canary))
       const applied = yield* eventually(Effect.filterOrFail(policies.current, Option.isSome))
       assert.deepStrictEqual(applied.value.traffic[0]!.routes[0]!.destinations.map((d) => d.weight), [90, 10])
 
-      yield* promise(() => client.kv.set(key, "traffic:\n  - name: bad\n    service: nowhere\n    routes: [{ destinations: [{ service: echo }] }]\n"))
+      yield* promise(() =>
+        client.kv.set(
+          key,
+          "traffic:\n  - name: bad\n    service: nowhere\n    routes: [{ destinations: [{ service: echo }] }]\n"
+        )
+      )
       const rejected = yield* eventually(Effect.filterOrFail(status, (s) => s.last?._tag === "Rejected"))
-      assert.include(rejected.last!.errors!.join("\n"), 'policies.traffic[0].service: unknown service "nowhere"')
-      assert.strictEqual((yield* policies.current).pipe(Option.map((p) => p.traffic[0]!.name), Option.getOrNull), "canary", "the last good value stays")
+      assert.include(rejected.last!.errors!.join("\n"), "policies.traffic[0].service: unknown service \"nowhere\"")
+      assert.strictEqual(
+        (yield* policies.current).pipe(Option.map((p) => p.traffic[0]!.name), Option.getOrNull),
+        "canary",
+        "the last good value stays"
+      )
 
       yield* promise(() => client.kv.del(key))
       yield* eventually(Effect.filterOrFail(policies.current, Option.isNone))
@@ -313,7 +366,12 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
         services: [{ name: "cfg", port: 7400, endpoints: [{ address: "127.0.0.1" }] }]
       }))
       yield* waitForPorts(discovery, "cfg", [7400])
-      const down = yield* eventually(Effect.flatMap(consulStatus(discovery), (s) => (s.lastError !== null ? Effect.succeed(s) : Effect.fail("no error yet"))))
+      const down = yield* eventually(
+        Effect.flatMap(
+          consulStatus(discovery),
+          (s) => (s.lastError !== null ? Effect.succeed(s) : Effect.fail("no error yet"))
+        )
+      )
       assert.isFalse(down.connected)
       expect(down.lastError).toMatch(/ECONNREFUSED/)
       assert.strictEqual(yield* metric("mesh_controller_consul_up"), 0)
@@ -335,10 +393,17 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
 
       standIn.failWith(500)
       standIn.restart() // drops the open blocking queries, so the watches ask again and meet the 500s
-      yield* eventually(Effect.flatMap(consulStatus(discovery), (s) => (s.lastError?.includes("500") ? Effect.void : Effect.fail(s))))
+      yield* eventually(
+        Effect.flatMap(consulStatus(discovery), (s) => (s.lastError?.includes("500") ? Effect.void : Effect.fail(s)))
+      )
       yield* waitForPorts(discovery, "keep", [7500])
       yield* promise(() => standIn.refuseConnections())
-      yield* eventually(Effect.flatMap(consulStatus(discovery), (s) => (s.lastError?.includes("ECONNREFUSED") ? Effect.void : Effect.fail(s))))
+      yield* eventually(
+        Effect.flatMap(
+          consulStatus(discovery),
+          (s) => (s.lastError?.includes("ECONNREFUSED") ? Effect.void : Effect.fail(s))
+        )
+      )
       yield* waitForPorts(discovery, "keep", [7500])
 
       standIn.failWith(undefined)
@@ -363,13 +428,16 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       const discovery = Context.get(context, Discovery)
       const registration = Context.get(context, ConsulRegistration)
       const id = "mesh-mine-127.0.0.1-7600"
-      const registered = eventually(Effect.suspend(() =>
-        standIn.registeredServices().some((s) => s.ID === id) ? Effect.void : Effect.fail("not registered")
-      ))
+      const registered = eventually(
+        Effect.suspend(() =>
+          standIn.registeredServices().some((s) => s.ID === id) ? Effect.void : Effect.fail("not registered")
+        )
+      )
       yield* registered
       // Consul's view of it arrives through the watch, merged with the config entry.
       yield* eventually(Effect.flatMap(discovery.status, (status) => {
-        const entry = (status as { services: ReadonlyArray<{ name: string; endpointsBySource: { consul: number } }> }).services
+        const entry = (status as { services: ReadonlyArray<{ name: string; endpointsBySource: { consul: number } }> })
+          .services
           .find((s) => s.name === "mine")
         return entry?.endpointsBySource.consul === 0 ? Effect.void : Effect.fail(entry)
       }))
@@ -400,11 +468,18 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       })
       const view = yield* SubscriptionRef.make<HealthView>(new Map())
       const context = yield* Layer.build(
-        ConsulRegistration.layer(fast).pipe(Layer.provide(Layer.merge(configWithConsul(config), Health.layerMemory(view))))
+        ConsulRegistration.layer(fast).pipe(
+          Layer.provide(Layer.merge(configWithConsul(config), Health.layerMemory(view)))
+        )
       )
       const registration = Context.get(context, ConsulRegistration)
-      type Status = { lastError: string | null; registrations: ReadonlyArray<{ service: string; registered: boolean; lastError: string | null }> }
-      const status = yield* eventually(Effect.filterOrFail(Effect.map(registration.status, (s) => s as Status), (s: Status) => s.lastError !== null))
+      type Status = {
+        lastError: string | null
+        registrations: ReadonlyArray<{ service: string; registered: boolean; lastError: string | null }>
+      }
+      const status = yield* eventually(
+        Effect.filterOrFail(Effect.map(registration.status, (s) => s as Status), (s: Status) => s.lastError !== null)
+      )
       const byName = (name: string) => status.registrations.find((r) => r.service === name)!
       assert.isTrue(byName("allowed").registered)
       assert.isFalse(byName("denied").registered)
@@ -412,7 +487,11 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       assert.isTrue(standIn.registeredServices().some((s) => s.Service === "allowed"))
 
       standIn.refusedIds.clear()
-      yield* eventually(Effect.suspend(() => standIn.registeredServices().some((s) => s.Service === "denied") ? Effect.void : Effect.fail("not yet")))
+      yield* eventually(
+        Effect.suspend(() =>
+          standIn.registeredServices().some((s) => s.Service === "denied") ? Effect.void : Effect.fail("not yet")
+        )
+      )
     }))
 
   it.scopedLive("the index going backwards resets the watch; slow answers still arrive", () =>
@@ -448,18 +527,24 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       yield* waitForPorts(discovery, kept, [7802])
       yield* waitForPorts(discovery, added, [7901])
       // Every watch (catalog, two services) parked in a blocking query, as in steady state.
-      yield* eventually(Effect.suspend(() => standIn.blockedQueries() === 3 ? Effect.void : Effect.fail(standIn.blockedQueries())))
+      yield* eventually(
+        Effect.suspend(() => standIn.blockedQueries() === 3 ? Effect.void : Effect.fail(standIn.blockedQueries()))
+      )
 
       standIn.restore(saved)
       // Each parked query answers with the lower index; the watch starts again from 0 and gets the
       // restored state without waiting out its 5 minutes.
       yield* waitForPorts(discovery, kept, [7801, 7802])
-      yield* eventually(Effect.flatMap(discovery.services, (all) => (find(all, added) ? Effect.fail("still listed") : Effect.void)))
+      yield* eventually(
+        Effect.flatMap(discovery.services, (all) => (find(all, added) ? Effect.fail("still listed") : Effect.void))
+      )
 
       // And then it rests: the catalog and `kept` watches back in blocking queries, and no query
       // issued while nothing changes (a watch stuck on the old, higher index would either spin
       // or never see the restored data).
-      yield* eventually(Effect.suspend(() => standIn.blockedQueries() === 2 ? Effect.void : Effect.fail(standIn.blockedQueries())))
+      yield* eventually(
+        Effect.suspend(() => standIn.blockedQueries() === 2 ? Effect.void : Effect.fail(standIn.blockedQueries()))
+      )
       const before = standIn.requests.length
       yield* Effect.sleep(Duration.seconds(1))
       assert.strictEqual(standIn.requests.length, before, "no query while nothing changes")
@@ -480,7 +565,9 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
       )
       const caFile = NodePath.join(dir, "ca.pem")
       NodeFs.writeFileSync(caFile, tls.caPem)
-      const withToken = Layer.setConfigProvider(ConfigProvider.fromMap(new Map([["CONSUL_HTTP_TOKEN", "s3cret-token"]])))
+      const withToken = Layer.setConfigProvider(
+        ConfigProvider.fromMap(new Map([["CONSUL_HTTP_TOKEN", "s3cret-token"]]))
+      )
       const start = (tlsOptions: Record<string, unknown>) =>
         Layer.build(
           Discovery.layer(fast).pipe(
@@ -495,7 +582,14 @@ describe.skipIf(REAL_AGENT !== undefined)("Consul faults — the Consul stand-in
 
       const trusted = yield* start({ caFile, serverName: "consul.mesh.local" })
       const client = yield* Effect.acquireRelease(
-        Effect.sync(() => new Consul({ host: "127.0.0.1", port: standIn.port, secure: true, agent: new Https.Agent({ ca: tls.caPem, servername: "consul.mesh.local" }) })),
+        Effect.sync(() =>
+          new Consul({
+            host: "127.0.0.1",
+            port: standIn.port,
+            secure: true,
+            agent: new Https.Agent({ ca: tls.caPem, servername: "consul.mesh.local" })
+          })
+        ),
         (c) => Effect.sync(() => c.destroy())
       )
       yield* registerInConsul(client, "secure", 7800)

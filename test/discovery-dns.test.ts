@@ -6,8 +6,8 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer } from "effect"
 import { ConsulClient } from "../layers/ConsulClient.js"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { eventually } from "./support/eventually.js"
@@ -25,22 +25,31 @@ const configOf = (dnsServer: string, endpoints: ReadonlyArray<Record<string, unk
 
 const start = (config: MeshConfig) =>
   Effect.map(
-    Layer.build(Discovery.layer({ dnsTimeout: "2 seconds" }).pipe(
-      Layer.provide(ConsulClient.layer),
-      Layer.provide(LiveConfig.layerMemory(config))
-    )),
+    Layer.build(
+      Discovery.layer({ dnsTimeout: "2 seconds" }).pipe(
+        Layer.provide(ConsulClient.layer),
+        Layer.provide(LiveConfig.layerMemory(config))
+      )
+    ),
     (context) => Context.get(context, Discovery)
   )
 
 const addressesOf = (discovery: Context.Tag.Service<Discovery>) =>
-  Effect.map(discovery.services, (services) => services.find((s) => s.name === "web")?.endpoints.map((e) => e.address) ?? [])
+  Effect.map(
+    discovery.services,
+    (services) => services.find((s) => s.name === "web")?.endpoints.map((e) => e.address) ?? []
+  )
 
 const expectAddresses = (discovery: Context.Tag.Service<Discovery>, wanted: ReadonlyArray<string>) =>
-  eventually(Effect.flatMap(addressesOf(discovery), (got) =>
-    JSON.stringify(got) === JSON.stringify(wanted) ? Effect.void : Effect.fail(new Error(JSON.stringify(got)))))
+  eventually(
+    Effect.flatMap(addressesOf(discovery), (got) =>
+      JSON.stringify(got) === JSON.stringify(wanted) ? Effect.void : Effect.fail(new Error(JSON.stringify(got))))
+  )
 
 interface DnsStatus {
-  readonly dns: { readonly names: ReadonlyArray<{ host: string; addresses: ReadonlyArray<string>; error: string | null }> }
+  readonly dns: {
+    readonly names: ReadonlyArray<{ host: string; addresses: ReadonlyArray<string>; error: string | null }>
+  }
 }
 
 describe("Discovery DNS", () => {
@@ -77,7 +86,9 @@ describe("Discovery DNS", () => {
   it.scopedLive("a name that does not resolve is left out and reported; the other endpoints are served", () =>
     Effect.gen(function*() {
       const dns = yield* makeTinyDns
-      const discovery = yield* start(configOf(dns.server, [{ address: "missing.service.consul" }, { address: "10.2.2.2" }]))
+      const discovery = yield* start(
+        configOf(dns.server, [{ address: "missing.service.consul" }, { address: "10.2.2.2" }])
+      )
       yield* expectAddresses(discovery, ["10.2.2.2"])
       const status = (yield* discovery.status) as DnsStatus
       const entry = status.dns.names.find((n) => n.host === "missing.service.consul")

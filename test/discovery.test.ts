@@ -5,11 +5,16 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, TestClock } from "effect"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
-import { decodeCatalogServices, decodeHealthService, registerOptions, registrationsOf } from "../src/discovery/Consul.js"
+import {
+  decodeCatalogServices,
+  decodeHealthService,
+  registerOptions,
+  registrationsOf
+} from "../src/discovery/Consul.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
 import { type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
 import { fromConfig } from "../src/MeshState.js"
@@ -48,7 +53,15 @@ describe("merge precedence: config > API > Consul", () => {
     ["echo", {
       name: "echo",
       instances: [
-        { id: "a", address: "10.0.0.1", port: 50051, weight: 1, tags: [], meta: { protocol: "http" }, health: "unhealthy" },
+        {
+          id: "a",
+          address: "10.0.0.1",
+          port: 50051,
+          weight: 1,
+          tags: [],
+          meta: { protocol: "http" },
+          health: "unhealthy"
+        },
         { id: "b", address: "10.0.0.3", port: 50051, weight: 2, tags: [], meta: {}, health: "healthy" }
       ]
     }],
@@ -83,7 +96,14 @@ describe("merge precedence: config > API > Consul", () => {
   })
 
   it("an API registration creates a service the file does not define", () => {
-    const merged = mergeRegistry(config, [{ service: "new", address: "10.5.0.1", port: 81, weight: 1, labels: {}, protocol: "tcp" }], new Map())
+    const merged = mergeRegistry(config, [{
+      service: "new",
+      address: "10.5.0.1",
+      port: 81,
+      weight: 1,
+      labels: {},
+      protocol: "tcp"
+    }], new Map())
     const created = merged.find((s) => s.name === "new")!
     assert.deepStrictEqual([created.source, created.protocol, created.port], ["api", "tcp", 81])
   })
@@ -94,15 +114,35 @@ describe("Consul mapping", () => {
     const decoded = decodeHealthService("web", [
       {
         Node: { Node: "n1", Address: "10.0.0.9" },
-        Service: { ID: "web-1", Service: "web", Address: "", Port: 80, Tags: null, Meta: null, Weights: { Passing: 5, Warning: 1 } },
+        Service: {
+          ID: "web-1",
+          Service: "web",
+          Address: "",
+          Port: 80,
+          Tags: null,
+          Meta: null,
+          Weights: { Passing: 5, Warning: 1 }
+        },
         Checks: [{ Status: "passing" }, { Status: "passing" }]
       },
       {
         Node: { Node: "n2", Address: "10.0.0.8" },
-        Service: { ID: "web-2", Service: "web", Address: "10.1.0.2", Port: 81, Tags: ["a"], Meta: { k: "v" }, Weights: { Passing: 5, Warning: 1 } },
+        Service: {
+          ID: "web-2",
+          Service: "web",
+          Address: "10.1.0.2",
+          Port: 81,
+          Tags: ["a"],
+          Meta: { k: "v" },
+          Weights: { Passing: 5, Warning: 1 }
+        },
         Checks: [{ Status: "passing" }, { Status: "warning" }]
       },
-      { Node: { Node: "n3", Address: "10.0.0.7" }, Service: { ID: "web-3", Service: "web", Port: 82 }, Checks: [{ Status: "critical" }] }
+      {
+        Node: { Node: "n3", Address: "10.0.0.7" },
+        Service: { ID: "web-3", Service: "web", Port: 82 },
+        Checks: [{ Status: "critical" }]
+      }
     ])
     const web = Either.getOrThrow(decoded)
     assert.deepStrictEqual(web.instances.map((i) => [i.address, i.port, i.weight, i.health]), [
@@ -111,10 +151,13 @@ describe("Consul mapping", () => {
       ["10.0.0.7", 82, 1, "unhealthy"]
     ])
     assert.isTrue(Either.isLeft(decodeHealthService("web", { not: "an array" })))
-    assert.deepStrictEqual(Either.getOrThrow(decodeCatalogServices({ consul: [], web: [], "Bad_Name": [], api: ["x"] })), {
-      names: ["api", "web"],
-      ignored: ["Bad_Name"]
-    })
+    assert.deepStrictEqual(
+      Either.getOrThrow(decodeCatalogServices({ consul: [], web: [], "Bad_Name": [], api: ["x"] })),
+      {
+        names: ["api", "web"],
+        ignored: ["Bad_Name"]
+      }
+    )
   })
 
   it("builds registrations per endpoint of `register`ed services, with the configured check mode", () => {
@@ -141,12 +184,26 @@ describe("Consul mapping", () => {
     const http = registerOptions(registrations[0]!)
     expect(http.check).toMatchObject({ http: "http://127.0.0.1:8080/ready", interval: "10000ms", timeout: "1000ms" })
     expect(registerOptions(registrations[2]!).check).toMatchObject({ ttl: "30000ms" })
-    assert.deepStrictEqual(registrationsOf(decode({ services: [{ name: "x", port: 1, register: true }] })), [], "no Consul: nothing to register")
+    assert.deepStrictEqual(
+      registrationsOf(decode({ services: [{ name: "x", port: 1, register: true }] })),
+      [],
+      "no Consul: nothing to register"
+    )
     const labelled = registrationsOf(decode({
       discovery: { consul: {} },
-      services: [{ name: "y", port: 1, register: true, metadata: { "app.kubernetes.io/name": "y", team: "core", "consul-x": "1" }, endpoints: [{ address: "10.0.0.1" }] }]
+      services: [{
+        name: "y",
+        port: 1,
+        register: true,
+        metadata: { "app.kubernetes.io/name": "y", team: "core", "consul-x": "1" },
+        endpoints: [{ address: "10.0.0.1" }]
+      }]
     }))
-    assert.deepStrictEqual(labelled[0]!.meta, { "mesh-controller": "unit", protocol: "http", team: "core" }, "meta Consul would refuse is left out")
+    assert.deepStrictEqual(
+      labelled[0]!.meta,
+      { "mesh-controller": "unit", protocol: "http", team: "core" },
+      "meta Consul would refuse is left out"
+    )
   })
 })
 
@@ -167,39 +224,70 @@ describe("embedded registry and the registration API", () => {
     controller: { admin: { registration: { createServices: true } } },
     services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.1" }] }]
   }))
-  const withToken = (token: string, init: RequestInit = {}): RequestInit => ({ ...init, headers: { ...init.headers, ...bearer(token) } })
+  const withToken = (token: string, init: RequestInit = {}): RequestInit => ({
+    ...init,
+    headers: { ...init.headers, ...bearer(token) }
+  })
 
   it.scopedLive("POST adds an endpoint, GET lists it, DELETE removes it; registrations survive a config reload", () =>
     Effect.gen(function*() {
       const { base, config, discovery, token } = yield* serve
-      const created = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 50052, weight: 3, labels: { zone: "b" } }, token)
+      const created = yield* post(`${base}/v1/services/echo/endpoints`, {
+        address: "10.0.0.2",
+        port: 50052,
+        weight: 3,
+        labels: { zone: "b" }
+      }, token)
       assert.strictEqual(created.status, 201)
       assert.strictEqual(created.body?.["endpoint"], "10.0.0.2:50052")
-      assert.strictEqual((yield* post(`${base}/v1/services/fresh/endpoints`, { address: "10.7.0.1", port: 80, protocol: "tcp" }, token)).status, 201)
+      assert.strictEqual(
+        (yield* post(`${base}/v1/services/fresh/endpoints`, { address: "10.7.0.1", port: 80, protocol: "tcp" }, token))
+          .status,
+        201
+      )
 
       // Publishes are coalesced: the listing shows a registration shortly after its 201.
       const services = yield* eventually(Effect.flatMap(request(`${base}/v1/services`), (listed) => {
-        const all = listed.body?.["services"] as ReadonlyArray<{ name: string; source: string; endpoints: ReadonlyArray<{ address: string; source: string }> }>
+        const all = listed.body?.["services"] as ReadonlyArray<
+          { name: string; source: string; endpoints: ReadonlyArray<{ address: string; source: string }> }
+        >
         return all.length === 2 ? Effect.succeed(all) : Effect.fail(all)
       }))
-      assert.deepStrictEqual(services.map((s) => [s.name, s.source, s.endpoints.map((e) => `${e.address}/${e.source}`)]), [
-        ["echo", "config", ["10.0.0.1/config", "10.0.0.2/api"]],
-        ["fresh", "api", ["10.7.0.1/api"]]
-      ])
+      assert.deepStrictEqual(
+        services.map((s) => [s.name, s.source, s.endpoints.map((e) => `${e.address}/${e.source}`)]),
+        [
+          ["echo", "config", ["10.0.0.1/config", "10.0.0.2/api"]],
+          ["fresh", "api", ["10.7.0.1/api"]]
+        ]
+      )
 
       // A reload replaces the file's part only.
-      yield* config.apply(decode({ services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.9" }] }] }), "reload")
+      yield* config.apply(
+        decode({ services: [{ name: "echo", port: 50051, endpoints: [{ address: "10.0.0.9" }] }] }),
+        "reload"
+      )
       const after = yield* eventually(Effect.flatMap(discovery.services, (services) => {
         const addresses = services.find((s) => s.name === "echo")?.endpoints.map((e) => e.address)
-        return JSON.stringify(addresses) === JSON.stringify(["10.0.0.2", "10.0.0.9"]) ? Effect.succeed(services) : Effect.fail(addresses)
+        return JSON.stringify(addresses) === JSON.stringify(["10.0.0.2", "10.0.0.9"])
+          ? Effect.succeed(services)
+          : Effect.fail(addresses)
       }))
       assert.isDefined(after.find((s) => s.name === "fresh"))
 
-      const removed = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, withToken(token, { method: "DELETE" }))
+      const removed = yield* request(
+        `${base}/v1/services/echo/endpoints/10.0.0.2/50052`,
+        withToken(token, { method: "DELETE" })
+      )
       assert.strictEqual(removed.status, 204)
-      const again = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.2/50052`, withToken(token, { method: "DELETE" }))
+      const again = yield* request(
+        `${base}/v1/services/echo/endpoints/10.0.0.2/50052`,
+        withToken(token, { method: "DELETE" })
+      )
       assert.strictEqual(again.status, 404)
-      const configOwned = yield* request(`${base}/v1/services/echo/endpoints/10.0.0.9/50051`, withToken(token, { method: "DELETE" }))
+      const configOwned = yield* request(
+        `${base}/v1/services/echo/endpoints/10.0.0.9/50051`,
+        withToken(token, { method: "DELETE" })
+      )
       assert.strictEqual(configOwned.status, 404, "the API cannot remove what the file defines")
       yield* eventually(Effect.flatMap(discovery.services, (all) => {
         const addresses = all.find((s) => s.name === "echo")?.endpoints.map((e) => e.address)
@@ -217,10 +305,18 @@ describe("embedded registry and the registration API", () => {
       const badName = yield* post(`${base}/v1/services/Not_A_Name/endpoints`, { address: "10.0.0.2", port: 80 })
       assert.strictEqual(badName.status, 400)
       expect(String(badName.body?.["message"])).toMatch(/^path: name: expected a service name/)
-      const unknownField = yield* post(`${base}/v1/services/echo/endpoints`, { address: "10.0.0.2", port: 80, colour: "red" })
+      const unknownField = yield* post(`${base}/v1/services/echo/endpoints`, {
+        address: "10.0.0.2",
+        port: 80,
+        colour: "red"
+      })
       assert.strictEqual(unknownField.status, 400)
       expect(String(unknownField.body?.["message"])).toMatch(/colour/)
-      const notJson = yield* request(`${base}/v1/services/echo/endpoints`, { method: "POST", body: "{", headers: { "content-type": "application/json", ...bearer(token) } })
+      const notJson = yield* request(`${base}/v1/services/echo/endpoints`, {
+        method: "POST",
+        body: "{",
+        headers: { "content-type": "application/json", ...bearer(token) }
+      })
       assert.strictEqual(notJson.status, 400)
       const badAddress = yield* post(`${base}/v1/services/echo/endpoints`, { address: "not an address!", port: 80 })
       assert.strictEqual(badAddress.status, 400)

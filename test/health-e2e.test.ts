@@ -2,13 +2,13 @@
  * End to end: the live Health layer's probes decide where a proxyless `@grpc/grpc-js-xds` client's
  * calls go, through the real Snapshot and Xds layers.
  */
-import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
+import * as grpc from "@grpc/grpc-js"
 import { Context, Effect, Either, Layer, Schema } from "effect"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { grpcProbe } from "../layers/HealthProbes.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Snapshot } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 import { GrpcCheck, type MeshConfig } from "../schemas/Config.js"
@@ -38,7 +38,10 @@ const controller = (config: MeshConfig) => {
   const health = Health.layer().pipe(Layer.provide(discovery))
   const inputs = Layer.mergeAll(configLayer, discovery, health)
   const snapshot = Snapshot.layer.pipe(Layer.provide(inputs))
-  return Layer.mergeAll(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, configLayer))), inputs)
+  return Layer.mergeAll(
+    Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, configLayer))),
+    inputs
+  )
 }
 
 /** Whether the controller's grpc.health.v1 says `echo` is SERVING. */
@@ -77,7 +80,12 @@ describe("health checks steer proxyless gRPC calls", () => {
 
       // Every endpoint unhealthy: the service is in panic and the controller reports it down.
       a.setStatus("", "NOT_SERVING")
-      yield* eventually(Effect.flatMap(controllerSays(healthClient), (r) => (Either.isLeft(r) ? Effect.void : Effect.fail("still SERVING"))))
+      yield* eventually(
+        Effect.flatMap(
+          controllerSays(healthClient),
+          (r) => (Either.isLeft(r) ? Effect.void : Effect.fail("still SERVING"))
+        )
+      )
       const status = yield* Context.get(context, Health).status
       assert.isTrue(status.services.find((s) => s.name === "echo")?.panic)
 
@@ -99,8 +107,12 @@ describe("health checks steer proxyless gRPC calls", () => {
       yield* eventually(onlyReaches(client.call, ["a", "b"]))
       a.setStatus("", "NOT_SERVING")
       b.setStatus("", "NOT_SERVING")
-      yield* eventually(Effect.flatMap(Context.get(context, Health).status, (s) =>
-        s.services.find((x) => x.name === "echo")?.panic ? Effect.void : Effect.fail("not in panic yet")))
+      yield* eventually(
+        Effect.flatMap(Context.get(context, Health).status, (s) =>
+          s.services.find((x) => x.name === "echo")?.panic
+            ? Effect.void
+            : Effect.fail("not in panic yet"))
+      )
       yield* eventually(onlyReaches(client.call, ["a", "b"]))
     }))
 })

@@ -4,7 +4,14 @@ import { Discovery } from "../layers/Discovery.js"
 import { type EndpointStatus, Health, type HealthOptions } from "../layers/Health.js"
 import { HealthCheck } from "../schemas/Config.js"
 import type { Service } from "../src/MeshState.js"
-import { closedPort, gatedHttpTarget, grpcTarget, httpTarget, silentTarget, tcpTarget } from "./support/healthTargets.js"
+import {
+  closedPort,
+  gatedHttpTarget,
+  grpcTarget,
+  httpTarget,
+  silentTarget,
+  tcpTarget
+} from "./support/healthTargets.js"
 import { makeTestTls } from "./support/healthTls.js"
 
 const decodeCheck = Schema.decodeUnknownSync(HealthCheck)
@@ -25,7 +32,14 @@ const service = (
   metadata: {},
   source: "config",
   ...(healthCheck ? { healthCheck } : {}),
-  endpoints: ports.map((port) => ({ address: "127.0.0.1", port, weight: 1, labels: {}, health: "unknown", source: "config" }))
+  endpoints: ports.map((port) => ({
+    address: "127.0.0.1",
+    port,
+    weight: 1,
+    labels: {},
+    health: "unknown",
+    source: "config"
+  }))
 })
 
 /** Deterministic schedules for TestClock: first probe at once, no jitter. */
@@ -51,16 +65,25 @@ const waitFor = <A>(self: Effect.Effect<A>, predicate: (a: A) => boolean, what: 
     return yield* Effect.dieMessage(`timed out waiting for ${what}`)
   })
 
-const endpointOf = (health: Context.Tag.Service<Health>, name: string, port: number): Effect.Effect<EndpointStatus | undefined> =>
-  Effect.map(health.status, (status) =>
-    status.services.find((s) => s.name === name)?.endpoints.find((e) => e.endpoint === `127.0.0.1:${port}`))
+const endpointOf = (
+  health: Context.Tag.Service<Health>,
+  name: string,
+  port: number
+): Effect.Effect<EndpointStatus | undefined> =>
+  Effect.map(
+    health.status,
+    (status) => status.services.find((s) => s.name === name)?.endpoints.find((e) => e.endpoint === `127.0.0.1:${port}`)
+  )
 
 /** Waits for the probe due at the current TestClock time to have been recorded. */
 const probed = (health: Context.Tag.Service<Health>, name: string, port: number) =>
   Effect.gen(function*() {
     const now = yield* TestClock.currentTimeMillis
-    return yield* waitFor(endpointOf(health, name, port), (e) => e?.history.at(-1)?.at === new Date(now).toISOString(), `a probe of ${name} at ${now}`)
-  }).pipe(Effect.map((e) => e!))
+    return yield* waitFor(endpointOf(health, name, port), (e) =>
+      e?.history.at(-1)?.at === new Date(now).toISOString(), `a probe of ${name} at ${now}`)
+  }).pipe(Effect.map((e) =>
+    e!
+  ))
 
 /** Advances the TestClock by one interval and waits for that probe's result. */
 const nextProbe = (health: Context.Tag.Service<Health>, name: string, port: number) =>
@@ -70,7 +93,9 @@ describe("Health (live probes against real servers)", () => {
   it.scoped("http: unknown until healthyThreshold, unhealthy after unhealthyThreshold, with history and Host", () =>
     Effect.gen(function*() {
       const target = yield* httpTarget()
-      const { health } = yield* start([service("web", [target.port], check({ type: "http", path: "/ready", host: "web.mesh.local" }))])
+      const { health } = yield* start([
+        service("web", [target.port], check({ type: "http", path: "/ready", host: "web.mesh.local" }))
+      ])
 
       let e = yield* probed(health, "web", target.port)
       assert.strictEqual(e.health, "unknown")
@@ -78,7 +103,11 @@ describe("Health (live probes against real servers)", () => {
       e = yield* nextProbe(health, "web", target.port)
       assert.strictEqual(e.health, "healthy")
       // The view is published by the layer's publisher fiber, a moment after the state changes.
-      yield* waitFor(health.view, (view) => view.get("web")?.get(`127.0.0.1:${target.port}`) === "healthy", "the view to say healthy")
+      yield* waitFor(
+        health.view,
+        (view) => view.get("web")?.get(`127.0.0.1:${target.port}`) === "healthy",
+        "the view to say healthy"
+      )
 
       target.setHealthy(false)
       // Awaited, not asserted: the two probes after it are.
@@ -105,11 +134,17 @@ describe("Health (live probes against real servers)", () => {
   it.scoped("history is bounded to historySize", () =>
     Effect.gen(function*() {
       const target = yield* httpTarget()
-      const { health } = yield* start([service("web", [target.port], check({ type: "http" }))], { ...testOptions, historySize: 3 })
+      const { health } = yield* start([service("web", [target.port], check({ type: "http" }))], {
+        ...testOptions,
+        historySize: 3
+      })
       yield* probed(health, "web", target.port)
       for (let i = 0; i < 5; i++) yield* nextProbe(health, "web", target.port)
       const e = yield* endpointOf(health, "web", target.port)
-      assert.deepStrictEqual(e?.history.map((r) => r.at), [30_000, 40_000, 50_000].map((t) => new Date(t).toISOString()))
+      assert.deepStrictEqual(
+        e?.history.map((r) => r.at),
+        [30_000, 40_000, 50_000].map((t) => new Date(t).toISOString())
+      )
     }))
 
   it.scoped("tcp: a refused port turns unhealthy, listening again turns healthy", () =>
@@ -140,7 +175,9 @@ describe("Health (live probes against real servers)", () => {
     Effect.gen(function*() {
       const target = yield* silentTarget
       // The deadline is a real timer inside the probe (see HealthProbes.ts), not the TestClock.
-      const { health } = yield* start([service("slow", [target.port], check({ type: "http", timeout: "200ms", unhealthyThreshold: 1 }))])
+      const { health } = yield* start([
+        service("slow", [target.port], check({ type: "http", timeout: "200ms", unhealthyThreshold: 1 }))
+      ])
       yield* waitFor(Effect.sync(target.openConnections), (n) => n === 1, "the probe to connect")
       const e = yield* waitFor(endpointOf(health, "slow", target.port), (e) => e?.health === "unhealthy", "the timeout")
       assert.strictEqual(e!.history.at(-1)?.error, "timed out after 200ms")
@@ -152,7 +189,11 @@ describe("Health (live probes against real servers)", () => {
       const target = yield* grpcTarget
       const { registry, health } = yield* start([
         service("echo", [target.port], check({ type: "grpc", healthyThreshold: 1, unhealthyThreshold: 1 })),
-        service("named", [target.port], check({ type: "grpc", service: "named", healthyThreshold: 1, unhealthyThreshold: 1 }))
+        service(
+          "named",
+          [target.port],
+          check({ type: "grpc", service: "named", healthyThreshold: 1, unhealthyThreshold: 1 })
+        )
       ])
       assert.strictEqual((yield* probed(health, "echo", target.port)).health, "healthy")
       const named = yield* probed(health, "named", target.port)
@@ -178,7 +219,14 @@ describe("Health (live probes against real servers)", () => {
     Effect.gen(function*() {
       const tls = yield* makeTestTls("web.mesh.local")
       const target = yield* httpTarget(tls)
-      const trusted = check({ type: "http", https: true, trustMeshCa: true, host: "web.mesh.local", healthyThreshold: 1, unhealthyThreshold: 1 })
+      const trusted = check({
+        type: "http",
+        https: true,
+        trustMeshCa: true,
+        host: "web.mesh.local",
+        healthyThreshold: 1,
+        unhealthyThreshold: 1
+      })
       const system = check({ type: "http", https: true, healthyThreshold: 1, unhealthyThreshold: 1 })
       const withCa = yield* start([service("web", [target.port], trusted), service("sys", [target.port], system)], {
         ...testOptions,
@@ -208,10 +256,16 @@ describe("Health (live probes against real servers)", () => {
         service("unchecked", [a], undefined)
       ])
       const changes = yield* health.changes.pipe(Stream.take(3), Stream.runCollect, Effect.fork)
-      const status = yield* waitFor(health.status, (s) => s.services.filter((x) => x.panic).length === 2, "both services to panic")
+      const status = yield* waitFor(
+        health.status,
+        (s) => s.services.filter((x) => x.panic).length === 2,
+        "both services to panic"
+      )
       const byName = new Map(status.services.map((s) => [s.name, s]))
       assert.deepStrictEqual(
-        ["open", "closed", "fine"].map((n) => [n, byName.get(n)?.panic, byName.get(n)?.available, byName.get(n)?.failMode]),
+        ["open", "closed", "fine"].map((
+          n
+        ) => [n, byName.get(n)?.panic, byName.get(n)?.available, byName.get(n)?.failMode]),
         [["open", true, false, "open"], ["closed", true, false, "closed"], ["fine", false, true, "open"]]
       )
       assert.deepStrictEqual(
@@ -227,11 +281,18 @@ describe("Health (live probes against real servers)", () => {
       // The target holds every request until released, so what is in flight is seen from its side.
       const target = yield* gatedHttpTarget
       // Ten endpoints on one port: same address, so give each a distinct service.
-      const services = Array.from({ length: 10 }, (_, i) => service(`s${i}`, [target.port], check({ type: "http", timeout: "5s" })))
+      const services = Array.from({ length: 10 }, (_, i) =>
+        service(`s${i}`, [target.port], check({ type: "http", timeout: "5s" })))
       const { health } = yield* start(services, { ...testOptions, maxConcurrentProbes: 2 })
       // Five rounds: two probes reach the target and no third, until those two are answered.
       for (let round = 1; round <= 5; round++) {
-        yield* waitFor(Effect.sync(() => target.requests()), (n) => n === round * 2, `round ${round}: two probes arrive`)
+        yield* waitFor(
+          Effect.sync(() =>
+            target.requests()
+          ),
+          (n) => n === round * 2,
+          `round ${round}: two probes arrive`
+        )
         assert.strictEqual(target.inFlight(), 2)
         assert.strictEqual((yield* health.status).probesInFlight, 2)
         target.release()
@@ -250,9 +311,11 @@ describe("Health (live probes against real servers)", () => {
   it.scoped("a slot is held for the whole probe: two silent HTTP probes at a time", () =>
     Effect.gen(function*() {
       const target = yield* silentTarget
-      const services = Array.from({ length: 6 }, (_, i) => service(`s${i}`, [target.port], check({ type: "http", timeout: "5s" })))
+      const services = Array.from({ length: 6 }, (_, i) =>
+        service(`s${i}`, [target.port], check({ type: "http", timeout: "5s" })))
       const { health } = yield* start(services, { ...testOptions, maxConcurrentProbes: 2 })
-      yield* waitFor(Effect.sync(target.openConnections), (n) => n === 2, "two probes connected")
+      yield* waitFor(Effect.sync(target.openConnections), (n) =>
+        n === 2, "two probes connected")
       yield* realSleep(100)
       assert.strictEqual(target.maxOpenConnections(), 2)
       assert.strictEqual((yield* health.status).probesInFlight, 2)
@@ -265,7 +328,11 @@ describe("Health (live probes against real servers)", () => {
       // (real) 1 s timeout, the other waits. Its next probe falls due (TestClock) while it waits.
       const services = [0, 1].map((i) => service(`s${i}`, [target.port], check({ type: "http", timeout: "1s" })))
       const { health } = yield* start(services, { ...testOptions, maxConcurrentProbes: 1 })
-      yield* waitFor(health.status, (s) => s.probesInFlight === 1 && s.probesWaiting === 1, "one probe in flight, one waiting")
+      yield* waitFor(
+        health.status,
+        (s) => s.probesInFlight === 1 && s.probesWaiting === 1,
+        "one probe in flight, one waiting"
+      )
       yield* TestClock.adjust(Duration.seconds(10))
       const status = yield* waitFor(health.status, (s) => s.probesMissed === 1, "the waiting probe to be skipped")
       assert.deepStrictEqual(status.services.map((s) => s.endpoints[0]?.missedProbes).sort(), [0, 1])
@@ -275,9 +342,13 @@ describe("Health (live probes against real servers)", () => {
   it.scoped("a changed check restarts the endpoint's probe with the new settings", () =>
     Effect.gen(function*() {
       const target = yield* httpTarget()
-      const { registry, health } = yield* start([service("web", [target.port], check({ type: "http", healthyThreshold: 1 }))])
+      const { registry, health } = yield* start([
+        service("web", [target.port], check({ type: "http", healthyThreshold: 1 }))
+      ])
       assert.strictEqual((yield* probed(health, "web", target.port)).health, "healthy")
-      yield* SubscriptionRef.set(registry, [service("web", [target.port], check({ type: "http", path: "/other", healthyThreshold: 2 }))])
+      yield* SubscriptionRef.set(registry, [
+        service("web", [target.port], check({ type: "http", path: "/other", healthyThreshold: 2 }))
+      ])
       const e = yield* waitFor(
         endpointOf(health, "web", target.port),
         (e) => e?.history.length === 1 && target.lastRequest()?.path === "/other",

@@ -28,7 +28,12 @@ const tcpSockets = () => process.getActiveResourcesInfo().filter((r) => r === "T
 const tick = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
 
 /** Polls on every turn of the event loop, up to `seconds` of real time. */
-const waitFor = <A>(self: Effect.Effect<A>, predicate: (a: A) => boolean, what: string, seconds = 10): Effect.Effect<A> =>
+const waitFor = <A>(
+  self: Effect.Effect<A>,
+  predicate: (a: A) => boolean,
+  what: string,
+  seconds = 10
+): Effect.Effect<A> =>
   Effect.gen(function*() {
     const deadline = Date.now() + seconds * 1000
     while (Date.now() < deadline) {
@@ -69,14 +74,21 @@ describe("Health: nothing outlives its endpoint", () => {
         // The view lists an endpoint once its probe fiber is running, and drops it once it is stopped.
         yield* untilView((view) => view.size === these.length)
         // Every tenth cycle, let probes get under way (sockets open, the gRPC channel connecting).
-        if (i % 10 === 0) yield* waitFor(Effect.sync(() => silent.openConnections()), (n) => n > 0, `cycle ${i}: a probe to connect`)
+        if (i % 10 === 0) {
+          yield* waitFor(Effect.sync(() => silent.openConnections()), (n) => n > 0, `cycle ${i}: a probe to connect`)
+        }
         yield* SubscriptionRef.set(registry, [])
         yield* untilView((view) => view.size === 0)
       }
 
       const status = yield* health.status
       assert.deepStrictEqual(
-        { probes: status.probes, inFlight: status.probesInFlight, channels: status.grpcChannels, services: status.services.length },
+        {
+          probes: status.probes,
+          inFlight: status.probesInFlight,
+          channels: status.grpcChannels,
+          services: status.services.length
+        },
         { probes: 0, inFlight: 0, channels: 0, services: 0 }
       )
       assert.strictEqual((yield* health.view).size, 0)

@@ -4,7 +4,13 @@ import { availability, type HealthView, routing, sameView, withHealth } from "..
 import type { Endpoint, EndpointHealth, Service } from "../src/MeshState.js"
 
 const thresholds = { healthyThreshold: 2, unhealthyThreshold: 3 }
-const result = (at: number, ok: boolean): ProbeResult => ({ at, ok, latencyMs: 1, lagMs: 0, ...(ok ? {} : { error: "status 503" }) })
+const result = (at: number, ok: boolean): ProbeResult => ({
+  at,
+  ok,
+  latencyMs: 1,
+  lagMs: 0,
+  ...(ok ? {} : { error: "status 503" })
+})
 
 const run = (outcomes: ReadonlyArray<boolean>, from: EndpointState = initialState(0)) => {
   let state = from
@@ -69,7 +75,8 @@ const service = (failMode: "open" | "closed", ports: ReadonlyArray<number>): Ser
   source: "config"
 })
 
-const view = (entries: Record<string, EndpointHealth>): HealthView => new Map([["echo", new Map(Object.entries(entries))]])
+const view = (entries: Record<string, EndpointHealth>): HealthView =>
+  new Map([["echo", new Map(Object.entries(entries))]])
 
 describe("routing (fail open / closed)", () => {
   it("routes to healthy and unknown endpoints, not unhealthy ones", () => {
@@ -102,7 +109,10 @@ describe("routing (fail open / closed)", () => {
   it("availability and withHealth read the view per service", () => {
     const v = view({ "10.0.0.1:1": "unhealthy" })
     assert.deepStrictEqual([...availability([service("open", [1])], v)], [["echo", false]])
-    assert.deepStrictEqual(withHealth([service("open", [1, 2])], v)[0]!.endpoints.map((e) => e.health), ["unhealthy", "unknown"])
+    assert.deepStrictEqual(withHealth([service("open", [1, 2])], v)[0]!.endpoints.map((e) => e.health), [
+      "unhealthy",
+      "unknown"
+    ])
   })
 
   it("sameView compares structurally", () => {

@@ -29,7 +29,12 @@ const policies = {
     name: "web-routes",
     service: "web",
     routes: [
-      { match: { path: { prefix: "/api/" }, method: "GET" }, destinations: [{ service: "web" }], fault: { delay: { fixed: "100ms", percent: 1 } }, mirror: { service: "shadow" } },
+      {
+        match: { path: { prefix: "/api/" }, method: "GET" },
+        destinations: [{ service: "web" }],
+        fault: { delay: { fixed: "100ms", percent: 1 } },
+        mirror: { service: "shadow" }
+      },
       { destinations: [{ service: "web" }], retries: { attempts: 2, backoff: { baseInterval: "50ms" } } }
     ]
   }],
@@ -40,7 +45,12 @@ const policies = {
       { name: "web-to-db", action: "allow", from: [{ service: "web" }], to: "db", when: { ports: [5432] } }
     ]
   },
-  resilience: [{ service: "echo", circuitBreakers: { maxRequests: 10 }, outlierDetection: { consecutive5xx: 2 }, rateLimit: { requestsPerSecond: 100 } }],
+  resilience: [{
+    service: "echo",
+    circuitBreakers: { maxRequests: 10 },
+    outlierDetection: { consecutive5xx: 2 },
+    rateLimit: { requestsPerSecond: 100 }
+  }],
   observability: { accessLogs: { enabled: true }, tracing: { collector: "127.0.0.1:4317", samplingPercent: 10 } }
 }
 
@@ -51,7 +61,9 @@ const body = (snapshot: XdsSnapshot, url: string, name: string): any => {
 }
 
 const inboundFilters = (snapshot: XdsSnapshot, service: string): ReadonlyArray<string> =>
-  body(snapshot, TypeUrls.Listener, `inbound|${service}`).filter_chains[0].filters[0].typed_config.http_filters.map((f: any) => f.name)
+  body(snapshot, TypeUrls.Listener, `inbound|${service}`).filter_chains[0].filters[0].typed_config.http_filters.map((
+    f: any
+  ) => f.name)
 
 describe("policy in the snapshot", () => {
   const snapshot = buildSnapshot(fromConfig(config(policies)))
@@ -61,19 +73,28 @@ describe("policy in the snapshot", () => {
   })
 
   it("inbound listeners carry RBAC (deny, then allow), the rate limit, and access logs", () => {
-    expect(inboundFilters(snapshot, "echo")).toEqual([FilterNames.rbacAllow, FilterNames.localRateLimit, "envoy.filters.http.router"])
+    expect(inboundFilters(snapshot, "echo")).toEqual([
+      FilterNames.rbacAllow,
+      FilterNames.localRateLimit,
+      "envoy.filters.http.router"
+    ])
     expect(inboundFilters(snapshot, "web")).toEqual([FilterNames.rbacDeny, "envoy.filters.http.router"])
     expect(inboundFilters(snapshot, "shadow")).toEqual(["envoy.filters.http.router"])
     const manager = body(snapshot, TypeUrls.Listener, "inbound|echo").filter_chains[0].filters[0].typed_config
     const allow = manager.http_filters[0].typed_config.rules
-    expect(allow.policies["web-to-echo"].principals).toEqual([{ authenticated: { principal_name: { exact: "spiffe://mesh.local/service/web" } } }])
+    expect(allow.policies["web-to-echo"].principals).toEqual([{
+      authenticated: { principal_name: { exact: "spiffe://mesh.local/service/web" } }
+    }])
     expect(manager.access_log).toHaveLength(1)
     expect(manager.tracing.provider.typed_config.grpc_service.envoy_grpc.cluster_name).toBe(TRACING_CLUSTER)
   })
 
   it("a tcp service's inbound listener authorizes connections with network RBAC before tcp_proxy", () => {
     const filters = body(snapshot, TypeUrls.Listener, "inbound|db").filter_chains[0].filters
-    expect(filters.map((f: any) => f.name)).toEqual(["envoy.filters.network.rbac/allow", "envoy.filters.network.tcp_proxy"])
+    expect(filters.map((f: any) => f.name)).toEqual([
+      "envoy.filters.network.rbac/allow",
+      "envoy.filters.network.tcp_proxy"
+    ])
     expect(filters[0].typed_config.rules.policies["web-to-db"]).toEqual({
       permissions: [{ destination_port: 5432 }],
       principals: [{ authenticated: { principal_name: { exact: "spiffe://mesh.local/service/web" } } }]
@@ -91,11 +112,19 @@ describe("policy in the snapshot", () => {
 
   it("routes carry matches, fault overrides, mirrors and retry backoff; listeners carry the fault filter", () => {
     const routes = body(snapshot, TypeUrls.RouteConfiguration, "web").virtual_hosts[0].routes
-    expect(routes[0].match).toMatchObject({ prefix: "/api/", headers: [{ name: ":method", string_match: { exact: "GET" } }] })
-    expect(routes[0].typed_per_filter_config[FilterNames.fault].delay.percentage).toEqual({ numerator: 10000, denominator: "MILLION" })
+    expect(routes[0].match).toMatchObject({
+      prefix: "/api/",
+      headers: [{ name: ":method", string_match: { exact: "GET" } }]
+    })
+    expect(routes[0].typed_per_filter_config[FilterNames.fault].delay.percentage).toEqual({
+      numerator: 10000,
+      denominator: "MILLION"
+    })
     expect(routes[0].route.request_mirror_policies[0].cluster).toBe("shadow")
     expect(routes[1].route.retry_policy.retry_back_off.base_interval).toEqual({ seconds: "0", nanos: 50_000_000 })
-    const outbound = body(snapshot, TypeUrls.RouteConfiguration, "outbound|http").virtual_hosts.find((v: any) => v.name === "web")
+    const outbound = body(snapshot, TypeUrls.RouteConfiguration, "outbound|http").virtual_hosts.find((v: any) =>
+      v.name === "web"
+    )
     expect(outbound.routes[0].route.request_mirror_policies[0].cluster).toBe("outbound|shadow")
     const api = body(snapshot, TypeUrls.Listener, "web").api_listener.api_listener
     expect(api.http_filters.map((f: any) => f.name)).toEqual([FilterNames.fault, "envoy.filters.http.router"])
@@ -114,13 +143,24 @@ describe("policy in the snapshot", () => {
   it("an authorization change rebuilds only the service it targets", () => {
     const next = config({
       ...policies,
-      security: { authorization: [...policies.security.authorization, { name: "web-only-get", action: "allow", from: [{ service: "echo" }], to: "web" }] }
+      security: {
+        authorization: [...policies.security.authorization, {
+          name: "web-only-get",
+          action: "allow",
+          from: [{ service: "echo" }],
+          to: "web"
+        }]
+      }
     })
     const after = buildSnapshot(fromConfig(next), snapshot)
     assert.strictEqual(after.groups.get("echo"), snapshot.groups.get("echo"))
     assert.strictEqual(after.groups.get("shadow"), snapshot.groups.get("shadow"))
     assert.notStrictEqual(after.groups.get("web"), snapshot.groups.get("web"))
-    expect(inboundFilters(after, "web")).toEqual([FilterNames.rbacDeny, FilterNames.rbacAllow, "envoy.filters.http.router"])
+    expect(inboundFilters(after, "web")).toEqual([
+      FilterNames.rbacDeny,
+      FilterNames.rbacAllow,
+      "envoy.filters.http.router"
+    ])
   })
 })
 
@@ -142,14 +182,23 @@ describe("the Snapshot layer's policy", () => {
       const bad: MeshConfig = {
         ...good,
         services: [...good.services, { ...good.services[1]!, name: "extra" }],
-        policies: { ...good.policies, security: { ...good.policies.security, authorization: [{ name: "x", action: "allow", from: [], to: "ghost" }] } }
+        policies: {
+          ...good.policies,
+          security: {
+            ...good.policies.security,
+            authorization: [{ name: "x", action: "allow", from: [], to: "ghost" }]
+          }
+        }
       }
       yield* cfg.apply(bad, "memory:bad")
       const seen = yield* eventually(Effect.filterOrFail(current, (s) => s.groups.has("extra")))
       expect(inboundFilters(seen, "web")).toEqual([FilterNames.rbacDeny, "envoy.filters.http.router"])
 
       // A config whose policies compile is followed: without the deny rule, web has no RBAC.
-      const next = config({ ...policies, security: { authorization: policies.security.authorization.filter((r) => r.name !== "no-admin") } })
+      const next = config({
+        ...policies,
+        security: { authorization: policies.security.authorization.filter((r) => r.name !== "no-admin") }
+      })
       yield* cfg.apply(next, "memory:next")
       const after = yield* eventually(Effect.filterOrFail(current, (s) => inboundFilters(s, "web").length === 1))
       expect(inboundFilters(after, "web")).toEqual(["envoy.filters.http.router"])

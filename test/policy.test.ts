@@ -8,11 +8,11 @@ import * as NodePath from "node:path"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { Policy } from "../layers/Policy.js"
 import type { AuthorizationRule, MeshConfig, Policies } from "../schemas/Config.js"
-import { decodeConfig } from "../src/ConfigDocument.js"
-import { checkConfig, makePolicyCommand, PolicyDenied } from "../src/commands/policy.js"
-import { type AuthzRequest, authorize } from "../src/policy/Authorize.js"
 import { serviceId as spiffeId, serviceOfId as serviceOfSpiffeId } from "../schemas/Identity.js"
-import { type CompiledPolicy, compileConfig, compilePolicies, PolicyInvalid } from "../src/policy/Compile.js"
+import { checkConfig, makePolicyCommand, PolicyDenied } from "../src/commands/policy.js"
+import { decodeConfig } from "../src/ConfigDocument.js"
+import { authorize, type AuthzRequest } from "../src/policy/Authorize.js"
+import { compileConfig, type CompiledPolicy, compilePolicies, PolicyInvalid } from "../src/policy/Compile.js"
 import { runCli } from "./support/daemon.js"
 import { compiledOf, configWith } from "./support/policyConfig.js"
 
@@ -33,8 +33,20 @@ describe("authorization semantics", () => {
     security: {
       authorization: [
         { name: "gw-to-echo", action: "allow", from: [{ service: "gateway" }], to: "echo" },
-        { name: "web-to-echo-get", action: "allow", from: [{ service: "web" }], to: "echo", when: { methods: ["GET"] } },
-        { name: "no-admin", action: "deny", from: [{ service: "gateway" }], to: "echo", when: { paths: ["/admin/*"], methods: ["POST"] } },
+        {
+          name: "web-to-echo-get",
+          action: "allow",
+          from: [{ service: "web" }],
+          to: "echo",
+          when: { methods: ["GET"] }
+        },
+        {
+          name: "no-admin",
+          action: "deny",
+          from: [{ service: "gateway" }],
+          to: "echo",
+          when: { paths: ["/admin/*"], methods: ["POST"] }
+        },
         { name: "no-debug", action: "deny", to: "web", when: { headers: { "x-debug": "*" } } },
         { name: "no-php", action: "deny", to: "web", when: { paths: ["*.php"], ports: [8002] } },
         { name: "ext", action: "allow", from: [{ principal: "spiffe://other.org/ns/prod/sa/billing" }], to: "db" }
@@ -45,9 +57,33 @@ describe("authorization semantics", () => {
   const table: ReadonlyArray<[string, string | undefined, string, AuthzRequest, boolean, string | null, string]> = [
     ["allow rule matches", "gateway", "echo", { method: "GET", path: "/" }, true, "gw-to-echo", "allow-rule"],
     ["deny beats allow", "gateway", "echo", { method: "POST", path: "/admin/users" }, false, "no-admin", "deny-rule"],
-    ["deny needs every condition", "gateway", "echo", { method: "GET", path: "/admin/users" }, true, "gw-to-echo", "allow-rule"],
-    ["method names are case-insensitive", "gateway", "echo", { method: "post", path: "/admin/x" }, false, "no-admin", "deny-rule"],
-    ["query string is not part of the path", "gateway", "echo", { method: "POST", path: "/admin/x?y=1" }, false, "no-admin", "deny-rule"],
+    [
+      "deny needs every condition",
+      "gateway",
+      "echo",
+      { method: "GET", path: "/admin/users" },
+      true,
+      "gw-to-echo",
+      "allow-rule"
+    ],
+    [
+      "method names are case-insensitive",
+      "gateway",
+      "echo",
+      { method: "post", path: "/admin/x" },
+      false,
+      "no-admin",
+      "deny-rule"
+    ],
+    [
+      "query string is not part of the path",
+      "gateway",
+      "echo",
+      { method: "POST", path: "/admin/x?y=1" },
+      false,
+      "no-admin",
+      "deny-rule"
+    ],
     ["allow-list: unlisted caller is denied", "admin", "echo", { method: "GET" }, false, null, "not-allowed"],
     ["allow-list: condition not met", "web", "echo", { method: "DELETE" }, false, null, "not-allowed"],
     ["allow-list: condition met", "web", "echo", { method: "GET" }, true, "web-to-echo-get", "allow-rule"],
@@ -57,9 +93,33 @@ describe("authorization semantics", () => {
     ["suffix and port", "admin", "web", { path: "/a/b.php", port: 8002 }, false, "no-php", "deny-rule"],
     ["port condition absent from request does not hold", "admin", "web", { path: "/a/b.php" }, true, null, "default"],
     ["no rules at all: default", "web", "admin", {}, true, null, "default"],
-    ["principal from another trust domain", "spiffe://other.org/ns/prod/sa/billing", "db", {}, true, "ext", "allow-rule"],
-    ["service name is a SPIFFE ID in the mesh's domain", "spiffe://mesh.local/service/gateway", "echo", { path: "/" }, true, "gw-to-echo", "allow-rule"],
-    ["same name, other trust domain, is someone else", "spiffe://evil.org/service/gateway", "echo", {}, false, null, "not-allowed"]
+    [
+      "principal from another trust domain",
+      "spiffe://other.org/ns/prod/sa/billing",
+      "db",
+      {},
+      true,
+      "ext",
+      "allow-rule"
+    ],
+    [
+      "service name is a SPIFFE ID in the mesh's domain",
+      "spiffe://mesh.local/service/gateway",
+      "echo",
+      { path: "/" },
+      true,
+      "gw-to-echo",
+      "allow-rule"
+    ],
+    [
+      "same name, other trust domain, is someone else",
+      "spiffe://evil.org/service/gateway",
+      "echo",
+      {},
+      false,
+      null,
+      "not-allowed"
+    ]
   ]
   for (const [name, from, to, request, allowed, rule, reason] of table) {
     it(name, () => {
@@ -69,7 +129,12 @@ describe("authorization semantics", () => {
   }
 
   it("defaultAction: deny closes services without allow rules", () => {
-    const closed = compiled({ security: { defaultAction: "deny", authorization: [{ name: "x", action: "deny", to: "web", from: [{ service: "db" }] }] } })
+    const closed = compiled({
+      security: {
+        defaultAction: "deny",
+        authorization: [{ name: "x", action: "deny", to: "web", from: [{ service: "db" }] }]
+      }
+    })
     assert.deepStrictEqual(authorize(closed, "gateway", "admin"), { allowed: false, rule: null, reason: "default" })
     assert.deepStrictEqual(authorize(closed, "gateway", "web"), { allowed: false, rule: null, reason: "default" })
   })
@@ -94,7 +159,10 @@ const ruleArb = (action: "allow" | "deny", i: number) =>
     from: fc.array(serviceArb, { maxLength: 2 }),
     to: serviceArb,
     methods: fc.option(fc.array(methodArb, { minLength: 1, maxLength: 2 }), { nil: undefined }),
-    paths: fc.option(fc.array(fc.constantFrom("/admin/*", "*.php", "/", "*", "/api/*"), { minLength: 1, maxLength: 2 }), { nil: undefined }),
+    paths: fc.option(
+      fc.array(fc.constantFrom("/admin/*", "*.php", "/", "*", "/api/*"), { minLength: 1, maxLength: 2 }),
+      { nil: undefined }
+    ),
     ports: fc.option(fc.array(fc.constantFrom(8000, 8001), { minLength: 1, maxLength: 2 }), { nil: undefined })
   }).map((r): AuthorizationRule => ({
     name: `${action}-${i}`,
@@ -112,7 +180,9 @@ const ruleArb = (action: "allow" | "deny", i: number) =>
       : {})
   }))
 const rulesArb = (action: "allow" | "deny", prefix: number) =>
-  fc.integer({ min: 0, max: 6 }).chain((n) => fc.tuple(...Array.from({ length: n }, (_, i) => ruleArb(action, prefix + i))))
+  fc.integer({ min: 0, max: 6 }).chain((n) =>
+    fc.tuple(...Array.from({ length: n }, (_, i) => ruleArb(action, prefix + i)))
+  )
 const requestArb = fc.record({
   from: fc.option(serviceArb, { nil: undefined }),
   to: serviceArb,
@@ -132,35 +202,49 @@ const decide = (policy: CompiledPolicy, r: typeof requestArb extends fc.Arbitrar
 describe("authorization properties", () => {
   it("adding a deny rule never allows more", () => {
     fc.assert(
-      fc.property(rulesArb("allow", 0), rulesArb("deny", 100), ruleArb("deny", 999), defaultArb, fc.array(requestArb, { minLength: 1, maxLength: 20 }), (allow, deny, extra, d, requests) => {
-        const before = compileRules([...allow, ...deny], d)
-        const after = compileRules([...allow, ...deny, extra], d)
-        // A conflict (same callers and conditions as an allow rule) is a compile error: nothing to compare.
-        if (Either.isLeft(before) || Either.isLeft(after)) return
-        for (const r of requests) if (decide(after.right, r)) assert.isTrue(decide(before.right, r))
-      }),
+      fc.property(
+        rulesArb("allow", 0),
+        rulesArb("deny", 100),
+        ruleArb("deny", 999),
+        defaultArb,
+        fc.array(requestArb, { minLength: 1, maxLength: 20 }),
+        (allow, deny, extra, d, requests) => {
+          const before = compileRules([...allow, ...deny], d)
+          const after = compileRules([...allow, ...deny, extra], d)
+          // A conflict (same callers and conditions as an allow rule) is a compile error: nothing to compare.
+          if (Either.isLeft(before) || Either.isLeft(after)) return
+          for (const r of requests) if (decide(after.right, r)) assert.isTrue(decide(before.right, r))
+        }
+      ),
       { numRuns: 100 }
     )
   })
 
   it("decisions do not depend on rule order within one action", () => {
     fc.assert(
-      fc.property(rulesArb("allow", 0), rulesArb("deny", 100), defaultArb, fc.array(requestArb, { minLength: 1, maxLength: 20 }), fc.integer(), (allow, deny, d, requests, seed) => {
-        const shuffle = <A>(xs: ReadonlyArray<A>) => {
-          const out = [...xs]
-          let s = seed
-          for (let i = out.length - 1; i > 0; i--) {
-            s = (s * 1103515245 + 12345) & 0x7fffffff
-            const j = s % (i + 1)
-            ;[out[i], out[j]] = [out[j]!, out[i]!]
+      fc.property(
+        rulesArb("allow", 0),
+        rulesArb("deny", 100),
+        defaultArb,
+        fc.array(requestArb, { minLength: 1, maxLength: 20 }),
+        fc.integer(),
+        (allow, deny, d, requests, seed) => {
+          const shuffle = <A>(xs: ReadonlyArray<A>) => {
+            const out = [...xs]
+            let s = seed
+            for (let i = out.length - 1; i > 0; i--) {
+              s = (s * 1103515245 + 12345) & 0x7fffffff
+              const j = s % (i + 1)
+              ;[out[i], out[j]] = [out[j]!, out[i]!]
+            }
+            return out
           }
-          return out
+          const a = compileRules([...allow, ...deny], d)
+          const b = compileRules([...shuffle(deny), ...shuffle(allow)], d)
+          if (Either.isLeft(a) || Either.isLeft(b)) return
+          for (const r of requests) assert.strictEqual(decide(a.right, r), decide(b.right, r))
         }
-        const a = compileRules([...allow, ...deny], d)
-        const b = compileRules([...shuffle(deny), ...shuffle(allow)], d)
-        if (Either.isLeft(a) || Either.isLeft(b)) return
-        for (const r of requests) assert.strictEqual(decide(a.right, r), decide(b.right, r))
-      }),
+      ),
       { numRuns: 100 }
     )
   })
@@ -171,7 +255,9 @@ describe("authorization properties", () => {
 // ---------------------------------------------------------------------------------------------
 
 const route = (extra: Record<string, unknown>) => ({ destinations: [{ service: "echo" }], ...extra })
-const traffic = (routes: ReadonlyArray<Record<string, unknown>>, service = "echo") => ({ traffic: [{ name: "p", service, routes }] })
+const traffic = (routes: ReadonlyArray<Record<string, unknown>>, service = "echo") => ({
+  traffic: [{ name: "p", service, routes }]
+})
 
 describe("compilation", () => {
   const issuesOf = (policies: Policies): ReadonlyArray<string> => {
@@ -185,8 +271,19 @@ describe("compilation", () => {
   it("unknown services, naming the policy and field", () => {
     const issues = issuesOf({
       ...good,
-      traffic: [{ name: "canary", service: "nope", routes: [{ ...goodRoute, destinations: [{ service: "ghost", weight: 1 }], mirror: { service: "spook", percent: 100 } }] }],
-      security: { ...good.security, authorization: [{ name: "r", action: "allow", from: [{ service: "who" }], to: "where" }] },
+      traffic: [{
+        name: "canary",
+        service: "nope",
+        routes: [{
+          ...goodRoute,
+          destinations: [{ service: "ghost", weight: 1 }],
+          mirror: { service: "spook", percent: 100 }
+        }]
+      }],
+      security: {
+        ...good.security,
+        authorization: [{ name: "r", action: "allow", from: [{ service: "who" }], to: "where" }]
+      },
       resilience: [{ service: "gone" }]
     })
     expect(issues).toEqual([
@@ -205,12 +302,19 @@ describe("compilation", () => {
       traffic: [{
         name: "re",
         service: "echo",
-        routes: [{ ...goodRoute, match: { path: { regex: "(a)\\1" }, headers: [{ name: "x", regex: "(?=y)", invert: false }] } }]
+        routes: [{
+          ...goodRoute,
+          match: { path: { regex: "(a)\\1" }, headers: [{ name: "x", regex: "(?=y)", invert: false }] }
+        }]
       }]
     })
     expect(issues).toHaveLength(2)
-    expect(issues[0]).toMatch(/^policies\.traffic\[0\]\.routes\[0\]\.match\.path\.regex \(policy "re"\): RE2 .* rejects "\(a\)\\\\1": .*invalid escape/)
-    expect(issues[1]).toMatch(/^policies\.traffic\[0\]\.routes\[0\]\.match\.headers\[0\]\.regex \(policy "re"\): RE2 .*Perl syntax/)
+    expect(issues[0]).toMatch(
+      /^policies\.traffic\[0\]\.routes\[0\]\.match\.path\.regex \(policy "re"\): RE2 .* rejects "\(a\)\\\\1": .*invalid escape/
+    )
+    expect(issues[1]).toMatch(
+      /^policies\.traffic\[0\]\.routes\[0\]\.match\.headers\[0\]\.regex \(policy "re"\): RE2 .*Perl syntax/
+    )
   })
 
   it("conflicting policies for one target", () => {
@@ -238,7 +342,16 @@ describe("compilation", () => {
   it("bad conditions: glob with an inner *, unknown method", () => {
     const issues = issuesOf({
       ...good,
-      security: { ...good.security, authorization: [{ name: "w", action: "deny", from: [], to: "echo", when: { paths: ["/a/*/b"], methods: ["FETCH"] } }] }
+      security: {
+        ...good.security,
+        authorization: [{
+          name: "w",
+          action: "deny",
+          from: [],
+          to: "echo",
+          when: { paths: ["/a/*/b"], methods: ["FETCH"] }
+        }]
+      }
     })
     expect(issues).toEqual([
       `policies.security.authorization[0].when.methods[0] (policy "w"): unknown HTTP method "FETCH"`,
@@ -254,10 +367,28 @@ describe("compilation", () => {
     ]
     // The config decoder rejects it at validate/reload time…
     const decoded = decodeConfig({ mesh: { name: "t" }, services, policies: { security: { authorization } } }, "t")
-    assert.isTrue(Either.isLeft(decoded) && decoded.left.message.includes(`policies.security.authorization[1].when: service "db" speaks tcp`))
+    assert.isTrue(
+      Either.isLeft(decoded) &&
+        decoded.left.message.includes(`policies.security.authorization[1].when: service "db" speaks tcp`)
+    )
     // …and so does the compiler, given such policies some other way.
     const ok = configWith(services, { security: { authorization: authorization.slice(0, 1) } })
-    const result = compileConfig({ ...ok, policies: { ...ok.policies, security: { ...ok.policies.security, authorization: [...ok.policies.security.authorization, { name: "db-get", action: "deny", from: [], to: "db", when: { methods: ["GET"] } }] } } })
+    const result = compileConfig({
+      ...ok,
+      policies: {
+        ...ok.policies,
+        security: {
+          ...ok.policies.security,
+          authorization: [...ok.policies.security.authorization, {
+            name: "db-get",
+            action: "deny",
+            from: [],
+            to: "db",
+            when: { methods: ["GET"] }
+          }]
+        }
+      }
+    })
     assert.isTrue(Either.isLeft(result))
     expect(Either.isLeft(result) ? result.left.issues.map(String) : []).toEqual([
       `policies.security.authorization[1].when (policy "db-get"): service "db" speaks tcp: a rule for it can only name callers (from) and ports`
@@ -287,16 +418,28 @@ describe("compilation", () => {
       mesh: { name: "t" },
       services: [{ name: "echo", port: 1 }],
       policies: {
-        traffic: [{ name: "p", service: "echo", routes: [{ destinations: [{ service: "echo" }], match: { path: { regex: "(?<=a)b" } } }] }],
+        traffic: [{
+          name: "p",
+          service: "echo",
+          routes: [{ destinations: [{ service: "echo" }], match: { path: { regex: "(?<=a)b" } } }]
+        }],
         resilience: [{ service: "nope" }]
       }
     }, "t")
     assert.isTrue(Either.isLeft(decoded))
     if (Either.isLeft(decoded)) {
-      expect(decoded.left.message).toContain("policies.traffic[0].routes[0].match.path.regex: expected an RE2 regular expression")
+      expect(decoded.left.message).toContain(
+        "policies.traffic[0].routes[0].match.path.regex: expected an RE2 regular expression"
+      )
     }
-    const unknown = decodeConfig({ mesh: { name: "t" }, services: [{ name: "echo", port: 1 }], policies: { resilience: [{ service: "nope" }] } }, "t")
-    assert.isTrue(Either.isLeft(unknown) && unknown.left.message.includes(`policies.resilience[0].service: unknown service "nope"`))
+    const unknown = decodeConfig({
+      mesh: { name: "t" },
+      services: [{ name: "echo", port: 1 }],
+      policies: { resilience: [{ service: "nope" }] }
+    }, "t")
+    assert.isTrue(
+      Either.isLeft(unknown) && unknown.left.message.includes(`policies.resilience[0].service: unknown service "nope"`)
+    )
   })
 })
 
@@ -305,7 +448,9 @@ describe("compilation", () => {
 // ---------------------------------------------------------------------------------------------
 
 describe("Policy layer", () => {
-  const allowGateway = { security: { authorization: [{ name: "gw", action: "allow", from: [{ service: "gateway" }], to: "echo" }] } }
+  const allowGateway = {
+    security: { authorization: [{ name: "gw", action: "allow", from: [{ service: "gateway" }], to: "echo" }] }
+  }
 
   it.scoped("recompiles on config changes and keeps the last good policy when one does not compile", () =>
     Effect.gen(function*() {
@@ -314,16 +459,40 @@ describe("Policy layer", () => {
       assert.isFalse((yield* policy.authorize("web", "echo")).allowed)
 
       // A valid change: web is allowed too.
-      const next = config({ security: { authorization: [...allowGateway.security.authorization, { name: "web", action: "allow", from: [{ service: "web" }], to: "echo" }] } })
+      const next = config({
+        security: {
+          authorization: [...allowGateway.security.authorization, {
+            name: "web",
+            action: "allow",
+            from: [{ service: "web" }],
+            to: "echo"
+          }]
+        }
+      })
       yield* cfg.apply(next, "memory:2")
       yield* waitFor(policy.changes, (p) => p.policy.ruleCount === 2)
-      assert.deepStrictEqual(yield* policy.authorize("web", "echo"), { allowed: true, rule: "web", reason: "allow-rule" })
+      assert.deepStrictEqual(yield* policy.authorize("web", "echo"), {
+        allowed: true,
+        rule: "web",
+        reason: "allow-rule"
+      })
 
       // A config that bypassed decoding with a policy naming an unknown service: rejected, and kept.
-      const bad: MeshConfig = { ...next, policies: { ...next.policies, security: { ...next.policies.security, authorization: [{ name: "x", action: "allow", from: [], to: "ghost" }] } } }
+      const bad: MeshConfig = {
+        ...next,
+        policies: {
+          ...next.policies,
+          security: {
+            ...next.policies.security,
+            authorization: [{ name: "x", action: "allow", from: [], to: "ghost" }]
+          }
+        }
+      }
       yield* cfg.apply(bad, "memory:3")
       const status = yield* waitForStatus(policy, (s) => s.lastRejected !== null)
-      expect(status.lastRejected?.issues).toEqual([`policies.security.authorization[0].to (policy "x"): unknown service "ghost"`])
+      expect(status.lastRejected?.issues).toEqual([
+        `policies.security.authorization[0].to (policy "x"): unknown service "ghost"`
+      ])
       assert.strictEqual(status.authorizationRules, 2)
       assert.isTrue((yield* policy.authorize("web", "echo")).allowed)
     }).pipe(Effect.provide(Policy.layer.pipe(Layer.provideMerge(LiveConfig.layerMemory(config(allowGateway)))))))
@@ -335,12 +504,19 @@ describe("Policy layer", () => {
       const exit = yield* Effect.exit(Effect.scoped(Layer.build(Policy.layerMemory(bad))))
       const error = failureOf(exit)
       assert.instanceOf(error, PolicyInvalid)
-      expect(error?.message).toContain(`policies.resilience[0].service (policy "resilience of ghost"): unknown service "ghost"`)
+      expect(error?.message).toContain(
+        `policies.resilience[0].service (policy "resilience of ghost"): unknown service "ghost"`
+      )
     }))
 })
 
 const waitFor = <A>(changes: Stream.Stream<A>, ok: (a: A) => boolean) =>
-  changes.pipe(Stream.filter(ok), Stream.take(1), Stream.runDrain, Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("condition not reached") }))
+  changes.pipe(
+    Stream.filter(ok),
+    Stream.take(1),
+    Stream.runDrain,
+    Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error("condition not reached") })
+  )
 
 const waitForStatus = (policy: Policy["Type"], ok: (s: Effect.Effect.Success<Policy["Type"]["status"]>) => boolean) =>
   Effect.gen(function*() {
@@ -377,13 +553,45 @@ policies:
   }
   it("the mesh-controller process prints the deny and the rule that decided, and exits 3", async () => {
     const path = file()
-    const denied = await runCli(["policy", "check", "--config", path, "--from", "gateway", "--to", "echo", "--method", "POST", "--path", "/admin/users"])
+    const denied = await runCli([
+      "policy",
+      "check",
+      "--config",
+      path,
+      "--from",
+      "gateway",
+      "--to",
+      "echo",
+      "--method",
+      "POST",
+      "--path",
+      "/admin/users"
+    ])
     expect(denied.code).toBe(3)
-    expect(denied.stdout).toBe(`deny: rule "no-admin"\n  from spiffe://mesh.local/service/gateway to echo: POST /admin/users\n`)
+    expect(denied.stdout).toBe(
+      `deny: rule "no-admin"\n  from spiffe://mesh.local/service/gateway to echo: POST /admin/users\n`
+    )
 
-    const allowed = await runCli(["policy", "check", "--config", path, "--from", "gateway", "--to", "echo", "--method", "GET", "--path", "/", "--header", "x-a=1"])
+    const allowed = await runCli([
+      "policy",
+      "check",
+      "--config",
+      path,
+      "--from",
+      "gateway",
+      "--to",
+      "echo",
+      "--method",
+      "GET",
+      "--path",
+      "/",
+      "--header",
+      "x-a=1"
+    ])
     expect(allowed.code).toBe(0)
-    expect(allowed.stdout).toBe(`allow: rule "gw-to-echo"\n  from spiffe://mesh.local/service/gateway to echo: GET / [x-a=1]\n`)
+    expect(allowed.stdout).toBe(
+      `allow: rule "gw-to-echo"\n  from spiffe://mesh.local/service/gateway to echo: GET / [x-a=1]\n`
+    )
 
     const unknown = await runCli(["policy", "check", "--config", path, "--from", "gateway", "--to", "nope"])
     expect(unknown.code).toBe(1)
@@ -392,8 +600,25 @@ policies:
 
   it.effect("the command fails with PolicyDenied (exit code 3) on a deny", () =>
     Effect.gen(function*() {
-      const root = Command.make("mesh-controller").pipe(Command.withSubcommands([makePolicyCommand(Options.file("config", { exists: "yes" }))]))
-      const args = ["node", "mesh-controller", "policy", "check", "--config", file(), "--from", "gateway", "--to", "echo", "--method", "POST", "--path", "/admin/x"]
+      const root = Command.make("mesh-controller").pipe(
+        Command.withSubcommands([makePolicyCommand(Options.file("config", { exists: "yes" }))])
+      )
+      const args = [
+        "node",
+        "mesh-controller",
+        "policy",
+        "check",
+        "--config",
+        file(),
+        "--from",
+        "gateway",
+        "--to",
+        "echo",
+        "--method",
+        "POST",
+        "--path",
+        "/admin/x"
+      ]
       const lines: Array<string> = []
       const original = console.log
       console.log = (...xs: Array<unknown>) => void lines.push(xs.join(" "))

@@ -2,7 +2,8 @@
 import { Command, Options } from "@effect/cli"
 import { NodeContext } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Console, Effect, Either, Option } from "effect"
+import type { Console } from "effect"
+import { Cause, Effect, Either, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -10,15 +11,12 @@ import * as YAML from "yaml"
 import type { MeshConfig } from "../schemas/Config.js"
 import { makeEnvoyCommand } from "../src/commands/envoy.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
-import {
-  buildBootstrap,
-  checkBootstrap,
-  inputFromConfig,
-  renderBootstrap
-} from "../src/sidecar/Bootstrap.js"
+import { buildBootstrap, checkBootstrap, inputFromConfig, renderBootstrap } from "../src/sidecar/Bootstrap.js"
 import * as Protos from "../src/xds/Protos.js"
 
-const configOf = (extra: { controller?: unknown; sidecar?: unknown; certificates?: unknown; policies?: unknown } = {}): MeshConfig =>
+const configOf = (
+  extra: { controller?: unknown; sidecar?: unknown; certificates?: unknown; policies?: unknown } = {}
+): MeshConfig =>
   Either.getOrThrow(decodeConfig({
     mesh: { name: "lab", trustDomain: "home.arpa" },
     services: [{ name: "echo", port: 50051, protocol: "grpc" }, { name: "web", port: 8080 }],
@@ -88,11 +86,16 @@ describe("Envoy bootstrap", () => {
     })
     const rendered = render({
       ...config,
-      policies: configOf({ policies: { observability: { tracing: { collector: "10.0.0.9:4317" }, statsTags: { site: "attic" } } } }).policies
+      policies: configOf({
+        policies: { observability: { tracing: { collector: "10.0.0.9:4317" }, statsTags: { site: "attic" } } }
+      }).policies
     })
     const decoded = roundTrip(rendered.json)
     assert.strictEqual(decoded.dynamic_resources.ads_config.api_type, "GRPC")
-    assert.deepStrictEqual(decoded.dynamic_resources.cds_config.initial_fetch_timeout, { seconds: "2", nanos: 500_000_000 })
+    assert.deepStrictEqual(decoded.dynamic_resources.cds_config.initial_fetch_timeout, {
+      seconds: "2",
+      nanos: 500_000_000
+    })
 
     const [xds, admin, tracing] = decoded.static_resources.clusters
     assert.strictEqual(xds.type, "STRICT_DNS")
@@ -100,7 +103,10 @@ describe("Envoy bootstrap", () => {
     const certificate = tls.common_tls_context.tls_certificates[0]
     assert.strictEqual(certificate.certificate_chain.filename, "/srv/mesh/certs/workloads/echo/cert.pem")
     assert.strictEqual(certificate.private_key.filename, "/srv/mesh/certs/workloads/echo/key.pem")
-    assert.strictEqual(tls.common_tls_context.validation_context.trusted_ca.filename, "/srv/mesh/certs/workloads/echo/ca.pem")
+    assert.strictEqual(
+      tls.common_tls_context.validation_context.trusted_ca.filename,
+      "/srv/mesh/certs/workloads/echo/ca.pem"
+    )
     assert.deepStrictEqual(tls.common_tls_context.validation_context.match_typed_subject_alt_names, [
       { san_type: "URI", matcher: { exact: "spiffe://home.arpa/controller" } }
     ])
@@ -119,7 +125,12 @@ describe("Envoy bootstrap", () => {
   })
 
   it("prints YAML that still checks when read back (what Envoy reads from -c)", () => {
-    for (const config of [configOf(), configOf({ controller: { xds: { tls: "mtls" } }, sidecar: { envoy: { prometheus: { port: 15090 } } } })]) {
+    for (
+      const config of [
+        configOf(),
+        configOf({ controller: { xds: { tls: "mtls" } }, sidecar: { envoy: { prometheus: { port: 15090 } } } })
+      ]
+    ) {
       const rendered = render(config)
       const reread = YAML.parse(rendered.yaml) as unknown
       assert.isTrue(Either.isRight(checkBootstrap(reread)))
@@ -130,7 +141,10 @@ describe("Envoy bootstrap", () => {
 
   it("is deterministic: equal configs give equal versions, a change gives a new one", () => {
     assert.strictEqual(render(configOf()).version, render(configOf()).version)
-    assert.notStrictEqual(render(configOf()).version, render(configOf({ sidecar: { envoy: { xdsApi: "sotw" } } })).version)
+    assert.notStrictEqual(
+      render(configOf()).version,
+      render(configOf({ sidecar: { envoy: { xdsApi: "sotw" } } })).version
+    )
   })
 
   it("the checker names misspelled fields, malformed durations and unknown types by path", () => {
@@ -141,7 +155,9 @@ describe("Envoy bootstrap", () => {
       static_resources: {
         clusters: [{ ...cluster, conect_timeout: "1s" }, { ...cluster, name: "b", connect_timeout: "ten seconds" }]
       },
-      overload_manager: { resource_monitors: [{ name: "x", typed_config: { "@type": "type.googleapis.com/envoy.nope.Missing" } }] }
+      overload_manager: {
+        resource_monitors: [{ name: "x", typed_config: { "@type": "type.googleapis.com/envoy.nope.Missing" } }]
+      }
     }
     const result = checkBootstrap(broken)
     assert.isTrue(Either.isLeft(result))
@@ -157,14 +173,20 @@ describe("Envoy bootstrap", () => {
     assert.isTrue(Either.isLeft(none))
     assert.include(Either.isLeft(none) ? none.left.message : "", "sidecar.envoy.service")
     const unknown = inputFromConfig(configOf(), { instance: "pi-1", service: "db" })
-    assert.include(Either.isLeft(unknown) ? unknown.left.message : "", 'unknown service "db" (services in the config: echo, web)')
+    assert.include(
+      Either.isLeft(unknown) ? unknown.left.message : "",
+      "unknown service \"db\" (services in the config: echo, web)"
+    )
   })
 
   it("the config file rejects an enabled sidecar without a service, and an unknown one", () => {
     const missing = decodeConfig({ mesh: { name: "lab" }, sidecar: { envoy: { enabled: true } } }, "mesh.yaml")
     assert.include(Either.isLeft(missing) ? missing.left.message : "", "sidecar.envoy.service: name the service")
     const unknown = decodeConfig({ mesh: { name: "lab" }, sidecar: { envoy: { service: "ghost" } } }, "mesh.yaml")
-    assert.include(Either.isLeft(unknown) ? unknown.left.message : "", 'sidecar.envoy.service: unknown service "ghost"')
+    assert.include(
+      Either.isLeft(unknown) ? unknown.left.message : "",
+      "sidecar.envoy.service: unknown service \"ghost\""
+    )
   })
 })
 
@@ -172,15 +194,23 @@ describe("envoy bootstrap (CLI)", () => {
   const runCli = (args: ReadonlyArray<string>) =>
     Effect.gen(function*() {
       const printed: Array<string> = []
-      const console = { ...(yield* Effect.console), log: (...items: ReadonlyArray<unknown>) => Effect.sync(() => void printed.push(items.join(" "))) }
+      const console = {
+        ...(yield* Effect.console),
+        log: (...items: ReadonlyArray<unknown>) => Effect.sync(() => void printed.push(items.join(" ")))
+      }
       const cli = Command.run(makeEnvoyCommand(Options.file("config")), { name: "mesh-controller", version: "test" })
-      const exit = yield* Effect.exit(cli(["node", "mesh-controller", ...args]).pipe(Effect.withConsole(console as Console.Console)))
+      const exit = yield* Effect.exit(
+        cli(["node", "mesh-controller", ...args]).pipe(Effect.withConsole(console as Console.Console))
+      )
       return { exit, printed: printed.join("\n") }
     }).pipe(Effect.provide(NodeContext.layer))
 
   const file = () => {
     const path = NodePath.join(NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "envoy-cli-")), "mesh.yaml")
-    NodeFs.writeFileSync(path, "mesh: { name: lab }\nservices:\n  - { name: echo, port: 50051 }\nsidecar: { envoy: { instance: pi-7 } }\n")
+    NodeFs.writeFileSync(
+      path,
+      "mesh: { name: lab }\nservices:\n  - { name: echo, port: 50051 }\nsidecar: { envoy: { instance: pi-7 } }\n"
+    )
     return path
   }
 
@@ -198,6 +228,6 @@ describe("envoy bootstrap (CLI)", () => {
       const { exit } = yield* runCli(["bootstrap", "--service", "nope", "--config", file()])
       assert.isTrue(exit._tag === "Failure")
       const failure = exit._tag === "Failure" ? Cause.failureOption(exit.cause) : Option.none()
-      assert.include(Option.isSome(failure) ? (failure.value as Error).message : "", 'unknown service "nope"')
+      assert.include(Option.isSome(failure) ? (failure.value as Error).message : "", "unknown service \"nope\"")
     }))
 })

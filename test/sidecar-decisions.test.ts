@@ -6,7 +6,8 @@ import * as NodePath from "node:path"
 import { explain, preflight, vaBitsFromKernelConfig, vaBitsFromMemoryMap } from "../src/sidecar/Preflight.js"
 import { type Crash, decide, envoyArgs, parseEnvoyLogLine, type RestartPolicy } from "../src/sidecar/Restart.js"
 
-const fixture = (name: string) => NodeFs.readFileSync(NodePath.join(import.meta.dirname, "fixtures", "sidecar", name), "utf8")
+const fixture = (name: string) =>
+  NodeFs.readFileSync(NodePath.join(import.meta.dirname, "fixtures", "sidecar", name), "utf8")
 
 describe("Raspberry Pi preflight", () => {
   it("reads the address width from kernel configurations", () => {
@@ -25,7 +26,11 @@ describe("Raspberry Pi preflight", () => {
   })
 
   it("warns on a 39-bit Raspberry Pi kernel, with the ways out", () => {
-    const fromConfig = preflight({ arch: "arm64", kernelConfig: fixture("kernel-config-rpi-bcm2711-39bit.txt"), kernelConfigSource: "/proc/config.gz" })
+    const fromConfig = preflight({
+      arch: "arm64",
+      kernelConfig: fixture("kernel-config-rpi-bcm2711-39bit.txt"),
+      kernelConfigSource: "/proc/config.gz"
+    })
     assert.strictEqual(fromConfig.verdict, "likely-crash")
     assert.strictEqual(fromConfig.source, "kernel-config")
     assert.strictEqual(fromConfig.vaBits, 39)
@@ -42,16 +47,27 @@ describe("Raspberry Pi preflight", () => {
   })
 
   it("passes 48-bit arm64 kernels and other architectures", () => {
-    assert.strictEqual(preflight({ arch: "arm64", kernelConfig: fixture("kernel-config-arm64-generic-48bit.txt") }).verdict, "ok")
+    assert.strictEqual(
+      preflight({ arch: "arm64", kernelConfig: fixture("kernel-config-arm64-generic-48bit.txt") }).verdict,
+      "ok"
+    )
     assert.strictEqual(preflight({ arch: "arm64", memoryMap: fixture("maps-arm64-48bit.txt") }).verdict, "ok")
-    const x86 = preflight({ arch: "x64", kernelConfig: fixture("kernel-config-x86_64.recorded.txt"), memoryMap: fixture("maps-x86_64.recorded.txt") })
+    const x86 = preflight({
+      arch: "x64",
+      kernelConfig: fixture("kernel-config-x86_64.recorded.txt"),
+      memoryMap: fixture("maps-x86_64.recorded.txt")
+    })
     assert.strictEqual(x86.verdict, "ok")
     assert.deepStrictEqual(x86.remedies, [])
   })
 
   it("prefers the kernel config, falls back to the memory map, and says so when it cannot tell", () => {
     // A kernel config without the arm64 option (a truncated or non-arm64 file) defers to the map.
-    const fallback = preflight({ arch: "arm64", kernelConfig: "CONFIG_64BIT=y\n", memoryMap: fixture("maps-rpi4-39bit.txt") })
+    const fallback = preflight({
+      arch: "arm64",
+      kernelConfig: "CONFIG_64BIT=y\n",
+      memoryMap: fixture("maps-rpi4-39bit.txt")
+    })
     assert.strictEqual(fallback.source, "memory-map")
     assert.strictEqual(fallback.vaBits, 39)
     const unknown = preflight({ arch: "arm64" })
@@ -81,7 +97,11 @@ describe("restart decisions", () => {
       delays.push(delayAfter(history, 1_000 * i))
     }
     assert.deepStrictEqual(delays, [500, 1_000, 2_000, 4_000])
-    const capped = decide([crash(0), crash(1), crash(2), crash(3)], 3, { ...policy, maxBackoff: Duration.seconds(1), maxCrashes: 10 })
+    const capped = decide([crash(0), crash(1), crash(2), crash(3)], 3, {
+      ...policy,
+      maxBackoff: Duration.seconds(1),
+      maxCrashes: 10
+    })
     assert.deepStrictEqual(capped._tag === "Restart" ? Duration.toMillis(capped.delay) : capped._tag, 1_000)
   })
 
@@ -110,19 +130,28 @@ describe("Envoy's command line and output", () => {
       args: ["--log-level", "warning"]
     }, 2)
     assert.deepStrictEqual(args, [
-      "-c", "/state/bootstrap.yaml",
-      "--restart-epoch", "2",
-      "--base-id", "7",
-      "--concurrency", "2",
-      "--drain-time-s", "2",
-      "--parent-shutdown-time-s", "3",
-      "--admin-address-path", "/state/admin-address.2",
-      "--log-level", "warning"
+      "-c",
+      "/state/bootstrap.yaml",
+      "--restart-epoch",
+      "2",
+      "--base-id",
+      "7",
+      "--concurrency",
+      "2",
+      "--drain-time-s",
+      "2",
+      "--parent-shutdown-time-s",
+      "3",
+      "--admin-address-path",
+      "/state/admin-address.2",
+      "--log-level",
+      "warning"
     ])
   })
 
   it("splits Envoy's log format into level, logger and message", () => {
-    const line = "[2024-05-01 12:00:00.123][17][warning][config] [source/common/config/grpc_stream.h:191] StreamAggregatedResources gRPC config stream closed"
+    const line =
+      "[2024-05-01 12:00:00.123][17][warning][config] [source/common/config/grpc_stream.h:191] StreamAggregatedResources gRPC config stream closed"
     assert.deepStrictEqual(parseEnvoyLogLine(line), {
       level: "warning",
       logger: "config",

@@ -9,15 +9,16 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as YAML from "yaml"
-import type { MeshConfig } from "../schemas/Config.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { registry } from "../layers/Metrics.js"
 import { Sidecar, type SidecarStatus } from "../layers/Sidecar.js"
+import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { preflight } from "../src/sidecar/Preflight.js"
 
 const STANDIN = NodePath.join(import.meta.dirname, "support", "envoy-standin.mjs")
-const fixture = (name: string) => NodeFs.readFileSync(NodePath.join(import.meta.dirname, "fixtures", "sidecar", name), "utf8")
+const fixture = (name: string) =>
+  NodeFs.readFileSync(NodePath.join(import.meta.dirname, "fixtures", "sidecar", name), "utf8")
 
 interface Setup {
   readonly dir: string
@@ -52,7 +53,15 @@ const setup = (): Setup => {
           stateDir: NodePath.join(dir, "envoy"),
           readinessTimeout: "10s",
           restart: { initialBackoff: "100ms", maxBackoff: "400ms", maxCrashes: 3, window: "1m" },
-          args: ["--standin-events", events, "--standin-control", control, "--standin-ready-delay-ms", "100", ...((args as Array<string>) ?? [])],
+          args: [
+            "--standin-events",
+            events,
+            "--standin-control",
+            control,
+            "--standin-ready-delay-ms",
+            "100",
+            ...((args as Array<string>) ?? [])
+          ],
           ...rest
         }
       }
@@ -73,7 +82,9 @@ interface StandinEvent {
 
 const readEvents = (path: string): ReadonlyArray<StandinEvent> =>
   NodeFs.existsSync(path)
-    ? NodeFs.readFileSync(path, "utf8").split("\n").filter((line) => line !== "").map((line) => JSON.parse(line) as StandinEvent)
+    ? NodeFs.readFileSync(path, "utf8").split("\n").filter((line) => line !== "").map((line) =>
+      JSON.parse(line) as StandinEvent
+    )
     : []
 
 const alive = (pid: number): boolean => {
@@ -117,7 +128,10 @@ const start = (config: MeshConfig, options: Parameters<typeof Sidecar.layer>[0] 
     // The test closes the scope itself to observe shutdown; this release covers a failed assertion.
     const scope = yield* Effect.acquireRelease(Scope.make(), (scope) => Scope.close(scope, Exit.void))
     const context = yield* Layer.buildWithScope(
-      Layer.provideMerge(Sidecar.layer({ preflight: preflight({ arch: "x64" }), ...options }), LiveConfig.layerMemory(config)),
+      Layer.provideMerge(
+        Sidecar.layer({ preflight: preflight({ arch: "x64" }), ...options }),
+        LiveConfig.layerMemory(config)
+      ),
       scope
     )
     return { scope, sidecar: Context.get(context, Sidecar), config: Context.get(context, LiveConfig) }
@@ -142,14 +156,18 @@ describe("Sidecar (against the Envoy stand-in)", () => {
         for (const [key, value] of annotations) plain[key] = value
         Effect.runSync(Ref.update(lines, List.prepend({ message, annotations: plain })))
       })
-      const { scope, sidecar } = yield* start(t.config()).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
+      const { scope, sidecar } = yield* start(t.config()).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, capture))
+      )
       const ready = yield* waitFor(sidecar, (s) => s.state === "ready", "ready")
 
       assert.strictEqual(ready.nodeId, "echo~test-host")
       assert.strictEqual(ready.epoch, 0)
       assert.isNotNull(ready.pid)
       assert.isTrue(alive(ready.pid!))
-      const info = yield* Effect.promise(() => fetch(`http://${ready.admin}/server_info`).then((r) => r.json() as Promise<ServerInfo>))
+      const info = yield* Effect.promise(() =>
+        fetch(`http://${ready.admin}/server_info`).then((r) => r.json() as Promise<ServerInfo>)
+      )
       assert.deepInclude(info.command_line_options, { concurrency: 2, restart_epoch: 0, drain_time: "1s" })
       assert.strictEqual(info.node.id, "echo~test-host")
 
@@ -159,12 +177,18 @@ describe("Sidecar (against the Envoy stand-in)", () => {
       assert.strictEqual(ready.bootstrap!.generation, 1)
       assert.strictEqual(yield* Effect.promise(() => metricValue("mesh_controller_sidecar_ready")), 1)
 
-      const findTagged = Effect.map(Ref.get(lines), (all) =>
-        List.toArray(all).find((line) =>
-          String(line.message).includes("all dependencies initialized") && line.annotations["source"] === "envoy"
-        ))
+      const findTagged = Effect.map(
+        Ref.get(lines),
+        (all) =>
+          List.toArray(all).find((line) =>
+            String(line.message).includes("all dependencies initialized") && line.annotations["source"] === "envoy"
+          )
+      )
       // Envoy's output arrives on its own pipe, not necessarily before /ready answered.
-      yield* Effect.repeat(findTagged, { until: (found) => found !== undefined, schedule: Schedule.spaced(Duration.millis(50)) }).pipe(
+      yield* Effect.repeat(findTagged, {
+        until: (found) => found !== undefined,
+        schedule: Schedule.spaced(Duration.millis(50))
+      }).pipe(
         Effect.timeout(DEADLINE)
       )
       const tagged = yield* findTagged
@@ -199,8 +223,14 @@ describe("Sidecar (against the Envoy stand-in)", () => {
   it.scopedLive("stops restarting after repeated crashes at start and names the 39-bit address space as the likely cause", () =>
     Effect.gen(function*() {
       const t = setup()
-      const rpi = preflight({ arch: "arm64", kernelConfig: fixture("kernel-config-rpi-bcm2711-39bit.txt"), kernelConfigSource: "/proc/config.gz" })
-      const { config, scope, sidecar } = yield* start(t.config({ args: ["--standin-crash", "start"] }), { preflight: rpi })
+      const rpi = preflight({
+        arch: "arm64",
+        kernelConfig: fixture("kernel-config-rpi-bcm2711-39bit.txt"),
+        kernelConfigSource: "/proc/config.gz"
+      })
+      const { config, scope, sidecar } = yield* start(t.config({ args: ["--standin-crash", "start"] }), {
+        preflight: rpi
+      })
       const looped = yield* waitFor(sidecar, (s) => s.state === "crash-loop", "crash loop")
 
       assert.strictEqual(looped.restarts, 2)
@@ -236,7 +266,9 @@ describe("Sidecar (against the Envoy stand-in)", () => {
       assert.strictEqual(after.bootstrap!.generation, 2)
       const written = YAML.parse(NodeFs.readFileSync(after.bootstrap!.path, "utf8"))
       assert.strictEqual(written.dynamic_resources.cds_config.initial_fetch_timeout, "3s")
-      const info = yield* Effect.promise(() => fetch(`http://${after.admin}/server_info`).then((r) => r.json() as Promise<ServerInfo>))
+      const info = yield* Effect.promise(() =>
+        fetch(`http://${after.admin}/server_info`).then((r) => r.json() as Promise<ServerInfo>)
+      )
       assert.strictEqual(info.command_line_options.restart_epoch, 1)
 
       // The new epoch took the admin port over from its parent, then terminated it.
@@ -252,7 +284,11 @@ describe("Sidecar (against the Envoy stand-in)", () => {
     Effect.gen(function*() {
       const t = setup()
       const { scope, sidecar } = yield* start(
-        t.config({ readinessTimeout: "500ms", restart: { maxCrashes: 1 }, args: ["--standin-ready-delay-ms", "600000"] })
+        t.config({
+          readinessTimeout: "500ms",
+          restart: { maxCrashes: 1 },
+          args: ["--standin-ready-delay-ms", "600000"]
+        })
       )
       const looped = yield* waitFor(sidecar, (s) => s.state === "crash-loop", "crash loop")
       // A failed start is recorded only once the process has exited (it was stopped, not left running).
@@ -282,7 +318,10 @@ describe("Sidecar (against the Envoy stand-in)", () => {
     Effect.gen(function*() {
       const t = setup()
       const base = t.config({ restart: { maxCrashes: 1 } })
-      const mtls: MeshConfig = { ...base, controller: { ...base.controller, xds: { ...base.controller.xds, tls: "mtls" } } }
+      const mtls: MeshConfig = {
+        ...base,
+        controller: { ...base.controller, xds: { ...base.controller.xds, tls: "mtls" } }
+      }
       const { sidecar } = yield* start(mtls)
       const looped = yield* waitFor(sidecar, (s) => s.state === "crash-loop", "crash loop")
       assert.include(looped.crashLoop!, NodePath.join(t.dir, "certs", "workloads", "echo", "cert.pem"))
@@ -325,12 +364,14 @@ describe("Sidecar (against the Envoy stand-in)", () => {
       const t = setup()
       const config = t.config()
       const broken: MeshConfig = { ...config, sidecar: { envoy: { ...config.sidecar.envoy, service: "nope" } } }
-      const error = yield* Layer.build(Sidecar.layer({ preflight: preflight({ arch: "x64" }) }).pipe(Layer.provide(LiveConfig.layerMemory(broken)))).pipe(
+      const error = yield* Layer.build(
+        Sidecar.layer({ preflight: preflight({ arch: "x64" }) }).pipe(Layer.provide(LiveConfig.layerMemory(broken)))
+      ).pipe(
         Effect.scoped,
         Effect.flip
       )
       assert.strictEqual(error._tag, "SidecarConfigInvalid")
-      assert.include(error.message, 'unknown service "nope"')
+      assert.include(error.message, "unknown service \"nope\"")
     }))
 
   it.effect("layerConfig reports \"disabled\" when sidecar.envoy.enabled is false", () =>

@@ -12,8 +12,18 @@ const config = (overrides: Record<string, unknown> = {}): MeshConfig => {
   const decoded = decodeConfig({
     mesh: { name: "test" },
     services: [
-      { name: "echo", protocol: "grpc", port: 50051, endpoints: [{ address: "127.0.0.1", port: 7001 }, { address: "127.0.0.1", port: 7002 }] },
-      { name: "echo-v2", protocol: "grpc", port: 50051, endpoints: [{ address: "127.0.0.2", port: 7003, labels: { zone: "b" } }] },
+      {
+        name: "echo",
+        protocol: "grpc",
+        port: 50051,
+        endpoints: [{ address: "127.0.0.1", port: 7001 }, { address: "127.0.0.1", port: 7002 }]
+      },
+      {
+        name: "echo-v2",
+        protocol: "grpc",
+        port: 50051,
+        endpoints: [{ address: "127.0.0.2", port: 7003, labels: { zone: "b" } }]
+      },
       { name: "db", protocol: "tcp", port: 5432, endpoints: [{ address: "10.0.0.9" }] }
     ],
     ...overrides
@@ -59,7 +69,9 @@ describe("snapshot builder", () => {
       cla.endpoints[0].lb_endpoints.map((e: any) => e.endpoint.address.socket_address.port_value),
       [7001, 7002]
     )
-    assert.deepStrictEqual(body(snapshot, TypeUrls.ClusterLoadAssignment, "echo-v2").endpoints[0].locality, { zone: "b" })
+    assert.deepStrictEqual(body(snapshot, TypeUrls.ClusterLoadAssignment, "echo-v2").endpoints[0].locality, {
+      zone: "b"
+    })
     // Sidecar: a TCP service gets its own outbound listener; HTTP/gRPC share outbound|http.
     assert.strictEqual(body(snapshot, TypeUrls.Listener, "outbound|db").address.socket_address.port_value, 5432)
     const outbound = body(snapshot, TypeUrls.RouteConfiguration, "outbound|http")
@@ -79,7 +91,9 @@ describe("snapshot builder", () => {
     assert.notStrictEqual(changed.version, a.version)
     const differing: Array<string> = []
     for (const [url, resources] of changed.resources) {
-      for (const [name, r] of resources) if (a.resources.get(url)?.get(name)?.version !== r.version) differing.push(`${url.split(".").pop()}/${name}`)
+      for (const [name, r] of resources) {
+        if (a.resources.get(url)?.get(name)?.version !== r.version) differing.push(`${url.split(".").pop()}/${name}`)
+      }
     }
     assert.deepStrictEqual(differing, ["ClusterLoadAssignment/echo"])
   })
@@ -93,9 +107,22 @@ describe("snapshot builder", () => {
       body(buildSnapshot(state), TypeUrls.ClusterLoadAssignment, "echo").endpoints.flatMap((l: any) =>
         l.lb_endpoints.map((e: any) => [e.endpoint.address.socket_address.port_value, e.health_status])
       )
-    assert.deepStrictEqual(ports(composeMeshState(base, compileUnchecked(base), services, view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "healthy" }))), [[7002, "HEALTHY"]])
+    assert.deepStrictEqual(
+      ports(
+        composeMeshState(
+          base,
+          compileUnchecked(base),
+          services,
+          view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "healthy" })
+        )
+      ),
+      [[7002, "HEALTHY"]]
+    )
     const allDown = view({ "127.0.0.1:7001": "unhealthy", "127.0.0.1:7002": "unhealthy" })
-    assert.deepStrictEqual(ports(composeMeshState(base, compileUnchecked(base), services, allDown)), [[7001, "UNKNOWN"], [7002, "UNKNOWN"]])
+    assert.deepStrictEqual(ports(composeMeshState(base, compileUnchecked(base), services, allDown)), [
+      [7001, "UNKNOWN"],
+      [7002, "UNKNOWN"]
+    ])
     const closed = services.map((s) => (s.name === "echo" ? { ...s, failMode: "closed" as const } : s))
     const snapshot = buildSnapshot(composeMeshState(base, compileUnchecked(base), closed, allDown))
     assert.deepStrictEqual(body(snapshot, TypeUrls.ClusterLoadAssignment, "echo").endpoints ?? [], [])
@@ -118,17 +145,29 @@ describe("snapshot builder", () => {
       }
     })))
     const action = body(snapshot, TypeUrls.RouteConfiguration, "echo").virtual_hosts[0].routes[0].route
-    assert.deepStrictEqual(action.weighted_clusters.clusters, [{ name: "echo", weight: { value: 80 } }, { name: "echo-v2", weight: { value: 20 } }])
+    assert.deepStrictEqual(action.weighted_clusters.clusters, [{ name: "echo", weight: { value: 80 } }, {
+      name: "echo-v2",
+      weight: { value: 20 }
+    }])
     assert.deepStrictEqual(action.timeout, { seconds: "2", nanos: 0 })
     assert.deepStrictEqual(action.max_stream_duration.max_stream_duration, { seconds: "2", nanos: 0 })
     assert.strictEqual(action.retry_policy.retry_on, "unavailable,reset")
     assert.deepStrictEqual(action.retry_policy.num_retries, { value: 2 })
     const single = buildSnapshot(fromConfig(config({
-      policies: { traffic: [{ name: "one", service: "echo", routes: [{ destinations: [{ service: "echo" }], retries: { attempts: 1 } }] }] }
+      policies: {
+        traffic: [{
+          name: "one",
+          service: "echo",
+          routes: [{ destinations: [{ service: "echo" }], retries: { attempts: 1 } }]
+        }]
+      }
     })))
     assert.isUndefined(body(single, TypeUrls.RouteConfiguration, "echo").virtual_hosts[0].routes[0].route.retry_policy)
     const outbound = body(snapshot, TypeUrls.RouteConfiguration, "outbound|http").virtual_hosts[0].routes[0].route
-    assert.deepStrictEqual(outbound.weighted_clusters.clusters.map((c: any) => c.name), ["outbound|echo", "outbound|echo-v2"])
+    assert.deepStrictEqual(outbound.weighted_clusters.clusters.map((c: any) => c.name), [
+      "outbound|echo",
+      "outbound|echo-v2"
+    ])
   })
 
   it("isolates a bad service: reported by name, the others served, its last good resources kept", () => {
@@ -148,14 +187,20 @@ describe("snapshot builder", () => {
 
     const next = buildSnapshot(bad, first)
     assert.isTrue(next.errors[0]!.servingPrevious)
-    assert.strictEqual(get(next, TypeUrls.ClusterLoadAssignment, "echo").version, get(first, TypeUrls.ClusterLoadAssignment, "echo").version)
+    assert.strictEqual(
+      get(next, TypeUrls.ClusterLoadAssignment, "echo").version,
+      get(first, TypeUrls.ClusterLoadAssignment, "echo").version
+    )
 
     // A route to a service that Discovery no longer knows.
     const routed = fromConfig(config({
       policies: { traffic: [{ name: "p", service: "echo", routes: [{ destinations: [{ service: "echo-v2" }] }] }] }
     }))
     const gone = buildSnapshot({ ...routed, services: routed.services.filter((s) => s.name !== "echo-v2") })
-    assert.deepStrictEqual(gone.errors.map((e) => [e.service, e.message]), [["echo", 'route to unknown service "echo-v2"']])
+    assert.deepStrictEqual(gone.errors.map((e) => [e.service, e.message]), [[
+      "echo",
+      "route to unknown service \"echo-v2\""
+    ]])
     assert.isDefined(gone.resources.get(TypeUrls.Cluster)?.get("db"))
   })
 
@@ -170,8 +215,15 @@ describe("snapshot builder", () => {
 
   it("gives a sidecar its inbound listener and every outbound one (node id <service>~<instance>)", () => {
     const snapshot = buildSnapshot(fromConfig(config()))
-    assert.deepStrictEqual([...wildcardNames(snapshot, TypeUrls.Listener, "echo~a")].sort(), ["inbound|echo", "outbound|db", "outbound|http"])
-    assert.deepStrictEqual([...wildcardNames(snapshot, TypeUrls.Listener, "db~a")].sort(), ["inbound|db", "outbound|http"])
+    assert.deepStrictEqual([...wildcardNames(snapshot, TypeUrls.Listener, "echo~a")].sort(), [
+      "inbound|echo",
+      "outbound|db",
+      "outbound|http"
+    ])
+    assert.deepStrictEqual([...wildcardNames(snapshot, TypeUrls.Listener, "db~a")].sort(), [
+      "inbound|db",
+      "outbound|http"
+    ])
     assert.deepStrictEqual(
       [...wildcardNames(snapshot, TypeUrls.Cluster, "gateway")].sort(),
       ["outbound|db", "outbound|echo", "outbound|echo-v2"]
@@ -180,7 +232,7 @@ describe("snapshot builder", () => {
 
   it("rejects misspelled fields that protobufjs would silently drop", () => {
     assert.deepStrictEqual(check(Types.Cluster, { name: "x", conect_timeout: { seconds: 1 } }), [
-      'conect_timeout: unknown field in envoy.config.cluster.v3.Cluster (did you mean "connect_timeout"?)'
+      "conect_timeout: unknown field in envoy.config.cluster.v3.Cluster (did you mean \"connect_timeout\"?)"
     ])
     assert.include(check("google.protobuf.Struct", { fields: { a: { number_value: 1 } } })[0], "numberValue")
   })

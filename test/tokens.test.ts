@@ -3,7 +3,15 @@ import { Effect, Either } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import { fileTokenStore } from "../layers/internal/TokenStore.js"
-import { checkRecord, formatToken, hashSecret, macValid, newTokenSecrets, parseToken, type TokenRecord } from "../src/tokens/Token.js"
+import {
+  checkRecord,
+  formatToken,
+  hashSecret,
+  macValid,
+  newTokenSecrets,
+  parseToken,
+  type TokenRecord
+} from "../src/tokens/Token.js"
 import { tempDir } from "./support/certs.js"
 
 const FP = "ab".repeat(32)
@@ -38,10 +46,13 @@ describe("join tokens", () => {
   it("checks refuse with the reason: wrong secret, revoked, expired, spent, wrong service, wrong instance", () => {
     const secret = "s".repeat(43)
     const reason = (r: TokenRecord, asked: { service?: string; instance?: string; secret?: string } = {}) =>
-      Either.match(checkRecord(r, { secret: asked.secret ?? secret, service: asked.service, instance: asked.instance, now: NOW }), {
-        onLeft: (refusal) => refusal._tag,
-        onRight: (next) => `ok:${next.used}`
-      })
+      Either.match(
+        checkRecord(r, { secret: asked.secret ?? secret, service: asked.service, instance: asked.instance, now: NOW }),
+        {
+          onLeft: (refusal) => refusal._tag,
+          onRight: (next) => `ok:${next.used}`
+        }
+      )
     assert.strictEqual(reason(record({ secret })), "ok:1")
     assert.strictEqual(reason(record({ secret }), { secret: "t".repeat(43) }), "WrongSecret")
     assert.strictEqual(reason(record({ secret, revokedAt: "2026-01-01T00:10:00.000Z" })), "Revoked")

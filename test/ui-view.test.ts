@@ -21,7 +21,10 @@ describe("certificateTone", () => {
   })
 
   it("says renewal overdue once the grace has passed", () => {
-    assert.strictEqual(certificateTone(t0 + 12 * H + RENEWAL_GRACE_MS + 1, notBefore, notAfter, renewAt), "renew-overdue")
+    assert.strictEqual(
+      certificateTone(t0 + 12 * H + RENEWAL_GRACE_MS + 1, notBefore, notAfter, renewAt),
+      "renew-overdue"
+    )
   })
 
   it("says expiring within a fifth of the lifetime, capped at 30 days, and expired after", () => {

@@ -8,11 +8,12 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, ManagedRuntime } from "effect"
-import { mkdtempSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { type Browser, chromium, type Page } from "playwright-core"
 import { Admin } from "../layers/Admin.js"
+import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Certificates } from "../layers/Certificates.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
@@ -127,10 +128,15 @@ const openPage = async (hash: string, viewport = { width: 1280, height: 900 }) =
   page.setDefaultTimeout(60_000)
   const errors: Array<string> = []
   page.on("console", (message) => {
-    if (message.type() === "error" || message.type() === "warning") errors.push(`console ${message.type()}: ${message.text()}`)
+    if (message.type() === "error" || message.type() === "warning") {
+      errors.push(`console ${message.type()}: ${message.text()}`)
+    }
   })
   page.on("pageerror", (error) => errors.push(`page error: ${error.message}`))
-  page.on("requestfailed", (request) => errors.push(`request failed: ${request.url()} ${request.failure()?.errorText ?? ""}`))
+  page.on(
+    "requestfailed",
+    (request) => errors.push(`request failed: ${request.url()} ${request.failure()?.errorText ?? ""}`)
+  )
   page.on("response", (response) => {
     if (response.status() >= 400) errors.push(`HTTP ${response.status()} for ${response.url()}`)
   })
@@ -140,8 +146,7 @@ const openPage = async (hash: string, viewport = { width: 1280, height: 900 }) =
   return { page, errors }
 }
 
-const stillSamePage = async (page: Page) =>
-  assert.strictEqual(await page.evaluate("window.marker"), 42)
+const stillSamePage = async (page: Page) => assert.strictEqual(await page.evaluate("window.marker"), 42)
 
 const endpointOf = (page: Page, target: TcpTarget) => page.locator(`[data-endpoint="127.0.0.1:${target.port}"]`)
 
@@ -169,9 +174,43 @@ describe("the status page's JSON and headers", () => {
       const url = `http://127.0.0.1:${Context.get(context, Admin).address.port}`
       const api = yield* Effect.promise(() => fetch(`${url}/ui/api/services`))
       assert.strictEqual(api.status, 503)
-      assert.deepStrictEqual(yield* Effect.promise(() => api.json()), { error: "NotReady", phase: "starting", waiting: ["policy", "xds"] })
+      assert.deepStrictEqual(yield* Effect.promise(() => api.json()), {
+        error: "NotReady",
+        phase: "starting",
+        waiting: ["policy", "xds"]
+      })
       assert.strictEqual((yield* Effect.promise(() => fetch(`${url}/ui`))).status, 200)
       assert.strictEqual((yield* Effect.promise(() => fetch(`${url}/ui/api/overview`))).status, 200)
+    })))
+  })
+
+  it("the page's data follows the /status read rule: with readAccess token, /ui/api needs the token; the page's files do not", async () => {
+    const tokenFile = join(mkdtempSync(join(tmpdir(), "mesh-ui-token-")), "admin-token")
+    const guarded = Layer.unwrapEffect(
+      Effect.gen(function*() {
+        const ui = yield* Ui
+        const token = yield* loadOrCreateToken(tokenFile)
+        return Admin.layer({
+          host: "127.0.0.1",
+          port: 0,
+          version: "test",
+          ui: ui.routes,
+          tokenFile,
+          access: { verifyToken: token.verify, readAccess: "token" }
+        })
+      })
+    ).pipe(Layer.provideMerge(Ui.layer({ version: "test" })), Layer.provideMerge(Lifecycle.layer([])))
+    await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const context = yield* Layer.build(guarded)
+      const url = `http://127.0.0.1:${Context.get(context, Admin).address.port}`
+      const token = readFileSync(tokenFile, "utf8").trim()
+      const status = (path: string, headers: Record<string, string> = {}) =>
+        Effect.promise(() => fetch(`${url}${path}`, { headers }).then((r) => r.status))
+      assert.strictEqual(yield* status("/ui/api/overview"), 401)
+      assert.strictEqual(yield* status("/ui/api/overview", { authorization: "Bearer wrong" }), 403)
+      assert.strictEqual(yield* status("/ui/api/overview", { authorization: `Bearer ${token}` }), 200)
+      assert.strictEqual(yield* status("/status"), 401)
+      assert.strictEqual(yield* status("/ui"), 200)
     })))
   })
 
@@ -194,12 +233,14 @@ describe("the status page (/ui) in chromium", () => {
     assert.strictEqual(await page.locator("[data-service]").count(), 2)
     // weight and source are shown per endpoint
     assert.include(await endpointOf(page, fixture.b).innerText(), "weight 3 · config")
-    for (const [tab, ready] of [
-      ["dataplanes", "p.meta"],
-      ["certificates", "[data-identity='spiffe://mesh.local/service/web']"],
-      ["policy", "[data-testid=check-form]"],
-      ["services", "[data-service=web]"]
-    ] as const) {
+    for (
+      const [tab, ready] of [
+        ["dataplanes", "p.meta"],
+        ["certificates", "[data-identity='spiffe://mesh.local/service/web']"],
+        ["policy", "[data-testid=check-form]"],
+        ["services", "[data-service=web]"]
+      ] as const
+    ) {
       await page.click(`[data-tab=${tab}]`)
       await page.locator(`main[data-section=${tab}] ${ready}`).first().waitFor()
     }
@@ -207,7 +248,10 @@ describe("the status page (/ui) in chromium", () => {
     const root = page.locator("main[data-section=certificates] .cert[data-tone]").first()
     await root.waitFor()
     assert.match(await root.innerText(), /SHA-256\s+([0-9A-F]{2}:){31}[0-9A-F]{2}/)
-    assert.strictEqual(await page.locator("[data-identity='spiffe://mesh.local/service/web']").getAttribute("data-tone"), "ok")
+    assert.strictEqual(
+      await page.locator("[data-identity='spiffe://mesh.local/service/web']").getAttribute("data-tone"),
+      "ok"
+    )
     await page.click("[data-tab=services]")
     await page.locator("[data-service=web]").waitFor()
 
@@ -216,12 +260,16 @@ describe("the status page (/ui) in chromium", () => {
     for (const tab of ["services", "dataplanes", "certificates", "policy"]) {
       await page.click(`[data-tab=${tab}]`)
       await page.locator(`main[data-section=${tab}] .card, main[data-section=${tab}] p`).first().waitFor()
-      const overflow = await page.evaluate<number>("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+      const overflow = await page.evaluate<number>(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+      )
       assert.strictEqual(overflow, 0, `${tab} overflows a 390px screen by ${overflow}px`)
     }
     await page.click("[data-tab=services]")
     await page.locator("[data-service=web]").waitFor()
-    if (SCREENSHOTS !== undefined) await page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot-phone.png"), fullPage: true })
+    if (SCREENSHOTS !== undefined) {
+      await page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot-phone.png"), fullPage: true })
+    }
     await stillSamePage(page)
     assert.deepStrictEqual(errors, [])
     await page.close()
@@ -234,11 +282,15 @@ describe("the status page (/ui) in chromium", () => {
 
     await runtime.runPromise(fixture.a.setUp(false))
     await page.locator(`[data-endpoint="127.0.0.1:${fixture.a.port}"][data-health=unhealthy]`).waitFor()
-    const red = await row.locator(".dot").evaluate((dot) => (globalThis as any).getComputedStyle(dot).backgroundColor as string)
+    const red = await row.locator(".dot").evaluate((dot) =>
+      (globalThis as any).getComputedStyle(dot).backgroundColor as string
+    )
     assert.strictEqual(red, "rgb(207, 34, 46)")
     await row.locator("[data-testid=flips] li", { hasText: "healthy → unhealthy" }).waitFor()
     assert.include(await row.innerText(), "down for")
-    if (SCREENSHOTS !== undefined) await page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot.png"), fullPage: true })
+    if (SCREENSHOTS !== undefined) {
+      await page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot.png"), fullPage: true })
+    }
     // the timeline has a red band (the outage) and failed probes
     await row.locator("svg.timeline rect.seg.unhealthy").first().waitFor()
     await row.locator("svg.timeline rect.probe.failed").first().waitFor()
@@ -281,7 +333,9 @@ describe("the status page (/ui) in chromium", () => {
           assert.include(text, `version ${first.version}`)
           yield* Effect.promise(() => card.locator(".pill", { hasText: "NACK" }).waitFor())
           if (SCREENSHOTS !== undefined) {
-            yield* Effect.promise(() => page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot-dataplanes.png"), fullPage: true }))
+            yield* Effect.promise(() =>
+              page.screenshot({ path: join(SCREENSHOTS, "ui-screenshot-dataplanes.png"), fullPage: true })
+            )
           }
         })
       )

@@ -4,9 +4,9 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Stream, SubscriptionRef } from "effect"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { type Published, Snapshot } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 import type { MeshConfig } from "../schemas/Config.js"
@@ -36,21 +36,46 @@ const service = (name: string, ports: ReadonlyArray<number>) => ({
  */
 const controller = (config: MeshConfig, corrupt?: SubscriptionRef.SubscriptionRef<boolean>) => {
   const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
-  const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))))
-  const served = corrupt === undefined ? snapshot : Layer.effect(Snapshot, Effect.map(Snapshot, (real) => corrupting(real, corrupt))).pipe(Layer.provide(snapshot))
-  return Layer.mergeAll(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(served, inputs))), inputs)
+  const snapshot = Snapshot.layer.pipe(
+    Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs))))
+  )
+  const served = corrupt === undefined
+    ? snapshot
+    : Layer.effect(Snapshot, Effect.map(Snapshot, (real) => corrupting(real, corrupt))).pipe(Layer.provide(snapshot))
+  return Layer.mergeAll(
+    Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(served, inputs))),
+    inputs
+  )
 }
 
 /** While `on`, the cluster `echo` is replaced by one with `LEAST_REQUEST`, which gRPC rejects. */
-const corrupting = (real: Context.Tag.Service<Snapshot>, on: SubscriptionRef.SubscriptionRef<boolean>): Context.Tag.Service<Snapshot> => {
+const corrupting = (
+  real: Context.Tag.Service<Snapshot>,
+  on: SubscriptionRef.SubscriptionRef<boolean>
+): Context.Tag.Service<Snapshot> => {
   const tamper = ([published, bad]: readonly [Published, boolean]): Published => {
     if (!bad) return published
     const clusters = new Map(published.snapshot.resources.get(TypeUrls.Cluster))
-    const services = { name: "echo", protocol: "grpc", port: 1, endpoints: [], failMode: "open", tags: [], metadata: {}, source: "config" } as const
-    clusters.set("echo", resource("echo", Types.Cluster, "echo", { ...edsCluster("echo", services, false), lb_policy: "LEAST_REQUEST" }))
+    const services = {
+      name: "echo",
+      protocol: "grpc",
+      port: 1,
+      endpoints: [],
+      failMode: "open",
+      tags: [],
+      metadata: {},
+      source: "config"
+    } as const
+    clusters.set(
+      "echo",
+      resource("echo", Types.Cluster, "echo", { ...edsCluster("echo", services, false), lb_policy: "LEAST_REQUEST" })
+    )
     const resources = new Map(published.snapshot.resources)
     resources.set(TypeUrls.Cluster, clusters)
-    return { ...published, snapshot: { ...published.snapshot, resources, version: `${published.snapshot.version}-bad` } }
+    return {
+      ...published,
+      snapshot: { ...published.snapshot, resources, version: `${published.snapshot.version}-bad` }
+    }
   }
   return {
     ...real,
@@ -59,7 +84,11 @@ const corrupting = (real: Context.Tag.Service<Snapshot>, on: SubscriptionRef.Sub
   }
 }
 
-const withController = <A, E, R>(config: MeshConfig, body: (address: string) => Effect.Effect<A, E, R>, corrupt?: SubscriptionRef.SubscriptionRef<boolean>) =>
+const withController = <A, E, R>(
+  config: MeshConfig,
+  body: (address: string) => Effect.Effect<A, E, R>,
+  corrupt?: SubscriptionRef.SubscriptionRef<boolean>
+) =>
   Effect.gen(function*() {
     const context = yield* Layer.build(controller(config, corrupt))
     const xds = Context.get(context, Xds)
@@ -82,7 +111,11 @@ describe("proxyless gRPC through the controller", () => {
       yield* withController(meshConfig({ services: [service("echo", [a.port, b.port])] }), (address) =>
         Effect.gen(function*() {
           const client = yield* xdsClient(address, "echo")
-          const answers = yield* Effect.all(Array.from({ length: 20 }, () => client.call), { concurrency: 1 })
+          const answers = yield* Effect.all(
+            Array.from({ length: 20 }, () =>
+              client.call),
+            { concurrency: 1 }
+          )
           assert.deepStrictEqual(Object.keys(tally(answers)).sort(), ["echo-a", "echo-b"])
           const status = yield* Effect.flatMap(Xds, (x) => x.status)
           const proxyless = status.clients.find((c) => c.kind === "proxyless")
@@ -133,14 +166,19 @@ describe("proxyless gRPC through the controller", () => {
       yield* withController(meshConfig({ services: [service("echo", [a.port, b.port])] }), (address) =>
         Effect.gen(function*() {
           const client = yield* xdsClient(address, "echo")
-          yield* eventually(Effect.filterOrFail(client.call, (name) => name === "drop"))
+          yield* eventually(Effect.filterOrFail(client.call, (name) =>
+            name === "drop"))
           yield* apply(meshConfig({ services: [service("echo", [a.port])] }))
           // Once the update has landed, nothing more reaches the removed endpoint.
-          yield* eventually(Effect.gen(function*() {
-            const before = b.calls()
-            const answers = yield* Effect.all(Array.from({ length: 20 }, () => client.call), { concurrency: 1 })
-            return before === b.calls() && answers.every((n) => n === "keep") ? Effect.void : Effect.fail("still reaching the removed endpoint")
-          }).pipe(Effect.flatten))
+          yield* eventually(
+            Effect.gen(function*() {
+              const before = b.calls()
+              const answers = yield* Effect.all(Array.from({ length: 20 }, () => client.call), { concurrency: 1 })
+              return before === b.calls() && answers.every((n) => n === "keep")
+                ? Effect.void
+                : Effect.fail("still reaching the removed endpoint")
+            }).pipe(Effect.flatten)
+          )
         }))
     }))
 
@@ -153,10 +191,12 @@ describe("proxyless gRPC through the controller", () => {
           const client = yield* xdsClient(address, "echo")
           assert.strictEqual(yield* client.call, "good")
           yield* SubscriptionRef.set(corrupt, true)
-          const nacked = yield* eventually(Effect.flatMap(Xds, (x) => x.status).pipe(
-            Effect.map((s) => s.clients.find((c) => c.kind === "proxyless")?.types["Cluster"]),
-            Effect.filterOrFail((cds) => cds !== undefined && cds.lastNack !== null)
-          ))
+          const nacked = yield* eventually(
+            Effect.flatMap(Xds, (x) => x.status).pipe(
+              Effect.map((s) => s.clients.find((c) => c.kind === "proxyless")?.types["Cluster"]),
+              Effect.filterOrFail((cds) => cds !== undefined && cds.lastNack !== null)
+            )
+          )
           assert.include(nacked!.lastNack!.message.toLowerCase(), "lb")
           assert.notStrictEqual(nacked!.acknowledgedVersion, nacked!.lastNack!.version)
           assert.strictEqual(nacked!.nacks, 1)

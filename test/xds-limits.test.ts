@@ -2,8 +2,8 @@
  * Hostile but well-formed xDS clients: whatever they send, the server's memory, logs, metrics and
  * `/status` stay bounded, over real gRPC streams.
  */
-import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
+import * as grpc from "@grpc/grpc-js"
 import { Effect, Either, Layer, Logger, type Scope } from "effect"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
@@ -55,8 +55,13 @@ describe("xDS input bounds", () => {
       for (let i = 0; i < 300; i++) {
         yield* ads.send({ type_url: `type.googleapis.com/junk.v1.Junk${i}`, resource_names: [`r${i}`] })
       }
-      yield* eventually(Effect.filterOrFail(metricsText, (text) =>
-        text.includes(`mesh_controller_xds_requests_total{protocol="sotw",type="other",outcome="UnknownType"} 300`)))
+      yield* eventually(
+        Effect.filterOrFail(
+          metricsText,
+          (text) =>
+            text.includes(`mesh_controller_xds_requests_total{protocol="sotw",type="other",outcome="UnknownType"} 300`)
+        )
+      )
       const text = yield* metricsText
       assert.notInclude(text, "Junk")
       const [client] = yield* clients
@@ -78,7 +83,9 @@ describe("xDS input bounds", () => {
         response_nonce: eds.nonce,
         error_detail: { code: 3, message: hugeError }
       })
-      const [client] = yield* eventually(Effect.filterOrFail(clients, (c) => c[0]?.types["ClusterLoadAssignment"]?.nacks === 1))
+      const [client] = yield* eventually(
+        Effect.filterOrFail(clients, (c) => c[0]?.types["ClusterLoadAssignment"]?.nacks === 1)
+      )
       const nack = client!.types["ClusterLoadAssignment"]!.lastNack!
       assert.isAtMost(client!.nodeId!.length, XdsLimits.shown + 64)
       assert.isTrue(client!.nodeId!.startsWith("echo~nnn"))

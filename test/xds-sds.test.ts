@@ -6,22 +6,22 @@ import { assert, describe, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Stream, SubscriptionRef } from "effect"
 import * as NodeTls from "node:tls"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
-import type { Service } from "../src/MeshState.js"
 import { ROOT_CA_SECRET } from "../src/certs/Sds.js"
 import { controllerId, serviceId } from "../src/certs/Spiffe.js"
 import { IdentityProvider, mtlsChannelCredentials, socketPeer } from "../src/certs/Tls.js"
 import { emptyView } from "../src/health/Routing.js"
+import type { Service } from "../src/MeshState.js"
 import { compileUnchecked } from "../src/policy/Compile.js"
 import { composeMeshState } from "../src/xds/Compose.js"
-import { check, decode, TypeUrls, Types } from "../src/xds/Protos.js"
+import { check, decode, Types, TypeUrls } from "../src/xds/Protos.js"
+import { OWN_SECRET, TRUST_BUNDLE } from "../src/xds/Resources.js"
 import { buildSnapshot } from "../src/xds/XdsSnapshot.js"
 import { deltaPush, newStream, onDeltaRequest } from "../src/xds/XdsStream.js"
-import { OWN_SECRET, TRUST_BUNDLE } from "../src/xds/Resources.js"
 import { AdsClient, envoyNode } from "./support/AdsClient.js"
 import { certConfig, service as meshService } from "./support/certs.js"
 import { eventually } from "./support/eventually.js"
@@ -32,20 +32,30 @@ const GATEWAY = serviceId(TD, "gateway")
 
 /** How sidecars prove who they are to the xDS server (`controller.xds`). */
 type XdsIdentity = "plaintext" | "node-id" | "mtls"
-const xdsSettings = (xds: XdsIdentity) => ({ xds: { tls: xds === "mtls" ? "mtls" : "off", insecureNodeIdentity: xds === "node-id" } })
+const xdsSettings = (xds: XdsIdentity) => ({
+  xds: { tls: xds === "mtls" ? "mtls" : "off", insecureNodeIdentity: xds === "node-id" }
+})
 
 /** Certificates (in memory) → Snapshot with secrets → Xds on 127.0.0.1:0, for echo and gateway. */
 const meshServer = (mtls: "strict" | "permissive", xds: XdsIdentity) =>
   Effect.gen(function*() {
-    const config = certConfig({}, ["echo", "gateway"], { policies: { security: { mtls } }, controller: xdsSettings(xds) })
-    const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>(config.services.map((s) => meshService(s.name)))
+    const config = certConfig({}, ["echo", "gateway"], {
+      policies: { security: { mtls } },
+      controller: xdsSettings(xds)
+    })
+    const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>(
+      config.services.map((s) => meshService(s.name))
+    )
     const base = Layer.mergeAll(LiveConfig.layerMemory(config), Discovery.layerMemory(registry), Health.layerNoop)
     const certs = Context.get(yield* Layer.build(Certificates.layerEphemeral.pipe(Layer.provide(base))), Certificates)
     const secrets = Layer.succeed(SnapshotSecrets, { changes: certs.changes.pipe(Stream.map(secretsOf)) })
     const snapshotLayer = Snapshot.layerWithSecrets.pipe(Layer.provide(secrets), Layer.provide(base))
     const credentials = xds === "mtls" ? { credentials: certs.xdsServerCredentials } : {}
     const context = yield* Layer.build(
-      Xds.layer({ host: "127.0.0.1", port: 0, ...credentials }).pipe(Layer.provideMerge(snapshotLayer), Layer.provide(base))
+      Xds.layer({ host: "127.0.0.1", port: 0, ...credentials }).pipe(
+        Layer.provideMerge(snapshotLayer),
+        Layer.provide(base)
+      )
     )
     // Serve only once the secrets (and the mTLS resources built from them) are in the snapshot.
     yield* Context.get(context, Snapshot).changes.pipe(
@@ -57,8 +67,10 @@ const meshServer = (mtls: "strict" | "permissive", xds: XdsIdentity) =>
   })
 
 type Resource = Record<string, any>
-const chainOf = (secret: Resource | undefined): string | undefined => secret?.["tls_certificate"]?.certificate_chain?.inline_string
-const keyOf = (secret: Resource | undefined): string | undefined => secret?.["tls_certificate"]?.private_key?.inline_string
+const chainOf = (secret: Resource | undefined): string | undefined =>
+  secret?.["tls_certificate"]?.certificate_chain?.inline_string
+const keyOf = (secret: Resource | undefined): string | undefined =>
+  secret?.["tls_certificate"]?.private_key?.inline_string
 const byName = (resources: ReadonlyArray<Resource>, name: string) => resources.find((r) => r["name"] === name)
 const secretsRequest = (names: ReadonlyArray<string>, node?: ReturnType<typeof envoyNode>) => ({
   ...(node ? { node } : {}),
@@ -75,7 +87,9 @@ describe("SDS access control", () => {
       yield* ads.send(secretsRequest([ROOT_CA_SECRET, TRUST_BUNDLE, ECHO, OWN_SECRET], envoyNode("echo~a")))
       const sds = yield* ads.next(TypeUrls.Secret)
       assert.deepStrictEqual(sds.names, [ROOT_CA_SECRET, TRUST_BUNDLE])
-      const [client] = yield* eventually(Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 2))
+      const [client] = yield* eventually(
+        Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 2)
+      )
       assert.strictEqual(client!.identity, null)
       assert.strictEqual(client!.identitySource, "none")
       assert.sameMembers([...client!.deniedSecrets], [ECHO, OWN_SECRET])
@@ -97,7 +111,9 @@ describe("SDS access control", () => {
       assert.strictEqual(chainOf(byName(sds.resources, OWN_SECRET)), state.services.get("echo")!.chainPem)
       assert.notInclude(JSON.stringify(sds.resources), JSON.stringify(state.services.get("gateway")!.chainPem))
 
-      const [client] = yield* eventually(Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 1))
+      const [client] = yield* eventually(
+        Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 1)
+      )
       assert.strictEqual(client!.identity, ECHO)
       assert.strictEqual(client!.identitySource, "node-id")
       assert.deepStrictEqual(client!.deniedSecrets, [GATEWAY])
@@ -107,7 +123,11 @@ describe("SDS access control", () => {
     Effect.gen(function*() {
       const { address } = yield* meshServer("permissive", "node-id")
       const ads = yield* AdsClient.delta(address)
-      yield* ads.send({ node: envoyNode("echo~a"), type_url: TypeUrls.Secret, resource_names_subscribe: [ROOT_CA_SECRET, ECHO, GATEWAY] })
+      yield* ads.send({
+        node: envoyNode("echo~a"),
+        type_url: TypeUrls.Secret,
+        resource_names_subscribe: [ROOT_CA_SECRET, ECHO, GATEWAY]
+      })
       const sds = yield* ads.next(TypeUrls.Secret)
       assert.sameMembers([...sds.names], [ROOT_CA_SECRET, ECHO])
       assert.deepStrictEqual(sds.removed, [GATEWAY])
@@ -116,14 +136,20 @@ describe("SDS access control", () => {
   it.scopedLive("over mTLS the verified certificate decides, whatever node id the client claims", () =>
     Effect.gen(function*() {
       const { address, server, state } = yield* meshServer("strict", "mtls")
-      const gateway = mtlsChannelCredentials(new IdentityProvider(state.services.get("gateway")!, state.bundle.pem), TD, controllerId(TD))
+      const gateway = mtlsChannelCredentials(
+        new IdentityProvider(state.services.get("gateway")!, state.bundle.pem),
+        TD,
+        controllerId(TD)
+      )
       const ads = yield* AdsClient.sotw(address, gateway)
       // Claims to be echo's sidecar; the certificate says gateway.
       yield* ads.send(secretsRequest([ROOT_CA_SECRET, ECHO, GATEWAY, OWN_SECRET], envoyNode("echo~a")))
       const sds = yield* ads.next(TypeUrls.Secret)
       assert.sameMembers([...sds.names], [ROOT_CA_SECRET, GATEWAY, OWN_SECRET])
       assert.strictEqual(keyOf(byName(sds.resources, OWN_SECRET)), keyOf(byName(sds.resources, GATEWAY)))
-      const [client] = yield* eventually(Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 1))
+      const [client] = yield* eventually(
+        Effect.filterOrFail(clientsOf(server), (c) => c.length === 1 && c[0]!.deniedSecrets.length === 1)
+      )
       assert.strictEqual(client!.identity, GATEWAY)
       assert.strictEqual(client!.identitySource, "tls")
       assert.deepStrictEqual(client!.deniedSecrets, [ECHO])
@@ -160,14 +186,20 @@ describe("sidecar mTLS", () => {
       assert.deepStrictEqual(downstream.require_client_certificate, { value: true })
       assert.strictEqual(downstream.common_tls_context.tls_certificate_sds_secret_configs[0].name, ECHO)
       assert.strictEqual(downstream.common_tls_context.validation_context_sds_secret_config.name, ROOT_CA_SECRET)
-      assert.deepStrictEqual(downstream.common_tls_context.validation_context_sds_secret_config.sds_config, { ads: {}, resource_api_version: "V3" })
+      assert.deepStrictEqual(downstream.common_tls_context.validation_context_sds_secret_config.sds_config, {
+        ads: {},
+        resource_api_version: "V3"
+      })
 
       const upstream = outbound["transport_socket"].typed_config
       assert.strictEqual(upstream["@type"], `type.googleapis.com/${Types.UpstreamTlsContext}`)
       assert.strictEqual(upstream.common_tls_context.tls_certificate_sds_secret_configs[0].name, OWN_SECRET)
       // The destination's exact identity, over the bare bundle (ROOTCA's trust-domain matcher would widen it).
       const validation = upstream.common_tls_context.combined_validation_context
-      assert.deepStrictEqual(validation.default_validation_context.match_typed_subject_alt_names, [{ san_type: "URI", matcher: { exact: GATEWAY } }])
+      assert.deepStrictEqual(validation.default_validation_context.match_typed_subject_alt_names, [{
+        san_type: "URI",
+        matcher: { exact: GATEWAY }
+      }])
       assert.strictEqual(validation.validation_context_sds_secret_config.name, TRUST_BUNDLE)
     }))
 
@@ -179,11 +211,17 @@ describe("sidecar mTLS", () => {
       assert.strictEqual(inbound["listener_filters"][0].name, "envoy.filters.listener.tls_inspector")
       const [tls, raw] = inbound["filter_chains"]
       assert.strictEqual(tls.filter_chain_match.transport_protocol, "tls")
-      assert.strictEqual(tls.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name, ECHO)
+      assert.strictEqual(
+        tls.transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name,
+        ECHO
+      )
       assert.strictEqual(raw.filter_chain_match.transport_protocol, "raw_buffer")
       assert.isUndefined(raw.transport_socket)
       assert.deepStrictEqual(raw.filters, tls.filters)
-      assert.strictEqual(outbound["transport_socket"].typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name, OWN_SECRET)
+      assert.strictEqual(
+        outbound["transport_socket"].typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name,
+        OWN_SECRET
+      )
     }))
 
   it.scopedLive("the secrets each sidecar reads over SDS complete a real mTLS handshake between them", () =>
@@ -198,18 +236,27 @@ describe("sidecar mTLS", () => {
       // What echo's inbound listener names, and what gateway's outbound cluster names.
       const echo = yield* secretsFor("echo~a", [ECHO, ROOT_CA_SECRET])
       const gateway = yield* secretsFor("gateway~b", [OWN_SECRET, TRUST_BUNDLE])
-      const bundle = (rs: ReadonlyArray<Resource>, name: string) => byName(rs, name)!["validation_context"].trusted_ca.inline_string as string
+      const bundle = (rs: ReadonlyArray<Resource>, name: string) =>
+        byName(rs, name)!["validation_context"].trusted_ca.inline_string as string
 
       const seen = yield* Effect.acquireUseRelease(
         Effect.async<{ server: NodeTls.Server; port: number }>((resume) => {
-          const server = NodeTls.createServer({
-            cert: chainOf(byName(echo, ECHO)),
-            key: keyOf(byName(echo, ECHO)),
-            ca: bundle(echo, ROOT_CA_SECRET),
-            requestCert: true,
-            rejectUnauthorized: true
-          }, (socket) => socket.end(Either.match(socketPeer(socket, TD), { onLeft: (e) => e.message, onRight: (p) => p.id.uri })))
-          server.listen(0, "127.0.0.1", () => resume(Effect.succeed({ server, port: (server.address() as { port: number }).port })))
+          const server = NodeTls.createServer(
+            {
+              cert: chainOf(byName(echo, ECHO)),
+              key: keyOf(byName(echo, ECHO)),
+              ca: bundle(echo, ROOT_CA_SECRET),
+              requestCert: true,
+              rejectUnauthorized: true
+            },
+            (socket) =>
+              socket.end(Either.match(socketPeer(socket, TD), { onLeft: (e) => e.message, onRight: (p) => p.id.uri }))
+          )
+          server.listen(
+            0,
+            "127.0.0.1",
+            () => resume(Effect.succeed({ server, port: (server.address() as { port: number }).port }))
+          )
         }),
         ({ port }) =>
           Effect.async<{ fromServer: string; serverId: string | undefined }>((resume) => {
@@ -223,7 +270,9 @@ describe("sidecar mTLS", () => {
               servername: "echo",
               // What gateway's outbound cluster checks: the destination's exact SPIFFE ID.
               checkServerIdentity: (_host, cert) =>
-                cert.subjectaltname?.split(", ").includes(`URI:${ECHO}`) ? undefined : new Error(`not ${ECHO}: ${cert.subjectaltname}`)
+                cert.subjectaltname?.split(", ").includes(`URI:${ECHO}`)
+                  ? undefined
+                  : new Error(`not ${ECHO}: ${cert.subjectaltname}`)
             })
             let serverId: string | undefined
             socket.on("secureConnect", () => (serverId = socket.getPeerCertificate().subjectaltname))
@@ -232,7 +281,10 @@ describe("sidecar mTLS", () => {
             socket.on("error", (error) => resume(Effect.succeed({ fromServer: `error: ${error.message}`, serverId })))
             socket.on("close", () => resume(Effect.succeed({ fromServer: data, serverId })))
           }),
-        ({ server }) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void))).pipe(Effect.timeoutOption("5 seconds"))
+        ({ server }) =>
+          Effect.async<void>((resume) => void server.close(() => resume(Effect.void))).pipe(
+            Effect.timeoutOption("5 seconds")
+          )
       )
       assert.strictEqual(seen.fromServer, GATEWAY)
       assert.include(seen.serverId ?? "", ECHO)
@@ -246,11 +298,23 @@ describe("the own-secret alias", () => {
     const secrets = (echoChain: string) =>
       new Map<string, Record<string, unknown>>([
         [ROOT_CA_SECRET, { validation_context: { trusted_ca: { inline_string: "bundle" } } }],
-        [ECHO, { tls_certificate: { certificate_chain: { inline_string: echoChain }, private_key: { inline_string: "key" } } }],
-        [GATEWAY, { tls_certificate: { certificate_chain: { inline_string: "gateway" }, private_key: { inline_string: "key" } } }]
+        [ECHO, {
+          tls_certificate: { certificate_chain: { inline_string: echoChain }, private_key: { inline_string: "key" } }
+        }],
+        [GATEWAY, {
+          tls_certificate: { certificate_chain: { inline_string: "gateway" }, private_key: { inline_string: "key" } }
+        }]
       ])
-    const first = buildSnapshot(composeMeshState(config, compileUnchecked(config), services, emptyView, secrets("echo-1")))
-    const stream = newStream(1, "delta", "test", 0, { source: "tls", spiffeId: ECHO, trustDomain: TD, reason: undefined, denied: new Set() })
+    const first = buildSnapshot(
+      composeMeshState(config, compileUnchecked(config), services, emptyView, secrets("echo-1"))
+    )
+    const stream = newStream(1, "delta", "test", 0, {
+      source: "tls",
+      spiffeId: ECHO,
+      trustDomain: TD,
+      reason: undefined,
+      denied: new Set()
+    })
     onDeltaRequest(stream, {
       node: envoyNode("echo~a"),
       type_url: TypeUrls.Secret,
@@ -273,12 +337,17 @@ describe("the own-secret alias", () => {
       error_detail: undefined
     }, 1)
 
-    const renewed = buildSnapshot(composeMeshState(config, compileUnchecked(config), services, emptyView, secrets("echo-2")), first)
+    const renewed = buildSnapshot(
+      composeMeshState(config, compileUnchecked(config), services, emptyView, secrets("echo-2")),
+      first
+    )
     assert.isTrue(renewed.changes?.names.get(TypeUrls.Secret)?.has(OWN_SECRET))
     const push2 = deltaPush(stream, TypeUrls.Secret, renewed, 2)!
     assert.deepStrictEqual([push2.resources, push2.removed], [1, 0])
     // A renewal changes no cluster: they name the alias, not a certificate.
     assert.isFalse(renewed.changes?.names.get(TypeUrls.Cluster)?.has("outbound|gateway"))
-    assert.isDefined(decode(Types.Any, renewed.resources.get(TypeUrls.Cluster)!.get("outbound|gateway")!.any)["transport_socket"])
+    assert.isDefined(
+      decode(Types.Any, renewed.resources.get(TypeUrls.Cluster)!.get("outbound|gateway")!.any)["transport_socket"]
+    )
   })
 })

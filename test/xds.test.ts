@@ -1,9 +1,9 @@
-import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
+import * as grpc from "@grpc/grpc-js"
 import { Context, Effect, Either, Layer, Option, Queue, Stream, SubscriptionRef, TestClock } from "effect"
-import { LiveConfig } from "../layers/LiveConfig.js"
 import { Discovery } from "../layers/Discovery.js"
 import { Health, type HealthView } from "../layers/Health.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
 import { Snapshot } from "../layers/Snapshot.js"
 import { Xds } from "../layers/Xds.js"
 import type { MeshConfig } from "../schemas/Config.js"
@@ -13,7 +13,10 @@ import { healthService, ServingStatus } from "../src/xds/Wire.js"
 import { AdsClient, envoyNode, grpcNode } from "./support/AdsClient.js"
 import { eventually } from "./support/eventually.js"
 
-const meshConfig = (services: ReadonlyArray<Record<string, unknown>>, extra: Record<string, unknown> = {}): MeshConfig => {
+const meshConfig = (
+  services: ReadonlyArray<Record<string, unknown>>,
+  extra: Record<string, unknown> = {}
+): MeshConfig => {
   const decoded = decodeConfig({ mesh: { name: "test" }, services, ...extra }, "test")
   if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
   return decoded.right
@@ -44,7 +47,9 @@ const apply = (config: MeshConfig) => Effect.flatMap(LiveConfig, (c) => c.apply(
 const clientStatus = Effect.flatMap(Xds, (xds) => xds.status).pipe(Effect.map((s) => s.clients))
 
 const ports = (cla: Record<string, any>): ReadonlyArray<number> =>
-  (cla["endpoints"] ?? []).flatMap((l: any) => l.lb_endpoints.map((e: any) => e.endpoint.address.socket_address.port_value))
+  (cla["endpoints"] ?? []).flatMap((l: any) =>
+    l.lb_endpoints.map((e: any) => e.endpoint.address.socket_address.port_value)
+  )
 
 const sotwRequest = (type_url: string, names: ReadonlyArray<string>, ack?: { version: string; nonce: string }) => ({
   type_url,
@@ -73,7 +78,12 @@ describe("xDS server, State of the World", () => {
       assert.deepStrictEqual(ports(eds.resources[0]!), [7001, 7002])
       assert.notStrictEqual(eds.nonce, lds.nonce)
 
-      const [client] = yield* eventually(Effect.filterOrFail(clientStatus, (c) => c.length === 1 && c[0]!.types["Listener"]?.acknowledgedVersion === lds.version))
+      const [client] = yield* eventually(
+        Effect.filterOrFail(
+          clientStatus,
+          (c) => c.length === 1 && c[0]!.types["Listener"]?.acknowledgedVersion === lds.version
+        )
+      )
       assert.strictEqual(client!.nodeId, "client-1")
       assert.strictEqual(client!.kind, "proxyless")
       assert.strictEqual(client!.protocol, "sotw")
@@ -106,7 +116,9 @@ describe("xDS server, State of the World", () => {
     Effect.gen(function*() {
       const withTimeout = (timeout: string) =>
         meshConfig([echo([7001]), echoV2], {
-          policies: { traffic: [{ name: "t", service: "echo", routes: [{ destinations: [{ service: "echo" }], timeout }] }] }
+          policies: {
+            traffic: [{ name: "t", service: "echo", routes: [{ destinations: [{ service: "echo" }], timeout }] }]
+          }
         })
       const ads = yield* AdsClient.sotw(yield* addressOf)
       yield* ads.send({ node: grpcNode("c"), ...sotwRequest(TypeUrls.RouteConfiguration, ["echo"]) })
@@ -119,7 +131,9 @@ describe("xDS server, State of the World", () => {
         ...sotwRequest(TypeUrls.RouteConfiguration, ["echo"], { version: good.version, nonce: bad.nonce }),
         error_detail: { code: 3, message: "route echo: unsupported thing" }
       })
-      const client = yield* eventually(Effect.filterOrFail(clientStatus, (c) => c[0]?.types["RouteConfiguration"]?.lastNack !== null))
+      const client = yield* eventually(
+        Effect.filterOrFail(clientStatus, (c) => c[0]?.types["RouteConfiguration"]?.lastNack !== null)
+      )
       const rds = client[0]!.types["RouteConfiguration"]!
       assert.strictEqual(rds.lastNack!.message, "route echo: unsupported thing")
       assert.strictEqual(rds.lastNack!.version, bad.version)
@@ -224,7 +238,11 @@ describe("xDS server, Delta", () => {
       const resent = yield* again.next()
       assert.deepStrictEqual(resent.names, ["echo"])
       const clients = yield* clientStatus
-      assert.deepStrictEqual(clients.map((c) => [c.nodeId, c.kind, c.protocol]), [["echo~pod-1", "envoy", "delta"], ["echo~pod-1", "envoy", "delta"]])
+      assert.deepStrictEqual(clients.map((c) => [c.nodeId, c.kind, c.protocol]), [["echo~pod-1", "envoy", "delta"], [
+        "echo~pod-1",
+        "envoy",
+        "delta"
+      ]])
     }).pipe(Effect.provide(serverLayer(initial))))
 })
 
@@ -257,7 +275,8 @@ describe("grpc.health.v1", () => {
 })
 
 describe("health in the snapshot", () => {
-  const view = (entries: Record<string, "healthy" | "unhealthy">): HealthView => new Map([["echo", new Map(Object.entries(entries))]])
+  const view = (entries: Record<string, "healthy" | "unhealthy">): HealthView =>
+    new Map([["echo", new Map(Object.entries(entries))]])
 
   it.scopedLive("an unhealthy endpoint leaves the assignment; grpc.health.v1 Watch follows availability", () =>
     Effect.gen(function*() {
@@ -302,7 +321,10 @@ describe("health in the snapshot", () => {
 describe("Snapshot debounce", () => {
   const snapshotLayer = (config: MeshConfig) => {
     const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
-    return Layer.merge(Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs))))), inputs)
+    return Layer.merge(
+      Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs))))),
+      inputs
+    )
   }
   const withEndpoint = (port: number) => meshConfig([echo([port]), echoV2])
 
@@ -319,7 +341,10 @@ describe("Snapshot debounce", () => {
       yield* TestClock.adjust("150 millis")
       const all = [...(yield* published.await.pipe(Effect.flatten))]
       const cla = all[1]!.snapshot.resources.get(TypeUrls.ClusterLoadAssignment)!.get("echo")!
-      assert.notStrictEqual(cla.version, all[0]!.snapshot.resources.get(TypeUrls.ClusterLoadAssignment)!.get("echo")!.version)
+      assert.notStrictEqual(
+        cla.version,
+        all[0]!.snapshot.resources.get(TypeUrls.ClusterLoadAssignment)!.get("echo")!.version
+      )
       // The initial subscriptions' tick plus one for the whole burst.
       assert.isAtMost((yield* snapshots.status).builds - before, 2)
     }).pipe(Effect.provide(snapshotLayer(initial))))
@@ -335,5 +360,9 @@ describe("Snapshot debounce", () => {
         yield* TestClock.adjust("50 millis")
       }
       assert.notStrictEqual((yield* snapshots.current).snapshot.version, start)
-    }).pipe(Effect.provide(snapshotLayer(meshConfig([echo([7001]), echoV2], { controller: { debounce: { quiet: "100ms", max: "1s" } } })))))
+    }).pipe(
+      Effect.provide(
+        snapshotLayer(meshConfig([echo([7001]), echoV2], { controller: { debounce: { quiet: "100ms", max: "1s" } } }))
+      )
+    ))
 })

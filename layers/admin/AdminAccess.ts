@@ -78,7 +78,7 @@ const hostNames = (host: string, extra: ReadonlyArray<string>): Set<string> => {
     }
     names.add(NodeOs.hostname().toLowerCase())
   }
-  if (isWildcard(host) || isLoopback(host)) for (const name of ["localhost", "127.0.0.1", "::1"]) names.add(name)
+  if (isWildcard(host) || isLoopback(host)) { for (const name of ["localhost", "127.0.0.1", "::1"]) names.add(name) }
   return names
 }
 
@@ -127,12 +127,13 @@ export const makeAccessRule = (host: string, options: AccessOptions = {}): Acces
   }
 }
 
-const guard = (check: (rule: AccessRule, request: Request) => Option.Option<Response>) =>
-<A, E, R>(handler: Effect.Effect<A, E, R>): Effect.Effect<A | Response, E, R | AdminAccess | Request> =>
-  Effect.flatMap(Effect.zip(AdminAccess, HttpServerRequest.HttpServerRequest), ([rule, request]) => {
-    const refused = check(rule, request)
-    return Option.isSome(refused) ? Effect.succeed<A | Response>(refused.value) : handler
-  })
+const guard =
+  (check: (rule: AccessRule, request: Request) => Option.Option<Response>) =>
+  <A, E, R>(handler: Effect.Effect<A, E, R>): Effect.Effect<A | Response, E, R | AdminAccess | Request> =>
+    Effect.flatMap(Effect.zip(AdminAccess, HttpServerRequest.HttpServerRequest), ([rule, request]) => {
+      const refused = check(rule, request)
+      return Option.isSome(refused) ? Effect.succeed<A | Response>(refused.value) : handler
+    })
 
 /** Wraps a route that changes state: it runs only with a valid credential. */
 export const requireWrite = guard((rule, request) => rule.checkWrite(request))

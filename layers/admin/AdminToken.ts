@@ -34,7 +34,7 @@ export interface AdminToken {
 const digest = (value: string): Buffer => createHash("sha256").update(value, "utf8").digest()
 
 /** A verifier for one known token (also what a library user with its own secret store calls). */
-export const tokenVerifier = (token: Redacted.Redacted<string>): ((presented: string) => boolean) => {
+export const tokenVerifier = (token: Redacted.Redacted<string>): (presented: string) => boolean => {
   const expected = digest(Redacted.value(token))
   return (presented) => timingSafeEqual(digest(presented), expected)
 }

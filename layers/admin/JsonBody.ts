@@ -86,10 +86,12 @@ const readCapped = (incoming: IncomingMessage, maxBytes: number) =>
     })
     incoming.once("end", () =>
       finish(() => (over ? tooLarge(maxBytes) : Effect.succeed(Buffer.concat(chunks).toString("utf8")))))
-    incoming.once("error", () => finish(() => refused(400, "BadRequest", "bad_request", "body: could not be read")))
+    incoming.once("error", () =>
+      finish(() => refused(400, "BadRequest", "bad_request", "body: could not be read")))
     incoming.once("close", () =>
-      finish(() => over ? tooLarge(maxBytes) : refused(400, "BadRequest", "bad_request", "body: the connection closed"))
-    )
+      finish(() =>
+        over ? tooLarge(maxBytes) : refused(400, "BadRequest", "bad_request", "body: the connection closed")
+      ))
   })
 
 const tooLarge = (maxBytes: number) =>

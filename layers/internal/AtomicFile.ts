@@ -23,7 +23,8 @@ export class FileWriteError extends Data.TaggedError("FileWriteError")<{
 /** The marker in a temporary file's name; `removeTempFiles` deletes what a crash left with it. */
 export const TEMP_MARKER = ".tmp-"
 
-const writeError = (path: string) => (cause: unknown) => new FileWriteError({ path, reason: describeErrno(cause), cause })
+const writeError = (path: string) => (cause: unknown) =>
+  new FileWriteError({ path, reason: describeErrno(cause), cause })
 
 /**
  * The reason a directory cannot be created, worded for the errno: a read-only mount or missing

@@ -14,7 +14,9 @@ import * as NodePath from "node:path"
 import { describeErrno, errnoCode } from "../../src/Errno.js"
 import { fsyncDir } from "./AtomicFile.js"
 
-export class AtomicWriteFailed extends Data.TaggedError("AtomicWriteFailed")<{ readonly path: string; readonly reason: string }> {
+export class AtomicWriteFailed
+  extends Data.TaggedError("AtomicWriteFailed")<{ readonly path: string; readonly reason: string }>
+{
   override get message(): string {
     return `${this.path}: ${this.reason}`
   }
@@ -41,7 +43,10 @@ export interface DirectoryFile {
 const DATA = "..data"
 
 /** Replaces the set of files in `dir` as one step (see the module comment). */
-export const writeDirectoryAtomic = (dir: string, files: ReadonlyArray<DirectoryFile>): Effect.Effect<void, AtomicWriteFailed> =>
+export const writeDirectoryAtomic = (
+  dir: string,
+  files: ReadonlyArray<DirectoryFile>
+): Effect.Effect<void, AtomicWriteFailed> =>
   Effect.tryPromise({
     try: async () => {
       await NodeFs.mkdir(dir, { recursive: true, mode: 0o700 })
@@ -69,7 +74,9 @@ export const writeDirectoryAtomic = (dir: string, files: ReadonlyArray<Directory
         await NodeFs.rename(temp, visible)
       }
       await fsyncDir(dir)
-      if (previous !== undefined && previous !== stamp) await NodeFs.rm(NodePath.join(dir, previous), { recursive: true, force: true })
+      if (previous !== undefined && previous !== stamp) {
+        await NodeFs.rm(NodePath.join(dir, previous), { recursive: true, force: true })
+      }
     },
     catch: failed(dir)
   })

@@ -36,10 +36,12 @@ export interface TrustBundle {
   readonly roots: ReadonlyArray<RootSummary & { readonly state: RootState }>
 }
 
-const storeError = (path: string) => (cause: unknown) => new CertificateStoreError({ path, reason: describeErrno(cause) })
+const storeError = (path: string) => (cause: unknown) =>
+  new CertificateStoreError({ path, reason: describeErrno(cause) })
 
 /** The atomic writer's failure, as the store reports it. */
-const asStoreError = (error: AtomicFile.FileWriteError) => new CertificateStoreError({ path: error.path, reason: error.reason })
+const asStoreError = (error: AtomicFile.FileWriteError) =>
+  new CertificateStoreError({ path: error.path, reason: error.reason })
 
 export const ensurePrivateDir = (dir: string): Effect.Effect<void, CertificateStoreError> =>
   Effect.mapError(AtomicFile.ensurePrivateDir(dir), asStoreError)
@@ -48,7 +50,8 @@ export const writeAtomic = (
   path: string,
   content: string,
   options: { readonly mode: number; readonly replace: boolean }
-): Effect.Effect<void, CertificateStoreError> => Effect.mapError(AtomicFile.writeAtomic(path, content, options), asStoreError)
+): Effect.Effect<void, CertificateStoreError> =>
+  Effect.mapError(AtomicFile.writeAtomic(path, content, options), asStoreError)
 
 export const fsyncDir = AtomicFile.fsyncDir
 
@@ -149,10 +152,16 @@ const readPair = (
     const key = yield* readOptional(keyFile)
     if (Option.isNone(cert) && Option.isNone(key)) return Option.none()
     if (Option.isNone(cert)) {
-      return yield* new CaInvalid({ file: certFile, reason: `missing, but its key ${keyFile} exists; restore it or move both aside` })
+      return yield* new CaInvalid({
+        file: certFile,
+        reason: `missing, but its key ${keyFile} exists; restore it or move both aside`
+      })
     }
     if (Option.isNone(key)) {
-      return yield* new CaInvalid({ file: keyFile, reason: `missing, but its certificate ${certFile} exists; restore it or move both aside` })
+      return yield* new CaInvalid({
+        file: keyFile,
+        reason: `missing, but its certificate ${certFile} exists; restore it or move both aside`
+      })
     }
     return Option.some({ cert: cert.value, key: Redacted.make(key.value) })
   })
@@ -161,25 +170,35 @@ const RETIRED_NAME = /^(\d{8}T\d{6}Z)-([0-9a-f]+)\.pem$/
 
 export const compactTime = (date: Date) => date.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")
 const parseCompactTime = (text: string) =>
-  new Date(`${text.slice(0, 4)}-${text.slice(4, 6)}-${text.slice(6, 8)}T${text.slice(9, 11)}:${text.slice(11, 13)}:${text.slice(13, 15)}Z`)
+  new Date(
+    `${text.slice(0, 4)}-${text.slice(4, 6)}-${text.slice(6, 8)}T${text.slice(9, 11)}:${text.slice(11, 13)}:${
+      text.slice(13, 15)
+    }Z`
+  )
 
 const readPrevious = (paths: CaPaths) =>
   Effect.gen(function*() {
-    const names = yield* Effect.tryPromise({ try: () => NodeFs.readdir(paths.previousDir), catch: (cause) => cause }).pipe(
-      Effect.catchAll((cause) =>
-        errnoCode(cause) === "ENOENT"
-          ? Effect.succeed([] as Array<string>)
-          : Effect.fail(new CaInvalid({ file: paths.previousDir, reason: `cannot read: ${describeErrno(cause)}` }))
+    const names = yield* Effect.tryPromise({ try: () => NodeFs.readdir(paths.previousDir), catch: (cause) => cause })
+      .pipe(
+        Effect.catchAll((cause) =>
+          errnoCode(cause) === "ENOENT"
+            ? Effect.succeed([] as Array<string>)
+            : Effect.fail(new CaInvalid({ file: paths.previousDir, reason: `cannot read: ${describeErrno(cause)}` }))
+        )
       )
-    )
     const out: Array<{ pem: string; retiredAt: Date }> = []
     for (const name of names.sort()) {
       const match = RETIRED_NAME.exec(name)
       if (match === null) continue
       const file = NodePath.join(paths.previousDir, name)
       const pems = splitPem(yield* readRequired(file))
-      if (pems.length !== 1) return yield* new CaInvalid({ file, reason: "expected one PEM certificate (corrupt file?)" })
-      yield* Effect.try({ try: () => summarizeRoot(pems[0]!), catch: () => new CaInvalid({ file, reason: "not a valid PEM certificate" }) })
+      if (pems.length !== 1) {
+        return yield* new CaInvalid({ file, reason: "expected one PEM certificate (corrupt file?)" })
+      }
+      yield* Effect.try({
+        try: () => summarizeRoot(pems[0]!),
+        catch: () => new CaInvalid({ file, reason: "not a valid PEM certificate" })
+      })
       out.push({ pem: pems[0]!, retiredAt: parseCompactTime(match[1]!) })
     }
     return out
@@ -204,8 +223,7 @@ export const newRoot = (options: StoreSettings): Effect.Effect<CaPem, SigningFai
       keyAlgorithm: options.settings.keyAlgorithm,
       now: new Date(now),
       validityMillis: Duration.toMillis(options.settings.caValidity)
-    })
-  )
+    }))
 
 /** Writes a new root pair, key first; neither file may exist yet. */
 export const writeRoot = (certFile: string, keyFile: string, root: CaPem) =>
@@ -242,13 +260,17 @@ const linkInto = async (from: string, to: string) => {
  */
 const publishFirstRoot = (paths: CaPaths, root: CaPem) =>
   Effect.gen(function*() {
-    yield* Effect.tryPromise({ try: () => NodeFs.rm(paths.staging, { recursive: true, force: true }), catch: storeError(paths.staging) })
+    yield* Effect.tryPromise({
+      try: () => NodeFs.rm(paths.staging, { recursive: true, force: true }),
+      catch: storeError(paths.staging)
+    })
     yield* ensurePrivateDir(paths.staging)
     yield* writeRoot(NodePath.join(paths.staging, "ca.pem"), NodePath.join(paths.staging, "ca-key.pem"), root)
     yield* publishStaged(paths)
   })
 
-const publishStaged = (paths: CaPaths) => Effect.tryPromise({ try: () => publishStagedFiles(paths), catch: storeError(paths.dir) })
+const publishStaged = (paths: CaPaths) =>
+  Effect.tryPromise({ try: () => publishStagedFiles(paths), catch: storeError(paths.dir) })
 
 /** Key first, certificate last: the certificate in place is what makes the CA exist. */
 const publishStagedFiles = async (paths: CaPaths) => {
@@ -308,7 +330,9 @@ export const recoverInterrupted = (paths: CaPaths): Effect.Effect<ReadonlyArray<
         }
         const nextCert = await readIfExists(paths.nextCert)
         const key = await readIfExists(paths.key)
-        if (nextCert !== undefined && !(await exists(paths.nextKey)) && key !== undefined && samePublicKey(key, nextCert)) {
+        if (
+          nextCert !== undefined && !(await exists(paths.nextKey)) && key !== undefined && samePublicKey(key, nextCert)
+        ) {
           await NodeFs.rename(paths.nextCert, paths.cert)
           await AtomicFile.fsyncDir(paths.dir)
           await NodeFs.rmdir(paths.nextDir).catch(() => undefined)
@@ -330,7 +354,8 @@ const checkKeyMode = (file: string): Effect.Effect<void, CaInvalid> =>
       return Effect.fail(
         new CaInvalid({
           file,
-          reason: `permissions 0${mode.toString(8)} are too open: the CA key must not be accessible by group or others; ` +
+          reason:
+            `permissions 0${mode.toString(8)} are too open: the CA key must not be accessible by group or others; ` +
             `run \`chmod 600 ${file}\``
         })
       )
@@ -338,7 +363,9 @@ const checkKeyMode = (file: string): Effect.Effect<void, CaInvalid> =>
   )
 
 /** Loads (and on first start creates) the CA under `settings.dir`. */
-export const loadCaDir = (options: StoreOptions): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
+export const loadCaDir = (
+  options: StoreOptions
+): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
   Effect.gen(function*() {
     const paths = caPaths(options.settings.dir)
     if (options.create) {
@@ -346,7 +373,9 @@ export const loadCaDir = (options: StoreOptions): Effect.Effect<CaMaterial, CaIn
     }
     const existing = yield* readPair(paths.cert, paths.key)
     const { cert, key } = Option.isSome(existing) ? existing.value : yield* Effect.gen(function*() {
-      if (!options.create) return yield* new CaInvalid({ file: paths.cert, reason: "no CA yet (it is created on the first start)" })
+      if (!options.create) {
+        return yield* new CaInvalid({ file: paths.cert, reason: "no CA yet (it is created on the first start)" })
+      }
       yield* ensurePrivateDir(paths.dir)
       const root = yield* newRoot(options)
       yield* publishFirstRoot(paths, root)
@@ -356,7 +385,10 @@ export const loadCaDir = (options: StoreOptions): Effect.Effect<CaMaterial, CaIn
     yield* checkKeyMode(paths.key)
     const authority = yield* loadAuthority({ certPem: cert, certFile: paths.cert, keyPem: key, keyFile: paths.key })
     if (authority.rootPem !== authority.certPem) {
-      return yield* new CaInvalid({ file: paths.cert, reason: "expected a self-signed root (use certificates.ca for an intermediate)" })
+      return yield* new CaInvalid({
+        file: paths.cert,
+        reason: "expected a self-signed root (use certificates.ca for an intermediate)"
+      })
     }
     const nextPair = yield* readPair(paths.nextCert, paths.nextKey)
     if (Option.isSome(nextPair)) yield* checkKeyMode(paths.nextKey)
@@ -375,7 +407,12 @@ export const loadCaDir = (options: StoreOptions): Effect.Effect<CaMaterial, CaIn
       next,
       previous,
       external: false,
-      digest: digestOf([cert, Redacted.value(key), ...Option.toArray(next), ...previous.map((p) => `${p.retiredAt.toISOString()}${p.pem}`)])
+      digest: digestOf([
+        cert,
+        Redacted.value(key),
+        ...Option.toArray(next),
+        ...previous.map((p) => `${p.retiredAt.toISOString()}${p.pem}`)
+      ])
     }
   })
 
@@ -403,7 +440,9 @@ export const loadCaFiles = (files: NonNullable<CertificateSettings["ca"]>): Effe
   })
 
 /** The CA the settings name: operator files when `certificates.ca` is set, else the directory. */
-export const openCa = (options: StoreOptions): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
+export const openCa = (
+  options: StoreOptions
+): Effect.Effect<CaMaterial, CaInvalid | CertificateStoreError | SigningFailed> =>
   loadCa(caSourceOf(options.settings), options)
 
 export const loadCa = (source: CaSource, options: StoreOptions) => {
@@ -417,8 +456,20 @@ export const loadCa = (source: CaSource, options: StoreOptions) => {
     case "Ephemeral":
       return Effect.gen(function*() {
         const root = yield* newRoot(options)
-        const authority = yield* loadAuthority({ certPem: root.certPem, certFile: "<memory>", keyPem: root.keyPem, keyFile: "<memory>" })
-        return { authority, active: root.certPem, next: Option.none(), previous: [], external: false, digest: "ephemeral" }
+        const authority = yield* loadAuthority({
+          certPem: root.certPem,
+          certFile: "<memory>",
+          keyPem: root.keyPem,
+          keyFile: "<memory>"
+        })
+        return {
+          authority,
+          active: root.certPem,
+          next: Option.none(),
+          previous: [],
+          external: false,
+          digest: "ephemeral"
+        }
       })
   }
 }
@@ -468,4 +519,3 @@ export const writeIdentityFiles = (
     yield* writeAtomic(files.ca, bundlePem, { mode: 0o644, replace: true })
     return files
   })
-

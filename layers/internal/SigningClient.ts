@@ -15,7 +15,14 @@ export class SigningCallFailed extends Data.TaggedError("SigningCallFailed")<{
 }> {
   /** Worth retrying: the controller is unreachable, busy or restarting. */
   get transient(): boolean {
-    return [grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.RESOURCE_EXHAUSTED, grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.CANCELLED]
+    return [
+      grpc.status.UNAVAILABLE,
+      grpc.status.DEADLINE_EXCEEDED,
+      grpc.status.RESOURCE_EXHAUSTED,
+      grpc.status.INTERNAL,
+      grpc.status.UNKNOWN,
+      grpc.status.CANCELLED
+    ]
       .includes(this.code)
   }
   override get message(): string {
@@ -27,7 +34,11 @@ export class SigningCallFailed extends Data.TaggedError("SigningCallFailed")<{
 const checkController = (_host: string, cert: PeerCertificate): Error | undefined =>
   uriSans(cert.subjectaltname).some((uri) => /^spiffe:\/\/[^/]+\/controller$/.test(uri))
     ? undefined
-    : new Error(`the server at this address is not the mesh controller (its certificate names ${cert.subjectaltname ?? "nothing"})`)
+    : new Error(
+      `the server at this address is not the mesh controller (its certificate names ${
+        cert.subjectaltname ?? "nothing"
+      })`
+    )
 
 export type Credentials =
   /** Before the first certificate: no verification at all, only for fetching the public bundle. */
@@ -53,23 +64,45 @@ const unary = <A>(
   address: string,
   credentials: Credentials,
   deadlineMillis: number,
-  call: (client: ReturnType<typeof newSigningClient>, options: grpc.CallOptions, done: (error: grpc.ServiceError | null, value?: A) => void) => void
+  call: (
+    client: ReturnType<typeof newSigningClient>,
+    options: grpc.CallOptions,
+    done: (error: grpc.ServiceError | null, value?: A) => void
+  ) => void
 ): Effect.Effect<A, SigningCallFailed> =>
   Effect.async<A, SigningCallFailed>((resume) => {
     // The controller is checked by its SPIFFE ID (checkController), not by name; a fixed name
     // also keeps Node from warning about an IP address as TLS server name (RFC 6066).
-    const client = newSigningClient(address, channelCredentials(credentials), { "grpc.ssl_target_name_override": "mesh-controller" })
+    const client = newSigningClient(address, channelCredentials(credentials), {
+      "grpc.ssl_target_name_override": "mesh-controller"
+    })
     call(client, { deadline: Date.now() + deadlineMillis }, (error, value) => {
       client.close()
       if (error !== null || value === undefined) {
-        resume(Effect.fail(new SigningCallFailed({ code: error?.code ?? grpc.status.UNKNOWN, details: error?.details ?? "no answer" })))
+        resume(
+          Effect.fail(
+            new SigningCallFailed({ code: error?.code ?? grpc.status.UNKNOWN, details: error?.details ?? "no answer" })
+          )
+        )
       } else resume(Effect.succeed(value))
     })
     return Effect.sync(() => client.close())
   })
 
-export const fetchBundle = (address: string, credentials: Credentials, deadlineMillis = 10_000): Effect.Effect<string, SigningCallFailed> =>
-  Effect.map(unary<{ readonly pem: string }>(address, credentials, deadlineMillis, (c, o, done) => c.GetTrustBundle({}, o, done)), (r) => r.pem)
+export const fetchBundle = (
+  address: string,
+  credentials: Credentials,
+  deadlineMillis = 10_000
+): Effect.Effect<string, SigningCallFailed> =>
+  Effect.map(
+    unary<{ readonly pem: string }>(
+      address,
+      credentials,
+      deadlineMillis,
+      (c, o, done) => c.GetTrustBundle({}, o, done)
+    ),
+    (r) => r.pem
+  )
 
 export const requestCertificate = (
   address: string,

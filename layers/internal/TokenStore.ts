@@ -73,7 +73,9 @@ export const fileTokenStore = (directory: string): TokenStore => {
   const keyFile = NodePath.join(dir, "mac-key")
   const lock = Effect.unsafeMakeSemaphore(1)
   const storeError = (path: string) => (cause: unknown) => new TokenStoreError({ path, reason: describeErrno(cause) })
-  const prepare = ensurePrivateDir(dir).pipe(Effect.mapError((e) => new TokenStoreError({ path: e.path, reason: e.reason })))
+  const prepare = ensurePrivateDir(dir).pipe(
+    Effect.mapError((e) => new TokenStoreError({ path: e.path, reason: e.reason }))
+  )
   const write = (path: string, content: string, replace: boolean) =>
     writeAtomic(path, content, { mode: 0o600, replace }).pipe(
       Effect.mapError((e) => new TokenStoreError({ path: e.path, reason: e.reason }))
@@ -87,22 +89,31 @@ export const fileTokenStore = (directory: string): TokenStore => {
       Effect.flatMap((text) => {
         if (text === undefined) return Effect.succeedNone
         return Either.match(decodeRecord(text), {
-          onLeft: () => Effect.fail(new TokenStoreError({ path: fileOf(id), reason: "not a token record (corrupt file?)" })),
+          onLeft: () =>
+            Effect.fail(new TokenStoreError({ path: fileOf(id), reason: "not a token record (corrupt file?)" })),
           onRight: (record) => Effect.succeed(Option.some(record as TokenRecord))
         })
       })
     )
 
   const macKey = Effect.gen(function*() {
-    const existing = yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile, "utf8"), catch: (cause) => cause }).pipe(
-      Effect.map(Option.some),
-      Effect.catchAll((cause) => (errnoCode(cause) === "ENOENT" ? Effect.succeedNone : Effect.fail(storeError(keyFile)(cause))))
-    )
+    const existing = yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile, "utf8"), catch: (cause) => cause })
+      .pipe(
+        Effect.map(Option.some),
+        Effect.catchAll((
+          cause
+        ) => (errnoCode(cause) === "ENOENT" ? Effect.succeedNone : Effect.fail(storeError(keyFile)(cause))))
+      )
     if (Option.isSome(existing)) return new Uint8Array(Buffer.from(existing.value, "hex"))
     yield* prepare
     // link() refuses to clobber: of two processes making the key at once, one wins and both read it.
     yield* write(keyFile, randomBytes(32).toString("hex"), false).pipe(Effect.catchAll(() => Effect.void))
-    return new Uint8Array(Buffer.from(yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile, "utf8"), catch: storeError(keyFile) }), "hex"))
+    return new Uint8Array(
+      Buffer.from(
+        yield* Effect.tryPromise({ try: () => NodeFs.readFile(keyFile, "utf8"), catch: storeError(keyFile) }),
+        "hex"
+      )
+    )
   })
 
   return {
@@ -112,7 +123,12 @@ export const fileTokenStore = (directory: string): TokenStore => {
     get: read,
     list: Effect.gen(function*() {
       const names = yield* Effect.tryPromise({ try: () => NodeFs.readdir(dir), catch: (cause) => cause }).pipe(
-        Effect.catchAll((cause) => (errnoCode(cause) === "ENOENT" ? Effect.succeed([] as Array<string>) : Effect.fail(storeError(dir)(cause))))
+        Effect.catchAll((
+          cause
+        ) => (errnoCode(cause) === "ENOENT"
+          ? Effect.succeed([] as Array<string>)
+          : Effect.fail(storeError(dir)(cause)))
+        )
       )
       const ids = names.flatMap((name) => ID_FILE.exec(name)?.[1] ?? [])
       const records = yield* Effect.forEach(ids, read)
@@ -143,4 +159,5 @@ export const fileTokenStore = (directory: string): TokenStore => {
 }
 
 /** The controller's token directory: next to the CA, in the state it already keeps private. */
-export const tokenDirectory = (certificatesDir: string): string => NodePath.join(NodePath.resolve(certificatesDir), "tokens")
+export const tokenDirectory = (certificatesDir: string): string =>
+  NodePath.join(NodePath.resolve(certificatesDir), "tokens")

@@ -11,12 +11,17 @@ export const snapshotBuilds = counter(
   "Snapshot rebuilds, by whether the content changed.",
   ["changed"]
 )
-export const snapshotBuildSeconds = histogram("mesh_controller_snapshot_build_seconds", "Time to rebuild the xDS snapshot.")
+export const snapshotBuildSeconds = histogram(
+  "mesh_controller_snapshot_build_seconds",
+  "Time to rebuild the xDS snapshot."
+)
 export const snapshotServiceErrors = gauge(
   "mesh_controller_snapshot_service_errors",
   "Services whose resources could not be built."
 )
-export const snapshotResources = gauge("mesh_controller_snapshot_resources", "Resources in the snapshot, by type.", ["type"])
+export const snapshotResources = gauge("mesh_controller_snapshot_resources", "Resources in the snapshot, by type.", [
+  "type"
+])
 
 // Server (layers/Xds.ts)
 export const xdsStreams = gauge(

@@ -17,7 +17,9 @@ const webcrypto = NodeCrypto.webcrypto
 // Keys
 // ---------------------------------------------------------------------------------------------
 
-const keyGenParams = (algorithm: KeyAlgorithm): NodeCrypto.webcrypto.RsaHashedKeyGenParams | NodeCrypto.webcrypto.EcKeyGenParams => {
+const keyGenParams = (
+  algorithm: KeyAlgorithm
+): NodeCrypto.webcrypto.RsaHashedKeyGenParams | NodeCrypto.webcrypto.EcKeyGenParams => {
   switch (algorithm) {
     case "ecdsa-p256":
       return { name: "ECDSA", namedCurve: "P-256" }
@@ -46,8 +48,9 @@ const attempt = <A>(what: string, f: () => Promise<A>): Effect.Effect<A, Signing
 
 /** A fresh extractable key pair (extractable so the PEM can be handed to the workload). */
 export const generateKeyPair = (algorithm: KeyAlgorithm): Effect.Effect<CryptoKeyPair, SigningFailed> =>
-  attempt(`generating a ${algorithm} key`, () =>
-    webcrypto.subtle.generateKey(keyGenParams(algorithm), true, ["sign", "verify"]) as Promise<CryptoKeyPair>
+  attempt(
+    `generating a ${algorithm} key`,
+    () => webcrypto.subtle.generateKey(keyGenParams(algorithm), true, ["sign", "verify"]) as Promise<CryptoKeyPair>
   )
 
 // Key exports go through KeyObject, synchronously: WebCrypto's exportKey is a thread-pool round
@@ -59,7 +62,9 @@ const exportKeyPem = (key: CryptoKey): Effect.Effect<Redacted.Redacted<string>, 
   })
 
 /** WebCrypto import parameters for a private key, from what Node can tell about it. */
-const importParams = (key: NodeCrypto.KeyObject): NodeCrypto.webcrypto.RsaHashedImportParams | NodeCrypto.webcrypto.EcKeyImportParams | string => {
+const importParams = (
+  key: NodeCrypto.KeyObject
+): NodeCrypto.webcrypto.RsaHashedImportParams | NodeCrypto.webcrypto.EcKeyImportParams | string => {
   if (key.asymmetricKeyType === "rsa") return { name: "RSASSA-PKCS1-v1_5", hash: "SHA-256" }
   if (key.asymmetricKeyType === "ec") {
     const curve = key.asymmetricKeyDetails?.namedCurve
@@ -153,8 +158,7 @@ export const createRoot = (options: RootOptions): Effect.Effect<CaPem, SigningFa
           ]
         },
         webcrypto
-      )
-    )
+      ))
     return { certPem: certificate.toString("pem") + "\n", keyPem: yield* exportKeyPem(keys.privateKey) }
   })
 
@@ -191,14 +195,19 @@ export const loadAuthority = (source: CaSource): Effect.Effect<Authority, CaInva
     if (certs.length !== 1) {
       return yield* new CaInvalid({
         file: certFile,
-        reason: certs.length === 0 ? "no PEM certificate found (corrupt or empty file?)" : `expected one certificate, found ${certs.length}`
+        reason: certs.length === 0
+          ? "no PEM certificate found (corrupt or empty file?)"
+          : `expected one certificate, found ${certs.length}`
       })
     }
     const cert = yield* parseCertificate(certs[0]!, certFile)
-    if (!cert.ca) return yield* new CaInvalid({ file: certFile, reason: "the certificate is not a CA (basicConstraints CA:FALSE)" })
+    if (!cert.ca) {
+      return yield* new CaInvalid({ file: certFile, reason: "the certificate is not a CA (basicConstraints CA:FALSE)" })
+    }
     const privateKey = yield* Effect.try({
       try: () => NodeCrypto.createPrivateKey(Redacted.value(source.keyPem)),
-      catch: () => new CaInvalid({ file: keyFile, reason: "not a valid PEM private key (corrupt or truncated, or encrypted?)" })
+      catch: () =>
+        new CaInvalid({ file: keyFile, reason: "not a valid PEM private key (corrupt or truncated, or encrypted?)" })
     })
     if (!spki(NodeCrypto.createPublicKey(privateKey)).equals(spki(cert.publicKey))) {
       return yield* new CaInvalid({ file: keyFile, reason: `the key does not match the certificate in ${certFile}` })
@@ -215,7 +224,10 @@ export const loadAuthority = (source: CaSource): Effect.Effect<Authority, CaInva
     let top = cert
     for (const next of chain) {
       if (!signs(top, next)) {
-        return yield* new CaInvalid({ file: chainFile, reason: `${next.subject} did not issue ${top.subject}; list the chain from the issuer up to the root` })
+        return yield* new CaInvalid({
+          file: chainFile,
+          reason: `${next.subject} did not issue ${top.subject}; list the chain from the issuer up to the root`
+        })
       }
       top = next
     }
@@ -227,7 +239,9 @@ export const loadAuthority = (source: CaSource): Effect.Effect<Authority, CaInva
     }
     const key = yield* Effect.tryPromise({
       try: () =>
-        webcrypto.subtle.importKey("pkcs8", privateKey.export({ format: "der", type: "pkcs8" }), params, false, ["sign"]),
+        webcrypto.subtle.importKey("pkcs8", privateKey.export({ format: "der", type: "pkcs8" }), params, false, [
+          "sign"
+        ]),
       catch: () => new CaInvalid({ file: keyFile, reason: "WebCrypto cannot use this key" })
     })
     const pems = chain.map((c) => c.toString())
@@ -281,8 +295,13 @@ const workloadConstants = (() => {
     new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth], false)
   ]
   const ec = new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true)
-  const rsa = new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment, true)
-  return (algorithm: KeyAlgorithm): ReadonlyArray<x509.Extension> => [common[0]!, algorithm === "ecdsa-p256" ? ec : rsa, common[1]!]
+  const rsa = new x509.KeyUsagesExtension(
+    x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment,
+    true
+  )
+  return (
+    algorithm: KeyAlgorithm
+  ): ReadonlyArray<x509.Extension> => [common[0]!, algorithm === "ecdsa-p256" ? ec : rsa, common[1]!]
 })()
 
 /** What a peer needs between a leaf and the root: the authority itself unless it is the root, then its intermediates. */
@@ -317,7 +336,8 @@ const cryptoKeyIdentifier = (key: CryptoKey): string =>
 
 /** The issuer's own key identifier (a CA we did not make may hash differently), or one computed from its key. */
 const issuerKeyId = (issuer: x509.X509Certificate): string =>
-  issuer.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId ?? keyIdentifier(new Uint8Array(issuer.publicKey.rawData))
+  issuer.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId ??
+    keyIdentifier(new Uint8Array(issuer.publicKey.rawData))
 
 // ---------------------------------------------------------------------------------------------
 // The fast path: a workload certificate's DER, built directly
@@ -355,13 +375,17 @@ const OID = {
 
 /** PrintableString when the text allows it (as @peculiar/x509 chose), else UTF8String. */
 const directoryString = (text: string): Buffer =>
-  /^[A-Za-z0-9 '()+,\-./:=?]*$/.test(text) ? tlv(0x13, Buffer.from(text, "ascii")) : tlv(0x0c, Buffer.from(text, "utf8"))
+  /^[A-Za-z0-9 '()+,\-./:=?]*$/.test(text)
+    ? tlv(0x13, Buffer.from(text, "ascii"))
+    : tlv(0x0c, Buffer.from(text, "utf8"))
 
 /** UTCTime through 2049, GeneralizedTime from 2050 (RFC 5280 §4.1.2.5), whole seconds. */
 const derTime = (date: Date): Buffer => {
   const iso = date.toISOString() // 2026-03-01T00:00:00.000Z
   const digits = iso.slice(0, 19).replace(/[-T:]/g, "") + "Z"
-  return date.getUTCFullYear() < 2050 ? tlv(0x17, Buffer.from(digits.slice(2), "ascii")) : tlv(0x18, Buffer.from(digits, "ascii"))
+  return date.getUTCFullYear() < 2050
+    ? tlv(0x17, Buffer.from(digits.slice(2), "ascii"))
+    : tlv(0x18, Buffer.from(digits, "ascii"))
 }
 
 /** The elements of a DER SEQUENCE's content, as [tag, whole element] slices. */
@@ -404,7 +428,11 @@ const partsOf = (authority: Authority): IssuerParts => {
   const parts: IssuerParts = {
     name: subject,
     signatureAlgorithm,
-    authorityKeyIdentifier: tlv(0x30, OID.authorityKeyIdentifier, tlv(0x04, tlv(0x30, tlv(0x80, Buffer.from(authority.keyId, "hex"))))),
+    authorityKeyIdentifier: tlv(
+      0x30,
+      OID.authorityKeyIdentifier,
+      tlv(0x04, tlv(0x30, tlv(0x80, Buffer.from(authority.keyId, "hex"))))
+    ),
     signingKey: NodeCrypto.KeyObject.from(authority.key),
     hash
   }
@@ -414,7 +442,8 @@ const partsOf = (authority: Authority): IssuerParts => {
 
 /** The constant extensions (basicConstraints, keyUsage, extendedKeyUsage) as DER, per key kind. */
 const constantExtensions = (() => {
-  const der = (algorithm: KeyAlgorithm) => Buffer.concat(workloadConstants(algorithm).map((e) => Buffer.from(e.rawData)))
+  const der = (algorithm: KeyAlgorithm) =>
+    Buffer.concat(workloadConstants(algorithm).map((e) => Buffer.from(e.rawData)))
   const ec = der("ecdsa-p256")
   const rsa = der("rsa-2048")
   return (algorithm: KeyAlgorithm): Buffer => (algorithm === "ecdsa-p256" ? ec : rsa)
@@ -446,17 +475,26 @@ export type SignedCertificate = Omit<IssuedCertificate, "keyPem">
  * digitalSignature (+ keyEncipherment for RSA), serverAuth + clientAuth. Its lifetime never
  * outlasts the authority. `issueWorkload` is this plus a fresh key pair.
  */
-export const signWorkload = (authority: Authority, request: SigningRequest): Effect.Effect<SignedCertificate, SigningFailed> =>
+export const signWorkload = (
+  authority: Authority,
+  request: SigningRequest
+): Effect.Effect<SignedCertificate, SigningFailed> =>
   Effect.try({
     try: () => {
       const issuer = partsOf(authority)
       // Encoded to the second (truncated, as before); the values returned keep the millisecond.
       const notBefore = new Date(request.now.getTime() - WORKLOAD_BACKDATE_MILLIS)
-      const notAfter = new Date(Math.min(request.now.getTime() + request.ttlMillis, authority.certificate.notAfter.getTime()))
+      const notAfter = new Date(
+        Math.min(request.now.getTime() + request.ttlMillis, authority.certificate.notAfter.getTime())
+      )
       const serial = randomSerial()
       const spki = Buffer.from(request.publicKey)
       const ascii = (text: string) => Buffer.from(text, "ascii")
-      const san = tlv(0x30, tlv(0x86, ascii(request.spiffeId)), ...request.dnsNames.map((name) => tlv(0x82, ascii(name))))
+      const san = tlv(
+        0x30,
+        tlv(0x86, ascii(request.spiffeId)),
+        ...request.dnsNames.map((name) => tlv(0x82, ascii(name)))
+      )
       const extensions = tlv(
         0xa3,
         tlv(
@@ -501,7 +539,10 @@ export const signWorkload = (authority: Authority, request: SigningRequest): Eff
   })
 
 /** A fresh key pair and its certificate (`signWorkload`): what the controller issues to each service. */
-export const issueWorkload = (authority: Authority, request: WorkloadRequest): Effect.Effect<IssuedCertificate, SigningFailed> =>
+export const issueWorkload = (
+  authority: Authority,
+  request: WorkloadRequest
+): Effect.Effect<IssuedCertificate, SigningFailed> =>
   Effect.gen(function*() {
     const keys = yield* generateKeyPair(request.keyAlgorithm)
     const publicKey = NodeCrypto.KeyObject.from(keys.publicKey).export({ format: "der", type: "spki" })

@@ -33,7 +33,9 @@ export class CaOperationRefused extends Schema.TaggedError<CaOperationRefused>()
 }
 
 /** Key generation or signing failed inside WebCrypto (a bug or an unsupported algorithm, not user input). */
-export class SigningFailed extends Data.TaggedError("SigningFailed")<{ readonly what: string; readonly cause: unknown }> {
+export class SigningFailed
+  extends Data.TaggedError("SigningFailed")<{ readonly what: string; readonly cause: unknown }>
+{
   override get message(): string {
     return `${this.what} failed: ${this.cause instanceof Error ? this.cause.message : String(this.cause)}`
   }

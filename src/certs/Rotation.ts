@@ -63,5 +63,9 @@ export interface RetiredRoot {
  * before `retiredAt` and live at most `workloadTtl` (+ the backdate allowance), so after that no
  * valid certificate can need it.
  */
-export const retiredRootNeeded = (root: RetiredRoot, now: number, workloadTtlMillis: number, graceMillis: number): boolean =>
-  now < root.retiredAt.getTime() + workloadTtlMillis + graceMillis
+export const retiredRootNeeded = (
+  root: RetiredRoot,
+  now: number,
+  workloadTtlMillis: number,
+  graceMillis: number
+): boolean => now < root.retiredAt.getTime() + workloadTtlMillis + graceMillis

@@ -84,5 +84,7 @@ export const mayReadSecret = (peerSpiffeId: string | undefined, secretName: stri
  * The same secrets in the shape `MeshState.secrets` takes: keyed by resource name, each object
  * without its `name` (the snapshot builder adds it back).
  */
-export const secretMap = (input: Parameters<typeof secretResources>[0]): ReadonlyMap<string, Readonly<Record<string, unknown>>> =>
+export const secretMap = (
+  input: Parameters<typeof secretResources>[0]
+): ReadonlyMap<string, Readonly<Record<string, unknown>>> =>
   new Map(secretResources(input).map(({ name, ...rest }) => [name, rest]))

@@ -16,7 +16,9 @@ export interface SpiffeId {
 }
 
 /** Why a string, or a certificate, does not carry an acceptable SPIFFE ID. */
-export class SpiffeIdInvalid extends Data.TaggedError("SpiffeIdInvalid")<{ readonly input: string; readonly reason: string }> {
+export class SpiffeIdInvalid
+  extends Data.TaggedError("SpiffeIdInvalid")<{ readonly input: string; readonly reason: string }>
+{
   override get message(): string {
     return `${JSON.stringify(this.input)} is not an acceptable SPIFFE ID: ${this.reason}`
   }
@@ -44,7 +46,9 @@ export const parseSpiffeId = (input: string): Either.Either<SpiffeId, SpiffeIdIn
   for (const segment of segments) {
     if (segment === "") return fail("the path has an empty segment (or a trailing '/')")
     if (segment === "." || segment === "..") return fail("the path has a '.' or '..' segment")
-    if (!SEGMENT.test(segment)) return fail(`the path segment ${JSON.stringify(segment)} has characters outside [A-Za-z0-9._-]`)
+    if (!SEGMENT.test(segment)) {
+      return fail(`the path segment ${JSON.stringify(segment)} has characters outside [A-Za-z0-9._-]`)
+    }
   }
   return Either.right({ trustDomain, segments, uri: input })
 }
@@ -61,10 +65,14 @@ export type MeshPrincipal =
 export const parseMeshPrincipal = (input: string, trustDomain: string): Either.Either<MeshPrincipal, SpiffeIdInvalid> =>
   Either.flatMap(parseSpiffeId(input), (id): Either.Either<MeshPrincipal, SpiffeIdInvalid> => {
     if (id.trustDomain !== trustDomain) {
-      return Either.left(new SpiffeIdInvalid({ input, reason: `the trust domain is not ${JSON.stringify(trustDomain)}` }))
+      return Either.left(
+        new SpiffeIdInvalid({ input, reason: `the trust domain is not ${JSON.stringify(trustDomain)}` })
+      )
     }
     const [kind, name, ...more] = id.segments
-    if (kind === "service" && name !== undefined && more.length === 0) return Either.right({ _tag: "Service", name, id })
+    if (kind === "service" && name !== undefined && more.length === 0) {
+      return Either.right({ _tag: "Service", name, id })
+    }
     if (kind === "controller" && name === undefined) return Either.right({ _tag: "Controller", id })
     return Either.left(new SpiffeIdInvalid({ input, reason: "expected /service/<name> or /controller" }))
   })
@@ -93,7 +101,10 @@ export const certificateSpiffeId = (
   const uris = uriSans(san)
   if (uris.length !== 1) {
     return Either.left(
-      new SpiffeIdInvalid({ input: san ?? "", reason: `a certificate must carry exactly one URI SAN, found ${uris.length}` })
+      new SpiffeIdInvalid({
+        input: san ?? "",
+        reason: `a certificate must carry exactly one URI SAN, found ${uris.length}`
+      })
     )
   }
   return parseMeshPrincipal(uris[0]!, trustDomain)

@@ -49,9 +49,17 @@ export const checkServerSpiffeId =
     })
 
 /** The verified peer of a TLS socket (the chain was already verified by the handshake). */
-export const socketPeer = (socket: NodeTls.TLSSocket, trustDomain: string): Either.Either<MeshPrincipal, SpiffeIdInvalid> => {
+export const socketPeer = (
+  socket: NodeTls.TLSSocket,
+  trustDomain: string
+): Either.Either<MeshPrincipal, SpiffeIdInvalid> => {
   if (!socket.authorized) {
-    return Either.left(new SpiffeIdInvalid({ input: "", reason: `the peer is not authorized: ${String(socket.authorizationError ?? "no certificate")}` }))
+    return Either.left(
+      new SpiffeIdInvalid({
+        input: "",
+        reason: `the peer is not authorized: ${String(socket.authorizationError ?? "no certificate")}`
+      })
+    )
   }
   return certificateSpiffeId(socket.getPeerCertificate(), trustDomain)
 }
@@ -65,7 +73,10 @@ export interface CallWithAuthContext {
  * The peer of a grpc-js server call on mTLS credentials from this module. grpc-js fills
  * `sslPeerCertificate` only after the handshake verified the chain against the bundle.
  */
-export const callPeer = (call: CallWithAuthContext, trustDomain: string): Either.Either<MeshPrincipal, SpiffeIdInvalid> => {
+export const callPeer = (
+  call: CallWithAuthContext,
+  trustDomain: string
+): Either.Either<MeshPrincipal, SpiffeIdInvalid> => {
   const cert = call.getAuthContext()?.sslPeerCertificate
   if (cert === undefined || cert.raw === undefined) {
     return Either.left(new SpiffeIdInvalid({ input: "", reason: "the call carries no client certificate" }))

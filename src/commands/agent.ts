@@ -21,30 +21,67 @@ const hostPort = (flag: string, text: string) => {
 
 const duration = (flag: string, text: string) =>
   Option.match(parseDurationMillis(text), {
-    onNone: () => Effect.fail(new AgentRefused({ reason: `--${flag}: expected a duration such as 500ms or 30s, got ${JSON.stringify(text)}` })),
+    onNone: () =>
+      Effect.fail(
+        new AgentRefused({ reason: `--${flag}: expected a duration such as 500ms or 30s, got ${JSON.stringify(text)}` })
+      ),
     onSome: (millis) => Effect.succeed(Duration.millis(millis))
   })
 
 export const agentCommand = Command.make(
   "agent",
   {
-    controller: Options.text("controller").pipe(Options.withDescription("HOST:PORT of the controller's signing service (port 15012 by default there).")),
-    tokenFile: Options.file("token-file").pipe(Options.optional, Options.withDescription("The join token (needed once: later starts reuse the certificate in --dir).")),
-    dir: Options.directory("dir", { exists: "either" }).pipe(Options.withDescription("Where cert.pem, key.pem (0600) and ca.pem are kept.")),
-    service: Options.text("service").pipe(Options.optional, Options.withDescription("The service this host is (checked against the token).")),
-    instance: Options.text("instance").pipe(Options.withDefault(NodeOs.hostname()), Options.withDescription("This host's instance name (node id <service>~<instance>).")),
-    admin: Options.text("admin").pipe(Options.withDefault("127.0.0.1:15021"), Options.withDescription("The agent's /healthz and /metrics (HOST:PORT; port 0 picks one).")),
-    xds: Options.text("xds").pipe(Options.optional, Options.withDescription("HOST:PORT of the controller's xDS server for the gRPC bootstrap (default: the controller's host, port 15010).")),
-    xdsTls: Options.boolean("xds-tls").pipe(Options.withDescription("Proxyless apps dial xDS over mTLS with these files (controller.xds.tls: mtls).")),
-    bootstrap: Options.text("grpc-bootstrap").pipe(Options.optional, Options.withDescription("Where to write the gRPC xDS bootstrap (default: DIR/grpc-bootstrap.json).")),
-    retryMax: Options.text("retry-max").pipe(Options.withDefault("30s"), Options.withDescription("The longest wait between retries when the controller is unreachable.")),
-    bundleInterval: Options.text("bundle-interval").pipe(Options.withDefault("30s"), Options.withDescription("How often the trust bundle is re-read (root rotation)."))
+    controller: Options.text("controller").pipe(
+      Options.withDescription("HOST:PORT of the controller's signing service (port 15012 by default there).")
+    ),
+    tokenFile: Options.file("token-file").pipe(
+      Options.optional,
+      Options.withDescription("The join token (needed once: later starts reuse the certificate in --dir).")
+    ),
+    dir: Options.directory("dir", { exists: "either" }).pipe(
+      Options.withDescription("Where cert.pem, key.pem (0600) and ca.pem are kept.")
+    ),
+    service: Options.text("service").pipe(
+      Options.optional,
+      Options.withDescription("The service this host is (checked against the token).")
+    ),
+    instance: Options.text("instance").pipe(
+      Options.withDefault(NodeOs.hostname()),
+      Options.withDescription("This host's instance name (node id <service>~<instance>).")
+    ),
+    admin: Options.text("admin").pipe(
+      Options.withDefault("127.0.0.1:15021"),
+      Options.withDescription("The agent's /healthz and /metrics (HOST:PORT; port 0 picks one).")
+    ),
+    xds: Options.text("xds").pipe(
+      Options.optional,
+      Options.withDescription(
+        "HOST:PORT of the controller's xDS server for the gRPC bootstrap (default: the controller's host, port 15010)."
+      )
+    ),
+    xdsTls: Options.boolean("xds-tls").pipe(
+      Options.withDescription("Proxyless apps dial xDS over mTLS with these files (controller.xds.tls: mtls).")
+    ),
+    bootstrap: Options.text("grpc-bootstrap").pipe(
+      Options.optional,
+      Options.withDescription("Where to write the gRPC xDS bootstrap (default: DIR/grpc-bootstrap.json).")
+    ),
+    retryMax: Options.text("retry-max").pipe(
+      Options.withDefault("30s"),
+      Options.withDescription("The longest wait between retries when the controller is unreachable.")
+    ),
+    bundleInterval: Options.text("bundle-interval").pipe(
+      Options.withDefault("30s"),
+      Options.withDescription("How often the trust bundle is re-read (root rotation).")
+    )
   },
   (flags) =>
     Effect.gen(function*() {
       const controller = yield* hostPort("controller", flags.controller)
       const admin = yield* hostPort("admin", flags.admin)
-      const xds = Option.isSome(flags.xds) ? (yield* hostPort("xds", flags.xds.value)).text : `${flags.controller.replace(/:\d+$/, "")}:15010`
+      const xds = Option.isSome(flags.xds)
+        ? (yield* hostPort("xds", flags.xds.value)).text
+        : `${flags.controller.replace(/:\d+$/, "")}:15010`
       const layer = Agent.layer({
         controller: controller.text,
         tokenFile: Option.getOrUndefined(flags.tokenFile),

@@ -22,16 +22,18 @@ import {
   writeAtomic,
   writeRoot
 } from "../../layers/internal/CaStore.js"
+import { loadFile } from "../../layers/LiveConfig.js"
+import type { MeshConfig } from "../../schemas/Config.js"
 import { type RootSummary, summarizeRoot } from "../certs/Authority.js"
 import { type CaInvalid, CaOperationRefused, CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
 import { describeErrno } from "../Errno.js"
-import { loadFile } from "../../layers/LiveConfig.js"
-import type { MeshConfig } from "../../schemas/Config.js"
 
-const storeError = (path: string) => (cause: unknown) => new CertificateStoreError({ path, reason: describeErrno(cause) })
+const storeError = (path: string) => (cause: unknown) =>
+  new CertificateStoreError({ path, reason: describeErrno(cause) })
 
 /** The CA settings of the config file the command names (the same file `run` reads). */
-export const settingsFrom = (configPath: string) => loadFile(configPath).pipe(Effect.map(({ config }) => storeSettingsOf(config)))
+export const settingsFrom = (configPath: string) =>
+  loadFile(configPath).pipe(Effect.map(({ config }) => storeSettingsOf(config)))
 
 export const storeSettingsOf = (config: MeshConfig): StoreSettings => ({
   settings: config.certificates,
@@ -43,22 +45,30 @@ export const storeSettingsOf = (config: MeshConfig): StoreSettings => ({
 const ownCa = (options: StoreSettings) =>
   Effect.gen(function*() {
     if (options.settings.ca !== undefined) {
-      return yield* new CaOperationRefused({ reason: "the CA is operator-provided (certificates.ca); rotate it by replacing those files" })
+      return yield* new CaOperationRefused({
+        reason: "the CA is operator-provided (certificates.ca); rotate it by replacing those files"
+      })
     }
     return { material: yield* loadCaDir({ ...options, create: false }), paths: caPaths(options.settings.dir) }
   })
 
 /** Step 1: create next/ (a new root, trusted but not yet signing). */
-export const introduceRoot = (options: StoreSettings): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
+export const introduceRoot = (
+  options: StoreSettings
+): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
   Effect.gen(function*() {
     const { material, paths } = yield* ownCa(options)
     if (Option.isSome(material.next)) {
       return yield* new CaOperationRefused({
-        reason: `a new root is already waiting in ${paths.nextDir}; run \`ca rotate --activate\` once every workload trusts it`
+        reason:
+          `a new root is already waiting in ${paths.nextDir}; run \`ca rotate --activate\` once every workload trusts it`
       })
     }
     // Written whole in a staging directory, then one rename: next/ never holds half a pair.
-    yield* Effect.tryPromise({ try: () => NodeFs.rm(paths.nextStaging, { recursive: true, force: true }), catch: storeError(paths.nextStaging) })
+    yield* Effect.tryPromise({
+      try: () => NodeFs.rm(paths.nextStaging, { recursive: true, force: true }),
+      catch: storeError(paths.nextStaging)
+    })
     yield* ensurePrivateDir(paths.nextStaging)
     const root = yield* newRoot(options)
     yield* writeRoot(NodePath.join(paths.nextStaging, "ca.pem"), NodePath.join(paths.nextStaging, "ca-key.pem"), root)
@@ -73,7 +83,9 @@ export const introduceRoot = (options: StoreSettings): Effect.Effect<RootSummary
   })
 
 /** Step 2: next/ becomes the active root; the old one moves to previous/ (kept, and trusted for one workload TTL). */
-export const activateRoot = (options: StoreSettings): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
+export const activateRoot = (
+  options: StoreSettings
+): Effect.Effect<RootSummary, CaInvalid | CaOperationRefused | CertificateStoreError | SigningFailed> =>
   Effect.gen(function*() {
     const { material, paths } = yield* ownCa(options)
     if (Option.isNone(material.next)) {
@@ -102,7 +114,9 @@ export const activateRoot = (options: StoreSettings): Effect.Effect<RootSummary,
   })
 
 /** What `ca show` prints: every root in the bundle now. */
-export const showRoots = (options: StoreSettings): Effect.Effect<TrustBundle, CaInvalid | CertificateStoreError | SigningFailed> =>
+export const showRoots = (
+  options: StoreSettings
+): Effect.Effect<TrustBundle, CaInvalid | CertificateStoreError | SigningFailed> =>
   Effect.gen(function*() {
     const material = yield* openCa({ ...options, create: false })
     return bundleOf(material, yield* Clock.currentTimeMillis, Duration.toMillis(options.settings.workloadTtl))
@@ -123,8 +137,11 @@ export const formatRoots = (bundle: TrustBundle): string =>
 
 /** `ca show` and `ca rotate`, around the CLI's `--config` option. */
 export const makeCaCommand = (configOption: Options.Options<string>) => {
-  const show = Command.make("show", { config: configOption }, ({ config }) =>
-    Effect.flatMap(settingsFrom(config), showRoots).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
+  const show = Command.make(
+    "show",
+    { config: configOption },
+    ({ config }) =>
+      Effect.flatMap(settingsFrom(config), showRoots).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
   ).pipe(Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity."))
 
   const rotate = Command.make(
@@ -152,5 +169,8 @@ export const makeCaCommand = (configOption: Options.Options<string>) => {
       })
   ).pipe(Command.withDescription("Rotate the mesh root in two steps: introduce a new root, then --activate it."))
 
-  return Command.make("ca").pipe(Command.withDescription("The mesh certificate authority."), Command.withSubcommands([show, rotate]))
+  return Command.make("ca").pipe(
+    Command.withDescription("The mesh certificate authority."),
+    Command.withSubcommands([show, rotate])
+  )
 }

@@ -6,10 +6,16 @@ import { Command, Options } from "@effect/cli"
 import { Clock, Console, Duration, Effect, Either, Schema } from "effect"
 import * as NodeFs from "node:fs/promises"
 import { issueIdentity, type WorkloadIdentity } from "../../layers/Certificates.js"
-import { bundleOf, type IdentityFilePaths, openCa, type StoreSettings, writeIdentityFiles } from "../../layers/internal/CaStore.js"
-import { ServiceName } from "../../schemas/Config.js"
-import { CaOperationRefused, type CaInvalid, type CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
+import {
+  bundleOf,
+  type IdentityFilePaths,
+  openCa,
+  type StoreSettings,
+  writeIdentityFiles
+} from "../../layers/internal/CaStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
+import { ServiceName } from "../../schemas/Config.js"
+import { type CaInvalid, CaOperationRefused, type CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
 import { makeCaCommand, storeSettingsOf } from "./ca.js"
 
 export { formatRoots } from "./ca.js"
@@ -60,17 +66,31 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
     "issue",
     {
       config: configOption,
-      service: Options.text("service").pipe(Options.withDescription("The service the certificate is for (its SPIFFE ID is spiffe://<trustDomain>/service/<NAME>).")),
-      out: Options.directory("out", { exists: "either" }).pipe(Options.withDescription("Where to write cert.pem, key.pem (0600) and ca.pem.")),
+      service: Options.text("service").pipe(
+        Options.withDescription(
+          "The service the certificate is for (its SPIFFE ID is spiffe://<trustDomain>/service/<NAME>)."
+        )
+      ),
+      out: Options.directory("out", { exists: "either" }).pipe(
+        Options.withDescription("Where to write cert.pem, key.pem (0600) and ca.pem.")
+      ),
       allowUnknown: Options.boolean("allow-unknown-service").pipe(
-        Options.withDescription("Issue even when the config does not list the service (e.g. one registered only in Consul).")
+        Options.withDescription(
+          "Issue even when the config does not list the service (e.g. one registered only in Consul)."
+        )
       )
     },
     ({ allowUnknown, config, out, service }) =>
       Effect.gen(function*() {
         const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
           onLeft: () =>
-            Effect.fail(new CaOperationRefused({ reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${JSON.stringify(service)}` })),
+            Effect.fail(
+              new CaOperationRefused({
+                reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
+                  JSON.stringify(service)
+                }`
+              })
+            ),
           onRight: Effect.succeed
         })
         const { config: mesh } = yield* loadFile(config)
@@ -97,10 +117,17 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
           ].join("\n")
         )
       })
-  ).pipe(Command.withDescription("Issue a workload certificate into files (for a workload that reads them, e.g. a proxyless gRPC client)."))
+  ).pipe(
+    Command.withDescription(
+      "Issue a workload certificate into files (for a workload that reads them, e.g. a proxyless gRPC client)."
+    )
+  )
 
   return {
-    certs: Command.make("certs").pipe(Command.withDescription("Workload certificates."), Command.withSubcommands([issue])),
+    certs: Command.make("certs").pipe(
+      Command.withDescription("Workload certificates."),
+      Command.withSubcommands([issue])
+    ),
     ca: makeCaCommand(configOption)
   }
 }

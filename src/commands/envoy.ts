@@ -18,19 +18,22 @@ export const makeEnvoyCommand = (configOption: Options.Options<string>) => {
         Options.optional
       ),
       instance: Options.text("instance").pipe(
-        Options.withDescription("The instance part of node.id (<service>~<instance>). Defaults to sidecar.envoy.instance, then this host's name."),
+        Options.withDescription(
+          "The instance part of node.id (<service>~<instance>). Defaults to sidecar.envoy.instance, then this host's name."
+        ),
         Options.optional
       )
     },
     ({ config, instance, service }) =>
       Effect.gen(function*() {
         // Imported when the command runs, not when the CLI starts (start-up).
-        const [{ loadFile }, { SidecarConfigInvalid }, { inputFromConfig, renderBootstrap }] = yield* Effect.promise(() =>
-          Promise.all([
-            import("../../layers/LiveConfig.js"),
-            import("../../layers/Sidecar.js"),
-            import("../sidecar/Bootstrap.js")
-          ])
+        const [{ loadFile }, { SidecarConfigInvalid }, { inputFromConfig, renderBootstrap }] = yield* Effect.promise(
+          () =>
+            Promise.all([
+              import("../../layers/LiveConfig.js"),
+              import("../../layers/Sidecar.js"),
+              import("../sidecar/Bootstrap.js")
+            ])
         )
         const loaded = yield* loadFile(config)
         const input = yield* Either.match(
@@ -38,15 +41,23 @@ export const makeEnvoyCommand = (configOption: Options.Options<string>) => {
             instance: Option.getOrElse(instance, () => loaded.config.sidecar.envoy.instance ?? NodeOs.hostname()),
             ...(Option.isSome(service) ? { service: service.value } : {})
           }),
-          { onLeft: (error) => Effect.fail(new SidecarConfigInvalid({ reason: error.reason })), onRight: Effect.succeed }
+          {
+            onLeft: (error) => Effect.fail(new SidecarConfigInvalid({ reason: error.reason })),
+            onRight: Effect.succeed
+          }
         )
         const rendered = yield* Either.match(renderBootstrap(input), {
-          onLeft: (error) => Effect.fail(new SidecarConfigInvalid({ reason: `generated bootstrap rejected: ${error.message}` })),
+          onLeft: (error) =>
+            Effect.fail(new SidecarConfigInvalid({ reason: `generated bootstrap rejected: ${error.message}` })),
           onRight: Effect.succeed
         })
         yield* Console.log(rendered.yaml.trimEnd())
       })
-  ).pipe(Command.withDescription("Print the Envoy bootstrap (YAML) for a service's sidecar, checked against Envoy's Bootstrap proto."))
+  ).pipe(
+    Command.withDescription(
+      "Print the Envoy bootstrap (YAML) for a service's sidecar, checked against Envoy's Bootstrap proto."
+    )
+  )
 
   return Command.make("envoy").pipe(
     Command.withDescription("The Envoy sidecar."),

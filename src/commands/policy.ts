@@ -8,8 +8,8 @@
 import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, HashMap, Option, Schema } from "effect"
 import type { MeshConfig } from "../../schemas/Config.js"
-import { type AuthzRequest, authorize, callerIdentity, type Decision, describeDecision } from "../policy/Authorize.js"
-import { type CompiledPolicy, compileConfig, type PolicyInvalid } from "../policy/Compile.js"
+import { authorize, type AuthzRequest, callerIdentity, type Decision, describeDecision } from "../policy/Authorize.js"
+import { compileConfig, type CompiledPolicy, type PolicyInvalid } from "../policy/Compile.js"
 
 /** The request was denied: a result, not a failure, but the exit code must say so. */
 export class PolicyDenied extends Schema.TaggedError<PolicyDenied>()("PolicyDenied", {
@@ -19,7 +19,9 @@ export class PolicyDenied extends Schema.TaggedError<PolicyDenied>()("PolicyDeni
   /** The process exit code for a deny (0 is allow, 1 a user error, 2 a usage error). */
   readonly exitCode = 3
   override get message(): string {
-    return this.rule === null ? `request to "${this.to}" denied` : `request to "${this.to}" denied by rule "${this.rule}"`
+    return this.rule === null
+      ? `request to "${this.to}" denied`
+      : `request to "${this.to}" denied by rule "${this.rule}"`
   }
 }
 
@@ -55,18 +57,29 @@ export const checkConfig = (
   config: MeshConfig,
   input: CheckInput,
   compiled: Either.Either<CompiledPolicy, PolicyInvalid> = compileConfig(config)
-): Either.Either<{ readonly text: string; readonly decision: Decision; readonly warnings: ReadonlyArray<string> }, PolicyCheckInvalid> => {
+): Either.Either<
+  { readonly text: string; readonly decision: Decision; readonly warnings: ReadonlyArray<string> },
+  PolicyCheckInvalid
+> => {
   if (!config.services.some((s) => s.name === input.to)) {
     return Either.left(new PolicyCheckInvalid({ reason: `--to: unknown service "${input.to}"` }))
   }
   if (!input.from.startsWith("spiffe://") && !config.services.some((s) => s.name === input.from)) {
-    return Either.left(new PolicyCheckInvalid({ reason: `--from: unknown service "${input.from}" (give a service name or a spiffe:// ID)` }))
+    return Either.left(
+      new PolicyCheckInvalid({
+        reason: `--from: unknown service "${input.from}" (give a service name or a spiffe:// ID)`
+      })
+    )
   }
   return Either.match(compiled, {
     onLeft: (error) => Either.left(new PolicyCheckInvalid({ reason: error.message })),
     onRight: (policy) => {
       const decision = authorize(policy, input.from, input.to, input.request)
-      return Either.right({ text: formatCheck(policy, input, decision), decision, warnings: policy.warnings.map(String) })
+      return Either.right({
+        text: formatCheck(policy, input, decision),
+        decision,
+        warnings: policy.warnings.map(String)
+      })
     }
   })
 }
@@ -85,7 +98,10 @@ export const makePolicyCommand = (configOption: Options.Options<string>) => {
       method: optionalText("method", "The HTTP method (gRPC calls are POST)."),
       path: optionalText("path", "The request path (for gRPC: /package.Service/Method)."),
       port: Options.integer("port").pipe(Options.withDescription("The port the request arrives on."), Options.optional),
-      header: Options.keyValueMap("header").pipe(Options.withDescription("A request header, k=v; repeat for more."), Options.optional)
+      header: Options.keyValueMap("header").pipe(
+        Options.withDescription("A request header, k=v; repeat for more."),
+        Options.optional
+      )
     },
     (args) =>
       Effect.gen(function*() {
@@ -96,14 +112,23 @@ export const makePolicyCommand = (configOption: Options.Options<string>) => {
           method: Option.getOrUndefined(args.method),
           path: Option.getOrUndefined(args.path),
           port: Option.getOrUndefined(args.port),
-          headers: Option.match(args.header, { onNone: () => undefined, onSome: (map) => Object.fromEntries(HashMap.toEntries(map)) })
+          headers: Option.match(args.header, {
+            onNone: () => undefined,
+            onSome: (map) => Object.fromEntries(HashMap.toEntries(map))
+          })
         }
         const result = yield* checkConfig(loaded.config, { from: args.from, to: args.to, request }, loaded.policy)
         for (const warning of result.warnings) yield* Console.error(`warning: ${warning}`)
         yield* Console.log(result.text)
-        if (!result.decision.allowed) return yield* Effect.fail(new PolicyDenied({ to: args.to, rule: result.decision.rule }))
+        if (!result.decision.allowed) {
+          return yield* Effect.fail(new PolicyDenied({ to: args.to, rule: result.decision.rule }))
+        }
       })
-  ).pipe(Command.withDescription("Decide one request with the config's policy: prints allow/deny and the rule that decided. Exit 0 allow, 3 deny."))
+  ).pipe(
+    Command.withDescription(
+      "Decide one request with the config's policy: prints allow/deny and the rule that decided. Exit 0 allow, 3 deny."
+    )
+  )
 
   return Command.make("policy").pipe(
     Command.withDescription("Inspect the mesh's compiled policy."),

@@ -10,10 +10,19 @@ import { fileTokenStore, tokenDirectory } from "../../layers/internal/TokenStore
 import { loadFile } from "../../layers/LiveConfig.js"
 import { ServiceName } from "../../schemas/Config.js"
 import { parseDurationMillis } from "../../schemas/Duration.js"
-import { formatToken, hashSecret, newTokenSecrets, recordState, rootFingerprintHex, type TokenRecord } from "../tokens/Token.js"
+import {
+  formatToken,
+  hashSecret,
+  newTokenSecrets,
+  recordState,
+  rootFingerprintHex,
+  type TokenRecord
+} from "../tokens/Token.js"
 
 /** Bad command-line input: one line, exit 1. */
-export class TokenUsageError extends Schema.TaggedError<TokenUsageError>()("TokenUsageError", { reason: Schema.String }) {
+export class TokenUsageError
+  extends Schema.TaggedError<TokenUsageError>()("TokenUsageError", { reason: Schema.String })
+{
   override get message(): string {
     return this.reason
   }
@@ -29,7 +38,8 @@ export const formatRecords = (records: ReadonlyArray<TokenRecord>, now: number):
     : [
       ["ID", "SERVICE", "INSTANCE", "EXPIRES", "USES LEFT", "STATE"].join("\t"),
       ...records.map((r) =>
-        [r.id, r.service, r.instance ?? "-", r.expiresAt, String(Math.max(0, r.uses - r.used)), recordState(r, now)].join("\t")
+        [r.id, r.service, r.instance ?? "-", r.expiresAt, String(Math.max(0, r.uses - r.used)), recordState(r, now)]
+          .join("\t")
       )
     ].join("\n")
 
@@ -38,30 +48,59 @@ export const makeTokenCommand = (configOption: Options.Options<string>) => {
     "create",
     {
       config: configOption,
-      service: Options.text("service").pipe(Options.withDescription("The service the new host will be (its certificate names it).")),
-      ttl: Options.text("ttl").pipe(Options.withDefault("1h"), Options.withDescription("How long the token is valid (e.g. 30m, 1h).")),
-      uses: Options.integer("uses").pipe(Options.withDefault(1), Options.withDescription("How many hosts may join with it.")),
-      instance: Options.text("instance").pipe(Options.optional, Options.withDescription("Bind the token to one instance name."))
+      service: Options.text("service").pipe(
+        Options.withDescription("The service the new host will be (its certificate names it).")
+      ),
+      ttl: Options.text("ttl").pipe(
+        Options.withDefault("1h"),
+        Options.withDescription("How long the token is valid (e.g. 30m, 1h).")
+      ),
+      uses: Options.integer("uses").pipe(
+        Options.withDefault(1),
+        Options.withDescription("How many hosts may join with it.")
+      ),
+      instance: Options.text("instance").pipe(
+        Options.optional,
+        Options.withDescription("Bind the token to one instance name.")
+      )
     },
     ({ config, instance, service, ttl, uses }) =>
       Effect.gen(function*() {
         const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
-          onLeft: () => Effect.fail(new TokenUsageError({ reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${JSON.stringify(service)}` })),
+          onLeft: () =>
+            Effect.fail(
+              new TokenUsageError({
+                reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
+                  JSON.stringify(service)
+                }`
+              })
+            ),
           onRight: Effect.succeed
         })
         const ttlMillis = Option.getOrUndefined(parseDurationMillis(ttl))
         if (ttlMillis === undefined || ttlMillis <= 0) {
-          return yield* new TokenUsageError({ reason: `--ttl: expected a duration such as 30m or 1h, got ${JSON.stringify(ttl)}` })
+          return yield* new TokenUsageError({
+            reason: `--ttl: expected a duration such as 30m or 1h, got ${JSON.stringify(ttl)}`
+          })
         }
-        if (!Number.isInteger(uses) || uses < 1) return yield* new TokenUsageError({ reason: `--uses: expected a whole number of at least 1, got ${uses}` })
+        if (!Number.isInteger(uses) || uses < 1) {
+          return yield* new TokenUsageError({ reason: `--uses: expected a whole number of at least 1, got ${uses}` })
+        }
         const inst = Option.getOrUndefined(instance)
         if (inst !== undefined && !INSTANCE.test(inst)) {
-          return yield* new TokenUsageError({ reason: `--instance: expected 1-63 of [A-Za-z0-9._-], got ${JSON.stringify(inst)}` })
+          return yield* new TokenUsageError({
+            reason: `--instance: expected 1-63 of [A-Za-z0-9._-], got ${JSON.stringify(inst)}`
+          })
         }
         const mesh = yield* configOf(config)
         // The CA is made here on first use, as `certs issue` does: the token must pin a root.
         // Its log line is kept off stdout, which holds the token alone (`token create ... > token`).
-        const ca = yield* openCa({ settings: mesh.certificates, meshName: mesh.mesh.name, trustDomain: mesh.mesh.trustDomain, create: true }).pipe(
+        const ca = yield* openCa({
+          settings: mesh.certificates,
+          meshName: mesh.mesh.name,
+          trustDomain: mesh.mesh.trustDomain,
+          create: true
+        }).pipe(
           Logger.withMinimumLogLevel(LogLevel.Warning)
         )
         const store = fileTokenStore(tokenDirectory(mesh.certificates.dir))
@@ -78,9 +117,13 @@ export const makeTokenCommand = (configOption: Options.Options<string>) => {
           secretHash: hashSecret(secret)
         })
         // stdout holds the token alone, so `token create ... > token` works.
-        yield* Console.log(formatToken(yield* store.macKey, { id, secret, rootFingerprint: rootFingerprintHex(ca.authority.rootPem) }))
+        yield* Console.log(
+          formatToken(yield* store.macKey, { id, secret, rootFingerprint: rootFingerprintHex(ca.authority.rootPem) })
+        )
       })
-  ).pipe(Command.withDescription("Print a join token for one new host of a service (single-use and expiring by default)."))
+  ).pipe(
+    Command.withDescription("Print a join token for one new host of a service (single-use and expiring by default).")
+  )
 
   const list = Command.make("list", { config: configOption }, ({ config }) =>
     Effect.gen(function*() {
@@ -91,11 +134,17 @@ export const makeTokenCommand = (configOption: Options.Options<string>) => {
 
   const revoke = Command.make(
     "revoke",
-    { config: configOption, id: Args.text({ name: "ID" }).pipe(Args.withDescription("The token's id (from `token list`).")) },
+    {
+      config: configOption,
+      id: Args.text({ name: "ID" }).pipe(Args.withDescription("The token's id (from `token list`)."))
+    },
     ({ config, id }) =>
       Effect.gen(function*() {
         const mesh = yield* configOf(config)
-        const record = yield* fileTokenStore(tokenDirectory(mesh.certificates.dir)).revoke(id, new Date(yield* Clock.currentTimeMillis))
+        const record = yield* fileTokenStore(tokenDirectory(mesh.certificates.dir)).revoke(
+          id,
+          new Date(yield* Clock.currentTimeMillis)
+        )
         yield* Console.log(`revoked token ${record.id} (service ${record.service})`)
       })
   ).pipe(Command.withDescription("Revoke a join token: it buys no further certificate."))

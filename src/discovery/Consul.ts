@@ -17,10 +17,14 @@ const HealthEntry = Schema.Struct({
     Address: Schema.optionalWith(Schema.String, { default: () => "" }),
     Port: Schema.Number,
     Tags: Schema.optionalWith(Schema.NullOr(Schema.Array(Schema.String)), { default: () => null }),
-    Meta: Schema.optionalWith(Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String })), { default: () => null }),
+    Meta: Schema.optionalWith(Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String })), {
+      default: () => null
+    }),
     Weights: Schema.optional(Schema.NullOr(Schema.Struct({ Passing: Schema.Number, Warning: Schema.Number })))
   }),
-  Checks: Schema.optionalWith(Schema.NullOr(Schema.Array(Schema.Struct({ Status: CheckStatus }))), { default: () => null })
+  Checks: Schema.optionalWith(Schema.NullOr(Schema.Array(Schema.Struct({ Status: CheckStatus }))), {
+    default: () => null
+  })
 })
 const HealthResponse = Schema.Array(HealthEntry)
 
@@ -33,11 +37,14 @@ export const healthOfChecks = (statuses: ReadonlyArray<string>): EndpointHealth 
 /** `/v1/health/service/:name` → the service's instances; an error names what did not decode. */
 export const decodeHealthService = (name: string, body: unknown): Either.Either<ConsulService, string> =>
   Either.map(
-    Either.mapLeft(Schema.decodeUnknownEither(HealthResponse)(body), (error) => ParseResult.TreeFormatter.formatErrorSync(error)),
+    Either.mapLeft(Schema.decodeUnknownEither(HealthResponse)(body), (error) =>
+      ParseResult.TreeFormatter.formatErrorSync(error)),
     (entries): ConsulService => ({
       name,
       instances: entries.map((entry): ConsulInstance => {
-        const statuses = (entry.Checks ?? []).map((check) => check.Status)
+        const statuses = (entry.Checks ?? []).map((check) =>
+          check.Status
+        )
         const warning = statuses.includes("warning")
         return {
           id: entry.Service.ID,
@@ -83,7 +90,13 @@ export const OWNER_META = "mesh-controller"
 
 export type CheckDefinition =
   | { readonly kind: "ttl"; readonly ttl: string }
-  | { readonly kind: "http"; readonly url: string; readonly method: string; readonly interval: string; readonly timeout: string }
+  | {
+    readonly kind: "http"
+    readonly url: string
+    readonly method: string
+    readonly interval: string
+    readonly timeout: string
+  }
   | { readonly kind: "tcp"; readonly target: string; readonly interval: string; readonly timeout: string }
   | { readonly kind: "grpc"; readonly target: string; readonly interval: string; readonly timeout: string }
 
@@ -111,18 +124,35 @@ const modeOf = (service: ServiceConfig, defaultMode: RegistrationCheck): Registr
   return service.register === true ? defaultMode : service.register.check
 }
 
-const checkOf = (service: ServiceConfig, address: string, port: number, mode: RegistrationCheck, ttl: Duration.Duration): CheckDefinition | undefined => {
+const checkOf = (
+  service: ServiceConfig,
+  address: string,
+  port: number,
+  mode: RegistrationCheck,
+  ttl: Duration.Duration
+): CheckDefinition | undefined => {
   if (mode === "ttl") return { kind: "ttl", ttl: goDuration(ttl) }
   const check = service.healthCheck
   if (!check) return undefined
   const timing = { interval: goDuration(check.interval), timeout: goDuration(check.timeout) }
   switch (check.type) {
     case "http":
-      return { kind: "http", url: `${check.https ? "https" : "http"}://${endpointKey({ address, port })}${check.path}`, method: check.method, ...timing }
+      return {
+        kind: "http",
+        url: `${check.https ? "https" : "http"}://${endpointKey({ address, port })}${check.path}`,
+        method: check.method,
+        ...timing
+      }
     case "tcp":
       return { kind: "tcp", target: endpointKey({ address, port }), ...timing }
     case "grpc":
-      return { kind: "grpc", target: check.service === "" ? endpointKey({ address, port }) : `${endpointKey({ address, port })}/${check.service}`, ...timing }
+      return {
+        kind: "grpc",
+        target: check.service === ""
+          ? endpointKey({ address, port })
+          : `${endpointKey({ address, port })}/${check.service}`,
+        ...timing
+      }
   }
 }
 
@@ -150,7 +180,12 @@ export const registrationsOf = (
         address: endpoint.address,
         port,
         tags: service.tags,
-        meta: consulMeta({ ...service.metadata, ...endpoint.labels, protocol: service.protocol, [OWNER_META]: config.mesh.name }),
+        meta: consulMeta({
+          ...service.metadata,
+          ...endpoint.labels,
+          protocol: service.protocol,
+          [OWNER_META]: config.mesh.name
+        }),
         mode,
         ...(check ? { check } : {})
       }
@@ -170,7 +205,10 @@ export const consulMeta = (meta: Readonly<Record<string, string>>): Readonly<Rec
   Object.fromEntries(
     Object.entries(meta)
       .filter(([key, value]) => META_KEY.test(key) && !key.toLowerCase().startsWith("consul-") && value.length <= 512)
-      .sort(([a], [b]) => (a === OWNER_META ? -1 : b === OWNER_META ? 1 : a === "protocol" ? -1 : b === "protocol" ? 1 : 0))
+      .sort((
+        [a],
+        [b]
+      ) => (a === OWNER_META ? -1 : b === OWNER_META ? 1 : a === "protocol" ? -1 : b === "protocol" ? 1 : 0))
       .slice(0, 64)
   )
 
@@ -190,7 +228,13 @@ const checkOptions = (registration: Registration) => {
   const name = `mesh-controller ${check.kind} check`
   switch (check.kind) {
     case "ttl":
-      return { name, ttl: check.ttl, timeout: check.ttl, status: "warning", notes: "reported by mesh-controller from its own probes" }
+      return {
+        name,
+        ttl: check.ttl,
+        timeout: check.ttl,
+        status: "warning",
+        notes: "reported by mesh-controller from its own probes"
+      }
     case "http":
       return { name, http: check.url, method: check.method, interval: check.interval, timeout: check.timeout }
     case "tcp":
@@ -206,7 +250,9 @@ export const checkId = (registration: Registration): string => `service:${regist
 /** How an agent's `/v1/agent/services` entry must look for a registration to count as present. */
 export const isRegistered = (
   registration: Registration,
-  agentServices: Readonly<Record<string, { readonly Service?: string; readonly Address?: string; readonly Port?: number }>>
+  agentServices: Readonly<
+    Record<string, { readonly Service?: string; readonly Address?: string; readonly Port?: number }>
+  >
 ): boolean => {
   const found = agentServices[registration.id]
   return found !== undefined && found.Service === registration.service && found.Address === registration.address &&

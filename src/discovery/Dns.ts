@@ -1,6 +1,6 @@
 import { isIP } from "node:net"
 import type { RegistrySource, Service } from "../MeshState.js"
-import { endpointKey, type Endpoint } from "../MeshState.js"
+import { type Endpoint, endpointKey } from "../MeshState.js"
 
 /** Names Consul's DNS interface answers (`web.service.consul`, `node1.node.dc1.consul`). */
 export const isConsulName = (host: string): boolean => /\.consul\.?$/i.test(host)
@@ -26,7 +26,9 @@ export const expandHostNames = (
     if (!service.endpoints.some((e) => isHostName(e.address))) return service
     const byKey = new Map<string, Endpoint>()
     const expanded = service.endpoints.flatMap((endpoint) =>
-      isHostName(endpoint.address) ? addresses(endpoint.address).map((address) => ({ ...endpoint, address })) : [endpoint]
+      isHostName(endpoint.address)
+        ? addresses(endpoint.address).map((address) => ({ ...endpoint, address }))
+        : [endpoint]
     )
     for (const endpoint of expanded) {
       const key = endpointKey(endpoint)

@@ -1,5 +1,5 @@
 import type { Protocol } from "../../schemas/Config.js"
-import { type Endpoint, endpointKey, type EndpointHealth, type RegistrySource, type Service } from "../MeshState.js"
+import { type Endpoint, type EndpointHealth, endpointKey, type RegistrySource, type Service } from "../MeshState.js"
 
 /** An endpoint added at run time through the registration API. */
 export interface ApiRegistration {
@@ -62,7 +62,10 @@ export const mergeRegistry = (
   }
   for (const registration of api) {
     if (!services.has(registration.service)) {
-      services.set(registration.service, bareService(registration.service, registration.protocol ?? "http", registration.port, "api"))
+      services.set(
+        registration.service,
+        bareService(registration.service, registration.protocol ?? "http", registration.port, "api")
+      )
     }
     addEndpoint(registration.service, {
       address: registration.address,
@@ -98,7 +101,9 @@ export const mergeRegistry = (
   return [...services.values()]
     .map((service) => ({
       ...service,
-      endpoints: [...(endpoints.get(service.name)?.values() ?? [])].sort((a, b) => compare(endpointKey(a), endpointKey(b)))
+      endpoints: [...(endpoints.get(service.name)?.values() ?? [])].sort((a, b) =>
+        compare(endpointKey(a), endpointKey(b))
+      )
     }))
     .sort((a, b) => compare(a.name, b.name))
 }

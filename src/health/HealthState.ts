@@ -63,7 +63,12 @@ export const appendBounded = <A>(history: ReadonlyArray<A>, item: A, limit: numb
   return [...kept, item]
 }
 
-const nextHealth = (current: EndpointHealth, successes: number, failures: number, thresholds: Thresholds): EndpointHealth => {
+const nextHealth = (
+  current: EndpointHealth,
+  successes: number,
+  failures: number,
+  thresholds: Thresholds
+): EndpointHealth => {
   if (current !== "healthy" && successes >= thresholds.healthyThreshold) return "healthy"
   if (current !== "unhealthy" && failures >= thresholds.unhealthyThreshold) return "unhealthy"
   return current

@@ -11,8 +11,8 @@
  * no port) does not hold. Which rule is reported when several match is the first in config order;
  * whether the request passes never depends on that order.
  */
-import type { CompiledPolicy, CompiledRule } from "./Compile.js"
 import { serviceId } from "../../schemas/Identity.js"
+import type { CompiledPolicy, CompiledRule } from "./Compile.js"
 import { globMatches, urlPath } from "./Match.js"
 
 export interface AuthzRequest {
@@ -50,7 +50,7 @@ export const callerIdentity = (policy: CompiledPolicy, from: string | undefined)
 
 const lowerHeaders = (headers: Readonly<Record<string, string>> | undefined): ReadonlyMap<string, string> => {
   const map = new Map<string, string>()
-  if (headers !== undefined) for (const [name, value] of Object.entries(headers)) map.set(name.toLowerCase(), value)
+  if (headers !== undefined) { for (const [name, value] of Object.entries(headers)) map.set(name.toLowerCase(), value) }
   return map
 }
 
@@ -63,7 +63,9 @@ interface Prepared {
 }
 
 export const ruleMatches = (rule: CompiledRule, request: Prepared): boolean => {
-  if (rule.principals !== "any" && (request.principal === undefined || !rule.principals.has(request.principal))) return false
+  if (rule.principals !== "any" && (request.principal === undefined || !rule.principals.has(request.principal))) {
+    return false
+  }
   if (rule.methods !== undefined && (request.method === undefined || !rule.methods.has(request.method))) return false
   if (rule.ports !== undefined && (request.port === undefined || !rule.ports.has(request.port))) return false
   if (rule.paths !== undefined) {
@@ -82,7 +84,12 @@ export const ruleMatches = (rule: CompiledRule, request: Prepared): boolean => {
 const NO_HEADERS: ReadonlyMap<string, string> = new Map()
 
 /** Whether `from` (a service name, a SPIFFE ID, or undefined) may make `request` to service `to`, and why. */
-export const authorize = (policy: CompiledPolicy, from: string | undefined, to: string, request: AuthzRequest = {}): Decision => {
+export const authorize = (
+  policy: CompiledPolicy,
+  from: string | undefined,
+  to: string,
+  request: AuthzRequest = {}
+): Decision => {
   const rules = policy.rules.get(to)
   if (rules === undefined) return { allowed: policy.defaultAction === "allow", rule: null, reason: "default" }
   const prepared: Prepared = {

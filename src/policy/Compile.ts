@@ -108,8 +108,16 @@ export const compileConfig = (config: MeshConfig): Either.Either<CompiledPolicy,
     tcpServices: config.services.filter((s) => s.protocol === "tcp").map((s) => s.name)
   })
 
-export const compilePolicies = (policies: Policies, catalogue: Catalogue): Either.Either<CompiledPolicy, PolicyInvalid> => {
-  const { issues, policy } = compileAll(policies, catalogue.trustDomain, new Set(catalogue.services), new Set(catalogue.tcpServices ?? []))
+export const compilePolicies = (
+  policies: Policies,
+  catalogue: Catalogue
+): Either.Either<CompiledPolicy, PolicyInvalid> => {
+  const { issues, policy } = compileAll(
+    policies,
+    catalogue.trustDomain,
+    new Set(catalogue.services),
+    new Set(catalogue.tcpServices ?? [])
+  )
   return issues.length > 0 ? Either.left(new PolicyInvalid({ issues })) : Either.right(policy)
 }
 
@@ -131,7 +139,8 @@ const compileAll = (
   const catalogue = { trustDomain }
   const issues: Array<PolicyIssue> = []
   const warnings: Array<PolicyIssue> = []
-  const issue = (policy: string, field: string, message: string) => issues.push(new PolicyIssue({ policy, field, message }))
+  const issue = (policy: string, field: string, message: string) =>
+    issues.push(new PolicyIssue({ policy, field, message }))
   const catalogueIssue = (policy: string, field: string, message: string) =>
     issues.push(new PolicyIssue({ policy, field, message, kind: "catalogue" }))
   const service = (policy: string, field: string, name: string) => {
@@ -144,12 +153,14 @@ const compileAll = (
   policies.traffic.forEach((policy, i) => {
     const base = `policies.traffic[${i}]`
     const named = trafficNames.get(policy.name)
-    if (named !== undefined) issue(policy.name, `${base}.name`, `duplicate traffic policy name (first defined at policies.traffic[${named}])`)
-    else trafficNames.set(policy.name, i)
+    if (named !== undefined) {
+      issue(policy.name, `${base}.name`, `duplicate traffic policy name (first defined at policies.traffic[${named}])`)
+    } else trafficNames.set(policy.name, i)
     service(policy.name, `${base}.service`, policy.service)
     const seen = trafficAt.get(policy.service)
     if (seen !== undefined) {
-      const message = `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`
+      const message =
+        `service "${policy.service}" already has a traffic policy (policies.traffic[${seen}]); merge their routes into one`
       catalogueIssue(policy.name, `${base}.service`, message)
     } else {
       trafficAt.set(policy.service, i)
@@ -170,20 +181,33 @@ const compileAll = (
   policies.security.authorization.forEach((rule, i) => {
     const base = `policies.security.authorization[${i}]`
     const seen = ruleAt.get(rule.name)
-    if (seen !== undefined) issue(rule.name, `${base}.name`, `duplicate rule name (first defined at policies.security.authorization[${seen}])`)
-    else ruleAt.set(rule.name, i)
+    if (seen !== undefined) {
+      issue(
+        rule.name,
+        `${base}.name`,
+        `duplicate rule name (first defined at policies.security.authorization[${seen}])`
+      )
+    } else ruleAt.set(rule.name, i)
     service(rule.name, `${base}.to`, rule.to)
     rule.from.forEach((peer, p) => {
       if ("service" in peer) service(rule.name, `${base}.from[${p}].service`, peer.service)
     })
     const deny = rule.action === "allow" ? denyKeys.get(keyOf(rule)) : undefined
     if (deny !== undefined) {
-      issue(rule.name, base, `conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`)
+      issue(
+        rule.name,
+        base,
+        `conflicts with deny rule at policies.security.authorization[${deny}]: same callers, target and conditions, so it never allows anything`
+      )
     }
     const when = rule.when
     if (tcp.has(rule.to) && (when?.methods !== undefined || when?.paths !== undefined || when?.headers !== undefined)) {
       // Envoy's network RBAC sees connections, not requests: such a rule could not be enforced.
-      catalogueIssue(rule.name, `${base}.when`, `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports`)
+      catalogueIssue(
+        rule.name,
+        `${base}.when`,
+        `service "${rule.to}" speaks tcp: a rule for it can only name callers (from) and ports`
+      )
     }
     const compiled = compileRule(rule, i, catalogue.trustDomain, base, issue)
     const group = rules.get(rule.to) ?? { deny: [], allow: [] }
@@ -196,8 +220,13 @@ const compileAll = (
     const base = `policies.resilience[${i}]`
     const name = `resilience of ${policy.service}`
     service(name, `${base}.service`, policy.service)
-    if (resilience.has(policy.service)) catalogueIssue(name, `${base}.service`, `service "${policy.service}" already has a resilience policy; merge them into one`)
-    else resilience.set(policy.service, policy)
+    if (resilience.has(policy.service)) {
+      catalogueIssue(
+        name,
+        `${base}.service`,
+        `service "${policy.service}" already has a resilience policy; merge them into one`
+      )
+    } else resilience.set(policy.service, policy)
   })
 
   return {
@@ -220,7 +249,9 @@ type Report = (policy: string, field: string, message: string) => void
 
 const checkRegex = (policy: string, field: string, pattern: string, issue: Report) => {
   const problem = re2Problem(pattern)
-  if (problem !== undefined) issue(policy, field, `RE2 (Envoy's regex engine) rejects ${JSON.stringify(pattern)}: ${problem}`)
+  if (problem !== undefined) {
+    issue(policy, field, `RE2 (Envoy's regex engine) rejects ${JSON.stringify(pattern)}: ${problem}`)
+  }
 }
 
 const checkRoute = (
@@ -237,14 +268,22 @@ const checkRoute = (
   match?.headers.forEach((h, j) => {
     if (h.regex !== undefined) checkRegex(policy, `${base}.match.headers[${j}].regex`, h.regex, issue)
   })
-  if (match?.path !== undefined && match.grpc !== undefined) issue(policy, `${base}.match`, "give path or grpc, not both")
+  if (match?.path !== undefined && match.grpc !== undefined) {
+    issue(policy, `${base}.match`, "give path or grpc, not both")
+  }
   const backoff = route.retries?.backoff
   if (backoff?.maxInterval !== undefined && Duration.lessThan(backoff.maxInterval, backoff.baseInterval)) {
     issue(policy, `${base}.retries.backoff.maxInterval`, "must not be shorter than baseInterval")
   }
 }
 
-const compileRule = (rule: AuthorizationRule, index: number, trustDomain: string, base: string, issue: Report): CompiledRule => {
+const compileRule = (
+  rule: AuthorizationRule,
+  index: number,
+  trustDomain: string,
+  base: string,
+  issue: Report
+): CompiledRule => {
   const when = rule.when
   const globs = (field: string, values: ReadonlyArray<string>) =>
     values.flatMap((value, j) => {
@@ -256,10 +295,18 @@ const compileRule = (rule: AuthorizationRule, index: number, trustDomain: string
       return [glob]
     })
   when?.methods?.forEach((method, j) => {
-    if (!HTTP_METHODS.has(method.toUpperCase())) issue(rule.name, `${base}.when.methods[${j}]`, `unknown HTTP method "${method}"`)
+    if (!HTTP_METHODS.has(method.toUpperCase())) {
+      issue(rule.name, `${base}.when.methods[${j}]`, `unknown HTTP method "${method}"`)
+    }
   })
   when?.paths?.forEach((path, j) => {
-    if (!path.startsWith("/") && !path.startsWith("*")) issue(rule.name, `${base}.when.paths[${j}]`, `expected a path starting with "/" (or a "*" suffix form), got "${path}"`)
+    if (!path.startsWith("/") && !path.startsWith("*")) {
+      issue(
+        rule.name,
+        `${base}.when.paths[${j}]`,
+        `expected a path starting with "/" (or a "*" suffix form), got "${path}"`
+      )
+    }
   })
   const headers = when?.headers === undefined ? undefined : Object.entries(when.headers).flatMap(([name, value]) => {
     const glob = parseGlob(value)
@@ -302,7 +349,8 @@ const pathCovers = (earlier: PathMatch | undefined, later: PathMatch | undefined
   if (later === undefined) return earlier.prefix === "/" || earlier.prefix === ""
   if (earlier.prefix !== undefined) {
     const p = earlier.prefix
-    return (later.prefix !== undefined && later.prefix.startsWith(p)) || (later.exact !== undefined && later.exact.startsWith(p))
+    return (later.prefix !== undefined && later.prefix.startsWith(p)) ||
+      (later.exact !== undefined && later.exact.startsWith(p))
   }
   if (earlier.exact !== undefined) return later.exact === earlier.exact
   return earlier.regex !== undefined && later.regex === earlier.regex

@@ -21,12 +21,22 @@
  * | stats tags                      | bootstrap stats_config.stats_tags (Sidecar layer)    | yes           | no                                      |
  */
 import { Duration } from "effect"
-import type { CircuitBreakers, Fault, HeaderMatch, Mirror, Observability, OutlierDetection, RateLimit, Retries, RouteMatch } from "../../schemas/Config.js"
+import type {
+  CircuitBreakers,
+  Fault,
+  HeaderMatch,
+  Mirror,
+  Observability,
+  OutlierDetection,
+  RateLimit,
+  Retries,
+  RouteMatch
+} from "../../schemas/Config.js"
+import { parseHostPort } from "../../schemas/Endpoint.js"
+import { durationProto, type PlainObject, socketAddress, typeUrl } from "../envoy/Messages.js"
 import type { CompiledPolicy, CompiledRule } from "./Compile.js"
 import { effectivePath } from "./Compile.js"
 import type { Glob } from "./Match.js"
-import { parseHostPort } from "../../schemas/Endpoint.js"
-import { durationProto, type PlainObject, socketAddress, typeUrl } from "../envoy/Messages.js"
 
 export type { PlainObject }
 
@@ -90,18 +100,18 @@ export const routeMatch = (match: RouteMatch | undefined): PlainObject => {
  */
 export const retryPolicy = (retries: Retries | undefined): PlainObject | undefined =>
   retries === undefined || retries.attempts <= 1 ? undefined : ({
-  retry_on: retries.on.join(","),
-  num_retries: { value: retries.attempts - 1 },
-  ...(retries.perTryTimeout ? { per_try_timeout: durationProto(retries.perTryTimeout) } : {}),
-  ...(retries.backoff
-    ? {
-      retry_back_off: {
-        base_interval: durationProto(retries.backoff.baseInterval),
-        ...(retries.backoff.maxInterval ? { max_interval: durationProto(retries.backoff.maxInterval) } : {})
+    retry_on: retries.on.join(","),
+    num_retries: { value: retries.attempts - 1 },
+    ...(retries.perTryTimeout ? { per_try_timeout: durationProto(retries.perTryTimeout) } : {}),
+    ...(retries.backoff
+      ? {
+        retry_back_off: {
+          base_interval: durationProto(retries.backoff.baseInterval),
+          ...(retries.backoff.maxInterval ? { max_interval: durationProto(retries.backoff.maxInterval) } : {})
+        }
       }
-    }
-    : {})
-})
+      : {})
+  })
 
 /** An HTTPFault config (an Any, for `typed_per_filter_config` or the HCM filter). */
 export const faultConfig = (fault: Fault | undefined): PlainObject => ({
@@ -112,7 +122,9 @@ export const faultConfig = (fault: Fault | undefined): PlainObject => ({
   ...(fault?.abort
     ? {
       abort: {
-        ...(fault.abort.grpcStatus !== undefined ? { grpc_status: fault.abort.grpcStatus } : { http_status: fault.abort.httpStatus }),
+        ...(fault.abort.grpcStatus !== undefined
+          ? { grpc_status: fault.abort.grpcStatus }
+          : { http_status: fault.abort.httpStatus }),
         percentage: fractionalPercent(fault.abort.percent)
       }
     }
@@ -155,7 +167,10 @@ export const outlierDetection = (od: OutlierDetection): PlainObject => ({
   base_ejection_time: durationProto(od.baseEjectionTime),
   max_ejection_percent: { value: Math.round(od.maxEjectionPercent) },
   ...(od.consecutiveGatewayErrors !== undefined
-    ? { consecutive_gateway_failure: { value: od.consecutiveGatewayErrors }, enforcing_consecutive_gateway_failure: { value: 100 } }
+    ? {
+      consecutive_gateway_failure: { value: od.consecutiveGatewayErrors },
+      enforcing_consecutive_gateway_failure: { value: 100 }
+    }
     : {})
 })
 
@@ -185,7 +200,9 @@ const stringMatcher = (glob: Glob): PlainObject | undefined => {
   }
 }
 
-const anyOf = (rules: ReadonlyArray<PlainObject>): PlainObject => (rules.length === 1 ? rules[0]! : { or_rules: { rules } })
+const anyOf = (
+  rules: ReadonlyArray<PlainObject>
+): PlainObject => (rules.length === 1 ? rules[0]! : { or_rules: { rules } })
 
 const permissionOf = (rule: CompiledRule): PlainObject => {
   const parts: Array<PlainObject> = []
@@ -214,7 +231,9 @@ const principalsOf = (rule: CompiledRule): ReadonlyArray<PlainObject> =>
     : [...rule.principals].sort().map((id) => ({ authenticated: { principal_name: { exact: id } } }))
 
 const rbacPolicies = (rules: ReadonlyArray<CompiledRule>): PlainObject =>
-  Object.fromEntries(rules.map((rule) => [rule.name, { permissions: [permissionOf(rule)], principals: principalsOf(rule) }]))
+  Object.fromEntries(
+    rules.map((rule) => [rule.name, { permissions: [permissionOf(rule)], principals: principalsOf(rule) }])
+  )
 
 const rbacFilter = (name: string, action: "ALLOW" | "DENY", rules: ReadonlyArray<CompiledRule>): PlainObject => ({
   name,
@@ -230,7 +249,9 @@ export const rbacFilters = (policy: CompiledPolicy, service: string): ReadonlyAr
   const rules = policy.rules.get(service) ?? { deny: [], allow: [] }
   const filters: Array<PlainObject> = []
   if (rules.deny.length > 0) filters.push(rbacFilter(FilterNames.rbacDeny, "DENY", rules.deny))
-  if (rules.allow.length > 0 || policy.defaultAction === "deny") filters.push(rbacFilter(FilterNames.rbacAllow, "ALLOW", rules.allow))
+  if (rules.allow.length > 0 || policy.defaultAction === "deny") {
+    filters.push(rbacFilter(FilterNames.rbacAllow, "ALLOW", rules.allow))
+  }
   return filters
 }
 
@@ -250,7 +271,10 @@ export const networkRbacFilters = (policy: CompiledPolicy, service: string): Rea
 
 /** A token bucket holding `burst` tokens, refilled with `requestsPerSecond` every second. */
 export const localRateLimitFilter = (service: string, limit: RateLimit): PlainObject => {
-  const always = { default_value: { numerator: 100, denominator: "HUNDRED" }, runtime_key: `mesh.${service}.rate_limit` }
+  const always = {
+    default_value: { numerator: 100, denominator: "HUNDRED" },
+    runtime_key: `mesh.${service}.rate_limit`
+  }
   return {
     name: FilterNames.localRateLimit,
     typed_config: {
@@ -301,9 +325,14 @@ const JSON_FIELDS: Readonly<Record<string, string>> = {
 export const accessLogs = (observability: Observability): ReadonlyArray<PlainObject> => {
   if (!observability.accessLogs.enabled) return []
   const log_format = observability.accessLogs.format === "json"
-    ? { json_format: { fields: Object.fromEntries(Object.entries(JSON_FIELDS).map(([k, v]) => [k, { stringValue: v }])) } }
+    ? {
+      json_format: { fields: Object.fromEntries(Object.entries(JSON_FIELDS).map(([k, v]) => [k, { stringValue: v }])) }
+    }
     : { text_format_source: { inline_string: TEXT_FORMAT } }
-  return [{ name: "envoy.access_loggers.stdout", typed_config: { "@type": typeUrl(PolicyTypes.StdoutAccessLog), log_format } }]
+  return [{
+    name: "envoy.access_loggers.stdout",
+    typed_config: { "@type": typeUrl(PolicyTypes.StdoutAccessLog), log_format }
+  }]
 }
 
 /** HttpConnectionManager.tracing: OpenTelemetry over gRPC to the collector cluster; undefined when off. */

@@ -4,7 +4,8 @@
  * plain numbers, `Any` with "@type"), and `checkBootstrap` checks it against Envoy's own
  * `envoy.config.bootstrap.v3.Bootstrap` definition through src/xds/Protos.ts before anyone writes it.
  */
-import { Data, Duration, Either } from "effect"
+import type { Duration } from "effect"
+import { Data, Either } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeNet from "node:net"
 import * as YAML from "yaml"
@@ -12,9 +13,9 @@ import type { MeshConfig } from "../../schemas/Config.js"
 import { parseHostPort } from "../../schemas/Endpoint.js"
 import { type IdentityFiles, identityFiles } from "../certs/IdentityFiles.js"
 import { controllerId, serviceId } from "../certs/Spiffe.js"
-import { statsConfig } from "../policy/Envoy.js"
 import { socketAddress } from "../envoy/Messages.js"
 import { durationJson, fromProto3Json } from "../envoy/Proto3Json.js"
+import { statsConfig } from "../policy/Envoy.js"
 import * as Protos from "../xds/Protos.js"
 
 /** The static cluster Envoy reaches the controller's ADS server through. */
@@ -75,11 +76,15 @@ export const inputFromConfig = (
   const observability = config.policies.observability
   const service = options.service ?? envoy.service
   if (service === undefined) {
-    return Either.left(new BootstrapUnavailable({ reason: "no service named: set sidecar.envoy.service (or pass --service)" }))
+    return Either.left(
+      new BootstrapUnavailable({ reason: "no service named: set sidecar.envoy.service (or pass --service)" })
+    )
   }
   if (!config.services.some((s) => s.name === service)) {
     const known = config.services.map((s) => s.name).join(", ") || "none"
-    return Either.left(new BootstrapUnavailable({ reason: `unknown service "${service}" (services in the config: ${known})` }))
+    return Either.left(
+      new BootstrapUnavailable({ reason: `unknown service "${service}" (services in the config: ${known})` })
+    )
   }
   const xds = envoy.xdsAddress ?? {
     host: WILDCARD.has(config.controller.xds.host) ? "127.0.0.1" : config.controller.xds.host,
@@ -105,7 +110,6 @@ export const inputFromConfig = (
     statsTags: observability.statsTags
   })
 }
-
 
 const staticCluster = (name: string, host: string, port: number, extra: Record<string, unknown> = {}) => ({
   name,
@@ -164,7 +168,10 @@ const prometheusListener = (prometheus: { readonly host: string; readonly port: 
             routes: [{ match: { path: "/stats/prometheus" }, route: { cluster: ADMIN_CLUSTER } }]
           }]
         },
-        http_filters: [{ name: "envoy.filters.http.router", typed_config: { "@type": Protos.typeUrl(Protos.Types.Router) } }]
+        http_filters: [{
+          name: "envoy.filters.http.router",
+          typed_config: { "@type": Protos.typeUrl(Protos.Types.Router) }
+        }]
       }
     }]
   }]
@@ -184,7 +191,10 @@ const overloadManager = (overload: BootstrapInput["overload"]) => ({
   resource_monitors: [
     {
       name: FIXED_HEAP,
-      typed_config: { "@type": Protos.typeUrl(OVERLOAD_TYPES.FixedHeap), max_heap_size_bytes: overload.maxHeapMiB * 1024 * 1024 }
+      typed_config: {
+        "@type": Protos.typeUrl(OVERLOAD_TYPES.FixedHeap),
+        max_heap_size_bytes: overload.maxHeapMiB * 1024 * 1024
+      }
     },
     {
       name: MAX_CONNECTIONS,
@@ -196,7 +206,10 @@ const overloadManager = (overload: BootstrapInput["overload"]) => ({
   ],
   actions: [
     { name: "envoy.overload_actions.shrink_heap", triggers: [{ name: FIXED_HEAP, threshold: { value: 0.9 } }] },
-    { name: "envoy.overload_actions.stop_accepting_requests", triggers: [{ name: FIXED_HEAP, threshold: { value: 0.98 } }] }
+    {
+      name: "envoy.overload_actions.stop_accepting_requests",
+      triggers: [{ name: FIXED_HEAP, threshold: { value: 0.98 } }]
+    }
   ]
 })
 

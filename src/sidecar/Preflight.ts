@@ -78,7 +78,12 @@ export const preflight = (input: PreflightInput): PreflightResult => {
   const source: VaSource | null = fromConfig !== null ? "kernel-config" : fromMap !== null ? "memory-map" : null
   const base = { arch: input.arch, vaBits, source }
   if (input.arch !== "arm64") {
-    return { ...base, verdict: "ok", message: `${input.arch} host: the arm64 address-space limit does not apply`, remedies: [] }
+    return {
+      ...base,
+      verdict: "ok",
+      message: `${input.arch} host: the arm64 address-space limit does not apply`,
+      remedies: []
+    }
   }
   if (vaBits === null) {
     return {

@@ -24,7 +24,11 @@ export type RestartDecision =
   | { readonly _tag: "CrashLoop"; readonly recentCrashes: number }
 
 /** The crashes that still count: those inside the window ending now. */
-export const recentCrashes = (history: ReadonlyArray<Crash>, now: number, policy: RestartPolicy): ReadonlyArray<Crash> => {
+export const recentCrashes = (
+  history: ReadonlyArray<Crash>,
+  now: number,
+  policy: RestartPolicy
+): ReadonlyArray<Crash> => {
   const since = now - Duration.toMillis(policy.window)
   return history.filter((crash) => crash.at > since)
 }
@@ -69,7 +73,11 @@ export const parseEnvoyLogLine = (line: string): EnvoyLogLine => {
   const match = ENVOY_LINE.exec(line)
   if (match === null) return { level: undefined, message: line, logger: undefined }
   // Drop the "[source/file.cc:123] " that precedes the message.
-  return { level: match[1] as EnvoyLogLevel, logger: match[2], message: (match[3] ?? "").replace(/^\[[^\]\s]+:\d+\]\s?/, "") }
+  return {
+    level: match[1] as EnvoyLogLevel,
+    logger: match[2],
+    message: (match[3] ?? "").replace(/^\[[^\]\s]+:\d+\]\s?/, "")
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -86,7 +94,8 @@ export interface EnvoyCommand {
 }
 
 /** Envoy takes whole seconds; a sub-second drain time still gets one. */
-export const drainSeconds = (drainTime: Duration.Duration): number => Math.max(1, Math.ceil(Duration.toSeconds(drainTime)))
+export const drainSeconds = (drainTime: Duration.Duration): number =>
+  Math.max(1, Math.ceil(Duration.toSeconds(drainTime)))
 
 /**
  * The arguments for one Envoy process. On a hot restart the child terminates its parent after
@@ -95,13 +104,20 @@ export const drainSeconds = (drainTime: Duration.Duration): number => Math.max(1
 export const envoyArgs = (command: EnvoyCommand, epoch: number): ReadonlyArray<string> => {
   const drain = drainSeconds(command.drainTime)
   return [
-    "-c", command.bootstrapPath,
-    "--restart-epoch", String(epoch),
-    "--base-id", String(command.baseId),
-    "--concurrency", String(command.concurrency),
-    "--drain-time-s", String(drain),
-    "--parent-shutdown-time-s", String(drain + 1),
-    "--admin-address-path", command.adminAddressPath,
+    "-c",
+    command.bootstrapPath,
+    "--restart-epoch",
+    String(epoch),
+    "--base-id",
+    String(command.baseId),
+    "--concurrency",
+    String(command.concurrency),
+    "--drain-time-s",
+    String(drain),
+    "--parent-shutdown-time-s",
+    String(drain + 1),
+    "--admin-address-path",
+    command.adminAddressPath,
     ...command.args
   ]
 }

@@ -36,7 +36,11 @@ const keyOf = (spki: Uint8Array): Effect.Effect<KeyAlgorithm, CsrRefused> => {
     return Effect.succeed("ecdsa-p256")
   }
   if (key.asymmetricKeyType === "rsa" && (details?.modulusLength ?? 0) >= 2048) return Effect.succeed("rsa-2048")
-  return refuse(`unsupported key ${key.asymmetricKeyType ?? "?"} ${details?.namedCurve ?? details?.modulusLength ?? ""} (use ECDSA P-256/P-384 or RSA >= 2048)`)
+  return refuse(
+    `unsupported key ${key.asymmetricKeyType ?? "?"} ${
+      details?.namedCurve ?? details?.modulusLength ?? ""
+    } (use ECDSA P-256/P-384 or RSA >= 2048)`
+  )
 }
 
 /** Parses and verifies a PEM CSR for `grant`; its signature proves the caller holds the key. */
@@ -60,7 +64,8 @@ export const checkCsr = (pem: string, grant: Grant): Effect.Effect<CsrKey, CsrRe
     const sanExtension = csr.getExtension("2.5.29.17")
     const san = sanExtension === null ? undefined : new x509.SubjectAlternativeNameExtension(sanExtension.rawData)
     for (const name of san?.names.items ?? []) {
-      const allowed = (name.type === "url" && name.value === grant.spiffeId) || (name.type === "dns" && name.value === grant.service)
+      const allowed = (name.type === "url" && name.value === grant.spiffeId) ||
+        (name.type === "dns" && name.value === grant.service)
       if (!allowed) {
         return yield* refuse(`it asks for the SAN ${name.type}:${name.value}; the caller may only be ${grant.spiffeId}`)
       }

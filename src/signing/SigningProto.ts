@@ -90,8 +90,11 @@ const signingService = (): ServiceClientConstructor => {
 export const signingServiceDefinition = (): grpc.ServiceDefinition => signingService().service
 
 /** A client for the signing service (untyped grpc-js client; see `SigningClient` for typed calls). */
-export const newSigningClient = (address: string, credentials: grpc.ChannelCredentials, options: grpc.ChannelOptions = {}) =>
-  new (signingService())(address, credentials, options) as unknown as SigningClient
+export const newSigningClient = (
+  address: string,
+  credentials: grpc.ChannelCredentials,
+  options: grpc.ChannelOptions = {}
+) => new (signingService())(address, credentials, options) as unknown as SigningClient
 
 export interface SigningClient extends grpc.Client {
   GetTrustBundle(

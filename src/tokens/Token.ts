@@ -76,7 +76,9 @@ export const formatToken = (key: Uint8Array, parts: Omit<TokenParts, "mac">): st
 export const parseToken = (text: string): Either.Either<TokenParts, TokenMalformed> => {
   const fields = text.trim().split(".")
   const fail = (reason: string) => Either.left(new TokenMalformed({ reason }))
-  if (fields.length !== 5 || fields[0] !== TOKEN_VERSION) return fail(`expected ${TOKEN_VERSION}.<id>.<secret>.<root>.<mac>`)
+  if (fields.length !== 5 || fields[0] !== TOKEN_VERSION) {
+    return fail(`expected ${TOKEN_VERSION}.<id>.<secret>.<root>.<mac>`)
+  }
   const [, id, secret, rootFingerprint, mac] = fields as [string, string, string, string, string]
   if (!ID.test(id)) return fail("the id is not 12 hex digits")
   if (!SECRET.test(secret)) return fail("the secret is not 32 base64url bytes")

@@ -5,12 +5,13 @@
  * layers/); the page only lays the answers out, so every rule (availability, which certificate
  * is due, what a client's service is) lives here where a test can reach it.
  */
-import type { CompiledPolicy, CompiledRule } from "../policy/Compile.js"
-import type { Glob } from "../policy/Match.js"
+import { healthOf, type HealthView, routing } from "../health/Routing.js"
 import type { EndpointHealth, RegistrySource, Service } from "../MeshState.js"
 import { endpointKey } from "../MeshState.js"
-import { healthOf, type HealthView, routing } from "../health/Routing.js"
+import type { CompiledPolicy, CompiledRule } from "../policy/Compile.js"
+import type { Glob } from "../policy/Match.js"
 import { sidecarService } from "../xds/XdsSnapshot.js"
+import type { StreamStatus } from "../xds/XdsStream.js"
 
 // ---------------------------------------------------------------------------------------------
 // Services
@@ -24,8 +25,12 @@ export interface CheckedEndpoint {
   readonly consecutiveFailures: number
   readonly trackedSince: string
   readonly unhealthyMs: number
-  readonly transitions: ReadonlyArray<{ readonly at: string; readonly from: EndpointHealth; readonly to: EndpointHealth }>
-  readonly history: ReadonlyArray<{ readonly at: string; readonly ok: boolean; readonly latencyMs: number; readonly error?: string }>
+  readonly transitions: ReadonlyArray<
+    { readonly at: string; readonly from: EndpointHealth; readonly to: EndpointHealth }
+  >
+  readonly history: ReadonlyArray<
+    { readonly at: string; readonly ok: boolean; readonly latencyMs: number; readonly error?: string }
+  >
 }
 
 export interface HealthStatusInput {
@@ -75,7 +80,9 @@ export interface ServiceView {
 const describeCheck = (check: Readonly<Record<string, unknown>>): string => {
   const parts = [String(check["type"] ?? "check")]
   if (check["type"] === "http") parts.push(`${String(check["method"] ?? "GET")} ${String(check["path"] ?? "/")}`)
-  if (check["type"] === "grpc" && typeof check["service"] === "string" && check["service"] !== "") parts.push(String(check["service"]))
+  if (check["type"] === "grpc" && typeof check["service"] === "string" && check["service"] !== "") {
+    parts.push(String(check["service"]))
+  }
   if (check["interval"] !== undefined) parts.push(`every ${String(check["interval"])}`)
   return parts.join(" ")
 }
@@ -137,26 +144,10 @@ export const servicesView = (
 // ---------------------------------------------------------------------------------------------
 
 /** One client as `Xds.status` describes it (the fields the page uses). */
-export interface XdsClientInput {
-  readonly stream: number
-  readonly nodeId: string | null
-  readonly kind: string
-  readonly userAgent: string | null
-  readonly protocol: string
-  readonly peer: string
-  readonly identity: string | null
-  readonly connectedAt: string
-  readonly types: Readonly<Record<string, {
-    readonly subscribed: ReadonlyArray<string>
-    readonly subscribedCount: number
-    readonly acknowledgedVersion: string | null
-    readonly acknowledgedAt: string | null
-    readonly waitingForAck: boolean
-    readonly pushes: number
-    readonly nacks: number
-    readonly lastNack: { readonly version: string; readonly message: string; readonly at: string } | null
-  }>>
-}
+export type XdsClientInput = Pick<
+  StreamStatus,
+  "stream" | "nodeId" | "kind" | "userAgent" | "protocol" | "peer" | "identity" | "connectedAt" | "types"
+>
 
 export interface DataPlaneView {
   readonly stream: number
@@ -233,7 +224,12 @@ export type CertificateTone = "ok" | "renew-overdue" | "expiring" | "expired"
 export const RENEWAL_GRACE_MS = 2 * 60_000
 const NEAR_EXPIRY_CAP_MS = 30 * 24 * 3600_000
 
-export const certificateTone = (now: number, notBefore: string, notAfter: string, renewAt?: string): CertificateTone => {
+export const certificateTone = (
+  now: number,
+  notBefore: string,
+  notAfter: string,
+  renewAt?: string
+): CertificateTone => {
   const start = Date.parse(notBefore)
   const end = Date.parse(notAfter)
   if (now >= end) return "expired"

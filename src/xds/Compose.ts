@@ -1,7 +1,7 @@
 import type { MeshConfig } from "../../schemas/Config.js"
-import type { CompiledPolicy } from "../policy/Compile.js"
 import { type HealthView, withHealth } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
+import type { CompiledPolicy } from "../policy/Compile.js"
 
 /**
  * The one value the snapshot is built from: the config's mesh, the compiled policy in force, Discovery's services

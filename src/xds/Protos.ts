@@ -15,11 +15,11 @@
  * accepted and checked against the named type.
  */
 import { Either, Schema } from "effect"
-import { createRequire } from "node:module"
 import * as NodeFs from "node:fs"
+import { createRequire } from "node:module"
 import * as NodePath from "node:path"
-import { durationProto } from "../envoy/Messages.js"
 import protobuf from "protobufjs"
+import { durationProto } from "../envoy/Messages.js"
 import { typeUrl } from "./TypeUrls.js"
 
 /** The `.proto` files we load; everything they import comes along. */
@@ -228,7 +228,9 @@ interface TypeInfo {
   readonly isAny: boolean
   readonly rules: ReadonlyMap<string, Rules>
   readonly required: ReadonlyArray<string>
-  readonly oneofs: ReadonlyArray<{ readonly name: string; readonly members: ReadonlyArray<string>; readonly required: boolean }>
+  readonly oneofs: ReadonlyArray<
+    { readonly name: string; readonly members: ReadonlyArray<string>; readonly required: boolean }
+  >
 }
 
 const infoCache = new WeakMap<protobuf.Type, TypeInfo>()
@@ -242,7 +244,11 @@ const infoOf = (type: protobuf.Type): TypeInfo => {
       rules,
       // A rule on a oneof member applies only when that member is the one chosen.
       required: type.fieldsArray.filter((f) => f.partOf === null && rules.get(f.name)!.required).map((f) => f.name),
-      oneofs: type.oneofsArray.map((o) => ({ name: o.name, members: o.oneof, required: o.options?.["(validate.required)"] === true }))
+      oneofs: type.oneofsArray.map((o) => ({
+        name: o.name,
+        members: o.oneof,
+        required: o.options?.["(validate.required)"] === true
+      }))
     }
     infoCache.set(type, info)
   }
@@ -266,7 +272,9 @@ const checkValue = (field: protobuf.Field, value: unknown, path: string, issues:
   } else if (resolved instanceof protobuf.Enum) {
     if (typeof value === "string") {
       if (!(value in resolved.values)) {
-        issues.push(`${path}: unknown ${resolved.name} value ${show(value)} (one of ${Object.keys(resolved.values).join(", ")})`)
+        issues.push(
+          `${path}: unknown ${resolved.name} value ${show(value)} (one of ${Object.keys(resolved.values).join(", ")})`
+        )
       }
     } else if (typeof value !== "number" || !Number.isInteger(value)) {
       issues.push(`${path}: expected a ${resolved.name} name, got ${show(value)}`)
@@ -280,7 +288,9 @@ const checkAny = (value: Record<string, unknown>, path: string, issues: Issues):
   const url = value["@type"]
   if (url === undefined) {
     for (const key of Object.keys(value)) {
-      if (key !== "type_url" && key !== "value") issues.push(`${path}.${key}: unknown field in google.protobuf.Any (use "@type")`)
+      if (key !== "type_url" && key !== "value") {
+        issues.push(`${path}.${key}: unknown field in google.protobuf.Any (use "@type")`)
+      }
     }
     if (typeof value["type_url"] !== "string") issues.push(`${path}.type_url: expected a string`)
     return
@@ -331,7 +341,9 @@ const checkMessage = (type: protobuf.Type, value: unknown, path: string, issues:
         issues.push(`${join(path, key)}: expected a map object, got ${show(fieldValue)}`)
         continue
       }
-      for (const mapKey in fieldValue) checkValue(field, fieldValue[mapKey], `${join(path, key)}[${show(mapKey)}]`, issues)
+      for (const mapKey in fieldValue) {
+        checkValue(field, fieldValue[mapKey], `${join(path, key)}[${show(mapKey)}]`, issues)
+      }
     } else if (field.repeated) {
       if (!Array.isArray(fieldValue)) {
         issues.push(`${join(path, key)}: expected a list, got ${show(fieldValue)}`)
@@ -353,7 +365,11 @@ const checkMessage = (type: protobuf.Type, value: unknown, path: string, issues:
     let set = 0
     for (const member of oneof.members) if (present.has(member)) set++
     if (set > 1) {
-      issues.push(`${path || "(root)"}: only one of ${oneof.members.filter((m) => present.has(m)).join(", ")} may be set (oneof ${oneof.name})`)
+      issues.push(
+        `${path || "(root)"}: only one of ${
+          oneof.members.filter((m) => present.has(m)).join(", ")
+        } may be set (oneof ${oneof.name})`
+      )
     }
     if (set === 0 && oneof.required) issues.push(`${path || "(root)"}: one of ${oneof.members.join(", ")} is required`)
   }

@@ -12,6 +12,8 @@
  */
 import * as NodeNet from "node:net"
 import type { Observability, Route, TrafficPolicy } from "../../schemas/Config.js"
+import { identitySecretName, ROOT_CA_SECRET } from "../certs/Sds.js"
+import { type PlainObject, socketAddress } from "../envoy/Messages.js"
 import { routing } from "../health/Routing.js"
 import type { Endpoint, Service } from "../MeshState.js"
 import type { CompiledPolicy } from "../policy/Compile.js"
@@ -20,15 +22,13 @@ import {
   faultFilter,
   hcmObservability,
   inboundHttpFilters,
-  networkRbacFilters,
   mirrorPolicies,
+  networkRbacFilters,
   retryPolicy,
   routeFaultOverride,
   routeMatch
 } from "../policy/Envoy.js"
-import { identitySecretName, ROOT_CA_SECRET } from "../certs/Sds.js"
-import { type PlainObject, socketAddress } from "../envoy/Messages.js"
-import { durationProto, typeUrl, Types } from "./Protos.js"
+import { durationProto, Types, typeUrl } from "./Protos.js"
 
 /** Ports an Envoy sidecar binds (the bootstrap and README document them). */
 export const SidecarPorts = {
@@ -82,7 +82,10 @@ export const loadAssignment = (service: Service, name: string = service.name): P
   const routed = routing(service, new Map()).endpoints
   for (const endpoint of routed) {
     if (NodeNet.isIP(endpoint.address) === 0) {
-      throw new ServiceInvalid(service.name, `endpoint address "${endpoint.address}" is not an IP address (host names must be resolved before the snapshot)`)
+      throw new ServiceInvalid(
+        service.name,
+        `endpoint address "${endpoint.address}" is not an IP address (host names must be resolved before the snapshot)`
+      )
     }
   }
   const localities = new Map<string, { locality: PlainObject; endpoints: Array<Endpoint> }>()
@@ -111,7 +114,12 @@ export const loadAssignment = (service: Service, name: string = service.name): P
  * An EDS cluster reading `<service>` over ADS, round-robin, with the service's circuit breakers and
  * outlier detection from `policy` (gRPC honours outlier detection and max_requests).
  */
-export const edsCluster = (name: string, service: Service, forEnvoy: boolean, policy?: CompiledPolicy): PlainObject => ({
+export const edsCluster = (
+  name: string,
+  service: Service,
+  forEnvoy: boolean,
+  policy?: CompiledPolicy
+): PlainObject => ({
   name,
   type: "EDS",
   eds_cluster_config: { eds_config: ads, service_name: service.name },
@@ -149,7 +157,6 @@ export const inboundCluster = (service: Service): PlainObject => ({
 // Routes
 // ---------------------------------------------------------------------------------------------
 
-
 /** One RouteAction for a policy route; `clusterOf` names the cluster a destination service is in. */
 const routeAction = (
   route: Route,
@@ -158,7 +165,9 @@ const routeAction = (
   owner: string
 ): PlainObject => {
   for (const destination of route.destinations) {
-    if (!known(destination.service)) throw new ServiceInvalid(owner, `route to unknown service "${destination.service}"`)
+    if (!known(destination.service)) {
+      throw new ServiceInvalid(owner, `route to unknown service "${destination.service}"`)
+    }
   }
   const [first, ...rest] = route.destinations
   if (first === undefined) throw new ServiceInvalid(owner, "a route without destinations")
@@ -286,7 +295,11 @@ export const inboundListener = (service: Service, policy?: CompiledPolicy): Plai
         codec_type: "AUTO",
         route_config: {
           name: cluster,
-          virtual_hosts: [{ name: service.name, domains: ["*"], routes: [{ match: { prefix: "" }, route: { cluster } }] }]
+          virtual_hosts: [{
+            name: service.name,
+            domains: ["*"],
+            routes: [{ match: { prefix: "" }, route: { cluster } }]
+          }]
         },
         http_filters: [...(policy ? inboundHttpFilters(policy, service.name) : []), routerFilter],
         ...(policy ? hcmObservability(policy.observability, service.name) : {})
@@ -357,7 +370,10 @@ export const upstreamTls = (tls: MeshTls, destination: Service): PlainObject => 
       tls_certificate_sds_secret_configs: [sdsSecret(OWN_SECRET)],
       combined_validation_context: {
         default_validation_context: {
-          match_typed_subject_alt_names: [{ san_type: "URI", matcher: { exact: identitySecretName(tls.trustDomain, destination.name) } }]
+          match_typed_subject_alt_names: [{
+            san_type: "URI",
+            matcher: { exact: identitySecretName(tls.trustDomain, destination.name) }
+          }]
         },
         validation_context_sds_secret_config: sdsSecret(TRUST_BUNDLE)
       }
@@ -380,7 +396,9 @@ export const withUpstreamTls = (cluster: PlainObject, tls: MeshTls, destination:
 export const withDownstreamTls = (listener: PlainObject, tls: MeshTls, service: Service): PlainObject => {
   const chains = listener["filter_chains"] as ReadonlyArray<PlainObject>
   const socket = downstreamTls(tls, service)
-  if (tls.mode === "strict") return { ...listener, filter_chains: chains.map((chain) => ({ ...chain, transport_socket: socket })) }
+  if (tls.mode === "strict") {
+    return { ...listener, filter_chains: chains.map((chain) => ({ ...chain, transport_socket: socket })) }
+  }
   return {
     ...listener,
     listener_filters: [

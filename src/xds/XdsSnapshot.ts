@@ -15,7 +15,7 @@ import { routing } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
 import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
-import { check, encode, typeUrl, Types, TypeUrls } from "./Protos.js"
+import { check, encode, Types, typeUrl, TypeUrls } from "./Protos.js"
 import {
   apiListener,
   edsCluster,
@@ -139,7 +139,10 @@ const encodeAnyBytes = (url: string, value: Uint8Array): Uint8Array =>
 export const resource = (owner: string, typeName: string, name: string, object: PlainObject): XdsResource => {
   const encoded = encode(typeName, object)
   if (encoded._tag === "Left") {
-    throw new ServiceInvalid(owner, `${typeName.slice(typeName.lastIndexOf(".") + 1)} "${name}": ${encoded.left.issues.join("; ")}`)
+    throw new ServiceInvalid(
+      owner,
+      `${typeName.slice(typeName.lastIndexOf(".") + 1)} "${name}": ${encoded.left.issues.join("; ")}`
+    )
   }
   const url = typeUrl(typeName)
   return { name, typeUrl: url, version: hash(encoded.right), any: encodeAnyBytes(url, encoded.right) }
@@ -167,8 +170,18 @@ const buildGroup = (
     ),
     resource(name, Types.Cluster, name, proxyless ? { ...clientCluster, transport_socket: proxylessUpstreamTls(proxyless, name) } : clientCluster),
     resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service)),
-    resource(name, Types.Cluster, outboundName(name), tlsCluster(edsCluster(outboundName(name), service, true, compiled), service, tls)),
-    resource(name, Types.Listener, inboundName(name), tls ? withDownstreamTls(inboundListener(service, compiled), tls, service) : inboundListener(service, compiled)),
+    resource(
+      name,
+      Types.Cluster,
+      outboundName(name),
+      tlsCluster(edsCluster(outboundName(name), service, true, compiled), service, tls)
+    ),
+    resource(
+      name,
+      Types.Listener,
+      inboundName(name),
+      tls ? withDownstreamTls(inboundListener(service, compiled), tls, service) : inboundListener(service, compiled)
+    ),
     resource(name, Types.Cluster, inboundName(name), inboundCluster(service))
   ]
   const tcp = service.protocol === "tcp"
@@ -239,7 +252,10 @@ const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>
 }
 
 /** The outbound listener and the tracing collector's cluster, encoded once per observability setting. */
-const meshResources = new WeakMap<object, { readonly listener: XdsResource; readonly tracing: XdsResource | undefined }>()
+const meshResources = new WeakMap<
+  object,
+  { readonly listener: XdsResource; readonly tracing: XdsResource | undefined }
+>()
 const meshResourcesFor = (observability: MeshState["policy"]["observability"]) => {
   const cached = meshResources.get(observability)
   if (cached !== undefined) return cached
@@ -266,14 +282,21 @@ const secretResources = new WeakMap<object, SecretResources>()
 const secretResourcesFor = (name: string, secret: Readonly<Record<string, unknown>>): SecretResources => {
   const cached = secretResources.get(secret)
   if (cached !== undefined && cached.name === name) return cached
-  const trusted = name === ROOT_CA_SECRET ? (secret as { validation_context?: { trusted_ca?: unknown } }).validation_context?.trusted_ca : undefined
+  const trusted = name === ROOT_CA_SECRET
+    ? (secret as { validation_context?: { trusted_ca?: unknown } }).validation_context?.trusted_ca
+    : undefined
   const built: SecretResources = {
     name,
     main: resource("(secrets)", Types.Secret, name, { ...secret, name }),
-    own: "tls_certificate" in secret ? resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET }) : undefined,
+    own: "tls_certificate" in secret
+      ? resource("(secrets)", Types.Secret, OWN_SECRET, { ...secret, name: OWN_SECRET })
+      : undefined,
     bundle: trusted === undefined
       ? undefined
-      : resource("(secrets)", Types.Secret, TRUST_BUNDLE, { name: TRUST_BUNDLE, validation_context: { trusted_ca: trusted } })
+      : resource("(secrets)", Types.Secret, TRUST_BUNDLE, {
+        name: TRUST_BUNDLE,
+        validation_context: { trusted_ca: trusted }
+      })
   }
   secretResources.set(secret, built)
   return built

@@ -29,11 +29,19 @@
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
-import type { NodeInfo, DeltaRequest, SotwRequest } from "./Wire.js"
-import { encodeDeltaResponse, encodeSotwBody, encodeSotwResponse, encodeSotwResponseFrom } from "./Wire.js"
-import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE } from "./Resources.js"
-import { inWildcard, serverListenerResource, sidecarService, versionOf, wildcardNamesOf, type XdsResource, type XdsSnapshot } from "./XdsSnapshot.js"
+import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
+import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
+import { encodeDeltaResponse, encodeSotwBody, encodeSotwResponse, encodeSotwResponseFrom } from "./Wire.js"
+import {
+  inWildcard,
+  serverListenerResource,
+  sidecarService,
+  versionOf,
+  wildcardNamesOf,
+  type XdsResource,
+  type XdsSnapshot
+} from "./XdsSnapshot.js"
 
 export type Protocol = "sotw" | "delta"
 export type ClientKind = "proxyless" | "envoy" | "unknown"
@@ -200,7 +208,9 @@ const bindNode = (stream: StreamState, node: NodeInfo | undefined) => {
 
 /** Whether the stream may read secret `name` (`OWN_SECRET` is its own identity's, if it has one). */
 export const secretAllowed = (stream: StreamState, name: string): boolean =>
-  name === OWN_SECRET ? stream.access.spiffeId !== undefined : name === TRUST_BUNDLE || mayReadSecret(stream.access.spiffeId, name)
+  name === OWN_SECRET
+    ? stream.access.spiffeId !== undefined
+    : name === TRUST_BUNDLE || mayReadSecret(stream.access.spiffeId, name)
 
 /**
  * The resource a stream gets for `name`: for secrets, only what it may read, and `OWN_SECRET`
@@ -291,7 +301,13 @@ export type RequestOutcome =
   /** Over a bound (`XdsLimits`): nothing was applied; the stream is to end with `code`. */
   | { readonly _tag: "Rejected"; readonly code: "RESOURCE_EXHAUSTED" | "INVALID_ARGUMENT"; readonly reason: string }
 
-const settle = (t: TypeState, nonce: string, version: string, error: SotwRequest["error_detail"], now: number): RequestOutcome => {
+const settle = (
+  t: TypeState,
+  nonce: string,
+  version: string,
+  error: SotwRequest["error_detail"],
+  now: number
+): RequestOutcome => {
   if (nonce === "") return { _tag: "Subscribe" }
   if (t.pendingNonce === undefined || nonce !== t.pendingNonce) return { _tag: "Stale" }
   const latency = now - t.pendingSince
@@ -360,7 +376,7 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
     t.dirty = true
     t.synced = undefined
     // A name left and asked for again is sent again: the client forgot it when it left.
-    if (t._tag === "SotwMerged") for (const n of t.sent.keys()) if (!names.has(n)) t.sent.delete(n)
+    if (t._tag === "SotwMerged") { for (const n of t.sent.keys()) if (!names.has(n)) t.sent.delete(n) }
   }
   t.subscribed = true
   t.wildcard = wildcard
@@ -427,7 +443,12 @@ export interface Push {
 const nextNonce = (stream: StreamState) => String(++stream.nonce)
 
 /** Whether a changed name concerns this stream's subscription to `url`. */
-const concerns = (stream: StreamState, t: TypeState, url: string, changed: ReadonlySet<string> | undefined): boolean => {
+const concerns = (
+  stream: StreamState,
+  t: TypeState,
+  url: string,
+  changed: ReadonlySet<string> | undefined
+): boolean => {
   if (changed === undefined) return false
   for (const n of changed) if (t.names.has(n) || (t.wildcard && inWildcard(url, stream.own, n))) return true
   return url === TypeUrls.Listener && changed.has(serverListenerMarker(stream.own ?? "")) && serverNames(t.names).length > 0
@@ -459,7 +480,10 @@ const changesSince = (snapshot: XdsSnapshot, synced: string | undefined, url: st
  * once per snapshot and client view (the sidecar's service) and shared by every stream with that
  * view: a thousand sidecars do not each sort and hash the same thousand clusters.
  */
-const wholeSets = new WeakMap<XdsSnapshot, Map<string, { readonly version: string; readonly body: Buffer; readonly count: number }>>()
+const wholeSets = new WeakMap<
+  XdsSnapshot,
+  Map<string, { readonly version: string; readonly body: Buffer; readonly count: number }>
+>()
 const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot: XdsSnapshot) => {
   const shared = t.wildcard && t.names.size === 0 && url !== TypeUrls.Secret
   const key = `${url}\u0000${stream.own ?? ""}`
@@ -481,7 +505,13 @@ const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot:
   return built
 }
 
-const sotwWholePush = (stream: StreamState, t: SotwWholeState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+const sotwWholePush = (
+  stream: StreamState,
+  t: SotwWholeState,
+  url: string,
+  snapshot: XdsSnapshot,
+  now: number
+): Push | undefined => {
   if (!t.wildcard && t.names.size === 0) {
     t.dirty = false
     return undefined
@@ -503,7 +533,13 @@ const sotwWholePush = (stream: StreamState, t: SotwWholeState, url: string, snap
   return { bytes: encodeSotwResponseFrom(set.body, url, nonce), resources: set.count, removed: 0 }
 }
 
-const sotwMergedPush = (stream: StreamState, t: SotwMergedState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+const sotwMergedPush = (
+  stream: StreamState,
+  t: SotwMergedState,
+  url: string,
+  snapshot: XdsSnapshot,
+  now: number
+): Push | undefined => {
   if (t.names.size === 0) {
     t.dirty = false
     return undefined
@@ -569,7 +605,10 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
       const r = lookup(stream, url, snapshot, n)
       if (r !== undefined && t.known.get(n) !== r.version) updates.push(r)
       // A refused secret is answered as absent, so the client need not wait for it.
-      if (r === undefined && !t.known.has(n) && !t.toldAbsent.has(n) && url === TypeUrls.Secret && !secretAllowed(stream, n)) {
+      if (
+        r === undefined && !t.known.has(n) && !t.toldAbsent.has(n) && url === TypeUrls.Secret &&
+        !secretAllowed(stream, n)
+      ) {
         removed.push(n)
         t.toldAbsent.add(n)
       }
@@ -652,7 +691,9 @@ export const describeStream = (stream: StreamState): StreamStatus => ({
   peer: stream.peer,
   identity: stream.access.spiffeId ?? null,
   identitySource: stream.access.source,
-  ...(stream.access.reason !== undefined && stream.access.spiffeId === undefined ? { identityMissing: stream.access.reason } : {}),
+  ...(stream.access.reason !== undefined && stream.access.spiffeId === undefined
+    ? { identityMissing: stream.access.reason }
+    : {}),
   deniedSecrets: [...stream.access.denied].slice(0, MAX_LISTED),
   connectedAt: iso(stream.connectedAt),
   types: Object.fromEntries(

@@ -3,7 +3,8 @@
  * back every response decoded with Envoy's protos, in arrival order.
  */
 import * as grpc from "@grpc/grpc-js"
-import { Deferred, Duration, Effect, Option, Queue, type Scope } from "effect"
+import type { Option } from "effect"
+import { Deferred, Duration, Effect, Queue, type Scope } from "effect"
 import { decode, Types } from "../../src/xds/Protos.js"
 import { adsService } from "../../src/xds/Wire.js"
 
@@ -31,8 +32,7 @@ export interface AdsConnection {
   readonly ended: Effect.Effect<{ readonly code: grpc.status; readonly details: string }>
 }
 
-const nameOf = (resource: Record<string, any>): string =>
-  (resource["name"] ?? resource["cluster_name"] ?? "") as string
+const nameOf = (resource: Record<string, any>): string => (resource["name"] ?? resource["cluster_name"] ?? "") as string
 
 const toResponse = (bytes: Buffer, delta: boolean): AdsResponse => {
   if (!delta) {
@@ -80,7 +80,8 @@ const connect = (
         )
         call.on("data", (bytes: Buffer) => Queue.unsafeOffer(responses, toResponse(bytes, delta)))
         call.on("error", () => {})
-        call.on("status", (s: grpc.StatusObject) => Deferred.unsafeDone(status, Effect.succeed({ code: s.code, details: s.details })))
+        call.on("status", (s: grpc.StatusObject) =>
+          Deferred.unsafeDone(status, Effect.succeed({ code: s.code, details: s.details })))
         return { client, call }
       }),
       ({ call, client }) =>
@@ -92,7 +93,11 @@ const connect = (
     const next = (typeUrl?: string): Effect.Effect<AdsResponse> =>
       Queue.take(responses).pipe(
         Effect.flatMap((r) => (typeUrl === undefined || r.typeUrl === typeUrl ? Effect.succeed(r) : next(typeUrl))),
-        Effect.timeoutFail({ duration: Duration.seconds(15), onTimeout: () => new Error(`no ADS response${typeUrl ? ` of ${typeUrl}` : ""} within 15s`) }),
+        Effect.timeoutFail({
+          duration: Duration.seconds(15),
+          onTimeout: () =>
+            new Error(`no ADS response${typeUrl ? ` of ${typeUrl}` : ""} within 15s`)
+        }),
         Effect.orDie
       )
     return {
@@ -100,7 +105,10 @@ const connect = (
       next,
       poll: (within) => Queue.take(responses).pipe(Effect.timeoutOption(within)),
       ended: Deferred.await(status).pipe(
-        Effect.timeoutFail({ duration: Duration.seconds(15), onTimeout: () => new Error("the stream did not end within 15s") }),
+        Effect.timeoutFail({
+          duration: Duration.seconds(15),
+          onTimeout: () => new Error("the stream did not end within 15s")
+        }),
         Effect.orDie
       )
     }
@@ -113,5 +121,15 @@ export const AdsClient = {
 }
 
 /** A node as Envoy sends it; `id` follows the sidecar convention `<service>~<instance>`. */
-export const envoyNode = (id: string) => ({ id, cluster: "mesh", user_agent_name: "envoy", user_agent_version: "1.31.0" })
-export const grpcNode = (id: string) => ({ id, user_agent_name: "gRPC Node Pure JS", user_agent_version: "1.14.1", locality: {} })
+export const envoyNode = (id: string) => ({
+  id,
+  cluster: "mesh",
+  user_agent_name: "envoy",
+  user_agent_version: "1.31.0"
+})
+export const grpcNode = (id: string) => ({
+  id,
+  user_agent_name: "gRPC Node Pure JS",
+  user_agent_version: "1.14.1",
+  locality: {}
+})

@@ -99,11 +99,14 @@ export class ConsulStandIn {
   }
 
   /** Starts on 127.0.0.1 with a free port; stops with the scope. */
-  static readonly make: Effect.Effect<ConsulStandIn, never, Scope.Scope> = Effect.suspend(() => ConsulStandIn.start(undefined))
+  static readonly make: Effect.Effect<ConsulStandIn, never, Scope.Scope> = Effect.suspend(() =>
+    ConsulStandIn.start(undefined)
+  )
 
   /** The same over HTTPS with this certificate (Consul's `https://` API). */
-  static readonly makeTls = (tls: { readonly certPem: string; readonly keyPem: string }): Effect.Effect<ConsulStandIn, never, Scope.Scope> =>
-    ConsulStandIn.start(tls)
+  static readonly makeTls = (
+    tls: { readonly certPem: string; readonly keyPem: string }
+  ): Effect.Effect<ConsulStandIn, never, Scope.Scope> => ConsulStandIn.start(tls)
 
   private static start(tls: { readonly certPem: string; readonly keyPem: string } | undefined) {
     return Effect.acquireRelease(
@@ -217,7 +220,9 @@ export class ConsulStandIn {
 
   private newServer(): Http.Server {
     const handler = (req: Http.IncomingMessage, res: Http.ServerResponse) => void this.handle(req, res)
-    const server: Http.Server = this.tls ? Https.createServer({ cert: this.tls.certPem, key: this.tls.keyPem }, handler) : Http.createServer(handler)
+    const server: Http.Server = this.tls
+      ? Https.createServer({ cert: this.tls.certPem, key: this.tls.keyPem }, handler)
+      : Http.createServer(handler)
     server.on(this.tls ? "secureConnection" : "connection", (socket) => {
       this.sockets.add(socket)
       socket.on("close", () => this.sockets.delete(socket))
@@ -351,8 +356,17 @@ export class ConsulStandIn {
             Node: NODE,
             Service: service,
             Checks: [
-              { Node: NODE.Node, CheckID: "serfHealth", Name: "Serf Health Status", Status: "passing", ServiceID: "", ServiceName: "" },
-              ...[...this.checks.values()].filter((c) => c.ServiceID === service.ID).map(({ definition: _, ...check }) => ({ Node: NODE.Node, ...check }))
+              {
+                Node: NODE.Node,
+                CheckID: "serfHealth",
+                Name: "Serf Health Status",
+                Status: "passing",
+                ServiceID: "",
+                ServiceName: ""
+              },
+              ...[...this.checks.values()].filter((c) => c.ServiceID === service.ID).map((
+                { definition: _, ...check }
+              ) => ({ Node: NODE.Node, ...check }))
             ]
           }))
           .filter((entry) => !passingOnly || entry.Checks.every((c) => c.Status === "passing"))
@@ -362,13 +376,23 @@ export class ConsulStandIn {
       return send(res, 200, Object.fromEntries([...this.services].map(([id, s]) => [id, { ...s, Datacenter: "dc1" }])))
     }
     if (method === "GET" && path === "/v1/agent/checks") {
-      return send(res, 200, Object.fromEntries([...this.checks].map(([id, { definition: _, ...c }]) => [id, { Node: NODE.Node, ...c }])))
+      return send(
+        res,
+        200,
+        Object.fromEntries([...this.checks].map(([id, { definition: _, ...c }]) => [id, { Node: NODE.Node, ...c }]))
+      )
     }
     if (method === "PUT" && path === "/v1/agent/service/register") return this.register(JSON.parse(body), res)
     if (method === "PUT" && (m = path.match(/^\/v1\/agent\/service\/deregister\/([^/]+)$/))) {
       const id = decodeURIComponent(m[1]!)
       const service = this.services.get(id)
-      if (!service) return send(res, 404, `Unknown service ID "${id}". Ensure that the service ID is passed, not the service name.\n`)
+      if (!service) {
+        return send(
+          res,
+          404,
+          `Unknown service ID "${id}". Ensure that the service ID is passed, not the service name.\n`
+        )
+      }
       this.services.delete(id)
       for (const [checkId, check] of this.checks) if (check.ServiceID === id) this.dropCheck(checkId)
       this.touch("catalog", `service:${service.Service}`)
@@ -378,8 +402,12 @@ export class ConsulStandIn {
       const check = this.checks.get(decodeURIComponent(m[2]!))
       if (!check) return send(res, 404, `Unknown check ID "${decodeURIComponent(m[2]!)}"\n`)
       const statusOf = { pass: "passing", warn: "warning", fail: "critical" } as const
-      const parsed = m[1] === "update" && body !== "" ? (JSON.parse(body) as { Status?: CheckStatus; Output?: string }) : {}
-      const status: CheckStatus = m[1] === "update" ? parsed.Status ?? "passing" : statusOf[m[1] as "pass" | "warn" | "fail"]
+      const parsed = m[1] === "update" && body !== ""
+        ? (JSON.parse(body) as { Status?: CheckStatus; Output?: string })
+        : {}
+      const status: CheckStatus = m[1] === "update"
+        ? parsed.Status ?? "passing"
+        : statusOf[m[1] as "pass" | "warn" | "fail"]
       this.updateTtl(check, status, url.searchParams.get("note") ?? parsed.Output ?? "")
       return send(res, 200, "")
     }
@@ -403,7 +431,14 @@ export class ConsulStandIn {
         if (!entry) return { status: 404, body: "" }
         return {
           status: 200,
-          body: [{ Key: key, Flags: 0, LockIndex: 0, CreateIndex: Number(entry.createIndex), ModifyIndex: Number(entry.modifyIndex), Value: entry.value.toString("base64") }]
+          body: [{
+            Key: key,
+            Flags: 0,
+            LockIndex: 0,
+            CreateIndex: Number(entry.createIndex),
+            ModifyIndex: Number(entry.modifyIndex),
+            Value: entry.value.toString("base64")
+          }]
         }
       })
     }
@@ -434,8 +469,18 @@ export class ConsulStandIn {
     definitions.forEach((check, i) => {
       const checkId = typeof check["CheckID"] === "string"
         ? (check["CheckID"] as string)
-        : definitions.length === 1 ? `service:${id}` : `service:${id}:${i + 1}`
-      const type = check["TTL"] ? "ttl" : check["HTTP"] ? "http" : check["TCP"] ? "tcp" : check["GRPC"] ? "grpc" : "unknown"
+        : definitions.length === 1
+        ? `service:${id}`
+        : `service:${id}:${i + 1}`
+      const type = check["TTL"]
+        ? "ttl"
+        : check["HTTP"]
+        ? "http"
+        : check["TCP"]
+        ? "tcp"
+        : check["GRPC"]
+        ? "grpc"
+        : "unknown"
       const existing = this.checks.get(checkId)
       const status = (check["Status"] as CheckStatus | undefined) ?? existing?.Status ?? "critical"
       const entry: StandInCheck = {
@@ -452,7 +497,11 @@ export class ConsulStandIn {
       this.checks.set(checkId, entry)
       if (entry.TTL) this.armTtl(entry)
     })
-    this.touch("catalog", `service:${name}`, ...(previous && previous.Service !== name ? [`service:${previous.Service}`] : []))
+    this.touch(
+      "catalog",
+      `service:${name}`,
+      ...(previous && previous.Service !== name ? [`service:${previous.Service}`] : [])
+    )
     send(res, 200, "")
   }
 

@@ -23,7 +23,9 @@ export const echoService = {
 } satisfies grpc.ServiceDefinition
 
 /** A backend named `name`; returns its port. Counts the calls it served. */
-export const echoBackend = (name: string): Effect.Effect<{ readonly port: number; readonly calls: () => number }, never, Scope.Scope> =>
+export const echoBackend = (
+  name: string
+): Effect.Effect<{ readonly port: number; readonly calls: () => number }, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<{ server: grpc.Server; port: number; count: { n: number } }>((resume) => {
       const server = new grpc.Server()

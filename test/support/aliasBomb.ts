@@ -3,7 +3,7 @@
  * one before, so expanding it would build 9^9 strings. Valid YAML syntax; hostile only when expanded.
  */
 export const aliasBomb = (): string => {
-  const lines = ["mesh: { name: lab }", `a: &a [${Array(9).fill('"lol"').join(", ")}]`]
+  const lines = ["mesh: { name: lab }", `a: &a [${Array(9).fill("\"lol\"").join(", ")}]`]
   let previous = "a"
   for (const name of "bcdefghi") {
     lines.push(`${name}: &${name} [${Array(9).fill(`*${previous}`).join(", ")}]`)

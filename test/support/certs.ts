@@ -4,8 +4,8 @@ import * as NodeFs from "node:fs/promises"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { Certificates } from "../../layers/Certificates.js"
-import { LiveConfig } from "../../layers/LiveConfig.js"
 import { Discovery } from "../../layers/Discovery.js"
+import { LiveConfig } from "../../layers/LiveConfig.js"
 import { type MeshConfig, MeshConfig as MeshConfigSchema } from "../../schemas/Config.js"
 import type { Service } from "../../src/MeshState.js"
 
@@ -40,7 +40,10 @@ export const tempDir = Effect.acquireRelease(
 )
 
 /** The persistent layer over a memory config and a memory registry the test can change. */
-export const persistentLayer = (config: MeshConfig, registry: SubscriptionRef.SubscriptionRef<ReadonlyArray<Service>>) =>
+export const persistentLayer = (
+  config: MeshConfig,
+  registry: SubscriptionRef.SubscriptionRef<ReadonlyArray<Service>>
+) =>
   Certificates.layer.pipe(Layer.provide(Discovery.layerMemory(registry)), Layer.provide(LiveConfig.layerMemory(config)))
 
 /**
@@ -51,7 +54,11 @@ export const ephemeralLayer = (config: MeshConfig) =>
   Layer.unwrapEffect(
     Effect.map(
       SubscriptionRef.make<ReadonlyArray<Service>>(config.services.map((s) => service(s.name))),
-      (registry) => Certificates.layerEphemeral.pipe(Layer.provide(Discovery.layerMemory(registry)), Layer.provide(LiveConfig.layerMemory(config)))
+      (registry) =>
+        Certificates.layerEphemeral.pipe(
+          Layer.provide(Discovery.layerMemory(registry)),
+          Layer.provide(LiveConfig.layerMemory(config))
+        )
     )
   )
 

@@ -22,7 +22,10 @@ export interface Daemon {
 export const runCli = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
   new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
     requireBuild()
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] })
+    const child = spawn(process.execPath, [MAIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
     let stdout = ""
     let stderr = ""
     child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()))
@@ -36,14 +39,23 @@ export const runCli = (args: ReadonlyArray<string>, env: Record<string, string> 
  */
 export const startDaemon = async (
   configPath: string,
-  options: { readonly command?: string; readonly args?: ReadonlyArray<string>; readonly env?: Record<string, string>; readonly cwd?: string } = {}
+  options: {
+    readonly command?: string
+    readonly args?: ReadonlyArray<string>
+    readonly env?: Record<string, string>
+    readonly cwd?: string
+  } = {}
 ): Promise<Daemon> => {
   requireBuild()
-  const child = spawn(options.command ?? process.execPath, [...(options.args ?? [MAIN]), "run", "--config", configPath], {
-    env: { ...process.env, LOG_FORMAT: "json", ...options.env },
-    cwd: options.cwd ?? process.cwd(),
-    stdio: ["ignore", "pipe", "pipe"]
-  })
+  const child = spawn(
+    options.command ?? process.execPath,
+    [...(options.args ?? [MAIN]), "run", "--config", configPath],
+    {
+      env: { ...process.env, LOG_FORMAT: "json", ...options.env },
+      cwd: options.cwd ?? process.cwd(),
+      stdio: ["ignore", "pipe", "pipe"]
+    }
+  )
   const lines: Array<string> = []
   const stderr: Array<string> = []
   createInterface({ input: child.stdout! }).on("line", (line) => lines.push(line))
@@ -69,7 +81,9 @@ export const startDaemon = async (
   return { child, lines, stderr, adminUrl, exited }
 }
 
-export const jsonLogs = (lines: ReadonlyArray<string>): Array<{ message: unknown; logLevel: string; annotations: Record<string, unknown> }> =>
+export const jsonLogs = (
+  lines: ReadonlyArray<string>
+): Array<{ message: unknown; logLevel: string; annotations: Record<string, unknown> }> =>
   lines.flatMap((line) => {
     try {
       return [JSON.parse(line)]

@@ -66,17 +66,36 @@ const valued = {
   "--standin-events": "events"
 }
 const numeric = new Set(["epoch", "baseId", "concurrency", "drainTime", "parentShutdownTime", "readyDelay"])
-const ignoredValued = new Set(["--drain-strategy", "--service-node", "--service-cluster", "--service-zone", "--component-log-level", "--log-path", "--log-format", "--config-yaml", "--mode"])
-const ignoredFlags = new Set(["--disable-hot-restart", "--allow-unknown-static-fields", "--reject-unknown-dynamic-fields", "--enable-fine-grain-logging"])
+const ignoredValued = new Set([
+  "--drain-strategy",
+  "--service-node",
+  "--service-cluster",
+  "--service-zone",
+  "--component-log-level",
+  "--log-path",
+  "--log-format",
+  "--config-yaml",
+  "--mode"
+])
+const ignoredFlags = new Set([
+  "--disable-hot-restart",
+  "--allow-unknown-static-fields",
+  "--reject-unknown-dynamic-fields",
+  "--enable-fine-grain-logging"
+])
 
 const parseError = (message) => {
-  process.stderr.write(`PARSE ERROR: ${message}\n\nBrief USAGE:\n   envoy-standin -c <string> [--restart-epoch <uint32_t>] ...\n`)
+  process.stderr.write(
+    `PARSE ERROR: ${message}\n\nBrief USAGE:\n   envoy-standin -c <string> [--restart-epoch <uint32_t>] ...\n`
+  )
   process.exit(1)
 }
 
 for (let i = 0; i < argv.length; i++) {
   const arg = argv[i]
-  const [flag, inline] = arg.startsWith("--") && arg.includes("=") ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)] : [arg, undefined]
+  const [flag, inline] = arg.startsWith("--") && arg.includes("=")
+    ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+    : [arg, undefined]
   if (flag === "--standin-ignore-sigterm") options.ignoreSigterm = true
   else if (ignoredFlags.has(flag)) continue
   else if (ignoredValued.has(flag)) { if (inline === undefined) i++ }
@@ -95,7 +114,9 @@ const LEVELS = ["trace", "debug", "info", "warning", "error", "critical", "off"]
 const pad = (n, w = 2) => String(n).padStart(w, "0")
 const stamp = () => {
   const d = new Date()
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${
+    pad(d.getSeconds())
+  }.${pad(d.getMilliseconds(), 3)}`
 }
 const log = (level, logger, message) => {
   if (LEVELS.indexOf(level) < LEVELS.indexOf(options.logLevel)) return
@@ -103,11 +124,16 @@ const log = (level, logger, message) => {
 }
 const event = (name, extra = {}) => {
   if (options.events === undefined) return
-  fs.appendFileSync(options.events, JSON.stringify({ event: name, pid: process.pid, epoch: options.epoch, at: Date.now(), ...extra }) + "\n")
+  fs.appendFileSync(
+    options.events,
+    JSON.stringify({ event: name, pid: process.pid, epoch: options.epoch, at: Date.now(), ...extra }) + "\n"
+  )
 }
 
 let crash = options.crash
-if (options.control !== undefined && fs.existsSync(options.control)) crash = fs.readFileSync(options.control, "utf8").trim() || crash
+if (options.control !== undefined && fs.existsSync(options.control)) {
+  crash = fs.readFileSync(options.control, "utf8").trim() || crash
+}
 
 const die = (why) => {
   log("critical", "main", why)
@@ -117,7 +143,11 @@ const die = (why) => {
 }
 
 if (options.config === undefined) {
-  log("critical", "main", "error initializing configuration '': At least one of --config-path or --config-yaml or Options::configProto() should be non-empty")
+  log(
+    "critical",
+    "main",
+    "error initializing configuration '': At least one of --config-path or --config-yaml or Options::configProto() should be non-empty"
+  )
   process.exit(1)
 }
 
@@ -140,15 +170,26 @@ if (socketAddress === undefined) {
 
 event("start", { argv, config: options.config, node: bootstrap.node.id })
 log("info", "main", `initializing epoch ${options.epoch} (base id=${options.baseId}, hot restart version=11.104)`)
-log("info", "main", `statically linked extensions: (stand-in) concurrency=${options.concurrency} drain-time-s=${options.drainTime}`)
+log(
+  "info",
+  "main",
+  `statically linked extensions: (stand-in) concurrency=${options.concurrency} drain-time-s=${options.drainTime}`
+)
 
 if (crash === "start") {
-  die("external/com_github_google_tcmalloc/tcmalloc/system-alloc.cc:625] MmapAligned() failed - unable to allocate with tag (hint, size, alignment)")
+  die(
+    "external/com_github_google_tcmalloc/tcmalloc/system-alloc.cc:625] MmapAligned() failed - unable to allocate with tag (hint, size, alignment)"
+  )
 }
 const after = /^after:(\d+)$/.exec(crash)
 const afterReady = /^after-ready:(\d+)$/.exec(crash)
 let crashScheduled = false
-if (after !== null) setTimeout(() => die(`caught Segmentation fault, suspect faulting address 0x0 (after ${after[1]} ms)`), Number(after[1]))
+if (after !== null) {
+  setTimeout(
+    () => die(`caught Segmentation fault, suspect faulting address 0x0 (after ${after[1]} ms)`),
+    Number(after[1])
+  )
+}
 
 // ---- hot restart: a domain socket per (base id, epoch) ---------------------------------------
 const socketName = (epoch) => `\0envoy_standin_domain_socket_${options.baseId}_${epoch}`
@@ -160,7 +201,9 @@ const request = (epoch, message) =>
     const socket = net.connect(socketName(epoch))
     let answer = ""
     socket.on("connect", () => socket.write(message + "\n"))
-    socket.on("data", (data) => { answer += data })
+    socket.on("data", (data) => {
+      answer += data
+    })
     socket.on("end", () => resolve(answer.trim()))
     socket.on("error", reject)
   })
@@ -184,7 +227,10 @@ const rpc = net.createServer((socket) => {
     } else socket.end("unknown\n")
   })
 })
-rpc.on("error", (error) => die(`unable to bind domain socket with base_id=${options.baseId}, id=${options.epoch}: ${error.message}`))
+rpc.on(
+  "error",
+  (error) => die(`unable to bind domain socket with base_id=${options.baseId}, id=${options.epoch}: ${error.message}`)
+)
 rpc.listen(socketName(options.epoch))
 
 const exit = (code) => {
@@ -225,7 +271,10 @@ const handle = (req, res) => {
       res.writeHead(state === "LIVE" ? 200 : 503, { "content-type": "text/plain" }).end(`${state}\n`)
       if (state === "LIVE" && afterReady !== null && !crashScheduled) {
         crashScheduled = true
-        setTimeout(() => die(`caught Segmentation fault, suspect faulting address 0x0 (${afterReady[1]} ms after ready)`), Number(afterReady[1]))
+        setTimeout(
+          () => die(`caught Segmentation fault, suspect faulting address 0x0 (${afterReady[1]} ms after ready)`),
+          Number(afterReady[1])
+        )
       }
       return
     case "/server_info":
@@ -246,20 +295,29 @@ const handle = (req, res) => {
       })
     case "/stats/prometheus":
       res.writeHead(200, { "content-type": "text/plain; version=0.0.4" })
-        .end(`# TYPE envoy_server_live gauge\nenvoy_server_live{} ${state === "LIVE" ? 1 : 0}\n# TYPE envoy_server_hot_restart_epoch gauge\nenvoy_server_hot_restart_epoch{} ${options.epoch}\n`)
+        .end(
+          `# TYPE envoy_server_live gauge\nenvoy_server_live{} ${
+            state === "LIVE" ? 1 : 0
+          }\n# TYPE envoy_server_hot_restart_epoch gauge\nenvoy_server_hot_restart_epoch{} ${options.epoch}\n`
+        )
       return
     default:
-      res.writeHead(404, { "content-type": "text/plain" }).end("invalid path. admin commands are: /ready /server_info /drain_listeners /quitquitquit /stats/prometheus\n")
+      res.writeHead(404, { "content-type": "text/plain" }).end(
+        "invalid path. admin commands are: /ready /server_info /drain_listeners /quitquitquit /stats/prometheus\n"
+      )
   }
 }
 
 const startAdmin = () =>
   new Promise((resolve) => {
     admin = http.createServer(handle)
-    admin.on("error", (error) => die(`cannot bind '${socketAddress.address}:${socketAddress.port_value ?? 0}': ${error.message}`))
+    admin.on("error", (error) =>
+      die(`cannot bind '${socketAddress.address}:${socketAddress.port_value ?? 0}': ${error.message}`))
     admin.listen(socketAddress.port_value ?? 0, socketAddress.address, () => {
       const { address, port } = admin.address()
-      if (options.adminAddressPath !== undefined) fs.writeFileSync(options.adminAddressPath, `${address}:${port}`)
+      if (options.adminAddressPath !== undefined) {
+        fs.writeFileSync(options.adminAddressPath, `${address}:${port}`)
+      }
       log("info", "main", `admin address: ${address}:${port}`)
       event("admin", { address: `${address}:${port}` })
       resolve()
@@ -271,7 +329,11 @@ const main = async () => {
     try {
       await request(options.epoch - 1, "shutdown-admin")
     } catch (error) {
-      die(`unable to connect to parent (epoch ${options.epoch - 1}, base id ${options.baseId}) for hot restart: ${error.message}`)
+      die(
+        `unable to connect to parent (epoch ${
+          options.epoch - 1
+        }, base id ${options.baseId}) for hot restart: ${error.message}`
+      )
       return
     }
   }

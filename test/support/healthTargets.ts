@@ -42,7 +42,9 @@ export interface HttpTarget {
   readonly openConnections: () => number
 }
 
-export const httpTarget = (tls?: { readonly certPem: string; readonly keyPem: string }): Effect.Effect<HttpTarget, never, Scope.Scope> =>
+export const httpTarget = (
+  tls?: { readonly certPem: string; readonly keyPem: string }
+): Effect.Effect<HttpTarget, never, Scope.Scope> =>
   Effect.gen(function*() {
     let healthy = true
     let count = 0
@@ -53,7 +55,9 @@ export const httpTarget = (tls?: { readonly certPem: string; readonly keyPem: st
       response.writeHead(healthy ? 200 : 503, { "content-type": "text/plain" })
       response.end(healthy ? "ok\n" : "unhealthy\n")
     }
-    const server = tls ? Https.createServer({ cert: tls.certPem, key: tls.keyPem }, handler) : Http.createServer(handler)
+    const server = tls
+      ? Https.createServer({ cert: tls.certPem, key: tls.keyPem }, handler)
+      : Http.createServer(handler)
     const sockets = track(server)
     const port = yield* Effect.acquireRelease(listen(server), () => closeServer(server, sockets))
     return {
@@ -123,7 +127,9 @@ export const tcpTarget: Effect.Effect<TcpTarget, never, Scope.Scope> = Effect.ge
   const port = yield* Effect.acquireRelease(listen(server), () => closeServer(server, sockets))
   return {
     port,
-    setUp: (up) => (up ? (server.listening ? Effect.void : Effect.asVoid(listen(server, port))) : closeServer(server, sockets)),
+    setUp: (
+      up
+    ) => (up ? (server.listening ? Effect.void : Effect.asVoid(listen(server, port))) : closeServer(server, sockets)),
     connections: () => count
   }
 })
@@ -169,51 +175,57 @@ const healthService = (grpc.loadPackageDefinition(healthPackageDefinition) as un
   grpc: { health: { v1: { Health: { service: grpc.ServiceDefinition } } } }
 }).grpc.health.v1.Health.service
 
-
 /**
  * A gRPC server implementing grpc.health.v1.Health/Check (unknown services get NOT_FOUND, as the
  * spec says) and, so it can be a mesh backend, `/mesh.test.Echo/Call` answering with `name`.
  */
-export const grpcTarget: Effect.Effect<GrpcTarget, never, Scope.Scope> = Effect.suspend(() => grpcBackend("grpc-target"))
+export const grpcTarget: Effect.Effect<GrpcTarget, never, Scope.Scope> = Effect.suspend(() =>
+  grpcBackend("grpc-target")
+)
 
-export const grpcBackend = (name: string): Effect.Effect<GrpcTarget, never, Scope.Scope> => Effect.gen(function*() {
-  const statuses = new Map<string, ServingStatus>([["", "SERVING"]])
-  let count = 0
-  let echoes = 0
-  const server = new grpc.Server()
-  server.addService(echoService, {
-    Call: (_call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
-      echoes++
-      callback(null, Buffer.from(name))
+export const grpcBackend = (name: string): Effect.Effect<GrpcTarget, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const statuses = new Map<string, ServingStatus>([["", "SERVING"]])
+    let count = 0
+    let echoes = 0
+    const server = new grpc.Server()
+    server.addService(echoService, {
+      Call: (_call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+        echoes++
+        callback(null, Buffer.from(name))
+      }
+    })
+    server.addService(healthService, {
+      Check: (
+        call: grpc.ServerUnaryCall<HealthCheckRequest, HealthCheckResponse>,
+        callback: grpc.sendUnaryData<HealthCheckResponse>
+      ) => {
+        count++
+        const status = statuses.get(call.request.service)
+        if (status === undefined) {
+          callback({ code: grpc.status.NOT_FOUND, details: `unknown service ${call.request.service}` })
+        } else callback(null, { status })
+      },
+      Watch: (call: grpc.ServerWritableStream<HealthCheckRequest, HealthCheckResponse>) => {
+        call.emit("error", { code: grpc.status.UNIMPLEMENTED, details: "Watch is not implemented by this target" })
+      }
+    })
+    const port = yield* Effect.acquireRelease(
+      Effect.async<number>((resume) => {
+        server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, port) =>
+          resume(error ? Effect.die(error) : Effect.succeed(port)))
+      }),
+      () =>
+        Effect.sync(() =>
+          server.forceShutdown()
+        )
+    )
+    return {
+      port,
+      echoCalls: () => echoes,
+      setStatus: (service, status) => {
+        statuses.set(service, status)
+      },
+      checks: () => count
     }
   })
-  server.addService(healthService, {
-    Check: (
-      call: grpc.ServerUnaryCall<HealthCheckRequest, HealthCheckResponse>,
-      callback: grpc.sendUnaryData<HealthCheckResponse>
-    ) => {
-      count++
-      const status = statuses.get(call.request.service)
-      if (status === undefined) callback({ code: grpc.status.NOT_FOUND, details: `unknown service ${call.request.service}` })
-      else callback(null, { status })
-    },
-    Watch: (call: grpc.ServerWritableStream<HealthCheckRequest, HealthCheckResponse>) => {
-      call.emit("error", { code: grpc.status.UNIMPLEMENTED, details: "Watch is not implemented by this target" })
-    }
-  })
-  const port = yield* Effect.acquireRelease(
-    Effect.async<number>((resume) => {
-      server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, port) =>
-        resume(error ? Effect.die(error) : Effect.succeed(port)))
-    }),
-    () => Effect.sync(() => server.forceShutdown())
-  )
-  return {
-    port,
-    echoCalls: () => echoes,
-    setStatus: (service, status) => {
-      statuses.set(service, status)
-    },
-    checks: () => count
-  }
-})

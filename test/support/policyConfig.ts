@@ -1,7 +1,7 @@
 import { Either } from "effect"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { decodeConfig } from "../../src/ConfigDocument.js"
-import { type CompiledPolicy, compileConfig } from "../../src/policy/Compile.js"
+import { compileConfig, type CompiledPolicy } from "../../src/policy/Compile.js"
 
 /** A config of `services` with `policies`, decoded as a file would be (a problem fails the test). */
 export const configWith = (
@@ -9,7 +9,10 @@ export const configWith = (
   policies: Record<string, unknown>,
   extra: Record<string, unknown> = {}
 ): MeshConfig => {
-  const decoded = decodeConfig({ mesh: { name: "test", trustDomain: "mesh.local" }, services, policies, ...extra }, "test")
+  const decoded = decodeConfig(
+    { mesh: { name: "test", trustDomain: "mesh.local" }, services, policies, ...extra },
+    "test"
+  )
   if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
   return decoded.right
 }
