@@ -48,22 +48,37 @@ const main = async () => {
   const identity = (b: Buffer) => b
   const PATH = "/mesh.bench.Echo/Call"
   const definition = {
-    Call: { path: PATH, requestStream: false, responseStream: false, requestSerialize: identity, requestDeserialize: identity, responseSerialize: identity, responseDeserialize: identity }
+    Call: {
+      path: PATH,
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: identity,
+      requestDeserialize: identity,
+      responseSerialize: identity,
+      responseDeserialize: identity
+    }
   }
-  const freePort = () => new Promise<number>((resolve) => {
-    const s = NodeNet.createServer()
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as NodeNet.AddressInfo).port
-      s.close(() => resolve(port))
+  const freePort = () =>
+    new Promise<number>((resolve) => {
+      const s = NodeNet.createServer()
+      s.listen(0, "127.0.0.1", () => {
+        const port = (s.address() as NodeNet.AddressInfo).port
+        s.close(() => resolve(port))
+      })
     })
-  })
   const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "mesh-bench-proxyless-"))
 
   const run = async (mode: "plaintext" | "plaintext+rbac" | "mtls+rbac") => {
     const port = await freePort()
     const authorization = mode === "plaintext"
       ? []
-      : [{ name: "allow", action: "allow", to: "echo", ...(mode === "mtls+rbac" ? { from: [{ service: "web" }] } : {}), when: { paths: ["/mesh.bench.Echo/*"] } }]
+      : [{
+        name: "allow",
+        action: "allow",
+        to: "echo",
+        ...(mode === "mtls+rbac" ? { from: [{ service: "web" }] } : {}),
+        when: { paths: ["/mesh.bench.Echo/*"] }
+      }]
     const decoded = decodeConfig({
       mesh: { name: "bench", trustDomain: "mesh.local" },
       certificates: { dir: NodePath.join(dir, "ca") },
@@ -71,7 +86,13 @@ const main = async () => {
         { name: "echo", protocol: "grpc", port, endpoints: [{ address: "127.0.0.1", port }] },
         { name: "web", protocol: "grpc", port: 1, endpoints: [{ address: "127.0.0.1", port: 1 }] }
       ],
-      policies: { security: { mtls: mode === "mtls+rbac" ? "strict" : "permissive", defaultAction: mode === "plaintext" ? "allow" : "deny", authorization } }
+      policies: {
+        security: {
+          mtls: mode === "mtls+rbac" ? "strict" : "permissive",
+          defaultAction: mode === "plaintext" ? "allow" : "deny",
+          authorization
+        }
+      }
     }, "bench")
     if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
     const config = decoded.right
@@ -79,23 +100,44 @@ const main = async () => {
       await Effect.runPromise(Effect.orDie(issueToFiles(storeSettingsOf(config), name, NodePath.join(dir, name))))
     }
     const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
-    const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))))
+    const snapshot = Snapshot.layer.pipe(
+      Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs))))
+    )
     const xdsLayer = Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs)))
     const scope = await Effect.runPromise(Scope.make())
     const context = await Effect.runPromise(Layer.buildWithScope(xdsLayer, scope))
     const close = () => Effect.runPromise(Scope.close(scope, Exit.void))
     const xds = `127.0.0.1:${Context.get(context, Xds).address.port}`
     const bootstrap = (service: string) =>
-      JSON.stringify(grpcBootstrap({ xdsServer: xds, service, instance: "b1", files: filesIn(NodePath.join(dir, service)) }))
-    const server = new grpcXds.XdsServer({ "grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config": bootstrap("echo") })
-    server.addService(definition, { Call: (_c: unknown, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.from("ok")) })
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`127.0.0.1:${port}`, new grpcXds.XdsServerCredentials(grpc.ServerCredentials.createInsecure()), (e) => (e ? reject(e) : resolve())))
-    const client = new grpc.Client("xds:///echo", new grpcXds.XdsChannelCredentials(grpc.credentials.createInsecure()), {
-      "grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config": bootstrap("web")
+      JSON.stringify(
+        grpcBootstrap({ xdsServer: xds, service, instance: "b1", files: filesIn(NodePath.join(dir, service)) })
+      )
+    const server = new grpcXds.XdsServer({
+      "grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config": bootstrap("echo")
     })
-    const call = () => new Promise<void>((resolve, reject) =>
-      client.makeUnaryRequest(PATH, identity, identity, Buffer.alloc(16), new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (e) => (e ? reject(e) : resolve())))
+    server.addService(definition, {
+      Call: (_c: unknown, cb: grpc.sendUnaryData<Buffer>) => cb(null, Buffer.from("ok"))
+    })
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(
+        `127.0.0.1:${port}`,
+        new grpcXds.XdsServerCredentials(grpc.ServerCredentials.createInsecure()),
+        (e) => (e ? reject(e) : resolve())
+      )
+    )
+    const client = new grpc.Client(
+      "xds:///echo",
+      new grpcXds.XdsChannelCredentials(grpc.credentials.createInsecure()),
+      {
+        "grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config": bootstrap("web")
+      }
+    )
+    const call = () =>
+      new Promise<void>((resolve, reject) =>
+        client.makeUnaryRequest(PATH, identity, identity, Buffer.alloc(16), new grpc.Metadata(), {
+          deadline: Date.now() + 10_000
+        }, (e) => (e ? reject(e) : resolve()))
+      )
     await call() // warm: xDS resolved, connection up; a denied or failed call throws here
     for (let i = 0; i < 200; i++) await call()
     let done = 0
@@ -125,9 +167,15 @@ const main = async () => {
   const counted = rounds.slice(1)
   const mean = (i: number) => counted.reduce((sum, rates) => sum + rates[i]!, 0) / counted.length
   const base = mean(0)
-  console.log(`proxyless unary calls, ${SECONDS}s per mode, ${CONCURRENCY} in flight, one process (controller + XdsServer + client)`)
-  console.log(`rounds (first is warm-up): ${rounds.map((rates) => rates.map((x) => x.toFixed(0)).join("/")).join("  ")}`)
-  modes.forEach((mode, i) => console.log(`${mode.padEnd(16)} ${mean(i).toFixed(0).padStart(8)} calls/s   ratio ${(mean(i) / base).toFixed(2)}`))
+  console.log(
+    `proxyless unary calls, ${SECONDS}s per mode, ${CONCURRENCY} in flight, one process (controller + XdsServer + client)`
+  )
+  console.log(
+    `rounds (first is warm-up): ${rounds.map((rates) => rates.map((x) => x.toFixed(0)).join("/")).join("  ")}`
+  )
+  modes.forEach((mode, i) =>
+    console.log(`${mode.padEnd(16)} ${mean(i).toFixed(0).padStart(8)} calls/s   ratio ${(mean(i) / base).toFixed(2)}`)
+  )
   console.log(`load average: ${NodeOs.loadavg().map((l) => l.toFixed(2)).join(" ")}`)
   NodeFs.rmSync(dir, { recursive: true, force: true })
   process.exit(0)

@@ -20,7 +20,18 @@ const configFile = (xds: string) => {
 describe("grpc bootstrap", () => {
   it("prints the agent's bootstrap: node, file_watcher provider on the directory, server listener template", async () => {
     const { dir, path } = configFile("    host: 0.0.0.0\n    port: 15010\n")
-    const result = await runCli(["grpc", "bootstrap", "--config", path, "--service", "web", "--instance", "pi-3", "--certs", join(dir, "certs")])
+    const result = await runCli([
+      "grpc",
+      "bootstrap",
+      "--config",
+      path,
+      "--service",
+      "web",
+      "--instance",
+      "pi-3",
+      "--certs",
+      join(dir, "certs")
+    ])
     expect(result.stderr).toBe("")
     expect(result.code).toBe(0)
     const printed = JSON.parse(result.stdout)
@@ -39,7 +50,20 @@ describe("grpc bootstrap", () => {
 
   it("dials xDS over TLS with the same files when the controller requires it, and takes --xds", async () => {
     const { dir, path } = configFile("    port: 15010\n    tls: mtls\n")
-    const result = await runCli(["grpc", "bootstrap", "--config", path, "--service", "web", "--instance", "a", "--certs", dir, "--xds", "10.0.0.2:15010"])
+    const result = await runCli([
+      "grpc",
+      "bootstrap",
+      "--config",
+      path,
+      "--service",
+      "web",
+      "--instance",
+      "a",
+      "--certs",
+      dir,
+      "--xds",
+      "10.0.0.2:15010"
+    ])
     expect(result.code).toBe(0)
     const printed = JSON.parse(result.stdout)
     expect(printed.xds_servers[0].server_uri).toBe("10.0.0.2:15010")
@@ -48,7 +72,18 @@ describe("grpc bootstrap", () => {
 
   it("refuses an instance name that would break the node id, naming the flag", async () => {
     const { dir, path } = configFile("    port: 15010\n")
-    const result = await runCli(["grpc", "bootstrap", "--config", path, "--service", "web", "--instance", "a~b", "--certs", dir])
+    const result = await runCli([
+      "grpc",
+      "bootstrap",
+      "--config",
+      path,
+      "--service",
+      "web",
+      "--instance",
+      "a~b",
+      "--certs",
+      dir
+    ])
     expect(result.code).toBe(1)
     expect(result.stderr).toContain("--instance")
   })

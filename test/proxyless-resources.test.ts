@@ -16,8 +16,11 @@ const services = [
   { name: "web", protocol: "grpc", port: 8080, endpoints: [{ address: "127.0.0.1", port: 8080 }] }
 ]
 const authorization = [{ name: "web-echo", action: "allow", from: [{ service: "web" }], to: "echo" }]
-const snapshotOf = (mtls: "strict" | "permissive", rules: ReadonlyArray<unknown> = authorization, previous?: XdsSnapshot) =>
-  buildSnapshot(fromConfig(configWith(services, { security: { mtls, authorization: rules } })), previous)
+const snapshotOf = (
+  mtls: "strict" | "permissive",
+  rules: ReadonlyArray<unknown> = authorization,
+  previous?: XdsSnapshot
+) => buildSnapshot(fromConfig(configWith(services, { security: { mtls, authorization: rules } })), previous)
 
 const NAME = "grpc/server?xds.resource.listening_address=127.0.0.1:50051"
 const decoded = (r: { readonly any: Uint8Array } | undefined): any => {
@@ -65,9 +68,15 @@ describe("proxyless security resources", () => {
     assert.isUndefined(serverListenerResource(snapshot, "db", NAME))
     assert.isUndefined(serverListenerResource(snapshot, "nope", NAME))
     for (const address of ["localhost:50051", "127.0.0.1:0", "127.0.0.1", "127.0.0.1:99999", "[::1:50051"]) {
-      assert.isUndefined(serverListenerResource(snapshot, "echo", `grpc/server?xds.resource.listening_address=${address}`), address)
+      assert.isUndefined(
+        serverListenerResource(snapshot, "echo", `grpc/server?xds.resource.listening_address=${address}`),
+        address
+      )
     }
-    expect(decoded(serverListenerResource(snapshot, "echo", "grpc/server?xds.resource.listening_address=[::1]:8443")).address.socket_address)
+    expect(
+      decoded(serverListenerResource(snapshot, "echo", "grpc/server?xds.resource.listening_address=[::1]:8443")).address
+        .socket_address
+    )
       .toEqual({ address: "::1", port_value: 8443 })
   })
 
@@ -75,9 +84,15 @@ describe("proxyless security resources", () => {
     const before = snapshotOf("strict")
     const same = snapshotOf("strict", authorization, before)
     assert.isFalse(same.changes?.names.get(TypeUrls.Listener)?.has(serverListenerMarker("echo")) ?? false)
-    const after = snapshotOf("strict", [...authorization, { name: "no-admin", action: "deny", to: "echo", when: { paths: ["/admin/*"] } }], before)
+    const after = snapshotOf("strict", [...authorization, {
+      name: "no-admin",
+      action: "deny",
+      to: "echo",
+      when: { paths: ["/admin/*"] }
+    }], before)
     assert.isTrue(after.changes?.names.get(TypeUrls.Listener)?.has(serverListenerMarker("echo")))
-    const filters = decoded(serverListenerResource(after, "echo", NAME)).filter_chains[0].filters[0].typed_config.http_filters
+    const filters =
+      decoded(serverListenerResource(after, "echo", NAME)).filter_chains[0].filters[0].typed_config.http_filters
     expect(filters.map((f: any) => f.name)).toEqual(["mesh.rbac.deny", "mesh.rbac.allow", "envoy.filters.http.router"])
   })
 })

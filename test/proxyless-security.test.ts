@@ -3,8 +3,8 @@
  * from the mesh CA (`certs issue`'s function, in-process), the controller's Listener/Cluster
  * resources for `policies.security.mtls: strict` and the service's authorization rules (RBAC).
  */
-import * as grpc from "@grpc/grpc-js"
 import { assert, describe, it } from "@effect/vitest"
+import * as grpc from "@grpc/grpc-js"
 import { Context, Effect, Either, Layer, type Scope } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeNet from "node:net"
@@ -63,18 +63,46 @@ const tempDir = Effect.acquireRelease(
 
 const rules = [
   { name: "web-echo", action: "allow", from: [{ service: "web" }], to: "echo", when: { paths: ["/mesh.test.Echo/*"] } },
-  { name: "batch-call", action: "allow", from: [{ service: "batch" }], to: "echo", when: { paths: ["/mesh.test.Echo/Call"] } },
+  {
+    name: "batch-call",
+    action: "allow",
+    from: [{ service: "batch" }],
+    to: "echo",
+    when: { paths: ["/mesh.test.Echo/Call"] }
+  },
   { name: "no-admin", action: "deny", to: "echo", when: { paths: ["/mesh.test.Echo/Admin"] } },
-  { name: "canary", action: "allow", from: [{ service: "billing" }], to: "echo", when: { headers: { "x-canary": "1" } } },
+  {
+    name: "canary",
+    action: "allow",
+    from: [{ service: "billing" }],
+    to: "echo",
+    when: { headers: { "x-canary": "1" } }
+  },
   { name: "web-ledger", action: "allow", from: [{ service: "web" }], to: "ledger" }
 ]
 
-const meshConfig = (dir: string, ports: { readonly echo: number; readonly ledger: number }, authorization: ReadonlyArray<unknown> = rules, caDir = "ca"): MeshConfig => {
-  const service = (name: string, port: number) => ({ name, protocol: "grpc", port, endpoints: [{ address: "127.0.0.1", port }] })
+const meshConfig = (
+  dir: string,
+  ports: { readonly echo: number; readonly ledger: number },
+  authorization: ReadonlyArray<unknown> = rules,
+  caDir = "ca"
+): MeshConfig => {
+  const service = (name: string, port: number) => ({
+    name,
+    protocol: "grpc",
+    port,
+    endpoints: [{ address: "127.0.0.1", port }]
+  })
   const decoded = decodeConfig({
     mesh: { name: "px", trustDomain: "mesh.local" },
     certificates: { dir: NodePath.join(dir, caDir) },
-    services: [service("echo", ports.echo), service("ledger", ports.ledger), service("web", 1), service("batch", 1), service("billing", 1)],
+    services: [
+      service("echo", ports.echo),
+      service("ledger", ports.ledger),
+      service("web", 1),
+      service("batch", 1),
+      service("billing", 1)
+    ],
     policies: { security: { mtls: "strict", defaultAction: "deny", authorization } }
   }, "test")
   if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
@@ -85,8 +113,12 @@ const meshConfig = (dir: string, ports: { readonly echo: number; readonly ledger
 const controller = (config: MeshConfig) =>
   Effect.gen(function*() {
     const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop)
-    const snapshot = Snapshot.layer.pipe(Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))))
-    const context = yield* Layer.build(Layer.merge(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))), inputs))
+    const snapshot = Snapshot.layer.pipe(
+      Layer.provide(Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs))))
+    )
+    const context = yield* Layer.build(
+      Layer.merge(Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(Layer.provide(Layer.merge(snapshot, inputs))), inputs)
+    )
     return { address: `127.0.0.1:${Context.get(context, Xds).address.port}`, live: Context.get(context, LiveConfig) }
   })
 
@@ -101,17 +133,29 @@ const bootstrap = (xds: string, service: string, certs: string) =>
   JSON.stringify(grpcBootstrap({ xdsServer: xds, service, instance: "t1", files: filesIn(certs), refreshSeconds: 1 }))
 
 /** A proxyless XdsServer of `service` on 127.0.0.1:`port`; resolves once it serves (its Listener arrived and is valid). */
-const xdsServer = (xds: string, service: string, port: number, certs: string): Effect.Effect<void, never, Scope.Scope> =>
+const xdsServer = (
+  xds: string,
+  service: string,
+  port: number,
+  certs: string
+): Effect.Effect<void, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<grpc.Server>((resume) => {
-      const server = new grpcXds.XdsServer({ "grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config": bootstrap(xds, service, certs) })
-      const reply = (name: string) => (_call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) =>
-        callback(null, Buffer.from(`${service}:${name}`))
-      server.addService(echoDefinition, Object.fromEntries(METHODS.map((m) => [m, reply(m)])))
-      server.bindAsync(`127.0.0.1:${port}`, new grpcXds.XdsServerCredentials(grpc.ServerCredentials.createInsecure()), (error) => {
-        if (error) resume(Effect.die(error))
-        else resume(Effect.succeed(server))
+      const server = new grpcXds.XdsServer({
+        "grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config": bootstrap(xds, service, certs)
       })
+      const reply =
+        (name: string) => (_call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) =>
+          callback(null, Buffer.from(`${service}:${name}`))
+      server.addService(echoDefinition, Object.fromEntries(METHODS.map((m) => [m, reply(m)])))
+      server.bindAsync(
+        `127.0.0.1:${port}`,
+        new grpcXds.XdsServerCredentials(grpc.ServerCredentials.createInsecure()),
+        (error) => {
+          if (error) resume(Effect.die(error))
+          else resume(Effect.succeed(server))
+        }
+      )
     }),
     (server) => Effect.sync(() => server.forceShutdown())
   ).pipe(Effect.asVoid)
@@ -122,8 +166,9 @@ const callerOf = (client: grpc.Client): Caller => (method, headers = {}) =>
   Effect.async<number>((resume) => {
     const metadata = new grpc.Metadata()
     for (const [k, v] of Object.entries(headers)) metadata.set(k, v)
-    client.makeUnaryRequest(pathOf(method), identity, identity, Buffer.alloc(0), metadata, { deadline: Date.now() + 10_000 }, (error) =>
-      resume(Effect.succeed(error ? error.code : grpc.status.OK)))
+    client.makeUnaryRequest(pathOf(method), identity, identity, Buffer.alloc(0), metadata, {
+      deadline: Date.now() + 10_000
+    }, (error) => resume(Effect.succeed(error ? error.code : grpc.status.OK)))
   })
 
 /** A proxyless client of `service` (mesh identity from `certs`) dialling `xds:///<target>`. */
@@ -143,7 +188,8 @@ const xdsCaller = (xds: string, service: string, certs: string, target: string) 
 /** A client that dials the server's address directly with `credentials` (no xDS). */
 const directCaller = (port: number, credentials: grpc.ChannelCredentials) =>
   Effect.map(
-    Effect.acquireRelease(Effect.sync(() => new grpc.Client(`127.0.0.1:${port}`, credentials)), (c) => Effect.sync(() => c.close())),
+    Effect.acquireRelease(Effect.sync(() => new grpc.Client(`127.0.0.1:${port}`, credentials)), (c) =>
+      Effect.sync(() => c.close())),
     callerOf
   )
 
@@ -166,34 +212,53 @@ const mesh = Effect.gen(function*() {
 })
 
 describe("proxyless gRPC under mtls: strict", () => {
-  it.scopedLive("an allowed caller gets OK, a denied one PERMISSION_DENIED, plaintext and foreign-CA callers fail the handshake", () =>
-    Effect.gen(function*() {
-      const { address, certs, config, dir, ports } = yield* mesh
-      const web = yield* xdsCaller(address, "web", certs.web.directory, "echo")
-      assert.strictEqual(yield* web("Call"), grpc.status.OK)
-      const billing = yield* xdsCaller(address, "billing", certs.billing.directory, "echo")
-      assert.strictEqual(yield* billing("Call"), grpc.status.PERMISSION_DENIED)
+  it.scopedLive(
+    "an allowed caller gets OK, a denied one PERMISSION_DENIED, plaintext and foreign-CA callers fail the handshake",
+    () =>
+      Effect.gen(function*() {
+        const { address, certs, config, dir, ports } = yield* mesh
+        const web = yield* xdsCaller(address, "web", certs.web.directory, "echo")
+        assert.strictEqual(yield* web("Call"), grpc.status.OK)
+        const billing = yield* xdsCaller(address, "billing", certs.billing.directory, "echo")
+        assert.strictEqual(yield* billing("Call"), grpc.status.PERMISSION_DENIED)
 
-      const plaintext = yield* directCaller(ports.echo, grpc.credentials.createInsecure())
-      assert.strictEqual(yield* plaintext("Call"), grpc.status.UNAVAILABLE)
-      // A certificate from another CA, even while trusting the mesh's: the server refuses it.
-      const foreignConfig = meshConfig(dir, ports, rules, "other-ca")
-      const foreign = yield* issue(foreignConfig, dir, "web", "foreign-web")
-      const noCheck = { checkServerIdentity: () => undefined }
-      const foreignCaller = yield* directCaller(ports.echo, grpc.credentials.createSsl(
-        read(certs.web.directory, "ca.pem"), read(foreign.directory, "key.pem"), read(foreign.directory, "cert.pem"), noCheck
-      ))
-      assert.strictEqual(yield* foreignCaller("Call"), grpc.status.UNAVAILABLE)
-      // No client certificate at all.
-      const anonymous = yield* directCaller(ports.echo, grpc.credentials.createSsl(read(certs.web.directory, "ca.pem"), null, null, noCheck))
-      assert.strictEqual(yield* anonymous("Call"), grpc.status.UNAVAILABLE)
-      // The control: the same direct TLS dial with the mesh's own web certificate is let through.
-      const meshWeb = yield* directCaller(ports.echo, grpc.credentials.createSsl(
-        read(certs.web.directory, "ca.pem"), read(certs.web.directory, "key.pem"), read(certs.web.directory, "cert.pem"), noCheck
-      ))
-      assert.strictEqual(yield* meshWeb("Call"), grpc.status.OK)
-      assert.isDefined(config)
-    }), { timeout: 60_000 })
+        const plaintext = yield* directCaller(ports.echo, grpc.credentials.createInsecure())
+        assert.strictEqual(yield* plaintext("Call"), grpc.status.UNAVAILABLE)
+        // A certificate from another CA, even while trusting the mesh's: the server refuses it.
+        const foreignConfig = meshConfig(dir, ports, rules, "other-ca")
+        const foreign = yield* issue(foreignConfig, dir, "web", "foreign-web")
+        const noCheck = { checkServerIdentity: () => undefined }
+        const foreignCaller = yield* directCaller(
+          ports.echo,
+          grpc.credentials.createSsl(
+            read(certs.web.directory, "ca.pem"),
+            read(foreign.directory, "key.pem"),
+            read(foreign.directory, "cert.pem"),
+            noCheck
+          )
+        )
+        assert.strictEqual(yield* foreignCaller("Call"), grpc.status.UNAVAILABLE)
+        // No client certificate at all.
+        const anonymous = yield* directCaller(
+          ports.echo,
+          grpc.credentials.createSsl(read(certs.web.directory, "ca.pem"), null, null, noCheck)
+        )
+        assert.strictEqual(yield* anonymous("Call"), grpc.status.UNAVAILABLE)
+        // The control: the same direct TLS dial with the mesh's own web certificate is let through.
+        const meshWeb = yield* directCaller(
+          ports.echo,
+          grpc.credentials.createSsl(
+            read(certs.web.directory, "ca.pem"),
+            read(certs.web.directory, "key.pem"),
+            read(certs.web.directory, "cert.pem"),
+            noCheck
+          )
+        )
+        assert.strictEqual(yield* meshWeb("Call"), grpc.status.OK)
+        assert.isDefined(config)
+      }),
+    { timeout: 60_000 }
+  )
 
   it.scopedLive("a client refuses a server that presents another service's identity", () =>
     Effect.gen(function*() {
@@ -207,74 +272,114 @@ describe("proxyless gRPC under mtls: strict", () => {
       assert.strictEqual(yield* echo("Call"), grpc.status.OK)
     }), { timeout: 60_000 })
 
-  it.scopedLive("policy check's decisions and a live server's agree on a table of requests", () =>
-    Effect.gen(function*() {
-      const { address, certs, config } = yield* mesh
-      const compiled = compileConfig(config)
-      if (Either.isLeft(compiled)) throw new Error(compiled.left.message)
-      const table: Array<{ readonly from: "web" | "batch" | "billing"; readonly method: string; readonly headers?: Record<string, string> }> = []
-      for (const from of ["web", "batch", "billing"] as const) for (const method of METHODS) table.push({ from, method })
-      table.push({ from: "billing", method: "Call", headers: { "x-canary": "1" } })
-      table.push({ from: "billing", method: "Admin", headers: { "x-canary": "1" } })
-      table.push({ from: "batch", method: "Other", headers: { "x-canary": "1" } })
-      const callers = {
-        web: yield* xdsCaller(address, "web", certs.web.directory, "echo"),
-        batch: yield* xdsCaller(address, "batch", certs.batch.directory, "echo"),
-        billing: yield* xdsCaller(address, "billing", certs.billing.directory, "echo")
-      }
-      const lines: Array<string> = []
-      let allowed = 0
-      for (const request of table) {
-        const decision = authorize(compiled.right, request.from, "echo", { method: "POST", path: pathOf(request.method), headers: request.headers })
-        const code = yield* callers[request.from](request.method, request.headers)
-        if (decision.allowed) allowed++
-        lines.push(`${request.from} ${request.method} ${JSON.stringify(request.headers ?? {})}: policy ${decision.allowed} live ${code}`)
-        assert.strictEqual(code, decision.allowed ? grpc.status.OK : grpc.status.PERMISSION_DENIED, lines.join("\n"))
-      }
-      // Both outcomes are exercised.
-      assert.isAbove(allowed, 2)
-      assert.isBelow(allowed, table.length - 2)
-    }), { timeout: 60_000 })
-
-  it.scopedLive("an authorization rule changed in the config changes what a running server allows", () =>
-    Effect.gen(function*() {
-      const { address, certs, dir, live, ports } = yield* mesh
-      const billing = yield* xdsCaller(address, "billing", certs.billing.directory, "echo")
-      assert.strictEqual(yield* billing("Other"), grpc.status.PERMISSION_DENIED)
-      const more = [...rules, { name: "billing-other", action: "allow", from: [{ service: "billing" }], to: "echo", when: { paths: ["/mesh.test.Echo/Other"] } }]
-      yield* live.apply(meshConfig(dir, ports, more), "test")
-      yield* eventually(Effect.filterOrFail(billing("Other"), (code) => code === grpc.status.OK, (code) => `still ${code}`))
-      // The rest of the rules still hold.
-      assert.strictEqual(yield* billing("Admin"), grpc.status.PERMISSION_DENIED)
-    }), { timeout: 60_000 })
-
-  it.scopedLive("certificates renewed on disk are picked up by server and client without a restart", () =>
-    Effect.gen(function*() {
-      const { address, certs, config, dir, ports } = yield* mesh
-      const web = yield* xdsCaller(address, "web", certs.web.directory, "echo")
-      assert.strictEqual(yield* web("Call"), grpc.status.OK)
-      const served = (serial: string) =>
-        Effect.async<string, string>((resume) => {
-          const socket = NodeTls.connect({
-            host: "127.0.0.1",
-            port: ports.echo,
-            ca: read(certs.web.directory, "ca.pem"),
-            key: read(certs.web.directory, "key.pem"),
-            cert: read(certs.web.directory, "cert.pem"),
-            ALPNProtocols: ["h2"],
-            checkServerIdentity: () => undefined
-          }, () => {
-            const got = socket.getPeerCertificate().serialNumber
-            socket.destroy()
-            resume(got.toLowerCase() === serial.toLowerCase().replace(/:/g, "") ? Effect.succeed(got) : Effect.fail(`serving ${got}`))
+  it.scopedLive(
+    "policy check's decisions and a live server's agree on a table of requests",
+    () =>
+      Effect.gen(function*() {
+        const { address, certs, config } = yield* mesh
+        const compiled = compileConfig(config)
+        if (Either.isLeft(compiled)) throw new Error(compiled.left.message)
+        const table: Array<
+          {
+            readonly from: "web" | "batch" | "billing"
+            readonly method: string
+            readonly headers?: Record<string, string>
+          }
+        > = []
+        for (const from of ["web", "batch", "billing"] as const) {
+          for (const method of METHODS) table.push({ from, method })
+        }
+        table.push({ from: "billing", method: "Call", headers: { "x-canary": "1" } })
+        table.push({ from: "billing", method: "Admin", headers: { "x-canary": "1" } })
+        table.push({ from: "batch", method: "Other", headers: { "x-canary": "1" } })
+        const callers = {
+          web: yield* xdsCaller(address, "web", certs.web.directory, "echo"),
+          batch: yield* xdsCaller(address, "batch", certs.batch.directory, "echo"),
+          billing: yield* xdsCaller(address, "billing", certs.billing.directory, "echo")
+        }
+        const lines: Array<string> = []
+        let allowed = 0
+        for (const request of table) {
+          const decision = authorize(compiled.right, request.from, "echo", {
+            method: "POST",
+            path: pathOf(request.method),
+            headers: request.headers
           })
-          socket.on("error", (error) => resume(Effect.fail(error.message)))
-        })
-      const renewed = yield* issue(config, dir, "echo")
-      assert.notStrictEqual(renewed.serial, certs.echo.serial)
-      yield* eventually(served(renewed.serial), { timeout: "20 seconds" })
-      // The client's files renewed too: the running channel keeps working on new connections.
-      yield* issue(config, dir, "web")
-      assert.strictEqual(yield* web("Call"), grpc.status.OK)
-    }), { timeout: 60_000 })
+          const code = yield* callers[request.from](request.method, request.headers)
+          if (decision.allowed) allowed++
+          lines.push(
+            `${request.from} ${request.method} ${
+              JSON.stringify(request.headers ?? {})
+            }: policy ${decision.allowed} live ${code}`
+          )
+          assert.strictEqual(code, decision.allowed ? grpc.status.OK : grpc.status.PERMISSION_DENIED, lines.join("\n"))
+        }
+        // Both outcomes are exercised.
+        assert.isAbove(allowed, 2)
+        assert.isBelow(allowed, table.length - 2)
+      }),
+    { timeout: 60_000 }
+  )
+
+  it.scopedLive(
+    "an authorization rule changed in the config changes what a running server allows",
+    () =>
+      Effect.gen(function*() {
+        const { address, certs, dir, live, ports } = yield* mesh
+        const billing = yield* xdsCaller(address, "billing", certs.billing.directory, "echo")
+        assert.strictEqual(yield* billing("Other"), grpc.status.PERMISSION_DENIED)
+        const more = [...rules, {
+          name: "billing-other",
+          action: "allow",
+          from: [{ service: "billing" }],
+          to: "echo",
+          when: { paths: ["/mesh.test.Echo/Other"] }
+        }]
+        yield* live.apply(meshConfig(dir, ports, more), "test")
+        yield* eventually(
+          Effect.filterOrFail(billing("Other"), (code) => code === grpc.status.OK, (code) => `still ${code}`)
+        )
+        // The rest of the rules still hold.
+        assert.strictEqual(yield* billing("Admin"), grpc.status.PERMISSION_DENIED)
+      }),
+    { timeout: 60_000 }
+  )
+
+  it.scopedLive(
+    "certificates renewed on disk are picked up by server and client without a restart",
+    () =>
+      Effect.gen(function*() {
+        const { address, certs, config, dir, ports } = yield* mesh
+        const web = yield* xdsCaller(address, "web", certs.web.directory, "echo")
+        assert.strictEqual(yield* web("Call"), grpc.status.OK)
+        const served = (serial: string) =>
+          Effect.async<string, string>((resume) => {
+            const socket = NodeTls.connect({
+              host: "127.0.0.1",
+              port: ports.echo,
+              ca: read(certs.web.directory, "ca.pem"),
+              key: read(certs.web.directory, "key.pem"),
+              cert: read(certs.web.directory, "cert.pem"),
+              ALPNProtocols: ["h2"],
+              checkServerIdentity: () => undefined
+            }, () => {
+              const got = socket.getPeerCertificate().serialNumber
+              socket.destroy()
+              resume(
+                got.toLowerCase() === serial.toLowerCase().replace(/:/g, "")
+                  ? Effect.succeed(got)
+                  : Effect.fail(`serving ${got}`)
+              )
+            })
+            socket.on("error", (error) => resume(Effect.fail(error.message)))
+          })
+        const renewed = yield* issue(config, dir, "echo")
+        assert.notStrictEqual(renewed.serial, certs.echo.serial)
+        yield* eventually(served(renewed.serial), { timeout: "20 seconds" })
+        // The client's files renewed too: the running channel keeps working on new connections.
+        yield* issue(config, dir, "web")
+        assert.strictEqual(yield* web("Call"), grpc.status.OK)
+      }),
+    { timeout: 60_000 }
+  )
 })

@@ -30,8 +30,12 @@ export const makeGrpcCommand = (configOption: Options.Options<string>) => {
     "bootstrap",
     {
       config: configOption,
-      service: Options.text("service").pipe(Options.withDescription("The service the app is (node.id <service>~<instance>).")),
-      instance: Options.text("instance").pipe(Options.withDescription("This instance's name (the part of node.id after ~).")),
+      service: Options.text("service").pipe(
+        Options.withDescription("The service the app is (node.id <service>~<instance>).")
+      ),
+      instance: Options.text("instance").pipe(
+        Options.withDescription("This instance's name (the part of node.id after ~).")
+      ),
       certs: Options.directory("certs", { exists: "either" }).pipe(
         Options.withDescription("The directory of cert.pem, key.pem and ca.pem (the agent's, or `certs issue --out`).")
       ),
@@ -43,10 +47,16 @@ export const makeGrpcCommand = (configOption: Options.Options<string>) => {
     ({ certs, config, instance, service, xds }) =>
       Effect.gen(function*() {
         const [{ loadFile }, { grpcBootstrap }, { filesIn }] = yield* Effect.promise(() =>
-          Promise.all([import("../../layers/LiveConfig.js"), import("../agent/GrpcBootstrap.js"), import("../certs/IdentityFiles.js")])
+          Promise.all([
+            import("../../layers/LiveConfig.js"),
+            import("../agent/GrpcBootstrap.js"),
+            import("../certs/IdentityFiles.js")
+          ])
         )
         if (!NAME.test(service)) {
-          return yield* new GrpcBootstrapInvalid({ reason: `--service: ${JSON.stringify(service)} is not a service name` })
+          return yield* new GrpcBootstrapInvalid({
+            reason: `--service: ${JSON.stringify(service)} is not a service name`
+          })
         }
         if (!NAME.test(instance)) {
           return yield* new GrpcBootstrapInvalid({
@@ -54,7 +64,9 @@ export const makeGrpcCommand = (configOption: Options.Options<string>) => {
           })
         }
         if (Option.isSome(xds) && !HOST_PORT.test(xds.value)) {
-          return yield* new GrpcBootstrapInvalid({ reason: `--xds: expected HOST:PORT, got ${JSON.stringify(xds.value)}` })
+          return yield* new GrpcBootstrapInvalid({
+            reason: `--xds: expected HOST:PORT, got ${JSON.stringify(xds.value)}`
+          })
         }
         const { config: mesh } = yield* loadFile(config)
         const listen = mesh.controller.xds

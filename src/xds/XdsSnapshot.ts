@@ -10,10 +10,10 @@
  */
 import { createHash } from "node:crypto"
 import protobuf from "protobufjs"
+import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
-import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
 import { check, encode, Types, typeUrl, TypeUrls } from "./Protos.js"
 import {
@@ -168,7 +168,12 @@ const buildGroup = (
       name,
       routeConfiguration(name, [virtualHost(service, routesFor(service, policy, (s) => s, known))])
     ),
-    resource(name, Types.Cluster, name, proxyless ? { ...clientCluster, transport_socket: proxylessUpstreamTls(proxyless, name) } : clientCluster),
+    resource(
+      name,
+      Types.Cluster,
+      name,
+      proxyless ? { ...clientCluster, transport_socket: proxylessUpstreamTls(proxyless, name) } : clientCluster
+    ),
     resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service)),
     resource(
       name,
@@ -187,7 +192,14 @@ const buildGroup = (
   const tcp = service.protocol === "tcp"
   const server = tcp ? undefined : { rbac: rbacFilters(compiled, name), tls: proxyless }
   // Checked once here with a stand-in address, so a proto problem is this service's build error.
-  if (server !== undefined) resource(name, Types.Listener, serverListenerMarker(name), serverListener(serverListenerMarker(name), "127.0.0.1", 1, name, server.rbac, server.tls))
+  if (server !== undefined) {
+    resource(
+      name,
+      Types.Listener,
+      serverListenerMarker(name),
+      serverListener(serverListenerMarker(name), "127.0.0.1", 1, name, server.rbac, server.tls)
+    )
+  }
   if (tcp) resources.push(resource(name, Types.Listener, outboundName(name), outboundTcpListener(service)))
   const outboundVirtualHost = tcp ? undefined : virtualHost(service, routesFor(service, policy, outboundName, known))
   if (outboundVirtualHost !== undefined) {
@@ -195,8 +207,19 @@ const buildGroup = (
     if (issues.length > 0) throw new ServiceInvalid(name, `outbound virtual host: ${issues.join("; ")}`)
   }
   // The server listener's inputs are part of the group's version: a change to them reaches servers.
-  const version = server === undefined ? versionOf(resources) : hash(`${versionOf(resources)}\n${JSON.stringify(server)}`)
-  return { service: name, key, resources, outboundVirtualHost, tcp, version, source: service, ...(server ? { server } : {}) }
+  const version = server === undefined
+    ? versionOf(resources)
+    : hash(`${versionOf(resources)}\n${JSON.stringify(server)}`)
+  return {
+    service: name,
+    key,
+    resources,
+    outboundVirtualHost,
+    tcp,
+    version,
+    source: service,
+    ...(server ? { server } : {})
+  }
 }
 
 const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undefined) =>
@@ -223,7 +246,11 @@ export const proxylessTls = (state: MeshState): ProxylessTls | undefined =>
 
 /** The server Listener `name` for a proxyless server of `service`; undefined if it has none or the name is no address. */
 const serverListeners = new WeakMap<object, Map<string, XdsResource>>()
-export const serverListenerResource = (snapshot: XdsSnapshot, service: string | undefined, name: string): XdsResource | undefined => {
+export const serverListenerResource = (
+  snapshot: XdsSnapshot,
+  service: string | undefined,
+  name: string
+): XdsResource | undefined => {
   const server = service === undefined ? undefined : snapshot.groups.get(service)?.server
   const address = serverListenerAddress(name)
   if (server === undefined || service === undefined || address === undefined) return undefined
@@ -232,7 +259,12 @@ export const serverListenerResource = (snapshot: XdsSnapshot, service: string | 
   const cached = byName.get(name)
   if (cached !== undefined) return cached
   try {
-    const built = resource(service, Types.Listener, name, serverListener(name, address.host, address.port, service, server.rbac, server.tls))
+    const built = resource(
+      service,
+      Types.Listener,
+      name,
+      serverListener(name, address.host, address.port, service, server.rbac, server.tls)
+    )
     // A server binds a handful of addresses; the bound keeps a client naming many from growing this.
     if (byName.size < 64) byName.set(name, built)
     return built

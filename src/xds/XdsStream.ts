@@ -451,7 +451,8 @@ const concerns = (
 ): boolean => {
   if (changed === undefined) return false
   for (const n of changed) if (t.names.has(n) || (t.wildcard && inWildcard(url, stream.own, n))) return true
-  return url === TypeUrls.Listener && changed.has(serverListenerMarker(stream.own ?? "")) && serverNames(t.names).length > 0
+  return url === TypeUrls.Listener && changed.has(serverListenerMarker(stream.own ?? "")) &&
+    serverNames(t.names).length > 0
 }
 
 /** The server Listener names among `names` (see `lookup`). */
@@ -465,7 +466,9 @@ const expandChanged = (
   url: string,
   changed: ReadonlySet<string>
 ): Iterable<string> =>
-  url === TypeUrls.Listener && changed.has(serverListenerMarker(stream.own ?? "")) ? [...changed, ...serverNames(t.names)] : changed
+  url === TypeUrls.Listener && changed.has(serverListenerMarker(stream.own ?? ""))
+    ? [...changed, ...serverNames(t.names)]
+    : changed
 
 /** The snapshot's changes since `synced`, if the stream is in step with the snapshot they start from. */
 const changesSince = (snapshot: XdsSnapshot, synced: string | undefined, url: string) => {
