@@ -85,7 +85,8 @@ const meshConfig = (
   dir: string,
   ports: { readonly echo: number; readonly ledger: number },
   authorization: ReadonlyArray<unknown> = rules,
-  caDir = "ca"
+  caDir = "ca",
+  mtls: "strict" | "permissive" = "strict"
 ): MeshConfig => {
   const service = (name: string, port: number) => ({
     name,
@@ -103,7 +104,7 @@ const meshConfig = (
       service("batch", 1),
       service("billing", 1)
     ],
-    policies: { security: { mtls: "strict", defaultAction: "deny", authorization } }
+    policies: { security: { mtls, defaultAction: "deny", authorization } }
   }, "test")
   if (Either.isLeft(decoded)) throw new Error(decoded.left.message)
   return decoded.right
@@ -379,6 +380,41 @@ describe("proxyless gRPC under mtls: strict", () => {
         // The client's files renewed too: the running channel keeps working on new connections.
         yield* issue(config, dir, "web")
         assert.strictEqual(yield* web("Call"), grpc.status.OK)
+      }),
+    { timeout: 60_000 }
+  )
+})
+
+describe("proxyless gRPC under mtls: permissive", () => {
+  it.scopedLive(
+    "plaintext both ways: rules without callers apply, rules naming callers never match",
+    () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const ports = { echo: yield* freePort, ledger: yield* freePort }
+        const anyone = { name: "anyone-other", action: "allow", to: "echo", when: { paths: ["/mesh.test.Echo/Other"] } }
+        const config = meshConfig(dir, ports, [...rules, anyone], "ca", "permissive")
+        const web = yield* issue(config, dir, "web")
+        const echo = yield* issue(config, dir, "echo")
+        const { address } = yield* controller(config)
+        yield* xdsServer(address, "echo", ports.echo, echo.directory)
+        const compiled = compileConfig(config)
+        if (Either.isLeft(compiled)) throw new Error(compiled.left.message)
+        const viaXds = yield* xdsCaller(address, "web", web.directory, "echo")
+        const plaintext = yield* directCaller(ports.echo, grpc.credentials.createInsecure())
+        for (const caller of [viaXds, plaintext]) {
+          for (const method of METHODS) {
+            // Without TLS the server sees no identity: `policy check` for a caller without one agrees.
+            const decision = authorize(compiled.right, undefined, "echo", { method: "POST", path: pathOf(method) })
+            assert.strictEqual(
+              yield* caller(method),
+              decision.allowed ? grpc.status.OK : grpc.status.PERMISSION_DENIED,
+              method
+            )
+          }
+        }
+        assert.strictEqual(yield* viaXds("Other"), grpc.status.OK)
+        assert.strictEqual(yield* viaXds("Call"), grpc.status.PERMISSION_DENIED)
       }),
     { timeout: 60_000 }
   )
