@@ -5,7 +5,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as grpc from "@grpc/grpc-js"
-import { Context, Effect, Either, Layer, type Scope } from "effect"
+import { Context, Effect, Either, Exit, Layer, Scope } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeNet from "node:net"
 import * as NodeOs from "node:os"
@@ -138,7 +138,9 @@ const xdsServer = (
   xds: string,
   service: string,
   port: number,
-  certs: string
+  certs: string,
+  /** Receives the serial number of each caller's certificate. */
+  seen?: Array<string>
 ): Effect.Effect<void, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<grpc.Server>((resume) => {
@@ -146,8 +148,10 @@ const xdsServer = (
         "grpc.TEST_ONLY_DO_NOT_USE_IN_PROD.xds_bootstrap_config": bootstrap(xds, service, certs)
       })
       const reply =
-        (name: string) => (_call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) =>
+        (name: string) => (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+          seen?.push(call.getAuthContext().sslPeerCertificate?.serialNumber ?? "")
           callback(null, Buffer.from(`${service}:${name}`))
+        }
       server.addService(echoDefinition, Object.fromEntries(METHODS.map((m) => [m, reply(m)])))
       server.bindAsync(
         `127.0.0.1:${port}`,
@@ -193,6 +197,9 @@ const directCaller = (port: number, credentials: grpc.ChannelCredentials) =>
       Effect.sync(() => c.close())),
     callerOf
   )
+
+/** A certificate serial as Node prints it (upper-case hex, no colons) or as the CA reports it. */
+const normalize = (serial: string) => serial.toLowerCase().replace(/:/g, "").replace(/^0+/, "")
 
 const read = (dir: string, file: string) => NodeFs.readFileSync(NodePath.join(dir, file))
 
@@ -367,7 +374,7 @@ describe("proxyless gRPC under mtls: strict", () => {
               const got = socket.getPeerCertificate().serialNumber
               socket.destroy()
               resume(
-                got.toLowerCase() === serial.toLowerCase().replace(/:/g, "")
+                normalize(got) === normalize(serial)
                   ? Effect.succeed(got)
                   : Effect.fail(`serving ${got}`)
               )
@@ -377,9 +384,34 @@ describe("proxyless gRPC under mtls: strict", () => {
         const renewed = yield* issue(config, dir, "echo")
         assert.notStrictEqual(renewed.serial, certs.echo.serial)
         yield* eventually(served(renewed.serial), { timeout: "20 seconds" })
-        // The client's files renewed too: the running channel keeps working on new connections.
-        yield* issue(config, dir, "web")
-        assert.strictEqual(yield* web("Call"), grpc.status.OK)
+        // The client side: web's files are renewed while its channel runs. While the server still sees
+        // the old certificate it is restarted (the channel must connect again, with what it has loaded).
+        const ledger = yield* issue(config, dir, "ledger")
+        const seen: Array<string> = []
+        const serveLedger = Effect.flatMap(Scope.make(), (scope) =>
+          Effect.as(Scope.extend(xdsServer(address, "ledger", ports.ledger, ledger.directory, seen), scope), scope))
+        let current = yield* serveLedger
+        yield* Effect.addFinalizer(() =>
+          Scope.close(current, Exit.void)
+        )
+        const toLedger = yield* xdsCaller(address, "web", certs.web.directory, "ledger")
+        assert.strictEqual(yield* toLedger("Call"), grpc.status.OK)
+        assert.strictEqual(normalize(seen.at(-1) ?? ""), normalize(certs.web.serial))
+        const renewedWeb = yield* issue(config, dir, "web")
+        yield* eventually(
+          Effect.gen(function*() {
+            const code = yield* toLedger("Call")
+            const got = normalize(seen.at(-1) ?? "")
+            if (code === grpc.status.OK && got === normalize(renewedWeb.serial)) return
+            if (code === grpc.status.OK) {
+              // Still the connection made with the old certificate: drop it by restarting the server.
+              yield* Scope.close(current, Exit.void)
+              current = yield* serveLedger
+            }
+            return yield* Effect.fail(`code ${code}, client certificate ${got}`)
+          }),
+          { timeout: "20 seconds" }
+        )
       }),
     { timeout: 60_000 }
   )
