@@ -10,6 +10,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import { describeErrno, errnoCode } from "../../src/Errno.js"
+import { type FileWriteError, writeAtomic } from "../internal/AtomicFile.js"
 
 /** The token file could not be read or written; names the file and the reason. */
 export class AdminTokenError extends Data.TaggedError("AdminTokenError")<{
@@ -45,35 +46,15 @@ const generate = (): string => randomBytes(32).toString("base64url")
 const MIN_LENGTH = 16
 
 /**
- * Writes `content` to `path` only if no file is there: a temporary file with mode 0600 in the same
- * directory, fsync, then `link` (which fails when the target exists: two controllers starting at
- * once keep the first token), then fsync the directory. A crash leaves no token or a whole one.
+ * Writes `content` to `path` only if no file is there (the atomic writer's `link`, which fails
+ * when the target exists: two controllers starting at once keep the first token). A crash leaves
+ * no token or a whole one.
  */
-const createExclusive = async (path: string, content: string): Promise<boolean> => {
-  const temp = `${path}.tmp-${randomBytes(6).toString("hex")}`
-  const handle = await NodeFs.open(temp, "wx", 0o600)
-  try {
-    await handle.writeFile(content)
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-  try {
-    await NodeFs.link(temp, path)
-  } catch (cause) {
-    if (errnoCode(cause) === "EEXIST") return false
-    throw cause
-  } finally {
-    await NodeFs.rm(temp, { force: true })
-  }
-  const dir = await NodeFs.open(NodePath.dirname(path), "r")
-  try {
-    await dir.sync()
-  } finally {
-    await dir.close()
-  }
-  return true
-}
+const createExclusive = (path: string, content: string): Effect.Effect<boolean, FileWriteError> =>
+  writeAtomic(path, content, { mode: 0o600, replace: false }).pipe(
+    Effect.as(true),
+    Effect.catchIf((error) => errnoCode(error.cause) === "EEXIST", () => Effect.succeed(false))
+  )
 
 const fail = (path: string, reason: string, cause?: unknown) => new AdminTokenError({ path, reason, cause })
 
@@ -83,17 +64,20 @@ const fail = (path: string, reason: string, cause?: unknown) => new AdminTokenEr
  */
 export const loadOrCreateToken = (path: string): Effect.Effect<AdminToken, AdminTokenError> =>
   Effect.gen(function*() {
-    const created = yield* Effect.tryPromise({
+    const cannotCreate = (cause: unknown) => fail(path, `cannot create it: ${describeErrno(cause)}`, cause)
+    const exists = yield* Effect.tryPromise({
       try: async () => {
         await NodeFs.mkdir(NodePath.dirname(path), { recursive: true, mode: 0o700 })
-        const exists = await NodeFs.stat(path).then(() => true, (cause) => {
+        return await NodeFs.stat(path).then(() => true, (cause) => {
           if (errnoCode(cause) === "ENOENT") return false
           throw cause
         })
-        return exists ? false : await createExclusive(path, `${generate()}\n`)
       },
-      catch: (cause) => fail(path, `cannot create it: ${describeErrno(cause)}`, cause)
+      catch: cannotCreate
     })
+    const created = exists ? false : yield* createExclusive(path, `${generate()}\n`).pipe(
+      Effect.mapError((error) => cannotCreate(error.cause))
+    )
     const { mode, text } = yield* Effect.tryPromise({
       try: async () => ({ text: await NodeFs.readFile(path, "utf8"), mode: (await NodeFs.stat(path)).mode }),
       catch: (cause) => fail(path, `cannot read it: ${describeErrno(cause)}`, cause)
