@@ -6,6 +6,7 @@ import { agentCommand } from "./commands/agent.js"
 import { makeCertsCommands } from "./commands/certs.js"
 import { makeDemoCommand } from "./commands/demo.js"
 import { makeEnvoyCommand } from "./commands/envoy.js"
+import { makeGrpcCommand } from "./commands/grpc.js"
 import { makePolicyCommand } from "./commands/policy.js"
 import { makeTokenCommand } from "./commands/token.js"
 import { packageVersion } from "./Version.js"
@@ -67,6 +68,7 @@ export const makeRootCommand = (version: string) =>
       certs,
       ca,
       makeEnvoyCommand(configOption),
+      makeGrpcCommand(configOption),
       makePolicyCommand(configOption),
       makeTokenCommand(configOption),
       agentCommand,

@@ -15,7 +15,7 @@
  * | mirroring                       | RouteAction.request_mirror_policies                  | yes           | no (ignored)                            |
  * | circuit breakers                | Cluster.circuit_breakers                             | all four      | max_requests only                       |
  * | outlier detection               | Cluster.outlier_detection                            | yes           | yes                                     |
- * | authorization (RBAC)            | inbound HCM filters envoy.filters.http.rbac (tcp services: network RBAC, callers and ports only) | yes | no: grpc-js-xds enforces RBAC only on xDS *servers* (and only with GRPC_XDS_EXPERIMENTAL_RBAC=true); the mesh serves client resources, so a proxyless server is protected only behind a sidecar |
+ * | authorization (RBAC)            | inbound HCM filters envoy.filters.http.rbac (tcp services: network RBAC, callers and ports only) | yes | clients: no; xDS *servers* (XdsServer): the same `rbacFilters` in their server Listener (src/xds/Resources.ts `serverListener`), with GRPC_XDS_EXPERIMENTAL_RBAC=true |
  * | local rate limit                | inbound HCM filter envoy.filters.http.local_ratelimit| yes           | no                                      |
  * | access logs, tracing            | HCM access_log, tracing (+ collector cluster)        | yes           | no                                      |
  * | stats tags                      | bootstrap stats_config.stats_tags (Sidecar layer)    | yes           | no                                      |

@@ -411,3 +411,111 @@ export const withDownstreamTls = (listener: PlainObject, tls: MeshTls, service: 
     ])
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Proxyless gRPC security: xDS-enabled servers (gRFC A36), certificate providers (A29), RBAC (A41)
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * What a gRPC xDS server asks for: the bootstrap's `server_listener_resource_name_template` with
+ * `%s` replaced by the address it binds (`IP:PORT`, `[v6]:PORT`).
+ */
+export const SERVER_LISTENER_PREFIX = "grpc/server?xds.resource.listening_address="
+
+/** The Listener name change tracking uses for "`service`'s server listeners changed" (never served). */
+export const serverListenerMarker = (service: string): string => `${SERVER_LISTENER_PREFIX}<${service}>`
+
+/** The address in a server listener name; undefined unless it is a literal IP and a port. */
+export const serverListenerAddress = (name: string): { readonly host: string; readonly port: number } | undefined => {
+  if (!name.startsWith(SERVER_LISTENER_PREFIX)) return undefined
+  const rest = name.slice(SERVER_LISTENER_PREFIX.length)
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(rest)
+  if (match === null) return undefined
+  const host = match[1] ?? match[2]!
+  const port = Number(match[3])
+  if (NodeNet.isIP(host) === 0 || port < 1 || port > 65535) return undefined
+  return { host, port }
+}
+
+/** Proxyless mTLS: on under `policies.security.mtls: strict` (see README "what applies where"). */
+export interface ProxylessTls {
+  readonly trustDomain: string
+  /** The bootstrap's certificate provider instance (the agent's and `grpc bootstrap`'s: `mesh`). */
+  readonly instance: string
+}
+
+const providerInstance = (tls: ProxylessTls) => ({ instance_name: tls.instance })
+
+/**
+ * The server side: its own certificate and the CA bundle from the provider, a client certificate
+ * required. gRPC refuses `tls_params` and SDS here, hence a context of its own, not `downstreamTls`.
+ */
+export const proxylessDownstreamTls = (tls: ProxylessTls): PlainObject => ({
+  name: TLS_SOCKET,
+  typed_config: {
+    "@type": typeUrl(Types.DownstreamTlsContext),
+    common_tls_context: {
+      tls_certificate_provider_instance: providerInstance(tls),
+      validation_context: { ca_certificate_provider_instance: providerInstance(tls) }
+    },
+    require_client_certificate: { value: true }
+  }
+})
+
+/**
+ * The client side: the caller's certificate, the CA bundle, and the destination's exact SPIFFE ID.
+ * grpc-js-xds 1.14 reads only the older `match_subject_alt_names` (an exact matcher compares each
+ * SAN's value, URI ones included), not `match_typed_subject_alt_names`.
+ */
+export const proxylessUpstreamTls = (tls: ProxylessTls, destination: string): PlainObject => ({
+  name: TLS_SOCKET,
+  typed_config: {
+    "@type": typeUrl(Types.UpstreamTlsContext),
+    common_tls_context: {
+      tls_certificate_provider_instance: providerInstance(tls),
+      validation_context: {
+        ca_certificate_provider_instance: providerInstance(tls),
+        match_subject_alt_names: [{ exact: identitySecretName(tls.trustDomain, destination) }]
+      }
+    }
+  }
+})
+
+/**
+ * The Listener for a proxyless server of `service` bound at `host:port`, named `name`: one filter
+ * chain with an HttpConnectionManager whose RBAC filters are the sidecar's (`rbacFilters`: same
+ * rules, same order, principals on the peer certificate's URI SAN), then the router; an inline
+ * route configuration whose one route is `non_forwarding_action` (what A36 requires of servers).
+ * With `tls`, the chain terminates mTLS; without, it is plaintext.
+ */
+export const serverListener = (
+  name: string,
+  host: string,
+  port: number,
+  service: string,
+  rbac: ReadonlyArray<PlainObject>,
+  tls: ProxylessTls | undefined
+): PlainObject => ({
+  name,
+  address: socketAddress(host, port),
+  filter_chains: [{
+    name: "mesh",
+    filters: [{
+      name: "envoy.filters.network.http_connection_manager",
+      typed_config: {
+        "@type": typeUrl(Types.HttpConnectionManager),
+        stat_prefix: `server|${service}`,
+        route_config: {
+          name: `server|${service}`,
+          virtual_hosts: [{
+            name: service,
+            domains: ["*"],
+            routes: [{ name: "all", match: { prefix: "" }, non_forwarding_action: {} }]
+          }]
+        },
+        http_filters: [...rbac, routerFilter]
+      }
+    }],
+    ...(tls ? { transport_socket: proxylessDownstreamTls(tls) } : {})
+  }]
+})

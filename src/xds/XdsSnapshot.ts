@@ -10,10 +10,11 @@
  */
 import { createHash } from "node:crypto"
 import protobuf from "protobufjs"
+import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
 import type { MeshState, Service } from "../MeshState.js"
-import { servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
+import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
 import { check, encode, Types, typeUrl, TypeUrls } from "./Protos.js"
 import {
   apiListener,
@@ -29,8 +30,13 @@ import {
   outboundTcpListener,
   OWN_SECRET,
   type PlainObject,
+  type ProxylessTls,
+  proxylessUpstreamTls,
   routeConfiguration,
   routesFor,
+  serverListener,
+  serverListenerAddress,
+  serverListenerMarker,
   ServiceInvalid,
   TRUST_BUNDLE,
   virtualHost,
@@ -61,6 +67,11 @@ export interface ServiceGroup {
   readonly version: string
   /** The service value it was built from: an unchanged one is recognised without computing `key`. */
   readonly source?: Service
+  /**
+   * What a proxyless gRPC server of this service is sent for its Listener (named after the address
+   * it binds, so built per request by `serverListenerResource`); absent for TCP services.
+   */
+  readonly server?: { readonly rbac: ReadonlyArray<PlainObject>; readonly tls: ProxylessTls | undefined }
 }
 
 export interface SnapshotError {
@@ -147,6 +158,8 @@ const buildGroup = (
   const policy = state.policy.traffic.get(service.name)
   const compiled = state.policy
   const name = service.name
+  const proxyless = proxylessTls(state)
+  const clientCluster = edsCluster(name, service, false, compiled)
   const resources: Array<XdsResource> = [
     resource(name, Types.Listener, name, apiListener(service)),
     resource(
@@ -155,7 +168,12 @@ const buildGroup = (
       name,
       routeConfiguration(name, [virtualHost(service, routesFor(service, policy, (s) => s, known))])
     ),
-    resource(name, Types.Cluster, name, edsCluster(name, service, false, compiled)),
+    resource(
+      name,
+      Types.Cluster,
+      name,
+      proxyless ? { ...clientCluster, transport_socket: proxylessUpstreamTls(proxyless, name) } : clientCluster
+    ),
     resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service)),
     resource(
       name,
@@ -172,13 +190,36 @@ const buildGroup = (
     resource(name, Types.Cluster, inboundName(name), inboundCluster(service))
   ]
   const tcp = service.protocol === "tcp"
+  const server = tcp ? undefined : { rbac: rbacFilters(compiled, name), tls: proxyless }
+  // Checked once here with a stand-in address, so a proto problem is this service's build error.
+  if (server !== undefined) {
+    resource(
+      name,
+      Types.Listener,
+      serverListenerMarker(name),
+      serverListener(serverListenerMarker(name), "127.0.0.1", 1, name, server.rbac, server.tls)
+    )
+  }
   if (tcp) resources.push(resource(name, Types.Listener, outboundName(name), outboundTcpListener(service)))
   const outboundVirtualHost = tcp ? undefined : virtualHost(service, routesFor(service, policy, outboundName, known))
   if (outboundVirtualHost !== undefined) {
     const issues = check("envoy.config.route.v3.VirtualHost", outboundVirtualHost)
     if (issues.length > 0) throw new ServiceInvalid(name, `outbound virtual host: ${issues.join("; ")}`)
   }
-  return { service: name, key, resources, outboundVirtualHost, tcp, version: versionOf(resources), source: service }
+  // The server listener's inputs are part of the group's version: a change to them reaches servers.
+  const version = server === undefined
+    ? versionOf(resources)
+    : hash(`${versionOf(resources)}\n${JSON.stringify(server)}`)
+  return {
+    service: name,
+    key,
+    resources,
+    outboundVirtualHost,
+    tcp,
+    version,
+    source: service,
+    ...(server ? { server } : {})
+  }
 }
 
 const tlsCluster = (cluster: PlainObject, service: Service, tls: MeshTls | undefined) =>
@@ -194,13 +235,52 @@ export const meshTls = (state: MeshState): MeshTls | undefined =>
     ? { trustDomain: state.mesh.trustDomain, mode: state.policy.mtls }
     : undefined
 
+/**
+ * Proxyless mTLS is on under `mtls: strict` alone: proxyless apps read their certificates from
+ * files (the agent's, or `certs issue`'s) through the bootstrap's certificate provider, not over
+ * SDS. Permissive stays plaintext for them: a gRPC server cannot tell TLS from plaintext callers
+ * on one port (A36 drops filter chains matching on `transport_protocol`).
+ */
+export const proxylessTls = (state: MeshState): ProxylessTls | undefined =>
+  state.policy.mtls === "strict" ? { trustDomain: state.mesh.trustDomain, instance: CERTIFICATE_PROVIDER } : undefined
+
+/** The server Listener `name` for a proxyless server of `service`; undefined if it has none or the name is no address. */
+const serverListeners = new WeakMap<object, Map<string, XdsResource>>()
+export const serverListenerResource = (
+  snapshot: XdsSnapshot,
+  service: string | undefined,
+  name: string
+): XdsResource | undefined => {
+  const server = service === undefined ? undefined : snapshot.groups.get(service)?.server
+  const address = serverListenerAddress(name)
+  if (server === undefined || service === undefined || address === undefined) return undefined
+  let byName = serverListeners.get(server)
+  if (byName === undefined) serverListeners.set(server, byName = new Map())
+  const cached = byName.get(name)
+  if (cached !== undefined) return cached
+  try {
+    const built = resource(
+      service,
+      Types.Listener,
+      name,
+      serverListener(name, address.host, address.port, service, server.rbac, server.tls)
+    )
+    // A server binds a handful of addresses; the bound keeps a client naming many from growing this.
+    if (byName.size < 64) byName.set(name, built)
+    return built
+  } catch (error) {
+    if (error instanceof ServiceInvalid) return undefined
+    throw error
+  }
+}
+
 /** What a service's resources depend on: itself, its policy, and whether its destinations exist. */
 const groupKey = (service: Service, state: MeshState, known: ReadonlySet<string>, tls: MeshTls | undefined): string => {
   const policy = state.policy.traffic.get(service.name)
   const destinations = policy?.routes.flatMap((r) => r.destinations.map((d) => `${d.service}:${known.has(d.service)}`))
   // The rest of the policy that applies to the service: authorization, resilience, observability.
   const rest = servicePolicyKey(state.policy, service.name)
-  return JSON.stringify([service, policy ?? null, destinations ?? null, rest, tls ?? null])
+  return JSON.stringify([service, policy ?? null, destinations ?? null, rest, tls ?? null, state.policy.mtls])
 }
 
 /** The outbound listener and the tracing collector's cluster, encoded once per observability setting. */
@@ -275,7 +355,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const names = state.services.map((s) => s.name)
   const known = new Set(names)
   const tls = meshTls(state)
-  const inputs = { policy: state.policy, tls: JSON.stringify(tls ?? null), names }
+  const inputs = { policy: state.policy, tls: JSON.stringify([tls ?? null, state.policy.mtls]), names }
   const was = previous.inputs
   const sameInputs = was !== undefined && was.policy === inputs.policy && was.tls === inputs.tls &&
     sameNames(was.names, names)
@@ -352,9 +432,14 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
     if (old !== group && old?.version !== group.version) {
       group.resources.forEach(mark)
       old?.resources.forEach(mark)
+      changed.get(TypeUrls.Listener)?.add(serverListenerMarker(name))
     }
   }
-  for (const [name, old] of previous.groups) if (!groups.has(name)) old.resources.forEach(mark)
+  for (const [name, old] of previous.groups) {
+    if (groups.has(name)) continue
+    old.resources.forEach(mark)
+    changed.get(TypeUrls.Listener)?.add(serverListenerMarker(name))
+  }
   if (previous.outbound !== outbound) {
     mark(outbound.listener)
     mark(outbound.routes)

@@ -29,12 +29,13 @@
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
-import { OWN_SECRET, TRUST_BUNDLE } from "./Resources.js"
+import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE } from "./Resources.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
 import { encodeDeltaResponse, encodeSotwBody, encodeSotwResponse, encodeSotwResponseFrom } from "./Wire.js"
 import {
   inWildcard,
+  serverListenerResource,
   sidecarService,
   versionOf,
   wildcardNamesOf,
@@ -216,6 +217,10 @@ export const secretAllowed = (stream: StreamState, name: string): boolean =>
  * resolved to its own identity's certificate (shared outbound clusters name it for every sidecar).
  */
 const lookup = (stream: StreamState, url: string, snapshot: XdsSnapshot, name: string): XdsResource | undefined => {
+  // A proxyless gRPC server's Listener is named after the address it binds: built for its node's service.
+  if (url === TypeUrls.Listener && name.startsWith(SERVER_LISTENER_PREFIX)) {
+    return serverListenerResource(snapshot, stream.own, name)
+  }
   if (url !== TypeUrls.Secret) return snapshot.resources.get(url)?.get(name)
   if (!secretAllowed(stream, name)) return undefined
   if (name === OWN_SECRET) return snapshot.ownSecrets?.get(stream.access.spiffeId ?? "")
@@ -446,8 +451,24 @@ const concerns = (
 ): boolean => {
   if (changed === undefined) return false
   for (const n of changed) if (t.names.has(n) || (t.wildcard && inWildcard(url, stream.own, n))) return true
-  return false
+  return url === TypeUrls.Listener && changed.has(serverListenerMarker(stream.own ?? "")) &&
+    serverNames(t.names).length > 0
 }
+
+/** The server Listener names among `names` (see `lookup`). */
+const serverNames = (names: ReadonlySet<string>): ReadonlyArray<string> =>
+  [...names].filter((n) => n.startsWith(SERVER_LISTENER_PREFIX))
+
+/** The changed names of `url`, with the stream's server Listener names when its service's changed. */
+const expandChanged = (
+  stream: StreamState,
+  t: { readonly names: ReadonlySet<string> },
+  url: string,
+  changed: ReadonlySet<string>
+): Iterable<string> =>
+  url === TypeUrls.Listener && changed.has(serverListenerMarker(stream.own ?? ""))
+    ? [...changed, ...serverNames(t.names)]
+    : changed
 
 /** The snapshot's changes since `synced`, if the stream is in step with the snapshot they start from. */
 const changesSince = (snapshot: XdsSnapshot, synced: string | undefined, url: string) => {
@@ -529,7 +550,7 @@ const sotwMergedPush = (
   if (!t.dirty && t.synced === snapshot.version) return undefined
   const since = t.dirty ? undefined : changesSince(snapshot, t.synced, url)
   const updates: Array<XdsResource> = []
-  for (const n of since?.names ?? t.names) {
+  for (const n of since === undefined ? t.names : expandChanged(stream, t, url, since.names)) {
     if (!t.names.has(n)) continue
     const r = lookup(stream, url, snapshot, n)
     if (r === undefined) t.sent.delete(n)
@@ -574,7 +595,7 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
   const delta = snapshot.changes
   if (t.synced !== undefined && delta !== undefined && delta.from === t.synced) {
     const own = stream.own
-    for (const n of delta.names.get(url) ?? []) {
+    for (const n of expandChanged(stream, t, url, delta.names.get(url) ?? new Set<string>())) {
       const want = t.names.has(n) || (t.wildcard && inWildcard(url, own, n))
       const r = lookup(stream, url, snapshot, n)
       if (want && r !== undefined) {
