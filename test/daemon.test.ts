@@ -133,7 +133,7 @@ describe("the daemon as a process", () => {
       })).status
     )
       .toBe(201)
-  })
+  }, 120_000)
 
   it("exits 1 with one clear line when the admin port is taken", async () => {
     const blocker: Server = createServer()
