@@ -11,25 +11,12 @@
  * redemption writes back only if nobody changed the record since it was read, so two controllers
  * never spend the same last use (the loser reads again and is refused).
  */
-import { Effect, Either, Option, Schema } from "effect"
+import { Effect, Either, Option } from "effect"
 import { randomBytes, type webcrypto } from "node:crypto"
 import type { TokenRecord, TokenRefusal } from "../../src/tokens/Token.js"
 import type { ConsulConnection, ConsulUnavailable } from "../ConsulClient.js"
 import { seal, type SealedKey, unseal } from "./ConsulCaStore.js"
-import { TokenNotFound, type TokenStore, TokenStoreError } from "./TokenStore.js"
-
-const Record = Schema.Struct({
-  id: Schema.String,
-  service: Schema.String,
-  instance: Schema.optional(Schema.String),
-  createdAt: Schema.String,
-  expiresAt: Schema.String,
-  uses: Schema.Number,
-  used: Schema.Number,
-  revokedAt: Schema.optional(Schema.String),
-  secretHash: Schema.String
-})
-const decodeRecord = Schema.decodeUnknownEither(Schema.parseJson(Record))
+import { decodeRecord, TokenNotFound, type TokenStore, TokenStoreError } from "./TokenStore.js"
 
 interface KvEntry {
   readonly Key?: string

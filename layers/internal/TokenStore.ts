@@ -51,7 +51,8 @@ export interface TokenStore {
   ) => Effect.Effect<Either.Either<TokenRecord, TokenRefusal>, TokenStoreError>
 }
 
-const Record = Schema.Struct({
+/** A token record as either store keeps it: JSON, the secret only as its hash. */
+const StoredRecord = Schema.Struct({
   id: Schema.String,
   service: Schema.String,
   instance: Schema.optional(Schema.String),
@@ -62,7 +63,7 @@ const Record = Schema.Struct({
   revokedAt: Schema.optional(Schema.String),
   secretHash: Schema.String
 })
-const decodeRecord = Schema.decodeUnknownEither(Schema.parseJson(Record))
+export const decodeRecord = Schema.decodeUnknownEither(Schema.parseJson(StoredRecord))
 
 const ID_FILE = /^([0-9a-f]{12})\.json$/
 
