@@ -16,7 +16,17 @@ export const composeMeshState = (
 ): MeshState => ({
   mesh: config.mesh,
   policy,
-  services: [...withHealth(services, health)].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+  services: sortedByName(withHealth(services, health)),
   ...(secrets !== undefined && secrets.size > 0 ? { secrets } : {}),
   ...(config.controller.xds.tls === "mtls" || config.controller.xds.insecureNodeIdentity ? { sidecarKeys: true } : {})
 })
+
+/** Discovery publishes its services sorted: then they are kept as they are (the same array, no copy). */
+const sortedByName = (services: ReadonlyArray<Service>): ReadonlyArray<Service> => {
+  for (let i = 1; i < services.length; i++) {
+    if (services[i - 1]!.name > services[i]!.name) {
+      return [...services].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    }
+  }
+  return services
+}
