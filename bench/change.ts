@@ -74,9 +74,14 @@ const meshConfig = (services: number) => {
 }
 
 /** As layers/Discovery.ts compares what it publishes. */
-const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) =>
-  a === b ||
-  (a.length === b.length && a.every((s, i) => s === b[i] || JSON.stringify(s) === JSON.stringify(b[i])))
+const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>): boolean => {
+  if (a === b) return true
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false
+  }
+  return true
+}
 
 const cpu = () => {
   const u = process.cpuUsage()

@@ -215,9 +215,14 @@ interface ConsulState {
 }
 
 /** Element by element: services kept by identity (the merger's) cost nothing to compare. */
-const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) =>
-  a === b ||
-  (a.length === b.length && a.every((s, i) => s === b[i] || JSON.stringify(s) === JSON.stringify(b[i])))
+const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>): boolean => {
+  if (a === b) return true
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false
+  }
+  return true
+}
 
 const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<ConsulClient> | undefined) =>
   Effect.gen(function*() {

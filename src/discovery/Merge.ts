@@ -1,5 +1,12 @@
 import type { Protocol } from "../../schemas/Config.js"
-import { type Endpoint, type EndpointHealth, endpointKey, type RegistrySource, type Service } from "../MeshState.js"
+import {
+  type Endpoint,
+  type EndpointHealth,
+  endpointKey,
+  markSortedByName,
+  type RegistrySource,
+  type Service
+} from "../MeshState.js"
 
 /** An endpoint added at run time through the registration API. */
 export interface ApiRegistration {
@@ -174,7 +181,7 @@ export class RegistryMerger {
         next ??= [...this.result]
         replaceSorted(next, name, service)
       }
-      if (next !== undefined) this.result = next
+      if (next !== undefined) this.result = markSortedByName(next)
       return this.result
     }
     const configByName = configIndex(config)
@@ -187,7 +194,7 @@ export class RegistryMerger {
     }
     out.sort((a, b) => compare(a.name, b.name))
     const same = out.length === this.result.length && out.every((s, i) => s === this.result[i])
-    if (!same) this.result = out
+    if (!same) this.result = markSortedByName(out)
     return this.result
   }
 

@@ -1,6 +1,6 @@
 import type { MeshConfig } from "../../schemas/Config.js"
 import { type HealthView, withHealth } from "../health/Routing.js"
-import type { MeshState, Service } from "../MeshState.js"
+import { type MeshState, type Service, sortedByName } from "../MeshState.js"
 import type { CompiledPolicy } from "../policy/Compile.js"
 
 /**
@@ -16,17 +16,8 @@ export const composeMeshState = (
 ): MeshState => ({
   mesh: config.mesh,
   policy,
-  services: sortedByName(withHealth(services, health)),
+  // Sorting by name first: withHealth keeps the order (and the array, when the view changes nothing).
+  services: withHealth(sortedByName(services), health),
   ...(secrets !== undefined && secrets.size > 0 ? { secrets } : {}),
   ...(config.controller.xds.tls === "mtls" || config.controller.xds.insecureNodeIdentity ? { sidecarKeys: true } : {})
 })
-
-/** Discovery publishes its services sorted: then they are kept as they are (the same array, no copy). */
-const sortedByName = (services: ReadonlyArray<Service>): ReadonlyArray<Service> => {
-  for (let i = 1; i < services.length; i++) {
-    if (services[i - 1]!.name > services[i]!.name) {
-      return [...services].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-    }
-  }
-  return services
-}

@@ -348,8 +348,27 @@ const sameService = (a: Service, b: Service): boolean =>
     a.endpoints.length === b.endpoints.length && a.endpoints.every((e, i) => e === b.endpoints[i])
   )
 
-const sameNames = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) =>
-  a === b || (a.length === b.length && a.every((s, i) => s.name === b[i]!.name))
+/**
+ * The services of `now` that are not the very objects `before` held at their place; undefined when
+ * the names differ (a service added or removed). A pointer comparison per service: the registry
+ * keeps unchanged services by identity.
+ */
+const changedServices = (
+  before: ReadonlyArray<Service>,
+  now: ReadonlyArray<Service>
+): Array<Service> | undefined => {
+  const out: Array<Service> = []
+  if (before === now) return out
+  if (before.length !== now.length) return undefined
+  for (let i = 0; i < now.length; i++) {
+    const service = now[i]!
+    const old = before[i]!
+    if (service === old) continue
+    if (service.name !== old.name) return undefined
+    out.push(service)
+  }
+  return out
+}
 
 /** What `buildSnapshot` keeps between builds so the next one can start from this one. */
 interface BuildInputs {
@@ -384,22 +403,20 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const tls = meshTls(state)
   const tlsKey = JSON.stringify([tls ?? null, state.policy.mtls])
   const was = previous.inputs as BuildInputs | undefined
-  const sameInputs = was !== undefined && was.policy === state.policy && was.tls === tlsKey &&
-    sameNames(was.services, state.services)
-  const known = sameInputs ? was.known : new Set(state.services.map((s) => s.name))
-  const erred = new Set(previous.errors.map((e) => e.service))
-
   // The services to look at: every one, unless the previous build had the same inputs; then only
-  // those whose value is not the very object it was built from.
+  // those whose value is not the very object it was built from, and those whose build failed.
+  const changedNow = was !== undefined && was.policy === state.policy && was.tls === tlsKey
+    ? changedServices(was.services, state.services)
+    : undefined
+  const sameInputs = changedNow !== undefined
+  const known = sameInputs ? was!.known : new Set(state.services.map((s) => s.name))
   let candidates: ReadonlyArray<Service> = state.services
-  if (sameInputs) {
-    const before = was.services
-    const looked: Array<Service> = []
-    for (let i = 0; i < state.services.length; i++) {
-      const service = state.services[i]!
-      if (service !== before[i] || erred.has(service.name)) looked.push(service)
+  if (changedNow !== undefined) {
+    for (const error of previous.errors) {
+      const service = findService(state.services, error.service)
+      if (service !== undefined && !changedNow.includes(service)) changedNow.push(service)
     }
-    candidates = looked
+    candidates = changedNow
   }
 
   const changedGroups = new Map<string, ServiceGroup | undefined>()
@@ -588,6 +605,18 @@ const nextGroup = (
     errors.push({ service: error.service, message: error.message, servingPrevious: before !== undefined })
     return before
   }
+}
+
+/** The service named `name` in `services` (sorted by name, as MeshState keeps them). */
+const findService = (services: ReadonlyArray<Service>, name: string): Service | undefined => {
+  let lo = 0
+  let hi = services.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (services[mid]!.name < name) lo = mid + 1
+    else hi = mid
+  }
+  return services[lo]?.name === name ? services[lo] : undefined
 }
 
 // ---------------------------------------------------------------------------------------------
