@@ -76,6 +76,27 @@ export const sortedByName = (services: ReadonlyArray<Service>): ReadonlyArray<Se
   return markSortedByName(services)
 }
 
+/** Where a service named `name` is, or would go, in `sorted` (sorted by name): a binary search. */
+export const indexByName = (sorted: ReadonlyArray<{ readonly name: string }>, name: string): number => {
+  let lo = 0
+  let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (sorted[mid]!.name < name) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** The service named `name` in `sorted` (sorted by name), if any. */
+export const findByName = <A extends { readonly name: string }>(
+  sorted: ReadonlyArray<A>,
+  name: string
+): A | undefined => {
+  const at = sorted[indexByName(sorted, name)]
+  return at?.name === name ? at : undefined
+}
+
 const byName = <A extends { readonly name: string }>(a: A, b: A) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
 
 /** The mesh as the config file alone describes it: every endpoint's health still unknown. */

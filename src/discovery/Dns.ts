@@ -1,6 +1,6 @@
 import { isIP } from "node:net"
 import type { RegistrySource, Service } from "../MeshState.js"
-import { type Endpoint, endpointKey } from "../MeshState.js"
+import { type Endpoint, endpointKey, findByName } from "../MeshState.js"
 
 /** Names Consul's DNS interface answers (`web.service.consul`, `node1.node.dc1.consul`). */
 export const isConsulName = (host: string): boolean => /\.consul\.?$/i.test(host)
@@ -59,7 +59,7 @@ export class HostExpansion {
       for (const service of services) this.note(service.name, service)
       return
     }
-    for (const name of changed) this.note(name, findSorted(services, name))
+    for (const name of changed) this.note(name, findByName(services, name))
   }
 
   private note(name: string, service: Service | undefined): void {
@@ -87,16 +87,4 @@ export class HostExpansion {
       return out!
     })
   }
-}
-
-/** The service named `name` in `services` sorted by name (as Discovery publishes them). */
-const findSorted = (services: ReadonlyArray<Service>, name: string): Service | undefined => {
-  let lo = 0
-  let hi = services.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (services[mid]!.name < name) lo = mid + 1
-    else hi = mid
-  }
-  return services[lo]?.name === name ? services[lo] : undefined
 }

@@ -3,6 +3,7 @@ import {
   type Endpoint,
   type EndpointHealth,
   endpointKey,
+  indexByName,
   markSortedByName,
   type RegistrySource,
   type Service
@@ -231,13 +232,7 @@ const sameContent = (a: Service, b: Service): boolean =>
 
 /** Puts `service` (or, undefined, removes the service `name`) at its place in `sorted`, by name. */
 const replaceSorted = (sorted: Array<Service>, name: string, service: Service | undefined): void => {
-  let lo = 0
-  let hi = sorted.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (sorted[mid]!.name < name) lo = mid + 1
-    else hi = mid
-  }
+  const lo = indexByName(sorted, name)
   const found = lo < sorted.length && sorted[lo]!.name === name
   if (service === undefined) {
     if (found) sorted.splice(lo, 1)

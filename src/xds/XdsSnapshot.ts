@@ -13,7 +13,7 @@ import protobuf from "protobufjs"
 import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
-import type { MeshState, Service } from "../MeshState.js"
+import { findByName, type MeshState, type Service } from "../MeshState.js"
 import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
 import { LayeredMap } from "./LayeredMap.js"
 import { check, encode, Types, typeUrl, TypeUrls } from "./Protos.js"
@@ -413,7 +413,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   let candidates: ReadonlyArray<Service> = state.services
   if (changedNow !== undefined) {
     for (const error of previous.errors) {
-      const service = findService(state.services, error.service)
+      const service = findByName(state.services, error.service)
       if (service !== undefined && !changedNow.includes(service)) changedNow.push(service)
     }
     candidates = changedNow
@@ -605,18 +605,6 @@ const nextGroup = (
     errors.push({ service: error.service, message: error.message, servingPrevious: before !== undefined })
     return before
   }
-}
-
-/** The service named `name` in `services` (sorted by name, as MeshState keeps them). */
-const findService = (services: ReadonlyArray<Service>, name: string): Service | undefined => {
-  let lo = 0
-  let hi = services.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (services[mid]!.name < name) lo = mid + 1
-    else hi = mid
-  }
-  return services[lo]?.name === name ? services[lo] : undefined
 }
 
 // ---------------------------------------------------------------------------------------------
