@@ -4,8 +4,11 @@
  *
  *   npm run bench:startup                                  # builds, then the defaults below
  *   node bench/startup.mjs [--rounds 5] [--big-rounds 3] [--services 5000] [--idle 2000] [--skip-big]
+ *                          [--root DIR]   (another checkout's build, e.g. the branch point's, for a before/after)
  *
- * Rows (each the median of its rounds, wall clock from spawn; peak or idle RSS):
+ * Rows (each the median of its rounds: wall clock from spawn, CPU time of the process (user +
+ * system, all threads; to readiness for the daemons), peak or idle RSS). On a shared machine the
+ * wall clock follows the load; CPU time and RSS much less so:
  * - `--version`, `--help`: the executable (dist/bin, the bundle the bin and the image run) and the
  *   per-module build (dist/src/main.js, what a library consumer's imports load), against
  *   `node -e ""` (the floor: starting Node at all).
@@ -23,7 +26,11 @@ import { dirname, join, resolve } from "node:path"
 import { createInterface } from "node:readline"
 import { fileURLToPath } from "node:url"
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "..")
+// --root DIR measures another checkout's build (say, the branch point's) with the same bench.
+const rootArg = process.argv.indexOf("--root")
+const root = rootArg > 0
+  ? resolve(process.argv[rootArg + 1])
+  : resolve(dirname(fileURLToPath(import.meta.url)), "..")
 const argv = process.argv.slice(2)
 if (argv.includes("--help")) {
   process.stdout.write(
@@ -50,7 +57,7 @@ const probe = join(work, "rss-probe.mjs")
 writeFileSync(
   probe,
   `import { writeSync, openSync } from "node:fs"
-process.on("exit", () => { const fd = openSync(process.env.BENCH_RSS_FILE, "w"); writeSync(fd, String(process.resourceUsage().maxRSS)) })
+process.on("exit", () => { const u = process.resourceUsage(); const fd = openSync(process.env.BENCH_RSS_FILE, "w"); writeSync(fd, u.maxRSS + " " + (u.userCPUTime + u.systemCPUTime) / 1000) })
 `
 )
 
@@ -74,9 +81,16 @@ const runOnce = (args) =>
     child.on("exit", (code) => {
       const ms = Number(process.hrtime.bigint() - start) / 1e6
       if (code !== 0) return fail(new Error(`${args.join(" ")} exited ${code}: ${stderr}`))
-      done({ ms, rssMb: Number(readFileSync(rssFile, "utf8")) / 1024 })
+      const [rss, cpu] = readFileSync(rssFile, "utf8").split(" ").map(Number)
+      done({ ms, rssMb: rss / 1024, cpuMs: cpu })
     })
   })
+
+/** CPU time (user + system, every thread) a process has used so far: what load does not change. */
+const cpuMsOf = (pid) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /, "").split(" ")
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100
+}
 
 const vmRssMb = (pid) => {
   const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
@@ -130,8 +144,9 @@ const startToReady = (args, timeoutMs) =>
         const ok = await fetch(`${url}/readyz`).then((r) => r.status === 200, () => false)
         if (ok) {
           const ms = Number(process.hrtime.bigint() - start) / 1e6
+          const cpuMs = cpuMsOf(child.pid)
           await new Promise((r) => setTimeout(r, IDLE_MS))
-          if (!settled) finish(undefined, { ms, rssMb: vmRssMb(child.pid) })
+          if (!settled) finish(undefined, { ms, cpuMs, rssMb: vmRssMb(child.pid) })
           return
         }
         await new Promise((r) => setTimeout(r, 5))
@@ -188,13 +203,19 @@ const bigConfig = (services) => {
 const rounds = async (count, run) => {
   const results = []
   for (let i = 0; i < count; i++) results.push(await run())
-  return { ms: median(results.map((r) => r.ms)), rssMb: median(results.map((r) => r.rssMb)) }
+  return {
+    ms: median(results.map((r) => r.ms)),
+    cpuMs: median(results.map((r) => r.cpuMs)),
+    rssMb: median(results.map((r) => r.rssMb))
+  }
 }
 
 const fmt = (r, floor) =>
-  `${r.ms.toFixed(0).padStart(6)} ms (${(r.ms / floor.ms).toFixed(1).padStart(5)}x)  ${
-    r.rssMb.toFixed(0).padStart(4)
-  } MB (${(r.rssMb / floor.rssMb).toFixed(1).padStart(4)}x)`
+  `${r.ms.toFixed(0).padStart(6)} ms (${(r.ms / floor.ms).toFixed(1).padStart(5)}x)  cpu ${
+    r.cpuMs.toFixed(0).padStart(5)
+  } ms (${(r.cpuMs / floor.cpuMs).toFixed(1).padStart(5)}x)  ${r.rssMb.toFixed(0).padStart(4)} MB (${
+    (r.rssMb / floor.rssMb).toFixed(1).padStart(4)
+  }x)`
 
 const load = () => loadavg().map((l) => l.toFixed(2)).join(" ")
 console.log(

@@ -81,10 +81,35 @@ interface Figures {
   readonly rssPeakMb: number | undefined
 }
 
+/**
+ * compare.sh names the service its registration goes to with `printf %04d`, while mesh.mjs pads
+ * names to the digits of the service count (`svc-00001` at 10,000): there the "one change" would
+ * create a new service (a new cluster, the whole CDS to every SotW stream) instead of adding an
+ * endpoint. For such counts the run uses a copy of compare.sh in a temporary folder beside links to
+ * the instrument's other files, with the width mesh.mjs uses; the instrument itself is untouched.
+ */
+const compareFor = (serviceCount: number): string => {
+  const width = Math.max(4, String(serviceCount).length)
+  if (width === 4) return compare
+  const text = NodeFs.readFileSync(compare, "utf8")
+  if (!text.includes("printf %04d")) {
+    console.error(`compare.sh no longer names the target with printf %04d: cannot pad it to ${width} digits`)
+    process.exit(2)
+  }
+  const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "xds-compare-"))
+  for (const entry of NodeFs.readdirSync(instrument)) {
+    if (entry !== "compare.sh") NodeFs.symlinkSync(NodePath.join(instrument, entry), NodePath.join(dir, entry))
+  }
+  const patched = NodePath.join(dir, "compare.sh")
+  NodeFs.writeFileSync(patched, text.replaceAll("printf %04d", `printf %0${width}d`), { mode: 0o755 })
+  process.on("exit", () => NodeFs.rmSync(dir, { recursive: true, force: true }))
+  return patched
+}
+
 /** One compare.sh run, its lines parsed: controller and floor figures by mode. */
 const run = (serviceCount: number) => {
   const started = Date.now()
-  const result = spawnSync("bash", [compare], {
+  const result = spawnSync("bash", [compareFor(serviceCount)], {
     cwd: root,
     env: { ...process.env, STREAMS: String(streams), SERVICES: String(serviceCount), ROUNDS: String(rounds) },
     encoding: "utf8",

@@ -16,8 +16,8 @@ import {
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
-import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
-import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
+import { HostExpansion, isConsulName } from "../src/discovery/Dns.js"
+import { type ApiRegistration, type ConsulService, mergeRegistry, RegistryMerger } from "../src/discovery/Merge.js"
 import {
   type RegistrationLimits,
   type RegistrationRefused,
@@ -214,8 +214,15 @@ interface ConsulState {
   readonly lastErrorAt: Date | null
 }
 
-const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>) =>
-  a === b || JSON.stringify(a) === JSON.stringify(b)
+/** Element by element: services kept by identity (the merger's) cost nothing to compare. */
+const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>): boolean => {
+  if (a === b) return true
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false
+  }
+  return true
+}
 
 const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<ConsulClient> | undefined) =>
   Effect.gen(function*() {
@@ -256,10 +263,20 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
 
     // One publisher at a time, so two sources changing together cannot publish out of order.
     const lock = yield* Effect.makeSemaphore(1)
+    // Merging and host expansion keep the objects of services that did not change, so a one-endpoint
+    // change costs one service's work here and downstream (the snapshot builder compares by identity).
+    const merger = new RegistryMerger()
+    const hostExpansion = new HostExpansion()
+    let counted = false
     const publish = lock.withPermits(1)(
       Effect.gen(function*() {
-        const merged = mergeRegistry(yield* Ref.get(configServices), api.all(), yield* Ref.get(consulView))
-        const hosts = hostNamesOf(merged)
+        const configured = yield* Ref.get(configServices)
+        const consulNow = yield* Ref.get(consulView)
+        const merged = yield* Effect.sync(() =>
+          merger.merge(configured, (s) => api.forService(s), api.serviceNames(), api.takeChanged(), consulNow)
+        )
+        hostExpansion.update(merged, merger.changed)
+        const hosts = hostExpansion.hostNames()
         const known = yield* Ref.get(dns)
         const fresh = hosts.filter((host) => !known.has(host))
         if (fresh.length > 0) yield* resolveInto(fresh)
@@ -270,12 +287,14 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
           yield* Ref.set(dns, new Map([...cached].filter(([host]) => inUse.has(host))))
         }
         const entries = yield* Ref.get(dns)
-        const resolved = expandHostNames(merged, (host) => entries.get(host)?.addresses ?? [])
+        const resolved = hostExpansion.expand(merged, (host) => entries.get(host)?.addresses ?? [])
         const before = yield* SubscriptionRef.get(output)
+        if (sameServices(before, resolved) && counted) return
+        counted = true
         if (!sameServices(before, resolved)) yield* SubscriptionRef.set(output, resolved)
-        for (const source of ["config", "api", "consul"] as const) {
-          servicesBySource.set({ source }, resolved.filter((s) => s.source === source).length)
-        }
+        const counts = { config: 0, api: 0, consul: 0 }
+        for (const service of resolved) counts[service.source]++
+        for (const source of ["config", "api", "consul"] as const) servicesBySource.set({ source }, counts[source])
       })
     )
     yield* publish

@@ -56,6 +56,47 @@ export interface MeshState {
 
 export { endpointKey } from "../schemas/Endpoint.js"
 
+const sortedArrays = new WeakSet<ReadonlyArray<Service>>()
+
+/** Marks `services` as sorted by name (built so, as the registry's merge builds them): `sortedByName` trusts it. */
+export const markSortedByName = <A extends ReadonlyArray<Service>>(services: A): A => {
+  sortedArrays.add(services)
+  return services
+}
+
+/**
+ * `services` sorted by name: the array itself when it is known sorted, or found so (a scan, not a
+ * copy). The registry publishes sorted arrays, so a change costs no scan of every service.
+ */
+export const sortedByName = (services: ReadonlyArray<Service>): ReadonlyArray<Service> => {
+  if (sortedArrays.has(services)) return services
+  for (let i = 1; i < services.length; i++) {
+    if (services[i - 1]!.name > services[i]!.name) return markSortedByName([...services].sort(byName))
+  }
+  return markSortedByName(services)
+}
+
+/** Where a service named `name` is, or would go, in `sorted` (sorted by name): a binary search. */
+export const indexByName = (sorted: ReadonlyArray<{ readonly name: string }>, name: string): number => {
+  let lo = 0
+  let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (sorted[mid]!.name < name) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/** The service named `name` in `sorted` (sorted by name), if any. */
+export const findByName = <A extends { readonly name: string }>(
+  sorted: ReadonlyArray<A>,
+  name: string
+): A | undefined => {
+  const at = sorted[indexByName(sorted, name)]
+  return at?.name === name ? at : undefined
+}
+
 const byName = <A extends { readonly name: string }>(a: A, b: A) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
 
 /** The mesh as the config file alone describes it: every endpoint's health still unknown. */

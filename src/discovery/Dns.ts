@@ -1,6 +1,6 @@
 import { isIP } from "node:net"
 import type { RegistrySource, Service } from "../MeshState.js"
-import { type Endpoint, endpointKey } from "../MeshState.js"
+import { type Endpoint, endpointKey, findByName } from "../MeshState.js"
 
 /** Names Consul's DNS interface answers (`web.service.consul`, `node1.node.dc1.consul`). */
 export const isConsulName = (host: string): boolean => /\.consul\.?$/i.test(host)
@@ -40,3 +40,51 @@ export const expandHostNames = (
       endpoints: [...byKey.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, e]) => e)
     }
   })
+
+/**
+ * `hostNamesOf` and `expandHostNames` across successive publishes: which services name hosts is
+ * kept per service and updated only for the services that changed, so a registry of IP addresses
+ * (the common case) costs nothing per publish, and an expanded service is the same object for as
+ * long as it and the addresses it names are.
+ */
+export class HostExpansion {
+  /** service name → the host names its endpoints use (only services that use some). */
+  private readonly hosts = new Map<string, ReadonlyArray<string>>()
+  private readonly expanded = new WeakMap<Service, { readonly key: string; readonly service: Service }>()
+
+  /** Takes note of `services`; `changed` names the services that may differ from last time (undefined: any). */
+  update(services: ReadonlyArray<Service>, changed: ReadonlySet<string> | undefined): void {
+    if (changed === undefined) {
+      this.hosts.clear()
+      for (const service of services) this.note(service.name, service)
+      return
+    }
+    for (const name of changed) this.note(name, findByName(services, name))
+  }
+
+  private note(name: string, service: Service | undefined): void {
+    const names = service === undefined ? [] : service.endpoints.map((e) => e.address).filter(isHostName)
+    if (names.length > 0) this.hosts.set(name, names)
+    else this.hosts.delete(name)
+  }
+
+  /** `hostNamesOf` the services last given to `update`. */
+  hostNames(): ReadonlyArray<string> {
+    return [...new Set([...this.hosts.values()].flat())].sort()
+  }
+
+  /** `expandHostNames`, keeping the objects of services that name no host or whose addresses did not change. */
+  expand(services: ReadonlyArray<Service>, addresses: (host: string) => ReadonlyArray<string>): ReadonlyArray<Service> {
+    if (this.hosts.size === 0) return services
+    return services.map((service) => {
+      const hosts = this.hosts.get(service.name)
+      if (hosts === undefined) return service
+      const key = JSON.stringify(hosts.map(addresses))
+      const cached = this.expanded.get(service)
+      if (cached !== undefined && cached.key === key) return cached.service
+      const [out] = expandHostNames([service], addresses)
+      this.expanded.set(service, { key, service: out! })
+      return out!
+    })
+  }
+}

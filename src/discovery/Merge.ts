@@ -1,5 +1,13 @@
 import type { Protocol } from "../../schemas/Config.js"
-import { type Endpoint, type EndpointHealth, endpointKey, type RegistrySource, type Service } from "../MeshState.js"
+import {
+  type Endpoint,
+  type EndpointHealth,
+  endpointKey,
+  indexByName,
+  markSortedByName,
+  type RegistrySource,
+  type Service
+} from "../MeshState.js"
 
 /** An endpoint added at run time through the registration API. */
 export interface ApiRegistration {
@@ -47,65 +55,189 @@ export const mergeRegistry = (
   api: ReadonlyArray<ApiRegistration>,
   consul: ReadonlyMap<string, ConsulService>
 ): ReadonlyArray<Service> => {
-  const services = new Map<string, Service>()
-  const endpoints = new Map<string, Map<string, Endpoint>>()
-  const addEndpoint = (service: string, endpoint: Endpoint) => {
-    let byKey = endpoints.get(service)
-    if (!byKey) endpoints.set(service, byKey = new Map())
+  const apiByService = new Map<string, Array<ApiRegistration>>()
+  for (const registration of api) {
+    const list = apiByService.get(registration.service)
+    if (list) list.push(registration)
+    else apiByService.set(registration.service, [registration])
+  }
+  const configByName = new Map(config.map((s) => [s.name, s]))
+  const names = new Set([...configByName.keys(), ...apiByService.keys(), ...consul.keys()])
+  const out: Array<Service> = []
+  for (const name of names) {
+    const merged = mergeService(name, configByName.get(name), apiByService.get(name), consul.get(name))
+    if (merged !== undefined) out.push(merged)
+  }
+  return out.sort((a, b) => compare(a.name, b.name))
+}
+
+/**
+ * One service merged from what each source says of it (the rule of `mergeRegistry`); undefined when
+ * only Consul names it and lists no instance.
+ */
+const mergeService = (
+  name: string,
+  config: Service | undefined,
+  api: ReadonlyArray<ApiRegistration> | undefined,
+  consul: ConsulService | undefined
+): Service | undefined => {
+  const first = consul?.instances[0]
+  const base = config ??
+    (api !== undefined && api.length > 0
+      ? bareService(name, api[0]!.protocol ?? "http", api[0]!.port, "api")
+      : first !== undefined
+      ? { ...bareService(name, consulProtocol(first), first.port, "consul"), tags: first.tags, metadata: first.meta }
+      : undefined)
+  if (base === undefined) return undefined
+  const byKey = new Map<string, Endpoint>()
+  const add = (endpoint: Endpoint) => {
     const key = endpointKey(endpoint)
     if (!byKey.has(key)) byKey.set(key, endpoint)
   }
-
-  for (const service of config) {
-    services.set(service.name, service)
-    for (const endpoint of service.endpoints) addEndpoint(service.name, endpoint)
+  for (const endpoint of config?.endpoints ?? []) add(endpoint)
+  for (const registration of api ?? []) add(apiEndpoint(registration))
+  for (const instance of consul?.instances ?? []) add(consulEndpoint(instance))
+  return {
+    ...base,
+    endpoints: [...byKey].sort(([a], [b]) => compare(a, b)).map(([, endpoint]) => endpoint)
   }
-  for (const registration of api) {
-    if (!services.has(registration.service)) {
-      services.set(
-        registration.service,
-        bareService(registration.service, registration.protocol ?? "http", registration.port, "api")
-      )
-    }
-    addEndpoint(registration.service, {
+}
+
+/** The endpoint object of a registration, made once per registration: equal inputs, the same object. */
+const apiEndpoints = new WeakMap<ApiRegistration, Endpoint>()
+const apiEndpoint = (registration: ApiRegistration): Endpoint => {
+  let endpoint = apiEndpoints.get(registration)
+  if (endpoint === undefined) {
+    endpoint = {
       address: registration.address,
       port: registration.port,
       weight: registration.weight,
       labels: registration.labels,
       health: "unknown",
       source: "api"
-    })
+    }
+    apiEndpoints.set(registration, endpoint)
   }
-  for (const [name, discovered] of [...consul].sort(([a], [b]) => compare(a, b))) {
-    if (!services.has(name)) {
-      if (discovered.instances.length === 0) continue
-      const first = discovered.instances[0]!
-      services.set(name, {
-        ...bareService(name, consulProtocol(first), first.port, "consul"),
-        tags: first.tags,
-        metadata: first.meta
-      })
+  return endpoint
+}
+
+const consulEndpoints = new WeakMap<ConsulInstance, Endpoint>()
+const consulEndpoint = (instance: ConsulInstance): Endpoint => {
+  let endpoint = consulEndpoints.get(instance)
+  if (endpoint === undefined) {
+    endpoint = {
+      address: instance.address,
+      port: instance.port,
+      weight: instance.weight,
+      labels: instance.meta,
+      health: instance.health,
+      source: "consul"
     }
-    for (const instance of discovered.instances) {
-      addEndpoint(name, {
-        address: instance.address,
-        port: instance.port,
-        weight: instance.weight,
-        labels: instance.meta,
-        health: instance.health,
-        source: "consul"
-      })
+    consulEndpoints.set(instance, endpoint)
+  }
+  return endpoint
+}
+
+interface Merged {
+  readonly config: Service | undefined
+  readonly api: ReadonlyArray<ApiRegistration> | undefined
+  readonly consul: ConsulService | undefined
+  readonly service: Service | undefined
+}
+
+/**
+ * `mergeRegistry` across successive publishes, keeping every merged `Service` whose inputs are the
+ * same objects as last time, so downstream (the snapshot builder) recognises an unchanged service
+ * by identity. When the config and Consul views are the same objects as last time, only the services
+ * the registration API changed (`changedApi`) are merged again; the rest of the previous result is
+ * kept as it is. A one-endpoint change then costs one service's merge, not the registry's.
+ */
+export class RegistryMerger {
+  private readonly entries = new Map<string, Merged>()
+  private lastConfig: ReadonlyArray<Service> | undefined
+  private lastConsul: ReadonlyMap<string, ConsulService> | undefined
+  private result: ReadonlyArray<Service> = []
+  /** The services the last `merge` may have changed; undefined when it looked at every service. */
+  changed: ReadonlySet<string> | undefined = undefined
+
+  merge(
+    config: ReadonlyArray<Service>,
+    api: (service: string) => ReadonlyArray<ApiRegistration> | undefined,
+    apiServices: Iterable<string>,
+    changedApi: ReadonlySet<string> | undefined,
+    consul: ReadonlyMap<string, ConsulService>
+  ): ReadonlyArray<Service> {
+    const incremental = changedApi !== undefined && config === this.lastConfig && consul === this.lastConsul
+    this.lastConfig = config
+    this.lastConsul = consul
+    this.changed = incremental ? changedApi : undefined
+    if (incremental) {
+      if (changedApi.size === 0) return this.result
+      const configByName = configIndex(config)
+      let next: Array<Service> | undefined
+      for (const name of changedApi) {
+        const before = this.entries.get(name)?.service
+        const service = this.entry(name, configByName.get(name), api(name), consul.get(name))
+        if (service === before) continue
+        next ??= [...this.result]
+        replaceSorted(next, name, service)
+      }
+      if (next !== undefined) this.result = markSortedByName(next)
+      return this.result
     }
+    const configByName = configIndex(config)
+    const names = new Set<string>([...configByName.keys(), ...apiServices, ...consul.keys()])
+    for (const name of this.entries.keys()) if (!names.has(name)) this.entries.delete(name)
+    const out: Array<Service> = []
+    for (const name of names) {
+      const service = this.entry(name, configByName.get(name), api(name), consul.get(name))
+      if (service !== undefined) out.push(service)
+    }
+    out.sort((a, b) => compare(a.name, b.name))
+    const same = out.length === this.result.length && out.every((s, i) => s === this.result[i])
+    if (!same) this.result = markSortedByName(out)
+    return this.result
   }
 
-  return [...services.values()]
-    .map((service) => ({
-      ...service,
-      endpoints: [...(endpoints.get(service.name)?.values() ?? [])].sort((a, b) =>
-        compare(endpointKey(a), endpointKey(b))
-      )
-    }))
-    .sort((a, b) => compare(a.name, b.name))
+  private entry(
+    name: string,
+    config: Service | undefined,
+    api: ReadonlyArray<ApiRegistration> | undefined,
+    consul: ConsulService | undefined
+  ): Service | undefined {
+    const before = this.entries.get(name)
+    if (before !== undefined && before.config === config && before.api === api && before.consul === consul) {
+      return before.service
+    }
+    const merged = mergeService(name, config, api, consul)
+    // A service merged again to the same content keeps its object (a Consul answer that repeats itself).
+    const service = merged !== undefined && before?.service !== undefined && sameContent(merged, before.service)
+      ? before.service
+      : merged
+    if (config === undefined && api === undefined && consul === undefined) this.entries.delete(name)
+    else this.entries.set(name, { config, api, consul, service })
+    return service
+  }
+}
+
+const configIndexes = new WeakMap<ReadonlyArray<Service>, ReadonlyMap<string, Service>>()
+const configIndex = (config: ReadonlyArray<Service>): ReadonlyMap<string, Service> => {
+  let index = configIndexes.get(config)
+  if (index === undefined) configIndexes.set(config, index = new Map(config.map((s) => [s.name, s])))
+  return index
+}
+
+const sameContent = (a: Service, b: Service): boolean =>
+  a.endpoints.length === b.endpoints.length && JSON.stringify(a) === JSON.stringify(b)
+
+/** Puts `service` (or, undefined, removes the service `name`) at its place in `sorted`, by name. */
+const replaceSorted = (sorted: Array<Service>, name: string, service: Service | undefined): void => {
+  const lo = indexByName(sorted, name)
+  const found = lo < sorted.length && sorted[lo]!.name === name
+  if (service === undefined) {
+    if (found) sorted.splice(lo, 1)
+  } else if (found) sorted[lo] = service
+  else sorted.splice(lo, 0, service)
 }
 
 const compare = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0)

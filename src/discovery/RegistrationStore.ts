@@ -33,11 +33,15 @@ export const registrationBytes = (r: ApiRegistration): number =>
 interface ServiceEntry {
   readonly endpoints: Map<string, { readonly registration: ApiRegistration; readonly bytes: number }>
   bytes: number
+  /** `forService`'s answer, kept until the service's registrations change (so it is the same array). */
+  list: ReadonlyArray<ApiRegistration> | undefined
 }
 
 export class RegistrationStore {
   private readonly services = new Map<string, ServiceEntry>()
   private total = 0
+  /** Services whose registrations changed since the last `takeChanged`. */
+  private changed = new Set<string>()
 
   get size(): number {
     return this.total
@@ -92,13 +96,15 @@ export class RegistrationStore {
         })
       }
     }
-    const target = entry ?? { endpoints: new Map(), bytes: 0 }
+    const target: ServiceEntry = entry ?? { endpoints: new Map(), bytes: 0, list: undefined }
     if (entry === undefined) this.services.set(name, target)
     // Delete first so a replaced registration moves to the end, as the array store ordered it.
     if (previous) target.endpoints.delete(key)
     else this.total++
     target.endpoints.set(key, { registration, bytes })
     target.bytes += bytes - (previous?.bytes ?? 0)
+    target.list = undefined
+    this.changed.add(name)
     return undefined
   }
 
@@ -110,8 +116,33 @@ export class RegistrationStore {
     entry.endpoints.delete(key)
     entry.bytes -= previous.bytes
     this.total--
+    entry.list = undefined
+    this.changed.add(service)
     if (entry.endpoints.size === 0) this.services.delete(service)
     return true
+  }
+
+  /**
+   * One service's registrations in the order they were first added; the same array until they
+   * change, so a reader can tell an unchanged service by identity. Undefined when it has none.
+   */
+  forService(service: string): ReadonlyArray<ApiRegistration> | undefined {
+    const entry = this.services.get(service)
+    if (entry === undefined) return undefined
+    entry.list ??= [...entry.endpoints.values()].map((e) => e.registration)
+    return entry.list
+  }
+
+  /** The services that have registrations. */
+  serviceNames(): Iterable<string> {
+    return this.services.keys()
+  }
+
+  /** The services whose registrations changed since the last call (each change is counted once). */
+  takeChanged(): ReadonlySet<string> {
+    const changed = this.changed
+    this.changed = new Set()
+    return changed
   }
 
   /** Every registration, in the order they were first added (per service). */

@@ -51,19 +51,35 @@ export const routing = (service: Service, view: HealthView): ServiceRouting => {
   }
 }
 
-/** The services with each endpoint's `health` taken from the view (no endpoint is dropped). */
-export const withHealth = (services: ReadonlyArray<Service>, view: HealthView): ReadonlyArray<Service> =>
-  services.map((service) => {
+/**
+ * The services with each endpoint's `health` taken from the view (no endpoint is dropped). A service
+ * the view changes nothing of is returned as it is, and one it changes is the same object as last
+ * time while the service and its health map are: the snapshot builder recognises unchanged
+ * services by identity.
+ */
+export const withHealth = (services: ReadonlyArray<Service>, view: HealthView): ReadonlyArray<Service> => {
+  if (view.size === 0) return services
+  return services.map((service) => {
     const health = view.get(service.name)
     if (health === undefined) return service
-    return {
-      ...service,
-      endpoints: service.endpoints.map((endpoint) => {
-        const h = health.get(endpointKey(endpoint))
-        return h === undefined || h === endpoint.health ? endpoint : { ...endpoint, health: h }
-      })
-    }
+    const cached = applied.get(service)
+    if (cached !== undefined && cached.health === health) return cached.service
+    let changed = false
+    const endpoints = service.endpoints.map((endpoint) => {
+      const h = health.get(endpointKey(endpoint))
+      if (h === undefined || h === endpoint.health) return endpoint
+      changed = true
+      return { ...endpoint, health: h }
+    })
+    const out = changed ? { ...service, endpoints } : service
+    applied.set(service, { health, service: out })
+    return out
   })
+}
+const applied = new WeakMap<
+  Service,
+  { readonly health: ReadonlyMap<string, EndpointHealth>; readonly service: Service }
+>()
 
 /** service name → available (see `ServiceRouting.available`), for every service given. */
 export const availability = (services: ReadonlyArray<Service>, view: HealthView): ReadonlyMap<string, boolean> =>

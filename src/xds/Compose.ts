@@ -1,6 +1,6 @@
 import type { MeshConfig } from "../../schemas/Config.js"
 import { type HealthView, withHealth } from "../health/Routing.js"
-import type { MeshState, Service } from "../MeshState.js"
+import { type MeshState, type Service, sortedByName } from "../MeshState.js"
 import type { CompiledPolicy } from "../policy/Compile.js"
 
 /**
@@ -16,7 +16,8 @@ export const composeMeshState = (
 ): MeshState => ({
   mesh: config.mesh,
   policy,
-  services: [...withHealth(services, health)].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+  // Sorting by name first: withHealth keeps the order (and the array, when the view changes nothing).
+  services: withHealth(sortedByName(services), health),
   ...(secrets !== undefined && secrets.size > 0 ? { secrets } : {}),
   ...(config.controller.xds.tls === "mtls" || config.controller.xds.insecureNodeIdentity ? { sidecarKeys: true } : {})
 })

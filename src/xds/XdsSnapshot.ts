@@ -13,8 +13,9 @@ import protobuf from "protobufjs"
 import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
-import type { MeshState, Service } from "../MeshState.js"
+import { findByName, type MeshState, type Service } from "../MeshState.js"
 import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
+import { LayeredMap } from "./LayeredMap.js"
 import { check, encode, Types, typeUrl, TypeUrls } from "./Protos.js"
 import {
   apiListener,
@@ -99,13 +100,13 @@ export interface XdsSnapshot {
    * SPIFFE ID → that identity's certificate as a Secret named `OWN_SECRET`: what the server sends
    * a stream of that identity that asks for `OWN_SECRET` (never listed in `resources`).
    */
-  readonly ownSecrets?: ReadonlyMap<string, XdsResource>
+  readonly ownSecrets?: ReadonlyMap<string, XdsResource> | undefined
   /**
    * What every group depends on besides its own service: the compiled policy (by identity: compiled once per config), the mesh TLS
    * settings and the service names (a route's destination exists or not). Equal inputs and an
    * equal service value mean an equal group.
    */
-  readonly inputs?: { readonly policy: object; readonly tls: string; readonly names: ReadonlyArray<string> }
+  readonly inputs?: object
   /** The sidecars' shared outbound listener and route configuration, kept for reuse. */
   readonly outbound?: {
     readonly virtualHosts: ReadonlyArray<PlainObject>
@@ -347,125 +348,262 @@ const sameService = (a: Service, b: Service): boolean =>
     a.endpoints.length === b.endpoints.length && a.endpoints.every((e, i) => e === b.endpoints[i])
   )
 
-const sameNames = (a: ReadonlyArray<string>, b: ReadonlyArray<string>) =>
-  a === b || (a.length === b.length && a.every((n, i) => n === b[i]))
-
-/** Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change. */
-export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySnapshot): XdsSnapshot => {
-  const names = state.services.map((s) => s.name)
-  const known = new Set(names)
-  const tls = meshTls(state)
-  const inputs = { policy: state.policy, tls: JSON.stringify([tls ?? null, state.policy.mtls]), names }
-  const was = previous.inputs
-  const sameInputs = was !== undefined && was.policy === inputs.policy && was.tls === inputs.tls &&
-    sameNames(was.names, names)
-  const groups = new Map<string, ServiceGroup>()
-  const errors: Array<SnapshotError> = []
-  for (const service of state.services) {
-    const before = previous.groups.get(service.name)
-    if (sameInputs && before?.source !== undefined && sameService(before.source, service)) {
-      groups.set(service.name, before)
-      continue
-    }
-    const key = groupKey(service, state, known, tls)
-    if (before !== undefined && before.key === key) {
-      groups.set(service.name, before)
-      continue
-    }
-    try {
-      groups.set(service.name, buildGroup(service, key, state, (name) => known.has(name), tls))
-    } catch (error) {
-      if (!(error instanceof ServiceInvalid)) throw error
-      errors.push({ service: error.service, message: error.message, servingPrevious: before !== undefined })
-      if (before !== undefined) groups.set(service.name, before)
-    }
+/**
+ * The services of `now` that are not the very objects `before` held at their place; undefined when
+ * the names differ (a service added or removed). A pointer comparison per service: the registry
+ * keeps unchanged services by identity.
+ */
+const changedServices = (
+  before: ReadonlyArray<Service>,
+  now: ReadonlyArray<Service>
+): Array<Service> | undefined => {
+  const out: Array<Service> = []
+  if (before === now) return out
+  if (before.length !== now.length) return undefined
+  for (let i = 0; i < now.length; i++) {
+    const service = now[i]!
+    const old = before[i]!
+    if (service === old) continue
+    if (service.name !== old.name) return undefined
+    out.push(service)
   }
-  const byType = new Map<string, Map<string, XdsResource>>(
-    Object.values(TypeUrls).map((url) => [url, new Map<string, XdsResource>()])
-  )
-  const add = (r: XdsResource) => byType.get(r.typeUrl)!.set(r.name, r)
-  for (const group of groups.values()) group.resources.forEach(add)
+  return out
+}
+
+/** What `buildSnapshot` keeps between builds so the next one can start from this one. */
+interface BuildInputs {
+  readonly policy: object
+  readonly tls: string
+  readonly services: ReadonlyArray<Service>
+  readonly known: ReadonlySet<string>
+  readonly secrets: MeshState["secrets"]
+  /** XOR of `pairHash(service, group version)` over every group: a content hash of the set, kept by XOR. */
+  readonly digest: Uint8Array
+  /** The secrets' and tracing cluster's part of the version. */
+  readonly shared: string
+}
+
+const pairHash = (name: string, version: string): Uint8Array =>
+  createHash("sha256").update(`${name}\n${version}`).digest().subarray(0, 16)
+
+const xorInto = (into: Uint8Array, value: Uint8Array): void => {
+  for (let i = 0; i < into.length; i++) into[i]! ^= value[i]!
+}
+
+/**
+ * Builds the snapshot for `state`, reusing `previous`'s work for services whose inputs did not change.
+ *
+ * A one-endpoint change must not cost O(services): services the registry kept by identity are
+ * recognised by a pointer comparison, the resource, group and availability maps are the previous
+ * ones with the changed entries layered over them (`LayeredMap`), and the version is a content hash
+ * of the set of groups kept up to date by XOR. The result is the same as a build from nothing:
+ * equal content, equal version, on any controller.
+ */
+export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySnapshot): XdsSnapshot => {
+  const tls = meshTls(state)
+  const tlsKey = JSON.stringify([tls ?? null, state.policy.mtls])
+  const was = previous.inputs as BuildInputs | undefined
+  // The services to look at: every one, unless the previous build had the same inputs; then only
+  // those whose value is not the very object it was built from, and those whose build failed.
+  const changedNow = was !== undefined && was.policy === state.policy && was.tls === tlsKey
+    ? changedServices(was.services, state.services)
+    : undefined
+  const sameInputs = changedNow !== undefined
+  const known = sameInputs ? was!.known : new Set(state.services.map((s) => s.name))
+  let candidates: ReadonlyArray<Service> = state.services
+  if (changedNow !== undefined) {
+    for (const error of previous.errors) {
+      const service = findByName(state.services, error.service)
+      if (service !== undefined && !changedNow.includes(service)) changedNow.push(service)
+    }
+    candidates = changedNow
+  }
+
+  const changedGroups = new Map<string, ServiceGroup | undefined>()
+  const errors: Array<SnapshotError> = []
+  for (const service of candidates) {
+    const before = previous.groups.get(service.name)
+    const next = nextGroup(service, before, sameInputs, state, known, tls, errors)
+    if (next !== before) changedGroups.set(service.name, next)
+  }
+  if (!sameInputs) {
+    for (const name of previous.groups.keys()) if (!known.has(name)) changedGroups.set(name, undefined)
+  }
+
+  const groups = LayeredMap.of(previous.groups).with(changedGroups)
+  const resourceChanges = new Map<string, Array<readonly [string, XdsResource | undefined]>>()
+  const change = (url: string, name: string, r: XdsResource | undefined) => {
+    let list = resourceChanges.get(url)
+    if (list === undefined) resourceChanges.set(url, list = [])
+    list.push([name, r])
+  }
+  for (const [name, group] of changedGroups) {
+    const old = previous.groups.get(name)
+    for (const r of old?.resources ?? []) change(r.typeUrl, r.name, undefined)
+    for (const r of group?.resources ?? []) change(r.typeUrl, r.name, r)
+  }
 
   // The shared outbound route configuration holds every service's virtual host: re-encode it only
   // when one of them changed (unchanged groups keep their virtual host object).
-  const virtualHosts = [...groups.values()].flatMap((g) => (g.outboundVirtualHost ? [g.outboundVirtualHost] : []))
-  const before = previous.outbound
   const mesh = meshResourcesFor(state.policy.observability)
-  const sameHosts = before !== undefined && before.virtualHosts.length === virtualHosts.length &&
-    before.virtualHosts.every((v, i) => v === virtualHosts[i] || JSON.stringify(v) === JSON.stringify(virtualHosts[i]))
-  const outbound = sameHosts && before.listener === mesh.listener
-    ? before
+  const beforeOutbound = previous.outbound
+  const hostsChanged = beforeOutbound === undefined || !sameInputs ||
+    [...changedGroups].some(([name, group]) => {
+      const old = previous.groups.get(name)?.outboundVirtualHost
+      const now = group?.outboundVirtualHost
+      return old !== now && JSON.stringify(old) !== JSON.stringify(now)
+    })
+  const virtualHosts = hostsChanged
+    ? state.services.flatMap((s) => {
+      const vh = groups.get(s.name)?.outboundVirtualHost
+      return vh ? [vh] : []
+    })
+    : beforeOutbound.virtualHosts
+  const sameHosts = beforeOutbound !== undefined && (!hostsChanged || (
+    beforeOutbound.virtualHosts.length === virtualHosts.length &&
+    beforeOutbound.virtualHosts.every((v, i) =>
+      v === virtualHosts[i] || JSON.stringify(v) === JSON.stringify(virtualHosts[i])
+    )
+  ))
+  const outbound = sameHosts && beforeOutbound.listener === mesh.listener
+    ? beforeOutbound
     : {
       virtualHosts,
       listener: mesh.listener,
       routes: sameHosts
-        ? before.routes
+        ? beforeOutbound.routes
         : resource("(mesh)", Types.RouteConfiguration, OUTBOUND_HTTP, routeConfiguration(OUTBOUND_HTTP, virtualHosts))
     }
-  if (mesh.tracing !== undefined) add(mesh.tracing)
-  add(outbound.listener)
-  add(outbound.routes)
+  change(outbound.listener.typeUrl, outbound.listener.name, outbound.listener)
+  change(outbound.routes.typeUrl, outbound.routes.name, outbound.routes)
+  const oldTracing = previous.resources.get(TypeUrls.Cluster)?.get(TRACING_CLUSTER)
+  change(TypeUrls.Cluster, TRACING_CLUSTER, mesh.tracing)
 
-  const ownSecrets = new Map<string, XdsResource>()
-  for (const [name, secret] of state.secrets ?? []) {
-    try {
-      const encoded = secretResourcesFor(name, secret)
-      add(encoded.main)
-      if (encoded.own !== undefined) ownSecrets.set(name, encoded.own)
-      if (encoded.bundle !== undefined) add(encoded.bundle)
-    } catch (error) {
-      if (!(error instanceof ServiceInvalid)) throw error
-      errors.push({ service: `secret ${name}`, message: error.message, servingPrevious: false })
+  // Secrets change when the Certificates layer publishes: the same map, the same encoded secrets.
+  const sameSecrets = was !== undefined && was.secrets === state.secrets
+  const ownSecrets: Map<string, XdsResource> = sameSecrets
+    ? previous.ownSecrets as Map<string, XdsResource> ?? new Map()
+    : new Map()
+  const oldSecrets = previous.resources.get(TypeUrls.Secret) ?? new Map<string, XdsResource>()
+  if (!sameSecrets) {
+    const secrets = new Map<string, XdsResource>()
+    for (const [name, secret] of state.secrets ?? []) {
+      try {
+        const encoded = secretResourcesFor(name, secret)
+        secrets.set(encoded.main.name, encoded.main)
+        if (encoded.own !== undefined) ownSecrets.set(name, encoded.own)
+        if (encoded.bundle !== undefined) secrets.set(encoded.bundle.name, encoded.bundle)
+      } catch (error) {
+        if (!(error instanceof ServiceInvalid)) throw error
+        errors.push({ service: `secret ${name}`, message: error.message, servingPrevious: false })
+      }
     }
+    for (const name of oldSecrets.keys()) if (!secrets.has(name)) change(TypeUrls.Secret, name, undefined)
+    for (const [name, r] of secrets) if (oldSecrets.get(name) !== r) change(TypeUrls.Secret, name, r)
+  } else {
+    for (const e of previous.errors) if (e.service.startsWith("secret ")) errors.push(e)
   }
 
-  // The snapshot's version from the groups' versions: no need to walk every resource again.
-  const parts: Array<string> = []
-  for (const group of groups.values()) parts.push(group.service, group.version)
-  parts.push(outbound.listener.version, outbound.routes.version)
-  for (const secret of byType.get(TypeUrls.Secret)!.values()) parts.push(secret.name, secret.version)
-  if (mesh.tracing !== undefined) parts.push(mesh.tracing.name, mesh.tracing.version)
-  const changed = new Map<string, Set<string>>([...byType.keys()].map((url) => [url, new Set<string>()]))
-  const mark = (r: XdsResource) => changed.get(r.typeUrl)?.add(r.name)
-  for (const [name, group] of groups) {
+  const resources = new Map<string, ReadonlyMap<string, XdsResource>>()
+  for (const url of Object.values(TypeUrls)) {
+    const before = previous.resources.get(url) ?? new Map<string, XdsResource>()
+    const list = resourceChanges.get(url)
+    resources.set(url, list === undefined ? LayeredMap.of(before) : LayeredMap.of(before).with(list))
+  }
+
+  // The version: a hash of every group's version (by XOR, so only changed groups are hashed), the
+  // outbound listener and routes, the secrets and the tracing cluster.
+  const digest = new Uint8Array(was !== undefined && previous.groups.size > 0 ? was.digest : new Uint8Array(16))
+  for (const [name, group] of changedGroups) {
     const old = previous.groups.get(name)
-    if (old !== group && old?.version !== group.version) {
-      group.resources.forEach(mark)
-      old?.resources.forEach(mark)
-      changed.get(TypeUrls.Listener)?.add(serverListenerMarker(name))
-    }
+    if (old !== undefined) xorInto(digest, pairHash(name, old.version))
+    if (group !== undefined) xorInto(digest, pairHash(name, group.version))
   }
-  for (const [name, old] of previous.groups) {
-    if (groups.has(name)) continue
-    old.resources.forEach(mark)
+  const secretsNow = resources.get(TypeUrls.Secret)!
+  const shared = sameSecrets && oldTracing?.version === mesh.tracing?.version
+    ? was.shared
+    : [
+      ...[...secretsNow.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((
+        r
+      ) => [r.name, r.version]),
+      ...(mesh.tracing !== undefined ? [mesh.tracing.name, mesh.tracing.version] : [])
+    ].join("\n")
+  const version = hash(
+    [Buffer.from(digest).toString("base64url"), outbound.listener.version, outbound.routes.version, shared].join("\n")
+  )
+
+  // What changed, per type, for streams in step with `previous`.
+  const changed = new Map<string, Set<string>>(Object.values(TypeUrls).map((url) => [url, new Set<string>()]))
+  const mark = (r: XdsResource) => changed.get(r.typeUrl)?.add(r.name)
+  for (const [name, group] of changedGroups) {
+    const old = previous.groups.get(name)
+    if (old?.version === group?.version) continue
+    group?.resources.forEach(mark)
+    old?.resources.forEach(mark)
     changed.get(TypeUrls.Listener)?.add(serverListenerMarker(name))
   }
   if (previous.outbound !== outbound) {
     mark(outbound.listener)
     mark(outbound.routes)
   }
-  const secrets = byType.get(TypeUrls.Secret)!
-  const oldSecrets = previous.resources.get(TypeUrls.Secret) ?? new Map<string, XdsResource>()
-  for (const [name, r] of secrets) if (oldSecrets.get(name)?.version !== r.version) mark(r)
-  for (const [name, r] of oldSecrets) if (!secrets.has(name)) mark(r)
-  const oldTracing = previous.resources.get(TypeUrls.Cluster)?.get(TRACING_CLUSTER)
-  if (oldTracing?.version !== mesh.tracing?.version) mark(mesh.tracing ?? oldTracing!)
-  // Any identity's certificate changed: every stream re-resolves its `OWN_SECRET`.
-  const oldOwn = previous.ownSecrets ?? new Map<string, XdsResource>()
-  if (ownSecrets.size !== oldOwn.size || [...ownSecrets].some(([id, r]) => oldOwn.get(id)?.version !== r.version)) {
-    changed.get(TypeUrls.Secret)?.add(OWN_SECRET)
+  if (!sameSecrets) {
+    for (const [name, r] of secretsNow) if (oldSecrets.get(name)?.version !== r.version) mark(r)
+    for (const [name, r] of oldSecrets) if (!secretsNow.has(name)) mark(r)
+    // Any identity's certificate changed: every stream re-resolves its `OWN_SECRET`.
+    const oldOwn = previous.ownSecrets ?? new Map<string, XdsResource>()
+    if (ownSecrets.size !== oldOwn.size || [...ownSecrets].some(([id, r]) => oldOwn.get(id)?.version !== r.version)) {
+      changed.get(TypeUrls.Secret)?.add(OWN_SECRET)
+    }
   }
+  if (oldTracing?.version !== mesh.tracing?.version) mark(mesh.tracing ?? oldTracing!)
 
+  // Availability depends on the service value alone: only the services looked at can have changed.
+  const availability = sameInputs
+    ? LayeredMap.of(previous.availability).with(
+      candidates.map((service) => [service.name, routing(service, new Map()).available] as const)
+    )
+    : new Map(state.services.map((service) => [service.name, routing(service, new Map()).available]))
+  const inputs: BuildInputs = {
+    policy: state.policy,
+    tls: tlsKey,
+    services: state.services,
+    known,
+    secrets: state.secrets,
+    digest,
+    shared
+  }
   return {
     changes: { from: previous.version, names: changed },
     inputs,
-    version: hash(parts.join("\n")),
-    resources: byType,
+    version,
+    resources,
     groups,
     errors,
     ownSecrets,
-    availability: new Map(state.services.map((s) => [s.name, routing(s, new Map()).available])),
+    availability,
     outbound
+  }
+}
+
+/** The group of `service` for this build: the previous one when its inputs are unchanged. */
+const nextGroup = (
+  service: Service,
+  before: ServiceGroup | undefined,
+  sameInputs: boolean,
+  state: MeshState,
+  known: ReadonlySet<string>,
+  tls: MeshTls | undefined,
+  errors: Array<SnapshotError>
+): ServiceGroup | undefined => {
+  if (sameInputs && before?.source !== undefined && sameService(before.source, service)) return before
+  const key = groupKey(service, state, known, tls)
+  if (before !== undefined && before.key === key) return before
+  try {
+    return buildGroup(service, key, state, (name) => known.has(name), tls)
+  } catch (error) {
+    if (!(error instanceof ServiceInvalid)) throw error
+    errors.push({ service: error.service, message: error.message, servingPrevious: before !== undefined })
+    return before
   }
 }
 

@@ -1,0 +1,107 @@
+/**
+ * A one-endpoint change reworks one service, not the registry: what the rest of the path sees of
+ * the unchanged services is the very same objects (Discovery's Service values, the snapshot's
+ * encoded resources and their versions), and the snapshot built from the previous one equals one
+ * built from nothing (same resources, same version). Identity is what keeps the change from being
+ * an O(services) step (bench/change.ts measures the cost); these tests pin it, not a timing.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Context, Effect, Either, Layer, Stream } from "effect"
+import { Discovery } from "../layers/Discovery.js"
+import { LiveConfig } from "../layers/LiveConfig.js"
+import { decodeConfigWithPolicy } from "../src/ConfigDocument.js"
+import { emptyView } from "../src/health/Routing.js"
+import { type Service, servicesFromConfig } from "../src/MeshState.js"
+import { composeMeshState } from "../src/xds/Compose.js"
+import { LayeredMap } from "../src/xds/LayeredMap.js"
+import { TypeUrls } from "../src/xds/Protos.js"
+import { buildSnapshot, type XdsSnapshot } from "../src/xds/XdsSnapshot.js"
+
+const checked = (services: number) =>
+  Either.getOrThrowWith(
+    decodeConfigWithPolicy({
+      mesh: { name: "unit", trustDomain: "unit.local" },
+      services: Array.from({ length: services }, (_, i) => ({
+        name: `svc-${i}`,
+        protocol: "grpc",
+        port: 50051,
+        endpoints: [{ address: `10.0.${i}.1`, port: 8080 }, { address: `10.0.${i}.2`, port: 8080 }]
+      }))
+    }, "test"),
+    (error) => new Error(error.message)
+  )
+
+const names = (snapshot: XdsSnapshot) =>
+  [...snapshot.resources].map(([url, byName]) => [url, [...byName].map(([n, r]) => `${n}@${r.version}`).sort()])
+
+describe("a one-endpoint change keeps the unchanged services by identity", () => {
+  it.scoped("Discovery: a registration republishes one new Service; every other is the same object", () =>
+    Effect.gen(function*() {
+      const { config } = checked(50)
+      const context = yield* Layer.build(Discovery.layerEmbedded.pipe(Layer.provide(LiveConfig.layerMemory(config))))
+      const discovery = Context.get(context, Discovery)
+      const before = yield* discovery.services
+      yield* discovery.register({ service: "svc-7", address: "10.9.9.9", port: 8080, weight: 1, labels: {} })
+      const after = yield* discovery.changes.pipe(
+        Stream.filter((services) => services !== before),
+        Stream.runHead,
+        Effect.flatten
+      )
+      assert.strictEqual(after.length, before.length)
+      const changed = after.filter((s, i) => s !== before[i]).map((s) => s.name)
+      assert.deepStrictEqual(changed, ["svc-7"])
+      assert.deepStrictEqual(after.find((s) => s.name === "svc-7")?.endpoints.map((e) => `${e.address}/${e.source}`), [
+        "10.0.7.1/config",
+        "10.0.7.2/config",
+        "10.9.9.9/api"
+      ])
+    }))
+
+  it("Snapshot: unchanged services keep their encoded resources (same objects, same versions); the result equals a fresh build", () => {
+    const { config, policy } = checked(40)
+    const state = (services: ReadonlyArray<Service>) => composeMeshState(config, policy, services, emptyView)
+    // The registry's way: one new Service object, every other kept.
+    const base = servicesFromConfig(config)
+    const target = base[12]!
+    const next = base.map((s) =>
+      s === target ? { ...s, endpoints: [...s.endpoints, { ...s.endpoints[0]!, address: "10.9.9.9" }] } : s
+    )
+    const from = buildSnapshot(state(base))
+    const incremental = buildSnapshot(state(next), from)
+    const eds = (s: XdsSnapshot, name: string) => s.resources.get(TypeUrls.ClusterLoadAssignment)?.get(name)
+    for (const service of base) {
+      if (service === target) continue
+      assert.strictEqual(eds(incremental, service.name), eds(from, service.name), service.name)
+      assert.strictEqual(incremental.groups.get(service.name), from.groups.get(service.name))
+    }
+    assert.notStrictEqual(eds(incremental, target.name)?.version, eds(from, target.name)?.version)
+    assert.deepStrictEqual(
+      [...incremental.changes!.names.get(TypeUrls.ClusterLoadAssignment)!],
+      [target.name]
+    )
+    const fresh = buildSnapshot(state(next))
+    assert.strictEqual(incremental.version, fresh.version)
+    assert.deepStrictEqual(names(incremental), names(fresh))
+    assert.deepStrictEqual([...incremental.availability].sort(), [...fresh.availability].sort())
+    // Back to the first registry: the first version again (versions are content hashes).
+    assert.strictEqual(buildSnapshot(state(base), incremental).version, from.version)
+  })
+
+  it("LayeredMap: changes over a shared base read as a plain map, and the base never changes", () => {
+    const base = new Map([["a", 1], ["b", 2], ["c", 3]])
+    const one = LayeredMap.of(base).with([["b", 20], ["d", 4], ["a", undefined]])
+    assert.deepStrictEqual([...one], [["b", 20], ["c", 3], ["d", 4]])
+    assert.strictEqual(one.size, 3)
+    assert.isFalse(one.has("a"))
+    const two = one.with([["a", 10], ["d", undefined], ["d", 40]])
+    assert.deepStrictEqual([...two].sort(), [["a", 10], ["b", 20], ["c", 3], ["d", 40]])
+    assert.strictEqual(two.size, 4)
+    assert.deepStrictEqual([...one], [["b", 20], ["c", 3], ["d", 4]])
+    assert.deepStrictEqual([...base], [["a", 1], ["b", 2], ["c", 3]])
+    // Past its bound the layer is folded into a new base: the content is the same.
+    let many = LayeredMap.of(new Map<string, number>())
+    for (let i = 0; i < 2000; i++) many = many.with([[`k${i % 700}`, i]])
+    assert.strictEqual(many.size, 700)
+    assert.strictEqual(many.get("k5"), 1405)
+  })
+})
