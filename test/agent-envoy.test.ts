@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import * as grpc from "@grpc/grpc-js"
 import { Effect, Either } from "effect"
+import { spawn } from "node:child_process"
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -28,6 +29,18 @@ let signingPort = 0
 let xdsPort = 0
 let controller: Daemon | undefined
 const agents: Array<AgentProcess> = []
+
+/** dist/bin/healthcheck.mjs, the image's HEALTHCHECK program, with only the given environment. */
+const healthcheck = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
+  new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [join("dist", "bin", "healthcheck.mjs"), ...args], {
+      env: { PATH: process.env["PATH"] ?? "", ...env },
+      stdio: ["ignore", "ignore", "pipe"]
+    })
+    let stderr = ""
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
+    child.on("exit", (code) => resolve({ code, stderr }))
+  })
 
 const alive = (pid: number) => {
   try {
@@ -177,11 +190,31 @@ describe("agent --envoy", () => {
     150_000
   )
 
+  it(
+    "the image's health check program passes against the agent's admin, chosen by argument or MESH_HEALTHCHECK",
+    async () => {
+      const agent = agents[agents.length - 1]!
+      const port = new URL(agent.adminUrl).port
+      expect(await healthcheck([port])).toEqual({ code: 0, stderr: "" })
+      expect(await healthcheck([], { MESH_HEALTHCHECK: port })).toEqual({ code: 0, stderr: "" })
+      expect(await healthcheck([`${agent.adminUrl}/healthz`], { MESH_HEALTHCHECK: "1" })).toEqual({
+        code: 0,
+        stderr: ""
+      })
+      const bad = await healthcheck([], { MESH_HEALTHCHECK: "agent" })
+      expect(bad.code).toBe(1)
+      expect(bad.stderr).toContain("MESH_HEALTHCHECK: expected a URL")
+    },
+    60_000
+  )
+
   it("SIGTERM: the agent drains and stops Envoy, then exits 0", async () => {
     const agent = agents.pop()!
     agent.child.kill("SIGTERM")
     expect(await agent.exited).toBe(0)
     expect(alive(envoyPid)).toBe(false)
+    // Nothing answers on its admin port now: the health check says so.
+    expect((await healthcheck([new URL(agent.adminUrl).port])).code).toBe(1)
     expect(agent.lines.some((line) => line.includes("Envoy started"))).toBe(true)
   }, 60_000)
 
