@@ -272,7 +272,11 @@ const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<La
     ),
     (input) =>
       launchOf(
-        input,
+        // The identity by file-based SDS, so Envoy follows the Certificates layer's renewals (files
+        // named inline are read only at start).
+        input.xds.identity === undefined
+          ? input
+          : { ...input, xds: { ...input.xds, sdsDir: NodePath.join(stateDirOf(config), "sds") } },
         envoy,
         stateDirOf(config),
         `controller.xds.tls is "mtls": mesh-controller certs issue --service ${input.service} --out ${
