@@ -35,7 +35,9 @@ USER 65532:65532
 ENV NODE_ENV=production LOG_FORMAT=json
 # xDS (gRPC) and the admin HTTP server
 EXPOSE 15010 15014
+# The controller's /healthz (127.0.0.1:15014); an agent container sets MESH_HEALTHCHECK=15021
+# (docker run cannot change an exec-form check without a shell; see src/bin/healthcheck.ts).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["/nodejs/bin/node", "dist/bin/healthcheck.mjs", "http://127.0.0.1:15014/healthz"]
+  CMD ["/nodejs/bin/node", "dist/bin/healthcheck.mjs"]
 ENTRYPOINT ["/nodejs/bin/node", "dist/bin/mesh-controller.mjs"]
 CMD ["run", "--config", "/etc/mesh-controller/mesh.yaml"]

@@ -11,8 +11,9 @@
  * Baseline, measured in the same run: `signPublicKey` called directly (no gRPC, TLS, token or
  * CSR check), with the same concurrency. The ratio is what the service costs on top of signing.
  *
- * Idle RSS: `mesh-controller agent` (dist/, run `npm run build` first) joined and left idle for
- * 5 s, against a bare `node` process idling, both read from /proc. Figures, not a test.
+ * Idle RSS: `mesh-controller agent` joined and left idle for 5 s, as the executable (dist/bin, the
+ * bundle the package's bin and the image run) and from the per-module build (dist/src), against a
+ * bare `node` process idling, all read from /proc (run `npm run build` first). Figures, not a test.
  */
 import { Duration, Effect, Layer, Logger, LogLevel, Redacted, Schema, SubscriptionRef } from "effect"
 import { spawn } from "node:child_process"
@@ -146,7 +147,8 @@ const program = Effect.gen(function*() {
         service: "web",
         createdAt: new Date().toISOString(),
         expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
-        uses: 1,
+        // One join for each of the two agents measured below.
+        uses: 2,
         used: 0,
         secretHash: hashSecret(secret)
       }))
@@ -193,30 +195,39 @@ const layer = Layer.unwrapEffect(
 Effect.runPromise(
   Effect.scoped(Effect.gen(function*() {
     const { port, token } = yield* Effect.provide(program, yield* Layer.build(layer))
+    // The executable (the package's bin and the image: a tree-shaken bundle) and the per-module
+    // build (dist/src, what library users import), each joining with the two-use token.
     const tokenFile = join(dir, "token")
     writeFileSync(tokenFile, token)
-    const agent = yield* idleRss(
-      [
-        "dist/src/main.js",
-        "agent",
-        "--controller",
-        `127.0.0.1:${port}`,
-        "--token-file",
-        tokenFile,
-        "--dir",
-        join(dir, "agent"),
-        "--admin",
-        "127.0.0.1:0"
-      ],
-      (line) => line.includes("certificate written")
-    )
+    const agentRss = (entry: string, name: string) =>
+      Effect.gen(function*() {
+        return yield* idleRss(
+          [
+            entry,
+            "agent",
+            "--controller",
+            `127.0.0.1:${port}`,
+            "--token-file",
+            tokenFile,
+            "--dir",
+            join(dir, `agent-${name}`),
+            "--admin",
+            "127.0.0.1:0"
+          ],
+          (line) => line.includes("certificate written")
+        )
+      })
+    const agent = yield* agentRss("dist/bin/mesh-controller.mjs", "bundle")
+    const perModule = yield* agentRss("dist/src/main.js", "modules")
     const bare = yield* idleRss(
       ["-e", "console.log('ready'); setInterval(() => {}, 1000)"],
       (line) => line.includes("ready")
     )
     console.log(
-      `agent idle RSS: ${agent.toFixed(1)} MiB; bare node idle: ${bare.toFixed(1)} MiB; ratio ${
-        (agent / bare).toFixed(2)
+      `agent idle RSS: ${agent.toFixed(1)} MiB (executable, dist/bin), ${
+        perModule.toFixed(1)
+      } MiB (per-module dist/src); bare node idle: ${bare.toFixed(1)} MiB; ratio ${(agent / bare).toFixed(2)} / ${
+        (perModule / bare).toFixed(2)
       }`
     )
     yield* Effect.sleep(Duration.millis(100))

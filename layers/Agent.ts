@@ -25,6 +25,7 @@ import {
   Schedule,
   Schema
 } from "effect"
+import type { Scope } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import { createServer } from "node:http"
@@ -118,6 +119,11 @@ export class Agent extends Context.Tag("mesh-controller/Agent")<
     readonly status: Effect.Effect<AgentStatus>
     readonly files: IdentityFiles
     readonly admin: { readonly host: string; readonly port: number }
+    /**
+     * Adds a section to /healthz's JSON (the agent's Envoy: `envoy`) for as long as the scope
+     * lasts. It informs; the status code stays the identity's.
+     */
+    readonly report: (name: string, status: Effect.Effect<unknown>) => Effect.Effect<void, never, Scope.Scope>
   }
 >() {
   static readonly layer = (options: AgentOptions): Layer.Layer<Agent, AgentRefused> =>
@@ -197,7 +203,25 @@ export const make = (options: AgentOptions) =>
       } satisfies AgentStatus
     })
 
-    const admin = yield* serveAdmin(options.admin, statusNow)
+    const sections = yield* Ref.make<ReadonlyMap<string, Effect.Effect<unknown>>>(new Map())
+    const report = (name: string, section: Effect.Effect<unknown>) =>
+      Effect.acquireRelease(
+        Ref.update(sections, (m) => new Map([...m, [name, section]])),
+        () =>
+          Ref.update(sections, (m) => {
+            const next = new Map(m)
+            next.delete(name)
+            return next
+          })
+      )
+    const healthNow = Effect.gen(function*() {
+      const s = yield* statusNow
+      const extra: Record<string, unknown> = {}
+      for (const [name, section] of yield* Ref.get(sections)) extra[name] = yield* section
+      return { status: s, body: { ...s, ...extra } }
+    })
+
+    const admin = yield* serveAdmin(options.admin, statusNow, healthNow)
 
     const fail = (what: "join" | "renewal" | "bundle", error: { readonly message: string }) =>
       Effect.gen(function*() {
@@ -414,21 +438,25 @@ export const make = (options: AgentOptions) =>
       Effect.forkScoped
     )
 
-    return Agent.of({ status: statusNow, files, admin })
+    return Agent.of({ status: statusNow, files, admin, report })
   }).pipe(Effect.annotateLogs({ module: "agent" }))
 
 /** The agent's admin: /healthz (200 with a valid certificate, else 503; JSON with time to expiry) and /metrics. */
-const serveAdmin = (address: { readonly host: string; readonly port: number }, status: Effect.Effect<AgentStatus>) =>
+const serveAdmin = (
+  address: { readonly host: string; readonly port: number },
+  status: Effect.Effect<AgentStatus>,
+  health: Effect.Effect<{ readonly status: AgentStatus; readonly body: Record<string, unknown> }>
+) =>
   Effect.gen(function*() {
     collectProcessMetrics()
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     const server = createServer((request, response) => {
       const path = (request.url ?? "/").split("?")[0]
       if (path === "/healthz") {
-        runFork(Effect.flatMap(status, (s) =>
+        runFork(Effect.flatMap(health, (h) =>
           Effect.sync(() => {
-            response.writeHead(s.state === "ok" ? 200 : 503, { "content-type": "application/json" })
-            response.end(JSON.stringify(s) + "\n")
+            response.writeHead(h.status.state === "ok" ? 200 : 503, { "content-type": "application/json" })
+            response.end(JSON.stringify(h.body) + "\n")
           })))
       } else if (path === "/metrics") {
         runFork(Effect.gen(function*() {

@@ -146,6 +146,10 @@ export class Sidecar extends Context.Tag("mesh-controller/Sidecar")<
         )).pipe(Effect.annotateLogs({ module: "sidecar" }))
     )
 
+  /** Runs Envoy with one fixed bootstrap, needing no LiveConfig (the agent's Envoy). */
+  static readonly layerBootstrap = (options: SidecarBootstrapOptions): Layer.Layer<Sidecar, SidecarConfigInvalid> =>
+    Layer.scoped(Sidecar, makeBootstrap(options).pipe(Effect.annotateLogs({ module: "sidecar" })))
+
   /** No sidecar on this host. */
   static readonly layerNone: Layer.Layer<Sidecar> = Layer.succeed(Sidecar, {
     status: Effect.succeed(disabledStatus),
@@ -221,40 +225,63 @@ interface Launch {
   readonly key: string
   /** With mTLS to the controller: the files Envoy reads its identity from. */
   readonly identity: IdentityFiles | undefined
+  readonly identityHint: string
   readonly service: string
   readonly instance: string
 }
 
+/** A launch from a bootstrap's inputs; `identityHint` says how to make missing identity files. */
+const launchOf = (
+  input: BootstrapInput,
+  envoy: Envoy,
+  stateDir: string,
+  identityHint: string
+): Either.Either<Launch, SidecarConfigInvalid> =>
+  Either.map(
+    Either.mapLeft(renderBootstrap(input), (error) =>
+      new SidecarConfigInvalid({ reason: `generated bootstrap rejected: ${error.message}` })),
+    (rendered) => {
+      const settings = JSON.stringify([
+        envoy.path,
+        envoy.args,
+        envoy.baseId,
+        envoy.concurrency,
+        formatDuration(envoy.drainTime)
+      ])
+      return {
+        rendered,
+        envoy,
+        stateDir,
+        bootstrapPath: NodePath.join(stateDir, "bootstrap.yaml"),
+        identity: input.xds.identity,
+        identityHint,
+        service: input.service,
+        instance: input.instance,
+        key: createHash("sha256").update(rendered.version).update(settings).digest("hex").slice(0, 16)
+      }
+    }
+  )
+
 const toLaunch = (config: MeshConfig, options: SidecarOptions): Either.Either<Launch, SidecarConfigInvalid> => {
   const envoy = config.sidecar.envoy
   const instance = options.instance ?? envoy.instance ?? NodeOs.hostname()
-  const input = inputFromConfig(config, { instance })
   return Either.flatMap(
-    Either.mapLeft(input, (error) => new SidecarConfigInvalid({ reason: error.reason })),
-    (input: BootstrapInput) =>
-      Either.map(
-        Either.mapLeft(renderBootstrap(input), (error) =>
-          new SidecarConfigInvalid({ reason: `generated bootstrap rejected: ${error.message}` })),
-        (rendered) => {
-          const stateDir = stateDirOf(config)
-          const settings = JSON.stringify([
-            envoy.path,
-            envoy.args,
-            envoy.baseId,
-            envoy.concurrency,
-            formatDuration(envoy.drainTime)
-          ])
-          return {
-            rendered,
-            envoy,
-            stateDir,
-            bootstrapPath: NodePath.join(stateDir, "bootstrap.yaml"),
-            identity: input.xds.identity,
-            service: input.service,
-            instance: input.instance,
-            key: createHash("sha256").update(rendered.version).update(settings).digest("hex").slice(0, 16)
-          }
-        }
+    Either.mapLeft(
+      inputFromConfig(config, { instance }),
+      (error) => new SidecarConfigInvalid({ reason: error.reason })
+    ),
+    (input) =>
+      launchOf(
+        // The identity by file-based SDS, so Envoy follows the Certificates layer's renewals (files
+        // named inline are read only at start).
+        input.xds.identity === undefined
+          ? input
+          : { ...input, xds: { ...input.xds, sdsDir: NodePath.join(stateDirOf(config), "sds") } },
+        envoy,
+        stateDirOf(config),
+        `controller.xds.tls is "mtls": mesh-controller certs issue --service ${input.service} --out ${
+          input.xds.identity?.directory ?? ""
+        }`
       )
   )
 }
@@ -471,6 +498,44 @@ export const make = (
       onLeft: Effect.fail,
       onRight: Effect.succeed
     })
+    // LiveConfig changes become new launches; a config that cannot produce a valid bootstrap is
+    // reported and the running Envoy keeps its bootstrap.
+    const launches = config.changes.pipe(
+      Stream.drop(1),
+      Stream.map((loaded) => toLaunch(loaded.config, options))
+    )
+    return yield* supervisor(initial, launches, options)
+  })
+
+/** What a sidecar with a fixed bootstrap needs (`Sidecar.layerBootstrap`: the agent's Envoy). */
+export interface SidecarBootstrapOptions {
+  readonly input: BootstrapInput
+  /** The Envoy settings (`sidecar.envoy`'s schema, decoded; `service`, `stateDir` and `enabled` are not read). */
+  readonly envoy: Envoy
+  /** Where the bootstrap, its SDS files and Envoy's admin address files go. */
+  readonly stateDir: string
+  /** How an operator makes the identity files if they are missing. */
+  readonly identityHint: string
+  readonly preflight?: PreflightResult
+}
+
+/** A sidecar for one bootstrap that does not change (no LiveConfig): what `mesh-controller agent --envoy` runs. */
+export const makeBootstrap = (
+  options: SidecarBootstrapOptions
+): Effect.Effect<Context.Tag.Service<Sidecar>, SidecarConfigInvalid, Scope.Scope> =>
+  Effect.flatMap(
+    launchOf(options.input, options.envoy, NodePath.resolve(options.stateDir), options.identityHint),
+    (initial) =>
+      supervisor(initial, Stream.never, options.preflight === undefined ? {} : { preflight: options.preflight })
+  )
+
+/** Runs `initial`, then each launch that `launches` brings (a Left is reported; the running Envoy stays). */
+const supervisor = (
+  initial: Launch,
+  launches: Stream.Stream<Either.Either<Launch, SidecarConfigInvalid>>,
+  options: SidecarOptions
+): Effect.Effect<Context.Tag.Service<Sidecar>, never, Scope.Scope> =>
+  Effect.gen(function*() {
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
 
     const setpriv = findSetpriv()
@@ -516,6 +581,19 @@ export const make = (
             try: () => NodeFs.promises.mkdir(launch.stateDir, { recursive: true }),
             catch: (cause) => new SidecarConfigInvalid({ reason: `cannot create ${launch.stateDir}: ${String(cause)}` })
           })
+          // The SDS files first: Envoy needs every path_config_source to exist when it loads the bootstrap.
+          for (const file of launch.rendered.sds) {
+            yield* Effect.tryPromise({
+              try: () => NodeFs.promises.mkdir(NodePath.dirname(file.path), { recursive: true }),
+              catch: (cause) =>
+                new SidecarConfigInvalid({ reason: `cannot create ${NodePath.dirname(file.path)}: ${String(cause)}` })
+            })
+            yield* writeAtomic(file.path, file.yaml, { mode: 0o644, replace: true }).pipe(
+              Effect.mapError((error) =>
+                new SidecarConfigInvalid({ reason: `cannot write ${file.path}: ${error.message}` })
+              )
+            )
+          }
           yield* writeAtomic(launch.bootstrapPath, launch.rendered.yaml, { mode: 0o644, replace: true }).pipe(
             Effect.mapError((error) =>
               new SidecarConfigInvalid({ reason: `cannot write the bootstrap: ${error.message}` })
@@ -546,8 +624,7 @@ export const make = (
         const missing = files.filter((file) => !NodeFs.existsSync(file))
         if (missing.length === 0) return
         return yield* new SidecarConfigInvalid({
-          reason: `controller.xds.tls is "mtls" but the sidecar's identity files are missing: ${missing.join(", ")} ` +
-            `(mesh-controller certs issue --service ${launch.service} --out ${identity.directory})`
+          reason: `the sidecar's identity files are missing: ${missing.join(", ")} (${launch.identityHint})`
         })
       })
 
@@ -730,12 +807,9 @@ export const make = (
       })
     )
 
-    // LiveConfig changes become new launches; a config that cannot produce a valid bootstrap is
-    // reported and the running Envoy keeps its bootstrap.
-    yield* config.changes.pipe(
-      Stream.drop(1),
-      Stream.runForEach((loaded) =>
-        Either.match(toLaunch(loaded.config, options), {
+    yield* launches.pipe(
+      Stream.runForEach((next) =>
+        Either.match(next, {
           onLeft: (error) =>
             Effect.zipRight(
               update((s) => ({ ...s, lastError: error.message })),

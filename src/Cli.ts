@@ -1,14 +1,8 @@
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
+import type * as NodeContext from "@effect/platform-node/NodeContext"
 import { Config as EffectConfig, Console, Effect, Layer } from "effect"
-import { agentCommand } from "./commands/agent.js"
-import { makeCertsCommands } from "./commands/certs.js"
-import { makeDemoCommand } from "./commands/demo.js"
-import { makeEnvoyCommand } from "./commands/envoy.js"
-import { makeGrpcCommand } from "./commands/grpc.js"
-import { makePolicyCommand } from "./commands/policy.js"
-import { makeTokenCommand } from "./commands/token.js"
 import { packageVersion } from "./Version.js"
 
 // The daemon, the config loader and the schema are imported when their command runs, not when the
@@ -56,29 +50,66 @@ const schema = Command.make("schema", {}, () =>
     Command.withDescription("Print the config file's JSON Schema (for yaml-language-server and other editors).")
   )
 
-const { ca, certs } = makeCertsCommands(configOption)
+/** What the commands need from the runtime: main.ts provides NodeContext. */
+type AnyCommand = Command.Command<any, NodeContext.NodeContext, any, any>
 
-export const makeRootCommand = (version: string) =>
-  Command.make("mesh-controller").pipe(
-    Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
-    Command.withSubcommands([
-      makeRun(version),
-      validate,
-      schema,
-      certs,
-      ca,
-      makeEnvoyCommand(configOption),
-      makeGrpcCommand(configOption),
-      makePolicyCommand(configOption),
-      makeTokenCommand(configOption),
-      agentCommand,
-      makeDemoCommand(version)
-    ])
+/**
+ * The command groups whose modules are heavy (the CA, Consul, the config schema, the policy
+ * compiler), in the order `--help` lists them, each loaded by a dynamic import. A command line
+ * that names one of them loads that one only: `mesh-controller agent` on a small host does not
+ * carry the CA or Consul's client (its idle memory), and every command starts sooner.
+ */
+const groups: ReadonlyArray<{
+  readonly names: ReadonlyArray<string>
+  readonly load: (version: string) => Promise<ReadonlyArray<AnyCommand>>
+}> = [
+  {
+    names: ["certs", "ca"],
+    load: () =>
+      import("./commands/certs.js").then(({ makeCertsCommands }) => {
+        const { ca, certs } = makeCertsCommands(configOption)
+        return [certs, ca]
+      })
+  },
+  { names: ["envoy"], load: () => import("./commands/envoy.js").then((m) => [m.makeEnvoyCommand(configOption)]) },
+  { names: ["grpc"], load: () => import("./commands/grpc.js").then((m) => [m.makeGrpcCommand(configOption)]) },
+  { names: ["policy"], load: () => import("./commands/policy.js").then((m) => [m.makePolicyCommand(configOption)]) },
+  { names: ["token"], load: () => import("./commands/token.js").then((m) => [m.makeTokenCommand(configOption)]) },
+  { names: ["agent"], load: () => import("./commands/agent.js").then((m) => [m.agentCommand]) },
+  { names: ["demo"], load: (version) => import("./commands/demo.js").then((m) => [m.makeDemoCommand(version)]) }
+]
+
+/**
+ * The command the arguments name: the first one that is not an option. Anything else (no
+ * command, `--help`, an option before the command, a typo) gets every group, so help and
+ * usage errors list them all.
+ */
+const namedGroups = (argv: ReadonlyArray<string>) => {
+  const first = argv.slice(2).find((arg) => !arg.startsWith("-"))
+  const named = groups.filter((group) => first !== undefined && group.names.includes(first))
+  return named.length === 1 && argv[2] === first ? named : groups
+}
+
+/** The root command with the groups `argv` needs (all of them when `argv` is omitted). */
+export const makeRootCommand = (version: string, argv?: ReadonlyArray<string>) =>
+  Effect.promise(() =>
+    Promise.all((argv === undefined ? groups : namedGroups(argv)).map((group) => group.load(version)))
+  ).pipe(
+    Effect.map((loaded) =>
+      Command.make("mesh-controller").pipe(
+        Command.withDescription("The control plane of a small service mesh, served over Envoy's xDS protocol."),
+        Command.withSubcommands([makeRun(version), validate, schema, ...loaded.flat()])
+      )
+    )
   )
 
 /** The CLI: the package version is read when it runs (for --version and the daemon's /status). */
 export const cli = (argv: ReadonlyArray<string>) =>
   Effect.flatMap(
     packageVersion,
-    (version) => Command.run(makeRootCommand(version), { name: "mesh-controller", version })(argv)
+    (version) =>
+      Effect.flatMap(
+        makeRootCommand(version, argv),
+        (root) => Command.run(root, { name: "mesh-controller", version })(argv)
+      )
   )

@@ -9,9 +9,17 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as YAML from "yaml"
 import type { MeshConfig } from "../schemas/Config.js"
+import { filesIn } from "../src/certs/IdentityFiles.js"
 import { makeEnvoyCommand } from "../src/commands/envoy.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
-import { buildBootstrap, checkBootstrap, inputFromConfig, renderBootstrap } from "../src/sidecar/Bootstrap.js"
+import {
+  buildBootstrap,
+  checkBootstrap,
+  checkSdsFile,
+  inputForAgent,
+  inputFromConfig,
+  renderBootstrap
+} from "../src/sidecar/Bootstrap.js"
 import * as Protos from "../src/xds/Protos.js"
 
 const configOf = (
@@ -122,6 +130,55 @@ describe("Envoy bootstrap", () => {
     assert.isTrue(decoded.stats_config.use_all_default_tags.value)
     const heap = unpack(decoded.overload_manager.resource_monitors[0].typed_config)
     assert.deepStrictEqual(heap, { max_heap_size_bytes: String(64 * 1024 * 1024) })
+  })
+
+  it("the agent's bootstrap: mTLS identity by file-based SDS, one Secret per file, each watching the identity directory", () => {
+    const identity = filesIn("/var/lib/mesh/identity")
+    const rendered = Either.getOrThrow(renderBootstrap(inputForAgent({
+      trustDomain: "home.arpa",
+      service: "web",
+      instance: "pi-3",
+      xds: { host: "10.0.0.2", port: 15010 },
+      envoy: configOf().sidecar.envoy,
+      identity,
+      sdsDir: "/var/lib/mesh/envoy/sds"
+    })))
+    const decoded = roundTrip(rendered.json)
+    assert.deepStrictEqual([decoded.node.id, decoded.node.cluster], ["web~pi-3", "web"])
+    const tls = unpack(decoded.static_resources.clusters[0].transport_socket.typed_config) as any
+    const context = tls.common_tls_context
+    assert.isUndefined(context.tls_certificates?.[0])
+    const source = context.tls_certificate_sds_secret_configs[0].sds_config.path_config_source
+    assert.deepStrictEqual(source, {
+      path: "/var/lib/mesh/envoy/sds/mesh-identity.yaml",
+      watched_directory: { path: "/var/lib/mesh/identity" }
+    })
+    assert.deepStrictEqual(
+      context.combined_validation_context.default_validation_context.match_typed_subject_alt_names,
+      [
+        { san_type: "URI", matcher: { exact: "spiffe://home.arpa/controller" } }
+      ]
+    )
+    assert.deepStrictEqual(rendered.sds.map((file) => file.path), [
+      "/var/lib/mesh/envoy/sds/mesh-identity.yaml",
+      "/var/lib/mesh/envoy/sds/mesh-trust.yaml"
+    ])
+    for (const file of rendered.sds) {
+      const parsed = YAML.parse(file.yaml)
+      const bytes = Either.getOrThrow(checkSdsFile(parsed))
+      const response = Protos.decode(Protos.Types.DiscoveryResponse, bytes) as any
+      assert.strictEqual(response.resources.length, 1)
+    }
+    const identitySecret = YAML.parse(rendered.sds[0]!.yaml).resources[0]
+    assert.deepStrictEqual(identitySecret.tls_certificate, {
+      certificate_chain: { filename: identity.certificateChain },
+      private_key: { filename: identity.privateKey },
+      watched_directory: { path: identity.directory }
+    })
+    // A Secret Envoy would refuse (no certificate chain) is caught before anything is written.
+    assert.isTrue(Either.isLeft(checkSdsFile({
+      resources: [{ "@type": Protos.typeUrl(Protos.Types.Secret), name: "x", tls_certificate: { nonsense: 1 } }]
+    })))
   })
 
   it("prints YAML that still checks when read back (what Envoy reads from -c)", () => {

@@ -6,6 +6,7 @@
 import { Command, Options } from "@effect/cli"
 import { Duration, Effect, Layer, Option } from "effect"
 import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
 import { Agent, AgentRefused, defaultBootstrapFile } from "../../layers/Agent.js"
 import { parseDurationMillis } from "../../schemas/Duration.js"
 
@@ -66,6 +67,24 @@ export const agentCommand = Command.make(
       Options.optional,
       Options.withDescription("Where to write the gRPC xDS bootstrap (default: DIR/grpc-bootstrap.json).")
     ),
+    envoy: Options.boolean("envoy").pipe(
+      Options.withDescription(
+        "Also run the local Envoy once the certificate is held: its bootstrap reaches --xds over mTLS with these " +
+          "files (file-based SDS, so renewals need no restart); needs --xds-tls. Envoy stops when the agent stops."
+      )
+    ),
+    envoyPath: Options.text("envoy-path").pipe(
+      Options.withDefault("envoy"),
+      Options.withDescription("The Envoy binary (with --envoy).")
+    ),
+    envoyAdmin: Options.text("envoy-admin").pipe(
+      Options.withDefault("127.0.0.1:15000"),
+      Options.withDescription("Envoy's admin address (HOST:PORT; port 0 picks one).")
+    ),
+    envoyDir: Options.text("envoy-dir").pipe(
+      Options.optional,
+      Options.withDescription("Where Envoy's bootstrap and SDS files go (default: envoy/ beside --dir).")
+    ),
     retryMax: Options.text("retry-max").pipe(
       Options.withDefault("30s"),
       Options.withDescription("The longest wait between retries when the controller is unreachable.")
@@ -80,8 +99,15 @@ export const agentCommand = Command.make(
       const controller = yield* hostPort("controller", flags.controller)
       const admin = yield* hostPort("admin", flags.admin)
       const xds = Option.isSome(flags.xds)
-        ? (yield* hostPort("xds", flags.xds.value)).text
-        : `${flags.controller.replace(/:\d+$/, "")}:15010`
+        ? yield* hostPort("xds", flags.xds.value)
+        : { host: controller.host, port: 15010, text: `${flags.controller.replace(/:\d+$/, "")}:15010` }
+      if (flags.envoy && !flags.xdsTls) {
+        return yield* new AgentRefused({
+          reason: "--envoy: Envoy reaches the controller's xDS over mTLS with the agent's files; add --xds-tls " +
+            "(the controller needs controller.xds.tls: mtls)"
+        })
+      }
+      const envoyAdmin = yield* hostPort("envoy-admin", flags.envoyAdmin)
       const layer = Agent.layer({
         controller: controller.text,
         tokenFile: Option.getOrUndefined(flags.tokenFile),
@@ -89,7 +115,7 @@ export const agentCommand = Command.make(
         service: Option.getOrUndefined(flags.service),
         instance: flags.instance,
         admin,
-        xdsServer: xds,
+        xdsServer: xds.text,
         xdsChannel: flags.xdsTls ? "tls" : "insecure",
         bootstrapFile: Option.getOrElse(flags.bootstrap, () => defaultBootstrapFile(flags.dir)),
         renewAt: 0.5,
@@ -97,6 +123,17 @@ export const agentCommand = Command.make(
         retryMax: yield* duration("retry-max", flags.retryMax),
         bundleInterval: yield* duration("bundle-interval", flags.bundleInterval)
       })
-      return yield* Layer.launch(layer)
+      if (!flags.envoy) return yield* Layer.launch(layer)
+      // Imported only with --envoy (the agent's memory on a small host).
+      const { agentEnvoyLayer } = yield* Effect.promise(() => import("./agentEnvoy.js"))
+      const envoy = agentEnvoyLayer({
+        path: flags.envoyPath,
+        admin: envoyAdmin,
+        stateDir: Option.getOrElse(flags.envoyDir, () =>
+          NodePath.join(NodePath.dirname(NodePath.resolve(flags.dir)), "envoy")),
+        xds,
+        instance: flags.instance
+      })
+      return yield* Layer.launch(envoy.pipe(Layer.provideMerge(layer)))
     })
 ).pipe(Command.withDescription("Keep this host's mesh identity: join with a token, then renew at half life over mTLS."))

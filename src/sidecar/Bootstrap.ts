@@ -8,6 +8,7 @@ import type { Duration } from "effect"
 import { Data, Either } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeNet from "node:net"
+import * as NodePath from "node:path"
 import * as YAML from "yaml"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { parseHostPort } from "../../schemas/Endpoint.js"
@@ -46,6 +47,12 @@ export interface BootstrapInput {
     readonly initialFetchTimeout: Duration.Duration
     /** Present: mTLS to the controller with the service's identity. */
     readonly identity?: IdentityFiles
+    /**
+     * Present (with `identity`): Envoy takes the identity through file-based SDS, from resource
+     * files kept in this directory (see `sdsFiles`), so it follows the identity directory's
+     * renames. Absent: the files are named inline in the cluster, which Envoy reads only at start.
+     */
+    readonly sdsDir?: string
   }
   readonly admin: { readonly host: string; readonly port: number }
   readonly prometheus?: { readonly host: string; readonly port: number }
@@ -111,6 +118,38 @@ export const inputFromConfig = (
   })
 }
 
+/**
+ * The bootstrap's inputs for the agent's Envoy (`mesh-controller agent --envoy`): no config file
+ * on that host, so the identity the agent holds names the mesh (its trust domain, also used as
+ * node.metadata.mesh) and the service; Envoy reaches the controller's xDS over mTLS with the
+ * agent's files, through file-based SDS kept in `sdsDir`.
+ */
+export const inputForAgent = (options: {
+  readonly trustDomain: string
+  readonly service: string
+  readonly instance: string
+  readonly xds: { readonly host: string; readonly port: number }
+  readonly envoy: MeshConfig["sidecar"]["envoy"]
+  readonly identity: IdentityFiles
+  readonly sdsDir: string
+}): BootstrapInput => ({
+  mesh: { name: options.trustDomain, trustDomain: options.trustDomain },
+  service: options.service,
+  instance: options.instance,
+  xds: {
+    host: options.xds.host,
+    port: options.xds.port,
+    api: options.envoy.xdsApi,
+    initialFetchTimeout: options.envoy.initialFetchTimeout,
+    identity: options.identity,
+    sdsDir: options.sdsDir
+  },
+  admin: options.envoy.admin,
+  ...(options.envoy.prometheus !== undefined ? { prometheus: options.envoy.prometheus } : {}),
+  overload: options.envoy.overload,
+  statsTags: {}
+})
+
 const staticCluster = (name: string, host: string, port: number, extra: Record<string, unknown> = {}) => ({
   name,
   // An IP needs no resolver; a name is re-resolved (the controller may move).
@@ -150,6 +189,77 @@ const upstreamMtls = (input: BootstrapInput, identity: IdentityFiles) => ({
     }
   }
 })
+
+/** The names of the two file-based SDS secrets (one per file: Envoy's SDS takes one secret per subscription). */
+export const SDS_IDENTITY = "mesh-identity"
+export const SDS_TRUST = "mesh-trust"
+
+/** Where the file-based SDS resources go, and what they say. */
+export interface SdsFile {
+  readonly path: string
+  /** A `DiscoveryResponse` in proto3 JSON form holding one `Secret`. */
+  readonly json: Record<string, unknown>
+}
+
+/**
+ * The identity as file-based SDS: one `DiscoveryResponse` file per secret, each naming the
+ * identity files and watching their directory. Envoy reloads a `path_config_source` when an entry
+ * of its `watched_directory` is moved to, and re-reads the certificate and key together (checked
+ * for a consistent pair) on the secret's own `watched_directory`: with the agent's `..data` swap
+ * (layers/internal/AtomicWriter.ts) that is one rename, so a renewal reaches Envoy without a restart.
+ * Statically named files (no SDS) are read once at start: Envoy documents `watched_directory` as
+ * applying only to secrets delivered by SDS.
+ */
+export const sdsFiles = (identity: IdentityFiles, sdsDir: string): ReadonlyArray<SdsFile> => {
+  const watched = { path: identity.directory }
+  const file = (name: string, secret: Record<string, unknown>): SdsFile => ({
+    path: NodePath.join(sdsDir, `${name}.yaml`),
+    json: { resources: [{ "@type": Protos.typeUrl(Protos.Types.Secret), name, ...secret }] }
+  })
+  return [
+    file(SDS_IDENTITY, {
+      tls_certificate: {
+        certificate_chain: { filename: identity.certificateChain },
+        private_key: { filename: identity.privateKey },
+        watched_directory: watched
+      }
+    }),
+    file(SDS_TRUST, {
+      validation_context: { trusted_ca: { filename: identity.trustedCa }, watched_directory: watched }
+    })
+  ]
+}
+
+const sdsConfig = (path: string, identity: IdentityFiles) => ({
+  path_config_source: { path, watched_directory: { path: identity.directory } },
+  resource_api_version: "V3"
+})
+
+const upstreamMtlsSds = (input: BootstrapInput, identity: IdentityFiles, sdsDir: string) => {
+  const [certificate, trust] = sdsFiles(identity, sdsDir)
+  return {
+    name: "envoy.transport_sockets.tls",
+    typed_config: {
+      "@type": Protos.typeUrl(Protos.Types.UpstreamTlsContext),
+      common_tls_context: {
+        tls_certificate_sds_secret_configs: [{
+          name: SDS_IDENTITY,
+          sds_config: sdsConfig(certificate!.path, identity)
+        }],
+        combined_validation_context: {
+          default_validation_context: {
+            match_typed_subject_alt_names: [{
+              san_type: "URI",
+              matcher: { exact: controllerId(input.mesh.trustDomain) }
+            }]
+          },
+          validation_context_sds_secret_config: { name: SDS_TRUST, sds_config: sdsConfig(trust!.path, identity) }
+        },
+        alpn_protocols: ["h2"]
+      }
+    }
+  }
+}
 
 const prometheusListener = (prometheus: { readonly host: string; readonly port: number }) => ({
   name: "prometheus-stats",
@@ -224,7 +334,13 @@ export const buildBootstrap = (input: BootstrapInput): Record<string, unknown> =
   const clusters: Array<Record<string, unknown>> = [
     staticCluster(XDS_CLUSTER, input.xds.host, input.xds.port, {
       typed_extension_protocol_options: http2Options,
-      ...(identity !== undefined ? { transport_socket: upstreamMtls(input, identity) } : {})
+      ...(identity === undefined
+        ? {}
+        : {
+          transport_socket: input.xds.sdsDir === undefined
+            ? upstreamMtls(input, identity)
+            : upstreamMtlsSds(input, identity, input.xds.sdsDir)
+        })
     })
   ]
   if (input.prometheus !== undefined) clusters.push(staticCluster(ADMIN_CLUSTER, input.admin.host, input.admin.port))
@@ -295,17 +411,36 @@ export const checkBootstrap = (bootstrap: unknown): Either.Either<Uint8Array, Pr
   return Protos.encode(Protos.Types.Bootstrap, fromProto3Json(type, bootstrap))
 }
 
+/** Checks a file-based SDS resource file against Envoy's `DiscoveryResponse` (and the `Secret` in it). */
+export const checkSdsFile = (json: unknown): Either.Either<Uint8Array, Protos.ProtoInvalid> => {
+  const type = Protos.lookupType(Protos.Types.DiscoveryResponse)
+  return Protos.encode(Protos.Types.DiscoveryResponse, fromProto3Json(type, json))
+}
+
 /** Builds, checks and renders: what `envoy bootstrap` prints and the Sidecar layer writes. */
 export interface RenderedBootstrap {
   readonly json: Record<string, unknown>
   readonly yaml: string
+  /** Of the bootstrap and its SDS files together. */
   readonly version: string
+  /** The file-based SDS resources the bootstrap names (written before it); empty without `xds.sdsDir`. */
+  readonly sds: ReadonlyArray<{ readonly path: string; readonly yaml: string }>
 }
 
 export const renderBootstrap = (input: BootstrapInput): Either.Either<RenderedBootstrap, Protos.ProtoInvalid> => {
   const json = buildBootstrap(input)
-  return Either.map(checkBootstrap(json), () => {
-    const yaml = toYaml(json)
-    return { json, yaml, version: versionOf(yaml) }
-  })
+  const identity = input.xds.identity
+  const sds = identity === undefined || input.xds.sdsDir === undefined ? [] : sdsFiles(identity, input.xds.sdsDir)
+  return Either.flatMap(
+    checkBootstrap(json),
+    () =>
+      Either.map(Either.all(sds.map((file) => checkSdsFile(file.json))), () => {
+        const yaml = toYaml(json)
+        const files = sds.map((file) => ({ path: file.path, yaml: toYaml(file.json) }))
+        const version = files.length === 0
+          ? versionOf(yaml)
+          : versionOf([yaml, ...files.map((file) => `${file.path}\n${file.yaml}`)].join("\n---\n"))
+        return { json, yaml, version, sds: files }
+      })
+  )
 }

@@ -11,7 +11,14 @@
 //   --admin-address-path FILE (written with "ip:port" once the admin listens)
 //   admin: GET /ready (503 PRE_INITIALIZING/INITIALIZING, then 200 LIVE; 503 DRAINING after a
 //          graceful drain), POST /drain_listeners[?graceful][&inboundonly], GET /server_info,
-//          POST /quitquitquit, GET /stats/prometheus
+//          POST /quitquitquit, GET /stats/prometheus, GET /certs (the certificates of each cluster's
+//          TLS transport socket, as Envoy's admin shows them: path, serial_number, subject_alt_names,
+//          days_until_expiration, valid_from, expiration_time)
+//   TLS files: the certificates named in clusters' transport sockets, inline (`filename`) or through
+//          file-based SDS (`sds_config.path_config_source`: a DiscoveryResponse file with one Secret).
+//          As Envoy, a path_config_source file that does not exist fails the start. The stand-in reads
+//          the files again at each /certs request, which is what Envoy sees after the rename its
+//          `watched_directory` reacts to (it does not emulate the watch itself).
 //   SIGTERM/SIGINT: exit 0 at once (Envoy does not drain on SIGTERM)
 //   unknown options: "PARSE ERROR", exit 1 (as Envoy's TCLAP parser)
 //
@@ -25,6 +32,7 @@
 //   --standin-ready-delay-ms MS            how long /ready answers 503 (default 150)
 //   --standin-ignore-sigterm               ignore SIGTERM (to test SIGKILL escalation)
 //   --standin-events FILE                  append one JSON line per lifecycle event
+import { X509Certificate } from "node:crypto"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import * as net from "node:net"
@@ -168,6 +176,76 @@ if (socketAddress === undefined) {
   process.exit(1)
 }
 
+// ---- TLS files ------------------------------------------------------------------------------
+const sdsSources = []
+const walk = (value) => {
+  if (Array.isArray(value)) value.forEach(walk)
+  else if (value !== null && typeof value === "object") {
+    if (typeof value.path_config_source?.path === "string") sdsSources.push(value.path_config_source.path)
+    Object.values(value).forEach(walk)
+  }
+}
+walk(bootstrap)
+for (const path of sdsSources) {
+  if (!fs.existsSync(path)) {
+    log(
+      "critical",
+      "main",
+      `error initializing configuration '${options.config}': paths must refer to an existing path in the system: '${path}' does not exist`
+    )
+    process.exit(1)
+  }
+}
+
+/** The one Secret a file-based SDS source holds (Envoy refuses any other count). */
+const sdsSecret = (config, expected) => {
+  const path = config?.path_config_source?.path
+  const resources = YAML.parse(fs.readFileSync(path, "utf8"))?.resources ?? []
+  if (resources.length !== 1) throw new Error(`${path}: Unexpected SDS secrets length: ${resources.length}`)
+  if (resources[0].name !== expected) {
+    throw new Error(`${path}: Unexpected SDS secret (expecting ${expected}): ${resources[0].name}`)
+  }
+  return resources[0]
+}
+
+const details = (filename) => {
+  const pem = fs.readFileSync(filename, "utf8")
+  const first = pem.slice(0, pem.indexOf("-----END CERTIFICATE-----") + 25)
+  const cert = new X509Certificate(first)
+  const expires = Date.parse(cert.validTo)
+  return {
+    path: filename,
+    serial_number: cert.serialNumber.toLowerCase(),
+    subject_alt_names: (cert.subjectAltName ?? "").split(", ").filter((s) => s.startsWith("URI:")).map((s) => ({
+      uri: s.slice(4)
+    })),
+    days_until_expiration: String(Math.max(0, Math.floor((expires - Date.now()) / 86_400_000))),
+    valid_from: new Date(Date.parse(cert.validFrom)).toISOString(),
+    expiration_time: new Date(expires).toISOString()
+  }
+}
+
+const certificates = () =>
+  (bootstrap.static_resources?.clusters ?? []).flatMap((cluster) => {
+    const context = cluster.transport_socket?.typed_config?.common_tls_context
+    if (context === undefined) return []
+    const chains = [
+      ...(context.tls_certificates ?? []),
+      ...(context.tls_certificate_sds_secret_configs ?? []).map((c) => sdsSecret(c.sds_config, c.name).tls_certificate)
+    ]
+    const validation = context.validation_context ??
+      (context.combined_validation_context?.validation_context_sds_secret_config === undefined
+        ? undefined
+        : sdsSecret(
+          context.combined_validation_context.validation_context_sds_secret_config.sds_config,
+          context.combined_validation_context.validation_context_sds_secret_config.name
+        ).validation_context)
+    return [{
+      ca_cert: validation?.trusted_ca?.filename === undefined ? [] : [details(validation.trusted_ca.filename)],
+      cert_chain: chains.map((chain) => details(chain.certificate_chain.filename))
+    }]
+  })
+
 event("start", { argv, config: options.config, node: bootstrap.node.id })
 log("info", "main", `initializing epoch ${options.epoch} (base id=${options.baseId}, hot restart version=11.104)`)
 log(
@@ -280,6 +358,14 @@ const handle = (req, res) => {
     case "/server_info":
       res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(serverInfo(), null, 2))
       return
+    case "/certs":
+      try {
+        res.writeHead(200, { "content-type": "application/json" })
+          .end(JSON.stringify({ certificates: certificates() }, null, 2))
+      } catch (error) {
+        res.writeHead(500, { "content-type": "text/plain" }).end(`${error.message}\n`)
+      }
+      return
     case "/drain_listeners":
       return post(() => {
         const graceful = url.searchParams.has("graceful")
@@ -303,7 +389,7 @@ const handle = (req, res) => {
       return
     default:
       res.writeHead(404, { "content-type": "text/plain" }).end(
-        "invalid path. admin commands are: /ready /server_info /drain_listeners /quitquitquit /stats/prometheus\n"
+        "invalid path. admin commands are: /certs /ready /server_info /drain_listeners /quitquitquit /stats/prometheus\n"
       )
   }
 }
