@@ -4,14 +4,22 @@
  * admin identity (issued by `certs issue`, as the README shows for curl) is a credential like the
  * bearer token. Needs `npm run build` (the daemon, `certs issue` and the HEALTHCHECK bundle).
  */
+import { it as effectIt } from "@effect/vitest"
+import { Context, Deferred, Effect, Layer } from "effect"
 import { execFileSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import * as Https from "node:https"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import * as NodeTls from "node:tls"
 import { afterAll, describe, expect, it } from "vitest"
-import { checkServerSpiffeId } from "../src/certs/Tls.js"
+import { Admin } from "../layers/Admin.js"
+import { Certificates } from "../layers/Certificates.js"
+import { Lifecycle } from "../layers/Lifecycle.js"
+import { checkServerSpiffeId, IdentityProvider } from "../src/certs/Tls.js"
+import { certConfig, ephemeralLayer } from "./support/certs.js"
 import { type Daemon, runCli, startDaemon } from "./support/daemon.js"
+import { waitFor } from "./support/eventually.js"
 
 const root = mkdtempSync(join(tmpdir(), "mesh-admin-tls-"))
 const started: Array<Daemon> = []
@@ -171,5 +179,56 @@ describe("the admin server over HTTPS with mesh client certificates", () => {
         .toThrow()
     },
     120_000
+  )
+})
+
+/** The SPIFFE ID the server presents in a fresh handshake (verified against `ca`), or the handshake's error. */
+const presented = (port: number, ca: string) =>
+  new Promise<string>((resolve) => {
+    const socket = NodeTls.connect({ host: "127.0.0.1", port, ca, checkServerIdentity: () => undefined }, () => {
+      const san = socket.getPeerCertificate().subjectaltname ?? ""
+      socket.destroy()
+      resolve(/URI:(spiffe:\/\/[^,\s]+)/.exec(san)?.[1] ?? san)
+    })
+    socket.on("error", (error: Error) => resolve(`error: ${error.message}`))
+  })
+
+describe("the HTTPS admin server's own certificate", () => {
+  effectIt.scopedLive(
+    "handshakes fail until the identity arrives, then follow every renewal without a restart",
+    () =>
+      Effect.gen(function*() {
+        const certificates = Context.get(yield* Layer.build(ephemeralLayer(certConfig())), Certificates)
+        const bundle = (yield* certificates.bundle).pem
+        const first = yield* certificates.issue("echo")
+        const second = yield* certificates.issue("gateway")
+        const provider = new IdentityProvider(first, bundle)
+        const arrived = yield* Deferred.make<IdentityProvider>()
+        const admin = Context.get(
+          yield* Layer.build(
+            Admin.layer({
+              host: "127.0.0.1",
+              port: 0,
+              version: "0.0.0-test",
+              tls: { trustDomain: "mesh.local", identity: Deferred.await(arrived) }
+            }).pipe(Layer.provide(Lifecycle.layer([])))
+          ),
+          Admin
+        )
+        const port = admin.address.port
+        expect((yield* admin.status).tls).toBe(true)
+
+        // Listening, but no certificate yet (the CA is still loading): no handshake succeeds.
+        expect(yield* Effect.promise(() => presented(port, bundle))).toMatch(/^error: /)
+        yield* Deferred.succeed(arrived, provider)
+        yield* Effect.promise(() =>
+          waitFor(async () => expect(await presented(port, bundle)).toBe("spiffe://mesh.local/service/echo"))
+        )
+        // A renewal (here: another identity, to tell them apart) is what the next connection gets.
+        provider.update(second, bundle)
+        yield* Effect.promise(() =>
+          waitFor(async () => expect(await presented(port, bundle)).toBe("spiffe://mesh.local/service/gateway"))
+        )
+      })
   )
 })

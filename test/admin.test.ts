@@ -195,6 +195,24 @@ describe("who may change the mesh", () => {
     assert.isFalse(admin.registration.createServices)
   })
 
+  it("adminIdentities need tls: the config says so at the setting; a bad service name is refused", () => {
+    const without = decodeConfig({ mesh: { name: "unit" }, controller: { admin: { adminIdentities: ["ops"] } } }, "t")
+    assert.isTrue(Either.isLeft(without))
+    expect(Either.isLeft(without) && without.left.message).toMatch(
+      /controller\.admin\.adminIdentities.*set controller\.admin\.tls: true/s
+    )
+    const badName = decodeConfig({
+      mesh: { name: "unit" },
+      controller: { admin: { tls: true, adminIdentities: ["Ops Team"] } }
+    }, "t")
+    expect(Either.isLeft(badName) && badName.left.message).toContain("expected a service name")
+    const ok = decodeConfig(
+      { mesh: { name: "unit" }, controller: { admin: { tls: true, adminIdentities: ["ops"] } } },
+      "t"
+    )
+    assert.isTrue(Either.isRight(ok))
+  })
+
   it("auto: reads are open only when the server is bound to loopback", () => {
     for (const host of ["127.0.0.1", "127.0.0.2", "::1", "localhost"]) {
       assert.isTrue(makeAccessRule(host).readOpen, host)
