@@ -148,7 +148,7 @@ certificates: { dir: ${JSON.stringify(join(tmpdir(), "mesh-sighup-certs"))} }
 
     daemon.child.kill("SIGTERM")
     expect(await daemon.exited).toEqual({ code: 0, signal: null })
-  })
+  }, 90_000)
 
   it("a SIGHUP while the daemon starts, before its config has loaded, is harmless", async () => {
     requireBuild()
