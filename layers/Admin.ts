@@ -4,6 +4,7 @@ import { Context, Data, Effect, Layer, Option, type Scope } from "effect"
 import { createServer } from "node:http"
 import { describeErrno, errnoCode } from "../src/Errno.js"
 import { type AccessOptions, AdminAccess, makeAccessRule, requireRead } from "./admin/AdminAccess.js"
+import { type AdminTlsOptions, clientIdentity, makeTlsServer } from "./admin/AdminTls.js"
 import { Lifecycle } from "./Lifecycle.js"
 import { collectProcessMetrics, registry } from "./Metrics.js"
 
@@ -22,6 +23,11 @@ export interface AdminOptions<R> {
    * credential, so state-changing routes always answer 401/403.
    */
   readonly access?: AccessOptions
+  /**
+   * Serve HTTPS with the controller's mesh certificate (admin/AdminTls.ts); the verified client
+   * certificate's identity then reaches the access rule (`access.adminIdentities`).
+   */
+  readonly tls?: AdminTlsOptions | undefined
   /** Shown in /status: where the token is (never the token). */
   readonly tokenFile?: string
   /**
@@ -76,6 +82,10 @@ export interface AdminStatus {
   /** "open": /status, /metrics and GET /v1/services answer anyone who reaches the port; "token": only with it. */
   readonly readAccess: "open" | "token"
   readonly tokenFile: string | null
+  /** HTTPS with the controller's mesh certificate. */
+  readonly tls: boolean
+  /** SPIFFE IDs whose client certificate is an admin credential. */
+  readonly adminIdentities: ReadonlyArray<string>
 }
 
 export const make = <R>(options: AdminOptions<R>) =>
@@ -128,7 +138,11 @@ export const make = <R>(options: AdminOptions<R>) =>
       (base) => (options.routes ? HttpRouter.concat(base, options.routes) : base)
     )
 
-    const access = makeAccessRule(options.host, options.access)
+    const tls = options.tls
+    const access = makeAccessRule(options.host, {
+      ...options.access,
+      clientIdentity: tls === undefined ? undefined : clientIdentity(tls.trustDomain)
+    })
     // The Host check runs before any route (and before a 404), so a rebound name learns nothing.
     const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const path = request.url.split("?")[0]!
@@ -138,20 +152,23 @@ export const make = <R>(options: AdminOptions<R>) =>
         : router.pipe(Effect.catchTag("RouteNotFound", () => Effect.succeed(json(404, { error: "not found" }))))
     }).pipe(Effect.provideService(AdminAccess, access))
 
-    const server = yield* NodeHttpServer.make(() => createServer(), { host: options.host, port: options.port }).pipe(
+    const node = tls === undefined ? createServer() : yield* makeTlsServer(tls)
+    const server = yield* NodeHttpServer.make(() => node, { host: options.host, port: options.port }).pipe(
       Effect.mapError((error) => new AdminListenError({ host: options.host, port: options.port, cause: error.cause }))
     )
     yield* server.serve(app)
     const address = server.address._tag === "TcpAddress"
       ? { host: server.address.hostname, port: server.address.port }
       : { host: options.host, port: options.port }
-    yield* Effect.logInfo(`admin: listening on http://${address.host}:${address.port}`).pipe(
+    yield* Effect.logInfo(`admin: listening on ${tls ? "https" : "http"}://${address.host}:${address.port}`).pipe(
       Effect.annotateLogs({ readAccess: access.readOpen ? "open" : "token", tokenFile: options.tokenFile ?? null })
     )
     const status: AdminStatus = {
       address,
       readAccess: access.readOpen ? "open" : "token",
-      tokenFile: options.tokenFile ?? null
+      tokenFile: options.tokenFile ?? null,
+      tls: tls !== undefined,
+      adminIdentities: tls === undefined ? [] : options.access?.adminIdentities ?? []
     }
     return Admin.of({ address, status: Effect.succeed(status) })
   }).pipe(Effect.annotateLogs({ module: "admin" }))

@@ -294,7 +294,9 @@ const identityRequest = (options: StoreSettings, name: string, now: number) => (
   spiffeId: name === CONTROLLER ? controllerId(options.trustDomain) : serviceId(options.trustDomain, name),
   commonName: name === CONTROLLER ? "mesh-controller" : name,
   organization: options.meshName,
-  dnsNames: name === CONTROLLER ? [] : [name],
+  // The controller's certificate also serves the admin server over HTTPS (controller.admin.tls), where
+  // clients such as curl check a host name: "localhost" is the one name every host has for it.
+  dnsNames: name === CONTROLLER ? ["localhost"] : [name],
   now: new Date(now),
   ttlMillis: Duration.toMillis(options.settings.workloadTtl)
 })

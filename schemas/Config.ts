@@ -135,6 +135,18 @@ const AdminListen = Schema.Struct({
   readAccess: withDefault(oneOf("auto", "open", "token"), () => "auto" as const),
   /** Host names requests may carry besides the bound address (a DNS name the server is reached by). */
   allowedHosts: withDefault(Schema.Array(NonEmptyString), emptyArray),
+  /**
+   * Serve HTTPS with the controller's own mesh certificate (spiffe://<trustDomain>/controller, renewed
+   * and rotated with the CA). The server asks for a client certificate but does not require one:
+   * the bearer token and /healthz work without. Handshakes fail until the CA has loaded.
+   */
+  tls: withDefault(Schema.Boolean, () => false),
+  /**
+   * Services whose mesh certificate (URI SAN spiffe://<trustDomain>/service/<name>, verified against
+   * the live trust bundle) is an admin credential, like the token. Needs `tls: true`. A valid mesh
+   * certificate of any other identity is refused with 403.
+   */
+  adminIdentities: withDefault(Schema.Array(ServiceName), emptyArray),
   registration: withDefault(AdminRegistration, () => Schema.decodeSync(AdminRegistration)({}))
 })
 export type AdminListen = typeof AdminListen.Type
@@ -749,6 +761,13 @@ export const crossFieldIssues = (
 
   // Rules below read decoded values (durations, defaults): skipped on a partial (undecodable) document.
   if (options.partial === true) return issues
+  const admin = config.controller.admin
+  if (admin.adminIdentities.length > 0 && !admin.tls) {
+    issues.push({
+      path: ["controller", "admin", "adminIdentities"],
+      message: "client certificates need HTTPS: set controller.admin.tls: true (or remove adminIdentities)"
+    })
+  }
   const envoy = config.sidecar.envoy
   if (envoy.service !== undefined && !known(envoy.service)) {
     issues.push({ path: ["sidecar", "envoy", "service"], message: unknown(envoy.service) })

@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First, before anything else loads: a SIGHUP while `run` starts must not kill it.
+import "./SighupGuard.js"
 import * as ValidationError from "@effect/cli/ValidationError"
 // Subpath imports: the package's index would also load its HTTP client (undici), which no command uses.
 import * as NodeContext from "@effect/platform-node/NodeContext"

@@ -1,6 +1,7 @@
-import { Context, Duration, Effect, Layer, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Layer, Stream } from "effect"
 import * as NodePath from "node:path"
 import { Admin } from "../layers/Admin.js"
+import { ControllerIdentity } from "../layers/admin/AdminTls.js"
 import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Certificates, secretsOf } from "../layers/Certificates.js"
 import { ConsulClient } from "../layers/ConsulClient.js"
@@ -17,6 +18,7 @@ import { SigningService } from "../layers/SigningService.js"
 import { Snapshot, SnapshotSecrets } from "../layers/Snapshot.js"
 import { Ui } from "../layers/Ui.js"
 import { Xds } from "../layers/Xds.js"
+import { serviceId } from "../schemas/Identity.js"
 
 export interface ProgramOptions {
   readonly configPath: string
@@ -85,13 +87,18 @@ const XdsFromConfig: Layer.Layer<Xds, unknown, LiveConfig | Certificates | Snaps
 /**
  * The admin server on `controller.admin`, with the runtime registration API and the status page. Its bearer token is
  * `controller.admin.tokenFile`, else `admin-token` in the state dir (`certificates.dir`), generated
- * on first start. Settings of `controller.admin` apply at start.
+ * on first start. Settings of `controller.admin` apply at start. With `tls`, the server takes the
+ * controller's certificate from `ControllerIdentity` once Certificates has loaded the CA.
  */
-const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle | Ui> =>
+const AdminFromConfig = (
+  version: string
+): Layer.Layer<Admin, unknown, LiveConfig | Discovery | Lifecycle | Ui | ControllerIdentity> =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const { config } = yield* (yield* LiveConfig).get
       const admin = config.controller.admin
+      const trustDomain = config.mesh.trustDomain
+      const identity = yield* ControllerIdentity
       const tokenFile = NodePath.resolve(admin.tokenFile ?? NodePath.join(config.certificates.dir, "admin-token"))
       const ui = yield* Ui
       const token = yield* loadOrCreateToken(tokenFile)
@@ -103,10 +110,24 @@ const AdminFromConfig = (version: string): Layer.Layer<Admin, unknown, LiveConfi
         routes: RegistrationApi,
         ui: ui.routes,
         tokenFile: token.path,
-        access: { verifyToken: token.verify, readAccess: admin.readAccess, allowedHosts: admin.allowedHosts }
+        tls: admin.tls ? { trustDomain, identity: Deferred.await(identity) } : undefined,
+        access: {
+          verifyToken: token.verify,
+          readAccess: admin.readAccess,
+          allowedHosts: admin.allowedHosts,
+          adminIdentities: admin.adminIdentities.map((name) => serviceId(trustDomain, name))
+        }
       })
     }).pipe(Effect.annotateLogs({ module: "admin" }))
   )
+
+/** Hands the controller's identity (which follows renewals and rotation) to the admin server. */
+const ShareControllerIdentity: Layer.Layer<never, never, Certificates | ControllerIdentity> = Layer.effectDiscard(
+  Effect.gen(function*() {
+    const certificates = yield* Certificates
+    yield* Deferred.succeed(yield* ControllerIdentity, certificates.controllerProvider)
+  })
+)
 
 const statusOf =
   <I, S extends { readonly status: Effect.Effect<unknown> }>(tag: Context.Tag<I, S>) => (ctx: Context.Context<I>) =>
@@ -150,6 +171,7 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provideMerge(SnapshotLive),
     Layer.provide(RegistrationLive),
     Layer.provideMerge(HealthLive),
+    Layer.provide(ShareControllerIdentity),
     Layer.provideMerge(CertificatesLive),
     Layer.provide(PolicyLive),
     // Below this line the layers see the file's config; above it, with the policies from
@@ -163,6 +185,7 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     // SIGHUP reloads from as soon as there is a config until shutdown ends.
     Layer.provideMerge(LiveConfig.reloadOnSighup.pipe(Layer.provideMerge(ConfigLive))),
     Layer.provide(Ui.layer({ version: options.version })),
-    Layer.provide(Lifecycle.layer(LAYER_NAMES))
+    Layer.provide(Lifecycle.layer(LAYER_NAMES)),
+    Layer.provide(ControllerIdentity.layer)
   )
 }

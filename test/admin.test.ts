@@ -5,17 +5,26 @@
  */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Either, Layer, Ref, Stream, TestClock } from "effect"
-import { readFileSync, statSync } from "node:fs"
+import { mkdtempSync, readFileSync, statSync } from "node:fs"
 import * as NodeHttp from "node:http"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Admin } from "../layers/Admin.js"
 import { makeAccessRule } from "../layers/admin/AdminAccess.js"
 import { loadOrCreateToken } from "../layers/admin/AdminToken.js"
 import { Discovery } from "../layers/Discovery.js"
+import { Health } from "../layers/Health.js"
+import { Lifecycle } from "../layers/Lifecycle.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
+import { RegistrationApi } from "../layers/RegistrationApi.js"
+import { Snapshot } from "../layers/Snapshot.js"
+import { Xds } from "../layers/Xds.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig, parseConfig } from "../src/ConfigDocument.js"
-import { encode, Types } from "../src/xds/Protos.js"
+import { encode, Types, TypeUrls } from "../src/xds/Protos.js"
 import { loadAssignment } from "../src/xds/Resources.js"
 import { bearer, post, request, startAdmin } from "./support/admin.js"
+import { AdsClient, type AdsResponse, grpcNode } from "./support/AdsClient.js"
 import { eventually } from "./support/eventually.js"
 
 const decode = (value: Record<string, unknown>): MeshConfig =>
@@ -186,6 +195,24 @@ describe("who may change the mesh", () => {
     assert.isFalse(admin.registration.createServices)
   })
 
+  it("adminIdentities need tls: the config says so at the setting; a bad service name is refused", () => {
+    const without = decodeConfig({ mesh: { name: "unit" }, controller: { admin: { adminIdentities: ["ops"] } } }, "t")
+    assert.isTrue(Either.isLeft(without))
+    expect(Either.isLeft(without) && without.left.message).toMatch(
+      /controller\.admin\.adminIdentities.*set controller\.admin\.tls: true/s
+    )
+    const badName = decodeConfig({
+      mesh: { name: "unit" },
+      controller: { admin: { tls: true, adminIdentities: ["Ops Team"] } }
+    }, "t")
+    expect(Either.isLeft(badName) && badName.left.message).toContain("expected a service name")
+    const ok = decodeConfig(
+      { mesh: { name: "unit" }, controller: { admin: { tls: true, adminIdentities: ["ops"] } } },
+      "t"
+    )
+    assert.isTrue(Either.isRight(ok))
+  })
+
   it("auto: reads are open only when the server is bound to loopback", () => {
     for (const host of ["127.0.0.1", "127.0.0.2", "::1", "localhost"]) {
       assert.isTrue(makeAccessRule(host).readOpen, host)
@@ -313,6 +340,84 @@ describe("bounds on what the registration API accepts", () => {
         controller: { admin: { registration: { maxServiceBytes: 3 * 1024 * 1024 } } }
       }, "test")
       assert.isTrue(Either.isLeft(tooBig))
+    }))
+  it.scopedLive("a real grpc-js ADS client (4 MiB default receive limit) keeps its stream and every update while a service fills to the largest byte cap", () =>
+    Effect.gen(function*() {
+      // The worst case the settings allow: the largest budget (2 MiB), the largest bodies, and labels
+      // that reach EDS (region and zone become localities) hundreds of KiB long.
+      const maxServiceBytes = 2 * 1024 * 1024
+      const config = echoOnly({
+        registration: { maxServiceBytes, maxBodyBytes: 1024 * 1024, maxLabelValueLength: 300_000 }
+      })
+      const inputs = Layer.mergeAll(LiveConfig.layerMemory(config), Health.layerNoop, Lifecycle.layer([]))
+      const registry = Layer.merge(inputs, Discovery.layerEmbedded.pipe(Layer.provide(inputs)))
+      const tokenFile = join(mkdtempSync(join(tmpdir(), "mesh-admin-")), "admin-token")
+      const token = yield* loadOrCreateToken(tokenFile)
+      const context = yield* Layer.build(Layer.mergeAll(
+        registry,
+        Admin.layer({
+          host: "127.0.0.1",
+          port: 0,
+          version: "0.0.0-test",
+          routes: RegistrationApi,
+          access: { verifyToken: token.verify }
+        }).pipe(Layer.provide(registry)),
+        Xds.layer({ host: "127.0.0.1", port: 0 }).pipe(
+          Layer.provide(Layer.merge(Snapshot.layer.pipe(Layer.provide(registry)), registry))
+        )
+      ))
+      const base = `http://127.0.0.1:${Context.get(context, Admin).address.port}`
+      const discovery = Context.get(context, Discovery)
+      const secret = readFileSync(tokenFile, "utf8").trim()
+
+      // A plain grpc.Client: grpc-js's default receive limit (4 MiB), as a proxyless client has.
+      const ads = yield* AdsClient.sotw(`127.0.0.1:${Context.get(context, Xds).address.port}`)
+      const eds = (ack?: { version: string; nonce: string }) =>
+        ads.send({
+          node: grpcNode("big-eds"),
+          type_url: TypeUrls.ClusterLoadAssignment,
+          resource_names: ["echo"],
+          ...(ack ? { version_info: ack.version, response_nonce: ack.nonce } : {})
+        })
+      const endpointsIn = (response: AdsResponse) =>
+        ((response.resources[0]?.["endpoints"] ?? []) as Array<{ lb_endpoints: Array<unknown> }>)
+          .reduce((n, locality) => n + locality.lb_endpoints.length, 0)
+      /** Takes (and ACKs) responses until one carries `count` endpoints. */
+      const untilEndpoints = (count: number): Effect.Effect<AdsResponse> =>
+        Effect.flatMap(ads.next(TypeUrls.ClusterLoadAssignment), (response) =>
+          Effect.zipRight(
+            eds(response),
+            endpointsIn(response) === count ? Effect.succeed(response) : untilEndpoints(count)
+          ))
+      yield* eds()
+      yield* untilEndpoints(1)
+
+      const url = `${base}/v1/services/echo/endpoints`
+      let accepted = 0
+      for (let i = 0;; i++) {
+        const mark = String(i).padStart(6, "0")
+        const answer = yield* post(url, {
+          address: `10.0.1.${i + 1}`,
+          port: 2000 + i,
+          labels: { region: mark + "r".repeat(299_000), zone: mark + "z".repeat(299_000) }
+        }, secret)
+        if (answer.status !== 201) {
+          assert.strictEqual(answer.status, 409, answer.text)
+          break
+        }
+        accepted++
+        // Each update reaches the client over the same stream.
+        yield* untilEndpoints(accepted + 1)
+      }
+      expect(accepted).toBeGreaterThan(1)
+      const echo = (yield* discovery.services).find((s) => s.name === "echo")!
+      const bytes = Either.getOrThrow(encode(Types.ClusterLoadAssignment, loadAssignment(echo))).length
+      expect(bytes).toBeLessThan(4 * 1024 * 1024)
+
+      // Still connected: a later change (one registration removed) arrives too.
+      const removed = yield* request(`${url}/10.0.1.1/2000`, { method: "DELETE", headers: bearer(secret) })
+      assert.strictEqual(removed.status, 204, removed.text)
+      yield* untilEndpoints(accepted)
     }))
 })
 

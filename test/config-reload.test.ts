@@ -1,11 +1,13 @@
 import { afterEach, assert, describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { mkdtempSync, renameSync, writeFileSync } from "node:fs"
+import { spawn } from "node:child_process"
+import { existsSync, mkdtempSync, renameSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { pathToFileURL } from "node:url"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { aliasBomb } from "./support/aliasBomb.js"
-import { type Daemon, jsonLogs, startDaemon } from "./support/daemon.js"
+import { type Daemon, jsonLogs, MAIN, requireBuild, startDaemon } from "./support/daemon.js"
 import { eventually, waitFor } from "./support/eventually.js"
 
 const yaml = (name: string, port = 80) => `mesh: { name: ${name} }\nservices: [ { name: web, port: ${port} } ]\n`
@@ -146,5 +148,53 @@ certificates: { dir: ${JSON.stringify(join(tmpdir(), "mesh-sighup-certs"))} }
 
     daemon.child.kill("SIGTERM")
     expect(await daemon.exited).toEqual({ code: 0, signal: null })
-  })
+  }, 90_000)
+
+  it("a SIGHUP while the daemon starts, before its config has loaded, is harmless", async () => {
+    requireBuild()
+    const { path } = withConfigFile(daemonConfig("early"))
+    // The preload holds the config read until the test releases it: a real "loaded, but no config yet".
+    const child = spawn(process.execPath, [MAIN, "run", "--config", path], {
+      env: {
+        ...process.env,
+        LOG_FORMAT: "json",
+        HOLD_READ_PATH: path,
+        NODE_OPTIONS: `--import=${pathToFileURL(join("test", "support", "hold-config-read.mjs")).href}`
+      },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    const lines: Array<string> = []
+    child.stdout.on("data", (chunk: Buffer) => lines.push(chunk.toString()))
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on("exit", (code, signal) => resolve({ code, signal }))
+    )
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined
+    void exited.then((e) => (exit = e))
+    const alive = () => {
+      if (exit !== undefined) throw new Error(`the daemon exited: ${JSON.stringify(exit)}`)
+    }
+    try {
+      await waitFor(async () => {
+        alive()
+        expect(existsSync(`${path}.reading`)).toBe(true)
+      }, 30_000)
+      child.kill("SIGHUP")
+      // The old code died here at once (exit by SIGHUP, no finalizers).
+      writeFileSync(`${path}.release`, "")
+      const adminUrl = await waitFor(async () => {
+        alive()
+        const match = /admin: listening on (http:\/\/[^"\s]+)/.exec(lines.join(""))
+        if (!match) throw new Error("no admin address logged yet")
+        return match[1]!
+      }, 30_000)
+      await waitFor(async () => {
+        alive()
+        expect((await fetch(`${adminUrl}/readyz`)).status).toBe(200)
+      }, 30_000)
+      child.kill("SIGTERM")
+      expect(await exited).toEqual({ code: 0, signal: null })
+    } finally {
+      child.kill("SIGKILL")
+    }
+  }, 90_000)
 })

@@ -4,8 +4,10 @@
  * - every request except /healthz and /readyz must carry a `Host` the server is bound to (or one of
  *   `allowedHosts`), else 421: a page on evil.example that rebinds its name to 127.0.0.1 sends
  *   `Host: evil.example` and gets nothing;
- * - `requireWrite(handler)`: the route changes state; it needs the bearer token (401 without a
- *   credential, 403 with a wrong one, both counted in mesh_controller_admin_auth_failures_total);
+ * - `requireWrite(handler)`: the route changes state; it needs a credential: the bearer token, or
+ *   (on an HTTPS server) a client certificate of one of `adminIdentities`. 401 without a credential,
+ *   403 with a wrong token or a mesh certificate of another identity, each counted in
+ *   mesh_controller_admin_auth_failures_total;
  * - `requireRead(handler)`: the route shows the topology (/status, /metrics, GET /v1/services, /ui);
  *   open when the read rule is open (a loopback-bound server by default), else like requireWrite.
  *
@@ -27,6 +29,13 @@ export interface AccessOptions {
   readonly readAccess?: ReadAccess | undefined
   /** Host names accepted besides the bound address. */
   readonly allowedHosts?: ReadonlyArray<string> | undefined
+  /**
+   * The mesh identity (SPIFFE ID) of the request's client certificate, when it presented one that
+   * the handshake verified against the trust bundle; absent on a plain HTTP server.
+   */
+  readonly clientIdentity?: ((request: Request) => string | undefined) | undefined
+  /** SPIFFE IDs whose verified client certificate is an admin credential. */
+  readonly adminIdentities?: ReadonlyArray<string> | undefined
 }
 
 type Request = HttpServerRequest.HttpServerRequest
@@ -100,8 +109,18 @@ export const makeAccessRule = (host: string, options: AccessOptions = {}): Acces
     return allowed.has(name)
   }
 
+  const admins = new Set(options.adminIdentities ?? [])
+
   const checkWrite: AccessRule["checkWrite"] = (request) => {
+    // Either credential is enough: an admin's certificate, or the token (whatever certificate comes with it).
+    const identity = options.clientIdentity?.(request)
+    if (identity !== undefined && admins.has(identity)) return Option.none()
     const match = BEARER.exec(request.headers["authorization"] ?? "")
+    if (!match && identity !== undefined) {
+      countAuthFailure("identity")
+      const message = `the client certificate's identity ${identity} is not an admin identity`
+      return Option.some(refuse(403, "Forbidden", message))
+    }
     if (!match) {
       countAuthFailure("missing")
       const message = "this request needs the admin token: Authorization: Bearer <token>"

@@ -4,10 +4,13 @@
  */
 import { counter } from "../Metrics.js"
 
-/** 401 (no credential) and 403 (a wrong one), by `result`: "missing" or "invalid". */
+/**
+ * 401 (no credential) and 403 (a wrong one), by `result`: "missing", "invalid" (a wrong token) or
+ * "identity" (a valid mesh client certificate of an identity that is not an admin).
+ */
 export const authFailures = counter(
   "mesh_controller_admin_auth_failures_total",
-  "Admin requests refused for their credential: missing (401) or invalid (403).",
+  "Admin requests refused for their credential: missing (401), invalid token or non-admin identity (403).",
   ["result"]
 )
 
@@ -26,5 +29,5 @@ export const requestsRejected = counter(
   ["reason"]
 )
 
-export const countAuthFailure = (result: "missing" | "invalid"): void => authFailures.inc({ result })
+export const countAuthFailure = (result: "missing" | "invalid" | "identity"): void => authFailures.inc({ result })
 export const countRejected = (reason: RejectReason): void => requestsRejected.inc({ reason })

@@ -10,16 +10,61 @@
  * The environment is read here, in a program rather than a module, because `docker run` has no
  * way to change an image's exec-form HEALTHCHECK without a shell (its --health-cmd needs /bin/sh),
  * but it can set a variable: `-e MESH_HEALTHCHECK=15021`.
+ *
+ * With `controller.admin.tls: true` the controller's port speaks only TLS: a plain request there is
+ * closed without an answer. So an http URL that gets no HTTP answer at all (but a connection) is
+ * asked once more over https. That cannot report a dead server healthy: only a 200 from /healthz
+ * counts. Over https the server's certificate is not verified: it names the controller's SPIFFE ID,
+ * not a host, and this probe sends no credential and reads nothing but the status of an open
+ * endpoint (as Kubernetes' HTTPS probes do).
  */
-const DEFAULT = "http://127.0.0.1:15014/healthz"
+import * as Http from "node:http"
+import * as Https from "node:https"
 
-const target = (text: string, where: string): string | undefined => {
-  if (/^\d{1,5}$/.test(text) && Number(text) > 0 && Number(text) <= 65535) return `http://127.0.0.1:${text}/healthz`
-  if (/^https?:\/\/./.test(text) && URL.canParse(text)) return text
+const DEFAULT = "http://127.0.0.1:15014/healthz"
+// Docker's --timeout is 3 s: two attempts fit in it.
+const TIMEOUT_MS = 1_400
+
+const target = (text: string, where: string): URL | undefined => {
+  if (/^\d{1,5}$/.test(text) && Number(text) > 0 && Number(text) <= 65535) {
+    return new URL(`http://127.0.0.1:${text}/healthz`)
+  }
+  if (/^https?:\/\/./.test(text) && URL.canParse(text)) return new URL(text)
   process.stderr.write(
     `healthcheck: ${where}: expected a URL (http://HOST:PORT/healthz) or a port, got ${JSON.stringify(text)}\n`
   )
   return undefined
+}
+
+class NoAnswer extends Error {
+  constructor(readonly target: URL, readonly code: string | undefined, message: string) {
+    super(`${target.href}: ${message}`)
+  }
+}
+
+const status = (url: URL): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const options = { timeout: TIMEOUT_MS, ...(url.protocol === "https:" ? { rejectUnauthorized: false } : {}) }
+    const request = (url.protocol === "https:" ? Https : Http).get(url, options, (response) => {
+      response.resume()
+      resolve(response.statusCode ?? 0)
+    })
+    request.on("timeout", () => request.destroy(new Error(`no answer within ${TIMEOUT_MS} ms`)))
+    request.on("error", (error: NodeJS.ErrnoException) => reject(new NoAnswer(url, error.code, error.message)))
+  })
+
+const check = async (url: URL): Promise<number> => {
+  try {
+    return await status(url)
+  } catch (error) {
+    const refused = error instanceof NoAnswer && error.code === "ECONNREFUSED"
+    if (url.protocol !== "http:" || refused) throw error
+    const secure = new URL(url)
+    secure.protocol = "https:"
+    return await status(secure).catch((again: unknown) => {
+      throw new Error(`${(error as Error).message}; then ${(again as Error).message}`)
+    })
+  }
 }
 
 const fromArgument = process.argv[2]
@@ -28,18 +73,18 @@ const url = fromArgument !== undefined
   ? target(fromArgument, "argument")
   : fromEnv !== undefined && fromEnv !== ""
   ? target(fromEnv, "MESH_HEALTHCHECK")
-  : DEFAULT
+  : new URL(DEFAULT)
 
 if (url === undefined) {
   process.exitCode = 1
 } else {
-  fetch(url, { signal: AbortSignal.timeout(2_000) })
-    .then((response) => {
-      if (response.status !== 200) process.stderr.write(`healthcheck: ${url}: ${response.status}\n`)
-      process.exitCode = response.status === 200 ? 0 : 1
+  check(url)
+    .then((code) => {
+      if (code !== 200) process.stderr.write(`healthcheck: ${url.href}: status ${code}\n`)
+      process.exitCode = code === 200 ? 0 : 1
     })
     .catch((error: unknown) => {
-      process.stderr.write(`healthcheck: ${url}: ${error instanceof Error ? error.message : String(error)}\n`)
+      process.stderr.write(`healthcheck: ${error instanceof Error ? error.message : String(error)}\n`)
       process.exitCode = 1
     })
 }

@@ -4,6 +4,8 @@
  * dist/bin/mesh-controller.mjs). `--version` is answered before the CLI is loaded, since loading it
  * costs most of a second on a Raspberry Pi; everything else goes to main.ts.
  */
+// First: a SIGHUP while `run` starts must not kill it (see SighupGuard.ts).
+import "../SighupGuard.js"
 import { readPackageVersion } from "../PackageVersion.js"
 
 const args = process.argv.slice(2)

@@ -95,11 +95,13 @@ export const makeCertsCommands = (configOption: Options.Options<string>) => {
         })
         const { config: mesh } = yield* loadFile(config)
         // A typo would otherwise mint a valid identity nobody expects (and the CA cannot take it back).
-        if (!allowUnknown && !mesh.services.some((s) => s.name === name)) {
-          const known = mesh.services.map((s) => s.name)
+        // An admin identity (controller.admin.adminIdentities) is known too: its certificate is for curl.
+        const known = mesh.services.some((s) => s.name === name) || mesh.controller.admin.adminIdentities.includes(name)
+        if (!allowUnknown && !known) {
+          const listed = mesh.services.map((s) => s.name)
           return yield* new CaOperationRefused({
             reason: `--service ${name}: ${config} lists no such service` +
-              (known.length === 0 ? "" : ` (it lists: ${known.join(", ")})`) +
+              (listed.length === 0 ? "" : ` (it lists: ${listed.join(", ")})`) +
               `; add it to services, or pass --allow-unknown-service to issue anyway`
           })
         }

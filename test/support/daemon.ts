@@ -33,6 +33,11 @@ export const runCli = (args: ReadonlyArray<string>, env: Record<string, string> 
     child.on("exit", (code) => resolve({ code, stdout, stderr }))
   })
 
+const fetchText = async (url: string) => {
+  const response = await fetch(url)
+  return { status: response.status, text: await response.text() }
+}
+
 /**
  * Starts `mesh-controller run` as a child process (JSON logs), learns the admin address from its
  * log, and waits until /readyz answers 200.
@@ -44,6 +49,8 @@ export const startDaemon = async (
     readonly args?: ReadonlyArray<string>
     readonly env?: Record<string, string>
     readonly cwd?: string
+    /** Asks /readyz (default: fetch); an HTTPS admin server needs a client that trusts the mesh CA. */
+    readonly readyz?: (url: string) => Promise<{ readonly status: number; readonly text: string }>
   } = {}
 ): Promise<Daemon> => {
   requireBuild()
@@ -68,15 +75,15 @@ export const startDaemon = async (
   const adminUrl = await waitFor(async () => {
     if (finished) throw new Error(`daemon exited early:\n${stderr.join("\n")}\n${lines.join("\n")}`)
     for (const line of lines) {
-      const match = /admin: listening on (http:\/\/[^"\s]+)/.exec(line)
+      const match = /admin: listening on (https?:\/\/[^"\s]+)/.exec(line)
       if (match) return match[1]!
     }
     throw new Error(`no admin address logged yet:\n${lines.join("\n")}\n${stderr.join("\n")}`)
   }, 30_000)
   await waitFor(async () => {
     if (finished) throw new Error(`daemon exited early:\n${stderr.join("\n")}`)
-    const response = await fetch(`${adminUrl}/readyz`)
-    if (response.status !== 200) throw new Error(`readyz ${response.status}: ${await response.text()}`)
+    const response = await (options.readyz ?? fetchText)(`${adminUrl}/readyz`)
+    if (response.status !== 200) throw new Error(`readyz ${response.status}: ${response.text}`)
   }, 30_000)
   return { child, lines, stderr, adminUrl, exited }
 }
