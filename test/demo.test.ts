@@ -160,7 +160,7 @@ const startDemo = async () => {
 describe("mesh-controller demo", () => {
   it(
     "shows the split over mTLS, a denial, a health flip, a weight and a rule change, and SIGINT leaves nothing behind",
-    { timeout: 300_000 },
+    { timeout: 480_000 },
     async () => {
       const { adminUrl, child, config, configPath, dir, exited, isDone, ports, running, output } = await startDemo()
       const { admin, intruder, signing, v1a, v1b, v2, web, xds } = ports
@@ -171,7 +171,7 @@ describe("mesh-controller demo", () => {
             running()
             if (!output.some((line) => line.includes(`${adminUrl}/ui`))) throw new Error("no banner yet")
           },
-          120_000,
+          240_000,
           200
         )
 

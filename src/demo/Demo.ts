@@ -99,11 +99,16 @@ const workDir = (config: MeshConfig): Effect.Effect<string, never, Scope.Scope> 
  * An instance's identity, as a new host gets it: a single-use join token for `service~instance`
  * from the controller's token store, then the agent (in this process) joining with it at the
  * signing service. The agent writes cert.pem, key.pem, ca.pem and the gRPC xDS bootstrap, and
- * renews them for as long as the demo runs. Returns the bootstrap's path.
+ * renews them for as long as the demo runs. Returns the bootstrap's path and the identity.
  */
-const identity = (config: MeshConfig, work: string, service: string, instance: string) =>
+const identity = (
+  config: MeshConfig,
+  signing: { readonly host: string; readonly port: number },
+  work: string,
+  service: string,
+  instance: string
+) =>
   Effect.gen(function*() {
-    const signing = config.controller.signing!
     const dir = NodePath.join(work, `${service}~${instance}`)
     const tokenFile = NodePath.join(work, `${service}~${instance}.token`)
     const token = yield* issueJoinToken(config, { service, instance, ttlMillis: 10 * 60_000, uses: 1 })
@@ -177,14 +182,22 @@ const serviceProcess = (
     // Forked after the child, so it is interrupted before the finalizer stops the child on purpose.
     yield* exitOf(child).pipe(
       Effect.zipRight(
-        Deferred.fail(fatal, new DemoError({ reason: `${what} exited (code ${child.exitCode}); its error is above` }))
+        Effect.suspend(() =>
+          Deferred.fail(
+            fatal,
+            new DemoError({ reason: `${what} exited (${child.exitCode ?? child.signalCode}); its error is above` })
+          )
+        )
       ),
       Effect.forkScoped
     )
     return child
   })
 
-/** Until 127.0.0.1:`port` accepts connections (an XdsServer opens it once its Listener arrived), at most 60 s. */
+/**
+ * Until 127.0.0.1:`port` accepts connections (an XdsServer opens it once its Listener arrived), at
+ * most two minutes: a process start takes tens of seconds on a loaded small host.
+ */
 const accepting = (port: number, what: string) =>
   Effect.async<void, Error>((resume) => {
     const socket = NodeNet.connect(port, "127.0.0.1")
@@ -194,7 +207,7 @@ const accepting = (port: number, what: string) =>
     })
     socket.once("error", (error) => resume(Effect.fail(error)))
   }).pipe(
-    Effect.retry(Schedule.spaced("200 millis").pipe(Schedule.upTo("60 seconds"))),
+    Effect.retry(Schedule.spaced("200 millis").pipe(Schedule.upTo("120 seconds"))),
     Effect.mapError(() => new DemoError({ reason: `${what} did not start serving on 127.0.0.1:${port}` }))
   )
 
@@ -291,7 +304,7 @@ export const describeWindow = (
     .join("  ")
 }
 
-/** Until a front answers /healthz (its process takes a moment to start), at most 60 seconds. */
+/** Until a front answers /healthz (its process takes a moment to start), at most two minutes. */
 const frontReady = (what: string, port: number, child: ChildProcess) =>
   Effect.tryPromise(async () => {
     if (exited(child)) throw new Error(`${what} exited with code ${child.exitCode}`)
@@ -299,7 +312,7 @@ const frontReady = (what: string, port: number, child: ChildProcess) =>
     if (response.status !== 200) throw new Error(`${what} /healthz answered ${response.status}`)
   }).pipe(
     Effect.retry(
-      Schedule.spaced("200 millis").pipe(Schedule.upTo("60 seconds"), Schedule.whileInput(() => !exited(child)))
+      Schedule.spaced("200 millis").pipe(Schedule.upTo("120 seconds"), Schedule.whileInput(() => !exited(child)))
     ),
     Effect.mapError(() =>
       new DemoError({
@@ -368,20 +381,22 @@ export const runDemo = (
   Effect.gen(function*() {
     const { config } = yield* loadFile(options.configPath)
     const ports = yield* portsOf(config)
-    if (config.controller.signing === undefined) {
+    const signing = config.controller.signing
+    if (signing === undefined) {
       return yield* new DemoError({
-        reason: "the config needs controller.signing: the demo's agents get their certificates there"
+        reason: `${options.configPath}: controller.signing is needed: the demo's agents get their certificates there`
       })
     }
     const flapPort = ports.v1[ports.v1.length - 1]!
     const fatal = yield* Deferred.make<never, DemoError>()
     // A service process that ends by itself ends the demo, whether it is starting or running.
-    return yield* Effect.raceFirst(start(options, config, ports, flapPort, fatal), Deferred.await(fatal))
+    return yield* Effect.raceFirst(start(options, config, signing, ports, flapPort, fatal), Deferred.await(fatal))
   })
 
 const start = (
   options: DemoOptions,
   config: MeshConfig,
+  signing: { readonly host: string; readonly port: number },
   ports: Ports,
   flapPort: number,
   fatal: Deferred.Deferred<never, DemoError>
@@ -402,7 +417,8 @@ const start = (
     const identities = new Map(
       yield* Effect.forEach(
         instances,
-        ({ port, service }) => Effect.map(identity(config, work, service, `demo-${port}`), (id) => [port, id] as const),
+        ({ port, service }) =>
+          Effect.map(identity(config, signing, work, service, `demo-${port}`), (id) => [port, id] as const),
         { concurrency: "unbounded" }
       )
     )
