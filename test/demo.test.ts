@@ -1,9 +1,12 @@
 /**
  * `mesh-controller demo` as a user runs it, as a process: within its first minute the traffic
- * split between greeter v1 and v2 shows in /metrics, the flapping greeter instance's health flips
- * in /ui/api/services (calls move to the other v1 instance and come back), new weights written to
- * the config file move the split (hot reload), and SIGINT stops it
- * all: the demo exits 0, its child process (the web front) is gone, and every port is free again.
+ * split between greeter v1 and v2 shows in /metrics, the intruder's calls are denied by the
+ * greeters' RBAC (outcome="denied"), the greeters saw the web front's agent-issued identity in the
+ * mTLS handshake (the peer label), the flapping greeter instance's health flips in
+ * /ui/api/services (calls move to the other v1 instance and come back), new weights and removed
+ * deny rules written to the config file move the split and let the intruder through (hot reload),
+ * and SIGINT stops it all: the demo exits 0, its child processes (greeters, web front, intruder)
+ * are gone, and every port is free again.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { type ChildProcess, spawn } from "node:child_process"
@@ -56,17 +59,36 @@ const alive = (pid: number) => {
   }
 }
 
-/** mesh_demo_calls_total by instance, outcome ok only. */
-const callsByInstance = async (admin: string): Promise<Map<string, { version: string; calls: number }>> => {
+/** mesh_demo_calls_total, one entry per label set. */
+const demoCalls = async (admin: string): Promise<ReadonlyArray<{ labels: Record<string, string>; calls: number }>> => {
   const text = await (await fetch(`${admin}/metrics`)).text()
+  return text.split("\n").filter((line) => line.startsWith("mesh_demo_calls_total{")).map((line) => ({
+    labels: Object.fromEntries([...line.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1]!, m[2]!])),
+    calls: Number(line.split(" ").at(-1))
+  }))
+}
+
+/** The web front's answered calls by greeter instance. */
+const callsByInstance = async (admin: string): Promise<Map<string, { version: string; calls: number }>> => {
   const calls = new Map<string, { version: string; calls: number }>()
-  for (const line of text.split("\n")) {
-    if (!line.startsWith("mesh_demo_calls_total{")) continue
-    const labels = Object.fromEntries([...line.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]))
-    if (labels["outcome"] !== "ok") continue
-    calls.set(labels["instance"]!, { version: labels["version"]!, calls: Number(line.split(" ").at(-1)) })
+  for (const { calls: n, labels } of await demoCalls(admin)) {
+    if (labels["caller"] !== "web" || labels["outcome"] !== "ok") continue
+    const seen = calls.get(labels["instance"]!)?.calls ?? 0
+    calls.set(labels["instance"]!, { version: labels["version"]!, calls: seen + n })
   }
   return calls
+}
+
+/** The intruder's calls by outcome (and, answered, the identity the greeter saw). */
+const intruderCalls = async (admin: string) => {
+  const totals = { denied: 0, ok: 0, error: 0, peers: new Set<string>() }
+  for (const { calls, labels } of await demoCalls(admin)) {
+    if (labels["caller"] !== "intruder") continue
+    const outcome = labels["outcome"] as "denied" | "ok" | "error"
+    totals[outcome] += calls
+    if (outcome === "ok") totals.peers.add(labels["peer"]!)
+  }
+  return totals
 }
 
 interface EndpointJson {
@@ -88,23 +110,20 @@ const endpointOf = async (admin: string, service: string, key: string): Promise<
 const startDemo = async () => {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run \`npm run build\` first (npm test does)`)
   const dir = mkdtempSync(join(tmpdir(), "demo-test-"))
-  const [xds, admin, v1a, v1b, v2, web] = await Promise.all(Array.from({ length: 6 }, freePort)) as [
-    number,
-    number,
-    number,
-    number,
-    number,
-    number
-  ]
+  const [xds, admin, signing, v1a, v1b, v2, web, intruder] = await Promise.all(
+    Array.from({ length: 8 }, freePort)
+  ) as [number, number, number, number, number, number, number, number]
   // examples/demo.yaml itself, on free ports and a temporary state dir.
   const config = parse(readFileSync("examples/demo.yaml", "utf8"))
   config.controller.xds.port = xds
   config.controller.admin.port = admin
+  config.controller.signing.port = signing
   const service = (name: string) => config.services.find((s: { name: string }) => s.name === name)
   service("greeter-v1").endpoints[0].port = v1a
   service("greeter-v1").endpoints[1].port = v1b
   service("greeter-v2").endpoints[0].port = v2
   service("web").endpoints[0].port = web
+  service("intruder").endpoints[0].port = intruder
   config.certificates.dir = join(dir, "certs")
   const configPath = join(dir, "demo.yaml")
   writeFileSync(configPath, stringify(config))
@@ -134,17 +153,17 @@ const startDemo = async () => {
     running,
     isDone: () => done,
     output,
-    ports: { xds, admin, v1a, v1b, v2, web }
+    ports: { xds, admin, signing, v1a, v1b, v2, web, intruder }
   }
 }
 
 describe("mesh-controller demo", () => {
   it(
-    "shows the split, a health flip and a weight change, and SIGINT leaves nothing behind",
-    { timeout: 300_000 },
+    "shows the split over mTLS, a denial, a health flip, a weight and a rule change, and SIGINT leaves nothing behind",
+    { timeout: 480_000 },
     async () => {
       const { adminUrl, child, config, configPath, dir, exited, isDone, ports, running, output } = await startDemo()
-      const { admin, v1a, v1b, v2, web, xds } = ports
+      const { admin, intruder, signing, v1a, v1b, v2, web, xds } = ports
       try {
         // It says what to open.
         await waitFor(
@@ -152,7 +171,7 @@ describe("mesh-controller demo", () => {
             running()
             if (!output.some((line) => line.includes(`${adminUrl}/ui`))) throw new Error("no banner yet")
           },
-          120_000,
+          240_000,
           200
         )
 
@@ -166,6 +185,31 @@ describe("mesh-controller demo", () => {
           120_000,
           500
         )
+
+        // mTLS with the agents' identities: every answered web call was seen from the web front's certificate.
+        const webPeers = new Set(
+          (await demoCalls(adminUrl)).filter((c) => c.labels["caller"] === "web" && c.labels["outcome"] === "ok")
+            .map((c) => c.labels["peer"])
+        )
+        expect([...webPeers]).toEqual([`spiffe://${config.mesh.trustDomain}/service/web`])
+
+        // The denial: the greeters' RBAC (from the no-intruder rules) turns the intruder away.
+        await waitFor(
+          async () => {
+            running()
+            const calls = await intruderCalls(adminUrl)
+            if (calls.denied < 3) {
+              throw new Error(`intruder calls: ${JSON.stringify({ ...calls, peers: [...calls.peers] })}`)
+            }
+            // And the demo prints it.
+            if (!output.some((line) => /intruder denied \d+ \(last: PERMISSION_DENIED/.test(line))) {
+              throw new Error("no denial printed yet")
+            }
+          },
+          120_000,
+          500
+        )
+        expect((await intruderCalls(adminUrl)).ok).toBe(0)
 
         // The flip: the timer stops the second v1 instance; its health turns unhealthy.
         const flapping = `127.0.0.1:${v1b}`
@@ -213,7 +257,8 @@ describe("mesh-controller demo", () => {
           500
         )
 
-        // Hot reload: new weights in the file move the split (1/99 makes v1 a small minority of the calls).
+        // Hot reload: new weights in the file move the split (1/99 makes v1 a small minority of the calls),
+        // and without the deny rules the intruder's calls are answered.
         const byVersion = async () => {
           const totals = { v1: 0, v2: 0 }
           for (const { calls, version } of (await callsByInstance(adminUrl)).values()) {
@@ -223,6 +268,7 @@ describe("mesh-controller demo", () => {
         }
         config.policies.traffic[0].routes[0].destinations[0].weight = 1
         config.policies.traffic[0].routes[0].destinations[1].weight = 99
+        config.policies.security.authorization = []
         writeFileSync(configPath, stringify(config))
         let base = await byVersion()
         await waitFor(
@@ -238,8 +284,18 @@ describe("mesh-controller demo", () => {
           120_000,
           500
         )
+        await waitFor(
+          async () => {
+            running()
+            const calls = await intruderCalls(adminUrl)
+            if (calls.ok < 3) throw new Error(`intruder still turned away: ${JSON.stringify(calls.ok)}`)
+            expect([...calls.peers]).toEqual([`spiffe://${config.mesh.trustDomain}/service/intruder`])
+          },
+          120_000,
+          500
+        )
 
-        // Ctrl-C: the demo and its web front exit, and every port is free again.
+        // Ctrl-C: the demo and its services exit, and every port is free again.
         const children = childrenOf(child.pid!)
         expect(children.length).toBeGreaterThan(0)
         child.kill("SIGINT")
@@ -252,7 +308,7 @@ describe("mesh-controller demo", () => {
           30_000,
           200
         )
-        for (const port of [xds, admin, v1a, v1b, v2, web]) expect(await canListen(port)).toBe(true)
+        for (const port of [xds, admin, signing, v1a, v1b, v2, web, intruder]) expect(await canListen(port)).toBe(true)
       } finally {
         if (!isDone()) child.kill("SIGKILL")
         rmSync(dir, { recursive: true, force: true })
@@ -260,15 +316,18 @@ describe("mesh-controller demo", () => {
     }
   )
 
-  it("a killed demo (SIGKILL, no finalizers) leaves no web front behind", { timeout: 300_000 }, async () => {
+  it("a killed demo (SIGKILL, no finalizers) leaves no service process behind", { timeout: 300_000 }, async () => {
     const { child, dir, exited, isDone, ports, running } = await startDemo()
     try {
       await waitFor(
         async () => {
           running()
-          if (childrenOf(child.pid!).length === 0) throw new Error("no web front yet")
-          const response = await fetch(`http://127.0.0.1:${ports.web}/healthz`)
-          if (response.status !== 200) throw new Error(`web /healthz ${response.status}`)
+          // The two steady greeters, the web front and the intruder (the flapping greeter may be down).
+          if (childrenOf(child.pid!).length < 4) throw new Error(`children: ${childrenOf(child.pid!)}`)
+          for (const port of [ports.web, ports.intruder]) {
+            const response = await fetch(`http://127.0.0.1:${port}/healthz`)
+            if (response.status !== 200) throw new Error(`127.0.0.1:${port}/healthz ${response.status}`)
+          }
         },
         120_000,
         200
@@ -284,7 +343,7 @@ describe("mesh-controller demo", () => {
         30_000,
         200
       )
-      expect(await canListen(ports.web)).toBe(true)
+      for (const port of [ports.web, ports.intruder, ports.v1a, ports.v2]) expect(await canListen(port)).toBe(true)
     } finally {
       if (!isDone()) child.kill("SIGKILL")
       rmSync(dir, { recursive: true, force: true })

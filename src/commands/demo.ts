@@ -1,8 +1,9 @@
 /**
- * `mesh-controller demo`: the first minute with the mesh (src/demo/Demo.ts), and `demo web`, the
- * demo's web front, which `demo` starts as its own process. Both load their code when they run.
+ * `mesh-controller demo`: the first minute with the mesh (src/demo/Demo.ts), and `demo web` and
+ * `demo greeter`, the demo's services, which `demo` starts as processes of their own. Each loads
+ * its code when it runs.
  */
-import { Command, Options } from "@effect/cli"
+import { Args, Command, Options } from "@effect/cli"
 import { Effect } from "effect"
 
 const configOption = Options.file("config", { exists: "yes" }).pipe(
@@ -10,6 +11,11 @@ const configOption = Options.file("config", { exists: "yes" }).pipe(
   Options.withDescription("The demo's mesh config (greeter-v1, greeter-v2, web and their policy)."),
   Options.withDefault("examples/demo.yaml")
 )
+
+/** Started by `demo` (an IPC channel to it): stop, running the finalizers, when the demo is gone. */
+const stopWithDemo = Effect.sync(() => {
+  if (process.send !== undefined) process.once("disconnect", () => process.kill(process.pid, "SIGTERM"))
+})
 
 const web = Command.make(
   "web",
@@ -22,10 +28,7 @@ const web = Command.make(
   },
   ({ port, target }) =>
     Effect.zipRight(
-      // Started by `demo` (an IPC channel to it): stop, running the finalizers, when the demo is gone.
-      Effect.sync(() => {
-        if (process.send !== undefined) process.once("disconnect", () => process.kill(process.pid, "SIGTERM"))
-      }),
+      stopWithDemo,
       Effect.flatMap(
         Effect.promise(() => import("../demo/Web.js")),
         ({ web }) => Effect.scoped(Effect.zipRight(web(port, target), Effect.never))
@@ -34,6 +37,34 @@ const web = Command.make(
 ).pipe(
   Command.withDescription(
     "The demo's web front alone (`demo` starts it): GET /hello calls the target through xDS ($GRPC_XDS_BOOTSTRAP)."
+  )
+)
+
+const greeter = Command.make(
+  "greeter",
+  {
+    // An argument, not --version: that flag is the CLI's own (it prints the program's version).
+    version: Args.text({ name: "VERSION" }).pipe(Args.withDescription("The version it answers with (v1, v2).")),
+    port: Options.integer("port").pipe(Options.withDescription("The gRPC port on 127.0.0.1 (not 0)."))
+  },
+  ({ port, version }) =>
+    Effect.zipRight(
+      stopWithDemo,
+      Effect.flatMap(
+        Effect.promise(() => import("../demo/Greeter.js")),
+        ({ greeter }) =>
+          Effect.scoped(
+            greeter(version, port).pipe(
+              Effect.zipRight(Effect.logInfo(`demo greeter ${version}: serving on 127.0.0.1:${port}`)),
+              Effect.zipRight(Effect.never)
+            )
+          )
+      )
+    )
+).pipe(
+  Command.withDescription(
+    "One demo greeter instance alone (`demo` starts them): an xDS gRPC server ($GRPC_XDS_BOOTSTRAP; " +
+      "GRPC_XDS_EXPERIMENTAL_RBAC=true for authorization)."
   )
 )
 
@@ -54,7 +85,7 @@ export const makeDemoCommand = (version: string) =>
       )
   ).pipe(
     Command.withDescription(
-      "Run a small mesh on 127.0.0.1 to watch: the controller, greeter v1/v2, a web front and a load loop. Ctrl-C stops it."
+      "Run a small mesh on 127.0.0.1 to watch: the controller, greeter v1/v2, a web front, an intruder and a load loop. Ctrl-C stops it."
     ),
-    Command.withSubcommands([web])
+    Command.withSubcommands([web, greeter])
   )

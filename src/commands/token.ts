@@ -66,6 +66,47 @@ export const formatRecords = (records: ReadonlyArray<TokenRecord>, now: number):
       )
     ].join("\n")
 
+/**
+ * A new join token for one host of `service`, recorded in the config's token store (which the
+ * running controller reads on every redemption). The CA is made here on first use, as `certs
+ * issue` does: the token must pin a root. `token create` prints it; `demo` hands it to its agents.
+ */
+export const issueJoinToken = (
+  mesh: MeshConfig,
+  request: {
+    readonly service: string
+    readonly instance?: string | undefined
+    readonly ttlMillis: number
+    readonly uses: number
+  }
+) =>
+  Effect.gen(function*() {
+    const { ca, store } = yield* stores(mesh, (store) => Effect.map(store.read, (ca) => ({ ca })), () =>
+      Effect.map(
+        // Its log line is kept off stdout, which holds the token alone (`token create ... > token`).
+        openCa({
+          settings: mesh.certificates,
+          meshName: mesh.mesh.name,
+          trustDomain: mesh.mesh.trustDomain,
+          create: true
+        }).pipe(Logger.withMinimumLogLevel(LogLevel.Warning)),
+        (ca) => ({ ca })
+      ))
+    const now = yield* Clock.currentTimeMillis
+    const { id, secret } = newTokenSecrets()
+    yield* store.create({
+      id,
+      service: request.service,
+      instance: request.instance,
+      createdAt: new Date(now).toISOString(),
+      expiresAt: new Date(now + request.ttlMillis).toISOString(),
+      uses: request.uses,
+      used: 0,
+      secretHash: hashSecret(secret)
+    })
+    return formatToken(yield* store.macKey, { id, secret, rootFingerprint: rootFingerprintHex(ca.authority.rootPem) })
+  })
+
 export const makeTokenCommand = (configOption: Options.Options<string>) => {
   const create = Command.make(
     "create",
@@ -116,36 +157,8 @@ export const makeTokenCommand = (configOption: Options.Options<string>) => {
           })
         }
         const mesh = yield* configOf(config)
-        // The CA is made here on first use, as `certs issue` does: the token must pin a root.
-        // Its log line is kept off stdout, which holds the token alone (`token create ... > token`).
-        const { ca, store } = yield* stores(mesh, (store) => Effect.map(store.read, (ca) => ({ ca })), () =>
-          Effect.map(
-            // The CA is made here on first use, as `certs issue` does: the token must pin a root.
-            // Its log line is kept off stdout, which holds the token alone (`token create ... > token`).
-            openCa({
-              settings: mesh.certificates,
-              meshName: mesh.mesh.name,
-              trustDomain: mesh.mesh.trustDomain,
-              create: true
-            }).pipe(Logger.withMinimumLogLevel(LogLevel.Warning)),
-            (ca) => ({ ca })
-          ))
-        const now = yield* Clock.currentTimeMillis
-        const { id, secret } = newTokenSecrets()
-        yield* store.create({
-          id,
-          service: name,
-          instance: inst,
-          createdAt: new Date(now).toISOString(),
-          expiresAt: new Date(now + ttlMillis).toISOString(),
-          uses,
-          used: 0,
-          secretHash: hashSecret(secret)
-        })
         // stdout holds the token alone, so `token create ... > token` works.
-        yield* Console.log(
-          formatToken(yield* store.macKey, { id, secret, rootFingerprint: rootFingerprintHex(ca.authority.rootPem) })
-        )
+        yield* Console.log(yield* issueJoinToken(mesh, { service: name, instance: inst, ttlMillis, uses }))
       })
   ).pipe(
     Command.withDescription("Print a join token for one new host of a service (single-use and expiring by default).")

@@ -1,12 +1,18 @@
 /**
- * The demo's `greeter`: a real grpc-js server answering `/demo.Greeter/SayHello` with the version
- * and address that served the call, and grpc.health.v1 so the controller's gRPC health check
- * probes it. Messages are UTF-8 bytes (no .proto to ship: the demo's client and server agree).
+ * The demo's `greeter`: a proxyless xDS gRPC server (`XdsServer`, @grpc/grpc-js-xds) answering
+ * `/demo.Greeter/SayHello` with its version, its address and the caller's identity as the TLS
+ * handshake proved it. It runs as its own process, as an app on a mesh host would: the bootstrap
+ * in $GRPC_XDS_BOOTSTRAP (the agent's) names the controller and the agent's certificate files, and
+ * the controller's Listener for this address decides TLS (strict mTLS) and who may call (RBAC);
+ * until that Listener arrives the server does not accept connections. Messages are UTF-8 bytes (no
+ * .proto to ship: the demo's client and server agree).
  */
 import * as grpc from "@grpc/grpc-js"
+import * as grpcXds from "@grpc/grpc-js-xds"
 import { Data, Effect, type Scope } from "effect"
+import { createServer } from "node:net"
+import { uriSans } from "../certs/Spiffe.js"
 import { describeErrno } from "../Errno.js"
-import { type HealthCheckRequest, healthService, ServingStatus } from "../xds/Wire.js"
 
 const identity = (bytes: Buffer) => bytes
 
@@ -24,10 +30,12 @@ export const greeterService = {
   }
 } satisfies grpc.ServiceDefinition
 
-/** What a greeter answers: which version and which instance served the call. */
+/** What a greeter answers: which version and instance served the call, and who it saw calling. */
 export interface Greeting {
   readonly version: string
   readonly instance: string
+  /** The caller's SPIFFE ID from its client certificate; "" over plaintext (mtls: permissive). */
+  readonly peer: string
   readonly message: string
 }
 
@@ -42,39 +50,56 @@ export class DemoPortBusy extends Data.TaggedError("DemoPortBusy")<{ readonly wh
   }
 }
 
-/** A greeter instance on 127.0.0.1:`port`, serving until the scope closes. */
+/**
+ * A greeter instance on 127.0.0.1:`port`, serving until the scope closes. XdsServer takes its
+ * Listener's name from the bound address, so the port is the configured one, never 0.
+ */
 export const greeter = (
   version: string,
   port: number
 ): Effect.Effect<void, DemoPortBusy, Scope.Scope> => {
   const instance = `127.0.0.1:${port}`
-  return Effect.acquireRelease(
-    Effect.async<grpc.Server, DemoPortBusy>((resume) => {
-      const server = new grpc.Server()
-      server.addService(greeterService, {
-        SayHello: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
-          const who = call.request.toString("utf8") || "stranger"
-          const greeting: Greeting = { version, instance, message: `hello ${who}, from greeter ${version}` }
-          callback(null, Buffer.from(JSON.stringify(greeting)))
-        }
-      })
-      server.addService(healthService, {
-        Check: (
-          _call: grpc.ServerUnaryCall<HealthCheckRequest, ServingStatus>,
-          callback: grpc.sendUnaryData<ServingStatus>
-        ) => callback(null, ServingStatus.SERVING),
-        Watch: (call: grpc.ServerWritableStream<HealthCheckRequest, ServingStatus>) => {
-          call.write(ServingStatus.SERVING)
-        }
-      })
-      server.bindAsync(instance, grpc.ServerCredentials.createInsecure(), (error) => {
-        if (error) {
-          server.forceShutdown()
-          resume(Effect.fail(new DemoPortBusy({ what: `greeter ${version} on ${instance}`, cause: error })))
-        } else resume(Effect.succeed(server))
-      })
-    }),
+  return Effect.gen(function*() {
+    yield* portFree(port, `greeter ${version} on ${instance}`)
+    grpcXds.register()
     // A stopped instance drops its connections at once, as a crashed process would.
-    (server) => Effect.sync(() => server.forceShutdown())
-  ).pipe(Effect.asVoid)
+    const server = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const server = new grpcXds.XdsServer()
+        server.addService(greeterService, {
+          SayHello: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+            const who = call.request.toString("utf8") || "stranger"
+            const peer = uriSans(call.getAuthContext().sslPeerCertificate?.subjectaltname)[0] ?? ""
+            const greeting: Greeting = { version, instance, peer, message: `hello ${who}, from greeter ${version}` }
+            callback(null, Buffer.from(JSON.stringify(greeting)))
+          }
+        })
+        return server
+      }),
+      (server) => Effect.sync(() => server.forceShutdown())
+    )
+    // Until the controller's Listener arrives: outside the acquire, so a stop interrupts the wait.
+    // The fallback credentials apply only where the controller sends no TLS context (mtls: permissive).
+    yield* Effect.async<void, DemoPortBusy>((resume) => {
+      server.bindAsync(
+        instance,
+        new grpcXds.XdsServerCredentials(grpc.ServerCredentials.createInsecure()),
+        (error) => {
+          if (error) resume(Effect.fail(new DemoPortBusy({ what: `greeter ${version} on ${instance}`, cause: error })))
+          else resume(Effect.void)
+        }
+      )
+    })
+  })
 }
+
+/**
+ * XdsServer opens its port only once the controller's Listener arrives, on every interface, and a
+ * busy port then is an uncaught error event: ask first, the same way, so a clash is one clear line.
+ */
+const portFree = (port: number, what: string) =>
+  Effect.async<void, DemoPortBusy>((resume) => {
+    const probe = createServer()
+    probe.once("error", (cause) => resume(Effect.fail(new DemoPortBusy({ what, cause }))))
+    probe.listen(port, () => probe.close(() => resume(Effect.void)))
+  })

@@ -1,8 +1,10 @@
 /**
  * The demo's `web` front: an HTTP server whose `GET /hello` calls `greeter` as a proxyless gRPC
  * client (`xds:///greeter`, @grpc/grpc-js-xds). It runs as its own process, as an app on a mesh
- * host would, and finds the controller through $GRPC_XDS_BOOTSTRAP, which `demo` sets for it:
- * which greeter version answers is the controller's traffic policy at work, not this code's.
+ * host would, and finds the controller through $GRPC_XDS_BOOTSTRAP (the bootstrap its agent
+ * wrote): which greeter version answers is the controller's traffic policy at work, and whether it
+ * may call at all is the greeter's RBAC from the controller, not this code's. The demo's `intruder`
+ * is this same program with another identity.
  */
 import * as grpc from "@grpc/grpc-js"
 import * as grpcXds from "@grpc/grpc-js-xds"
@@ -17,7 +19,11 @@ export const web = (port: number, target: string): Effect.Effect<void, DemoPortB
   Effect.gen(function*() {
     grpcXds.register()
     const client = yield* Effect.acquireRelease(
-      Effect.sync(() => new grpc.Client(`xds:///${target}`, grpc.credentials.createInsecure())),
+      // The controller's Cluster decides TLS (strict mTLS: this process's identity from the agent's
+      // files); the fallback applies only where it sends none (mtls: permissive).
+      Effect.sync(() =>
+        new grpc.Client(`xds:///${target}`, new grpcXds.XdsChannelCredentials(grpc.credentials.createInsecure()))
+      ),
       (client) => Effect.sync(() => client.close())
     )
     const server = createServer((request, response) => {
