@@ -15,14 +15,16 @@ import {
 } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
-import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
+import {
+  type CatalogServices,
+  consulLabelProblem,
+  decodeCatalogServices,
+  decodeHealthService,
+  SOURCE_META
+} from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
-import {
-  type RegistrationLimits,
-  type RegistrationRefused,
-  RegistrationStore
-} from "../src/discovery/RegistrationStore.js"
+import { type RegistrationLimits, RegistrationRefused, RegistrationStore } from "../src/discovery/RegistrationStore.js"
 import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import {
   type BlockingQuery,
@@ -34,6 +36,7 @@ import {
   retrySchedule
 } from "./ConsulClient.js"
 import * as Coalesce from "./internal/Coalesce.js"
+import * as ConsulApiRegistrations from "./internal/ConsulApiRegistrations.js"
 import { dnsFailures, servicesBySource, syncLag, watchUpdates } from "./internal/DiscoveryMetrics.js"
 import { LiveConfig } from "./LiveConfig.js"
 
@@ -58,7 +61,9 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     readonly status: Effect.Effect<DiscoveryStatus>
     /**
      * Adds (or replaces) an endpoint registered at run time; kept across config reloads. With
-     * `limits`, a registration that would break one is refused and changes nothing. The change
+     * `limits`, a registration that would break one is refused and changes nothing. With Consul,
+     * it is written through to the catalog first (see internal/ConsulApiRegistrations.ts): what
+     * Consul does not take is refused, and what it takes outlives this controller. The change
      * reaches `services` and `changes` shortly after (publishes are coalesced, so a burst of
      * registrations costs a few merges, not one per registration).
      */
@@ -66,8 +71,16 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
       registration: ApiRegistration,
       limits?: RegistrationLimits
     ) => Effect.Effect<void, RegistrationRefused>
-    /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
-    readonly deregister: (service: string, address: string, port: number) => Effect.Effect<boolean>
+    /**
+     * Removes a runtime registration; false when there was none. LiveConfig and Consul entries are
+     * untouched. With Consul, the registration leaves the catalog too (refused, with nothing
+     * changed, when Consul does not take it).
+     */
+    readonly deregister: (
+      service: string,
+      address: string,
+      port: number
+    ) => Effect.Effect<boolean, RegistrationRefused>
     readonly registrations: Effect.Effect<ReadonlyArray<ApiRegistration>>
   }
 >() {
@@ -152,7 +165,13 @@ export interface DiscoveryStatus {
   }>
   readonly apiRegistrations?: number
   /** `restartRequired`: the config's `discovery.consul` differs from the one in force (see ConsulClient). */
-  readonly consul?: (ConsulWatchStatus & { readonly restartRequired: boolean }) | null
+  readonly consul?:
+    | (ConsulWatchStatus & {
+      readonly restartRequired: boolean
+      /** What this controller's registrations in Consul name it; null: none (see ConsulClient). */
+      readonly controllerId: string | null
+    })
+    | null
   readonly dns?: {
     readonly refreshInterval: string
     readonly names: ReadonlyArray<{
@@ -321,11 +340,18 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     // A registration changes the store at once (O(1)) and asks for a coalesced publish: publishing
     // merges every source, which per request made n registrations cost O(n²).
     const requestPublish = dirty.signal
+    const knownNow = Effect.gen(function*() {
+      const configured = yield* Ref.get(configServices)
+      const consulNames = yield* Ref.get(consulView)
+      // A service in Consul only through API registrations (this or another controller's) is still
+      // one the API created: it counts against createServices and maxServices.
+      return (name: string) =>
+        configured.some((s) => s.name === name) ||
+        consulNames.get(name)?.instances.some((i) => i.meta[SOURCE_META] !== "api") === true
+    })
     const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
       Effect.gen(function*() {
-        const configured = yield* Ref.get(configServices)
-        const consulNames = yield* Ref.get(consulView)
-        const known = (name: string) => consulNames.has(name) || configured.some((s) => s.name === name)
+        const known = yield* knownNow
         const refused = api.add(registration, limits, known)
         if (refused) return yield* refused
         yield* requestPublish
@@ -335,6 +361,17 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       Effect.sync(() => api.remove(service, endpointKey({ address, port }))).pipe(
         Effect.tap((removed) => (removed ? requestPublish : Effect.void))
       )
+
+    const controllerId = consulClient && Option.getOrUndefined(consulClient.controllerId)
+    const catalog = consul && connection && controllerId !== undefined
+      ? yield* writeThrough(
+        ConsulApiRegistrations.make(
+          connection,
+          Effect.map(config.get, (loaded) => ({ mesh: loaded.config.mesh.name, controllerId }))
+        ),
+        { api, known: knownNow, configServices, publish: requestPublish }
+      )
+      : undefined
 
     const status: Effect.Effect<DiscoveryStatus> = Effect.gen(function*() {
       const services = yield* SubscriptionRef.get(output)
@@ -351,7 +388,11 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
         })),
         apiRegistrations: api.size,
         consul: consul && consulClient
-          ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired }
+          ? {
+            ...(yield* consul.status),
+            restartRequired: (yield* consulClient.status).restartRequired,
+            controllerId: Option.getOrNull(consulClient.controllerId)
+          }
           : null,
         dns: {
           refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
@@ -369,10 +410,76 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       services: SubscriptionRef.get(output),
       changes: output.changes,
       status,
-      register,
-      deregister,
+      register: catalog?.register ?? register,
+      deregister: catalog?.deregister ?? deregister,
       registrations: Effect.sync(() => api.all())
     })
+  })
+
+// ---------------------------------------------------------------------------------------------
+// The registration API's write-through to Consul
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * `register`/`deregister` with Consul: bounds and labels are checked, the catalog is written, and
+ * only then the controller's own store changes (so A serves the endpoint at once, as an API
+ * registration, and every controller serves it through its catalog watch). One change at a time,
+ * so two requests cannot both pass a bound that only one fits. At start, the registrations this
+ * controller made before (found by its controller ID) are read back into the store.
+ */
+const writeThrough = (
+  catalog: ConsulApiRegistrations.ConsulApiRegistrations,
+  local: {
+    readonly api: RegistrationStore
+    readonly known: Effect.Effect<(name: string) => boolean>
+    readonly configServices: Ref.Ref<ReadonlyArray<Service>>
+    readonly publish: Effect.Effect<unknown>
+  }
+) =>
+  Effect.gen(function*() {
+    const { api } = local
+    const one = (yield* Effect.makeSemaphore(1)).withPermits(1)
+
+    const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
+      one(Effect.gen(function*() {
+        const problem = consulLabelProblem(registration.labels)
+        if (problem !== undefined) {
+          return yield* new RegistrationRefused({ reason: "labels", message: `body: ${problem}` })
+        }
+        const known = yield* local.known
+        const refused = api.check(registration, limits, known)
+        if (refused) {
+          return yield* refused
+        }
+        const configured = (yield* Ref.get(local.configServices)).find((s) => s.name === registration.service)
+        yield* catalog.register(registration, configured?.protocol ?? registration.protocol ?? "http")
+        api.add(registration, undefined, known)
+        yield* local.publish
+      }))
+
+    const deregister = (service: string, address: string, port: number) =>
+      one(Effect.gen(function*() {
+        const inCatalog = yield* catalog.deregister(service, address, port)
+        const removed = api.remove(service, endpointKey({ address, port }))
+        if (removed || inCatalog) yield* local.publish
+        return removed || inCatalog
+      }))
+
+    yield* one(Effect.gen(function*() {
+      const own = yield* catalog.load
+      let added = 0
+      for (const registration of own) {
+        if (api.has(registration.service, endpointKey(registration))) continue
+        api.add(registration, undefined, () => true)
+        added++
+      }
+      if (added > 0) {
+        yield* Effect.logInfo(`read back ${added} registration(s) this controller made through the API`)
+        yield* local.publish
+      }
+    })).pipe(Effect.forkScoped)
+
+    return { register, deregister }
   })
 
 // ---------------------------------------------------------------------------------------------
