@@ -439,6 +439,13 @@ const writeThrough = (
   Effect.gen(function*() {
     const { api } = local
     const one = (yield* Effect.makeSemaphore(1)).withPermits(1)
+    // Keys changed through the API before the read-back lands: the read-back is older, so it skips them
+    // (a DELETE meanwhile must not be undone by it). Touched only inside `one`.
+    let readBack = false
+    const touched = new Set<string>()
+    const touch = (service: string, key: string) => {
+      if (!readBack) touched.add(`${service} ${key}`)
+    }
 
     const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
       one(Effect.gen(function*() {
@@ -454,6 +461,7 @@ const writeThrough = (
         const configured = (yield* Ref.get(local.configServices)).find((s) => s.name === registration.service)
         yield* catalog.register(registration, configured?.protocol ?? registration.protocol ?? "http")
         api.add(registration, undefined, known)
+        touch(registration.service, endpointKey(registration))
         yield* local.publish
       }))
 
@@ -461,23 +469,32 @@ const writeThrough = (
       one(Effect.gen(function*() {
         const inCatalog = yield* catalog.deregister(service, address, port)
         const removed = api.remove(service, endpointKey({ address, port }))
+        touch(service, endpointKey({ address, port }))
         if (removed || inCatalog) yield* local.publish
         return removed || inCatalog
       }))
 
-    yield* one(Effect.gen(function*() {
-      const own = yield* catalog.load
-      let added = 0
-      for (const registration of own) {
-        if (api.has(registration.service, endpointKey(registration))) continue
-        api.add(registration, undefined, () => true)
-        added++
-      }
-      if (added > 0) {
-        yield* Effect.logInfo(`read back ${added} registration(s) this controller made through the API`)
-        yield* local.publish
-      }
-    })).pipe(Effect.forkScoped)
+    // Read outside `one`: while Consul is down at start, API requests still get their 503 in time.
+    yield* catalog.load.pipe(
+      Effect.flatMap((own) =>
+        one(Effect.gen(function*() {
+          readBack = true
+          let added = 0
+          for (const registration of own) {
+            const key = endpointKey(registration)
+            if (touched.has(`${registration.service} ${key}`) || api.has(registration.service, key)) continue
+            api.add(registration, undefined, () => true)
+            added++
+          }
+          touched.clear()
+          if (added > 0) {
+            yield* Effect.logInfo(`read back ${added} registration(s) this controller made through the API`)
+            yield* local.publish
+          }
+        }))
+      ),
+      Effect.forkScoped
+    )
 
     return { register, deregister }
   })

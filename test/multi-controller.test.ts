@@ -472,5 +472,29 @@ describe.skipIf(REAL_AGENT !== undefined)(
       },
       120_000
     )
+
+    it("Consul down while a controller starts: API requests get their 503 in time, not a hang", async () => {
+      const consul = await standIn()
+      const { config, dir } = fleet(consul.address)
+      // A is started once so its state dir (admin token, controller ID) exists, then again with Consul down.
+      const first = track(await startDaemon(config("a")))
+      first.child.kill("SIGTERM")
+      await first.exited
+      await consul.refuseConnections()
+      const late = spawnController(config("a"))
+      const admin = await waitFor(async () => {
+        const line = late.lines.find((l) => /admin: listening on (http:\/\/[^"\s]+)/.test(l))
+        if (line === undefined) throw new Error("no admin address yet")
+        return /admin: listening on (http:\/\/[^"\s]+)/.exec(line)![1]!
+      }, 60_000)
+      const answer = await api(admin, join(dir, "a", "admin-token")).register("web", {
+        address: "127.0.0.1",
+        port: 18084
+      })
+      expect(answer.status).toBe(503)
+      expect(((await answer.json()) as { message: string }).message).toContain("did not take it")
+      await consul.acceptConnections()
+      expect(consul.registeredServices().filter((s) => s.Port === 18084)).toEqual([])
+    }, 120_000)
   }
 )
