@@ -17,14 +17,17 @@ import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
 import {
   type CatalogServices,
-  consulLabelProblem,
   decodeCatalogServices,
   decodeHealthService,
   SOURCE_META
 } from "../src/discovery/Consul.js"
 import { expandHostNames, hostNamesOf, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
-import { type RegistrationLimits, RegistrationRefused, RegistrationStore } from "../src/discovery/RegistrationStore.js"
+import {
+  type RegistrationLimits,
+  type RegistrationRefused,
+  RegistrationStore
+} from "../src/discovery/RegistrationStore.js"
 import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import {
   type BlockingQuery,
@@ -364,7 +367,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
 
     const controllerId = consulClient && Option.getOrUndefined(consulClient.controllerId)
     const catalog = consul && connection && controllerId !== undefined
-      ? yield* writeThrough(
+      ? yield* ConsulApiRegistrations.writeThrough(
         ConsulApiRegistrations.make(
           connection,
           Effect.map(config.get, (loaded) => ({ mesh: loaded.config.mesh.name, controllerId }))
@@ -414,89 +417,6 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       deregister: catalog?.deregister ?? deregister,
       registrations: Effect.sync(() => api.all())
     })
-  })
-
-// ---------------------------------------------------------------------------------------------
-// The registration API's write-through to Consul
-// ---------------------------------------------------------------------------------------------
-
-/**
- * `register`/`deregister` with Consul: bounds and labels are checked, the catalog is written, and
- * only then the controller's own store changes (so A serves the endpoint at once, as an API
- * registration, and every controller serves it through its catalog watch). One change at a time,
- * so two requests cannot both pass a bound that only one fits. At start, the registrations this
- * controller made before (found by its controller ID) are read back into the store.
- */
-const writeThrough = (
-  catalog: ConsulApiRegistrations.ConsulApiRegistrations,
-  local: {
-    readonly api: RegistrationStore
-    readonly known: Effect.Effect<(name: string) => boolean>
-    readonly configServices: Ref.Ref<ReadonlyArray<Service>>
-    readonly publish: Effect.Effect<unknown>
-  }
-) =>
-  Effect.gen(function*() {
-    const { api } = local
-    const one = (yield* Effect.makeSemaphore(1)).withPermits(1)
-    // Keys changed through the API before the read-back lands: the read-back is older, so it skips them
-    // (a DELETE meanwhile must not be undone by it). Touched only inside `one`.
-    let readBack = false
-    const touched = new Set<string>()
-    const touch = (service: string, key: string) => {
-      if (!readBack) touched.add(`${service} ${key}`)
-    }
-
-    const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
-      one(Effect.gen(function*() {
-        const problem = consulLabelProblem(registration.labels)
-        if (problem !== undefined) {
-          return yield* new RegistrationRefused({ reason: "labels", message: `body: ${problem}` })
-        }
-        const known = yield* local.known
-        const refused = api.check(registration, limits, known)
-        if (refused) {
-          return yield* refused
-        }
-        const configured = (yield* Ref.get(local.configServices)).find((s) => s.name === registration.service)
-        yield* catalog.register(registration, configured?.protocol ?? registration.protocol ?? "http")
-        api.add(registration, undefined, known)
-        touch(registration.service, endpointKey(registration))
-        yield* local.publish
-      }))
-
-    const deregister = (service: string, address: string, port: number) =>
-      one(Effect.gen(function*() {
-        const inCatalog = yield* catalog.deregister(service, address, port)
-        const removed = api.remove(service, endpointKey({ address, port }))
-        touch(service, endpointKey({ address, port }))
-        if (removed || inCatalog) yield* local.publish
-        return removed || inCatalog
-      }))
-
-    // Read outside `one`: while Consul is down at start, API requests still get their 503 in time.
-    yield* catalog.load.pipe(
-      Effect.flatMap((own) =>
-        one(Effect.gen(function*() {
-          readBack = true
-          let added = 0
-          for (const registration of own) {
-            const key = endpointKey(registration)
-            if (touched.has(`${registration.service} ${key}`) || api.has(registration.service, key)) continue
-            api.add(registration, undefined, () => true)
-            added++
-          }
-          touched.clear()
-          if (added > 0) {
-            yield* Effect.logInfo(`read back ${added} registration(s) this controller made through the API`)
-            yield* local.publish
-          }
-        }))
-      ),
-      Effect.forkScoped
-    )
-
-    return { register, deregister }
   })
 
 // ---------------------------------------------------------------------------------------------

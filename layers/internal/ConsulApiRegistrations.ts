@@ -9,15 +9,21 @@
  * 503 with Consul's reason) and nothing changes in the controller either: an accepted registration
  * is in the catalog, a refused one is nowhere, so nothing is lost silently.
  */
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect, Ref, Schedule } from "effect"
 import {
   type AgentServices,
   apiRegisterOptions,
   apiRegistrationId,
+  consulLabelProblem,
   ownApiRegistrations
 } from "../../src/discovery/Consul.js"
 import type { ApiRegistration } from "../../src/discovery/Merge.js"
-import { RegistrationRefused } from "../../src/discovery/RegistrationStore.js"
+import {
+  type RegistrationLimits,
+  RegistrationRefused,
+  type RegistrationStore
+} from "../../src/discovery/RegistrationStore.js"
+import { endpointKey, type Service } from "../../src/MeshState.js"
 import { type ConsulConnection, type ConsulUnavailable, retrySchedule } from "../ConsulClient.js"
 
 export interface ConsulApiRegistrations {
@@ -101,3 +107,82 @@ export const make = (
     })
   }
 }
+
+/**
+ * Discovery's `register`/`deregister` with Consul: bounds and labels are checked, the catalog is written, and
+ * only then the controller's own store changes (so A serves the endpoint at once, as an API
+ * registration, and every controller serves it through its catalog watch). One change at a time,
+ * so two requests cannot both pass a bound that only one fits. At start, the registrations this
+ * controller made before (found by its controller ID) are read back into the store.
+ */
+export const writeThrough = (
+  catalog: ConsulApiRegistrations,
+  local: {
+    readonly api: RegistrationStore
+    readonly known: Effect.Effect<(name: string) => boolean>
+    readonly configServices: Ref.Ref<ReadonlyArray<Service>>
+    readonly publish: Effect.Effect<unknown>
+  }
+) =>
+  Effect.gen(function*() {
+    const { api } = local
+    const one = (yield* Effect.makeSemaphore(1)).withPermits(1)
+    // Keys changed through the API before the read-back lands: the read-back is older, so it skips them
+    // (a DELETE meanwhile must not be undone by it). Touched only inside `one`.
+    let readBack = false
+    const touched = new Set<string>()
+    const touch = (service: string, key: string) => {
+      if (!readBack) touched.add(`${service} ${key}`)
+    }
+
+    const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
+      one(Effect.gen(function*() {
+        const problem = consulLabelProblem(registration.labels)
+        if (problem !== undefined) {
+          return yield* new RegistrationRefused({ reason: "labels", message: `body: ${problem}` })
+        }
+        const known = yield* local.known
+        const refused = api.check(registration, limits, known)
+        if (refused) {
+          return yield* refused
+        }
+        const configured = (yield* Ref.get(local.configServices)).find((s) => s.name === registration.service)
+        yield* catalog.register(registration, configured?.protocol ?? registration.protocol ?? "http")
+        api.add(registration, undefined, known)
+        touch(registration.service, endpointKey(registration))
+        yield* local.publish
+      }))
+
+    const deregister = (service: string, address: string, port: number) =>
+      one(Effect.gen(function*() {
+        const inCatalog = yield* catalog.deregister(service, address, port)
+        const removed = api.remove(service, endpointKey({ address, port }))
+        touch(service, endpointKey({ address, port }))
+        if (removed || inCatalog) yield* local.publish
+        return removed || inCatalog
+      }))
+
+    // Read outside `one`: while Consul is down at start, API requests still get their 503 in time.
+    yield* catalog.load.pipe(
+      Effect.flatMap((own) =>
+        one(Effect.gen(function*() {
+          readBack = true
+          let added = 0
+          for (const registration of own) {
+            const key = endpointKey(registration)
+            if (touched.has(`${registration.service} ${key}`) || api.has(registration.service, key)) continue
+            api.add(registration, undefined, () => true)
+            added++
+          }
+          touched.clear()
+          if (added > 0) {
+            yield* Effect.logInfo(`read back ${added} registration(s) this controller made through the API`)
+            yield* local.publish
+          }
+        }))
+      ),
+      Effect.forkScoped
+    )
+
+    return { register, deregister }
+  })
