@@ -24,8 +24,10 @@ import { EventEmitter } from "node:events"
 import * as NodeFs from "node:fs"
 import * as Http from "node:http"
 import * as Https from "node:https"
+import * as NodePath from "node:path"
 import type { ConsulSettings } from "../schemas/Config.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
+import { loadOrCreateControllerId } from "./internal/ControllerId.js"
 import { consulErrors, consulUp } from "./internal/DiscoveryMetrics.js"
 import { LiveConfig } from "./LiveConfig.js"
 
@@ -241,6 +243,8 @@ export interface ConsulClientStatus {
   readonly address: string | null
   /** `discovery.consul` in the config now differs from the settings the client was built with. */
   readonly restartRequired: boolean
+  /** What this controller's Consul registrations name it (`mesh-controller-id` meta); null: none. */
+  readonly controllerId: string | null
 }
 
 const sameSettings = (a: ConsulSettings | undefined, b: ConsulSettings | undefined) =>
@@ -258,47 +262,33 @@ export class ConsulClient extends Context.Tag("mesh-controller/ConsulClient")<
     /** The settings the connection was built with; None without a `discovery.consul` section. */
     readonly settings: Option.Option<ConsulSettings>
     readonly connection: Option.Option<ConsulConnection>
+    /**
+     * This controller's ID (see internal/ControllerId.ts), with a connection from
+     * `layerWithControllerId` only: Discovery and ConsulRegistration mark what they register with
+     * it, so it is read once, here.
+     */
+    readonly controllerId: Option.Option<string>
     readonly status: Effect.Effect<ConsulClientStatus>
   }
 >() {
-  /** From `discovery.consul` of the config at start. */
+  /**
+   * From `discovery.consul` of the config at start, without a controller ID: the registration API
+   * stays in this process's memory and anti-entropy removes only unattributed instances (what a
+   * library user or a test composing a few layers gets; nothing is written to disk).
+   */
   static readonly layer: Layer.Layer<ConsulClient, never, LiveConfig> = Layer.scoped(
     ConsulClient,
-    Effect.gen(function*() {
-      const config = yield* LiveConfig
-      const settings = (yield* config.get).config.discovery.consul
-      const connection = settings === undefined ? undefined : yield* makeConsulConnection(settings).pipe(
-        Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
-        Effect.orDie
-      )
-      const restartRequired = yield* Ref.make(false)
-      // Every value is compared with the settings in force (not "every value after the first"), so
-      // a reload that lands before this fiber subscribes is not lost.
-      yield* config.changes.pipe(
-        Stream.runForEach((loaded) =>
-          Effect.gen(function*() {
-            const changed = !sameSettings(loaded.config.discovery.consul, settings)
-            const before = yield* Ref.getAndSet(restartRequired, changed)
-            if (changed && !before) {
-              yield* Effect.logWarning("discovery.consul changed in the config; it takes effect at the next restart")
-            } else if (!changed && before) {
-              yield* Effect.logInfo("discovery.consul is back to the settings in force; no restart needed")
-            }
-          })
-        ),
-        Effect.annotateLogs({ module: "consul" }),
-        Effect.forkScoped
-      )
-      return ConsulClient.of({
-        settings: Option.fromNullable(settings),
-        connection: Option.fromNullable(connection),
-        status: Effect.map(Ref.get(restartRequired), (restart) => ({
-          enabled: settings !== undefined,
-          address: settings?.address ?? null,
-          restartRequired: restart
-        }))
-      })
-    }).pipe(Effect.annotateLogs({ module: "consul" }))
+    Effect.suspend(() => make(false))
+  )
+
+  /**
+   * The daemon's: as `layer`, with the controller ID kept in the state dir (`controller-id` in
+   * `certificates.dir`, made on first start). With it, registration API changes are written
+   * through to Consul's catalog and what this controller registers names it.
+   */
+  static readonly layerWithControllerId: Layer.Layer<ConsulClient, never, LiveConfig> = Layer.scoped(
+    ConsulClient,
+    Effect.suspend(() => make(true))
   )
 
   /** No Consul, whatever the config says. */
@@ -307,7 +297,54 @@ export class ConsulClient extends Context.Tag("mesh-controller/ConsulClient")<
     ConsulClient.of({
       settings: Option.none(),
       connection: Option.none(),
-      status: Effect.succeed({ enabled: false, address: null, restartRequired: false })
+      controllerId: Option.none(),
+      status: Effect.succeed({ enabled: false, address: null, restartRequired: false, controllerId: null })
     })
   )
 }
+
+const make = (withControllerId: boolean) =>
+  Effect.gen(function*() {
+    const config = yield* LiveConfig
+    const loaded = (yield* config.get).config
+    const settings = loaded.discovery.consul
+    const connection = settings === undefined ? undefined : yield* makeConsulConnection(settings).pipe(
+      Effect.tapError((error) => Effect.logError("cannot create the Consul client", error.reason)),
+      Effect.orDie
+    )
+    const controllerId = connection === undefined || !withControllerId
+      ? undefined
+      : yield* loadOrCreateControllerId(NodePath.resolve(loaded.certificates.dir)).pipe(
+        Effect.tapError((error) => Effect.logError("cannot read or make the controller ID", error.message)),
+        Effect.orDie
+      )
+    const restartRequired = yield* Ref.make(false)
+    // Every value is compared with the settings in force (not "every value after the first"), so
+    // a reload that lands before this fiber subscribes is not lost.
+    yield* config.changes.pipe(
+      Stream.runForEach((loaded) =>
+        Effect.gen(function*() {
+          const changed = !sameSettings(loaded.config.discovery.consul, settings)
+          const before = yield* Ref.getAndSet(restartRequired, changed)
+          if (changed && !before) {
+            yield* Effect.logWarning("discovery.consul changed in the config; it takes effect at the next restart")
+          } else if (!changed && before) {
+            yield* Effect.logInfo("discovery.consul is back to the settings in force; no restart needed")
+          }
+        })
+      ),
+      Effect.annotateLogs({ module: "consul" }),
+      Effect.forkScoped
+    )
+    return ConsulClient.of({
+      settings: Option.fromNullable(settings),
+      connection: Option.fromNullable(connection),
+      controllerId: Option.fromNullable(controllerId),
+      status: Effect.map(Ref.get(restartRequired), (restart) => ({
+        enabled: settings !== undefined,
+        address: settings?.address ?? null,
+        restartRequired: restart,
+        controllerId: controllerId ?? null
+      }))
+    })
+  }).pipe(Effect.annotateLogs({ module: "consul" }))

@@ -2,10 +2,10 @@ import { Context, Duration, Effect, Layer, Option, Ref, Schedule, Stream } from 
 import {
   checkId,
   isRegistered,
-  OWNER_META,
   registerOptions,
   type Registration,
-  registrationsOf
+  registrationsOf,
+  removableByAntiEntropy
 } from "../src/discovery/Consul.js"
 import { type EndpointHealth, endpointKey } from "../src/MeshState.js"
 import { ConsulClient, type RetryOptions, retrySchedule } from "./ConsulClient.js"
@@ -21,7 +21,9 @@ import { LiveConfig } from "./LiveConfig.js"
  *   check and reports the controller's own probe results (Health.changes) to it.
  * - Anti-entropy: every `discovery.consul.antiEntropyInterval` the agent's services are compared
  *   with what the config asks for; missing ones are registered again (an agent restart forgets
- *   them), stale ones this controller owns are removed, and TTL checks are refreshed.
+ *   them), stale ones this controller registered from its config are removed (never another
+ *   controller's, never an API registration: see `removableByAntiEntropy`), and TTL checks are
+ *   refreshed.
  *
  * A separate layer from Discovery because it needs Health, and Health needs Discovery.
  * Without a `discovery.consul` section it does nothing.
@@ -105,11 +107,12 @@ const make = (options: RegistrationOptions) =>
     }
     const settings = consulClient.settings.value
     const client = consulClient.connection.value
+    const controllerId = Option.getOrUndefined(consulClient.controllerId)
     const schedule = retrySchedule(options.retry)
     // `schedule` never ends, so a call retried on it cannot fail (orDie only fixes the type).
     const persist = <A, E>(effect: Effect.Effect<A, E>) => effect.pipe(Effect.retry(schedule), Effect.orDie)
     const attempts = Schedule.intersect(schedule, Schedule.recurs(3))
-    const desired = yield* Ref.make(registrationsOf(loaded.config, settings.antiEntropyInterval))
+    const desired = yield* Ref.make(registrationsOf(loaded.config, settings.antiEntropyInterval, controllerId))
     const meshName = yield* Ref.make(loaded.config.mesh.name)
     const entries = yield* Ref.make<ReadonlyMap<string, Entry>>(new Map())
     const view = yield* Ref.make<HealthView>(new Map())
@@ -227,7 +230,7 @@ const make = (options: RegistrationOptions) =>
           r.id
         ))
         for (const [id, service] of Object.entries(present)) {
-          if (service.Meta?.[OWNER_META] !== owner || wantedIds.has(id)) {
+          if (!removableByAntiEntropy(service.Meta, { mesh: owner, controllerId }) || wantedIds.has(id)) {
             continue
           }
           const removed = yield* deregisterOne(id).pipe(
@@ -282,7 +285,7 @@ const make = (options: RegistrationOptions) =>
       Stream.runForEach((next) =>
         Effect.gen(function*() {
           // TTLs follow the interval the rounds run at, which is fixed at start.
-          yield* Ref.set(desired, registrationsOf(next.config, interval))
+          yield* Ref.set(desired, registrationsOf(next.config, interval, controllerId))
           yield* Ref.set(meshName, next.config.mesh.name)
           yield* sync
         })

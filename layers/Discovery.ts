@@ -15,7 +15,12 @@ import {
 } from "effect"
 import * as NodeDns from "node:dns"
 import type { ConsulSettings } from "../schemas/Config.js"
-import { type CatalogServices, decodeCatalogServices, decodeHealthService } from "../src/discovery/Consul.js"
+import {
+  type CatalogServices,
+  decodeCatalogServices,
+  decodeHealthService,
+  SOURCE_META
+} from "../src/discovery/Consul.js"
 import { HostExpansion, isConsulName } from "../src/discovery/Dns.js"
 import { type ApiRegistration, type ConsulService, mergeRegistry, RegistryMerger } from "../src/discovery/Merge.js"
 import {
@@ -34,6 +39,7 @@ import {
   retrySchedule
 } from "./ConsulClient.js"
 import * as Coalesce from "./internal/Coalesce.js"
+import * as ConsulApiRegistrations from "./internal/ConsulApiRegistrations.js"
 import { dnsFailures, servicesBySource, syncLag, watchUpdates } from "./internal/DiscoveryMetrics.js"
 import { LiveConfig } from "./LiveConfig.js"
 
@@ -58,7 +64,9 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
     readonly status: Effect.Effect<DiscoveryStatus>
     /**
      * Adds (or replaces) an endpoint registered at run time; kept across config reloads. With
-     * `limits`, a registration that would break one is refused and changes nothing. The change
+     * `limits`, a registration that would break one is refused and changes nothing. With Consul,
+     * it is written through to the catalog first (see internal/ConsulApiRegistrations.ts): what
+     * Consul does not take is refused, and what it takes outlives this controller. The change
      * reaches `services` and `changes` shortly after (publishes are coalesced, so a burst of
      * registrations costs a few merges, not one per registration).
      */
@@ -66,8 +74,16 @@ export class Discovery extends Context.Tag("mesh-controller/Discovery")<
       registration: ApiRegistration,
       limits?: RegistrationLimits
     ) => Effect.Effect<void, RegistrationRefused>
-    /** Removes a runtime registration; false when there was none. LiveConfig and Consul entries are untouched. */
-    readonly deregister: (service: string, address: string, port: number) => Effect.Effect<boolean>
+    /**
+     * Removes a runtime registration; false when there was none. LiveConfig and Consul entries are
+     * untouched. With Consul, the registration leaves the catalog too (refused, with nothing
+     * changed, when Consul does not take it).
+     */
+    readonly deregister: (
+      service: string,
+      address: string,
+      port: number
+    ) => Effect.Effect<boolean, RegistrationRefused>
     readonly registrations: Effect.Effect<ReadonlyArray<ApiRegistration>>
   }
 >() {
@@ -152,7 +168,13 @@ export interface DiscoveryStatus {
   }>
   readonly apiRegistrations?: number
   /** `restartRequired`: the config's `discovery.consul` differs from the one in force (see ConsulClient). */
-  readonly consul?: (ConsulWatchStatus & { readonly restartRequired: boolean }) | null
+  readonly consul?:
+    | (ConsulWatchStatus & {
+      readonly restartRequired: boolean
+      /** What this controller's registrations in Consul name it; null: none (see ConsulClient). */
+      readonly controllerId: string | null
+    })
+    | null
   readonly dns?: {
     readonly refreshInterval: string
     readonly names: ReadonlyArray<{
@@ -340,11 +362,18 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     // A registration changes the store at once (O(1)) and asks for a coalesced publish: publishing
     // merges every source, which per request made n registrations cost O(n²).
     const requestPublish = dirty.signal
+    const knownNow = Effect.gen(function*() {
+      const configured = yield* Ref.get(configServices)
+      const consulNames = yield* Ref.get(consulView)
+      // A service in Consul only through API registrations (this or another controller's) is still
+      // one the API created: it counts against createServices and maxServices.
+      return (name: string) =>
+        configured.some((s) => s.name === name) ||
+        consulNames.get(name)?.instances.some((i) => i.meta[SOURCE_META] !== "api") === true
+    })
     const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
       Effect.gen(function*() {
-        const configured = yield* Ref.get(configServices)
-        const consulNames = yield* Ref.get(consulView)
-        const known = (name: string) => consulNames.has(name) || configured.some((s) => s.name === name)
+        const known = yield* knownNow
         const refused = api.add(registration, limits, known)
         if (refused) return yield* refused
         yield* requestPublish
@@ -354,6 +383,17 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       Effect.sync(() => api.remove(service, endpointKey({ address, port }))).pipe(
         Effect.tap((removed) => (removed ? requestPublish : Effect.void))
       )
+
+    const controllerId = consulClient && Option.getOrUndefined(consulClient.controllerId)
+    const catalog = consul && connection && controllerId !== undefined
+      ? yield* ConsulApiRegistrations.writeThrough(
+        ConsulApiRegistrations.make(
+          connection,
+          Effect.map(config.get, (loaded) => ({ mesh: loaded.config.mesh.name, controllerId }))
+        ),
+        { api, known: knownNow, configServices, publish: requestPublish }
+      )
+      : undefined
 
     const status: Effect.Effect<DiscoveryStatus> = Effect.gen(function*() {
       const services = yield* SubscriptionRef.get(output)
@@ -370,7 +410,11 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
         })),
         apiRegistrations: api.size,
         consul: consul && consulClient
-          ? { ...(yield* consul.status), restartRequired: (yield* consulClient.status).restartRequired }
+          ? {
+            ...(yield* consul.status),
+            restartRequired: (yield* consulClient.status).restartRequired,
+            controllerId: Option.getOrNull(consulClient.controllerId)
+          }
           : null,
         dns: {
           refreshInterval: Duration.format((yield* Ref.get(dnsSettings)).refreshInterval),
@@ -388,8 +432,8 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       services: SubscriptionRef.get(output),
       changes: output.changes,
       status,
-      register,
-      deregister,
+      register: catalog?.register ?? register,
+      deregister: catalog?.deregister ?? deregister,
       registrations: Effect.sync(() => api.all())
     })
   })

@@ -6,10 +6,12 @@
  *   DELETE /v1/services/:name/endpoints/:address/:port  → 204, or 404 when the API registered no such endpoint
  *   GET    /v1/services                                 → 200 {services: [...]} as Discovery merged them
  *
- * Registrations live in the controller's memory: they survive config reloads, not restarts, and are
- * not written to Consul (each controller serves its own). A config-file entry with the same
- * `address:port` takes precedence over them (see Discovery). Bad requests get 400 with a message
- * that names the field.
+ * Without Consul, registrations live in the controller's memory: they survive config reloads, not
+ * restarts. With `discovery.consul`, they are written through to Consul's catalog (Discovery, see
+ * internal/ConsulApiRegistrations.ts): every controller serves them, they survive restarts, and a
+ * change Consul does not take gets 503 with Consul's reason and changes nothing; a label Consul
+ * cannot carry as meta gets 400. A config-file entry with the same `address:port` takes precedence
+ * over them (see Discovery). Bad requests get 400 with a message that names the field.
  *
  * POST and DELETE need the admin token and a JSON body (see admin/AdminAccess.ts, admin/JsonBody.ts);
  * GET follows the read rule. What a caller may add is bounded by `controller.admin.registration`
@@ -92,10 +94,18 @@ const checkLabels = (
   return undefined
 }
 
-const fromRefusal = (e: RegistrationRefused): RequestRefused =>
-  e.reason === "unknown-service"
-    ? refused(404, "UnknownService", "unknown_service", e.message)
-    : refused(409, "LimitReached", "limit", e.message)
+const fromRefusal = (e: RegistrationRefused): RequestRefused => {
+  switch (e.reason) {
+    case "unknown-service":
+      return refused(404, "UnknownService", "unknown_service", e.message)
+    case "labels":
+      return refused(400, "BadRequest", "bad_request", e.message)
+    case "consul":
+      return refused(503, "ConsulUnavailable", "consul_unavailable", e.message)
+    default:
+      return refused(409, "LimitReached", "limit", e.message)
+  }
+}
 
 const register = <R>(settings: Effect.Effect<AdminRegistration, never, R>) =>
   Effect.gen(function*() {
@@ -122,7 +132,7 @@ const register = <R>(settings: Effect.Effect<AdminRegistration, never, R>) =>
 const deregister = Effect.gen(function*() {
   const path = yield* HttpRouter.schemaPathParams(EndpointPath).pipe(Effect.mapError(pathRefused))
   const discovery = yield* Discovery
-  const removed = yield* discovery.deregister(path.name, path.address, path.port)
+  const removed = yield* discovery.deregister(path.name, path.address, path.port).pipe(Effect.mapError(fromRefusal))
   return removed
     ? HttpServerResponse.empty({ status: 204 })
     : HttpServerResponse.unsafeJson({

@@ -180,8 +180,9 @@ export const makeProgram = (options: ProgramOptions): Layer.Layer<never, unknown
     Layer.provide(ConsulPoliciesLive),
     Layer.provide(AdminLive),
     Layer.provideMerge(DiscoveryLive),
-    // One Consul client for Discovery, ConsulPolicies and ConsulRegistration, from the file's config.
-    Layer.provideMerge(ConsulClient.layer),
+    // One Consul client for Discovery, ConsulPolicies and ConsulRegistration, from the file's config,
+    // with the controller ID from the state dir (so the registration API writes through to Consul).
+    Layer.provideMerge(ConsulClient.layerWithControllerId),
     // SIGHUP reloads from as soon as there is a config until shutdown ends.
     Layer.provideMerge(LiveConfig.reloadOnSighup.pipe(Layer.provideMerge(ConfigLive))),
     Layer.provide(Ui.layer({ version: options.version })),

@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from "@effect/vitest"
 import Consul from "consul"
 import { Effect, Either, Exit, Scope } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
@@ -56,7 +56,12 @@ const fleet = (address: string) => {
   const kek = join(dir, "kek")
   writeFileSync(kek, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 })
   const prefix = `mesh-controller-test/${run}-${++count}/ca`
-  const config = (name: string, signingPort?: number, xdsPort = 0) => {
+  const config = (
+    name: string,
+    signingPort?: number,
+    xdsPort = 0,
+    extra: { consul?: string; services?: string } = {}
+  ) => {
     const path = join(dir, `${name}.yaml`)
     writeFileSync(
       path,
@@ -69,7 +74,8 @@ controller:
 ${signingPort === undefined ? "" : `  signing: { host: 127.0.0.1, port: ${signingPort} }`}
 services:
   - { name: web, port: 8080, endpoints: [ { address: 127.0.0.1, port: 18080 } ] }
-discovery: { consul: { address: ${JSON.stringify(address)}, watchWait: 5s } }
+${extra.services ?? ""}
+discovery: { consul: { address: ${JSON.stringify(address)}, watchWait: 5s${extra.consul ?? ""} } }
 certificates:
   dir: ${JSON.stringify(join(dir, name))}
   store: consul
@@ -78,7 +84,7 @@ certificates:
     )
     return path
   }
-  return { prefix, config }
+  return { prefix, config, dir }
 }
 
 const track = (daemon: Daemon) => {
@@ -191,7 +197,7 @@ describe(`join tokens across controllers (${REAL_AGENT ? `agent ${REAL_AGENT}` :
 })
 
 describe(`an xDS client moving between controllers (${REAL_AGENT ? `agent ${REAL_AGENT}` : "the stand-in"})`, () => {
-  it("a client moved from A to B receives the same resources (LDS/CDS versions equal: content hashes)", async () => {
+  it("a client moved from A to B receives the same resources and versions (content hashes)", async () => {
     const address = REAL_AGENT ?? (await standIn()).address
     const { config } = fleet(address)
     const [xdsA, xdsB] = [await freePort(), await freePort()]
@@ -224,9 +230,9 @@ describe(`an xDS client moving between controllers (${REAL_AGENT ? `agent ${REAL
       expect(got.map((r) => r.resources)).toEqual(fromA.map((r) => r.resources))
       return got
     }, 30_000)
-    // LDS and CDS versions are content hashes, equal at both controllers. The EDS version is not
-    // (equal resources, different version_info at A and B): reported to the xds owner, not asserted here.
-    expect(fromB.slice(0, 2).map((r) => r.version)).toEqual(fromA.slice(0, 2).map((r) => r.version))
+    // Versions are content hashes of what the stream is sent: equal at both controllers, EDS too
+    // (whose version once hashed the controller's whole snapshot, its own certificates included).
+    expect(fromB.map((r) => r.version)).toEqual(fromA.map((r) => r.version))
   }, 120_000)
 })
 
@@ -286,3 +292,209 @@ describe.skipIf(REAL_AGENT !== undefined)("several controllers: faults (the stan
     120_000
   )
 })
+
+/** The endpoints (`address:port`) of `service` in a fresh SotW EDS answer from the controller at `xdsPort`. */
+const edsEndpoints = (xdsPort: number, service: string) =>
+  Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+    const ads = yield* AdsClient.sotw(`127.0.0.1:${xdsPort}`)
+    // EDS names a cluster's service_name, the service's name.
+    yield* ads.send({
+      node: grpcNode("watcher~1"),
+      type_url: TypeUrls.ClusterLoadAssignment,
+      resource_names: [service]
+    })
+    const eds = yield* ads.next(TypeUrls.ClusterLoadAssignment)
+    return eds.resources.flatMap((cla) =>
+      ((cla["endpoints"] ?? []) as Array<Record<string, any>>).flatMap((locality) =>
+        ((locality["lb_endpoints"] ?? []) as Array<Record<string, any>>).map((lb) => {
+          const socket = lb["endpoint"]["address"]["socket_address"]
+          return `${socket["address"]}:${socket["port_value"]}`
+        })
+      )
+    ).sort()
+  })))
+
+/** Waits until the controller has run `rounds` more anti-entropy rounds (as its /status tells). */
+const antiEntropyRounds = async (adminUrl: string, rounds: number) => {
+  const seen = new Set<string>()
+  await waitFor(async () => {
+    const status = (await (await fetch(`${adminUrl}/status`)).json()) as {
+      layers: { consulRegistration: { status: { lastSyncAt: string | null } } }
+    }
+    const at = status.layers.consulRegistration.status.lastSyncAt
+    if (at !== null) seen.add(at)
+    // The first one seen may be a round that ran before the wait began.
+    expect(seen.size).toBeGreaterThan(rounds)
+  }, 60_000)
+}
+
+const api = (adminUrl: string, tokenFile: string) => {
+  const token = readFileSync(tokenFile, "utf8").trim()
+  const call = (method: string, path: string, body?: unknown) =>
+    fetch(`${adminUrl}${path}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(body === undefined ? {} : { "content-type": "application/json" })
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) })
+    })
+  return {
+    register: (service: string, body: unknown) => call("POST", `/v1/services/${service}/endpoints`, body),
+    deregister: (service: string, address: string, port: number) =>
+      call("DELETE", `/v1/services/${service}/endpoints/${address}/${port}`)
+  }
+}
+
+describe.skipIf(REAL_AGENT !== undefined)(
+  "the registration API writes through to Consul's catalog (the stand-in)",
+  () => {
+    it(
+      "an endpoint registered at A is served by B's xDS, outlives A's restart, and a DELETE at A removes it from B",
+      async () => {
+        const consul = await standIn()
+        const { config, dir } = fleet(consul.address)
+        const [xdsA, xdsB] = [await freePort(), await freePort()]
+        // Each controller also registers a service of its own from its config, so the anti-entropy
+        // rounds below have something of the other's to (wrongly) remove.
+        const own = (name: string, port: number) => ({
+          consul: ", antiEntropyInterval: 300ms",
+          services:
+            `  - { name: ${name}, port: ${port}, register: true, endpoints: [ { address: 127.0.0.1, port: ${port} } ] }`
+        })
+        const configA = config("a", undefined, xdsA, own("from-a", 19001))
+        const configB = config("b", undefined, xdsB, own("from-b", 19002))
+        let a = track(await startDaemon(configA))
+        const b = track(await startDaemon(configB))
+        const atA = api(a.adminUrl, join(dir, "a", "admin-token"))
+
+        const posted = await atA.register("web", {
+          address: "127.0.0.1",
+          port: 18081,
+          weight: 3,
+          labels: { zone: "z1" }
+        })
+        expect(posted.status, await posted.clone().text()).toBe(201)
+        // In the catalog, marked as an API registration of A (by its persisted controller ID).
+        const idA = readFileSync(join(dir, "a", "controller-id"), "utf8").trim()
+        const inCatalog = consul.registeredServices().filter((s) => s.Port === 18081)
+        expect(inCatalog).toHaveLength(1)
+        expect(inCatalog[0]!.Meta).toMatchObject({
+          "mesh-controller": "multi",
+          "mesh-controller-id": idA,
+          "mesh-controller-source": "api",
+          "mesh-controller-weight": "3",
+          zone: "z1"
+        })
+        await waitFor(
+          async () => expect(await edsEndpoints(xdsB, "web")).toEqual(["127.0.0.1:18080", "127.0.0.1:18081"]),
+          30_000
+        )
+
+        // Several anti-entropy rounds of both: neither removes the other's registrations.
+        await Promise.all([antiEntropyRounds(a.adminUrl, 3), antiEntropyRounds(b.adminUrl, 3)])
+        expect(consul.registeredServices().map((s) => `${s.Service}:${s.Port}`).sort()).toEqual(
+          ["from-a:19001", "from-b:19002", "web:18081"]
+        )
+
+        // A stops: its API registration stays in the catalog (its config registration leaves with it),
+        // and B keeps serving it.
+        a.child.kill("SIGTERM")
+        await a.exited
+        expect(consul.registeredServices().map((s) => `${s.Service}:${s.Port}`).sort()).toEqual(
+          ["from-b:19002", "web:18081"]
+        )
+        expect(await edsEndpoints(xdsB, "web")).toEqual(["127.0.0.1:18080", "127.0.0.1:18081"])
+
+        // A again, with the same state dir: same ID, its registration read back, and removable there.
+        a = track(await startDaemon(configA))
+        expect(readFileSync(join(dir, "a", "controller-id"), "utf8").trim()).toBe(idA)
+        await waitFor(async () => {
+          const listed = (await (await fetch(`${a.adminUrl}/v1/services`)).json()) as {
+            services: Array<{ name: string; endpoints: Array<{ port: number; source: string; weight: number }> }>
+          }
+          const web = listed.services.find((s) => s.name === "web")!
+          expect(web.endpoints.find((e) => e.port === 18081)).toMatchObject({ source: "api", weight: 3 })
+        }, 30_000)
+        const deleted = await api(a.adminUrl, join(dir, "a", "admin-token")).deregister("web", "127.0.0.1", 18081)
+        expect(deleted.status, await deleted.clone().text()).toBe(204)
+        expect(consul.registeredServices().filter((s) => s.Port === 18081)).toEqual([])
+        await waitFor(async () => expect(await edsEndpoints(xdsB, "web")).toEqual(["127.0.0.1:18080"]), 30_000)
+        await waitFor(async () => expect(await edsEndpoints(xdsA, "web")).toEqual(["127.0.0.1:18080"]), 30_000)
+      },
+      180_000
+    )
+
+    it(
+      "Consul down at POST and DELETE time: 503 with Consul's reason, nothing changed; taken once Consul is back",
+      async () => {
+        const consul = await standIn()
+        const { config, dir } = fleet(consul.address)
+        const xds = await freePort()
+        const a = track(await startDaemon(config("a", undefined, xds)))
+        const atA = api(a.adminUrl, join(dir, "a", "admin-token"))
+        const endpoint = { address: "127.0.0.1", port: 18082 }
+
+        await consul.refuseConnections()
+        const refused = await atA.register("web", endpoint)
+        expect(refused.status).toBe(503)
+        const body = (await refused.json()) as { error: string; message: string }
+        expect(body.error).toBe("ConsulUnavailable")
+        expect(body.message).toContain(`Consul at ${consul.address} did not take it`)
+        expect(body.message).toMatch(/ECONNREFUSED|connection refused/i)
+        // Not served either: an accepted registration is in the catalog, a refused one nowhere.
+        expect(await edsEndpoints(xds, "web")).toEqual(["127.0.0.1:18080"])
+
+        await consul.acceptConnections()
+        const taken = await atA.register("web", endpoint)
+        expect(taken.status, await taken.clone().text()).toBe(201)
+        expect(consul.registeredServices().filter((s) => s.Port === 18082)).toHaveLength(1)
+        await waitFor(
+          async () => expect(await edsEndpoints(xds, "web")).toEqual(["127.0.0.1:18080", "127.0.0.1:18082"]),
+          30_000
+        )
+
+        await consul.refuseConnections()
+        const notRemoved = await atA.deregister("web", endpoint.address, endpoint.port)
+        expect(notRemoved.status).toBe(503)
+        await consul.acceptConnections()
+        expect(consul.registeredServices().filter((s) => s.Port === 18082)).toHaveLength(1)
+        expect(await edsEndpoints(xds, "web")).toEqual(["127.0.0.1:18080", "127.0.0.1:18082"])
+
+        // A label Consul cannot carry as meta is refused, not dropped on the way.
+        const dotted = await atA.register("web", {
+          ...endpoint,
+          port: 18083,
+          labels: { "app.kubernetes.io/name": "x" }
+        })
+        expect(dotted.status).toBe(400)
+        expect(((await dotted.json()) as { message: string }).message).toContain("labels[\"app.kubernetes.io/name\"]")
+      },
+      120_000
+    )
+
+    it("Consul down while a controller starts: API requests get their 503 in time, not a hang", async () => {
+      const consul = await standIn()
+      const { config, dir } = fleet(consul.address)
+      // A is started once so its state dir (admin token, controller ID) exists, then again with Consul down.
+      const first = track(await startDaemon(config("a")))
+      first.child.kill("SIGTERM")
+      await first.exited
+      await consul.refuseConnections()
+      const late = spawnController(config("a"))
+      const admin = await waitFor(async () => {
+        const line = late.lines.find((l) => /admin: listening on (http:\/\/[^"\s]+)/.test(l))
+        if (line === undefined) throw new Error("no admin address yet")
+        return /admin: listening on (http:\/\/[^"\s]+)/.exec(line)![1]!
+      }, 60_000)
+      const answer = await api(admin, join(dir, "a", "admin-token")).register("web", {
+        address: "127.0.0.1",
+        port: 18084
+      })
+      expect(answer.status).toBe(503)
+      expect(((await answer.json()) as { message: string }).message).toContain("did not take it")
+      await consul.acceptConnections()
+      expect(consul.registeredServices().filter((s) => s.Port === 18084)).toEqual([])
+    }, 120_000)
+  }
+)

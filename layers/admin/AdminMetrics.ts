@@ -21,11 +21,13 @@ export type RejectReason =
   | "bad_request"
   | "unknown_service"
   | "limit"
+  /** Not for what the request carries: Consul is configured and did not take the change (503). */
+  | "consul_unavailable"
 
 /** Requests refused for what they carry, by `reason` (see RejectReason). */
 export const requestsRejected = counter(
   "mesh_controller_admin_requests_rejected_total",
-  "Admin requests refused for their content: host, media_type, body_too_large, bad_request, unknown_service, limit.",
+  "Admin requests refused: host, media_type, body_too_large, bad_request, unknown_service, limit, consul_unavailable.",
   ["reason"]
 )
 

@@ -1,7 +1,7 @@
 import { Duration, Either, ParseResult, Schema } from "effect"
 import { type MeshConfig, type RegistrationCheck, type ServiceConfig, ServiceName } from "../../schemas/Config.js"
 import { type EndpointHealth, endpointKey } from "../MeshState.js"
-import type { ConsulInstance, ConsulService } from "./Merge.js"
+import type { ApiRegistration, ConsulInstance, ConsulService } from "./Merge.js"
 
 // ---------------------------------------------------------------------------------------------
 // Responses → domain values. Only the fields the controller uses are decoded; Consul adds fields
@@ -50,7 +50,8 @@ export const decodeHealthService = (name: string, body: unknown): Either.Either<
           id: entry.Service.ID,
           address: entry.Service.Address !== "" ? entry.Service.Address : entry.Node.Address,
           port: entry.Service.Port,
-          weight: Math.max(1, (warning ? entry.Service.Weights?.Warning : entry.Service.Weights?.Passing) ?? 1),
+          weight: weightOf(entry.Service.Meta ?? {}) ??
+            Math.max(1, (warning ? entry.Service.Weights?.Warning : entry.Service.Weights?.Passing) ?? 1),
           tags: entry.Service.Tags ?? [],
           meta: entry.Service.Meta ?? {},
           health: healthOfChecks(statuses)
@@ -85,8 +86,29 @@ export const decodeCatalogServices = (body: unknown): Either.Either<CatalogServi
 // Config → registrations
 // ---------------------------------------------------------------------------------------------
 
-/** Meta key that marks a Consul service instance as registered by this controller. */
+/** Meta key that marks a Consul service instance as registered by a controller of this mesh (value: the mesh name). */
 export const OWNER_META = "mesh-controller"
+/**
+ * Meta key naming the controller that registered an instance (its controller ID): several
+ * controllers on one agent each remove only what they registered.
+ */
+export const CONTROLLER_META = "mesh-controller-id"
+/** Meta key saying what an instance came from: `config` (a `register`ed service) or `api` (the registration API). */
+export const SOURCE_META = "mesh-controller-source"
+/**
+ * Meta key carrying an API registration's weight: the `consul` client sends no `Weights` on
+ * registration, and a weight must not be lost on the way through the catalog.
+ */
+export const WEIGHT_META = "mesh-controller-weight"
+
+/** Meta keys the controller writes itself; a label may not use them. */
+const RESERVED_META: ReadonlyArray<string> = [OWNER_META, CONTROLLER_META, SOURCE_META, WEIGHT_META, "protocol"]
+
+const weightOf = (meta: Readonly<Record<string, string>>): number | undefined => {
+  const value = meta[WEIGHT_META]
+  if (value === undefined || !/^[1-9][0-9]{0,6}$/.test(value)) return undefined
+  return Number(value)
+}
 
 export type CheckDefinition =
   | { readonly kind: "ttl"; readonly ttl: string }
@@ -163,7 +185,9 @@ const checkOf = (
 export const registrationsOf = (
   config: MeshConfig,
   /** The interval the anti-entropy rounds actually run at (fixed at start); default: the config's. */
-  antiEntropyInterval: Duration.Duration | undefined = config.discovery.consul?.antiEntropyInterval
+  antiEntropyInterval: Duration.Duration | undefined = config.discovery.consul?.antiEntropyInterval,
+  /** The registering controller's ID, written in `CONTROLLER_META`. */
+  controllerId?: string
 ): ReadonlyArray<Registration> => {
   const consul = config.discovery.consul
   if (!consul || antiEntropyInterval === undefined) return []
@@ -184,7 +208,8 @@ export const registrationsOf = (
           ...service.metadata,
           ...endpoint.labels,
           protocol: service.protocol,
-          [OWNER_META]: config.mesh.name
+          [OWNER_META]: config.mesh.name,
+          ...(controllerId === undefined ? {} : { [CONTROLLER_META]: controllerId, [SOURCE_META]: "config" })
         }),
         mode,
         ...(check ? { check } : {})
@@ -205,12 +230,112 @@ export const consulMeta = (meta: Readonly<Record<string, string>>): Readonly<Rec
   Object.fromEntries(
     Object.entries(meta)
       .filter(([key, value]) => META_KEY.test(key) && !key.toLowerCase().startsWith("consul-") && value.length <= 512)
-      .sort((
-        [a],
-        [b]
-      ) => (a === OWNER_META ? -1 : b === OWNER_META ? 1 : a === "protocol" ? -1 : b === "protocol" ? 1 : 0))
+      // The controller's own keys first, so the cap of 64 pairs never drops them.
+      .sort(([a], [b]) => reservedRank(a) - reservedRank(b))
       .slice(0, 64)
   )
+
+const reservedRank = (key: string) => {
+  const rank = RESERVED_META.indexOf(key)
+  return rank === -1 ? RESERVED_META.length : rank
+}
+
+/**
+ * Why Consul cannot carry these labels as an instance's meta, naming the label; undefined when it
+ * can. An API registration's labels must arrive whole at every controller, so a label Consul would
+ * refuse (or that `consulMeta` would leave out) is refused at the API instead of dropped.
+ */
+export const consulLabelProblem = (labels: Readonly<Record<string, string>>): string | undefined => {
+  const keys = Object.keys(labels)
+  if (keys.length > 64 - RESERVED_META.length) {
+    return `labels: ${keys.length} labels; Consul meta holds at most ${
+      64 - RESERVED_META.length
+    } besides the controller's`
+  }
+  for (const key of keys) {
+    const at = `labels[${JSON.stringify(key.slice(0, 64))}]`
+    if (!META_KEY.test(key)) return `${at}: Consul meta keys have 1 to 128 letters, digits, "_" and "-"`
+    if (key.toLowerCase().startsWith("consul-")) return `${at}: Consul reserves meta keys starting with "consul-"`
+    if (RESERVED_META.includes(key)) return `${at}: the controller writes this meta key itself`
+    if (labels[key]!.length > 512) return `${at}: Consul meta values have at most 512 characters`
+  }
+  return undefined
+}
+
+/** The Consul service ID of an API registration: its own prefix (no config ID starts with `mesh_`) and the controller. */
+export const apiRegistrationId = (controllerId: string, service: string, address: string, port: number): string =>
+  `mesh_api-${controllerId}-${service}-${address.replace(/[^A-Za-z0-9.-]/g, "_")}-${port}`
+
+/** The `consul` client's `agent.service.register` body for an endpoint registered through the API. */
+export const apiRegisterOptions = (
+  registration: ApiRegistration,
+  owner: { readonly mesh: string; readonly controllerId: string },
+  protocol: string
+) => ({
+  id: apiRegistrationId(owner.controllerId, registration.service, registration.address, registration.port),
+  name: registration.service,
+  address: registration.address,
+  port: registration.port,
+  tags: [],
+  meta: {
+    [OWNER_META]: owner.mesh,
+    [CONTROLLER_META]: owner.controllerId,
+    [SOURCE_META]: "api",
+    ...(registration.weight === 1 ? {} : { [WEIGHT_META]: String(registration.weight) }),
+    protocol,
+    ...registration.labels
+  }
+})
+
+/** An agent's `/v1/agent/services` answer, in the fields read here. */
+export type AgentServices = Readonly<
+  Record<
+    string,
+    {
+      readonly Service?: string
+      readonly Address?: string
+      readonly Port?: number
+      readonly Meta?: Readonly<Record<string, string>> | null
+    }
+  >
+>
+
+/** The API registrations this controller made that the agent holds (what a restart reads back). */
+export const ownApiRegistrations = (
+  agent: AgentServices,
+  owner: { readonly mesh: string; readonly controllerId: string }
+): ReadonlyArray<ApiRegistration> =>
+  Object.values(agent).flatMap((service) => {
+    const meta = service.Meta ?? {}
+    if (
+      meta[OWNER_META] !== owner.mesh || meta[CONTROLLER_META] !== owner.controllerId || meta[SOURCE_META] !== "api" ||
+      service.Service === undefined || service.Address === undefined || service.Port === undefined
+    ) return []
+    const labels = Object.fromEntries(Object.entries(meta).filter(([key]) => !RESERVED_META.includes(key)))
+    const protocol = meta["protocol"]
+    return [{
+      service: service.Service,
+      address: service.Address,
+      port: service.Port,
+      weight: weightOf(meta) ?? 1,
+      labels,
+      ...(protocol === "http" || protocol === "grpc" || protocol === "tcp" ? { protocol } : {})
+    }]
+  })
+
+/**
+ * Whether anti-entropy may remove an agent's instance that the config no longer asks for: one a
+ * controller of this mesh registered from its config, and this controller (or, before instances
+ * named their controller, any controller of the mesh). Another controller's instances and every
+ * API registration are left alone: two controllers on one agent must not remove each other's.
+ */
+export const removableByAntiEntropy = (
+  meta: Readonly<Record<string, string>> | null | undefined,
+  /** `controllerId` undefined: a controller without an ID, which removes only unattributed instances. */
+  owner: { readonly mesh: string; readonly controllerId: string | undefined }
+): boolean =>
+  meta?.[OWNER_META] === owner.mesh && meta[SOURCE_META] !== "api" &&
+  (meta[CONTROLLER_META] === undefined || meta[CONTROLLER_META] === owner.controllerId)
 
 /** The body the `consul` client's `agent.service.register` takes. */
 export const registerOptions = (registration: Registration) => ({

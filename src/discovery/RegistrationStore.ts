@@ -22,7 +22,8 @@ export interface RegistrationLimits {
 
 /** A registration refused by a bound; `reason` says which. */
 export class RegistrationRefused extends Schema.TaggedError<RegistrationRefused>()("RegistrationRefused", {
-  reason: Schema.Literal("unknown-service", "services", "endpoints", "bytes"),
+  /** `labels`: Consul cannot carry a label; `consul`: Consul is configured but did not take the change. */
+  reason: Schema.Literal("unknown-service", "services", "endpoints", "bytes", "labels", "consul"),
   message: Schema.String
 }) {}
 
@@ -52,6 +53,18 @@ export class RegistrationStore {
    * `known` says whether the config (or another source) defines a service, so the API is not creating it.
    */
   add(
+    registration: ApiRegistration,
+    limits: RegistrationLimits | undefined,
+    known: (service: string) => boolean
+  ): RegistrationRefused | undefined {
+    const refused = this.check(registration, limits, known)
+    if (refused) return refused
+    this.commit(registration)
+    return undefined
+  }
+
+  /** Whether `add` would refuse the registration (and why), changing nothing. */
+  check(
     registration: ApiRegistration,
     limits: RegistrationLimits | undefined,
     known: (service: string) => boolean
@@ -96,6 +109,20 @@ export class RegistrationStore {
         })
       }
     }
+    return undefined
+  }
+
+  /** Whether the API registered `key` (`address:port`) of `service`. */
+  has(service: string, key: string): boolean {
+    return this.services.get(service)?.endpoints.has(key) === true
+  }
+
+  private commit(registration: ApiRegistration): void {
+    const name = registration.service
+    const entry = this.services.get(name)
+    const key = endpointKey(registration)
+    const bytes = registrationBytes(registration)
+    const previous = entry?.endpoints.get(key)
     const target: ServiceEntry = entry ?? { endpoints: new Map(), bytes: 0, list: undefined }
     if (entry === undefined) this.services.set(name, target)
     // Delete first so a replaced registration moves to the end, as the array store ordered it.
@@ -105,7 +132,6 @@ export class RegistrationStore {
     target.bytes += bytes - (previous?.bytes ?? 0)
     target.list = undefined
     this.changed.add(name)
-    return undefined
   }
 
   /** Removes one registration; false when there was none. */

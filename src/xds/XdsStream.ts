@@ -29,6 +29,7 @@
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
+import { HeldVersions } from "./HeldVersions.js"
 import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE } from "./Resources.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
@@ -108,8 +109,11 @@ export interface SotwMergedState extends TypeStateBase {
   readonly _tag: "SotwMerged"
   /** The subscription changed since the last push. */
   dirty: boolean
-  /** Resource name → version sent (the client keeps a rejected one's previous version; it is not resent). */
-  readonly sent: Map<string, string>
+  /**
+   * Resource name → version sent (the client keeps a rejected one's previous version; it is not
+   * resent), and the content version of that set, which responses carry as `version_info`.
+   */
+  readonly sent: HeldVersions
   /** The snapshot version `sent` was last reconciled with (unset after a subscription change). */
   synced: string | undefined
 }
@@ -261,7 +265,7 @@ const newTypeState = (protocol: Protocol, url: string): TypeState =>
   protocol === "delta"
     ? { ...base(), _tag: "Delta", known: new Map(), synced: undefined, toldAbsent: new Set() }
     : mergedType(url)
-    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: new Map(), synced: undefined }
+    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: new HeldVersions(), synced: undefined }
     : { ...base(), _tag: "SotwWhole", dirty: false, lastSent: undefined, rejected: undefined, synced: undefined }
 
 /** The stream's state for `url`, created on first use in the stream's protocol. */
@@ -562,13 +566,15 @@ const sotwMergedPush = (
   if (updates.length === 0 && !t.dirty) return undefined
   updates.sort(byName)
   for (const r of updates) t.sent.set(r.name, r.version)
+  // The content of what this client holds, not the snapshot's version (see HeldVersions).
+  const version = t.sent.version
   const nonce = nextNonce(stream)
   t.pendingNonce = nonce
-  t.pendingVersion = snapshot.version
+  t.pendingVersion = version
   t.pendingSince = now
   t.dirty = false
   t.pushes++
-  return { bytes: encodeSotwResponse(snapshot.version, updates, url, nonce), resources: updates.length, removed: 0 }
+  return { bytes: encodeSotwResponse(version, updates, url, nonce), resources: updates.length, removed: 0 }
 }
 
 /** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
