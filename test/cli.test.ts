@@ -56,7 +56,7 @@ describe("mesh-controller CLI", () => {
     expect(result.stderr.trim()).toBe(
       "error: /nonexistent/mesh.yaml: cannot read the config file: no such file or directory"
     )
-  })
+  }, 90_000)
 
   it("exit 2 on a usage error", async () => {
     expect((await runCli(["frobnicate"])).code).toBe(2)

@@ -596,7 +596,7 @@ policies:
     const unknown = await runCli(["policy", "check", "--config", path, "--from", "gateway", "--to", "nope"])
     expect(unknown.code).toBe(1)
     expect(unknown.stderr).toBe(`error: --to: unknown service "nope"\n`)
-  })
+  }, 90_000)
 
   it.effect("the command fails with PolicyDenied (exit code 3) on a deny", () =>
     Effect.gen(function*() {
