@@ -16,7 +16,7 @@
 import { Either } from "effect"
 import { decodeConfigWithPolicy } from "../src/ConfigDocument.js"
 import { HostExpansion } from "../src/discovery/Dns.js"
-import { RegistryMerger } from "../src/discovery/Merge.js"
+import { RegistryMerger, sameServices } from "../src/discovery/Merge.js"
 import { RegistrationStore } from "../src/discovery/RegistrationStore.js"
 import { emptyView } from "../src/health/Routing.js"
 import type { Service } from "../src/MeshState.js"
@@ -71,16 +71,6 @@ const meshConfig = (services: number) => {
       endpoints: [1, 2, 3].map((e) => ({ address: ip(i * 3 + e), port: 8080 }))
     }))
   }
-}
-
-/** As layers/Discovery.ts compares what it publishes. */
-const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>): boolean => {
-  if (a === b) return true
-  if (a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false
-  }
-  return true
 }
 
 const cpu = () => {

@@ -22,7 +22,13 @@ import {
   SOURCE_META
 } from "../src/discovery/Consul.js"
 import { HostExpansion, isConsulName } from "../src/discovery/Dns.js"
-import { type ApiRegistration, type ConsulService, mergeRegistry, RegistryMerger } from "../src/discovery/Merge.js"
+import {
+  type ApiRegistration,
+  type ConsulService,
+  mergeRegistry,
+  RegistryMerger,
+  sameServices
+} from "../src/discovery/Merge.js"
 import {
   type RegistrationLimits,
   type RegistrationRefused,
@@ -234,16 +240,6 @@ interface ConsulState {
   readonly lastSuccessAt: Date | null
   readonly lastError: string | null
   readonly lastErrorAt: Date | null
-}
-
-/** Element by element: services kept by identity (the merger's) cost nothing to compare. */
-const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>): boolean => {
-  if (a === b) return true
-  if (a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) {
-    if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false
-  }
-  return true
 }
 
 const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<ConsulClient> | undefined) =>

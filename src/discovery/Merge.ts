@@ -261,3 +261,16 @@ const consulProtocol = (instance: ConsulInstance): Protocol => {
   if (isProtocol(meta)) return meta
   return instance.tags.find(isProtocol) ?? "http"
 }
+
+/**
+ * Whether two published registries are equal, element by element: services the merger kept by
+ * identity cost nothing to compare, so a one-service change compares one service.
+ */
+export const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>): boolean => {
+  if (a === b) return true
+  if (a.length !== b.length) return false
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] !== b[i] && JSON.stringify(a[i]) !== JSON.stringify(b[i])) return false
+  }
+  return true
+}
