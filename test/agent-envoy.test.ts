@@ -18,7 +18,7 @@ import { checkBootstrap, checkSdsFile } from "../src/sidecar/Bootstrap.js"
 import * as Protos from "../src/xds/Protos.js"
 import { AdsClient, envoyNode } from "./support/AdsClient.js"
 import { type AgentProcess, freePort, startAgent } from "./support/agent.js"
-import { type Daemon, runCli, startDaemon } from "./support/daemon.js"
+import { type Daemon, processAlive as alive, runCli, startDaemon } from "./support/daemon.js"
 import { waitFor } from "./support/eventually.js"
 
 const STANDIN = join(import.meta.dirname, "support", "envoy-standin.mjs")
@@ -41,15 +41,6 @@ const healthcheck = (args: ReadonlyArray<string>, env: Record<string, string> = 
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()))
     child.on("exit", (code) => resolve({ code, stderr }))
   })
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 const health = async (agent: AgentProcess) => {
   const response = await fetch(`${agent.adminUrl}/healthz`)

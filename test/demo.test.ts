@@ -16,6 +16,7 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
 import { parse, stringify } from "yaml"
+import { processAlive as alive } from "./support/daemon.js"
 import { waitFor } from "./support/eventually.js"
 
 const BIN = join(process.cwd(), "dist", "bin", "mesh-controller.mjs")
@@ -49,15 +50,6 @@ const childrenOf = (pid: number): ReadonlyArray<number> =>
       return []
     }
   })
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 /** mesh_demo_calls_total, one entry per label set. */
 const demoCalls = async (admin: string): Promise<ReadonlyArray<{ labels: Record<string, string>; calls: number }>> => {

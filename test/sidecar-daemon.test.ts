@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from "@effect/vitest"
 import { existsSync, mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
-import { type Daemon, runCli, startDaemon } from "./support/daemon.js"
+import { type Daemon, processAlive as alive, runCli, startDaemon } from "./support/daemon.js"
 import { waitFor } from "./support/eventually.js"
 
 const STANDIN = join(import.meta.dirname, "support", "envoy-standin.mjs")
@@ -38,15 +38,6 @@ const writeConfig = (extra: Parameters<typeof configText>[1] = {}) => {
   const path = join(dir, "mesh.yaml")
   writeFileSync(path, configText(dir, extra))
   return { dir, path }
-}
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 /** The Envoy pid once the sidecar reports ready. */

@@ -15,6 +15,7 @@ import { Sidecar, type SidecarStatus } from "../layers/Sidecar.js"
 import type { MeshConfig } from "../schemas/Config.js"
 import { decodeConfig } from "../src/ConfigDocument.js"
 import { preflight } from "../src/sidecar/Preflight.js"
+import { processAlive as alive } from "./support/daemon.js"
 
 const STANDIN = NodePath.join(import.meta.dirname, "support", "envoy-standin.mjs")
 const fixture = (name: string) =>
@@ -86,15 +87,6 @@ const readEvents = (path: string): ReadonlyArray<StandinEvent> =>
       JSON.parse(line) as StandinEvent
     )
     : []
-
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 interface ServerInfo {
   readonly command_line_options: Record<string, unknown>
