@@ -10,7 +10,16 @@ import tseslint from "typescript-eslint"
 const dprint = JSON.parse(readFileSync(new URL("./dprint.json", import.meta.url), "utf8"))
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", "coverage/**", ".mesh-state/**", "schemas/mesh.schema.json", "src/xds/EnvoyProtos.ts"] },
+  {
+    ignores: [
+      "dist/**",
+      "node_modules/**",
+      "coverage/**",
+      ".mesh-state/**",
+      "schemas/mesh.schema.json",
+      "src/xds/EnvoyProtos.ts"
+    ]
+  },
   js.configs.recommended,
   {
     // The status page's own script runs in the browser.
