@@ -146,9 +146,12 @@ describe("the admin server over HTTPS with mesh client certificates", () => {
 
       // Open routes need no certificate; reads on loopback stay open.
       expect((await call(`${daemon.adminUrl}/healthz`, { ca })).status).toBe(200)
-      const services = JSON.parse((await call(`${daemon.adminUrl}/v1/services`, { ca })).text) as unknown
-      const ports = JSON.stringify(services).match(/5007\d/g)?.sort()
-      expect(ports).toEqual(["50071", "50072", "50077"])
+      // GET lists what Discovery merged; registrations are published shortly after their 201 (coalesced).
+      await waitFor(async () => {
+        const services = JSON.parse((await call(`${daemon.adminUrl}/v1/services`, { ca })).text) as unknown
+        const ports = JSON.stringify(services).match(/5007\d/g)?.sort()
+        expect(ports).toEqual(["50071", "50072", "50077"])
+      })
 
       const after = (await call(`${daemon.adminUrl}/metrics`, { ca })).text
       expect(failures(after, "missing") - failures(before, "missing")).toBe(2)
