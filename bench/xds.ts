@@ -82,18 +82,23 @@ interface Figures {
 }
 
 /**
- * compare.sh names the service its registration goes to with `printf %04d`, while mesh.mjs pads
- * names to the digits of the service count (`svc-00001` at 10,000): there the "one change" would
- * create a new service (a new cluster, the whole CDS to every SotW stream) instead of adding an
- * endpoint. For such counts the run uses a copy of compare.sh in a temporary folder beside links to
- * the instrument's other files, with the width mesh.mjs uses; the instrument itself is untouched.
+ * Two mismatches between compare.sh and the controller, mended in a copy (in a temporary folder
+ * beside links to the instrument's other files; the instrument itself is untouched):
+ * - it names the service its registration goes to with `printf %04d`, while mesh.mjs pads names to
+ *   the digits of the service count (`svc-00001` at 10,000): there the "one change" would create a
+ *   new service (a new cluster, the whole CDS to every SotW stream) instead of adding an endpoint;
+ * - its registration POST carries no credential, and the admin server answers such a POST with 401
+ *   (the change never happens and the API rows print no figures): the copy sends the admin token the
+ *   controller generated in the run's state dir (`certificates: {dir: $W/state}`).
  */
 const compareFor = (serviceCount: number): string => {
   const width = Math.max(4, String(serviceCount).length)
-  if (width === 4) return compare
   const text = NodeFs.readFileSync(compare, "utf8")
-  if (!text.includes("printf %04d")) {
-    console.error(`compare.sh no longer names the target with printf %04d: cannot pad it to ${width} digits`)
+  const post = "curl -s -o /dev/null -X POST -H content-type:application/json"
+  if (!text.includes("printf %04d") || !text.includes(post) || !text.includes("certificates: {dir: $W/state}")) {
+    console.error(
+      "compare.sh no longer names the target with printf %04d, POSTs with curl or keeps its state in $W/state"
+    )
     process.exit(2)
   }
   const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "xds-compare-"))
@@ -101,7 +106,12 @@ const compareFor = (serviceCount: number): string => {
     if (entry !== "compare.sh") NodeFs.symlinkSync(NodePath.join(instrument, entry), NodePath.join(dir, entry))
   }
   const patched = NodePath.join(dir, "compare.sh")
-  NodeFs.writeFileSync(patched, text.replaceAll("printf %04d", `printf %0${width}d`), { mode: 0o755 })
+  const withToken = `${post} -H \\"authorization: Bearer \\$(cat $W/state/admin-token)\\"`
+  NodeFs.writeFileSync(
+    patched,
+    text.replaceAll("printf %04d", `printf %0${width}d`).replace(post, withToken),
+    { mode: 0o755 }
+  )
   process.on("exit", () => NodeFs.rmSync(dir, { recursive: true, force: true }))
   return patched
 }
