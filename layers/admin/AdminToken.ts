@@ -10,7 +10,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import { describeErrno, errnoCode } from "../../src/Errno.js"
-import { type FileWriteError, writeAtomic } from "../internal/AtomicFile.js"
+import { writeIfAbsent } from "../internal/AtomicFile.js"
 
 /** The token file could not be read or written; names the file and the reason. */
 export class AdminTokenError extends Data.TaggedError("AdminTokenError")<{
@@ -45,17 +45,6 @@ const generate = (): string => randomBytes(32).toString("base64url")
 
 const MIN_LENGTH = 16
 
-/**
- * Writes `content` to `path` only if no file is there (the atomic writer's `link`, which fails
- * when the target exists: two controllers starting at once keep the first token). A crash leaves
- * no token or a whole one.
- */
-const createExclusive = (path: string, content: string): Effect.Effect<boolean, FileWriteError> =>
-  writeAtomic(path, content, { mode: 0o600, replace: false }).pipe(
-    Effect.as(true),
-    Effect.catchIf((error) => errnoCode(error.cause) === "EEXIST", () => Effect.succeed(false))
-  )
-
 const fail = (path: string, reason: string, cause?: unknown) => new AdminTokenError({ path, reason, cause })
 
 /**
@@ -75,7 +64,7 @@ export const loadOrCreateToken = (path: string): Effect.Effect<AdminToken, Admin
       },
       catch: cannotCreate
     })
-    const created = exists ? false : yield* createExclusive(path, `${generate()}\n`).pipe(
+    const created = exists ? false : yield* writeIfAbsent(path, `${generate()}\n`, 0o600).pipe(
       Effect.mapError((error) => cannotCreate(error.cause))
     )
     const { mode, text } = yield* Effect.tryPromise({

@@ -114,6 +114,20 @@ export const writeAtomic = (
     catch: writeError(path)
   })
 
+/**
+ * `writeAtomic` without replacing: true when this call created the file, false when one was already
+ * there (the `link` fails with EEXIST), so two writers racing for one path agree on the first.
+ */
+export const writeIfAbsent = (
+  path: string,
+  content: string,
+  mode: number
+): Effect.Effect<boolean, FileWriteError> =>
+  writeAtomic(path, content, { mode, replace: false }).pipe(
+    Effect.as(true),
+    Effect.catchIf((error) => errnoCode(error.cause) === "EEXIST", () => Effect.succeed(false))
+  )
+
 /** Deletes the temporary files a crash left in `dir` (a missing directory has none). Returns their names. */
 export const removeTempFiles = (dir: string): Effect.Effect<ReadonlyArray<string>, FileWriteError> =>
   Effect.tryPromise({

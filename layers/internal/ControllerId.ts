@@ -11,7 +11,7 @@ import * as NodeFs from "node:fs/promises"
 import { hostname } from "node:os"
 import * as NodePath from "node:path"
 import { describeErrno, errnoCode } from "../../src/Errno.js"
-import { createDir, writeAtomic } from "./AtomicFile.js"
+import { createDir, writeIfAbsent } from "./AtomicFile.js"
 
 /** The ID file cannot be read, made, or holds something that is not an ID. */
 export class ControllerIdError extends Data.TaggedError("ControllerIdError")<{
@@ -54,9 +54,7 @@ export const loadOrCreateControllerId = (dir: string): Effect.Effect<string, Con
       errnoCode(cause) !== "ENOENT" ? Effect.fail(unreadable(cause)) : createDir(dir, 0o700).pipe(
         // `link` never replaces: if another process made the file first, its ID is the one read.
         Effect.zipRight(
-          writeAtomic(path, `${freshId()}\n`, { mode: 0o644, replace: false }).pipe(
-            Effect.catchIf((e) => errnoCode(e) === "EEXIST", () => Effect.void)
-          )
+          writeIfAbsent(path, `${freshId()}\n`, 0o644)
         ),
         Effect.zipRight(read(path)),
         Effect.mapError(unreadable)

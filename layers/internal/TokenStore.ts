@@ -19,7 +19,7 @@ import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import { describeErrno, errnoCode } from "../../src/Errno.js"
 import type { TokenRecord, TokenRefusal } from "../../src/tokens/Token.js"
-import { ensurePrivateDir, writeAtomic } from "./AtomicFile.js"
+import { ensurePrivateDir, writeAtomic, writeIfAbsent } from "./AtomicFile.js"
 
 /** The token store cannot be read or written; names the place. */
 export class TokenStoreError extends Schema.TaggedError<TokenStoreError>()("TokenStoreError", {
@@ -153,13 +153,8 @@ export const fileTokenStore = (directory: string): TokenStore => {
    * create a number below the newest one (a store that pruned old versions would let it).
    */
   const commit = (id: string, next: number, record: TokenRecord) =>
-    writeAtomic(fileOf(id, next), JSON.stringify(record), { mode: 0o600, replace: false }).pipe(
-      Effect.as(true),
-      Effect.catchAll((e) =>
-        errnoCode(e.cause) === "EEXIST"
-          ? Effect.succeed(false)
-          : Effect.fail(new TokenStoreError({ path: e.path, reason: e.reason }))
-      )
+    writeIfAbsent(fileOf(id, next), JSON.stringify(record), 0o600).pipe(
+      Effect.mapError((e) => new TokenStoreError({ path: e.path, reason: e.reason }))
     )
 
   /** Read, decide, commit; again from the read when another process committed first. */
