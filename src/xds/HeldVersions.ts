@@ -13,8 +13,17 @@ import { createHash } from "node:crypto"
 
 const DIGEST_BYTES = 16
 
-const pairDigest = (name: string, version: string): Buffer =>
+/**
+ * One (name, version) pair's part of a set digest. The set's digest is the XOR of its pairs'
+ * (`xorInto`), so adding or removing a pair is one hash; the snapshot's version is kept the same way.
+ */
+export const pairDigest = (name: string, version: string): Uint8Array =>
   createHash("sha256").update(name).update("\n").update(version).digest().subarray(0, DIGEST_BYTES)
+
+/** Adds (or, again, removes) `value` to the set digest `into`. */
+export const xorInto = (into: Uint8Array, value: Uint8Array): void => {
+  for (let i = 0; i < into.length; i++) into[i]! ^= value[i]!
+}
 
 export class HeldVersions {
   private readonly byName = new Map<string, string>()
@@ -49,7 +58,6 @@ export class HeldVersions {
   }
 
   private toggle(name: string, version: string): void {
-    const pair = pairDigest(name, version)
-    for (let i = 0; i < DIGEST_BYTES; i++) this.digest[i]! ^= pair[i]!
+    xorInto(this.digest, pairDigest(name, version))
   }
 }

@@ -15,6 +15,7 @@ import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
 import { findByName, type MeshState, type Service } from "../MeshState.js"
 import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
+import { pairDigest, xorInto } from "./HeldVersions.js"
 import { LayeredMap } from "./LayeredMap.js"
 import { check, encode, Types, typeUrl, TypeUrls } from "./Protos.js"
 import {
@@ -377,17 +378,10 @@ interface BuildInputs {
   readonly services: ReadonlyArray<Service>
   readonly known: ReadonlySet<string>
   readonly secrets: MeshState["secrets"]
-  /** XOR of `pairHash(service, group version)` over every group: a content hash of the set, kept by XOR. */
+  /** XOR of `pairDigest(service, group version)` over every group: a content hash of the set, kept by XOR. */
   readonly digest: Uint8Array
   /** The secrets' and tracing cluster's part of the version. */
   readonly shared: string
-}
-
-const pairHash = (name: string, version: string): Uint8Array =>
-  createHash("sha256").update(`${name}\n${version}`).digest().subarray(0, 16)
-
-const xorInto = (into: Uint8Array, value: Uint8Array): void => {
-  for (let i = 0; i < into.length; i++) into[i]! ^= value[i]!
 }
 
 /**
@@ -516,8 +510,8 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const digest = new Uint8Array(was !== undefined && previous.groups.size > 0 ? was.digest : new Uint8Array(16))
   for (const [name, group] of changedGroups) {
     const old = previous.groups.get(name)
-    if (old !== undefined) xorInto(digest, pairHash(name, old.version))
-    if (group !== undefined) xorInto(digest, pairHash(name, group.version))
+    if (old !== undefined) xorInto(digest, pairDigest(name, old.version))
+    if (group !== undefined) xorInto(digest, pairDigest(name, group.version))
   }
   const secretsNow = resources.get(TypeUrls.Secret)!
   const shared = sameSecrets && oldTracing?.version === mesh.tracing?.version
