@@ -1,5 +1,5 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Context, Data, Effect, Layer, Option, type Scope } from "effect"
 import { createServer } from "node:http"
 import { describeErrno, errnoCode } from "../src/Errno.js"

@@ -1,5 +1,6 @@
 import { FileSystem } from "@effect/platform"
-import { NodeFileSystem } from "@effect/platform-node"
+// Subpath imports: the package index also loads undici (1 MB, its HTTP client), which nothing here uses.
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { Context, Duration, Effect, Either, Layer, Option, Ref, Schedule, type Stream, SubscriptionRef } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"

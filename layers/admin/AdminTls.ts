@@ -12,7 +12,7 @@
  * one. One that does not chain to the live bundle (a foreign CA) counts as none.
  */
 import type { HttpServerRequest } from "@effect/platform"
-import { NodeHttpServerRequest } from "@effect/platform-node"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import type * as grpc from "@grpc/grpc-js"
 import { Context, Deferred, Effect, Either, Layer } from "effect"
 import type * as Http from "node:http"

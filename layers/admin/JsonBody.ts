@@ -6,7 +6,7 @@
  * schema (400 naming the field).
  */
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { NodeHttpServerRequest } from "@effect/platform-node"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { Data, Effect, ParseResult, Schema } from "effect"
 import type { IncomingMessage } from "node:http"
 import { formatPath } from "../../src/ConfigDocument.js"
