@@ -57,7 +57,9 @@ type AnyCommand = Command.Command<any, NodeContext.NodeContext, any, any>
  * The command groups whose modules are heavy (the CA, Consul, the config schema, the policy
  * compiler), in the order `--help` lists them, each loaded by a dynamic import. A command line
  * that names one of them loads that one only: `mesh-controller agent` on a small host does not
- * carry the CA or Consul's client (its idle memory), and every command starts sooner.
+ * carry the CA or Consul's client (its idle memory), and every command starts sooner. What a group
+ * loads here is its command line alone (options and help: `commands/<name>Command.ts`); its code is
+ * imported when one of its commands runs, so `--help`, which loads every group, loads no handler.
  */
 const groups: ReadonlyArray<{
   readonly names: ReadonlyArray<string>
@@ -66,16 +68,22 @@ const groups: ReadonlyArray<{
   {
     names: ["certs", "ca"],
     load: () =>
-      import("./commands/certs.js").then(({ makeCertsCommands }) => {
+      import("./commands/certsCommands.js").then(({ makeCertsCommands }) => {
         const { ca, certs } = makeCertsCommands(configOption)
         return [certs, ca]
       })
   },
   { names: ["envoy"], load: () => import("./commands/envoy.js").then((m) => [m.makeEnvoyCommand(configOption)]) },
-  { names: ["grpc"], load: () => import("./commands/grpc.js").then((m) => [m.makeGrpcCommand(configOption)]) },
-  { names: ["policy"], load: () => import("./commands/policy.js").then((m) => [m.makePolicyCommand(configOption)]) },
-  { names: ["token"], load: () => import("./commands/token.js").then((m) => [m.makeTokenCommand(configOption)]) },
-  { names: ["agent"], load: () => import("./commands/agent.js").then((m) => [m.agentCommand]) },
+  { names: ["grpc"], load: () => import("./commands/grpcCommand.js").then((m) => [m.makeGrpcCommand(configOption)]) },
+  {
+    names: ["policy"],
+    load: () => import("./commands/policyCommand.js").then((m) => [m.makePolicyCommand(configOption)])
+  },
+  {
+    names: ["token"],
+    load: () => import("./commands/tokenCommand.js").then((m) => [m.makeTokenCommand(configOption)])
+  },
+  { names: ["agent"], load: () => import("./commands/agentCommand.js").then((m) => [m.agentCommand]) },
   { names: ["demo"], load: (version) => import("./commands/demo.js").then((m) => [m.makeDemoCommand(version)]) }
 ]
 

@@ -6,7 +6,7 @@ import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
 import { caPaths } from "../layers/internal/CaStore.js"
 import { formatRoots, showRoots } from "../src/commands/ca.js"
-import { makeCertsCommands } from "../src/commands/certs.js"
+import { makeCertsCommands } from "../src/commands/certsCommands.js"
 import { certConfig, openssl, tempDir } from "./support/certs.js"
 import { runCli } from "./support/daemon.js"
 

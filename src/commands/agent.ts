@@ -1,11 +1,10 @@
 /**
  * `mesh-controller agent`: runs layers/Agent.ts until SIGTERM. Bad input (an unreadable or spent
  * token, a controller whose root the token does not pin) ends it with one line and exit 1; an
- * unreachable controller is retried.
+ * unreachable controller is retried. The command line itself (options, help) is in
+ * agentCommand.ts, which loads this module when the command runs.
  */
-import { Command, Options } from "@effect/cli"
 import { Duration, Effect, Layer, Option } from "effect"
-import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { Agent, AgentRefused, defaultBootstrapFile } from "../../layers/Agent.js"
 import { parseDurationMillis } from "../../schemas/Duration.js"
@@ -29,111 +28,65 @@ const duration = (flag: string, text: string) =>
     onSome: (millis) => Effect.succeed(Duration.millis(millis))
   })
 
-export const agentCommand = Command.make(
-  "agent",
-  {
-    controller: Options.text("controller").pipe(
-      Options.withDescription("HOST:PORT of the controller's signing service (port 15012 by default there).")
-    ),
-    tokenFile: Options.file("token-file").pipe(
-      Options.optional,
-      Options.withDescription("The join token (needed once: later starts reuse the certificate in --dir).")
-    ),
-    dir: Options.directory("dir", { exists: "either" }).pipe(
-      Options.withDescription("Where cert.pem, key.pem (0600) and ca.pem are kept.")
-    ),
-    service: Options.text("service").pipe(
-      Options.optional,
-      Options.withDescription("The service this host is (checked against the token).")
-    ),
-    instance: Options.text("instance").pipe(
-      Options.withDefault(NodeOs.hostname()),
-      Options.withDescription("This host's instance name (node id <service>~<instance>).")
-    ),
-    admin: Options.text("admin").pipe(
-      Options.withDefault("127.0.0.1:15021"),
-      Options.withDescription("The agent's /healthz and /metrics (HOST:PORT; port 0 picks one).")
-    ),
-    xds: Options.text("xds").pipe(
-      Options.optional,
-      Options.withDescription(
-        "HOST:PORT of the controller's xDS server for the gRPC bootstrap (default: the controller's host, port 15010)."
-      )
-    ),
-    xdsTls: Options.boolean("xds-tls").pipe(
-      Options.withDescription("Proxyless apps dial xDS over mTLS with these files (controller.xds.tls: mtls).")
-    ),
-    bootstrap: Options.text("grpc-bootstrap").pipe(
-      Options.optional,
-      Options.withDescription("Where to write the gRPC xDS bootstrap (default: DIR/grpc-bootstrap.json).")
-    ),
-    envoy: Options.boolean("envoy").pipe(
-      Options.withDescription(
-        "Also run the local Envoy once the certificate is held: its bootstrap reaches --xds over mTLS with these " +
-          "files (file-based SDS, so renewals need no restart); needs --xds-tls. Envoy stops when the agent stops."
-      )
-    ),
-    envoyPath: Options.text("envoy-path").pipe(
-      Options.withDefault("envoy"),
-      Options.withDescription("The Envoy binary (with --envoy).")
-    ),
-    envoyAdmin: Options.text("envoy-admin").pipe(
-      Options.withDefault("127.0.0.1:15000"),
-      Options.withDescription("Envoy's admin address (HOST:PORT; port 0 picks one).")
-    ),
-    envoyDir: Options.text("envoy-dir").pipe(
-      Options.optional,
-      Options.withDescription("Where Envoy's bootstrap and SDS files go (default: envoy/ beside --dir).")
-    ),
-    retryMax: Options.text("retry-max").pipe(
-      Options.withDefault("30s"),
-      Options.withDescription("The longest wait between retries when the controller is unreachable.")
-    ),
-    bundleInterval: Options.text("bundle-interval").pipe(
-      Options.withDefault("30s"),
-      Options.withDescription("How often the trust bundle is re-read (root rotation).")
-    )
-  },
-  (flags) =>
-    Effect.gen(function*() {
-      const controller = yield* hostPort("controller", flags.controller)
-      const admin = yield* hostPort("admin", flags.admin)
-      const xds = Option.isSome(flags.xds)
-        ? yield* hostPort("xds", flags.xds.value)
-        : { host: controller.host, port: 15010, text: `${flags.controller.replace(/:\d+$/, "")}:15010` }
-      if (flags.envoy && !flags.xdsTls) {
-        return yield* new AgentRefused({
-          reason: "--envoy: Envoy reaches the controller's xDS over mTLS with the agent's files; add --xds-tls " +
-            "(the controller needs controller.xds.tls: mtls)"
-        })
-      }
-      const envoyAdmin = yield* hostPort("envoy-admin", flags.envoyAdmin)
-      const layer = Agent.layer({
-        controller: controller.text,
-        tokenFile: Option.getOrUndefined(flags.tokenFile),
-        dir: flags.dir,
-        service: Option.getOrUndefined(flags.service),
-        instance: flags.instance,
-        admin,
-        xdsServer: xds.text,
-        xdsChannel: flags.xdsTls ? "tls" : "insecure",
-        bootstrapFile: Option.getOrElse(flags.bootstrap, () => defaultBootstrapFile(flags.dir)),
-        renewAt: 0.5,
-        retryInitial: Duration.millis(200),
-        retryMax: yield* duration("retry-max", flags.retryMax),
-        bundleInterval: yield* duration("bundle-interval", flags.bundleInterval)
+/** What `agent` is given on the command line. */
+export interface AgentFlags {
+  readonly controller: string
+  readonly tokenFile: Option.Option<string>
+  readonly dir: string
+  readonly service: Option.Option<string>
+  readonly instance: string
+  readonly admin: string
+  readonly xds: Option.Option<string>
+  readonly xdsTls: boolean
+  readonly bootstrap: Option.Option<string>
+  readonly envoy: boolean
+  readonly envoyPath: string
+  readonly envoyAdmin: string
+  readonly envoyDir: Option.Option<string>
+  readonly retryMax: string
+  readonly bundleInterval: string
+}
+
+/** `agent`: checks the flags, then runs the Agent layer (and with --envoy, the local Envoy) until interrupted. */
+export const runAgent = (flags: AgentFlags) =>
+  Effect.gen(function*() {
+    const controller = yield* hostPort("controller", flags.controller)
+    const admin = yield* hostPort("admin", flags.admin)
+    const xds = Option.isSome(flags.xds)
+      ? yield* hostPort("xds", flags.xds.value)
+      : { host: controller.host, port: 15010, text: `${flags.controller.replace(/:\d+$/, "")}:15010` }
+    if (flags.envoy && !flags.xdsTls) {
+      return yield* new AgentRefused({
+        reason: "--envoy: Envoy reaches the controller's xDS over mTLS with the agent's files; add --xds-tls " +
+          "(the controller needs controller.xds.tls: mtls)"
       })
-      if (!flags.envoy) return yield* Layer.launch(layer)
-      // Imported only with --envoy (the agent's memory on a small host).
-      const { agentEnvoyLayer } = yield* Effect.promise(() => import("./agentEnvoy.js"))
-      const envoy = agentEnvoyLayer({
-        path: flags.envoyPath,
-        admin: envoyAdmin,
-        stateDir: Option.getOrElse(flags.envoyDir, () =>
-          NodePath.join(NodePath.dirname(NodePath.resolve(flags.dir)), "envoy")),
-        xds,
-        instance: flags.instance
-      })
-      return yield* Layer.launch(envoy.pipe(Layer.provideMerge(layer)))
+    }
+    const envoyAdmin = yield* hostPort("envoy-admin", flags.envoyAdmin)
+    const layer = Agent.layer({
+      controller: controller.text,
+      tokenFile: Option.getOrUndefined(flags.tokenFile),
+      dir: flags.dir,
+      service: Option.getOrUndefined(flags.service),
+      instance: flags.instance,
+      admin,
+      xdsServer: xds.text,
+      xdsChannel: flags.xdsTls ? "tls" : "insecure",
+      bootstrapFile: Option.getOrElse(flags.bootstrap, () => defaultBootstrapFile(flags.dir)),
+      renewAt: 0.5,
+      retryInitial: Duration.millis(200),
+      retryMax: yield* duration("retry-max", flags.retryMax),
+      bundleInterval: yield* duration("bundle-interval", flags.bundleInterval)
     })
-).pipe(Command.withDescription("Keep this host's mesh identity: join with a token, then renew at half life over mTLS."))
+    if (!flags.envoy) return yield* Layer.launch(layer)
+    // Imported only with --envoy (the agent's memory on a small host).
+    const { agentEnvoyLayer } = yield* Effect.promise(() => import("./agentEnvoy.js"))
+    const envoy = agentEnvoyLayer({
+      path: flags.envoyPath,
+      admin: envoyAdmin,
+      stateDir: Option.getOrElse(flags.envoyDir, () =>
+        NodePath.join(NodePath.dirname(NodePath.resolve(flags.dir)), "envoy")),
+      xds,
+      instance: flags.instance
+    })
+    return yield* Layer.launch(envoy.pipe(Layer.provideMerge(layer)))
+  })

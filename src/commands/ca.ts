@@ -1,9 +1,9 @@
 /**
  * `ca show` and `ca rotate [--activate]`: the mesh root from the command line, acting on the same
  * CA directory the daemon uses (layers/internal/CaStore.ts). The running controller notices what
- * these commands write on its next check.
+ * these commands write on its next check. The command line itself (options, help) is in
+ * certsCommands.ts, which loads this module when a command runs.
  */
-import { Command, Options } from "@effect/cli"
 import { Clock, Console, Duration, Effect, Option } from "effect"
 import * as NodeFs from "node:fs/promises"
 import * as NodePath from "node:path"
@@ -187,46 +187,29 @@ export const formatRoots = (bundle: TrustBundle): string =>
     )
     .join("\n")
 
-/** `ca show` and `ca rotate`, around the CLI's `--config` option. */
-export const makeCaCommand = (configOption: Options.Options<string>) => {
-  const show = Command.make("show", { config: configOption }, ({ config }) =>
-    Effect.gen(function*() {
-      const { config: mesh } = yield* loadFile(config)
-      if (mesh.certificates.store === "consul" && mesh.certificates.ca === undefined) {
-        const material = yield* withConsulStore(mesh, (store) => store.read)
-        return bundleOf(material, yield* Clock.currentTimeMillis, Duration.toMillis(mesh.certificates.workloadTtl))
-      }
-      return yield* showRoots(storeSettingsOf(mesh))
-    }).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))).pipe(
-      Command.withDescription("Print every root in the trust bundle: subject, SHA-256 fingerprint, validity.")
-    )
+/** `ca show`: every root of the config's store (its directory, or Consul's KV with `store: consul`). */
+export const showCommand = (configPath: string) =>
+  Effect.gen(function*() {
+    const { config: mesh } = yield* loadFile(configPath)
+    if (mesh.certificates.store === "consul" && mesh.certificates.ca === undefined) {
+      const material = yield* withConsulStore(mesh, (store) => store.read)
+      return bundleOf(material, yield* Clock.currentTimeMillis, Duration.toMillis(mesh.certificates.workloadTtl))
+    }
+    return yield* showRoots(storeSettingsOf(mesh))
+  }).pipe(Effect.flatMap((bundle) => Console.log(formatRoots(bundle))))
 
-  const rotate = Command.make(
-    "rotate",
-    {
-      config: configOption,
-      activate: Options.boolean("activate").pipe(
-        Options.withDescription("Step 2: make the new root the signer (run once every workload trusts it).")
+/** `ca rotate [--activate]`: one step of the rotation, and what to do next. */
+export const rotateCommand = (configPath: string, activate: boolean) =>
+  Effect.gen(function*() {
+    if (activate) {
+      const root = yield* rotateIn(configPath, true)
+      yield* Console.log(
+        `activated ${root.subject} (${root.fingerprint}).\nThe running controller re-issues every workload certificate on its next check; the previous root stays trusted for one workload TTL.`
       )
-    },
-    ({ activate, config }) =>
-      Effect.gen(function*() {
-        if (activate) {
-          const root = yield* rotateIn(config, true)
-          yield* Console.log(
-            `activated ${root.subject} (${root.fingerprint}).\nThe running controller re-issues every workload certificate on its next check; the previous root stays trusted for one workload TTL.`
-          )
-        } else {
-          const root = yield* rotateIn(config, false)
-          yield* Console.log(
-            `introduced ${root.subject} (${root.fingerprint}): trusted, not yet signing.\nOnce every workload has the new trust bundle (a few check intervals), run \`ca rotate --activate\`.`
-          )
-        }
-      })
-  ).pipe(Command.withDescription("Rotate the mesh root in two steps: introduce a new root, then --activate it."))
-
-  return Command.make("ca").pipe(
-    Command.withDescription("The mesh certificate authority."),
-    Command.withSubcommands([show, rotate])
-  )
-}
+    } else {
+      const root = yield* rotateIn(configPath, false)
+      yield* Console.log(
+        `introduced ${root.subject} (${root.fingerprint}): trusted, not yet signing.\nOnce every workload has the new trust bundle (a few check intervals), run \`ca rotate --activate\`.`
+      )
+    }
+  })

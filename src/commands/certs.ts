@@ -1,8 +1,9 @@
 /**
  * `certs issue`, `ca show`, `ca rotate [--activate]`: the mesh CA from the command line. Each reads
- * the same `--config FILE` as `run` and acts on the same CA (directory or operator files).
+ * the same `--config FILE` as `run` and acts on the same CA (directory or operator files). The
+ * command line itself (options, help) is in certsCommands.ts, which loads this module when a
+ * command runs.
  */
-import { Command, Options } from "@effect/cli"
 import { Clock, Console, Duration, Effect, Either, Schema } from "effect"
 import * as NodeFs from "node:fs/promises"
 import { issueIdentity, type WorkloadIdentity } from "../../layers/Certificates.js"
@@ -16,7 +17,7 @@ import {
 import { loadFile } from "../../layers/LiveConfig.js"
 import { ServiceName } from "../../schemas/Config.js"
 import { type CaInvalid, CaOperationRefused, type CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
-import { makeCaCommand, storeSettingsOf } from "./ca.js"
+import { storeSettingsOf } from "./ca.js"
 
 export { formatRoots } from "./ca.js"
 
@@ -57,79 +58,51 @@ const worldWritable = (out: string): Effect.Effect<string | undefined> =>
     )
   )
 
-/**
- * The `certs` and `ca` commands, built around the CLI's own `--config` option (so they share its
- * alias and $MESH_CONFIG fallback without importing the CLI module).
- */
-export const makeCertsCommands = (configOption: Options.Options<string>) => {
-  const issue = Command.make(
-    "issue",
-    {
-      config: configOption,
-      service: Options.text("service").pipe(
-        Options.withDescription(
-          "The service the certificate is for (its SPIFFE ID is spiffe://<trustDomain>/service/<NAME>)."
-        )
-      ),
-      out: Options.directory("out", { exists: "either" }).pipe(
-        Options.withDescription("Where to write cert.pem, key.pem (0600) and ca.pem.")
-      ),
-      allowUnknown: Options.boolean("allow-unknown-service").pipe(
-        Options.withDescription(
-          "Issue even when the config does not list the service (e.g. one registered only in Consul)."
-        )
-      )
-    },
-    ({ allowUnknown, config, out, service }) =>
-      Effect.gen(function*() {
-        const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
-          onLeft: () =>
-            Effect.fail(
-              new CaOperationRefused({
-                reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
-                  JSON.stringify(service)
-                }`
-              })
-            ),
-          onRight: Effect.succeed
-        })
-        const { config: mesh } = yield* loadFile(config)
-        // A typo would otherwise mint a valid identity nobody expects (and the CA cannot take it back).
-        // An admin identity (controller.admin.adminIdentities) is known too: its certificate is for curl.
-        const known = mesh.services.some((s) => s.name === name) || mesh.controller.admin.adminIdentities.includes(name)
-        if (!allowUnknown && !known) {
-          const listed = mesh.services.map((s) => s.name)
-          return yield* new CaOperationRefused({
-            reason: `--service ${name}: ${config} lists no such service` +
-              (listed.length === 0 ? "" : ` (it lists: ${listed.join(", ")})`) +
-              `; add it to services, or pass --allow-unknown-service to issue anyway`
-          })
-        }
-        const issued = yield* issueToFiles(storeSettingsOf(mesh), name, out)
-        const warning = yield* worldWritable(out)
-        if (warning !== undefined) yield* Console.error(warning)
-        yield* Console.log(
-          [
-            `issued ${issued.identity.spiffeId}`,
-            `  serial: ${issued.identity.serial}`,
-            `  valid until: ${issued.identity.notAfter.toISOString()} (renew by ${issued.identity.renewAt.toISOString()})`,
-            `  ${issued.cert}`,
-            `  ${issued.key} (0600)`,
-            `  ${issued.ca}`
-          ].join("\n")
-        )
-      })
-  ).pipe(
-    Command.withDescription(
-      "Issue a workload certificate into files (for a workload that reads them, e.g. a proxyless gRPC client)."
-    )
-  )
-
-  return {
-    certs: Command.make("certs").pipe(
-      Command.withDescription("Workload certificates."),
-      Command.withSubcommands([issue])
-    ),
-    ca: makeCaCommand(configOption)
-  }
+/** What `certs issue` is given on the command line. */
+export interface IssueArgs {
+  readonly config: string
+  readonly service: string
+  readonly out: string
+  readonly allowUnknown: boolean
 }
+
+/** `certs issue`: checks the service name against the config, issues into `out`, prints what it wrote. */
+export const issueCommand = ({ allowUnknown, config, out, service }: IssueArgs) =>
+  Effect.gen(function*() {
+    const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
+      onLeft: () =>
+        Effect.fail(
+          new CaOperationRefused({
+            reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
+              JSON.stringify(service)
+            }`
+          })
+        ),
+      onRight: Effect.succeed
+    })
+    const { config: mesh } = yield* loadFile(config)
+    // A typo would otherwise mint a valid identity nobody expects (and the CA cannot take it back).
+    // An admin identity (controller.admin.adminIdentities) is known too: its certificate is for curl.
+    const known = mesh.services.some((s) => s.name === name) || mesh.controller.admin.adminIdentities.includes(name)
+    if (!allowUnknown && !known) {
+      const listed = mesh.services.map((s) => s.name)
+      return yield* new CaOperationRefused({
+        reason: `--service ${name}: ${config} lists no such service` +
+          (listed.length === 0 ? "" : ` (it lists: ${listed.join(", ")})`) +
+          `; add it to services, or pass --allow-unknown-service to issue anyway`
+      })
+    }
+    const issued = yield* issueToFiles(storeSettingsOf(mesh), name, out)
+    const warning = yield* worldWritable(out)
+    if (warning !== undefined) yield* Console.error(warning)
+    yield* Console.log(
+      [
+        `issued ${issued.identity.spiffeId}`,
+        `  serial: ${issued.identity.serial}`,
+        `  valid until: ${issued.identity.notAfter.toISOString()} (renew by ${issued.identity.renewAt.toISOString()})`,
+        `  ${issued.cert}`,
+        `  ${issued.key} (0600)`,
+        `  ${issued.ca}`
+      ].join("\n")
+    )
+  })

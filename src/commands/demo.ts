@@ -3,7 +3,9 @@
  * `demo greeter`, the demo's services, which `demo` starts as processes of their own. Each loads
  * its code when it runs.
  */
-import { Args, Command, Options } from "@effect/cli"
+import * as Args from "@effect/cli/Args"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Effect } from "effect"
 
 const configOption = Options.file("config", { exists: "yes" }).pipe(

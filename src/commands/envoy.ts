@@ -3,7 +3,8 @@
  * layer would write for that service, checked against Envoy's Bootstrap proto. For hosts whose
  * Envoy the controller does not run itself: `mesh-controller envoy bootstrap --service echo > envoy.yaml`.
  */
-import { Command, Options } from "@effect/cli"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
 import { Console, Effect, Either, Option } from "effect"
 import * as NodeOs from "node:os"
 

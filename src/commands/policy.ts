@@ -3,9 +3,9 @@
  * "why was this request denied?" answered from the same compiled policy the controller enforces.
  *
  * Prints the decision and the rule that decided. Exit codes: 0 allow; 3 deny (`PolicyDenied`
- * carries `exitCode: 3`); 1 a config or policy problem; 2 a usage error.
+ * carries `exitCode: 3`); 1 a config or policy problem; 2 a usage error. The command line itself
+ * (options, help) is in policyCommand.ts, which loads this module when the command runs.
  */
-import { Command, Options } from "@effect/cli"
 import { Console, Effect, Either, HashMap, Option, Schema } from "effect"
 import type { MeshConfig } from "../../schemas/Config.js"
 import { authorize, type AuthzRequest, callerIdentity, type Decision, describeDecision } from "../policy/Authorize.js"
@@ -84,54 +84,36 @@ export const checkConfig = (
   })
 }
 
-const optionalText = (name: string, description: string) =>
-  Options.text(name).pipe(Options.withDescription(description), Options.optional)
-
-/** `policy check`, built around the CLI's own `--config` option (as `makeCertsCommands`). */
-export const makePolicyCommand = (configOption: Options.Options<string>) => {
-  const check = Command.make(
-    "check",
-    {
-      config: configOption,
-      from: Options.text("from").pipe(Options.withDescription("The caller: a service name or a spiffe:// ID.")),
-      to: Options.text("to").pipe(Options.withDescription("The service called.")),
-      method: optionalText("method", "The HTTP method (gRPC calls are POST)."),
-      path: optionalText("path", "The request path (for gRPC: /package.Service/Method)."),
-      port: Options.integer("port").pipe(Options.withDescription("The port the request arrives on."), Options.optional),
-      header: Options.keyValueMap("header").pipe(
-        Options.withDescription("A request header, k=v; repeat for more."),
-        Options.optional
-      )
-    },
-    (args) =>
-      Effect.gen(function*() {
-        // The config loader is imported when the command runs, not when the CLI starts (start-up).
-        const { loadFile } = yield* Effect.promise(() => import("../../layers/LiveConfig.js"))
-        const loaded = yield* loadFile(args.config)
-        const request: AuthzRequest = {
-          method: Option.getOrUndefined(args.method),
-          path: Option.getOrUndefined(args.path),
-          port: Option.getOrUndefined(args.port),
-          headers: Option.match(args.header, {
-            onNone: () => undefined,
-            onSome: (map) => Object.fromEntries(HashMap.toEntries(map))
-          })
-        }
-        const result = yield* checkConfig(loaded.config, { from: args.from, to: args.to, request }, loaded.policy)
-        for (const warning of result.warnings) yield* Console.error(`warning: ${warning}`)
-        yield* Console.log(result.text)
-        if (!result.decision.allowed) {
-          return yield* Effect.fail(new PolicyDenied({ to: args.to, rule: result.decision.rule }))
-        }
-      })
-  ).pipe(
-    Command.withDescription(
-      "Decide one request with the config's policy: prints allow/deny and the rule that decided. Exit 0 allow, 3 deny."
-    )
-  )
-
-  return Command.make("policy").pipe(
-    Command.withDescription("Inspect the mesh's compiled policy."),
-    Command.withSubcommands([check])
-  )
+/** What `policy check` is given on the command line. */
+export interface CheckArgs {
+  readonly config: string
+  readonly from: string
+  readonly to: string
+  readonly method: Option.Option<string>
+  readonly path: Option.Option<string>
+  readonly port: Option.Option<number>
+  readonly header: Option.Option<HashMap.HashMap<string, string>>
 }
+
+/** `policy check`: prints the decision (and the policy's warnings); a deny fails with `PolicyDenied` (exit 3). */
+export const checkCommand = (args: CheckArgs) =>
+  Effect.gen(function*() {
+    // The config loader is imported when the command runs, not when the CLI starts (start-up).
+    const { loadFile } = yield* Effect.promise(() => import("../../layers/LiveConfig.js"))
+    const loaded = yield* loadFile(args.config)
+    const request: AuthzRequest = {
+      method: Option.getOrUndefined(args.method),
+      path: Option.getOrUndefined(args.path),
+      port: Option.getOrUndefined(args.port),
+      headers: Option.match(args.header, {
+        onNone: () => undefined,
+        onSome: (map) => Object.fromEntries(HashMap.toEntries(map))
+      })
+    }
+    const result = yield* checkConfig(loaded.config, { from: args.from, to: args.to, request }, loaded.policy)
+    for (const warning of result.warnings) yield* Console.error(`warning: ${warning}`)
+    yield* Console.log(result.text)
+    if (!result.decision.allowed) {
+      return yield* Effect.fail(new PolicyDenied({ to: args.to, rule: result.decision.rule }))
+    }
+  })

@@ -1,9 +1,9 @@
 /**
  * `token create | list | revoke`: join tokens for new hosts (src/tokens/Token.ts). They act on the
  * token store of the config's state (`<certificates.dir>/tokens`), which the running controller
- * reads on every redemption, so no restart is needed.
+ * reads on every redemption, so no restart is needed. The command line itself (options, help) is
+ * in tokenCommand.ts, which loads this module when a command runs.
  */
-import { Args, Command, Options } from "@effect/cli"
 import { Clock, Console, Effect, Either, Logger, LogLevel, Option, Schema } from "effect"
 import type { ConsulUnavailable } from "../../layers/ConsulClient.js"
 import { openCa } from "../../layers/internal/CaStore.js"
@@ -107,89 +107,64 @@ export const issueJoinToken = (
     return formatToken(yield* store.macKey, { id, secret, rootFingerprint: rootFingerprintHex(ca.authority.rootPem) })
   })
 
-export const makeTokenCommand = (configOption: Options.Options<string>) => {
-  const create = Command.make(
-    "create",
-    {
-      config: configOption,
-      service: Options.text("service").pipe(
-        Options.withDescription("The service the new host will be (its certificate names it).")
-      ),
-      ttl: Options.text("ttl").pipe(
-        Options.withDefault("1h"),
-        Options.withDescription("How long the token is valid (e.g. 30m, 1h).")
-      ),
-      uses: Options.integer("uses").pipe(
-        Options.withDefault(1),
-        Options.withDescription("How many hosts may join with it.")
-      ),
-      instance: Options.text("instance").pipe(
-        Options.optional,
-        Options.withDescription("Bind the token to one instance name.")
-      )
-    },
-    ({ config, instance, service, ttl, uses }) =>
-      Effect.gen(function*() {
-        const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
-          onLeft: () =>
-            Effect.fail(
-              new TokenUsageError({
-                reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
-                  JSON.stringify(service)
-                }`
-              })
-            ),
-          onRight: Effect.succeed
-        })
-        const ttlMillis = Option.getOrUndefined(parseDurationMillis(ttl))
-        if (ttlMillis === undefined || ttlMillis <= 0) {
-          return yield* new TokenUsageError({
-            reason: `--ttl: expected a duration such as 30m or 1h, got ${JSON.stringify(ttl)}`
-          })
-        }
-        if (!Number.isInteger(uses) || uses < 1) {
-          return yield* new TokenUsageError({ reason: `--uses: expected a whole number of at least 1, got ${uses}` })
-        }
-        const inst = Option.getOrUndefined(instance)
-        if (inst !== undefined && !INSTANCE.test(inst)) {
-          return yield* new TokenUsageError({
-            reason: `--instance: expected 1-63 of [A-Za-z0-9._-], got ${JSON.stringify(inst)}`
-          })
-        }
-        const mesh = yield* configOf(config)
-        // stdout holds the token alone, so `token create ... > token` works.
-        yield* Console.log(yield* issueJoinToken(mesh, { service: name, instance: inst, ttlMillis, uses }))
-      })
-  ).pipe(
-    Command.withDescription("Print a join token for one new host of a service (single-use and expiring by default).")
-  )
-
-  const list = Command.make("list", { config: configOption }, ({ config }) =>
-    Effect.gen(function*() {
-      const mesh = yield* configOf(config)
-      const records = yield* stores(mesh, () => Effect.succeed({}), () => Effect.succeed({})).pipe(
-        Effect.flatMap(({ store }) => store.list)
-      )
-      yield* Console.log(formatRecords(records, yield* Clock.currentTimeMillis))
-    })).pipe(Command.withDescription("List join tokens: id, service, expiry, uses left (never the secret)."))
-
-  const revoke = Command.make(
-    "revoke",
-    {
-      config: configOption,
-      id: Args.text({ name: "ID" }).pipe(Args.withDescription("The token's id (from `token list`)."))
-    },
-    ({ config, id }) =>
-      Effect.gen(function*() {
-        const mesh = yield* configOf(config)
-        const { store } = yield* stores(mesh, () => Effect.succeed({}), () => Effect.succeed({}))
-        const record = yield* store.revoke(id, new Date(yield* Clock.currentTimeMillis))
-        yield* Console.log(`revoked token ${record.id} (service ${record.service})`)
-      })
-  ).pipe(Command.withDescription("Revoke a join token: it buys no further certificate."))
-
-  return Command.make("token").pipe(
-    Command.withDescription("Join tokens: how a new host gets its first certificate (see `agent`)."),
-    Command.withSubcommands([create, list, revoke])
-  )
+/** What `token create` is given on the command line. */
+export interface CreateArgs {
+  readonly config: string
+  readonly service: string
+  readonly ttl: string
+  readonly uses: number
+  readonly instance: Option.Option<string>
 }
+
+/** `token create`: checks the flags, records a new token and prints it (alone on stdout). */
+export const createCommand = ({ config, instance, service, ttl, uses }: CreateArgs) =>
+  Effect.gen(function*() {
+    const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
+      onLeft: () =>
+        Effect.fail(
+          new TokenUsageError({
+            reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
+              JSON.stringify(service)
+            }`
+          })
+        ),
+      onRight: Effect.succeed
+    })
+    const ttlMillis = Option.getOrUndefined(parseDurationMillis(ttl))
+    if (ttlMillis === undefined || ttlMillis <= 0) {
+      return yield* new TokenUsageError({
+        reason: `--ttl: expected a duration such as 30m or 1h, got ${JSON.stringify(ttl)}`
+      })
+    }
+    if (!Number.isInteger(uses) || uses < 1) {
+      return yield* new TokenUsageError({ reason: `--uses: expected a whole number of at least 1, got ${uses}` })
+    }
+    const inst = Option.getOrUndefined(instance)
+    if (inst !== undefined && !INSTANCE.test(inst)) {
+      return yield* new TokenUsageError({
+        reason: `--instance: expected 1-63 of [A-Za-z0-9._-], got ${JSON.stringify(inst)}`
+      })
+    }
+    const mesh = yield* configOf(config)
+    // stdout holds the token alone, so `token create ... > token` works.
+    yield* Console.log(yield* issueJoinToken(mesh, { service: name, instance: inst, ttlMillis, uses }))
+  })
+
+/** `token list`: every token of the config's store, never a secret. */
+export const listCommand = (config: string) =>
+  Effect.gen(function*() {
+    const mesh = yield* configOf(config)
+    const records = yield* stores(mesh, () => Effect.succeed({}), () => Effect.succeed({})).pipe(
+      Effect.flatMap(({ store }) => store.list)
+    )
+    yield* Console.log(formatRecords(records, yield* Clock.currentTimeMillis))
+  })
+
+/** `token revoke ID`. */
+export const revokeCommand = (config: string, id: string) =>
+  Effect.gen(function*() {
+    const mesh = yield* configOf(config)
+    const { store } = yield* stores(mesh, () => Effect.succeed({}), () => Effect.succeed({}))
+    const record = yield* store.revoke(id, new Date(yield* Clock.currentTimeMillis))
+    yield* Console.log(`revoked token ${record.id} (service ${record.service})`)
+  })
