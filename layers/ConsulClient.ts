@@ -3,7 +3,7 @@
  * the config (address, datacenter, TLS, the ACL token from the environment), interruption that
  * aborts the HTTP request, a typed error, and the retry schedule every call uses.
  */
-import Consul from "consul"
+import type Consul from "consul"
 import {
   Clock,
   Config as EffectConfig,
@@ -124,9 +124,11 @@ export const makeConsulConnection = (
         rejectUnauthorized: !(tls?.insecureSkipVerify ?? false)
       })
       : new Http.Agent({ keepAlive: true })
+    // Loaded here, not with the module: a mesh without `discovery.consul` never pays for the client.
+    const { default: ConsulAgentClient } = yield* Effect.promise(() => import("consul"))
     const consul = yield* Effect.acquireRelease(
       Effect.sync(() =>
-        new Consul({
+        new ConsulAgentClient({
           host: url.hostname,
           port: Number(url.port || (secure ? 443 : 80)),
           secure,
