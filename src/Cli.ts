@@ -87,6 +87,8 @@ const groups: ReadonlyArray<{
   { names: ["demo"], load: (version) => import("./commands/demo.js").then((m) => [m.makeDemoCommand(version)]) }
 ]
 
+const BUILT_IN: ReadonlyArray<string> = ["run", "validate", "schema"]
+
 /**
  * The command the arguments name: the first one that is not an option. Anything else (no
  * command, `--help`, an option before the command, a typo) gets every group, so help and
@@ -94,6 +96,8 @@ const groups: ReadonlyArray<{
  */
 const namedGroups = (argv: ReadonlyArray<string>) => {
   const first = argv.slice(2).find((arg) => !arg.startsWith("-"))
+  // `run`, `validate` and `schema` are defined here: the daemon's command line loads no group.
+  if (first !== undefined && argv[2] === first && BUILT_IN.includes(first)) return []
   const named = groups.filter((group) => first !== undefined && group.names.includes(first))
   return named.length === 1 && argv[2] === first ? named : groups
 }
