@@ -9,7 +9,8 @@
 // loading CommonJS packages file by file (x509 and its ASN.1 stack, consul, prom-client) costs
 // start-up time too.
 import { build } from "esbuild"
-import { rmSync } from "node:fs"
+import { execFileSync } from "node:child_process"
+import { rmSync, writeFileSync } from "node:fs"
 
 const external = [
   "@grpc/grpc-js",
@@ -39,9 +40,20 @@ const result = await build({
   sourcemap: "linked",
   legalComments: "none",
   logLevel: "warning",
-  metafile: process.argv.includes("--metafile")
+  metafile: true
 })
-if (result.metafile) {
+
+// `mesh-controller --help` is answered from the text this bundle's CLI renders for it, rendered here
+// (src/bin/mesh-controller.ts prints dist/bin/help.txt): the same bytes, without loading @effect/cli
+// and effect to build them (most of --help's time). Rendered from the bundle itself, it cannot drift.
+const mainChunk = Object.entries(result.metafile.outputs).find(([, output]) => output.entryPoint === "src/main.ts")
+if (mainChunk === undefined) throw new Error("bundle: no chunk for src/main.ts")
+writeFileSync(
+  "dist/bin/help.txt",
+  execFileSync(process.execPath, [mainChunk[0], "--help"], { stdio: ["ignore", "pipe", "inherit"] })
+)
+
+if (process.argv.includes("--metafile")) {
   // `node scripts/bundle.mjs --metafile`: what each output file holds, by package (for start-up work).
   for (const [file, output] of Object.entries(result.metafile.outputs)) {
     if (!file.endsWith(".mjs")) continue
