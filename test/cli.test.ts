@@ -1,5 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Ajv } from "ajv"
+import { spawnSync } from "node:child_process"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -71,6 +72,15 @@ describe("mesh-controller CLI", () => {
     expect(help.code).toBe(0)
     expect(help.stdout).toContain("validate")
     expect(help.stdout).toContain("schema")
+  })
+
+  it("the executable's --help (pre-rendered at build time) is the live CLI's, byte for byte", async () => {
+    const live = await runCli(["--help"])
+    const bin = spawnSync(process.execPath, [join("dist", "bin", "mesh-controller.mjs"), "--help"], {
+      encoding: "utf8"
+    })
+    expect(bin.status).toBe(0)
+    expect(bin.stdout).toBe(live.stdout)
   })
 
   it("schema: prints a JSON Schema that accepts the example and rejects an unknown key", async () => {
