@@ -83,57 +83,106 @@ export const decodeDeltaRequest = (bytes: Buffer): DeltaRequest => {
 
 const CONTROL_PLANE = "mesh-controller"
 
+/** A length-delimited field (tag, length, bytes), as protobuf.js writes it: an empty string too. */
+const stringField = (field: number, value: string): Buffer =>
+  Buffer.from(protobuf.Writer.create().uint32((field << 3) | 2).string(value).finish())
+
+/** `control_plane` {identifier}: the same bytes on every response of a protocol. */
+const SOTW_CONTROL_PLANE = Buffer.from(
+  protobuf.Writer.create().uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim().finish()
+)
+const DELTA_CONTROL_PLANE = Buffer.from(
+  protobuf.Writer.create().uint32(58).fork().uint32(10).string(CONTROL_PLANE).ldelim().finish()
+)
+
+/**
+ * A resource as a response's `resources` entry, encoded once per resource and shared by every
+ * response that carries it: SotW's is the Any itself, Delta's a `Resource{version=1, resource=2,
+ * name=3}` around it. A response is then the concatenation of these (protobuf's repeated fields
+ * are their entries one after the other), not a message encoded again for each stream.
+ */
+const sotwEntries = new WeakMap<XdsResource, Buffer>()
+const deltaEntries = new WeakMap<XdsResource, Buffer>()
+const sotwEntry = (r: XdsResource): Buffer => {
+  let entry = sotwEntries.get(r)
+  if (entry === undefined) {
+    entry = Buffer.from(protobuf.Writer.create().uint32(18).bytes(r.any).finish())
+    sotwEntries.set(r, entry)
+  }
+  return entry
+}
+const deltaEntry = (r: XdsResource): Buffer => {
+  let entry = deltaEntries.get(r)
+  if (entry === undefined) {
+    entry = Buffer.from(
+      protobuf.Writer.create().uint32(18).fork().uint32(10).string(r.version).uint32(18).bytes(r.any).uint32(26)
+        .string(r.name).ldelim().finish()
+    )
+    deltaEntries.set(r, entry)
+  }
+  return entry
+}
+
+const concat = (parts: ReadonlyArray<Uint8Array>): Buffer => Buffer.concat(parts as Array<Uint8Array>)
+
 /** DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}}. */
 export const encodeSotwResponse = (
   version: string,
   resources: Iterable<XdsResource>,
   typeUrl: string,
   nonce: string
-): Buffer => {
-  const w = protobuf.Writer.create().uint32(10).string(version)
-  for (const r of resources) w.uint32(18).bytes(r.any)
-  w.uint32(34).string(typeUrl).uint32(42).string(nonce)
-  w.uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim()
-  return Buffer.from(w.finish())
-}
+): Buffer => encodeSotwResponseFrom(encodeSotwBody(version, resources), typeUrl, nonce)
 
 /**
  * The part of a SotW response that does not depend on the stream (version_info and resources),
  * encoded once and shared by every stream that gets the same set.
  */
 export const encodeSotwBody = (version: string, resources: Iterable<XdsResource>): Buffer => {
-  const w = protobuf.Writer.create().uint32(10).string(version)
-  for (const r of resources) w.uint32(18).bytes(r.any)
-  return Buffer.from(w.finish())
+  const parts: Array<Uint8Array> = [stringField(1, version)]
+  for (const r of resources) parts.push(sotwEntry(r))
+  return concat(parts)
 }
 
 /** A SotW response from a shared body (`encodeSotwBody`) and this stream's type URL and nonce. */
-export const encodeSotwResponseFrom = (body: Buffer, typeUrl: string, nonce: string): Buffer => {
-  const tail = protobuf.Writer.create().uint32(34).string(typeUrl).uint32(42).string(nonce)
-    .uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim().finish()
-  return Buffer.concat([body, tail], body.length + tail.length)
+export const encodeSotwResponseFrom = (body: Buffer, typeUrl: string, nonce: string): Buffer =>
+  concat([body, stringField(4, typeUrl), stringField(5, nonce), SOTW_CONTROL_PLANE])
+
+/** The parts of a Delta response that do not depend on the stream: before and after its type URL and nonce. */
+export interface DeltaBody {
+  readonly head: Buffer
+  readonly tail: Buffer
 }
 
 /**
  * DeltaDiscoveryResponse {system_version_info=1, resources=2 (Resource{version=1, resource=2,
- * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}.
+ * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}, without the type URL and
+ * nonce (`encodeDeltaResponseFrom`), so streams sent the same change share it.
  */
+export const encodeDeltaBody = (
+  systemVersion: string,
+  resources: Iterable<XdsResource>,
+  removed: Iterable<string>
+): DeltaBody => {
+  const head: Array<Uint8Array> = [stringField(1, systemVersion)]
+  for (const r of resources) head.push(deltaEntry(r))
+  const tail: Array<Uint8Array> = []
+  for (const name of removed) tail.push(stringField(6, name))
+  tail.push(DELTA_CONTROL_PLANE)
+  return { head: concat(head), tail: concat(tail) }
+}
+
+/** A Delta response from a shared body (`encodeDeltaBody`) and this stream's type URL and nonce. */
+export const encodeDeltaResponseFrom = (body: DeltaBody, typeUrl: string, nonce: string): Buffer =>
+  concat([body.head, stringField(4, typeUrl), stringField(5, nonce), body.tail])
+
+/** A whole Delta response (see `encodeDeltaBody`). */
 export const encodeDeltaResponse = (
   systemVersion: string,
   resources: Iterable<XdsResource>,
   removed: Iterable<string>,
   typeUrl: string,
   nonce: string
-): Buffer => {
-  const w = protobuf.Writer.create().uint32(10).string(systemVersion)
-  for (const r of resources) {
-    w.uint32(18).fork().uint32(10).string(r.version).uint32(18).bytes(r.any).uint32(26).string(r.name).ldelim()
-  }
-  w.uint32(34).string(typeUrl).uint32(42).string(nonce)
-  for (const name of removed) w.uint32(50).string(name)
-  w.uint32(58).fork().uint32(10).string(CONTROL_PLANE).ldelim()
-  return Buffer.from(w.finish())
-}
+): Buffer => encodeDeltaResponseFrom(encodeDeltaBody(systemVersion, resources, removed), typeUrl, nonce)
 
 const identity = (b: Buffer) => b
 

@@ -29,11 +29,17 @@
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
-import { HeldVersions } from "./HeldVersions.js"
+import { Held } from "./HeldVersions.js"
 import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE } from "./Resources.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
-import { encodeDeltaResponse, encodeSotwBody, encodeSotwResponse, encodeSotwResponseFrom } from "./Wire.js"
+import {
+  type DeltaBody,
+  encodeDeltaBody,
+  encodeDeltaResponseFrom,
+  encodeSotwBody,
+  encodeSotwResponseFrom
+} from "./Wire.js"
 import {
   inWildcard,
   serverListenerResource,
@@ -78,7 +84,9 @@ export interface Nack {
 interface TypeStateBase {
   subscribed: boolean
   wildcard: boolean
-  names: Set<string>
+  /** The subscribed names: an interned, never-mutated set (see `Subscription`), replaced on a change. */
+  names: ReadonlySet<string>
+  subscription: Subscription
   pendingNonce: string | undefined
   pendingVersion: string | undefined
   pendingSince: number
@@ -113,7 +121,7 @@ export interface SotwMergedState extends TypeStateBase {
    * Resource name → version sent (the client keeps a rejected one's previous version; it is not
    * resent), and the content version of that set, which responses carry as `version_info`.
    */
-  readonly sent: HeldVersions
+  sent: Held
   /** The snapshot version `sent` was last reconciled with (unset after a subscription change). */
   synced: string | undefined
 }
@@ -122,7 +130,7 @@ export interface SotwMergedState extends TypeStateBase {
 export interface DeltaTypeState extends TypeStateBase {
   readonly _tag: "Delta"
   /** Resource name → version the client has been sent (or told it has). */
-  readonly known: Map<string, string>
+  known: Held
   /** The snapshot version `known` was last reconciled with (unset after a subscription change). */
   synced: string | undefined
   /** Refused secrets already answered with `removed_resources` (once per subscription). */
@@ -245,10 +253,54 @@ export const newDenials = (stream: StreamState, url: string, names: ReadonlyArra
   return logged
 }
 
+/**
+ * A set of subscribed names, interned: streams that subscribe to the same names (a thousand
+ * sidecars asking for the same thousand ClusterLoadAssignments) share one set and its strings, and
+ * its `id` lets a push worked out for one of them serve the others (see `plans`). Never mutated: a
+ * change of subscription makes (or finds) another.
+ */
+export interface Subscription {
+  readonly id: number
+  readonly names: ReadonlySet<string>
+  /** `names` in their order: what a SotW request repeating the subscription is compared with. */
+  readonly list: ReadonlyArray<string>
+}
+
+let subscriptionIds = 0
+const interned = new Map<string, WeakRef<Subscription>>()
+const forget = new FinalizationRegistry<string>((key) => {
+  if (interned.get(key)?.deref() === undefined) interned.delete(key)
+})
+const internNames = (names: ReadonlySet<string>): Subscription => {
+  const list = [...names]
+  const key = list.map((n) => `${n.length}:${n}`).join("")
+  const known = interned.get(key)?.deref()
+  if (known !== undefined) return known
+  const made: Subscription = { id: ++subscriptionIds, names, list }
+  interned.set(key, new WeakRef(made))
+  forget.register(made, key)
+  return made
+}
+const NO_NAMES = internNames(new Set())
+
+const setNames = (t: TypeStateBase, names: ReadonlySet<string>) => {
+  t.subscription = internNames(names)
+  t.names = t.subscription.names
+}
+
+/** Whether a request names exactly the subscription's names, in its order (a SotW ACK repeats them). */
+const repeats = (subscription: Subscription, names: ReadonlyArray<string>): boolean => {
+  const list = subscription.list
+  if (names.length !== list.length) return false
+  for (let i = 0; i < names.length; i++) if (names[i] !== list[i]) return false
+  return true
+}
+
 const base = (): TypeStateBase => ({
   subscribed: false,
   wildcard: false,
-  names: new Set(),
+  names: NO_NAMES.names,
+  subscription: NO_NAMES,
   pendingNonce: undefined,
   pendingVersion: undefined,
   pendingSince: 0,
@@ -263,9 +315,9 @@ const mergedType = (url: string) => url === TypeUrls.ClusterLoadAssignment || ur
 
 const newTypeState = (protocol: Protocol, url: string): TypeState =>
   protocol === "delta"
-    ? { ...base(), _tag: "Delta", known: new Map(), synced: undefined, toldAbsent: new Set() }
+    ? { ...base(), _tag: "Delta", known: Held.empty(false), synced: undefined, toldAbsent: new Set() }
     : mergedType(url)
-    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: new HeldVersions(), synced: undefined }
+    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: Held.empty(true), synced: undefined }
     : { ...base(), _tag: "SotwWhole", dirty: false, lastSent: undefined, rejected: undefined, synced: undefined }
 
 /** The stream's state for `url`, created on first use in the stream's protocol. */
@@ -362,30 +414,44 @@ const overLimit = (
   return undefined
 }
 
+/** Whether a SotW request subscribes by wildcard: `*`, or (LDS, CDS) no names at first or again. */
+const sotwWildcard = (request: SotwRequest, t: TypeStateBase): boolean =>
+  request.resource_names.includes("*") ||
+  (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
+
 export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
   if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
-  const before = stream.types.get(request.type_url)?.names.size ?? 0
-  const distinct = new Set(request.resource_names).size
-  const rejected = overLimit(stream, request.resource_names, distinct - before)
-  if (rejected !== undefined) return rejected
+  const held = stream.types.get(request.type_url)
+  // An ACK repeats the subscription's names: recognised by comparing them in order, with no set
+  // built (the names were checked against the bounds when they were first asked for).
+  const same = held !== undefined && held.subscribed && repeats(held.subscription, request.resource_names) &&
+    sotwWildcard(request, held) === held.wildcard
+  if (!same) {
+    const distinct = new Set(request.resource_names).size
+    const rejected = overLimit(stream, request.resource_names, distinct - (held?.names.size ?? 0))
+    if (rejected !== undefined) return rejected
+  }
   const t = typeState(stream, request.type_url)
   if (t._tag === "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
-  if (outcome._tag === "Stale") return outcome
+  if (outcome._tag === "Stale" || same) return outcome
   const names = new Set(request.resource_names.filter((n) => n !== "*"))
-  const wildcard = request.resource_names.includes("*") ||
-    (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
+  const wildcard = sotwWildcard(request, t)
   if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) {
     t.dirty = true
     t.synced = undefined
     // A name left and asked for again is sent again: the client forgot it when it left.
-    if (t._tag === "SotwMerged") { for (const n of t.sent.keys()) if (!names.has(n)) t.sent.delete(n) }
+    if (t._tag === "SotwMerged") {
+      const left: Array<readonly [string, undefined]> = []
+      for (const n of t.sent.keys()) if (!names.has(n)) left.push([n, undefined])
+      t.sent = t.sent.with(left)
+    }
   }
   t.subscribed = true
   t.wildcard = wildcard
   stream.subscriptions += names.size - t.names.size
-  t.names = names
+  setNames(t, names)
   return outcome
 }
 
@@ -405,24 +471,30 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
   if (t._tag !== "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
   if (!t.subscribed) {
-    for (const [name, version] of Object.entries(request.initial_resource_versions)) t.known.set(name, version)
+    t.known = t.known.with(Object.entries(request.initial_resource_versions))
     t.wildcard = request.resource_names_subscribe.length === 0 && wildcardType(request.type_url)
   }
   if (request.resource_names_subscribe.length > 0 || request.resource_names_unsubscribe.length > 0 || !t.subscribed) {
     t.synced = undefined
   }
   const before = t.names.size
-  for (const name of request.resource_names_subscribe) {
-    if (name === "*") t.wildcard = true
-    else t.names.add(name)
-  }
-  for (const name of request.resource_names_unsubscribe) {
-    if (name === "*") t.wildcard = false
-    else {
-      t.names.delete(name)
-      t.known.delete(name)
-      t.toldAbsent.delete(name)
+  if (request.resource_names_subscribe.length > 0 || request.resource_names_unsubscribe.length > 0) {
+    const names = new Set(t.names)
+    const forgotten: Array<readonly [string, undefined]> = []
+    for (const name of request.resource_names_subscribe) {
+      if (name === "*") t.wildcard = true
+      else names.add(name)
     }
+    for (const name of request.resource_names_unsubscribe) {
+      if (name === "*") t.wildcard = false
+      else {
+        names.delete(name)
+        forgotten.push([name, undefined])
+        t.toldAbsent.delete(name)
+      }
+    }
+    t.known = t.known.with(forgotten)
+    setNames(t, names)
   }
   stream.subscriptions += t.names.size - before
   t.subscribed = true
@@ -540,6 +612,62 @@ const sotwWholePush = (
   return { bytes: encodeSotwResponseFrom(set.body, url, nonce), resources: set.count, removed: 0 }
 }
 
+/**
+ * Pushes worked out once per snapshot and shared by every stream in the same state: the same
+ * subscription (`Subscription.id`), the same held set (`Held.id`), in step with the same snapshot
+ * or not. A thousand sidecars synced from the same snapshot hold the very same `Held`, so their
+ * initial sync and every later change cost one lookup and one concatenation each (the nonce is
+ * theirs), not a walk over a thousand names with a hash per name. Bounded per
+ * snapshot: past the bound, a stream works its push out alone, as before. Secrets are never
+ * shared (what a stream may read is its own).
+ */
+class Plans<P> {
+  private readonly bySnapshot = new WeakMap<XdsSnapshot, Map<string, P>>()
+
+  get(snapshot: XdsSnapshot, key: string | undefined, make: () => P): P {
+    if (key === undefined) return make()
+    let plans = this.bySnapshot.get(snapshot)
+    const cached = plans?.get(key)
+    if (cached !== undefined) return cached
+    const plan = make()
+    if (plans === undefined) this.bySnapshot.set(snapshot, plans = new Map())
+    if (plans.size < PLANS_PER_SNAPSHOT) plans.set(key, plan)
+    return plan
+  }
+}
+const PLANS_PER_SNAPSHOT = 256
+
+interface MergedPlan {
+  readonly updates: ReadonlyArray<XdsResource>
+  /** What the stream holds once the push is made (names gone from the snapshot dropped, even with no push). */
+  readonly next: Held
+  readonly version: string
+  /** Encoded when first sent. */
+  body: Buffer | undefined
+}
+const mergedPlans = new Plans<MergedPlan>()
+
+const mergedPlan = (
+  stream: StreamState,
+  t: SotwMergedState,
+  url: string,
+  snapshot: XdsSnapshot,
+  since: { readonly names: ReadonlySet<string> } | undefined
+): MergedPlan => {
+  const updates: Array<XdsResource> = []
+  const changes: Array<readonly [string, string | undefined]> = []
+  for (const n of since === undefined ? t.names : expandChanged(stream, t, url, since.names)) {
+    if (!t.names.has(n)) continue
+    const r = lookup(stream, url, snapshot, n)
+    if (r === undefined) changes.push([n, undefined])
+    else if (t.sent.get(n) !== r.version) updates.push(r)
+  }
+  updates.sort(byName)
+  for (const r of updates) changes.push([r.name, r.version])
+  const next = t.sent.with(changes)
+  return { updates, next, version: next.version, body: undefined }
+}
+
 const sotwMergedPush = (
   stream: StreamState,
   t: SotwMergedState,
@@ -553,28 +681,23 @@ const sotwMergedPush = (
   }
   if (!t.dirty && t.synced === snapshot.version) return undefined
   const since = t.dirty ? undefined : changesSince(snapshot, t.synced, url)
-  const updates: Array<XdsResource> = []
-  for (const n of since === undefined ? t.names : expandChanged(stream, t, url, since.names)) {
-    if (!t.names.has(n)) continue
-    const r = lookup(stream, url, snapshot, n)
-    if (r === undefined) t.sent.delete(n)
-    else if (t.sent.get(n) !== r.version) updates.push(r)
-  }
+  // Merged types are looked up by name alone (no secrets, no server listeners): shared by all.
+  const key = `${since === undefined ? "all" : "step"}\u0000${url}\u0000${t.subscription.id}\u0000${t.sent.id}`
+  const plan = mergedPlans.get(snapshot, key, () => mergedPlan(stream, t, url, snapshot, since))
   t.synced = snapshot.version
+  t.sent = plan.next
   // A changed subscription is always answered (gRPC clients wait for an answer to each), even
   // when all it asks for is already held or does not exist.
-  if (updates.length === 0 && !t.dirty) return undefined
-  updates.sort(byName)
-  for (const r of updates) t.sent.set(r.name, r.version)
+  if (plan.updates.length === 0 && !t.dirty) return undefined
   // The content of what this client holds, not the snapshot's version (see HeldVersions).
-  const version = t.sent.version
+  plan.body ??= encodeSotwBody(plan.version, plan.updates)
   const nonce = nextNonce(stream)
   t.pendingNonce = nonce
-  t.pendingVersion = version
+  t.pendingVersion = plan.version
   t.pendingSince = now
   t.dirty = false
   t.pushes++
-  return { bytes: encodeSotwResponse(version, updates, url, nonce), resources: updates.length, removed: 0 }
+  return { bytes: encodeSotwResponseFrom(plan.body, url, nonce), resources: plan.updates.length, removed: 0 }
 }
 
 /** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
@@ -586,22 +709,28 @@ export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot
   return undefined
 }
 
-/**
- * The Delta response for `url` if anything changed for this client, recording it as pending.
- * When the client is in step with the snapshot this one was built from, only the names that
- * changed between the two are examined, so a push costs what changed, not what exists.
- */
-export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
-  const t = deltaState(stream, url)
-  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
-  // Reconciled with this very snapshot and no subscription change since: nothing to send.
-  if (t.synced === snapshot.version) return undefined
+interface DeltaPlan {
+  readonly updates: ReadonlyArray<XdsResource>
+  readonly removed: ReadonlyArray<string>
+  /** What the stream holds once the push is made. */
+  readonly next: Held
+  /** Encoded when first sent. */
+  body: DeltaBody | undefined
+}
+const deltaPlans = new Plans<DeltaPlan>()
+
+const deltaPlan = (
+  stream: StreamState,
+  t: DeltaTypeState,
+  url: string,
+  snapshot: XdsSnapshot,
+  inStep: boolean
+): DeltaPlan => {
   const updates: Array<XdsResource> = []
   const removed: Array<string> = []
-  const delta = snapshot.changes
-  if (t.synced !== undefined && delta !== undefined && delta.from === t.synced) {
+  if (inStep) {
     const own = stream.own
-    for (const n of expandChanged(stream, t, url, delta.names.get(url) ?? new Set<string>())) {
+    for (const n of expandChanged(stream, t, url, snapshot.changes?.names.get(url) ?? new Set<string>())) {
       const want = t.names.has(n) || (t.wildcard && inWildcard(url, own, n))
       const r = lookup(stream, url, snapshot, n)
       if (want && r !== undefined) {
@@ -624,20 +753,46 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
     }
     for (const n of t.known.keys()) if (!names.has(n) || lookup(stream, url, snapshot, n) === undefined) removed.push(n)
   }
-  t.synced = snapshot.version
-  if (updates.length === 0 && removed.length === 0) return undefined
   updates.sort(byName)
-  for (const r of updates) t.known.set(r.name, r.version)
-  for (const n of removed) t.known.delete(n)
+  const next = t.known.with([
+    ...updates.map((r) => [r.name, r.version] as const),
+    ...removed.map((n) => [n, undefined] as const)
+  ])
+  return { updates, removed, next, body: undefined }
+}
+
+/**
+ * The Delta response for `url` if anything changed for this client, recording it as pending.
+ * When the client is in step with the snapshot this one was built from, only the names that
+ * changed between the two are examined, so a push costs what changed, not what exists.
+ */
+export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  const t = deltaState(stream, url)
+  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
+  // Reconciled with this very snapshot and no subscription change since: nothing to send.
+  if (t.synced === snapshot.version) return undefined
+  const delta = snapshot.changes
+  const inStep = t.synced !== undefined && delta !== undefined && delta.from === t.synced
+  // The view (`own`) decides the wildcard set and server listeners; secrets are the stream's own.
+  const key = url === TypeUrls.Secret
+    ? undefined
+    : `${inStep ? "step" : "all"}\u0000${url}\u0000${
+      stream.own ?? ""
+    }\u0000${t.wildcard}\u0000${t.subscription.id}\u0000${t.known.id}`
+  const plan = deltaPlans.get(snapshot, key, () => deltaPlan(stream, t, url, snapshot, inStep))
+  t.synced = snapshot.version
+  t.known = plan.next
+  if (plan.updates.length === 0 && plan.removed.length === 0) return undefined
+  plan.body ??= encodeDeltaBody(snapshot.version, plan.updates, plan.removed)
   const nonce = nextNonce(stream)
   t.pendingNonce = nonce
   t.pendingVersion = snapshot.version
   t.pendingSince = now
   t.pushes++
   return {
-    bytes: encodeDeltaResponse(snapshot.version, updates, removed, url, nonce),
-    resources: updates.length,
-    removed: removed.length
+    bytes: encodeDeltaResponseFrom(plan.body, url, nonce),
+    resources: plan.updates.length,
+    removed: plan.removed.length
   }
 }
 
