@@ -24,6 +24,8 @@ export interface SotwRequest {
   readonly version_info: string
   readonly node: NodeInfo | undefined
   readonly resource_names: ReadonlyArray<string>
+  /** The encoded `resource_names` fields, in order: equal bytes, equal names (`encodeResourceNames`). */
+  readonly resourceNames?: Buffer
   readonly type_url: string
   readonly response_nonce: string
   readonly error_detail: RequestError | undefined
@@ -56,17 +58,55 @@ const errorOf = (status: unknown): RequestError | undefined => {
   return { code: s.code ?? 0, message: s.message ?? "" }
 }
 
+/**
+ * A DiscoveryRequest, its `resource_names` (field 3) decoded only when read: an ACK repeats the
+ * whole subscription (a thousand names from a sidecar), and `resourceNames` (those fields' bytes,
+ * in order) tells a repeat from a change without decoding them.
+ */
 export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
-  const m = lookupType(Types.DiscoveryRequest).decode(bytes) as unknown as Record<string, unknown>
+  const reader = protobuf.Reader.create(bytes)
+  const names: Array<Buffer> = []
+  const rest: Array<Buffer> = []
+  while (reader.pos < reader.len) {
+    const start = reader.pos
+    const tag = reader.uint32()
+    reader.skipType(tag & 7)
+    const field = bytes.subarray(start, reader.pos)
+    const last = tag === 26 ? names : rest
+    // Consecutive fields stay one slice of the request (no copy).
+    const previous = last.at(-1)
+    if (previous !== undefined && previous.byteOffset + previous.length === field.byteOffset) {
+      last[last.length - 1] = bytes.subarray(previous.byteOffset - bytes.byteOffset, reader.pos)
+    } else last.push(field)
+  }
+  const m = lookupType(Types.DiscoveryRequest).decode(concat(rest)) as unknown as Record<string, unknown>
+  const resourceNames = names.length === 1 ? names[0]! : concat(names)
+  let decoded: ReadonlyArray<string> | undefined
   return {
     version_info: (m["version_info"] as string | undefined) ?? "",
     node: nodeOf(m["node"]),
-    resource_names: (m["resource_names"] as Array<string> | undefined) ?? [],
+    get resource_names() {
+      return decoded ??= decodeResourceNames(resourceNames)
+    },
+    resourceNames,
     type_url: (m["type_url"] as string | undefined) ?? "",
     response_nonce: (m["response_nonce"] as string | undefined) ?? "",
     error_detail: errorOf(m["error_detail"])
   }
 }
+
+const decodeResourceNames = (fields: Buffer): ReadonlyArray<string> => {
+  const reader = protobuf.Reader.create(fields)
+  const out: Array<string> = []
+  while (reader.pos < reader.len) {
+    reader.uint32()
+    out.push(reader.string())
+  }
+  return out
+}
+
+/** `names` as a DiscoveryRequest's `resource_names` fields: what `SotwRequest.resourceNames` holds for them. */
+export const encodeResourceNames = (names: ReadonlyArray<string>): Buffer => concat(names.map((n) => stringField(3, n)))
 
 export const decodeDeltaRequest = (bytes: Buffer): DeltaRequest => {
   const m = lookupType(Types.DeltaDiscoveryRequest).decode(bytes) as unknown as Record<string, unknown>

@@ -37,6 +37,7 @@ import {
   type DeltaBody,
   encodeDeltaBody,
   encodeDeltaResponseFrom,
+  encodeResourceNames,
   encodeSotwBody,
   encodeSotwResponseFrom
 } from "./Wire.js"
@@ -264,6 +265,8 @@ export interface Subscription {
   readonly names: ReadonlySet<string>
   /** `names` in their order: what a SotW request repeating the subscription is compared with. */
   readonly list: ReadonlyArray<string>
+  /** `list` as a request's encoded `resource_names` (`encodeResourceNames`), made when first compared. */
+  encoded: Buffer | undefined
 }
 
 let subscriptionIds = 0
@@ -276,7 +279,7 @@ const internNames = (names: ReadonlySet<string>): Subscription => {
   const key = list.map((n) => `${n.length}:${n}`).join("")
   const known = interned.get(key)?.deref()
   if (known !== undefined) return known
-  const made: Subscription = { id: ++subscriptionIds, names, list }
+  const made: Subscription = { id: ++subscriptionIds, names, list, encoded: undefined }
   interned.set(key, new WeakRef(made))
   forget.register(made, key)
   return made
@@ -288,8 +291,16 @@ const setNames = (t: TypeStateBase, names: ReadonlySet<string>) => {
   t.names = t.subscription.names
 }
 
-/** Whether a request names exactly the subscription's names, in its order (a SotW ACK repeats them). */
-const repeats = (subscription: Subscription, names: ReadonlyArray<string>): boolean => {
+/**
+ * Whether a SotW request names exactly the subscription's names, in its order (an ACK repeats
+ * them): its encoded names are compared, so they need not be decoded.
+ */
+const repeats = (subscription: Subscription, request: SotwRequest): boolean => {
+  if (request.resourceNames !== undefined) {
+    subscription.encoded ??= encodeResourceNames(subscription.list)
+    return request.resourceNames.equals(subscription.encoded)
+  }
+  const names = request.resource_names
   const list = subscription.list
   if (names.length !== list.length) return false
   for (let i = 0; i < names.length; i++) if (names[i] !== list[i]) return false
@@ -425,8 +436,9 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
   const held = stream.types.get(request.type_url)
   // An ACK repeats the subscription's names: recognised by comparing them in order, with no set
   // built (the names were checked against the bounds when they were first asked for).
-  const same = held !== undefined && held.subscribed && repeats(held.subscription, request.resource_names) &&
-    sotwWildcard(request, held) === held.wildcard
+  // (A repeat names no `*`: a subscription's names never hold it.)
+  const same = held !== undefined && held.subscribed && repeats(held.subscription, request) &&
+    (held.subscription.list.length === 0 && wildcardType(request.type_url) && held.wildcard) === held.wildcard
   if (!same) {
     const distinct = new Set(request.resource_names).size
     const rejected = overLimit(stream, request.resource_names, distinct - (held?.names.size ?? 0))
