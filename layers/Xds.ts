@@ -283,7 +283,8 @@ export const make = (options: XdsOptions) =>
             }
             continue
           }
-          const denied = newDenials(
+          // Only secrets can be refused (and SotW names are decoded only when read).
+          const denied = request.type_url !== TypeUrls.Secret ? [] : newDenials(
             stream,
             request.type_url,
             protocol === "sotw"

@@ -65,22 +65,19 @@ const errorOf = (status: unknown): RequestError | undefined => {
  */
 export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
   const reader = protobuf.Reader.create(bytes)
-  const names: Array<Buffer> = []
-  const rest: Array<Buffer> = []
+  // [start, end) ranges of the name fields and of the others; consecutive fields share one range.
+  const names: Array<number> = []
+  const rest: Array<number> = []
   while (reader.pos < reader.len) {
     const start = reader.pos
     const tag = reader.uint32()
     reader.skipType(tag & 7)
-    const field = bytes.subarray(start, reader.pos)
-    const last = tag === 26 ? names : rest
-    // Consecutive fields stay one slice of the request (no copy).
-    const previous = last.at(-1)
-    if (previous !== undefined && previous.byteOffset + previous.length === field.byteOffset) {
-      last[last.length - 1] = bytes.subarray(previous.byteOffset - bytes.byteOffset, reader.pos)
-    } else last.push(field)
+    const ranges = tag === 26 ? names : rest
+    if (ranges.length > 0 && ranges[ranges.length - 1] === start) ranges[ranges.length - 1] = reader.pos
+    else ranges.push(start, reader.pos)
   }
-  const m = lookupType(Types.DiscoveryRequest).decode(concat(rest)) as unknown as Record<string, unknown>
-  const resourceNames = names.length === 1 ? names[0]! : concat(names)
+  const m = lookupType(Types.DiscoveryRequest).decode(slices(bytes, rest)) as unknown as Record<string, unknown>
+  const resourceNames = slices(bytes, names)
   let decoded: ReadonlyArray<string> | undefined
   return {
     version_info: (m["version_info"] as string | undefined) ?? "",
@@ -93,6 +90,14 @@ export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
     response_nonce: (m["response_nonce"] as string | undefined) ?? "",
     error_detail: errorOf(m["error_detail"])
   }
+}
+
+/** The bytes of `ranges` ([start, end) pairs): a slice of `bytes` (no copy) when there is one range. */
+const slices = (bytes: Buffer, ranges: ReadonlyArray<number>): Buffer => {
+  if (ranges.length === 2) return bytes.subarray(ranges[0], ranges[1])
+  const parts: Array<Buffer> = []
+  for (let i = 0; i < ranges.length; i += 2) parts.push(bytes.subarray(ranges[i], ranges[i + 1]))
+  return concat(parts)
 }
 
 const decodeResourceNames = (fields: Buffer): ReadonlyArray<string> => {

@@ -263,25 +263,32 @@ export const newDenials = (stream: StreamState, url: string, names: ReadonlyArra
 export interface Subscription {
   readonly id: number
   readonly names: ReadonlySet<string>
-  /** `names` in their order: what a SotW request repeating the subscription is compared with. */
+  /** `names` in their order. */
   readonly list: ReadonlyArray<string>
-  /** `list` as a request's encoded `resource_names` (`encodeResourceNames`), made when first compared. */
+  /** `list` as a request's encoded `resource_names`, made when a SotW request first names it (`indexEncoding`). */
   encoded: Buffer | undefined
 }
 
 let subscriptionIds = 0
-const interned = new Map<string, WeakRef<Subscription>>()
-const forget = new FinalizationRegistry<string>((key) => {
-  if (interned.get(key)?.deref() === undefined) interned.delete(key)
-})
+/** Live subscriptions by their names, in order; and by their names' encoding in a SotW request. */
+const byNames = new Map<string, WeakRef<Subscription>>()
+const byEncoding = new Map<string, WeakRef<Subscription>>()
+const forget = new FinalizationRegistry<{ readonly index: Map<string, WeakRef<Subscription>>; readonly key: string }>(
+  ({ index, key }) => {
+    if (index.get(key)?.deref() === undefined) index.delete(key)
+  }
+)
+const remember = (index: Map<string, WeakRef<Subscription>>, key: string, subscription: Subscription) => {
+  index.set(key, new WeakRef(subscription))
+  forget.register(subscription, { index, key })
+}
 const internNames = (names: ReadonlySet<string>): Subscription => {
   const list = [...names]
   const key = list.map((n) => `${n.length}:${n}`).join("")
-  const known = interned.get(key)?.deref()
+  const known = byNames.get(key)?.deref()
   if (known !== undefined) return known
   const made: Subscription = { id: ++subscriptionIds, names, list, encoded: undefined }
-  interned.set(key, new WeakRef(made))
-  forget.register(made, key)
+  remember(byNames, key, made)
   return made
 }
 const NO_NAMES = internNames(new Set())
@@ -292,19 +299,18 @@ const setNames = (t: TypeStateBase, names: ReadonlySet<string>) => {
 }
 
 /**
- * Whether a SotW request names exactly the subscription's names, in its order (an ACK repeats
- * them): its encoded names are compared, so they need not be decoded.
+ * The live subscription whose names a SotW request's encoded `resource_names` are, exactly and in
+ * order: an ACK repeats its stream's, and a thousand sidecars ask for the same thousand names, so
+ * most requests need no names decoded, no set built.
  */
-const repeats = (subscription: Subscription, request: SotwRequest): boolean => {
-  if (request.resourceNames !== undefined) {
-    subscription.encoded ??= encodeResourceNames(subscription.list)
-    return request.resourceNames.equals(subscription.encoded)
-  }
-  const names = request.resource_names
-  const list = subscription.list
-  if (names.length !== list.length) return false
-  for (let i = 0; i < names.length; i++) if (names[i] !== list[i]) return false
-  return true
+const encodedSubscription = (request: SotwRequest): Subscription | undefined =>
+  request.resourceNames === undefined ? undefined : byEncoding.get(request.resourceNames.toString("latin1"))?.deref()
+
+/** Lets later requests naming `subscription`'s names be recognised by their bytes. */
+const indexEncoding = (subscription: Subscription) => {
+  if (subscription.encoded !== undefined) return
+  subscription.encoded = encodeResourceNames(subscription.list)
+  remember(byEncoding, subscription.encoded.toString("latin1"), subscription)
 }
 
 const base = (): TypeStateBase => ({
@@ -434,36 +440,43 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
   bindNode(stream, request.node)
   if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
   const held = stream.types.get(request.type_url)
-  // An ACK repeats the subscription's names: recognised by comparing them in order, with no set
-  // built (the names were checked against the bounds when they were first asked for).
-  // (A repeat names no `*`: a subscription's names never hold it.)
-  const same = held !== undefined && held.subscribed && repeats(held.subscription, request) &&
-    (held.subscription.list.length === 0 && wildcardType(request.type_url) && held.wildcard) === held.wildcard
+  // Names some stream subscribes to already (a known subscription has no `*` and no repeats).
+  const known = encodedSubscription(request)
+  const same = held !== undefined && held.subscribed && known === held.subscription &&
+    (known.list.length === 0 && wildcardType(request.type_url) && held.wildcard) === held.wildcard
   if (!same) {
-    const distinct = new Set(request.resource_names).size
-    const rejected = overLimit(stream, request.resource_names, distinct - (held?.names.size ?? 0))
+    const names = known?.list ?? request.resource_names
+    const distinct = known?.list.length ?? new Set(names).size
+    const rejected = overLimit(stream, names, distinct - (held?.names.size ?? 0))
     if (rejected !== undefined) return rejected
   }
   const t = typeState(stream, request.type_url)
   if (t._tag === "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
-  if (outcome._tag === "Stale" || same) return outcome
-  const names = new Set(request.resource_names.filter((n) => n !== "*"))
-  const wildcard = sotwWildcard(request, t)
-  if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) {
+  if (outcome._tag === "Stale") return outcome
+  const subscription = known ?? internNames(new Set(request.resource_names.filter((n) => n !== "*")))
+  const wildcard = known !== undefined
+    ? known.list.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard)
+    : sotwWildcard(request, t)
+  if (
+    !t.subscribed || wildcard !== t.wildcard ||
+    (subscription !== t.subscription && !sameSet(subscription.names, t.names))
+  ) {
     t.dirty = true
     t.synced = undefined
     // A name left and asked for again is sent again: the client forgot it when it left.
     if (t._tag === "SotwMerged") {
       const left: Array<readonly [string, undefined]> = []
-      for (const n of t.sent.keys()) if (!names.has(n)) left.push([n, undefined])
+      for (const n of t.sent.keys()) if (!subscription.names.has(n)) left.push([n, undefined])
       t.sent = t.sent.with(left)
     }
   }
   t.subscribed = true
   t.wildcard = wildcard
-  stream.subscriptions += names.size - t.names.size
-  setNames(t, names)
+  stream.subscriptions += subscription.names.size - t.names.size
+  t.subscription = subscription
+  t.names = subscription.names
+  if (request.resourceNames !== undefined) indexEncoding(subscription)
   return outcome
 }
 
