@@ -170,17 +170,9 @@ const deltaEntry = (r: XdsResource): Buffer => {
 
 const concat = (parts: ReadonlyArray<Uint8Array>): Buffer => Buffer.concat(parts as Array<Uint8Array>)
 
-/** DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}}. */
-export const encodeSotwResponse = (
-  version: string,
-  resources: Iterable<XdsResource>,
-  typeUrl: string,
-  nonce: string
-): Buffer => encodeSotwResponseFrom(encodeSotwBody(version, resources), typeUrl, nonce)
-
 /**
- * The part of a SotW response that does not depend on the stream (version_info and resources),
- * encoded once and shared by every stream that gets the same set.
+ * DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}}:
+ * the part before the type URL and nonce (`encodeSotwResponseFrom`).
  */
 export const encodeSotwBody = (version: string, resources: Iterable<XdsResource>): Buffer => {
   const parts: Array<Uint8Array> = [stringField(1, version)]
@@ -200,8 +192,8 @@ export interface DeltaBody {
 
 /**
  * DeltaDiscoveryResponse {system_version_info=1, resources=2 (Resource{version=1, resource=2,
- * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}, without the type URL and
- * nonce (`encodeDeltaResponseFrom`), so streams sent the same change share it.
+ * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}: the parts around the type
+ * URL and nonce (`encodeDeltaResponseFrom`).
  */
 export const encodeDeltaBody = (
   systemVersion: string,
@@ -219,15 +211,6 @@ export const encodeDeltaBody = (
 /** A Delta response from a shared body (`encodeDeltaBody`) and this stream's type URL and nonce. */
 export const encodeDeltaResponseFrom = (body: DeltaBody, typeUrl: string, nonce: string): Buffer =>
   concat([body.head, stringField(4, typeUrl), stringField(5, nonce), body.tail])
-
-/** A whole Delta response (see `encodeDeltaBody`). */
-export const encodeDeltaResponse = (
-  systemVersion: string,
-  resources: Iterable<XdsResource>,
-  removed: Iterable<string>,
-  typeUrl: string,
-  nonce: string
-): Buffer => encodeDeltaResponseFrom(encodeDeltaBody(systemVersion, resources, removed), typeUrl, nonce)
 
 const identity = (b: Buffer) => b
 

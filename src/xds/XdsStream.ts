@@ -34,7 +34,6 @@ import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE 
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
 import {
-  type DeltaBody,
   encodeDeltaBody,
   encodeDeltaResponseFrom,
   encodeResourceNames,
@@ -180,6 +179,7 @@ export interface StreamState {
   /** Distinct subscribed names over all types (bounded by `XdsLimits.subscriptionsPerStream`). */
   subscriptions: number
   readonly types: Map<string, TypeState>
+  /** The last nonce this stream was sent (see `Response`). */
   nonce: number
   readonly access: SecretAccess
 }
@@ -541,7 +541,29 @@ export interface Push {
   readonly removed: number
 }
 
-const nextNonce = (stream: StreamState) => String(++stream.nonce)
+/**
+ * A response ready to write, with its nonce. Nonces are numbered across all streams, so a response
+ * shared by the streams a plan serves carries one nonce and is encoded once, not once per stream
+ * with its own. A stream is sent the same response twice only with the same content, so its ACK
+ * of either means the same.
+ */
+interface Response {
+  readonly nonce: string
+  readonly bytes: Buffer
+}
+let nonces = 0
+const respond = (encode: (nonce: string) => Buffer): Response => {
+  const nonce = String(++nonces)
+  return { nonce, bytes: encode(nonce) }
+}
+/** Records `response` as the stream's pending push of `t`. */
+const sent = (stream: StreamState, t: TypeStateBase, response: Response, version: string, now: number) => {
+  stream.nonce = Number(response.nonce)
+  t.pendingNonce = response.nonce
+  t.pendingVersion = version
+  t.pendingSince = now
+  t.pushes++
+}
 
 /** Whether a changed name concerns this stream's subscription to `url`. */
 const concerns = (
@@ -586,7 +608,7 @@ const changesSince = (snapshot: XdsSnapshot, synced: string | undefined, url: st
  */
 const wholeSets = new WeakMap<
   XdsSnapshot,
-  Map<string, { readonly version: string; readonly body: Buffer; readonly count: number }>
+  Map<string, { readonly version: string; readonly response: Response; readonly count: number }>
 >()
 const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot: XdsSnapshot) => {
   const shared = t.wildcard && t.names.size === 0 && url !== TypeUrls.Secret
@@ -600,7 +622,12 @@ const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot:
     return r === undefined ? [] : [r]
   }).sort(byName)
   const version = versionOf(resources)
-  const built = { version, body: encodeSotwBody(version, resources), count: resources.length }
+  const body = encodeSotwBody(version, resources)
+  const built = {
+    version,
+    response: respond((nonce) => encodeSotwResponseFrom(body, url, nonce)),
+    count: resources.length
+  }
   if (shared) {
     let bySnapshot = wholeSets.get(snapshot)
     if (bySnapshot === undefined) wholeSets.set(snapshot, bySnapshot = new Map())
@@ -627,22 +654,18 @@ const sotwWholePush = (
   if (unchanged) return undefined
   const set = wholeSet(stream, t, url, snapshot)
   if (!t.dirty && (set.version === t.lastSent || set.version === t.rejected)) return undefined
-  const nonce = nextNonce(stream)
-  t.pendingNonce = nonce
-  t.pendingVersion = set.version
-  t.pendingSince = now
+  sent(stream, t, set.response, set.version, now)
   t.lastSent = set.version
   t.dirty = false
-  t.pushes++
-  return { bytes: encodeSotwResponseFrom(set.body, url, nonce), resources: set.count, removed: 0 }
+  return { bytes: set.response.bytes, resources: set.count, removed: 0 }
 }
 
 /**
  * Pushes worked out once per snapshot and shared by every stream in the same state: the same
  * subscription (`Subscription.id`), the same held set (`Held.id`), in step with the same snapshot
  * or not. A thousand sidecars synced from the same snapshot hold the very same `Held`, so their
- * initial sync and every later change cost one lookup and one concatenation each (the nonce is
- * theirs), not a walk over a thousand names with a hash per name. Bounded per
+ * initial sync and every later change cost them one lookup each, and they are written the same
+ * bytes (see `Response`), not a walk over a thousand names with a hash per name. Bounded per
  * snapshot: past the bound, a stream works its push out alone, as before. Secrets are never
  * shared (what a stream may read is its own).
  */
@@ -668,7 +691,7 @@ interface MergedPlan {
   readonly next: Held
   readonly version: string
   /** Encoded when first sent. */
-  body: Buffer | undefined
+  response: Response | undefined
 }
 const mergedPlans = new Plans<MergedPlan>()
 
@@ -690,7 +713,7 @@ const mergedPlan = (
   updates.sort(byName)
   for (const r of updates) changes.push([r.name, r.version])
   const next = t.sent.with(changes)
-  return { updates, next, version: next.version, body: undefined }
+  return { updates, next, version: next.version, response: undefined }
 }
 
 const sotwMergedPush = (
@@ -715,14 +738,11 @@ const sotwMergedPush = (
   // when all it asks for is already held or does not exist.
   if (plan.updates.length === 0 && !t.dirty) return undefined
   // The content of what this client holds, not the snapshot's version (see HeldVersions).
-  plan.body ??= encodeSotwBody(plan.version, plan.updates)
-  const nonce = nextNonce(stream)
-  t.pendingNonce = nonce
-  t.pendingVersion = plan.version
-  t.pendingSince = now
+  const { updates, version } = plan
+  plan.response ??= respond((nonce) => encodeSotwResponseFrom(encodeSotwBody(version, updates), url, nonce))
+  sent(stream, t, plan.response, plan.version, now)
   t.dirty = false
-  t.pushes++
-  return { bytes: encodeSotwResponseFrom(plan.body, url, nonce), resources: plan.updates.length, removed: 0 }
+  return { bytes: plan.response.bytes, resources: plan.updates.length, removed: 0 }
 }
 
 /** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
@@ -740,7 +760,7 @@ interface DeltaPlan {
   /** What the stream holds once the push is made. */
   readonly next: Held
   /** Encoded when first sent. */
-  body: DeltaBody | undefined
+  response: Response | undefined
 }
 const deltaPlans = new Plans<DeltaPlan>()
 
@@ -783,7 +803,7 @@ const deltaPlan = (
     ...updates.map((r) => [r.name, r.version] as const),
     ...removed.map((n) => [n, undefined] as const)
   ])
-  return { updates, removed, next, body: undefined }
+  return { updates, removed, next, response: undefined }
 }
 
 /**
@@ -808,17 +828,12 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
   t.synced = snapshot.version
   t.known = plan.next
   if (plan.updates.length === 0 && plan.removed.length === 0) return undefined
-  plan.body ??= encodeDeltaBody(snapshot.version, plan.updates, plan.removed)
-  const nonce = nextNonce(stream)
-  t.pendingNonce = nonce
-  t.pendingVersion = snapshot.version
-  t.pendingSince = now
-  t.pushes++
-  return {
-    bytes: encodeDeltaResponseFrom(plan.body, url, nonce),
-    resources: plan.updates.length,
-    removed: plan.removed.length
-  }
+  const { removed, updates } = plan
+  plan.response ??= respond((nonce) =>
+    encodeDeltaResponseFrom(encodeDeltaBody(snapshot.version, updates, removed), url, nonce)
+  )
+  sent(stream, t, plan.response, snapshot.version, now)
+  return { bytes: plan.response.bytes, resources: updates.length, removed: removed.length }
 }
 
 export const push = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined =>
