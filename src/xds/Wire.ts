@@ -35,6 +35,8 @@ export interface DeltaRequest {
   readonly node: NodeInfo | undefined
   readonly type_url: string
   readonly resource_names_subscribe: ReadonlyArray<string>
+  /** The encoded `resource_names_subscribe` fields, in order (`encodeResourceNames`). */
+  readonly subscribeNames?: Buffer
   readonly resource_names_unsubscribe: ReadonlyArray<string>
   readonly initial_resource_versions: Readonly<Record<string, string>>
   readonly response_nonce: string
@@ -59,11 +61,12 @@ const errorOf = (status: unknown): RequestError | undefined => {
 }
 
 /**
- * A DiscoveryRequest, its `resource_names` (field 3) decoded only when read: an ACK repeats the
- * whole subscription (a thousand names from a sidecar), and `resourceNames` (those fields' bytes,
- * in order) tells a repeat from a change without decoding them.
+ * A request's field 3 (SotW `resource_names`, Delta `resource_names_subscribe`) apart from the
+ * rest: an ACK repeats the whole SotW subscription (a thousand names from a sidecar), and a
+ * thousand sidecars ask for the same thousand names, so those fields' bytes, in order, are kept to
+ * be recognised (`encodeResourceNames`) and the names are decoded only when read.
  */
-export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
+const splitNames = (bytes: Buffer): { readonly names: Buffer; readonly rest: Buffer } => {
   const reader = protobuf.Reader.create(bytes)
   // [start, end) ranges of the name fields and of the others; consecutive fields share one range.
   const names: Array<number> = []
@@ -76,16 +79,21 @@ export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
     if (ranges.length > 0 && ranges[ranges.length - 1] === start) ranges[ranges.length - 1] = reader.pos
     else ranges.push(start, reader.pos)
   }
-  const m = lookupType(Types.DiscoveryRequest).decode(slices(bytes, rest)) as unknown as Record<string, unknown>
-  const resourceNames = slices(bytes, names)
+  return { names: slices(bytes, names), rest: slices(bytes, rest) }
+}
+
+/** A DiscoveryRequest, its `resource_names` decoded only when read (see `splitNames`). */
+export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
+  const { names, rest } = splitNames(bytes)
+  const m = lookupType(Types.DiscoveryRequest).decode(rest) as unknown as Record<string, unknown>
   let decoded: ReadonlyArray<string> | undefined
   return {
     version_info: (m["version_info"] as string | undefined) ?? "",
     node: nodeOf(m["node"]),
     get resource_names() {
-      return decoded ??= decodeResourceNames(resourceNames)
+      return decoded ??= decodeResourceNames(names)
     },
-    resourceNames,
+    resourceNames: names,
     type_url: (m["type_url"] as string | undefined) ?? "",
     response_nonce: (m["response_nonce"] as string | undefined) ?? "",
     error_detail: errorOf(m["error_detail"])
@@ -110,15 +118,21 @@ const decodeResourceNames = (fields: Buffer): ReadonlyArray<string> => {
   return out
 }
 
-/** `names` as a DiscoveryRequest's `resource_names` fields: what `SotwRequest.resourceNames` holds for them. */
+/** `names` as a request's field 3 (`resource_names`, `resource_names_subscribe`): what `splitNames` keeps of them. */
 export const encodeResourceNames = (names: ReadonlyArray<string>): Buffer => concat(names.map((n) => stringField(3, n)))
 
+/** A DeltaDiscoveryRequest, its `resource_names_subscribe` decoded only when read (see `splitNames`). */
 export const decodeDeltaRequest = (bytes: Buffer): DeltaRequest => {
-  const m = lookupType(Types.DeltaDiscoveryRequest).decode(bytes) as unknown as Record<string, unknown>
+  const { names, rest } = splitNames(bytes)
+  const m = lookupType(Types.DeltaDiscoveryRequest).decode(rest) as unknown as Record<string, unknown>
+  let decoded: ReadonlyArray<string> | undefined
   return {
     node: nodeOf(m["node"]),
     type_url: (m["type_url"] as string | undefined) ?? "",
-    resource_names_subscribe: (m["resource_names_subscribe"] as Array<string> | undefined) ?? [],
+    get resource_names_subscribe() {
+      return decoded ??= decodeResourceNames(names)
+    },
+    subscribeNames: names,
     resource_names_unsubscribe: (m["resource_names_unsubscribe"] as Array<string> | undefined) ?? [],
     initial_resource_versions: (m["initial_resource_versions"] as Record<string, string> | undefined) ?? {},
     response_nonce: (m["response_nonce"] as string | undefined) ?? "",

@@ -1,7 +1,9 @@
 /**
  * The protocol state of one ADS stream, per resource type: subscriptions, nonces, ACK/NACK, and
- * the decision whether (and what) to push. Owned by the stream's single fiber, so the mutation
- * here is never concurrent; the functions take the current time instead of reading a clock.
+ * the decision whether (and what) to push. Changed by the stream's fiber (its requests) and by the
+ * server's snapshot fan-out, each call synchronous, so the mutation here is never concurrent; the
+ * functions take the current time instead of reading a clock. Streams in the same state share
+ * what they hold (`Held`, `Subscription`) and their pushes (`Plans`): none of it is mutated.
  *
  * Rules (both variants):
  * - At most one unacknowledged push per type: nothing is sent for a type while its last response
@@ -303,8 +305,8 @@ const setNames = (t: TypeStateBase, names: ReadonlySet<string>) => {
  * order: an ACK repeats its stream's, and a thousand sidecars ask for the same thousand names, so
  * most requests need no names decoded, no set built.
  */
-const encodedSubscription = (request: SotwRequest): Subscription | undefined =>
-  request.resourceNames === undefined ? undefined : byEncoding.get(request.resourceNames.toString("latin1"))?.deref()
+const encodedSubscription = (names: Buffer | undefined): Subscription | undefined =>
+  names === undefined ? undefined : byEncoding.get(names.toString("latin1"))?.deref()
 
 /** Lets later requests naming `subscription`'s names be recognised by their bytes. */
 const indexEncoding = (subscription: Subscription) => {
@@ -441,7 +443,7 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
   if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
   const held = stream.types.get(request.type_url)
   // Names some stream subscribes to already (a known subscription has no `*` and no repeats).
-  const known = encodedSubscription(request)
+  const known = encodedSubscription(request.resourceNames)
   const same = held !== undefined && held.subscribed && known === held.subscription &&
     (known.list.length === 0 && wildcardType(request.type_url) && held.wildcard) === held.wildcard
   if (!same) {
@@ -484,6 +486,12 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
   bindNode(stream, request.node)
   if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
   const held = stream.types.get(request.type_url)?.names
+  // A first subscription to names some stream subscribes to already: nothing to decode or build.
+  const known = held === undefined || held.size === 0 ? encodedSubscription(request.subscribeNames) : undefined
+  if (
+    known !== undefined && known.list.length > 0 && request.resource_names_unsubscribe.length === 0 &&
+    Object.keys(request.initial_resource_versions).length === 0
+  ) return onDeltaSubscription(stream, request, known, now)
   const fresh = new Set(request.resource_names_subscribe.filter((n) => n !== "*" && held?.has(n) !== true)).size
   const initial = Object.keys(request.initial_resource_versions)
   const rejected = overLimit(
@@ -522,6 +530,28 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
     setNames(t, names)
   }
   stream.subscriptions += t.names.size - before
+  t.subscribed = true
+  if (request.subscribeNames !== undefined && request.resource_names_subscribe.length > 0) indexEncoding(t.subscription)
+  return outcome
+}
+
+/** `onDeltaRequest` for a type holding no names, subscribing to exactly `known`'s names (no `*`, no repeats). */
+const onDeltaSubscription = (
+  stream: StreamState,
+  request: DeltaRequest,
+  known: Subscription,
+  now: number
+): RequestOutcome => {
+  const rejected = overLimit(stream, known.list, known.list.length)
+  if (rejected !== undefined) return rejected
+  const t = typeState(stream, request.type_url)
+  if (t._tag !== "Delta") return { _tag: "Stale" }
+  const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
+  if (!t.subscribed) t.wildcard = false
+  t.synced = undefined
+  t.subscription = known
+  t.names = known.names
+  stream.subscriptions += known.names.size
   t.subscribed = true
   return outcome
 }
