@@ -115,7 +115,8 @@ const {
 
 type StreamEvent =
   | { readonly _tag: "Request"; readonly request: SotwRequest | DeltaRequest }
-  | { readonly _tag: "Snapshot"; readonly published: Published }
+  /** Pushing a snapshot to this stream failed unexpectedly: the stream's fiber dies of it. */
+  | { readonly _tag: "Defect"; readonly cause: unknown }
   | { readonly _tag: "Closed" }
 
 type AdsCall<Req> = grpc.ServerDuplexStream<Req, Buffer>
@@ -160,16 +161,27 @@ export const make = (options: XdsOptions) =>
     const calls = new Set<{ end: () => void }>()
     let nextId = 0
 
-    // One subscription to the snapshot fans out to every stream's queue: a Stream pipeline per
-    // stream costs more than the push itself once there are hundreds of streams.
+    // One subscription to the snapshot pushes to every stream in one pass, as a bare server writes
+    // one response to each: a Stream pipeline per stream, or waking each stream's fiber through its
+    // queue, costs more than the push itself once there are hundreds of streams. The pass is
+    // synchronous, so it never runs in the middle of a stream's handling of a request (see
+    // `serveAds`), and it is one span under the rebuild's, so a change can be followed from the
+    // rebuild to the streams it reached.
     let latest: Published = yield* snapshots.current
-    const listeners = new Set<(published: Published) => void>()
+    const listeners = new Set<(published: Published, at: number) => void>()
     yield* snapshots.changes.pipe(
       Stream.runForEach((published) =>
-        Effect.sync(() => {
-          latest = published
-          for (const listener of listeners) listener(published)
-        })
+        Clock.currentTimeMillis.pipe(
+          Effect.map((at) => {
+            latest = published
+            for (const listener of listeners) listener(published, at)
+          }),
+          Effect.withSpan("xds.push", {
+            attributes: { streams: listeners.size, version: published.snapshot.version },
+            captureStackTrace: false,
+            ...(published.span !== undefined ? { parent: published.span } : {})
+          })
+        )
       ),
       Effect.forkScoped
     )
@@ -185,13 +197,39 @@ export const make = (options: XdsOptions) =>
         call.on("end", closed)
         call.on("error", closed)
         call.on("cancelled", closed)
-        const listener = (published: Published) => Queue.unsafeOffer(events, { _tag: "Snapshot", published })
-        listeners.add(listener)
         let current: Published = latest
         streams.set(id, stream)
         const entry = { end: () => call.end() }
         calls.add(entry)
         let kind = "unknown"
+
+        const send = (url: string, snapshot: XdsSnapshot, since: number | undefined, at: number) => {
+          const response = push(stream, url, snapshot, at)
+          if (response === undefined) return
+          call.write(response.bytes)
+          pushesTotal.inc({ protocol, type: typeLabel(url) })
+          if (since !== undefined) pushLatency.observe({ type: typeLabel(url) }, Math.max(0, at - since) / 1000)
+        }
+
+        /**
+         * A published snapshot reaching this stream, from the fan-out above. It runs synchronously,
+         * so never inside a `push` of this fiber's; landing between a request's state change and
+         * that request's `send`, it sends what that send would have (the send, reading `current`,
+         * then finds the type waiting for its ACK).
+         */
+        let open = true
+        const listener = (published: Published, at: number) => {
+          if (!open || published.snapshot.version === current.snapshot.version) return
+          current = published
+          try {
+            for (const url of pushOrder(stream)) send(url, published.snapshot, published.publishedAt, at)
+          } catch (cause) {
+            // One stream's failure is its own: its fiber dies of it, the other streams are served.
+            open = false
+            Queue.unsafeOffer(events, { _tag: "Defect", cause })
+          }
+        }
+        listeners.add(listener)
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
             listeners.delete(listener)
@@ -203,40 +241,16 @@ export const make = (options: XdsOptions) =>
         )
         streamsGauge.inc({ protocol, kind })
 
-        const send = (url: string, snapshot: XdsSnapshot, since: number | undefined, at: number) => {
-          const response = push(stream, url, snapshot, at)
-          if (response === undefined) return
-          call.write(response.bytes)
-          pushesTotal.inc({ protocol, type: typeLabel(url) })
-          if (since !== undefined) pushLatency.observe({ type: typeLabel(url) }, Math.max(0, at - since) / 1000)
-        }
-
-        /**
-         * A published snapshot reaching this stream, in a span under the rebuild's span, so one
-         * change can be followed from the rebuild to every stream it reached.
-         */
-        const pushSnapshot = (published: Published, at: number) =>
-          Effect.sync(() => {
-            for (const url of pushOrder(stream)) send(url, published.snapshot, published.publishedAt, at)
-          }).pipe(
-            Effect.withSpan("xds.push", {
-              attributes: { stream: id, version: published.snapshot.version },
-              ...(published.span !== undefined ? { parent: published.span } : {})
-            })
-          )
-
         // Once per stream: a client asking for many unknown types must not write a line for each.
         let unknownLogged = false
         while (true) {
           const event = yield* Queue.take(events)
           const at = yield* Clock.currentTimeMillis
-          if (event._tag === "Closed") return
-          if (event._tag === "Snapshot") {
-            if (event.published.snapshot.version === current.snapshot.version) continue
-            current = event.published
-            yield* pushSnapshot(current, at)
-            continue
+          if (event._tag === "Closed") {
+            open = false
+            return
           }
+          if (event._tag === "Defect") return yield* Effect.die(event.cause)
           const request = event.request
           const hadNode = stream.node !== undefined
           const outcome = protocol === "sotw"
@@ -256,6 +270,7 @@ export const make = (options: XdsOptions) =>
             yield* Effect.logWarning("rejected a request over a bound; ending the stream").pipe(
               Effect.annotateLogs({ node: stream.node?.id ?? "", type, reason: outcome.reason, peer: stream.peer })
             )
+            open = false
             call.emit("error", { code: grpc.status[outcome.code], details: outcome.reason })
             return
           }
@@ -268,7 +283,8 @@ export const make = (options: XdsOptions) =>
             }
             continue
           }
-          const denied = newDenials(
+          // Only secrets can be refused (and SotW names are decoded only when read).
+          const denied = request.type_url !== TypeUrls.Secret ? [] : newDenials(
             stream,
             request.type_url,
             protocol === "sotw"

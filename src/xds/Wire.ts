@@ -24,6 +24,8 @@ export interface SotwRequest {
   readonly version_info: string
   readonly node: NodeInfo | undefined
   readonly resource_names: ReadonlyArray<string>
+  /** The encoded `resource_names` fields, in order: equal bytes, equal names (`encodeResourceNames`). */
+  readonly resourceNames?: Buffer
   readonly type_url: string
   readonly response_nonce: string
   readonly error_detail: RequestError | undefined
@@ -33,6 +35,8 @@ export interface DeltaRequest {
   readonly node: NodeInfo | undefined
   readonly type_url: string
   readonly resource_names_subscribe: ReadonlyArray<string>
+  /** The encoded `resource_names_subscribe` fields, in order (`encodeResourceNames`). */
+  readonly subscribeNames?: Buffer
   readonly resource_names_unsubscribe: ReadonlyArray<string>
   readonly initial_resource_versions: Readonly<Record<string, string>>
   readonly response_nonce: string
@@ -56,24 +60,79 @@ const errorOf = (status: unknown): RequestError | undefined => {
   return { code: s.code ?? 0, message: s.message ?? "" }
 }
 
+/**
+ * A request's field 3 (SotW `resource_names`, Delta `resource_names_subscribe`) apart from the
+ * rest: an ACK repeats the whole SotW subscription (a thousand names from a sidecar), and a
+ * thousand sidecars ask for the same thousand names, so those fields' bytes, in order, are kept to
+ * be recognised (`encodeResourceNames`) and the names are decoded only when read.
+ */
+const splitNames = (bytes: Buffer): { readonly names: Buffer; readonly rest: Buffer } => {
+  const reader = protobuf.Reader.create(bytes)
+  // [start, end) ranges of the name fields and of the others; consecutive fields share one range.
+  const names: Array<number> = []
+  const rest: Array<number> = []
+  while (reader.pos < reader.len) {
+    const start = reader.pos
+    const tag = reader.uint32()
+    reader.skipType(tag & 7)
+    const ranges = tag === 26 ? names : rest
+    if (ranges.length > 0 && ranges[ranges.length - 1] === start) ranges[ranges.length - 1] = reader.pos
+    else ranges.push(start, reader.pos)
+  }
+  return { names: slices(bytes, names), rest: slices(bytes, rest) }
+}
+
+/** A DiscoveryRequest, its `resource_names` decoded only when read (see `splitNames`). */
 export const decodeSotwRequest = (bytes: Buffer): SotwRequest => {
-  const m = lookupType(Types.DiscoveryRequest).decode(bytes) as unknown as Record<string, unknown>
+  const { names, rest } = splitNames(bytes)
+  const m = lookupType(Types.DiscoveryRequest).decode(rest) as unknown as Record<string, unknown>
+  let decoded: ReadonlyArray<string> | undefined
   return {
     version_info: (m["version_info"] as string | undefined) ?? "",
     node: nodeOf(m["node"]),
-    resource_names: (m["resource_names"] as Array<string> | undefined) ?? [],
+    get resource_names() {
+      return decoded ??= decodeResourceNames(names)
+    },
+    resourceNames: names,
     type_url: (m["type_url"] as string | undefined) ?? "",
     response_nonce: (m["response_nonce"] as string | undefined) ?? "",
     error_detail: errorOf(m["error_detail"])
   }
 }
 
+/** The bytes of `ranges` ([start, end) pairs): a slice of `bytes` (no copy) when there is one range. */
+const slices = (bytes: Buffer, ranges: ReadonlyArray<number>): Buffer => {
+  if (ranges.length === 2) return bytes.subarray(ranges[0], ranges[1])
+  const parts: Array<Buffer> = []
+  for (let i = 0; i < ranges.length; i += 2) parts.push(bytes.subarray(ranges[i], ranges[i + 1]))
+  return concat(parts)
+}
+
+const decodeResourceNames = (fields: Buffer): ReadonlyArray<string> => {
+  const reader = protobuf.Reader.create(fields)
+  const out: Array<string> = []
+  while (reader.pos < reader.len) {
+    reader.uint32()
+    out.push(reader.string())
+  }
+  return out
+}
+
+/** `names` as a request's field 3 (`resource_names`, `resource_names_subscribe`): what `splitNames` keeps of them. */
+export const encodeResourceNames = (names: ReadonlyArray<string>): Buffer => concat(names.map((n) => stringField(3, n)))
+
+/** A DeltaDiscoveryRequest, its `resource_names_subscribe` decoded only when read (see `splitNames`). */
 export const decodeDeltaRequest = (bytes: Buffer): DeltaRequest => {
-  const m = lookupType(Types.DeltaDiscoveryRequest).decode(bytes) as unknown as Record<string, unknown>
+  const { names, rest } = splitNames(bytes)
+  const m = lookupType(Types.DeltaDiscoveryRequest).decode(rest) as unknown as Record<string, unknown>
+  let decoded: ReadonlyArray<string> | undefined
   return {
     node: nodeOf(m["node"]),
     type_url: (m["type_url"] as string | undefined) ?? "",
-    resource_names_subscribe: (m["resource_names_subscribe"] as Array<string> | undefined) ?? [],
+    get resource_names_subscribe() {
+      return decoded ??= decodeResourceNames(names)
+    },
+    subscribeNames: names,
     resource_names_unsubscribe: (m["resource_names_unsubscribe"] as Array<string> | undefined) ?? [],
     initial_resource_versions: (m["initial_resource_versions"] as Record<string, string> | undefined) ?? {},
     response_nonce: (m["response_nonce"] as string | undefined) ?? "",
@@ -83,57 +142,89 @@ export const decodeDeltaRequest = (bytes: Buffer): DeltaRequest => {
 
 const CONTROL_PLANE = "mesh-controller"
 
-/** DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}}. */
-export const encodeSotwResponse = (
-  version: string,
-  resources: Iterable<XdsResource>,
-  typeUrl: string,
-  nonce: string
-): Buffer => {
-  const w = protobuf.Writer.create().uint32(10).string(version)
-  for (const r of resources) w.uint32(18).bytes(r.any)
-  w.uint32(34).string(typeUrl).uint32(42).string(nonce)
-  w.uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim()
-  return Buffer.from(w.finish())
-}
+/** A length-delimited field (tag, length, bytes), as protobuf.js writes it: an empty string too. */
+const stringField = (field: number, value: string): Buffer =>
+  Buffer.from(protobuf.Writer.create().uint32((field << 3) | 2).string(value).finish())
+
+/** `control_plane` {identifier}: the same bytes on every response of a protocol. */
+const SOTW_CONTROL_PLANE = Buffer.from(
+  protobuf.Writer.create().uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim().finish()
+)
+const DELTA_CONTROL_PLANE = Buffer.from(
+  protobuf.Writer.create().uint32(58).fork().uint32(10).string(CONTROL_PLANE).ldelim().finish()
+)
 
 /**
- * The part of a SotW response that does not depend on the stream (version_info and resources),
- * encoded once and shared by every stream that gets the same set.
+ * A resource as a response's `resources` entry, encoded once per resource and shared by every
+ * response that carries it: SotW's is the Any itself, Delta's a `Resource{version=1, resource=2,
+ * name=3}` around it. A response is then the concatenation of these (protobuf's repeated fields
+ * are their entries one after the other), not a message encoded again for each stream.
+ */
+const sotwEntries = new WeakMap<XdsResource, Buffer>()
+const deltaEntries = new WeakMap<XdsResource, Buffer>()
+const sotwEntry = (r: XdsResource): Buffer => {
+  let entry = sotwEntries.get(r)
+  if (entry === undefined) {
+    entry = Buffer.from(protobuf.Writer.create().uint32(18).bytes(r.any).finish())
+    sotwEntries.set(r, entry)
+  }
+  return entry
+}
+const deltaEntry = (r: XdsResource): Buffer => {
+  let entry = deltaEntries.get(r)
+  if (entry === undefined) {
+    entry = Buffer.from(
+      protobuf.Writer.create().uint32(18).fork().uint32(10).string(r.version).uint32(18).bytes(r.any).uint32(26)
+        .string(r.name).ldelim().finish()
+    )
+    deltaEntries.set(r, entry)
+  }
+  return entry
+}
+
+const concat = (parts: ReadonlyArray<Uint8Array>): Buffer => Buffer.concat(parts as Array<Uint8Array>)
+
+/**
+ * DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}}:
+ * the part before the type URL and nonce (`encodeSotwResponseFrom`).
  */
 export const encodeSotwBody = (version: string, resources: Iterable<XdsResource>): Buffer => {
-  const w = protobuf.Writer.create().uint32(10).string(version)
-  for (const r of resources) w.uint32(18).bytes(r.any)
-  return Buffer.from(w.finish())
+  const parts: Array<Uint8Array> = [stringField(1, version)]
+  for (const r of resources) parts.push(sotwEntry(r))
+  return concat(parts)
 }
 
 /** A SotW response from a shared body (`encodeSotwBody`) and this stream's type URL and nonce. */
-export const encodeSotwResponseFrom = (body: Buffer, typeUrl: string, nonce: string): Buffer => {
-  const tail = protobuf.Writer.create().uint32(34).string(typeUrl).uint32(42).string(nonce)
-    .uint32(50).fork().uint32(10).string(CONTROL_PLANE).ldelim().finish()
-  return Buffer.concat([body, tail], body.length + tail.length)
+export const encodeSotwResponseFrom = (body: Buffer, typeUrl: string, nonce: string): Buffer =>
+  concat([body, stringField(4, typeUrl), stringField(5, nonce), SOTW_CONTROL_PLANE])
+
+/** The parts of a Delta response that do not depend on the stream: before and after its type URL and nonce. */
+export interface DeltaBody {
+  readonly head: Buffer
+  readonly tail: Buffer
 }
 
 /**
  * DeltaDiscoveryResponse {system_version_info=1, resources=2 (Resource{version=1, resource=2,
- * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}.
+ * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}: the parts around the type
+ * URL and nonce (`encodeDeltaResponseFrom`).
  */
-export const encodeDeltaResponse = (
+export const encodeDeltaBody = (
   systemVersion: string,
   resources: Iterable<XdsResource>,
-  removed: Iterable<string>,
-  typeUrl: string,
-  nonce: string
-): Buffer => {
-  const w = protobuf.Writer.create().uint32(10).string(systemVersion)
-  for (const r of resources) {
-    w.uint32(18).fork().uint32(10).string(r.version).uint32(18).bytes(r.any).uint32(26).string(r.name).ldelim()
-  }
-  w.uint32(34).string(typeUrl).uint32(42).string(nonce)
-  for (const name of removed) w.uint32(50).string(name)
-  w.uint32(58).fork().uint32(10).string(CONTROL_PLANE).ldelim()
-  return Buffer.from(w.finish())
+  removed: Iterable<string>
+): DeltaBody => {
+  const head: Array<Uint8Array> = [stringField(1, systemVersion)]
+  for (const r of resources) head.push(deltaEntry(r))
+  const tail: Array<Uint8Array> = []
+  for (const name of removed) tail.push(stringField(6, name))
+  tail.push(DELTA_CONTROL_PLANE)
+  return { head: concat(head), tail: concat(tail) }
 }
+
+/** A Delta response from a shared body (`encodeDeltaBody`) and this stream's type URL and nonce. */
+export const encodeDeltaResponseFrom = (body: DeltaBody, typeUrl: string, nonce: string): Buffer =>
+  concat([body.head, stringField(4, typeUrl), stringField(5, nonce), body.tail])
 
 const identity = (b: Buffer) => b
 

@@ -1,7 +1,9 @@
 /**
  * The protocol state of one ADS stream, per resource type: subscriptions, nonces, ACK/NACK, and
- * the decision whether (and what) to push. Owned by the stream's single fiber, so the mutation
- * here is never concurrent; the functions take the current time instead of reading a clock.
+ * the decision whether (and what) to push. Changed by the stream's fiber (its requests) and by the
+ * server's snapshot fan-out, each call synchronous, so the mutation here is never concurrent; the
+ * functions take the current time instead of reading a clock. Streams in the same state share
+ * what they hold (`Held`, `Subscription`) and their pushes (`Plans`): none of it is mutated.
  *
  * Rules (both variants):
  * - At most one unacknowledged push per type: nothing is sent for a type while its last response
@@ -29,11 +31,17 @@
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
-import { HeldVersions } from "./HeldVersions.js"
+import { Held } from "./HeldVersions.js"
 import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE } from "./Resources.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
-import { encodeDeltaResponse, encodeSotwBody, encodeSotwResponse, encodeSotwResponseFrom } from "./Wire.js"
+import {
+  encodeDeltaBody,
+  encodeDeltaResponseFrom,
+  encodeResourceNames,
+  encodeSotwBody,
+  encodeSotwResponseFrom
+} from "./Wire.js"
 import {
   inWildcard,
   serverListenerResource,
@@ -78,7 +86,9 @@ export interface Nack {
 interface TypeStateBase {
   subscribed: boolean
   wildcard: boolean
-  names: Set<string>
+  /** The subscribed names: an interned, never-mutated set (see `Subscription`), replaced on a change. */
+  names: ReadonlySet<string>
+  subscription: Subscription
   pendingNonce: string | undefined
   pendingVersion: string | undefined
   pendingSince: number
@@ -113,7 +123,7 @@ export interface SotwMergedState extends TypeStateBase {
    * Resource name → version sent (the client keeps a rejected one's previous version; it is not
    * resent), and the content version of that set, which responses carry as `version_info`.
    */
-  readonly sent: HeldVersions
+  sent: Held
   /** The snapshot version `sent` was last reconciled with (unset after a subscription change). */
   synced: string | undefined
 }
@@ -122,7 +132,7 @@ export interface SotwMergedState extends TypeStateBase {
 export interface DeltaTypeState extends TypeStateBase {
   readonly _tag: "Delta"
   /** Resource name → version the client has been sent (or told it has). */
-  readonly known: Map<string, string>
+  known: Held
   /** The snapshot version `known` was last reconciled with (unset after a subscription change). */
   synced: string | undefined
   /** Refused secrets already answered with `removed_resources` (once per subscription). */
@@ -171,6 +181,7 @@ export interface StreamState {
   /** Distinct subscribed names over all types (bounded by `XdsLimits.subscriptionsPerStream`). */
   subscriptions: number
   readonly types: Map<string, TypeState>
+  /** The last nonce this stream was sent (see `Response`). */
   nonce: number
   readonly access: SecretAccess
 }
@@ -245,10 +256,70 @@ export const newDenials = (stream: StreamState, url: string, names: ReadonlyArra
   return logged
 }
 
+/**
+ * A set of subscribed names, interned: streams that subscribe to the same names (a thousand
+ * sidecars asking for the same thousand ClusterLoadAssignments) share one set and its strings, and
+ * its `id` lets a push worked out for one of them serve the others (see `plans`). Never mutated: a
+ * change of subscription makes (or finds) another.
+ */
+export interface Subscription {
+  readonly id: number
+  readonly names: ReadonlySet<string>
+  /** `names` in their order. */
+  readonly list: ReadonlyArray<string>
+  /** `list` as a request's encoded `resource_names`, made when a SotW request first names it (`indexEncoding`). */
+  encoded: Buffer | undefined
+}
+
+let subscriptionIds = 0
+/** Live subscriptions by their names, in order; and by their names' encoding in a SotW request. */
+const byNames = new Map<string, WeakRef<Subscription>>()
+const byEncoding = new Map<string, WeakRef<Subscription>>()
+const forget = new FinalizationRegistry<{ readonly index: Map<string, WeakRef<Subscription>>; readonly key: string }>(
+  ({ index, key }) => {
+    if (index.get(key)?.deref() === undefined) index.delete(key)
+  }
+)
+const remember = (index: Map<string, WeakRef<Subscription>>, key: string, subscription: Subscription) => {
+  index.set(key, new WeakRef(subscription))
+  forget.register(subscription, { index, key })
+}
+const internNames = (names: ReadonlySet<string>): Subscription => {
+  const list = [...names]
+  const key = list.map((n) => `${n.length}:${n}`).join("")
+  const known = byNames.get(key)?.deref()
+  if (known !== undefined) return known
+  const made: Subscription = { id: ++subscriptionIds, names, list, encoded: undefined }
+  remember(byNames, key, made)
+  return made
+}
+const NO_NAMES = internNames(new Set())
+
+const setNames = (t: TypeStateBase, names: ReadonlySet<string>) => {
+  t.subscription = internNames(names)
+  t.names = t.subscription.names
+}
+
+/**
+ * The live subscription whose names a SotW request's encoded `resource_names` are, exactly and in
+ * order: an ACK repeats its stream's, and a thousand sidecars ask for the same thousand names, so
+ * most requests need no names decoded, no set built.
+ */
+const encodedSubscription = (names: Buffer | undefined): Subscription | undefined =>
+  names === undefined ? undefined : byEncoding.get(names.toString("latin1"))?.deref()
+
+/** Lets later requests naming `subscription`'s names be recognised by their bytes. */
+const indexEncoding = (subscription: Subscription) => {
+  if (subscription.encoded !== undefined) return
+  subscription.encoded = encodeResourceNames(subscription.list)
+  remember(byEncoding, subscription.encoded.toString("latin1"), subscription)
+}
+
 const base = (): TypeStateBase => ({
   subscribed: false,
   wildcard: false,
-  names: new Set(),
+  names: NO_NAMES.names,
+  subscription: NO_NAMES,
   pendingNonce: undefined,
   pendingVersion: undefined,
   pendingSince: 0,
@@ -263,9 +334,9 @@ const mergedType = (url: string) => url === TypeUrls.ClusterLoadAssignment || ur
 
 const newTypeState = (protocol: Protocol, url: string): TypeState =>
   protocol === "delta"
-    ? { ...base(), _tag: "Delta", known: new Map(), synced: undefined, toldAbsent: new Set() }
+    ? { ...base(), _tag: "Delta", known: Held.empty(false), synced: undefined, toldAbsent: new Set() }
     : mergedType(url)
-    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: new HeldVersions(), synced: undefined }
+    ? { ...base(), _tag: "SotwMerged", dirty: false, sent: Held.empty(true), synced: undefined }
     : { ...base(), _tag: "SotwWhole", dirty: false, lastSent: undefined, rejected: undefined, synced: undefined }
 
 /** The stream's state for `url`, created on first use in the stream's protocol. */
@@ -362,30 +433,52 @@ const overLimit = (
   return undefined
 }
 
+/** Whether a SotW request subscribes by wildcard: `*`, or (LDS, CDS) no names at first or again. */
+const sotwWildcard = (request: SotwRequest, t: TypeStateBase): boolean =>
+  request.resource_names.includes("*") ||
+  (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
+
 export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
   if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
-  const before = stream.types.get(request.type_url)?.names.size ?? 0
-  const distinct = new Set(request.resource_names).size
-  const rejected = overLimit(stream, request.resource_names, distinct - before)
-  if (rejected !== undefined) return rejected
+  const held = stream.types.get(request.type_url)
+  // Names some stream subscribes to already (a known subscription has no `*` and no repeats).
+  const known = encodedSubscription(request.resourceNames)
+  const same = held !== undefined && held.subscribed && known === held.subscription &&
+    (known.list.length === 0 && wildcardType(request.type_url) && held.wildcard) === held.wildcard
+  if (!same) {
+    const names = known?.list ?? request.resource_names
+    const distinct = known?.list.length ?? new Set(names).size
+    const rejected = overLimit(stream, names, distinct - (held?.names.size ?? 0))
+    if (rejected !== undefined) return rejected
+  }
   const t = typeState(stream, request.type_url)
   if (t._tag === "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
   if (outcome._tag === "Stale") return outcome
-  const names = new Set(request.resource_names.filter((n) => n !== "*"))
-  const wildcard = request.resource_names.includes("*") ||
-    (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
-  if (!t.subscribed || wildcard !== t.wildcard || !sameSet(names, t.names)) {
+  const subscription = known ?? internNames(new Set(request.resource_names.filter((n) => n !== "*")))
+  const wildcard = known !== undefined
+    ? known.list.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard)
+    : sotwWildcard(request, t)
+  if (
+    !t.subscribed || wildcard !== t.wildcard ||
+    (subscription !== t.subscription && !sameSet(subscription.names, t.names))
+  ) {
     t.dirty = true
     t.synced = undefined
     // A name left and asked for again is sent again: the client forgot it when it left.
-    if (t._tag === "SotwMerged") { for (const n of t.sent.keys()) if (!names.has(n)) t.sent.delete(n) }
+    if (t._tag === "SotwMerged") {
+      const left: Array<readonly [string, undefined]> = []
+      for (const n of t.sent.keys()) if (!subscription.names.has(n)) left.push([n, undefined])
+      t.sent = t.sent.with(left)
+    }
   }
   t.subscribed = true
   t.wildcard = wildcard
-  stream.subscriptions += names.size - t.names.size
-  t.names = names
+  stream.subscriptions += subscription.names.size - t.names.size
+  t.subscription = subscription
+  t.names = subscription.names
+  if (request.resourceNames !== undefined) indexEncoding(subscription)
   return outcome
 }
 
@@ -393,6 +486,12 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
   bindNode(stream, request.node)
   if (!isKnownType(request.type_url)) return { _tag: "UnknownType" }
   const held = stream.types.get(request.type_url)?.names
+  // A first subscription to names some stream subscribes to already: nothing to decode or build.
+  const known = held === undefined || held.size === 0 ? encodedSubscription(request.subscribeNames) : undefined
+  if (
+    known !== undefined && known.list.length > 0 && request.resource_names_unsubscribe.length === 0 &&
+    Object.keys(request.initial_resource_versions).length === 0
+  ) return onDeltaSubscription(stream, request, known, now)
   const fresh = new Set(request.resource_names_subscribe.filter((n) => n !== "*" && held?.has(n) !== true)).size
   const initial = Object.keys(request.initial_resource_versions)
   const rejected = overLimit(
@@ -405,26 +504,54 @@ export const onDeltaRequest = (stream: StreamState, request: DeltaRequest, now: 
   if (t._tag !== "Delta") return { _tag: "Stale" }
   const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
   if (!t.subscribed) {
-    for (const [name, version] of Object.entries(request.initial_resource_versions)) t.known.set(name, version)
+    t.known = t.known.with(Object.entries(request.initial_resource_versions))
     t.wildcard = request.resource_names_subscribe.length === 0 && wildcardType(request.type_url)
   }
   if (request.resource_names_subscribe.length > 0 || request.resource_names_unsubscribe.length > 0 || !t.subscribed) {
     t.synced = undefined
   }
   const before = t.names.size
-  for (const name of request.resource_names_subscribe) {
-    if (name === "*") t.wildcard = true
-    else t.names.add(name)
-  }
-  for (const name of request.resource_names_unsubscribe) {
-    if (name === "*") t.wildcard = false
-    else {
-      t.names.delete(name)
-      t.known.delete(name)
-      t.toldAbsent.delete(name)
+  if (request.resource_names_subscribe.length > 0 || request.resource_names_unsubscribe.length > 0) {
+    const names = new Set(t.names)
+    const forgotten: Array<readonly [string, undefined]> = []
+    for (const name of request.resource_names_subscribe) {
+      if (name === "*") t.wildcard = true
+      else names.add(name)
     }
+    for (const name of request.resource_names_unsubscribe) {
+      if (name === "*") t.wildcard = false
+      else {
+        names.delete(name)
+        forgotten.push([name, undefined])
+        t.toldAbsent.delete(name)
+      }
+    }
+    t.known = t.known.with(forgotten)
+    setNames(t, names)
   }
   stream.subscriptions += t.names.size - before
+  t.subscribed = true
+  if (request.subscribeNames !== undefined && request.resource_names_subscribe.length > 0) indexEncoding(t.subscription)
+  return outcome
+}
+
+/** `onDeltaRequest` for a type holding no names, subscribing to exactly `known`'s names (no `*`, no repeats). */
+const onDeltaSubscription = (
+  stream: StreamState,
+  request: DeltaRequest,
+  known: Subscription,
+  now: number
+): RequestOutcome => {
+  const rejected = overLimit(stream, known.list, known.list.length)
+  if (rejected !== undefined) return rejected
+  const t = typeState(stream, request.type_url)
+  if (t._tag !== "Delta") return { _tag: "Stale" }
+  const outcome = settle(t, request.response_nonce, "", request.error_detail, now)
+  if (!t.subscribed) t.wildcard = false
+  t.synced = undefined
+  t.subscription = known
+  t.names = known.names
+  stream.subscriptions += known.names.size
   t.subscribed = true
   return outcome
 }
@@ -444,7 +571,29 @@ export interface Push {
   readonly removed: number
 }
 
-const nextNonce = (stream: StreamState) => String(++stream.nonce)
+/**
+ * A response ready to write, with its nonce. Nonces are numbered across all streams, so a response
+ * shared by the streams a plan serves carries one nonce and is encoded once, not once per stream
+ * with its own. A stream is sent the same response twice only with the same content, so its ACK
+ * of either means the same.
+ */
+interface Response {
+  readonly nonce: string
+  readonly bytes: Buffer
+}
+let nonces = 0
+const respond = (encode: (nonce: string) => Buffer): Response => {
+  const nonce = String(++nonces)
+  return { nonce, bytes: encode(nonce) }
+}
+/** Records `response` as the stream's pending push of `t`. */
+const sent = (stream: StreamState, t: TypeStateBase, response: Response, version: string, now: number) => {
+  stream.nonce = Number(response.nonce)
+  t.pendingNonce = response.nonce
+  t.pendingVersion = version
+  t.pendingSince = now
+  t.pushes++
+}
 
 /** Whether a changed name concerns this stream's subscription to `url`. */
 const concerns = (
@@ -489,7 +638,7 @@ const changesSince = (snapshot: XdsSnapshot, synced: string | undefined, url: st
  */
 const wholeSets = new WeakMap<
   XdsSnapshot,
-  Map<string, { readonly version: string; readonly body: Buffer; readonly count: number }>
+  Map<string, { readonly version: string; readonly response: Response; readonly count: number }>
 >()
 const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot: XdsSnapshot) => {
   const shared = t.wildcard && t.names.size === 0 && url !== TypeUrls.Secret
@@ -503,7 +652,12 @@ const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot:
     return r === undefined ? [] : [r]
   }).sort(byName)
   const version = versionOf(resources)
-  const built = { version, body: encodeSotwBody(version, resources), count: resources.length }
+  const body = encodeSotwBody(version, resources)
+  const built = {
+    version,
+    response: respond((nonce) => encodeSotwResponseFrom(body, url, nonce)),
+    count: resources.length
+  }
   if (shared) {
     let bySnapshot = wholeSets.get(snapshot)
     if (bySnapshot === undefined) wholeSets.set(snapshot, bySnapshot = new Map())
@@ -530,14 +684,66 @@ const sotwWholePush = (
   if (unchanged) return undefined
   const set = wholeSet(stream, t, url, snapshot)
   if (!t.dirty && (set.version === t.lastSent || set.version === t.rejected)) return undefined
-  const nonce = nextNonce(stream)
-  t.pendingNonce = nonce
-  t.pendingVersion = set.version
-  t.pendingSince = now
+  sent(stream, t, set.response, set.version, now)
   t.lastSent = set.version
   t.dirty = false
-  t.pushes++
-  return { bytes: encodeSotwResponseFrom(set.body, url, nonce), resources: set.count, removed: 0 }
+  return { bytes: set.response.bytes, resources: set.count, removed: 0 }
+}
+
+/**
+ * Pushes worked out once per snapshot and shared by every stream in the same state: the same
+ * subscription (`Subscription.id`), the same held set (`Held.id`), in step with the same snapshot
+ * or not. A thousand sidecars synced from the same snapshot hold the very same `Held`, so their
+ * initial sync and every later change cost them one lookup each, and they are written the same
+ * bytes (see `Response`), not a walk over a thousand names with a hash per name. Bounded per
+ * snapshot: past the bound, a stream works its push out alone, as before. Secrets are never
+ * shared (what a stream may read is its own).
+ */
+class Plans<P> {
+  private readonly bySnapshot = new WeakMap<XdsSnapshot, Map<string, P>>()
+
+  get(snapshot: XdsSnapshot, key: string | undefined, make: () => P): P {
+    if (key === undefined) return make()
+    let plans = this.bySnapshot.get(snapshot)
+    const cached = plans?.get(key)
+    if (cached !== undefined) return cached
+    const plan = make()
+    if (plans === undefined) this.bySnapshot.set(snapshot, plans = new Map())
+    if (plans.size < PLANS_PER_SNAPSHOT) plans.set(key, plan)
+    return plan
+  }
+}
+const PLANS_PER_SNAPSHOT = 256
+
+interface MergedPlan {
+  readonly updates: ReadonlyArray<XdsResource>
+  /** What the stream holds once the push is made (names gone from the snapshot dropped, even with no push). */
+  readonly next: Held
+  readonly version: string
+  /** Encoded when first sent. */
+  response: Response | undefined
+}
+const mergedPlans = new Plans<MergedPlan>()
+
+const mergedPlan = (
+  stream: StreamState,
+  t: SotwMergedState,
+  url: string,
+  snapshot: XdsSnapshot,
+  since: { readonly names: ReadonlySet<string> } | undefined
+): MergedPlan => {
+  const updates: Array<XdsResource> = []
+  const changes: Array<readonly [string, string | undefined]> = []
+  for (const n of since === undefined ? t.names : expandChanged(stream, t, url, since.names)) {
+    if (!t.names.has(n)) continue
+    const r = lookup(stream, url, snapshot, n)
+    if (r === undefined) changes.push([n, undefined])
+    else if (t.sent.get(n) !== r.version) updates.push(r)
+  }
+  updates.sort(byName)
+  for (const r of updates) changes.push([r.name, r.version])
+  const next = t.sent.with(changes)
+  return { updates, next, version: next.version, response: undefined }
 }
 
 const sotwMergedPush = (
@@ -553,28 +759,20 @@ const sotwMergedPush = (
   }
   if (!t.dirty && t.synced === snapshot.version) return undefined
   const since = t.dirty ? undefined : changesSince(snapshot, t.synced, url)
-  const updates: Array<XdsResource> = []
-  for (const n of since === undefined ? t.names : expandChanged(stream, t, url, since.names)) {
-    if (!t.names.has(n)) continue
-    const r = lookup(stream, url, snapshot, n)
-    if (r === undefined) t.sent.delete(n)
-    else if (t.sent.get(n) !== r.version) updates.push(r)
-  }
+  // Merged types are looked up by name alone (no secrets, no server listeners): shared by all.
+  const key = `${since === undefined ? "all" : "step"}\u0000${url}\u0000${t.subscription.id}\u0000${t.sent.id}`
+  const plan = mergedPlans.get(snapshot, key, () => mergedPlan(stream, t, url, snapshot, since))
   t.synced = snapshot.version
+  t.sent = plan.next
   // A changed subscription is always answered (gRPC clients wait for an answer to each), even
   // when all it asks for is already held or does not exist.
-  if (updates.length === 0 && !t.dirty) return undefined
-  updates.sort(byName)
-  for (const r of updates) t.sent.set(r.name, r.version)
+  if (plan.updates.length === 0 && !t.dirty) return undefined
   // The content of what this client holds, not the snapshot's version (see HeldVersions).
-  const version = t.sent.version
-  const nonce = nextNonce(stream)
-  t.pendingNonce = nonce
-  t.pendingVersion = version
-  t.pendingSince = now
+  const { updates, version } = plan
+  plan.response ??= respond((nonce) => encodeSotwResponseFrom(encodeSotwBody(version, updates), url, nonce))
+  sent(stream, t, plan.response, plan.version, now)
   t.dirty = false
-  t.pushes++
-  return { bytes: encodeSotwResponse(version, updates, url, nonce), resources: updates.length, removed: 0 }
+  return { bytes: plan.response.bytes, resources: plan.updates.length, removed: 0 }
 }
 
 /** The SotW response for `url` if one is due (see the module comment), recording it as pending. */
@@ -586,22 +784,28 @@ export const sotwPush = (stream: StreamState, url: string, snapshot: XdsSnapshot
   return undefined
 }
 
-/**
- * The Delta response for `url` if anything changed for this client, recording it as pending.
- * When the client is in step with the snapshot this one was built from, only the names that
- * changed between the two are examined, so a push costs what changed, not what exists.
- */
-export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
-  const t = deltaState(stream, url)
-  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
-  // Reconciled with this very snapshot and no subscription change since: nothing to send.
-  if (t.synced === snapshot.version) return undefined
+interface DeltaPlan {
+  readonly updates: ReadonlyArray<XdsResource>
+  readonly removed: ReadonlyArray<string>
+  /** What the stream holds once the push is made. */
+  readonly next: Held
+  /** Encoded when first sent. */
+  response: Response | undefined
+}
+const deltaPlans = new Plans<DeltaPlan>()
+
+const deltaPlan = (
+  stream: StreamState,
+  t: DeltaTypeState,
+  url: string,
+  snapshot: XdsSnapshot,
+  inStep: boolean
+): DeltaPlan => {
   const updates: Array<XdsResource> = []
   const removed: Array<string> = []
-  const delta = snapshot.changes
-  if (t.synced !== undefined && delta !== undefined && delta.from === t.synced) {
+  if (inStep) {
     const own = stream.own
-    for (const n of expandChanged(stream, t, url, delta.names.get(url) ?? new Set<string>())) {
+    for (const n of expandChanged(stream, t, url, snapshot.changes?.names.get(url) ?? new Set<string>())) {
       const want = t.names.has(n) || (t.wildcard && inWildcard(url, own, n))
       const r = lookup(stream, url, snapshot, n)
       if (want && r !== undefined) {
@@ -624,21 +828,42 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
     }
     for (const n of t.known.keys()) if (!names.has(n) || lookup(stream, url, snapshot, n) === undefined) removed.push(n)
   }
-  t.synced = snapshot.version
-  if (updates.length === 0 && removed.length === 0) return undefined
   updates.sort(byName)
-  for (const r of updates) t.known.set(r.name, r.version)
-  for (const n of removed) t.known.delete(n)
-  const nonce = nextNonce(stream)
-  t.pendingNonce = nonce
-  t.pendingVersion = snapshot.version
-  t.pendingSince = now
-  t.pushes++
-  return {
-    bytes: encodeDeltaResponse(snapshot.version, updates, removed, url, nonce),
-    resources: updates.length,
-    removed: removed.length
-  }
+  const next = t.known.with([
+    ...updates.map((r) => [r.name, r.version] as const),
+    ...removed.map((n) => [n, undefined] as const)
+  ])
+  return { updates, removed, next, response: undefined }
+}
+
+/**
+ * The Delta response for `url` if anything changed for this client, recording it as pending.
+ * When the client is in step with the snapshot this one was built from, only the names that
+ * changed between the two are examined, so a push costs what changed, not what exists.
+ */
+export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined => {
+  const t = deltaState(stream, url)
+  if (t === undefined || !t.subscribed || t.pendingNonce !== undefined) return undefined
+  // Reconciled with this very snapshot and no subscription change since: nothing to send.
+  if (t.synced === snapshot.version) return undefined
+  const delta = snapshot.changes
+  const inStep = t.synced !== undefined && delta !== undefined && delta.from === t.synced
+  // The view (`own`) decides the wildcard set and server listeners; secrets are the stream's own.
+  const key = url === TypeUrls.Secret
+    ? undefined
+    : `${inStep ? "step" : "all"}\u0000${url}\u0000${
+      stream.own ?? ""
+    }\u0000${t.wildcard}\u0000${t.subscription.id}\u0000${t.known.id}`
+  const plan = deltaPlans.get(snapshot, key, () => deltaPlan(stream, t, url, snapshot, inStep))
+  t.synced = snapshot.version
+  t.known = plan.next
+  if (plan.updates.length === 0 && plan.removed.length === 0) return undefined
+  const { removed, updates } = plan
+  plan.response ??= respond((nonce) =>
+    encodeDeltaResponseFrom(encodeDeltaBody(snapshot.version, updates, removed), url, nonce)
+  )
+  sent(stream, t, plan.response, snapshot.version, now)
+  return { bytes: plan.response.bytes, resources: updates.length, removed: removed.length }
 }
 
 export const push = (stream: StreamState, url: string, snapshot: XdsSnapshot, now: number): Push | undefined =>
