@@ -306,10 +306,10 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
         }
         const entries = yield* Ref.get(dns)
         const resolved = hostExpansion.expand(merged, (host) => entries.get(host)?.addresses ?? [])
-        const before = yield* SubscriptionRef.get(output)
-        if (sameServices(before, resolved) && counted) return
+        const same = sameServices(yield* SubscriptionRef.get(output), resolved)
+        if (same && counted) return
         counted = true
-        if (!sameServices(before, resolved)) yield* SubscriptionRef.set(output, resolved)
+        if (!same) yield* SubscriptionRef.set(output, resolved)
         const counts = { config: 0, api: 0, consul: 0 }
         for (const service of resolved) counts[service.source]++
         for (const source of ["config", "api", "consul"] as const) servicesBySource.set({ source }, counts[source])

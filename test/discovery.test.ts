@@ -4,7 +4,7 @@
  * over real HTTP.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer, TestClock } from "effect"
+import { Context, Duration, Effect, Either, Layer, TestClock } from "effect"
 import { Discovery } from "../layers/Discovery.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import type { MeshConfig } from "../schemas/Config.js"
@@ -16,7 +16,7 @@ import {
   registrationsOf
 } from "../src/discovery/Consul.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
-import { type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
+import { type ConsulService, mergeRegistry, sameJson } from "../src/discovery/Merge.js"
 import { fromConfig } from "../src/MeshState.js"
 import { bearer, post, post as postWithToken, request, startAdmin } from "./support/admin.js"
 import { eventually } from "./support/eventually.js"
@@ -42,6 +42,25 @@ describe("Consul index rules", () => {
     assert.isUndefined(parseIndex(undefined))
     assert.strictEqual(rateLimitDelay(1000, 1010, 50), 40)
     assert.strictEqual(rateLimitDelay(1000, 2000, 50), 0)
+  })
+})
+
+describe("comparing published registries", () => {
+  it("sameJson says what comparing the JSON says, without serialising", () => {
+    const endpoint = { address: "10.0.0.1", port: 80, weight: 1, labels: { a: "1" }, health: "unknown" }
+    const pairs: ReadonlyArray<readonly [unknown, unknown]> = [
+      [{ ...endpoint }, { ...endpoint }],
+      [{ ...endpoint, labels: { a: "1", b: "2" } }, { ...endpoint, labels: { b: "2", a: "1" } }],
+      [{ ...endpoint, health: undefined }, { address: "10.0.0.1", port: 80, weight: 1, labels: { a: "1" } }],
+      [[endpoint, endpoint], [endpoint]],
+      [[endpoint], [{ ...endpoint, port: 81 }]],
+      [{ interval: Duration.seconds(5) }, { interval: Duration.seconds(5) }],
+      [{ interval: Duration.seconds(5) }, { interval: Duration.seconds(6) }],
+      [[], {}],
+      [null, {}],
+      [1, "1"]
+    ]
+    for (const [a, b] of pairs) assert.strictEqual(sameJson(a, b), JSON.stringify(a) === JSON.stringify(b))
   })
 })
 
