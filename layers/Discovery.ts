@@ -34,7 +34,7 @@ import {
   type RegistrationRefused,
   RegistrationStore
 } from "../src/discovery/RegistrationStore.js"
-import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
+import { endpointKey, findByName, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import {
   type BlockingQuery,
   blockingWatch,
@@ -364,7 +364,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       // A service in Consul only through API registrations (this or another controller's) is still
       // one the API created: it counts against createServices and maxServices.
       return (name: string) =>
-        configured.some((s) => s.name === name) ||
+        findByName(configured, name) !== undefined ||
         consulNames.get(name)?.instances.some((i) => i.meta[SOURCE_META] !== "api") === true
     })
     const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>
