@@ -16,7 +16,8 @@ import {
   registrationsOf
 } from "../src/discovery/Consul.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
-import { type ConsulService, mergeRegistry, sameJson } from "../src/discovery/Merge.js"
+import { type ConsulService, mergeRegistry, RegistryMerger, sameJson } from "../src/discovery/Merge.js"
+import { RegistrationStore } from "../src/discovery/RegistrationStore.js"
 import { fromConfig } from "../src/MeshState.js"
 import { bearer, post, post as postWithToken, request, startAdmin } from "./support/admin.js"
 import { eventually } from "./support/eventually.js"
@@ -112,6 +113,25 @@ describe("merge precedence: config > API > Consul", () => {
       ["echo", "consul", "http", 50051],
       ["only-consul", "consul", "tcp", 9000]
     ])
+  })
+
+  it("the merger across publishes gives what merging every source again gives", () => {
+    const store = new RegistrationStore()
+    const merger = new RegistryMerger()
+    // A fixed pseudo-random sequence: mostly new endpoints (the merger's fast path), some on the
+    // config's and Consul's addresses, some replaced or removed (merged again from the sources).
+    let seed = 7
+    const next = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n
+    for (let step = 0; step < 400; step++) {
+      const service = ["echo", "new", "only-consul"][next(3)]!
+      const address = `10.0.0.${next(6)}`
+      const port = [50051, 9000][next(2)]!
+      if (next(10) === 0) store.remove(service, `${address}:${port}`)
+      else store.add({ service, address, port, weight: 1 + next(3), labels: {} }, undefined, () => true)
+      if (next(3) > 0) continue
+      const merged = merger.merge(config, (s) => store.forService(s), store.serviceNames(), store.takeChanged(), consul)
+      assert.deepStrictEqual(merged, mergeRegistry(config, store.all(), consul), `step ${step}`)
+    }
   })
 
   it("an API registration creates a service the file does not define", () => {
