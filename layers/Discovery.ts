@@ -34,7 +34,7 @@ import {
   type RegistrationRefused,
   RegistrationStore
 } from "../src/discovery/RegistrationStore.js"
-import { endpointKey, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
+import { endpointKey, findByName, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
 import {
   type BlockingQuery,
   blockingWatch,
@@ -306,10 +306,10 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
         }
         const entries = yield* Ref.get(dns)
         const resolved = hostExpansion.expand(merged, (host) => entries.get(host)?.addresses ?? [])
-        const before = yield* SubscriptionRef.get(output)
-        if (sameServices(before, resolved) && counted) return
+        const same = sameServices(yield* SubscriptionRef.get(output), resolved)
+        if (same && counted) return
         counted = true
-        if (!sameServices(before, resolved)) yield* SubscriptionRef.set(output, resolved)
+        if (!same) yield* SubscriptionRef.set(output, resolved)
         const counts = { config: 0, api: 0, consul: 0 }
         for (const service of resolved) counts[service.source]++
         for (const source of ["config", "api", "consul"] as const) servicesBySource.set({ source }, counts[source])
@@ -364,7 +364,7 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
       // A service in Consul only through API registrations (this or another controller's) is still
       // one the API created: it counts against createServices and maxServices.
       return (name: string) =>
-        configured.some((s) => s.name === name) ||
+        findByName(configured, name) !== undefined ||
         consulNames.get(name)?.instances.some((i) => i.meta[SOURCE_META] !== "api") === true
     })
     const register = (registration: ApiRegistration, limits?: RegistrationLimits) =>

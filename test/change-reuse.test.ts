@@ -103,5 +103,6 @@ describe("a one-endpoint change keeps the unchanged services by identity", () =>
     for (let i = 0; i < 2000; i++) many = many.with([[`k${i % 700}`, i]])
     assert.strictEqual(many.size, 700)
     assert.strictEqual(many.get("k5"), 1405)
+    assert.deepStrictEqual([...many.keys()], Array.from({ length: 700 }, (_, i) => `k${i}`), "folding keeps the order")
   })
 })

@@ -4,7 +4,7 @@
  * over real HTTP.
  */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer, TestClock } from "effect"
+import { Context, Duration, Effect, Either, Layer, TestClock } from "effect"
 import { Discovery } from "../layers/Discovery.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import type { MeshConfig } from "../schemas/Config.js"
@@ -16,7 +16,8 @@ import {
   registrationsOf
 } from "../src/discovery/Consul.js"
 import { advance, parseIndex, rateLimitDelay } from "../src/discovery/ConsulIndex.js"
-import { type ConsulService, mergeRegistry } from "../src/discovery/Merge.js"
+import { type ConsulService, mergeRegistry, RegistryMerger, sameJson } from "../src/discovery/Merge.js"
+import { RegistrationStore } from "../src/discovery/RegistrationStore.js"
 import { fromConfig } from "../src/MeshState.js"
 import { bearer, post, post as postWithToken, request, startAdmin } from "./support/admin.js"
 import { eventually } from "./support/eventually.js"
@@ -42,6 +43,25 @@ describe("Consul index rules", () => {
     assert.isUndefined(parseIndex(undefined))
     assert.strictEqual(rateLimitDelay(1000, 1010, 50), 40)
     assert.strictEqual(rateLimitDelay(1000, 2000, 50), 0)
+  })
+})
+
+describe("comparing published registries", () => {
+  it("sameJson says what comparing the JSON says, without serialising", () => {
+    const endpoint = { address: "10.0.0.1", port: 80, weight: 1, labels: { a: "1" }, health: "unknown" }
+    const pairs: ReadonlyArray<readonly [unknown, unknown]> = [
+      [{ ...endpoint }, { ...endpoint }],
+      [{ ...endpoint, labels: { a: "1", b: "2" } }, { ...endpoint, labels: { b: "2", a: "1" } }],
+      [{ ...endpoint, health: undefined }, { address: "10.0.0.1", port: 80, weight: 1, labels: { a: "1" } }],
+      [[endpoint, endpoint], [endpoint]],
+      [[endpoint], [{ ...endpoint, port: 81 }]],
+      [{ interval: Duration.seconds(5) }, { interval: Duration.seconds(5) }],
+      [{ interval: Duration.seconds(5) }, { interval: Duration.seconds(6) }],
+      [[], {}],
+      [null, {}],
+      [1, "1"]
+    ]
+    for (const [a, b] of pairs) assert.strictEqual(sameJson(a, b), JSON.stringify(a) === JSON.stringify(b))
   })
 })
 
@@ -93,6 +113,25 @@ describe("merge precedence: config > API > Consul", () => {
       ["echo", "consul", "http", 50051],
       ["only-consul", "consul", "tcp", 9000]
     ])
+  })
+
+  it("the merger across publishes gives what merging every source again gives", () => {
+    const store = new RegistrationStore()
+    const merger = new RegistryMerger()
+    // A fixed pseudo-random sequence: mostly new endpoints (the merger's fast path), some on the
+    // config's and Consul's addresses, some replaced or removed (merged again from the sources).
+    let seed = 7
+    const next = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n
+    for (let step = 0; step < 400; step++) {
+      const service = ["echo", "new", "only-consul"][next(3)]!
+      const address = `10.0.0.${next(6)}`
+      const port = [50051, 9000][next(2)]!
+      if (next(10) === 0) store.remove(service, `${address}:${port}`)
+      else store.add({ service, address, port, weight: 1 + next(3), labels: {} }, undefined, () => true)
+      if (next(3) > 0) continue
+      const merged = merger.merge(config, (s) => store.forService(s), store.serviceNames(), store.takeChanged(), consul)
+      assert.deepStrictEqual(merged, mergeRegistry(config, store.all(), consul), `step ${step}`)
+    }
   })
 
   it("an API registration creates a service the file does not define", () => {

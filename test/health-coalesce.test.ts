@@ -52,6 +52,20 @@ describe("Coalesce", () => {
       assert.isAtLeast(yield* Ref.get(runs), 2, "a run happened although signals never stopped")
     }))
 
+  it.scoped("a zero quiet window runs without waiting for the clock, once for the signals of one turn", () =>
+    Effect.gen(function*() {
+      const runs = yield* Ref.make(0)
+      const loop = yield* Coalesce.make(Ref.update(runs, (n) => n + 1), {
+        settle: Effect.succeed({ quiet: "0 millis", max: "1 second" })
+      })
+      for (let i = 0; i < 10; i++) loop.unsafeSignal()
+      yield* settle
+      assert.strictEqual(yield* Ref.get(runs), 1, "ran with the TestClock standing still")
+      yield* loop.signal
+      yield* settle
+      assert.strictEqual(yield* Ref.get(runs), 2)
+    }))
+
   it.scoped("waits on the clock it is given (a wall clock here) while the run keeps the fiber's TestClock", () =>
     Effect.gen(function*() {
       const seen = yield* Deferred.make<number>()

@@ -7,7 +7,8 @@
  * - leading edge with a rest (Health, Discovery): the first signal runs at once, then the loop
  *   rests `rest`, so a burst costs a few runs instead of one per signal;
  * - trailing edge, a debounce (Snapshot's `controller.debounce`, LiveConfig's file events):
- *   `settle` waits until signals stop for `quiet`, but never longer than `max` after the first.
+ *   `settle` waits until signals stop for `quiet`, but never longer than `max` after the first;
+ *   a zero `quiet` takes only the signals of the same turn, with no timer.
  */
 import { Clock, Duration, Effect, Option, Queue, type Scope } from "effect"
 
@@ -49,8 +50,12 @@ export const make = (
     const onClock = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       options.clock === undefined ? effect : Effect.withClock(effect, options.clock)
 
+    // A zero quiet window (`controller.debounce.quiet: 0ms`) waits for nothing but the signals of
+    // the same turn: a timer, even of 0 ms, cost every change a trip through the event loop's
+    // timer phase (1 ms or more, several under load) on the way from a registration to the streams.
+    const sameTurn = Effect.zipRight(Effect.yieldNow(), Effect.asVoid(Queue.takeAll(pending)))
     const settle = (window: SettleWindow) =>
-      onClock(Effect.gen(function*() {
+      Duration.toMillis(window.quiet) <= 0 ? sameTurn : onClock(Effect.gen(function*() {
         const quiet = Duration.toMillis(window.quiet)
         const deadline = window.max === undefined
           ? Infinity

@@ -47,6 +47,8 @@ export const expandHostNames = (
  * (the common case) costs nothing per publish, and an expanded service is the same object for as
  * long as it and the addresses it names are.
  */
+const ipEndpoints = new WeakSet<Endpoint>()
+
 export class HostExpansion {
   /** service name → the host names its endpoints use (only services that use some). */
   private readonly hosts = new Map<string, ReadonlyArray<string>>()
@@ -63,7 +65,14 @@ export class HostExpansion {
   }
 
   private note(name: string, service: Service | undefined): void {
-    const names = service === undefined ? [] : service.endpoints.map((e) => e.address).filter(isHostName)
+    // Called per publish for each changed service, so for every endpoint of a large one: one pass,
+    // and an address already seen as an IP (its endpoint object) is not parsed again.
+    const names: Array<string> = []
+    for (const endpoint of service?.endpoints ?? []) {
+      if (ipEndpoints.has(endpoint)) continue
+      if (isHostName(endpoint.address)) names.push(endpoint.address)
+      else ipEndpoints.add(endpoint)
+    }
     if (names.length > 0) this.hosts.set(name, names)
     else this.hosts.delete(name)
   }

@@ -349,6 +349,31 @@ const sameService = (a: Service, b: Service): boolean =>
     a.endpoints.length === b.endpoints.length && a.endpoints.every((e, i) => e === b.endpoints[i])
   )
 
+/** The same service but for its endpoints: every other part the same object (see `sameService`). */
+const onlyEndpointsDiffer = (a: Service, b: Service): boolean =>
+  a.name === b.name && a.protocol === b.protocol && a.port === b.port && a.failMode === b.failMode &&
+  a.source === b.source && a.healthCheck === b.healthCheck && a.tags === b.tags && a.metadata === b.metadata
+
+/**
+ * `buildGroup` for a service whose endpoints alone changed, with the rest of its inputs the same
+ * (`sameInputs`): only the ClusterLoadAssignment reads the endpoints, so the group's other
+ * resources, virtual host and server listener inputs are the previous group's, and the one resource
+ * is rebuilt in its place (so the version is the one a full build gives). Rebuilding and checking
+ * the other six resources was most of a one-endpoint change's build.
+ */
+const withEndpoints = (before: ServiceGroup, service: Service, key: string): ServiceGroup => {
+  const name = service.name
+  const resources = before.resources.map((r) =>
+    r.typeUrl === TypeUrls.ClusterLoadAssignment && r.name === name
+      ? resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service))
+      : r
+  )
+  const version = before.server === undefined
+    ? versionOf(resources)
+    : hash(`${versionOf(resources)}\n${JSON.stringify(before.server)}`)
+  return { ...before, key, resources, version, source: service }
+}
+
 /**
  * The services of `now` that are not the very objects `before` held at their place; undefined when
  * the names differ (a service added or removed). A pointer comparison per service: the registry
@@ -417,7 +442,9 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const errors: Array<SnapshotError> = []
   for (const service of candidates) {
     const before = previous.groups.get(service.name)
-    const next = nextGroup(service, before, sameInputs, state, known, tls, errors)
+    // A group whose last build failed may hold resources of older inputs: it is built whole.
+    const reusable = sameInputs && !previous.errors.some((e) => e.service === service.name)
+    const next = nextGroup(service, before, sameInputs, reusable, state, known, tls, errors)
     if (next !== before) changedGroups.set(service.name, next)
   }
   if (!sameInputs) {
@@ -584,6 +611,8 @@ const nextGroup = (
   service: Service,
   before: ServiceGroup | undefined,
   sameInputs: boolean,
+  /** `sameInputs`, and the previous build of this group did not fail: its other resources are current. */
+  reusable: boolean,
   state: MeshState,
   known: ReadonlySet<string>,
   tls: MeshTls | undefined,
@@ -593,7 +622,9 @@ const nextGroup = (
   const key = groupKey(service, state, known, tls)
   if (before !== undefined && before.key === key) return before
   try {
-    return buildGroup(service, key, state, (name) => known.has(name), tls)
+    return reusable && before?.source !== undefined && onlyEndpointsDiffer(before.source, service)
+      ? withEndpoints(before, service, key)
+      : buildGroup(service, key, state, (name) => known.has(name), tls)
   } catch (error) {
     if (!(error instanceof ServiceInvalid)) throw error
     errors.push({ service: error.service, message: error.message, servingPrevious: before !== undefined })
