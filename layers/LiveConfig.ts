@@ -117,21 +117,42 @@ export const loadedValue = (config: MeshConfig, source: string): LoadedConfig =>
 export const loadFile = (
   path: string
 ): Effect.Effect<LoadedConfig, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
-  Effect.withSpan(
-    Effect.gen(function*() {
-      const fs = yield* FileSystem.FileSystem
-      const text = yield* fs.readFileString(path).pipe(
-        Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
-      )
-      const { config, policy } = yield* Either.match(parseConfigWithPolicy(text, path), {
-        onLeft: (error) => Effect.fail(error),
-        onRight: (checked) => Effect.succeed(checked)
-      })
-      return { config, policy: Either.right(policy), hash: sha256(text), loadedAt: new Date(), source: path }
-    }),
-    "config.decode",
-    { attributes: { source: path } }
-  )
+  Effect.map(loadFileUnless(path, undefined), (loaded) => loaded!)
+
+/**
+ * `loadFile`, or `undefined` without decoding when the text hashes to `unchanged` (the config in
+ * force): the periodic check reads the file every few seconds, and decoding 5,000 services costs
+ * a second of CPU.
+ */
+const loadFileUnless = (
+  path: string,
+  unchanged: string | undefined
+): Effect.Effect<LoadedConfig | undefined, ConfigInvalid | ConfigUnreadable, FileSystem.FileSystem> =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const text = yield* fs.readFileString(path).pipe(
+      Effect.mapError((error) => new ConfigUnreadable({ source: path, reason: describeErrno(error) }))
+    )
+    const hash = sha256(text)
+    if (hash === unchanged) return undefined
+    return yield* Effect.withSpan(
+      Effect.map(
+        Either.match(parseConfigWithPolicy(text, path), {
+          onLeft: (error) => Effect.fail(error),
+          onRight: (checked) => Effect.succeed(checked)
+        }),
+        ({ config, policy }): LoadedConfig => ({
+          config,
+          policy: Either.right(policy),
+          hash,
+          loadedAt: new Date(),
+          source: path
+        })
+      ),
+      "config.decode",
+      { attributes: { source: path } }
+    )
+  })
 
 const statusOf = (loaded: LoadedConfig, lastReload: Option.Option<ReloadResult>): ConfigStatus => ({
   source: loaded.source,
@@ -180,8 +201,9 @@ const makeFile = (options: ConfigFileOptions) =>
         Effect.gen(function*() {
           // No input may end the reload loops: a defect in one attempt (a library throwing on
           // hostile input) is that attempt's rejection, reported like any other.
+          const inForce = (yield* SubscriptionRef.get(current)).hash
           const attempt = yield* Effect.either(
-            withFs(loadFile(path)).pipe(Effect.catchAllDefect((defect) =>
+            withFs(loadFileUnless(path, inForce)).pipe(Effect.catchAllDefect((defect) =>
               Effect.fail(
                 new ConfigInvalid({
                   source: path,
@@ -202,6 +224,7 @@ const makeFile = (options: ConfigFileOptions) =>
             onRight: (loaded) =>
               Effect.gen(function*() {
                 const before = yield* SubscriptionRef.get(current)
+                if (loaded === undefined) return { _tag: "Unchanged" as const, at, hash: inForce }
                 if (before.hash === loaded.hash) return { _tag: "Unchanged" as const, at, hash: loaded.hash }
                 yield* SubscriptionRef.set(current, loaded).pipe(
                   Effect.withSpan("config.apply", { attributes: { configHash: loaded.hash } })
