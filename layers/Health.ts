@@ -328,15 +328,16 @@ export const make = (
       })
 
     /**
-     * The probe of one endpoint, ready to start. A gRPC probe takes its target's pooled channel here,
-     * once, in the probe loop's scope: the channel lives as long as some probe uses it. An https
-     * check that trusts the mesh CA reads the CA at every probe (a rotated CA is picked up).
+     * The probe of one endpoint, ready to start: the same ProbeStart every time, or (an https check
+     * that trusts the mesh CA) an effect that reads the CA at every probe, so a rotated CA is picked
+     * up. A gRPC probe takes its target's pooled channel here, once, in the probe loop's scope: the
+     * channel lives as long as some probe uses it.
      */
-    const prepare = (probe: Probe): Effect.Effect<Effect.Effect<ProbeStart>, never, Scope.Scope> => {
+    const prepare = (probe: Probe): Effect.Effect<ProbeStart | Effect.Effect<ProbeStart>, never, Scope.Scope> => {
       const check = probe.check
       switch (check.type) {
         case "tcp":
-          return Effect.succeed(Effect.succeed(tcpProbeStart(probe.target, check.timeout)))
+          return Effect.succeed(tcpProbeStart(probe.target, check.timeout))
         case "http":
           return Effect.succeed(
             check.https && check.trustMeshCa
@@ -344,13 +345,10 @@ export const make = (
                 ca === undefined
                   ? failingProbe("trustMeshCa is set but no mesh CA is available to the health checker")
                   : httpProbeStart(probe.target, check, ca))
-              : Effect.succeed(httpProbeStart(probe.target, check, undefined))
+              : httpProbeStart(probe.target, check, undefined)
           )
         case "grpc":
-          return Effect.map(
-            RcMap.get(grpcPool, endpointKey(probe.target)),
-            (client) => Effect.succeed(grpcProbeStart(client, check))
-          )
+          return Effect.map(RcMap.get(grpcPool, endpointKey(probe.target)), (client) => grpcProbeStart(client, check))
       }
     }
 
@@ -427,15 +425,18 @@ export const make = (
      */
     const probeLoop = (probe: Probe): Effect.Effect<never> =>
       Effect.gen(function*() {
-        const probeStart = yield* prepare(probe)
+        const prepared = yield* prepare(probe)
         const random = yield* Effect.random
         const interval = Duration.toMillis(probe.check.interval)
         let due = clock.unsafeCurrentTimeMillis() + (spreadStart ? yield* random.nextRange(0, interval) : 0)
         while (true) {
           const now = clock.unsafeCurrentTimeMillis()
-          if (due > now) yield* Effect.sleep(due - now)
+          // The layer's clock, not Effect.sleep: the same clock (a TestClock in tests) with fewer
+          // effects held across the wait, which outlive young-generation GCs at this rate.
+          if (due > now) yield* clock.sleep(Duration.millis(due - now))
           const next = due + (jitter === 0 ? interval : interval * (yield* random.nextRange(1 - jitter, 1 + jitter)))
-          const recorded = yield* cycle(probe, yield* probeStart, due, next)
+          const start = Effect.isEffect(prepared) ? yield* prepared : prepared
+          const recorded = yield* cycle(probe, start, due, next)
           due = recorded ? Math.max(next, clock.unsafeCurrentTimeMillis()) : next
         }
       }).pipe(
