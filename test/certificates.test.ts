@@ -624,23 +624,28 @@ describe("faults at the worst moment", () => {
 })
 
 describe("the direct DER path (issue 16)", () => {
+  const rootAuthority = (keyAlgorithm: "ecdsa-p256" | "rsa-2048") =>
+    Effect.gen(function*() {
+      const root = yield* createRoot({
+        meshName: "home lab",
+        trustDomain: "mesh.local",
+        keyAlgorithm,
+        now: new Date(START),
+        validityMillis: 365 * 24 * HOUR
+      })
+      const authority = yield* loadAuthority({
+        certPem: root.certPem,
+        certFile: "ca.pem",
+        keyPem: root.keyPem,
+        keyFile: "ca-key.pem"
+      })
+      return { root, authority }
+    })
   for (const keyAlgorithm of ["ecdsa-p256", "rsa-2048"] as const) {
     it.scopedLive(`issueWorkload's key is the PKCS#8 OpenSSL writes, and is the certificate's (${keyAlgorithm})`, () =>
       Effect.gen(function*() {
         const dir = yield* tempDir
-        const root = yield* createRoot({
-          meshName: "home lab",
-          trustDomain: "mesh.local",
-          keyAlgorithm,
-          now: new Date(START),
-          validityMillis: 365 * 24 * HOUR
-        })
-        const authority = yield* loadAuthority({
-          certPem: root.certPem,
-          certFile: "ca.pem",
-          keyPem: root.keyPem,
-          keyFile: "ca-key.pem"
-        })
+        const { authority } = yield* rootAuthority(keyAlgorithm)
         // Several P-256 keys: a component with leading zero bytes must still be encoded at full length.
         for (let i = 0; i < (keyAlgorithm === "ecdsa-p256" ? 50 : 2); i++) {
           const issued = yield* issueWorkload(authority, {
@@ -670,19 +675,7 @@ describe("the direct DER path (issue 16)", () => {
     it.scopedLive(`signWorkload's certificate equals @peculiar/x509's for the same key, and openssl verifies it (${keyAlgorithm})`, () =>
       Effect.gen(function*() {
         const dir = yield* tempDir
-        const root = yield* createRoot({
-          meshName: "home lab",
-          trustDomain: "mesh.local",
-          keyAlgorithm,
-          now: new Date(START),
-          validityMillis: 365 * 24 * HOUR
-        })
-        const authority = yield* loadAuthority({
-          certPem: root.certPem,
-          certFile: "ca.pem",
-          keyPem: root.keyPem,
-          keyFile: "ca-key.pem"
-        })
+        const { authority, root } = yield* rootAuthority(keyAlgorithm)
         // An externally made key (as the agent's CSR brings): the CA signs its public half only.
         const pair = keyAlgorithm === "ecdsa-p256"
           ? NodeCrypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" })
