@@ -2,6 +2,7 @@ import {
   Cause,
   Clock,
   Context,
+  DefaultServices,
   Duration,
   Effect,
   FiberMap,
@@ -231,6 +232,9 @@ export const make = (
       : options.meshCa
 
     const clock = yield* Effect.clock
+    // The live clock sleeps with setTimeout: a probe cycle may then wait for its due time with a
+    // timer of its own (see `cycle`); any other clock (a TestClock) is slept on as a service.
+    const liveClock = clock === Context.get(DefaultServices.liveServices, Clock.Clock)
     const slots = new ProbeSlots(maxConcurrent, () => clock.unsafeCurrentTimeMillis())
     let missedTotal = 0
     const grpcPool = yield* makeGrpcPool({
@@ -376,7 +380,13 @@ export const make = (
       Effect.async<boolean>((resume) => {
         let held = false
         let close: (() => void) | undefined
-        const withdraw = slots.request(deadline, (granted) => {
+        let withdraw: (() => void) | undefined
+        let timer: ReturnType<typeof setTimeout> | undefined
+        const take = () => {
+          timer = undefined
+          withdraw = slots.request(deadline, onGrant)
+        }
+        const onGrant = (granted: boolean) => {
           if (!granted) {
             missed(probe)
             return resume(MISSED)
@@ -404,9 +414,15 @@ export const make = (
           })
           // A probe may settle before `start` returns (a check that cannot run).
           if (held) close = closeProbe
-        })
+        }
+        // On the live clock the wait for the due time is this step's own timer (the live clock's
+        // sleep is the same setTimeout): one fiber resumption per probe instead of two.
+        const wait = scheduledAt - clock.unsafeCurrentTimeMillis()
+        if (wait > 0) timer = setTimeout(take, wait)
+        else take()
         return Effect.sync(() => {
-          withdraw()
+          if (timer !== undefined) clearTimeout(timer)
+          withdraw?.()
           if (held) {
             held = false
             close?.()
@@ -433,10 +449,10 @@ export const make = (
           const now = clock.unsafeCurrentTimeMillis()
           // The layer's clock, not Effect.sleep: the same clock (a TestClock in tests) with fewer
           // effects held across the wait, which outlive young-generation GCs at this rate.
-          if (due > now) yield* clock.sleep(Duration.millis(due - now))
+          const fixed = !Effect.isEffect(prepared)
+          if (due > now && !(fixed && liveClock)) yield* clock.sleep(Duration.millis(due - now))
           const next = due + (jitter === 0 ? interval : interval * (yield* random.nextRange(1 - jitter, 1 + jitter)))
-          const start = Effect.isEffect(prepared) ? yield* prepared : prepared
-          const recorded = yield* cycle(probe, start, due, next)
+          const recorded = yield* cycle(probe, fixed ? prepared : yield* prepared, due, next)
           due = recorded ? Math.max(next, clock.unsafeCurrentTimeMillis()) : next
         }
       }).pipe(
