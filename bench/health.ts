@@ -9,14 +9,21 @@
  * Three processes, so each measurement has its process to itself: the targets (N HTTP servers),
  * then the controller (the Health layer), then the floor (a bare loop issuing the same requests at
  * the same rate and the same jitter, with plain node:http and timers). For controller and floor it
- * prints the CPU share (user+system CPU time over wall time), the peak RSS, and the spread between
- * scheduled and actual probe start (p50/p99/max), then the controller/floor ratios. Figures, not
- * a test: nothing fails on timing.
+ * prints the CPU share (user+system CPU time over wall time), the peak RSS (and the RSS before the
+ * first probe, and the peak V8 heap), and the spread between scheduled and actual probe start
+ * (p50/p99/max), then the controller/floor ratios. Figures, not a test: nothing fails on timing.
+ *
+ * Like with like: both children are forked from this file with this process's exec arguments, so
+ * both run under the same loader (tsx, when the bench is started with it) and both load the same
+ * modules (this file's imports: effect, the Health layer and its dependencies) before they start
+ * probing. The RSS ratio therefore compares what probing costs on top of the same process, not
+ * the cost of loading the controller's code.
  */
 import { Context, Effect, Layer, Logger, LogLevel, Schema, SubscriptionRef } from "effect"
 import { type ChildProcess, fork } from "node:child_process"
 import * as Http from "node:http"
 import type * as Net from "node:net"
+import { loadavg } from "node:os"
 import { fileURLToPath } from "node:url"
 import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
@@ -34,6 +41,9 @@ interface Measurement {
   readonly cpuShare: number
   readonly rssPeakMb: number
   readonly rssStartMb: number
+  /** RSS with every module loaded, before the first probe. */
+  readonly rssBaseMb: number
+  readonly heapPeakMb: number
   readonly probes: number
   readonly failures: number
   readonly lagMs: { readonly p50: number; readonly p99: number; readonly max: number }
@@ -63,10 +73,17 @@ const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
   sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
 
 /** CPU and RSS over the measurement window, sampled from this process. */
-const measureWindow = async (seconds: number): Promise<{ cpuShare: number; rssPeakMb: number; rssStartMb: number }> => {
+const measureWindow = async (
+  seconds: number
+): Promise<{ cpuShare: number; rssPeakMb: number; rssStartMb: number; heapPeakMb: number }> => {
   const rssStart = process.memoryUsage.rss()
   let rssPeak = rssStart
-  const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage.rss())), 200)
+  let heapPeak = 0
+  const sampler = setInterval(() => {
+    const usage = process.memoryUsage()
+    rssPeak = Math.max(rssPeak, usage.rss)
+    heapPeak = Math.max(heapPeak, usage.heapUsed)
+  }, 200)
   const cpu0 = process.cpuUsage()
   const t0 = performance.now()
   await new Promise((resolve) => setTimeout(resolve, seconds * 1000))
@@ -76,7 +93,8 @@ const measureWindow = async (seconds: number): Promise<{ cpuShare: number; rssPe
   return {
     cpuShare: (cpu.user + cpu.system) / 1000 / wall,
     rssPeakMb: rssPeak / 2 ** 20,
-    rssStartMb: rssStart / 2 ** 20
+    rssStartMb: rssStart / 2 ** 20,
+    heapPeakMb: heapPeak / 2 ** 20
   }
 }
 
@@ -126,6 +144,7 @@ const runController = async (): Promise<Measurement> => {
   }
   const historySize = Math.ceil((settings.seconds * 1000) / settings.intervalMs) + WARMUP_INTERVALS + 4
   const program = Effect.gen(function*() {
+    const rssBaseMb = process.memoryUsage.rss() / 2 ** 20
     const registry = yield* SubscriptionRef.make<ReadonlyArray<Service>>([service])
     const context = yield* Layer.build(
       Health.layer({ historySize, jitter: JITTER, maxConcurrentProbes: settings.maxConcurrent }).pipe(
@@ -145,6 +164,7 @@ const runController = async (): Promise<Measurement> => {
     const lags = results.map((r) => r.lagMs).sort((a, b) => a - b)
     return {
       ...window,
+      rssBaseMb,
       latencyP50Ms: percentile(results.map((r) => r.latencyMs).sort((a, b) => a - b), 50),
       probes: results.length,
       failures: results.filter((r) => !r.ok).length,
@@ -194,6 +214,7 @@ const runFloor = async (): Promise<Measurement> => {
     }
     setTimeout(tick, Math.max(0, due - Date.now()))
   }
+  const rssBaseMb = process.memoryUsage.rss() / 2 ** 20
   ports().forEach(loop)
   await new Promise((resolve) => setTimeout(resolve, WARMUP_INTERVALS * settings.intervalMs))
   measuring = true
@@ -203,6 +224,7 @@ const runFloor = async (): Promise<Measurement> => {
   lags.sort((a, b) => a - b)
   return {
     ...window,
+    rssBaseMb,
     latencyP50Ms: percentile(latencies.sort((a, b) => a - b), 50),
     probes,
     failures,
@@ -252,7 +274,7 @@ const main = async () => {
     const row = (name: string, m: Measurement) =>
       `${name.padEnd(11)} cpu ${fmt(m.cpuShare * 100).padStart(6)} %   rss peak ${
         fmt(m.rssPeakMb).padStart(6)
-      } MB (start ${fmt(m.rssStartMb)})` +
+      } MB (before probing ${fmt(m.rssBaseMb)}, window start ${fmt(m.rssStartMb)}; heap peak ${fmt(m.heapPeakMb)})` +
       `   probes ${String(m.probes).padStart(6)}/${expected} (${m.failures} failed)` +
       `   lag p50 ${fmt(m.lagMs.p50, 0)} ms p99 ${fmt(m.lagMs.p99, 0)} ms max ${fmt(m.lagMs.max, 0)} ms` +
       `   answer p50 ${fmt(m.latencyP50Ms, 0)} ms`
@@ -269,8 +291,15 @@ const main = async () => {
     console.log(
       `ratio       cpu ${fmt(controller.cpuShare / floor.cpuShare, 2)}x   rss ${
         fmt(controller.rssPeakMb / floor.rssPeakMb, 2)
-      }x` +
+      }x (above the loaded process: controller +${fmt(controller.rssPeakMb - controller.rssBaseMb)} MB, floor +${
+        fmt(floor.rssPeakMb - floor.rssBaseMb)
+      } MB)` +
         `   lag p99 +${fmt(controller.lagMs.p99 - floor.lagMs.p99, 0)} ms`
+    )
+    console.log(
+      `both children: node ${process.version} ${process.execArgv.join(" ") || "(no exec arguments)"}; load average ${
+        loadavg().map((l) => l.toFixed(2)).join(" ")
+      }`
     )
   } finally {
     targets.disconnect()

@@ -253,6 +253,9 @@ export interface MakeOptions {
 
 const LOG = { module: "certificates" } as const
 
+/** Identities issued at once: enough to keep the thread pool's key generation ahead of the signing. */
+const ISSUE_CONCURRENCY = 8
+
 /**
  * Why a re-read CA directory may not replace the CA in force, or undefined when it may. The active
  * root may change only to the root that was waiting in next/ (what `ca rotate --activate` does):
@@ -411,14 +414,23 @@ export const make = (
         )
         let changed = previous === undefined
         const next = new Map<string, WorkloadIdentity>()
-        for (const name of names) {
+        const reasons = names.map((name) => renewalReason(current.get(name), now, policy, authority.fingerprint))
+        // Issued a few at a time: key generation runs on Node's thread pool, and the main thread
+        // builds and signs one certificate while the next keys are made (5,000 services at start).
+        const issuedAll = yield* Effect.forEach(
+          names.flatMap((name, i) => Option.isSome(reasons[i]!) ? [name] : []),
+          (name) => Effect.either(issueFor(name, authority, now)),
+          { concurrency: ISSUE_CONCURRENCY }
+        )
+        let nextIssued = 0
+        for (const [i, name] of names.entries()) {
           const existing = current.get(name)
-          const reason = renewalReason(existing, now, policy, authority.fingerprint)
+          const reason = reasons[i]!
           if (Option.isNone(reason)) {
             next.set(name, existing!)
             continue
           }
-          const issued = yield* Effect.either(issueFor(name, authority, now))
+          const issued = issuedAll[nextIssued++]!
           if (Either.isLeft(issued)) {
             yield* Effect.logError("certificate issuance failed; will retry").pipe(
               Effect.annotateLogs({ identity: name, error: issued.left.message })

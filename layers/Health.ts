@@ -2,12 +2,11 @@ import {
   Cause,
   Clock,
   Context,
+  DefaultServices,
   Duration,
   Effect,
   FiberMap,
   Layer,
-  Option,
-  Random,
   RcMap,
   Ref,
   type Scope,
@@ -20,7 +19,15 @@ import { type EndpointState, initialState, type ProbeResult, step, type Transiti
 import { availability, type HealthView, routing, sameView } from "../src/health/Routing.js"
 import { type EndpointHealth, endpointKey, type Service } from "../src/MeshState.js"
 import { Discovery } from "./Discovery.js"
-import { grpcProbe, httpProbe, makeGrpcPool, ProbeFailed, type ProbeTarget, tcpProbe } from "./HealthProbes.js"
+import {
+  failingProbe,
+  grpcProbeStart,
+  httpProbeStart,
+  makeGrpcPool,
+  type ProbeStart,
+  type ProbeTarget,
+  tcpProbeStart
+} from "./HealthProbes.js"
 import * as Coalesce from "./internal/Coalesce.js"
 import {
   endpointsByState,
@@ -225,6 +232,9 @@ export const make = (
       : options.meshCa
 
     const clock = yield* Effect.clock
+    // The live clock sleeps with setTimeout: a probe cycle may then wait for its due time with a
+    // timer of its own (see `cycle`); any other clock (a TestClock) is slept on as a service.
+    const liveClock = clock === Context.get(DefaultServices.liveServices, Clock.Clock)
     const slots = new ProbeSlots(maxConcurrent, () => clock.unsafeCurrentTimeMillis())
     let missedTotal = 0
     const grpcPool = yield* makeGrpcPool({
@@ -284,28 +294,26 @@ export const make = (
       panicking = nowPanicking
     })
 
-    const missed = (probe: Probe) =>
-      Effect.sync(() => {
-        missedTotal++
-        probesMissed.inc()
-        const entry = entries.get(probe.key)
-        if (entry !== undefined) entry.missed++
-      })
+    const missed = (probe: Probe) => {
+      missedTotal++
+      probesMissed.inc()
+      const entry = entries.get(probe.key)
+      if (entry !== undefined) entry.missed++
+    }
 
-    // The state step is synchronous; only a transition (rare) needs the logging effects below.
-    const record = (probe: Probe, result: ProbeResult): Effect.Effect<void> =>
-      Effect.suspend(() => {
-        const entry = entries.get(probe.key)
-        if (entry === undefined) return Effect.void
-        const before = entry.state
-        const { state, transition } = step(before, result, probe.check, historySize)
-        entry.state = state
-        if (transition === undefined) return Effect.void
-        if (transition.from === "unhealthy") entry.unhealthyMs += Math.max(0, result.at - before.since)
-        entry.flips.push({ at: result.at, from: transition.from, to: transition.to })
-        if (entry.flips.length > MAX_FLIPS) entry.flips.shift()
-        return announce(probe, entry, result, transition)
-      })
+    // The state step is synchronous; only a transition (rare) needs the logging effects of `announce`.
+    const record = (probe: Probe, result: ProbeResult): Effect.Effect<void> | undefined => {
+      const entry = entries.get(probe.key)
+      if (entry === undefined) return undefined
+      const before = entry.state
+      const { state, transition } = step(before, result, probe.check, historySize)
+      entry.state = state
+      if (transition === undefined) return undefined
+      if (transition.from === "unhealthy") entry.unhealthyMs += Math.max(0, result.at - before.since)
+      entry.flips.push({ at: result.at, from: transition.from, to: transition.to })
+      if (entry.flips.length > MAX_FLIPS) entry.flips.shift()
+      return announce(probe, entry, result, transition)
+    }
 
     const announce = (probe: Probe, entry: Entry, result: ProbeResult, transition: Transition) =>
       Effect.gen(function*() {
@@ -324,51 +332,31 @@ export const make = (
       })
 
     /**
-     * The probe of one endpoint, ready to run. A gRPC probe takes its target's pooled channel here,
-     * once, in the probe loop's scope: the channel lives as long as some probe uses it.
+     * The probe of one endpoint, ready to start: the same ProbeStart every time, or (an https check
+     * that trusts the mesh CA) an effect that reads the CA at every probe, so a rotated CA is picked
+     * up. A gRPC probe takes its target's pooled channel here, once, in the probe loop's scope: the
+     * channel lives as long as some probe uses it.
      */
-    const prepare = (probe: Probe): Effect.Effect<Effect.Effect<void, ProbeFailed>, never, Scope.Scope> => {
+    const prepare = (probe: Probe): Effect.Effect<ProbeStart | Effect.Effect<ProbeStart>, never, Scope.Scope> => {
       const check = probe.check
       switch (check.type) {
         case "tcp":
-          return Effect.succeed(tcpProbe(probe.target, check.timeout))
+          return Effect.succeed(tcpProbeStart(probe.target, check.timeout))
         case "http":
           return Effect.succeed(
             check.https && check.trustMeshCa
-              ? Effect.flatMap(meshCa, (ca) =>
+              ? Effect.map(meshCa, (ca) =>
                 ca === undefined
-                  ? Effect.fail(
-                    new ProbeFailed({ reason: "trustMeshCa is set but no mesh CA is available to the health checker" })
-                  )
-                  : httpProbe(probe.target, check, ca))
-              : httpProbe(probe.target, check, undefined)
+                  ? failingProbe("trustMeshCa is set but no mesh CA is available to the health checker")
+                  : httpProbeStart(probe.target, check, ca))
+              : httpProbeStart(probe.target, check, undefined)
           )
         case "grpc":
-          return Effect.map(RcMap.get(grpcPool, endpointKey(probe.target)), (client) => grpcProbe(client, check))
+          return Effect.map(RcMap.get(grpcPool, endpointKey(probe.target)), (client) => grpcProbeStart(client, check))
       }
     }
 
-    /**
-     * One timed probe, holding a slot of the global bound while it runs; `None` when no slot freed
-     * up before `deadline` (the endpoint's next probe is due by then).
-     */
-    const timedProbe = (
-      probe: Probe,
-      run: Effect.Effect<void, ProbeFailed>,
-      scheduledAt: number,
-      deadline: number
-    ): Effect.Effect<Option.Option<ProbeResult>> =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(slots.acquire(deadline)), (granted) =>
-          granted
-            ? restore(Effect.asSome(measured(probe, run, scheduledAt))).pipe(
-              Effect.ensuring(Effect.sync(() => slots.release()))
-            )
-            : Effect.succeedNone)
-      )
-
-    // The metric children of each check type, looked up once: prom-client hashes a label object
-    // on every call otherwise, which at a thousand probes a second is a visible share of the CPU.
+    // The metric children of each check type, looked up once.
     const typeMetrics = new Map<HealthCheck["type"], ReturnType<typeof metricsOfType>>()
     const metricsOf = (type: HealthCheck["type"]) => {
       let found = typeMetrics.get(type)
@@ -376,34 +364,73 @@ export const make = (
       return found
     }
 
-    /**
-     * Runs and times one probe. Written as one suspended step and one match rather than a
-     * generator of several: this runs a thousand times a second, and each Effect step allocates.
-     */
-    const measured = (
-      probe: Probe,
-      run: Effect.Effect<void, ProbeFailed>,
-      scheduledAt: number
-    ): Effect.Effect<ProbeResult> =>
-      Effect.suspend(() => {
-        const startNanos = clock.unsafeCurrentTimeNanos()
-        const at = clock.unsafeCurrentTimeMillis()
-        const lagMs = Math.max(0, at - scheduledAt)
-        const finish = (error: string | undefined): ProbeResult => {
-          const latencyMs = Number(clock.unsafeCurrentTimeNanos() - startNanos) / 1e6
-          const metrics = metricsOf(probe.check.type)
-          ;(error === undefined ? metrics.success : metrics.failure).inc()
-          metrics.latency.observe(latencyMs / 1000)
-          probeLag.observe(lagMs / 1000)
-          return error === undefined ? { at, ok: true, latencyMs, lagMs } : { at, ok: false, latencyMs, lagMs, error }
-        }
-        return Effect.match(run, { onFailure: (failure) => finish(failure.reason), onSuccess: () => finish(undefined) })
-      })
+    const RECORDED = Effect.succeed(true)
+    const MISSED = Effect.succeed(false)
 
-    const jittered = (interval: number) =>
-      jitter === 0
-        ? Effect.succeed(interval)
-        : Effect.map(Random.nextRange(1 - jitter, 1 + jitter), (f) => interval * f)
+    /**
+     * One probe of the global bound's slots, from waiting for a slot to the recorded result, as a
+     * single async step: `true` once the result is recorded, `false` when no slot freed up before
+     * `deadline` (the endpoint's next probe is due by then; counted as missed). This runs a
+     * thousand times a second: a slot, a probe, its timing and the state step are plain callbacks
+     * here (each Effect step allocates, and what a fiber holds across its wait is promoted to the
+     * old generation). Interrupted, it withdraws from the queue, or closes its probe's socket or
+     * call and gives its slot back.
+     */
+    const cycle = (probe: Probe, start: ProbeStart, scheduledAt: number, deadline: number) =>
+      Effect.async<boolean>((resume) => {
+        let held = false
+        let close: (() => void) | undefined
+        let withdraw: (() => void) | undefined
+        let timer: ReturnType<typeof setTimeout> | undefined
+        const take = () => {
+          timer = undefined
+          withdraw = slots.request(deadline, onGrant)
+        }
+        const onGrant = (granted: boolean) => {
+          if (!granted) {
+            missed(probe)
+            return resume(MISSED)
+          }
+          held = true
+          const startNanos = clock.unsafeCurrentTimeNanos()
+          const at = clock.unsafeCurrentTimeMillis()
+          const lagMs = Math.max(0, at - scheduledAt)
+          const closeProbe = start((failure) => {
+            held = false
+            close = undefined
+            slots.release()
+            const latencyMs = Number(clock.unsafeCurrentTimeNanos() - startNanos) / 1e6
+            const metrics = metricsOf(probe.check.type)
+            ;(failure === undefined ? metrics.success : metrics.failure).inc()
+            metrics.latency.observe(latencyMs / 1000)
+            probeLag.observe(lagMs / 1000)
+            const announced = record(
+              probe,
+              failure === undefined
+                ? { at, ok: true, latencyMs, lagMs }
+                : { at, ok: false, latencyMs, lagMs, error: failure.reason }
+            )
+            resume(announced === undefined ? RECORDED : Effect.as(announced, true))
+          })
+          // A probe may settle before `start` returns (a check that cannot run).
+          if (held) close = closeProbe
+        }
+        // On the live clock the wait for the due time is this step's own timer (the live clock's
+        // sleep is the same setTimeout): one fiber resumption per probe instead of two.
+        const wait = scheduledAt - clock.unsafeCurrentTimeMillis()
+        if (wait > 0) timer = setTimeout(take, wait)
+        else take()
+        return Effect.sync(() => {
+          if (timer !== undefined) clearTimeout(timer)
+          withdraw?.()
+          if (held) {
+            held = false
+            close?.()
+            close = undefined
+            slots.release()
+          }
+        })
+      })
 
     /**
      * The probe loop of one endpoint, at a fixed rate: the next probe is due one (jittered)
@@ -414,21 +441,19 @@ export const make = (
      */
     const probeLoop = (probe: Probe): Effect.Effect<never> =>
       Effect.gen(function*() {
-        const run = yield* prepare(probe)
+        const prepared = yield* prepare(probe)
+        const random = yield* Effect.random
         const interval = Duration.toMillis(probe.check.interval)
-        let due = clock.unsafeCurrentTimeMillis() + (spreadStart ? yield* Random.nextRange(0, interval) : 0)
+        let due = clock.unsafeCurrentTimeMillis() + (spreadStart ? yield* random.nextRange(0, interval) : 0)
         while (true) {
           const now = clock.unsafeCurrentTimeMillis()
-          if (due > now) yield* Effect.sleep(Duration.millis(due - now))
-          const next = due + (yield* jittered(interval))
-          const result = yield* timedProbe(probe, run, due, next)
-          if (Option.isSome(result)) {
-            yield* record(probe, result.value)
-            due = Math.max(next, clock.unsafeCurrentTimeMillis())
-          } else {
-            yield* missed(probe)
-            due = next
-          }
+          // The layer's clock, not Effect.sleep: the same clock (a TestClock in tests) with fewer
+          // effects held across the wait, which outlive young-generation GCs at this rate.
+          const fixed = !Effect.isEffect(prepared)
+          if (due > now && !(fixed && liveClock)) yield* clock.sleep(Duration.millis(due - now))
+          const next = due + (jitter === 0 ? interval : interval * (yield* random.nextRange(1 - jitter, 1 + jitter)))
+          const recorded = yield* cycle(probe, fixed ? prepared : yield* prepared, due, next)
+          due = recorded ? Math.max(next, clock.unsafeCurrentTimeMillis()) : next
         }
       }).pipe(
         Effect.scoped,

@@ -34,99 +34,127 @@ export interface ProbeTarget {
 }
 
 /**
- * An async probe with its deadline built in. A probe is a socket or a call plus one timer; racing
- * it against an Effect timeout forks fibers per probe, which at a thousand probes a second cost
- * more CPU than the probes themselves (bench/health.ts). `start` opens the resource, calls
- * `settle` once with the outcome, and returns how to close it; the resource is closed on success,
- * failure, timeout and interruption alike.
+ * A probe ready to start, at the level of callbacks: it opens its socket or call, calls `settle`
+ * once with the outcome (`undefined`: success) after closing what it opened, and returns how to
+ * close it early (interruption; `settle` is then never called). Health runs a thousand of these a
+ * second: its probe loop waits for a slot, starts the probe and records the result in one async
+ * step, so a probe costs no fibers and no effect steps of its own (bench/health.ts).
+ */
+export type ProbeStart = (settle: (failure: ProbeFailed | undefined) => void) => () => void
+
+/**
+ * A probe with its deadline built in: a socket or a call plus one timer (racing it against an
+ * Effect timeout forks fibers per probe). `open` opens the resource, reports the outcome once, and
+ * returns how to close it; the resource is closed on success, failure, timeout and interruption
+ * alike, before `settle` is called.
  */
 const deadlined = (
   timeout: Duration.Duration,
-  start: (settle: (outcome: Effect.Effect<void, ProbeFailed>) => void) => () => void
-): Effect.Effect<void, ProbeFailed> =>
+  open: (report: (failure: ProbeFailed | undefined) => void) => () => void
+): ProbeStart =>
+(settle) => {
+  let done = false
+  let close = () => {}
+  const finish = () => {
+    done = true
+    clearTimeout(timer)
+    close()
+  }
+  const report = (failure: ProbeFailed | undefined) => {
+    if (done) return
+    finish()
+    settle(failure)
+  }
+  const timer = setTimeout(
+    () => report(new ProbeFailed({ reason: `timed out after ${formatDuration(timeout)}` })),
+    Duration.toMillis(timeout)
+  )
+  close = open(report)
+  if (done) close()
+  return () => {
+    if (!done) finish()
+  }
+}
+
+/** A probe as an interruptible effect: interrupting it closes its socket or call. */
+export const runProbe = (start: ProbeStart): Effect.Effect<void, ProbeFailed> =>
   Effect.async<void, ProbeFailed>((resume) => {
-    let done = false
-    let close = () => {}
-    const finish = () => {
-      done = true
-      clearTimeout(timer)
-      close()
-    }
-    const settle = (outcome: Effect.Effect<void, ProbeFailed>) => {
-      if (done) return
-      finish()
-      resume(outcome)
-    }
-    const timer = setTimeout(
-      () => settle(Effect.fail(new ProbeFailed({ reason: `timed out after ${formatDuration(timeout)}` }))),
-      Duration.toMillis(timeout)
-    )
-    close = start(settle)
-    if (done) close()
-    return Effect.sync(finish)
+    const close = start((failure) => resume(failure === undefined ? Effect.void : Effect.fail(failure)))
+    return Effect.sync(close)
   })
+
+/** A probe that fails at once, for a check that cannot run (say why in `reason`). */
+export const failingProbe = (reason: string): ProbeStart => (settle) => {
+  settle(new ProbeFailed({ reason }))
+  return () => {}
+}
 
 const hostName = (host: string): string => host.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1")
 
 /** An HTTP(S) request on a fresh connection (`Connection: close`): no idle sockets per endpoint. */
-export const httpProbe = (
-  target: ProbeTarget,
-  check: HttpCheck,
-  ca: string | undefined
-): Effect.Effect<void, ProbeFailed> =>
-  deadlined(check.timeout, (resume) => {
-    const headers: Record<string, string> = { connection: "close", "user-agent": "mesh-controller-health/1" }
-    if (check.host !== undefined) headers.host = check.host
-    const serverName = check.host !== undefined ? hostName(check.host) : target.address
-    const options: Https.RequestOptions = {
-      host: target.address,
-      port: target.port,
-      method: check.method,
-      path: check.path,
-      headers,
-      agent: false
+export const httpProbeStart = (target: ProbeTarget, check: HttpCheck, ca: string | undefined): ProbeStart => {
+  // Built once per probe loop: only the request itself is made per probe.
+  const headers: Record<string, string> = { connection: "close", "user-agent": "mesh-controller-health/1" }
+  if (check.host !== undefined) headers.host = check.host
+  const serverName = check.host !== undefined ? hostName(check.host) : target.address
+  const plain: Https.RequestOptions = {
+    host: target.address,
+    port: target.port,
+    method: check.method,
+    path: check.path,
+    headers,
+    agent: false
+  }
+  const options: Https.RequestOptions = check.https
+    ? {
+      ...plain,
+      ...(ca !== undefined ? { ca } : {}),
+      ...(Net.isIP(serverName) === 0 ? { servername: serverName } : {}),
+      rejectUnauthorized: true
     }
-    const request = check.https
-      ? Https.request({
-        ...options,
-        ...(ca !== undefined ? { ca } : {}),
-        ...(Net.isIP(serverName) === 0 ? { servername: serverName } : {}),
-        rejectUnauthorized: true
-      })
-      : Http.request(options)
+    : plain
+  const expected = check.expectedStatuses
+  return deadlined(check.timeout, (report) => {
+    const request = check.https ? Https.request(options) : Http.request(options)
     request.once("response", (response) => {
       const status = response.statusCode ?? 0
       // Read the body to its end so the server's close, not ours, ends the connection.
       response.resume()
-      response.once("end", () =>
-        resume(
-          check.expectedStatuses.includes(status)
-            ? Effect.void
-            : Effect.fail(new ProbeFailed({ reason: `status ${status}` }))
-        ))
-      response.once("error", (error) =>
-        resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
+      response.once(
+        "end",
+        () => report(expected.includes(status) ? undefined : new ProbeFailed({ reason: `status ${status}` }))
+      )
+      response.once("error", (error) => report(new ProbeFailed({ reason: describeErrno(error), cause: error })))
     })
-    request.once("error", (error) =>
-      resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error }))))
+    request.once("error", (error) => report(new ProbeFailed({ reason: describeErrno(error), cause: error })))
     request.end()
     return () => request.destroy()
   })
+}
+
+export const httpProbe = (
+  target: ProbeTarget,
+  check: HttpCheck,
+  ca: string | undefined
+): Effect.Effect<void, ProbeFailed> => runProbe(httpProbeStart(target, check, ca))
 
 /** Succeeds once a TCP connection is established, then closes it. */
-export const tcpProbe = (target: ProbeTarget, timeout: Duration.Duration): Effect.Effect<void, ProbeFailed> =>
-  deadlined(timeout, (resume) => {
+export const tcpProbeStart = (target: ProbeTarget, timeout: Duration.Duration): ProbeStart =>
+  deadlined(timeout, (report) => {
     const socket = Net.connect({ host: target.address, port: target.port })
     socket.once("connect", () => {
       socket.destroy()
-      resume(Effect.void)
+      report(undefined)
     })
     socket.once("error", (error) => {
       socket.destroy()
-      resume(Effect.fail(new ProbeFailed({ reason: describeErrno(error), cause: error })))
+      report(new ProbeFailed({ reason: describeErrno(error), cause: error }))
     })
     return () => socket.destroy()
   })
+
+export const tcpProbe = (target: ProbeTarget, timeout: Duration.Duration): Effect.Effect<void, ProbeFailed> =>
+  runProbe(tcpProbeStart(target, timeout))
 
 const checkMethod = healthPackageDefinition["grpc.health.v1.Health"] as unknown as {
   readonly Check: {
@@ -136,8 +164,8 @@ const checkMethod = healthPackageDefinition["grpc.health.v1.Health"] as unknown 
 }
 
 /** One grpc.health.v1 Check call on a pooled channel; SERVING is the only success. */
-export const grpcProbe = (client: grpc.Client, check: GrpcCheck): Effect.Effect<void, ProbeFailed> =>
-  deadlined(check.timeout, (resume) => {
+export const grpcProbeStart = (client: grpc.Client, check: GrpcCheck): ProbeStart =>
+  deadlined(check.timeout, (report) => {
     const call = client.makeUnaryRequest<HealthCheckRequest, HealthCheckResponse>(
       HEALTH_CHECK_PATH,
       checkMethod.Check.requestSerialize,
@@ -148,16 +176,19 @@ export const grpcProbe = (client: grpc.Client, check: GrpcCheck): Effect.Effect<
       (error, response) => {
         if (error) {
           const code = grpc.status[error.code] ?? String(error.code)
-          resume(Effect.fail(new ProbeFailed({ reason: `${code}: ${error.details}`, cause: error })))
+          report(new ProbeFailed({ reason: `${code}: ${error.details}`, cause: error }))
         } else if (response?.status === "SERVING") {
-          resume(Effect.void)
+          report(undefined)
         } else {
-          resume(Effect.fail(new ProbeFailed({ reason: response?.status ?? "empty response" })))
+          report(new ProbeFailed({ reason: response?.status ?? "empty response" }))
         }
       }
     )
     return () => call.cancel()
   })
+
+export const grpcProbe = (client: grpc.Client, check: GrpcCheck): Effect.Effect<void, ProbeFailed> =>
+  runProbe(grpcProbeStart(client, check))
 
 export interface GrpcPoolOptions {
   /**

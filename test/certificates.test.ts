@@ -25,7 +25,7 @@ import { activateRoot, introduceRoot } from "../src/commands/ca.js"
 import "reflect-metadata"
 import * as x509 from "@peculiar/x509"
 import * as NodeCrypto from "node:crypto"
-import { createRoot, keyIdentifier, loadAuthority, signWorkload } from "../src/certs/Authority.js"
+import { createRoot, issueWorkload, keyIdentifier, loadAuthority, signWorkload } from "../src/certs/Authority.js"
 import { renewalTime, serialFraction } from "../src/certs/Rotation.js"
 import { mayReadSecret, ROOT_CA_SECRET, secretResources } from "../src/certs/Sds.js"
 import { parseMeshPrincipal, parseSpiffeId } from "../src/certs/Spiffe.js"
@@ -624,23 +624,58 @@ describe("faults at the worst moment", () => {
 })
 
 describe("the direct DER path (issue 16)", () => {
+  const rootAuthority = (keyAlgorithm: "ecdsa-p256" | "rsa-2048") =>
+    Effect.gen(function*() {
+      const root = yield* createRoot({
+        meshName: "home lab",
+        trustDomain: "mesh.local",
+        keyAlgorithm,
+        now: new Date(START),
+        validityMillis: 365 * 24 * HOUR
+      })
+      const authority = yield* loadAuthority({
+        certPem: root.certPem,
+        certFile: "ca.pem",
+        keyPem: root.keyPem,
+        keyFile: "ca-key.pem"
+      })
+      return { root, authority }
+    })
   for (const keyAlgorithm of ["ecdsa-p256", "rsa-2048"] as const) {
+    it.scopedLive(`issueWorkload's key is the PKCS#8 OpenSSL writes, and is the certificate's (${keyAlgorithm})`, () =>
+      Effect.gen(function*() {
+        const dir = yield* tempDir
+        const { authority } = yield* rootAuthority(keyAlgorithm)
+        // Several P-256 keys: a component with leading zero bytes must still be encoded at full length.
+        for (let i = 0; i < (keyAlgorithm === "ecdsa-p256" ? 50 : 2); i++) {
+          const issued = yield* issueWorkload(authority, {
+            spiffeId: "spiffe://mesh.local/service/echo",
+            commonName: "echo",
+            organization: "home lab",
+            dnsNames: ["echo"],
+            keyAlgorithm,
+            now: new Date(START + 1234),
+            ttlMillis: 24 * HOUR
+          })
+          const keyPem = Redacted.value(issued.keyPem)
+          const key = NodeCrypto.createPrivateKey(keyPem)
+          assert.strictEqual(key.asymmetricKeyType, keyAlgorithm === "ecdsa-p256" ? "ec" : "rsa")
+          assert.strictEqual(key.export({ format: "pem", type: "pkcs8" }), keyPem)
+          assert.isTrue(new X509Certificate(issued.certPem).checkPrivateKey(key))
+          if (i > 0) continue
+          const files = yield* writeFiles(dir, { "key.pem": keyPem, "leaf.pem": issued.certPem })
+          // OpenSSL reads the key and re-writes it to the same bytes; its public half is the certificate's.
+          assert.strictEqual(openssl(["pkey", "-in", files["key.pem"]!]).output, keyPem)
+          assert.strictEqual(
+            openssl(["pkey", "-in", files["key.pem"]!, "-pubout"]).output,
+            openssl(["x509", "-in", files["leaf.pem"]!, "-noout", "-pubkey"]).output
+          )
+        }
+      }))
     it.scopedLive(`signWorkload's certificate equals @peculiar/x509's for the same key, and openssl verifies it (${keyAlgorithm})`, () =>
       Effect.gen(function*() {
         const dir = yield* tempDir
-        const root = yield* createRoot({
-          meshName: "home lab",
-          trustDomain: "mesh.local",
-          keyAlgorithm,
-          now: new Date(START),
-          validityMillis: 365 * 24 * HOUR
-        })
-        const authority = yield* loadAuthority({
-          certPem: root.certPem,
-          certFile: "ca.pem",
-          keyPem: root.keyPem,
-          keyFile: "ca-key.pem"
-        })
+        const { authority, root } = yield* rootAuthority(keyAlgorithm)
         // An externally made key (as the agent's CSR brings): the CA signs its public half only.
         const pair = keyAlgorithm === "ecdsa-p256"
           ? NodeCrypto.generateKeyPairSync("ec", { namedCurve: "prime256v1" })

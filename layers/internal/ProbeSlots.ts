@@ -2,12 +2,11 @@
  * A counting semaphore with a deadline per waiter and O(1) hand-off: the slot pool behind
  * Health's global bound on probes in flight.
  */
-import { Effect } from "effect"
 
 /** A probe waiting for a slot: granted (`true`) or skipped (`false`, its deadline passed first). */
 interface SlotWaiter {
   readonly deadline: number
-  readonly resume: (granted: Effect.Effect<boolean>) => void
+  readonly resume: (granted: boolean) => void
   state: "waiting" | "granted" | "cancelled"
 }
 
@@ -36,24 +35,25 @@ export class ProbeSlots {
     return n
   }
 
-  /** `true` once a slot is held (give it back with `release`), `false` if `deadline` passed first. */
-  acquire(deadline: number): Effect.Effect<boolean> {
-    return Effect.async<boolean>((resume) => {
-      if (this.taken < this.max && this.head === this.queue.length) {
-        this.taken++
-        resume(Effect.succeed(true))
-        return
-      }
-      const waiter: SlotWaiter = { deadline, resume, state: "waiting" }
-      this.queue.push(waiter)
-      // Only cancelled waiters ahead of it and a slot free: hand it over now.
-      if (this.taken < this.max) this.grant()
-      return Effect.sync(() => {
-        // Interrupted while waiting; if the slot was handed over in the meantime, give it back.
-        if (waiter.state === "waiting") waiter.state = "cancelled"
-        else if (waiter.state === "granted") this.release()
-      })
-    })
+  /**
+   * Asks for a slot: `onGrant(true)` once one is held (give it back with `release`), `onGrant(false)`
+   * if `deadline` passed first; either may come before this returns. Callbacks rather than an effect:
+   * Health's probe loop waits for its slot, probes and records in one async step. The function
+   * returned withdraws a request still waiting (a granted slot is the caller's to release).
+   */
+  request(deadline: number, onGrant: (granted: boolean) => void): () => void {
+    if (this.taken < this.max && this.head === this.queue.length) {
+      this.taken++
+      onGrant(true)
+      return noop
+    }
+    const waiter: SlotWaiter = { deadline, resume: onGrant, state: "waiting" }
+    this.queue.push(waiter)
+    // Only cancelled waiters ahead of it and a slot free: hand it over now.
+    if (this.taken < this.max) this.grant()
+    return () => {
+      if (waiter.state === "waiting") waiter.state = "cancelled"
+    }
   }
 
   release(): void {
@@ -70,12 +70,12 @@ export class ProbeSlots {
       now ??= this.now()
       if (waiter.deadline <= now) {
         waiter.state = "cancelled"
-        waiter.resume(Effect.succeed(false))
+        waiter.resume(false)
         continue
       }
       waiter.state = "granted"
       this.taken++
-      waiter.resume(Effect.succeed(true))
+      waiter.resume(true)
     }
     if (this.head === this.queue.length) {
       this.queue.length = 0
@@ -86,3 +86,5 @@ export class ProbeSlots {
     }
   }
 }
+
+const noop = () => {}

@@ -59,8 +59,12 @@ export const initialState = (now: number): EndpointState => ({
 /** Appends to a bounded history, dropping the oldest entries beyond `limit`. */
 export const appendBounded = <A>(history: ReadonlyArray<A>, item: A, limit: number): ReadonlyArray<A> => {
   if (limit <= 0) return []
-  const kept = history.length >= limit ? history.slice(history.length - limit + 1) : history
-  return [...kept, item]
+  // One new array per call (this runs for every probe): the kept tail is copied straight into it.
+  const from = Math.max(0, history.length - limit + 1)
+  const next = new Array<A>(history.length - from + 1)
+  for (let i = from; i < history.length; i++) next[i - from] = history[i]!
+  next[next.length - 1] = item
+  return next
 }
 
 const nextHealth = (
