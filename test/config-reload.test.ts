@@ -1,3 +1,4 @@
+import { NodeContext } from "@effect/platform-node"
 import { afterEach, assert, describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { spawn } from "node:child_process"
@@ -5,7 +6,7 @@ import { existsSync, mkdtempSync, renameSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { pathToFileURL } from "node:url"
-import { LiveConfig } from "../layers/LiveConfig.js"
+import { LiveConfig, loadFile } from "../layers/LiveConfig.js"
 import { aliasBomb } from "./support/aliasBomb.js"
 import { type Daemon, jsonLogs, MAIN, requireBuild, startDaemon } from "./support/daemon.js"
 import { eventually, waitFor } from "./support/eventually.js"
@@ -197,4 +198,34 @@ certificates: { dir: ${JSON.stringify(join(tmpdir(), "mesh-sighup-certs"))} }
       child.kill("SIGKILL")
     }
   }, 90_000)
+})
+
+describe("loadFile given the config in force", () => {
+  it.effect("gives it back for the same text at the same path, decodes a changed text or another path", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(join(tmpdir(), "mesh-load-"))
+      const path = join(dir, "mesh.yaml")
+      const other = join(dir, "other.yaml")
+      const text =
+        "mesh: { name: lab }\nservices:\n  - { name: web, port: 8080, endpoints: [{ address: 127.0.0.1, port: 8080 }] }\n"
+      writeFileSync(path, text)
+      writeFileSync(other, text)
+      const first = yield* loadFile(path)
+      // A periodic check of an unchanged file: the same value, not a second decode.
+      writeFileSync(path, text)
+      expect(yield* loadFile(path, first)).toBe(first)
+      // The same text at another path is another source: decoded, with its own source.
+      const elsewhere = yield* loadFile(other, first)
+      expect(elsewhere).not.toBe(first)
+      expect(elsewhere.source).toBe(other)
+      expect(elsewhere.hash).toBe(first.hash)
+      // A changed text is decoded, and a broken one still fails.
+      writeFileSync(path, text.replace("port: 8080 }", "port: 8081 }"))
+      const changed = yield* loadFile(path, first)
+      expect(changed).not.toBe(first)
+      expect(changed.config.services[0]?.endpoints[0]?.port).toBe(8081)
+      writeFileSync(path, "mesh: [")
+      const broken = yield* Effect.flip(loadFile(path, first))
+      expect(broken._tag).toBe("ConfigInvalid")
+    }).pipe(Effect.provide(NodeContext.layer)))
 })
