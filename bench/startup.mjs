@@ -5,10 +5,13 @@
  *   npm run bench:startup                                  # builds, then the defaults below
  *   node bench/startup.mjs [--rounds 5] [--big-rounds 3] [--services 5000] [--idle 2000] [--skip-big]
  *                          [--root DIR]   (another checkout's build, e.g. the branch point's, for a before/after)
+ *                          [--node-flags "FLAGS"]   (Node/V8 flags for the bin rows instead of the image's)
  *
  * Rows (each the median of its rounds: wall clock from spawn, CPU time of the process (user +
  * system, all threads; to readiness for the daemons), peak or idle RSS). On a shared machine the
  * wall clock follows the load; CPU time and RSS much less so:
+ * The bin rows run the executable the way the image does: `node <the Dockerfile ENTRYPOINT's flags>
+ * dist/bin/mesh-controller.mjs` (`--node-flags ""` runs it without; `npm start` has the same flags).
  * - `--version`, `--help`: the executable (dist/bin, the bundle the bin and the image run) and the
  *   per-module build (dist/src/main.js, what a library consumer's imports load), against
  *   `node -e ""` (the floor: starting Node at all).
@@ -48,6 +51,11 @@ const SERVICES = numberArg("services", 5000)
 const IDLE_MS = numberArg("idle", 2000)
 
 const BIN = join(root, "dist", "bin", "mesh-controller.mjs")
+// The flags between node and the script in the image's exec-form ENTRYPOINT.
+const flagsArg = argv.indexOf("--node-flags")
+const BIN_FLAGS = flagsArg >= 0
+  ? argv[flagsArg + 1].split(" ").filter((flag) => flag !== "")
+  : JSON.parse(/^ENTRYPOINT (\[.*\])$/m.exec(readFileSync(join(root, "Dockerfile"), "utf8"))[1]).slice(1, -1)
 const MODULES = join(root, "dist", "src", "main.js")
 const work = mkdtempSync(join(tmpdir(), "mesh-startup-"))
 
@@ -219,27 +227,29 @@ const fmt = (r, floor) =>
 
 const load = () => loadavg().map((l) => l.toFixed(2)).join(" ")
 console.log(
-  `node ${process.version}, load average at start: ${load()}; medians of ${ROUNDS} rounds (big: ${BIG_ROUNDS})`
+  `node ${process.version}, load average at start: ${load()}; medians of ${ROUNDS} rounds (big: ${BIG_ROUNDS}); bin runs as node ${
+    BIN_FLAGS.join(" ")
+  }`
 )
 try {
   const nodeFloor = await rounds(ROUNDS, () => runOnce(["-e", ""]))
   console.log(`floor   node -e ""                          ${fmt(nodeFloor, nodeFloor)}`)
-  for (const [label, entry] of [["bin    ", BIN], ["modules", MODULES]]) {
+  for (const [label, entry] of [["bin    ", [...BIN_FLAGS, BIN]], ["modules", [MODULES]]]) {
     for (const flag of ["--version", "--help"]) {
-      const r = await rounds(ROUNDS, () => runOnce([entry, flag]))
+      const r = await rounds(ROUNDS, () => runOnce([...entry, flag]))
       console.log(`${label} ${flag.padEnd(36)}${fmt(r, nodeFloor)}`)
     }
   }
   const serverFloor = await rounds(ROUNDS, () => startToReady([floorServer], 30_000))
   console.log(`floor   bare node:http server → 200 (idle)    ${fmt(serverFloor, serverFloor)}`)
   const example = exampleConfig()
-  for (const [label, entry] of [["bin    ", BIN], ["modules", MODULES]]) {
-    const r = await rounds(ROUNDS, () => startToReady([entry, "run", "--config", example], 60_000))
+  for (const [label, entry] of [["bin    ", [...BIN_FLAGS, BIN]], ["modules", [MODULES]]]) {
+    const r = await rounds(ROUNDS, () => startToReady([...entry, "run", "--config", example], 60_000))
     console.log(`${label} examples/mesh.yaml → /readyz (idle)  ${fmt(r, serverFloor)}`)
   }
   if (!argv.includes("--skip-big")) {
     const big = bigConfig(SERVICES)
-    const r = await rounds(BIG_ROUNDS, () => startToReady([BIN, "run", "--config", big], 600_000))
+    const r = await rounds(BIG_ROUNDS, () => startToReady([...BIN_FLAGS, BIN, "run", "--config", big], 600_000))
     console.log(`bin     ${SERVICES} services → /readyz (idle)   ${fmt(r, serverFloor)}`)
   }
   console.log(`load average at end: ${load()}`)

@@ -2,7 +2,7 @@
  * xDS push benchmark against the physical floor (prints figures; never fails a build).
  *
  *   npm run bench:xds -- [--streams 1000] [--services 1000] [--rounds 5] [--scale 10000]
- *                        [--instrument ../shared/xds-load] [--no-build]
+ *                        [--instrument ../shared/xds-load] [--no-build] [--node-flags "FLAGS"]
  *
  * It runs the instrument's `compare.sh` (see its README): the BUILT controller (`dist`, as the
  * package's bin runs it, not under tsx) beside `floor.mjs`, a bare grpc-js server that writes one
@@ -25,6 +25,8 @@ const USAGE = `usage: npm run bench:xds -- [options]
   --instrument DIR   the xds-load instrument (default ../shared/xds-load from the project root);
                      it needs its own node_modules (compare.sh runs npm ci there once)
   --no-build         use dist/ as it is (default: npm run build first)
+  --node-flags "F"   Node/V8 flags the controller runs with (default: the Dockerfile ENTRYPOINT's,
+                     as the image runs it; "" for none)
   --help             this text`
 
 const root = NodePath.resolve(NodePath.dirname(fileURLToPath(import.meta.url)), "..")
@@ -51,9 +53,10 @@ const int = (name: string, fallback: number): number => {
   }
   return value
 }
-const known = new Set(["--streams", "--services", "--rounds", "--scale", "--instrument", "--no-build"])
-for (const a of args) {
-  if (a.startsWith("--") && !known.has(a)) {
+const known = new Set(["--streams", "--services", "--rounds", "--scale", "--instrument", "--no-build", "--node-flags"])
+for (const [i, a] of args.entries()) {
+  // The value of --node-flags is itself made of flags.
+  if (a.startsWith("--") && !known.has(a) && args[i - 1] !== "--node-flags") {
     console.error(`unknown option ${a}\n${USAGE}`)
     process.exit(2)
   }
@@ -64,6 +67,12 @@ const rounds = int("--rounds", 5)
 const scale = args.includes("--scale") ? int("--scale", 10_000) : undefined
 const instrument = NodePath.resolve(root, option("--instrument", "../shared/xds-load"))
 const compare = NodePath.join(instrument, "compare.sh")
+// The flags between node and the script in the image's exec-form ENTRYPOINT: the controller runs as
+// the image runs it.
+const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(NodeFs.readFileSync(NodePath.join(root, "Dockerfile"), "utf8"))
+const nodeFlags = args.includes("--node-flags")
+  ? (args[args.indexOf("--node-flags") + 1] ?? "").split(" ").filter((flag) => flag !== "")
+  : (JSON.parse(entrypoint?.[1] ?? "[]") as ReadonlyArray<string>).slice(1, -1)
 if (!NodeFs.existsSync(compare)) {
   console.error(`no compare.sh in ${instrument}: pass --instrument <dir of xds-load>`)
   process.exit(2)
@@ -82,22 +91,28 @@ interface Figures {
 }
 
 /**
- * Two mismatches between compare.sh and the controller, mended in a copy (in a temporary folder
+ * Three mismatches between compare.sh and the controller, mended in a copy (in a temporary folder
  * beside links to the instrument's other files; the instrument itself is untouched):
  * - it names the service its registration goes to with `printf %04d`, while mesh.mjs pads names to
  *   the digits of the service count (`svc-00001` at 10,000): there the "one change" would create a
  *   new service (a new cluster, the whole CDS to every SotW stream) instead of adding an endpoint;
  * - its registration POST carries no credential, and the admin server answers such a POST with 401
  *   (the change never happens and the API rows print no figures): the copy sends the admin token the
- *   controller generated in the run's state dir (`certificates: {dir: $W/state}`).
+ *   controller generated in the run's state dir (`certificates: {dir: $W/state}`);
+ * - it starts the controller as `node "$BIN" run`, without the Node flags the image's ENTRYPOINT
+ *   runs it with: the copy adds them (`nodeFlags`).
  */
 const compareFor = (serviceCount: number): string => {
   const width = Math.max(4, String(serviceCount).length)
   const text = NodeFs.readFileSync(compare, "utf8")
   const post = "curl -s -o /dev/null -X POST -H content-type:application/json"
-  if (!text.includes("printf %04d") || !text.includes(post) || !text.includes("certificates: {dir: $W/state}")) {
+  const start = `node "$BIN" run`
+  if (
+    !text.includes("printf %04d") || !text.includes(post) || !text.includes("certificates: {dir: $W/state}") ||
+    !text.includes(start)
+  ) {
     console.error(
-      "compare.sh no longer names the target with printf %04d, POSTs with curl or keeps its state in $W/state"
+      "compare.sh no longer names the target with printf %04d, POSTs with curl, keeps its state in $W/state or starts node \"$BIN\" run"
     )
     process.exit(2)
   }
@@ -109,7 +124,10 @@ const compareFor = (serviceCount: number): string => {
   const withToken = `${post} -H \\"authorization: Bearer \\$(cat $W/state/admin-token)\\"`
   NodeFs.writeFileSync(
     patched,
-    text.replaceAll("printf %04d", `printf %0${width}d`).replace(post, withToken),
+    text.replaceAll("printf %04d", `printf %0${width}d`).replace(post, withToken).replace(
+      start,
+      ["node", ...nodeFlags, `"$BIN" run`].join(" ")
+    ),
     { mode: 0o755 }
   )
   process.on("exit", () => NodeFs.rmSync(dir, { recursive: true, force: true }))
@@ -161,7 +179,11 @@ const ratio = (a: number | undefined, b: number | undefined) =>
   a === undefined || b === undefined || b === 0 ? "?" : `${(a / b).toFixed(2)}x`
 
 const load = () => NodeOs.loadavg().map((n) => n.toFixed(2)).join(", ")
-console.log(`xds bench: ${streams} streams, ${services} services x 3 endpoints, ${rounds} rounds (medians)`)
+console.log(
+  `xds bench: ${streams} streams, ${services} services x 3 endpoints, ${rounds} rounds (medians); controller: node ${
+    nodeFlags.join(" ")
+  }`
+)
 console.log(
   `machine: ${NodeOs.cpus().length} x ${
     NodeOs.cpus()[0]?.model ?? "?"

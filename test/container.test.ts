@@ -23,6 +23,11 @@ import { requireBuild, startDaemon } from "./support/daemon.js"
  * stop signal.
  */
 const RUNTIME_UID = 65532
+// The Node flags between node and the script in the image's exec-form ENTRYPOINT.
+const IMAGE_NODE_FLAGS =
+  (JSON.parse(/^ENTRYPOINT (\[.*\])$/m.exec(readFileSync("Dockerfile", "utf8"))?.[1] ?? "[]") as ReadonlyArray<
+    string
+  >).slice(1, -1)
 const asRoot = process.getuid?.() === 0
 
 let root = ""
@@ -63,6 +68,11 @@ afterAll(() => {
 }, 180_000)
 
 describe("the container's process, run as the image runs it", () => {
+  it("runs the daemon with the same Node flags as `npm start`", () => {
+    const start: string = JSON.parse(readFileSync("package.json", "utf8")).scripts.start
+    expect(start).toContain(["node", ...IMAGE_NODE_FLAGS, "dist/bin/mesh-controller.mjs run"].join(" "))
+  })
+
   it("has no development dependency installed", () => {
     for (const devOnly of ["vitest", "typescript", "@effect/vitest"]) {
       expect(existsSync(join(app, "node_modules", devOnly))).toBe(false)
@@ -77,7 +87,7 @@ describe("the container's process, run as the image runs it", () => {
       : []
     const daemon = await startDaemon(join(etc, "mesh.yaml"), {
       command,
-      args: [...prefix, join(app, "dist", "bin", "mesh-controller.mjs")],
+      args: [...prefix, ...IMAGE_NODE_FLAGS, join(app, "dist", "bin", "mesh-controller.mjs")],
       cwd: app,
       env: { NODE_ENV: "production" }
     })
