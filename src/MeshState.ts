@@ -76,6 +76,56 @@ export const sortedByName = (services: ReadonlyArray<Service>): ReadonlyArray<Se
   return markSortedByName(services)
 }
 
+/** How a published registry was made from an earlier one: only the services named in `changed` differ. */
+interface Derivation {
+  /** Weak, so a long chain of registries does not keep every earlier array alive. */
+  readonly from: WeakRef<ReadonlyArray<Service>>
+  readonly changed: ReadonlySet<string>
+}
+const derivations = new WeakMap<ReadonlyArray<Service>, Derivation>()
+const NOTHING: ReadonlySet<string> = new Set()
+
+/**
+ * Records that `next` is `from` with only the services named in `changed` added, removed or
+ * replaced (every other element the same object, in the same order): `changedSince` then answers
+ * in O(changed) what a scan of every service would.
+ */
+export const markDerived = <A extends ReadonlyArray<Service>>(
+  next: A,
+  from: ReadonlyArray<Service>,
+  changed: ReadonlySet<string>
+): A => {
+  if (next !== from) derivations.set(next, { from: new WeakRef(from), changed })
+  return next
+}
+
+/**
+ * The names of the services that may differ between `before` and `now` (added, removed or another
+ * object), when `now` was derived from `before` by `markDerived` steps (at most `maxSteps`, every
+ * intermediate array still alive); undefined when that is not known: compare them whole. A superset:
+ * a named service may be the same object in both.
+ */
+export const changedSince = (
+  before: ReadonlyArray<Service>,
+  now: ReadonlyArray<Service>,
+  maxSteps = 16
+): ReadonlySet<string> | undefined => {
+  if (before === now) return NOTHING
+  let names: Set<string> | undefined
+  let at = now
+  for (let step = 0; step < maxSteps; step++) {
+    const derivation = derivations.get(at)
+    const from = derivation?.from.deref()
+    if (derivation === undefined || from === undefined) return undefined
+    if (from === before && names === undefined) return derivation.changed
+    names ??= new Set()
+    for (const name of derivation.changed) names.add(name)
+    if (from === before) return names
+    at = from
+  }
+  return undefined
+}
+
 /** Where a service named `name` is, or would go, in `sorted` (sorted by name): a binary search. */
 export const indexByName = (sorted: ReadonlyArray<{ readonly name: string }>, name: string): number => {
   let lo = 0

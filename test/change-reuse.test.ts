@@ -10,8 +10,10 @@ import { Context, Effect, Either, Layer, Stream } from "effect"
 import { Discovery } from "../layers/Discovery.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { decodeConfigWithPolicy } from "../src/ConfigDocument.js"
+import { RegistryMerger, sameServices } from "../src/discovery/Merge.js"
+import { RegistrationStore } from "../src/discovery/RegistrationStore.js"
 import { emptyView } from "../src/health/Routing.js"
-import { type Service, servicesFromConfig } from "../src/MeshState.js"
+import { changedSince, type Service, servicesFromConfig } from "../src/MeshState.js"
 import { composeMeshState } from "../src/xds/Compose.js"
 import { LayeredMap } from "../src/xds/LayeredMap.js"
 import { TypeUrls } from "../src/xds/Protos.js"
@@ -85,6 +87,60 @@ describe("a one-endpoint change keeps the unchanged services by identity", () =>
     assert.deepStrictEqual([...incremental.availability].sort(), [...fresh.availability].sort())
     // Back to the first registry: the first version again (versions are content hashes).
     assert.strictEqual(buildSnapshot(state(base), incremental).version, from.version)
+  })
+
+  it("the merger names the services it replaced: comparisons and rebuilds that look at those alone agree with whole ones", () => {
+    const { config, policy } = checked(30)
+    const state = (services: ReadonlyArray<Service>) => composeMeshState(config, policy, services, emptyView)
+    const configServices = servicesFromConfig(config)
+    const store = new RegistrationStore()
+    const merger = new RegistryMerger()
+    const consul = new Map()
+    const merge = () =>
+      merger.merge(configServices, (s) => store.forService(s), store.serviceNames(), store.takeChanged(), consul)
+    const register = (service: string, address: string, weight = 1) =>
+      store.add({ service, address, port: 8080, weight, labels: {} }, undefined, () => true)
+    let services = merge()
+    let snapshot = buildSnapshot(state(services))
+    const steps: ReadonlyArray<readonly [string, () => unknown]> = [
+      ["an endpoint added", () => register("svc-3", "10.9.9.1")],
+      ["two services at once", () => (register("svc-4", "10.9.9.2"), register("svc-20", "10.9.9.3"))],
+      ["a registration replaced", () => register("svc-3", "10.9.9.1", 5)],
+      ["the same registration again", () => register("svc-3", "10.9.9.1", 5)],
+      ["a service only the API knows", () => register("zzz-new", "10.9.9.4")],
+      ["its endpoint added to", () => register("zzz-new", "10.9.9.5")],
+      ["it leaves", () => (store.remove("zzz-new", "10.9.9.4:8080"), store.remove("zzz-new", "10.9.9.5:8080"))],
+      ["an API endpoint removed", () => store.remove("svc-4", "10.9.9.2:8080")]
+    ]
+    for (const [step, change] of steps) {
+      change()
+      const next = merge()
+      const differing = new Set<string>()
+      for (const s of next) if (services.find((b) => b.name === s.name) !== s) differing.add(s.name)
+      for (const b of services) if (!next.some((s) => s.name === b.name)) differing.add(b.name)
+      const named = changedSince(services, next)
+      assert.isDefined(named, step)
+      for (const name of differing) assert.isTrue(named!.has(name), `${step}: ${name}`)
+      const whole = services.length === next.length &&
+        services.every((s, i) => JSON.stringify(s) === JSON.stringify(next[i]))
+      assert.strictEqual(sameServices(services, next), whole, step)
+      const incremental = buildSnapshot(state(next), snapshot)
+      const fresh = buildSnapshot(state(next))
+      assert.strictEqual(incremental.version, fresh.version, step)
+      assert.deepStrictEqual(names(incremental), names(fresh), step)
+      assert.deepStrictEqual([...incremental.availability].sort(), [...fresh.availability].sort(), step)
+      services = next
+      snapshot = incremental
+    }
+    // Several publishes apart (a debounced rebuild sees only the last): the names add up.
+    const first = services
+    register("svc-1", "10.9.9.6")
+    merge()
+    register("svc-2", "10.9.9.7")
+    const last = merge()
+    assert.deepStrictEqual([...changedSince(first, last)!].sort(), ["svc-1", "svc-2"])
+    const incremental = buildSnapshot(state(last), snapshot)
+    assert.strictEqual(incremental.version, buildSnapshot(state(last)).version)
   })
 
   it("LayeredMap: changes over a shared base read as a plain map, and the base never changes", () => {
