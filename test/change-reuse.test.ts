@@ -160,5 +160,28 @@ describe("a one-endpoint change keeps the unchanged services by identity", () =>
     assert.strictEqual(many.size, 700)
     assert.strictEqual(many.get("k5"), 1405)
     assert.deepStrictEqual([...many.keys()], Array.from({ length: 700 }, (_, i) => `k${i}`), "folding keeps the order")
+    // Every earlier map keeps reading what it read, and a map made from an earlier one (a branch)
+    // does not change the later ones.
+    const big = LayeredMap.of(new Map<string, number>(Array.from({ length: 2000 }, (_, i) => [`k${i}`, i])))
+    const versions = [big]
+    for (let i = 0; i < 300; i++) versions.push(versions[versions.length - 1]!.with([[`k${i % 7}`, 10_000 + i]]))
+    const branch = versions[100]!.with([["k1", -1], ["k2", undefined], ["new", 5]])
+    versions.forEach((v, n) => {
+      for (let k = 0; k < 7; k++) {
+        const last = [...Array(n).keys()].filter((i) => i % 7 === k).pop()
+        assert.strictEqual(v.get(`k${k}`), last === undefined ? k : 10_000 + last, `version ${n}, k${k}`)
+      }
+      assert.strictEqual(v.size, 2000)
+    })
+    assert.deepStrictEqual([branch.get("k1"), branch.has("k2"), branch.get("new"), branch.get("k3"), branch.size], [
+      -1,
+      false,
+      5,
+      10_000 + 94,
+      2000
+    ])
+    assert.deepStrictEqual([...branch.with([["k2", 2]])].length, 2001)
+    assert.strictEqual(versions[300]!.get("k1"), 10_000 + 295)
+    assert.isFalse(versions[300]!.has("new"))
   })
 })
