@@ -13,7 +13,7 @@ import { decodeConfigWithPolicy } from "../src/ConfigDocument.js"
 import { RegistryMerger, sameServices } from "../src/discovery/Merge.js"
 import { RegistrationStore } from "../src/discovery/RegistrationStore.js"
 import { emptyView } from "../src/health/Routing.js"
-import { changedSince, type Service, servicesFromConfig } from "../src/MeshState.js"
+import { changedSince, type EndpointHealth, type Service, servicesFromConfig } from "../src/MeshState.js"
 import { composeMeshState } from "../src/xds/Compose.js"
 import { LayeredMap } from "../src/xds/LayeredMap.js"
 import { TypeUrls } from "../src/xds/Protos.js"
@@ -141,6 +141,37 @@ describe("a one-endpoint change keeps the unchanged services by identity", () =>
     assert.deepStrictEqual([...changedSince(first, last)!].sort(), ["svc-1", "svc-2"])
     const incremental = buildSnapshot(state(last), snapshot)
     assert.strictEqual(incremental.version, buildSnapshot(state(last)).version)
+  })
+
+  it("with endpoint health in the view, the composed services still name what changed; the build equals a fresh one", () => {
+    const { config, policy } = checked(30)
+    const store = new RegistrationStore()
+    const merger = new RegistryMerger()
+    const consul = new Map()
+    const configServices = servicesFromConfig(config)
+    const merge = () =>
+      merger.merge(
+        configServices,
+        (s) => store.forService(s),
+        store.serviceNames(),
+        store.takeChanged(),
+        consul
+      )
+    const view = new Map<string, ReadonlyMap<string, EndpointHealth>>([
+      ["svc-3", new Map([["10.0.3.1:8080", "unhealthy"]])],
+      ["svc-7", new Map([["10.0.7.2:8080", "healthy"]])]
+    ])
+    const first = composeMeshState(config, policy, merge(), view)
+    const from = buildSnapshot(first)
+    store.add({ service: "svc-7", address: "10.9.9.9", port: 8080, weight: 1, labels: {} }, undefined, () => true)
+    const second = composeMeshState(config, policy, merge(), view)
+    assert.deepStrictEqual([...changedSince(first.services, second.services)!], ["svc-7"])
+    assert.strictEqual(second.services.find((s) => s.name === "svc-3"), first.services.find((s) => s.name === "svc-3"))
+    const incremental = buildSnapshot(second, from)
+    const fresh = buildSnapshot(second)
+    assert.strictEqual(incremental.version, fresh.version)
+    assert.deepStrictEqual(names(incremental), names(fresh))
+    assert.deepStrictEqual([...incremental.changes!.names.get(TypeUrls.ClusterLoadAssignment)!], ["svc-7"])
   })
 
   it("LayeredMap: changes over a shared base read as a plain map, and the base never changes", () => {
