@@ -76,14 +76,22 @@ export const sortedByName = (services: ReadonlyArray<Service>): ReadonlyArray<Se
   return markSortedByName(services)
 }
 
-/** How a published registry was made from an earlier one: only the services named in `changed` differ. */
-interface Derivation {
-  /** Weak, so a long chain of registries does not keep every earlier array alive. */
-  readonly from: WeakRef<ReadonlyArray<Service>>
-  readonly changed: ReadonlySet<string>
-}
-const derivations = new WeakMap<ReadonlyArray<Service>, Derivation>()
+/**
+ * How published registries were made from earlier ones: each marked array gets a number, and the
+ * last `RECENT` steps are kept (number → the earlier array's number and the names that differ). No
+ * reference to an earlier array is held: a chain of registries keeps nothing alive.
+ */
+const ids = new WeakMap<ReadonlyArray<Service>, number>()
+const steps = new Map<number, { readonly from: number; readonly changed: ReadonlySet<string> }>()
+const RECENT = 64
+let lastId = 0
 const NOTHING: ReadonlySet<string> = new Set()
+
+const idOf = (services: ReadonlyArray<Service>): number => {
+  let id = ids.get(services)
+  if (id === undefined) ids.set(services, id = ++lastId)
+  return id
+}
 
 /**
  * Records that `next` is `from` with only the services named in `changed` added, removed or
@@ -95,15 +103,18 @@ export const markDerived = <A extends ReadonlyArray<Service>>(
   from: ReadonlyArray<Service>,
   changed: ReadonlySet<string>
 ): A => {
-  if (next !== from) derivations.set(next, { from: new WeakRef(from), changed })
+  if (next === from) return next
+  const step = { from: idOf(from), changed }
+  steps.set(idOf(next), step)
+  if (steps.size > RECENT) steps.delete(steps.keys().next().value!)
   return next
 }
 
 /**
  * The names of the services that may differ between `before` and `now` (added, removed or another
- * object), when `now` was derived from `before` by `markDerived` steps (at most `maxSteps`, every
- * intermediate array still alive); undefined when that is not known: compare them whole. A superset:
- * a named service may be the same object in both.
+ * object), when `now` was derived from `before` by recent `markDerived` steps (at most `maxSteps`);
+ * undefined when that is not known: compare them whole. A superset: a named service may be the
+ * same object in both.
  */
 export const changedSince = (
   before: ReadonlyArray<Service>,
@@ -111,17 +122,18 @@ export const changedSince = (
   maxSteps = 16
 ): ReadonlySet<string> | undefined => {
   if (before === now) return NOTHING
+  const target = ids.get(before)
+  let at = ids.get(now)
+  if (target === undefined || at === undefined) return undefined
   let names: Set<string> | undefined
-  let at = now
-  for (let step = 0; step < maxSteps; step++) {
-    const derivation = derivations.get(at)
-    const from = derivation?.from.deref()
-    if (derivation === undefined || from === undefined) return undefined
-    if (from === before && names === undefined) return derivation.changed
+  for (let n = 0; n < maxSteps; n++) {
+    const step = steps.get(at)
+    if (step === undefined) return undefined
+    if (step.from === target && names === undefined) return step.changed
     names ??= new Set()
-    for (const name of derivation.changed) names.add(name)
-    if (from === before) return names
-    at = from
+    for (const name of step.changed) names.add(name)
+    if (step.from === target) return names
+    at = step.from
   }
   return undefined
 }
