@@ -34,7 +34,14 @@ import {
   type RegistrationRefused,
   RegistrationStore
 } from "../src/discovery/RegistrationStore.js"
-import { endpointKey, findByName, type RegistrySource, type Service, servicesFromConfig } from "../src/MeshState.js"
+import {
+  changedSince,
+  endpointKey,
+  findByName,
+  type RegistrySource,
+  type Service,
+  servicesFromConfig
+} from "../src/MeshState.js"
 import {
   type BlockingQuery,
   blockingWatch,
@@ -285,7 +292,25 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
     // change costs one service's work here and downstream (the snapshot builder compares by identity).
     const merger = new RegistryMerger()
     const hostExpansion = new HostExpansion()
-    let counted = false
+    // Services per source, for the gauge: kept up to date from the services the merger replaced,
+    // so a one-endpoint publish does not count every service again.
+    const counts = { config: 0, api: 0, consul: 0 }
+    let counted: ReadonlyArray<Service> | undefined
+    const countSources = (services: ReadonlyArray<Service>) => {
+      const names = counted === undefined ? undefined : changedSince(counted, services)
+      if (names === undefined) {
+        counts.config = counts.api = counts.consul = 0
+        for (const service of services) counts[service.source]++
+      } else {
+        for (const name of names) {
+          const before = findByName(counted!, name)
+          const now = findByName(services, name)
+          if (before !== undefined) counts[before.source]--
+          if (now !== undefined) counts[now.source]++
+        }
+      }
+      counted = services
+    }
     const publish = lock.withPermits(1)(
       Effect.gen(function*() {
         const configured = yield* Ref.get(configServices)
@@ -307,11 +332,9 @@ const make = (options: DiscoveryOptions, consulClient: Context.Tag.Service<Consu
         const entries = yield* Ref.get(dns)
         const resolved = hostExpansion.expand(merged, (host) => entries.get(host)?.addresses ?? [])
         const same = sameServices(yield* SubscriptionRef.get(output), resolved)
-        if (same && counted) return
-        counted = true
+        if (same && counted !== undefined) return
         if (!same) yield* SubscriptionRef.set(output, resolved)
-        const counts = { config: 0, api: 0, consul: 0 }
-        for (const service of resolved) counts[service.source]++
+        countSources(resolved)
         for (const source of ["config", "api", "consul"] as const) servicesBySource.set({ source }, counts[source])
       })
     )

@@ -76,6 +76,68 @@ export const sortedByName = (services: ReadonlyArray<Service>): ReadonlyArray<Se
   return markSortedByName(services)
 }
 
+/**
+ * How published registries were made from earlier ones: each marked array gets a number, and the
+ * last `RECENT` steps are kept (number → the earlier array's number and the names that differ). No
+ * reference to an earlier array is held: a chain of registries keeps nothing alive.
+ */
+const ids = new WeakMap<ReadonlyArray<Service>, number>()
+const steps = new Map<number, { readonly from: number; readonly changed: ReadonlySet<string> }>()
+const RECENT = 64
+let lastId = 0
+const NOTHING: ReadonlySet<string> = new Set()
+
+const idOf = (services: ReadonlyArray<Service>): number => {
+  let id = ids.get(services)
+  if (id === undefined) ids.set(services, id = ++lastId)
+  return id
+}
+
+/**
+ * Records that `next` is `from` with only the services named in `changed` added, removed or
+ * replaced (every other element the same object, in the same order): `changedSince` then answers
+ * in O(changed) what a scan of every service would.
+ */
+export const markDerived = <A extends ReadonlyArray<Service>>(
+  next: A,
+  from: ReadonlyArray<Service>,
+  changed: ReadonlySet<string>
+): A => {
+  if (next === from) return next
+  const step = { from: idOf(from), changed }
+  steps.set(idOf(next), step)
+  if (steps.size > RECENT) steps.delete(steps.keys().next().value!)
+  return next
+}
+
+/**
+ * The names of the services that may differ between `before` and `now` (added, removed or another
+ * object), when `now` was derived from `before` by recent `markDerived` steps (at most `maxSteps`);
+ * undefined when that is not known: compare them whole. A superset: a named service may be the
+ * same object in both.
+ */
+export const changedSince = (
+  before: ReadonlyArray<Service>,
+  now: ReadonlyArray<Service>,
+  maxSteps = 16
+): ReadonlySet<string> | undefined => {
+  if (before === now) return NOTHING
+  const target = ids.get(before)
+  let at = ids.get(now)
+  if (target === undefined || at === undefined) return undefined
+  let names: Set<string> | undefined
+  for (let n = 0; n < maxSteps; n++) {
+    const step = steps.get(at)
+    if (step === undefined) return undefined
+    if (step.from === target && names === undefined) return step.changed
+    names ??= new Set()
+    for (const name of step.changed) names.add(name)
+    if (step.from === target) return names
+    at = step.from
+  }
+  return undefined
+}
+
 /** Where a service named `name` is, or would go, in `sorted` (sorted by name): a binary search. */
 export const indexByName = (sorted: ReadonlyArray<{ readonly name: string }>, name: string): number => {
   let lo = 0

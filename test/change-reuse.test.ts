@@ -10,8 +10,10 @@ import { Context, Effect, Either, Layer, Stream } from "effect"
 import { Discovery } from "../layers/Discovery.js"
 import { LiveConfig } from "../layers/LiveConfig.js"
 import { decodeConfigWithPolicy } from "../src/ConfigDocument.js"
+import { RegistryMerger, sameServices } from "../src/discovery/Merge.js"
+import { RegistrationStore } from "../src/discovery/RegistrationStore.js"
 import { emptyView } from "../src/health/Routing.js"
-import { type Service, servicesFromConfig } from "../src/MeshState.js"
+import { changedSince, type EndpointHealth, type Service, servicesFromConfig } from "../src/MeshState.js"
 import { composeMeshState } from "../src/xds/Compose.js"
 import { LayeredMap } from "../src/xds/LayeredMap.js"
 import { TypeUrls } from "../src/xds/Protos.js"
@@ -87,6 +89,91 @@ describe("a one-endpoint change keeps the unchanged services by identity", () =>
     assert.strictEqual(buildSnapshot(state(base), incremental).version, from.version)
   })
 
+  it("the merger names the services it replaced: comparisons and rebuilds that look at those alone agree with whole ones", () => {
+    const { config, policy } = checked(30)
+    const state = (services: ReadonlyArray<Service>) => composeMeshState(config, policy, services, emptyView)
+    const configServices = servicesFromConfig(config)
+    const store = new RegistrationStore()
+    const merger = new RegistryMerger()
+    const consul = new Map()
+    const merge = () =>
+      merger.merge(configServices, (s) => store.forService(s), store.serviceNames(), store.takeChanged(), consul)
+    const register = (service: string, address: string, weight = 1) =>
+      store.add({ service, address, port: 8080, weight, labels: {} }, undefined, () => true)
+    let services = merge()
+    let snapshot = buildSnapshot(state(services))
+    const steps: ReadonlyArray<readonly [string, () => unknown]> = [
+      ["an endpoint added", () => register("svc-3", "10.9.9.1")],
+      ["two services at once", () => (register("svc-4", "10.9.9.2"), register("svc-20", "10.9.9.3"))],
+      ["a registration replaced", () => register("svc-3", "10.9.9.1", 5)],
+      ["the same registration again", () => register("svc-3", "10.9.9.1", 5)],
+      ["a service only the API knows", () => register("zzz-new", "10.9.9.4")],
+      ["its endpoint added to", () => register("zzz-new", "10.9.9.5")],
+      ["it leaves", () => (store.remove("zzz-new", "10.9.9.4:8080"), store.remove("zzz-new", "10.9.9.5:8080"))],
+      ["an API endpoint removed", () => store.remove("svc-4", "10.9.9.2:8080")]
+    ]
+    for (const [step, change] of steps) {
+      change()
+      const next = merge()
+      const differing = new Set<string>()
+      for (const s of next) if (services.find((b) => b.name === s.name) !== s) differing.add(s.name)
+      for (const b of services) if (!next.some((s) => s.name === b.name)) differing.add(b.name)
+      const named = changedSince(services, next)
+      assert.isDefined(named, step)
+      for (const name of differing) assert.isTrue(named!.has(name), `${step}: ${name}`)
+      const whole = services.length === next.length &&
+        services.every((s, i) => JSON.stringify(s) === JSON.stringify(next[i]))
+      assert.strictEqual(sameServices(services, next), whole, step)
+      const incremental = buildSnapshot(state(next), snapshot)
+      const fresh = buildSnapshot(state(next))
+      assert.strictEqual(incremental.version, fresh.version, step)
+      assert.deepStrictEqual(names(incremental), names(fresh), step)
+      assert.deepStrictEqual([...incremental.availability].sort(), [...fresh.availability].sort(), step)
+      services = next
+      snapshot = incremental
+    }
+    // Several publishes apart (a debounced rebuild sees only the last): the names add up.
+    const first = services
+    register("svc-1", "10.9.9.6")
+    merge()
+    register("svc-2", "10.9.9.7")
+    const last = merge()
+    assert.deepStrictEqual([...changedSince(first, last)!].sort(), ["svc-1", "svc-2"])
+    const incremental = buildSnapshot(state(last), snapshot)
+    assert.strictEqual(incremental.version, buildSnapshot(state(last)).version)
+  })
+
+  it("with endpoint health in the view, the composed services still name what changed; the build equals a fresh one", () => {
+    const { config, policy } = checked(30)
+    const store = new RegistrationStore()
+    const merger = new RegistryMerger()
+    const consul = new Map()
+    const configServices = servicesFromConfig(config)
+    const merge = () =>
+      merger.merge(
+        configServices,
+        (s) => store.forService(s),
+        store.serviceNames(),
+        store.takeChanged(),
+        consul
+      )
+    const view = new Map<string, ReadonlyMap<string, EndpointHealth>>([
+      ["svc-3", new Map([["10.0.3.1:8080", "unhealthy"]])],
+      ["svc-7", new Map([["10.0.7.2:8080", "healthy"]])]
+    ])
+    const first = composeMeshState(config, policy, merge(), view)
+    const from = buildSnapshot(first)
+    store.add({ service: "svc-7", address: "10.9.9.9", port: 8080, weight: 1, labels: {} }, undefined, () => true)
+    const second = composeMeshState(config, policy, merge(), view)
+    assert.deepStrictEqual([...changedSince(first.services, second.services)!], ["svc-7"])
+    assert.strictEqual(second.services.find((s) => s.name === "svc-3"), first.services.find((s) => s.name === "svc-3"))
+    const incremental = buildSnapshot(second, from)
+    const fresh = buildSnapshot(second)
+    assert.strictEqual(incremental.version, fresh.version)
+    assert.deepStrictEqual(names(incremental), names(fresh))
+    assert.deepStrictEqual([...incremental.changes!.names.get(TypeUrls.ClusterLoadAssignment)!], ["svc-7"])
+  })
+
   it("LayeredMap: changes over a shared base read as a plain map, and the base never changes", () => {
     const base = new Map([["a", 1], ["b", 2], ["c", 3]])
     const one = LayeredMap.of(base).with([["b", 20], ["d", 4], ["a", undefined]])
@@ -104,5 +191,28 @@ describe("a one-endpoint change keeps the unchanged services by identity", () =>
     assert.strictEqual(many.size, 700)
     assert.strictEqual(many.get("k5"), 1405)
     assert.deepStrictEqual([...many.keys()], Array.from({ length: 700 }, (_, i) => `k${i}`), "folding keeps the order")
+    // Every earlier map keeps reading what it read, and a map made from an earlier one (a branch)
+    // does not change the later ones.
+    const big = LayeredMap.of(new Map<string, number>(Array.from({ length: 2000 }, (_, i) => [`k${i}`, i])))
+    const versions = [big]
+    for (let i = 0; i < 300; i++) versions.push(versions[versions.length - 1]!.with([[`k${i % 7}`, 10_000 + i]]))
+    const branch = versions[100]!.with([["k1", -1], ["k2", undefined], ["new", 5]])
+    versions.forEach((v, n) => {
+      for (let k = 0; k < 7; k++) {
+        const last = [...Array(n).keys()].filter((i) => i % 7 === k).pop()
+        assert.strictEqual(v.get(`k${k}`), last === undefined ? k : 10_000 + last, `version ${n}, k${k}`)
+      }
+      assert.strictEqual(v.size, 2000)
+    })
+    assert.deepStrictEqual([branch.get("k1"), branch.has("k2"), branch.get("new"), branch.get("k3"), branch.size], [
+      -1,
+      false,
+      5,
+      10_000 + 94,
+      2000
+    ])
+    assert.deepStrictEqual([...branch.with([["k2", 2]])].length, 2001)
+    assert.strictEqual(versions[300]!.get("k1"), 10_000 + 295)
+    assert.isFalse(versions[300]!.has("new"))
   })
 })

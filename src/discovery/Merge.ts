@@ -1,9 +1,12 @@
 import type { Protocol } from "../../schemas/Config.js"
 import {
+  changedSince,
   type Endpoint,
   type EndpointHealth,
   endpointKey,
+  findByName,
   indexByName,
+  markDerived,
   markSortedByName,
   type RegistrySource,
   type Service
@@ -175,14 +178,17 @@ export class RegistryMerger {
       if (changedApi.size === 0) return this.result
       const configByName = configIndex(config)
       let next: Array<Service> | undefined
+      let replaced: Set<string> | undefined
       for (const name of changedApi) {
         const before = this.entries.get(name)?.service
         const service = this.entry(name, configByName.get(name), api(name), consul.get(name))
         if (service === before) continue
         next ??= [...this.result]
         replaceSorted(next, name, service)
+        ;(replaced ??= new Set()).add(name)
       }
-      if (next !== undefined) this.result = markSortedByName(next)
+      // Downstream (the "did anything change" comparison, the snapshot builder) looks at these names only.
+      if (next !== undefined) this.result = markDerived(markSortedByName(next), this.result, replaced!)
       return this.result
     }
     const configByName = configIndex(config)
@@ -349,11 +355,18 @@ const consulProtocol = (instance: ConsulInstance): Protocol => {
 
 /**
  * Whether two published registries are equal, element by element: services the merger kept by
- * identity cost nothing to compare, so a one-service change compares one service.
+ * identity cost nothing to compare, and when the merger says which services it replaced
+ * (`changedSince`) only those are looked at, so a one-service change compares one service.
  */
 export const sameServices = (a: ReadonlyArray<Service>, b: ReadonlyArray<Service>): boolean => {
   if (a === b) return true
   if (a.length !== b.length) return false
+  // `b` made from `a` by the merger: every other element is the same object, compare these alone.
+  const changed = changedSince(a, b)
+  if (changed !== undefined) {
+    for (const name of changed) if (!sameJson(findByName(a, name), findByName(b, name))) return false
+    return true
+  }
   for (let i = 0; i < a.length; i++) {
     if (!sameJson(a[i], b[i])) return false
   }

@@ -13,7 +13,7 @@ import protobuf from "protobufjs"
 import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
-import { findByName, type MeshState, type Service } from "../MeshState.js"
+import { changedSince, findByName, type MeshState, type Service } from "../MeshState.js"
 import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
 import { pairDigest, xorInto } from "./HeldVersions.js"
 import { LayeredMap } from "./LayeredMap.js"
@@ -376,8 +376,9 @@ const withEndpoints = (before: ServiceGroup, service: Service, key: string): Ser
 
 /**
  * The services of `now` that are not the very objects `before` held at their place; undefined when
- * the names differ (a service added or removed). A pointer comparison per service: the registry
- * keeps unchanged services by identity.
+ * the names differ (a service added or removed). The registry keeps unchanged services by identity
+ * and names the ones it replaced (`changedSince`): then only those are looked at; otherwise it is a
+ * pointer comparison per service.
  */
 const changedServices = (
   before: ReadonlyArray<Service>,
@@ -386,6 +387,18 @@ const changedServices = (
   const out: Array<Service> = []
   if (before === now) return out
   if (before.length !== now.length) return undefined
+  // The registry says which services it replaced: look at those alone, not at every service.
+  const named = changedSince(before, now)
+  if (named !== undefined) {
+    for (const name of named) {
+      const service = findByName(now, name)
+      const old = findByName(before, name)
+      if (service === undefined || old === undefined) return undefined
+      if (service !== old) out.push(service)
+    }
+    // In the registry's order, as the scan finds them (build errors are reported in this order).
+    return out.length > 1 ? out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) : out
+  }
   for (let i = 0; i < now.length; i++) {
     const service = now[i]!
     const old = before[i]!
