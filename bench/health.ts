@@ -5,6 +5,8 @@
  *   npx tsx bench/health.ts --endpoints 1000 --seconds 30    # the issue's run
  *   options: --endpoints N --seconds S --interval-ms MS --max-concurrent N
  *   BENCH_PROFILE=/tmp/prof writes a CPU profile per child process
+ *   --node-flags "F": Node/V8 flags of both children (default: the Dockerfile ENTRYPOINT's, the
+ *   daemon's own; "" for none)
  *
  * Three processes, so each measurement has its process to itself: the targets (N HTTP servers),
  * then the controller (the Health layer), then the floor (a bare loop issuing the same requests at
@@ -13,7 +15,8 @@
  * first probe, and the peak V8 heap), and the spread between scheduled and actual probe start
  * (p50/p99/max), then the controller/floor ratios. Figures, not a test: nothing fails on timing.
  *
- * Like with like: both children are forked from this file with this process's exec arguments, so
+ * Like with like: both children are forked from this file with this process's exec arguments and
+ * the daemon's Node flags (the image's ENTRYPOINT: they set the heap's growth, hence its RSS), so
  * both run under the same loader (tsx, when the bench is started with it) and both load the same
  * modules (this file's imports: effect, the Health layer and its dependencies) before they start
  * probing. The RSS ratio therefore compares what probing costs on top of the same process, not
@@ -29,6 +32,7 @@ import { Discovery } from "../layers/Discovery.js"
 import { Health } from "../layers/Health.js"
 import { HealthCheck } from "../schemas/Config.js"
 import type { Service } from "../src/MeshState.js"
+import { nodeFlags } from "./imageFlags.js"
 
 interface Settings {
   readonly endpoints: number
@@ -237,12 +241,15 @@ const runFloor = async (): Promise<Measurement> => {
 // ---------------------------------------------------------------------------------------------
 
 const self = fileURLToPath(import.meta.url)
+const childFlags = nodeFlags(fileURLToPath(new URL("..", import.meta.url)), process.argv)
 const child = (childRole: string, env: Record<string, string> = {}): ChildProcess =>
   fork(self, [...process.argv.slice(2), "--role", childRole], {
     env: { ...process.env, ...env },
     // BENCH_PROFILE=dir writes a V8 CPU profile of each child there (open it in Chrome DevTools).
+    // Both children run with the flags the image runs the daemon with: same heap settings for both.
     execArgv: [
       ...process.execArgv,
+      ...childFlags,
       ...(process.env.BENCH_PROFILE ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [])
     ]
   })
@@ -297,9 +304,9 @@ const main = async () => {
         `   lag p99 +${fmt(controller.lagMs.p99 - floor.lagMs.p99, 0)} ms`
     )
     console.log(
-      `both children: node ${process.version} ${process.execArgv.join(" ") || "(no exec arguments)"}; load average ${
-        loadavg().map((l) => l.toFixed(2)).join(" ")
-      }`
+      `both children: node ${process.version} ${
+        [...childFlags, ...process.execArgv].join(" ") || "(no exec arguments)"
+      }; load average ${loadavg().map((l) => l.toFixed(2)).join(" ")}`
     )
   } finally {
     targets.disconnect()

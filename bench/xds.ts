@@ -16,6 +16,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { fileURLToPath } from "node:url"
+import { nodeFlags as imageFlags } from "./imageFlags.js"
 
 const USAGE = `usage: npm run bench:xds -- [options]
   --streams N        Envoy-like ADS streams (default 1000)
@@ -67,12 +68,7 @@ const rounds = int("--rounds", 5)
 const scale = args.includes("--scale") ? int("--scale", 10_000) : undefined
 const instrument = NodePath.resolve(root, option("--instrument", "../shared/xds-load"))
 const compare = NodePath.join(instrument, "compare.sh")
-// The flags between node and the script in the image's exec-form ENTRYPOINT: the controller runs as
-// the image runs it.
-const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(NodeFs.readFileSync(NodePath.join(root, "Dockerfile"), "utf8"))
-const nodeFlags = args.includes("--node-flags")
-  ? (args[args.indexOf("--node-flags") + 1] ?? "").split(" ").filter((flag) => flag !== "")
-  : (JSON.parse(entrypoint?.[1] ?? "[]") as ReadonlyArray<string>).slice(1, -1)
+const nodeFlags = imageFlags(root, args)
 if (!NodeFs.existsSync(compare)) {
   console.error(`no compare.sh in ${instrument}: pass --instrument <dir of xds-load>`)
   process.exit(2)
