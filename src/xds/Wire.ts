@@ -160,71 +160,57 @@ const DELTA_CONTROL_PLANE = Buffer.from(
  * name=3}` around it. A response is then the concatenation of these (protobuf's repeated fields
  * are their entries one after the other), not a message encoded again for each stream.
  */
-const sotwEntries = new WeakMap<XdsResource, Buffer>()
-const deltaEntries = new WeakMap<XdsResource, Buffer>()
-const sotwEntry = (r: XdsResource): Buffer => {
-  let entry = sotwEntries.get(r)
-  if (entry === undefined) {
-    entry = Buffer.from(protobuf.Writer.create().uint32(18).bytes(r.any).finish())
-    sotwEntries.set(r, entry)
+const entryCache = (encode: (r: XdsResource) => Uint8Array) => {
+  const entries = new WeakMap<XdsResource, Buffer>()
+  return (r: XdsResource): Buffer => {
+    let entry = entries.get(r)
+    if (entry === undefined) entries.set(r, entry = Buffer.from(encode(r)))
+    return entry
   }
-  return entry
 }
-const deltaEntry = (r: XdsResource): Buffer => {
-  let entry = deltaEntries.get(r)
-  if (entry === undefined) {
-    entry = Buffer.from(
-      protobuf.Writer.create().uint32(18).fork().uint32(10).string(r.version).uint32(18).bytes(r.any).uint32(26)
-        .string(r.name).ldelim().finish()
-    )
-    deltaEntries.set(r, entry)
-  }
-  return entry
-}
+const sotwEntry = entryCache((r) => protobuf.Writer.create().uint32(18).bytes(r.any).finish())
+const deltaEntry = entryCache((r) =>
+  protobuf.Writer.create().uint32(18).fork().uint32(10).string(r.version).uint32(18).bytes(r.any).uint32(26)
+    .string(r.name).ldelim().finish()
+)
 
 const concat = (parts: ReadonlyArray<Uint8Array>): Buffer => Buffer.concat(parts as Array<Uint8Array>)
 
 /**
- * DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}}:
- * the part before the type URL and nonce (`encodeSotwResponseFrom`).
+ * DiscoveryResponse {version_info=1, resources=2, type_url=4, nonce=5, control_plane=6{identifier=1}},
+ * from the resources' shared entries: one copy of them into the response.
  */
-export const encodeSotwBody = (version: string, resources: Iterable<XdsResource>): Buffer => {
+export const encodeSotwResponse = (
+  version: string,
+  resources: Iterable<XdsResource>,
+  typeUrl: string,
+  nonce: string
+): Buffer => {
   const parts: Array<Uint8Array> = [stringField(1, version)]
   for (const r of resources) parts.push(sotwEntry(r))
+  parts.push(stringField(4, typeUrl), stringField(5, nonce), SOTW_CONTROL_PLANE)
   return concat(parts)
-}
-
-/** A SotW response from a shared body (`encodeSotwBody`) and this stream's type URL and nonce. */
-export const encodeSotwResponseFrom = (body: Buffer, typeUrl: string, nonce: string): Buffer =>
-  concat([body, stringField(4, typeUrl), stringField(5, nonce), SOTW_CONTROL_PLANE])
-
-/** The parts of a Delta response that do not depend on the stream: before and after its type URL and nonce. */
-export interface DeltaBody {
-  readonly head: Buffer
-  readonly tail: Buffer
 }
 
 /**
  * DeltaDiscoveryResponse {system_version_info=1, resources=2 (Resource{version=1, resource=2,
- * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}: the parts around the type
- * URL and nonce (`encodeDeltaResponseFrom`).
+ * name=3}), type_url=4, nonce=5, removed_resources=6, control_plane=7}, from the resources' shared
+ * entries.
  */
-export const encodeDeltaBody = (
+export const encodeDeltaResponse = (
   systemVersion: string,
   resources: Iterable<XdsResource>,
-  removed: Iterable<string>
-): DeltaBody => {
-  const head: Array<Uint8Array> = [stringField(1, systemVersion)]
-  for (const r of resources) head.push(deltaEntry(r))
-  const tail: Array<Uint8Array> = []
-  for (const name of removed) tail.push(stringField(6, name))
-  tail.push(DELTA_CONTROL_PLANE)
-  return { head: concat(head), tail: concat(tail) }
+  removed: Iterable<string>,
+  typeUrl: string,
+  nonce: string
+): Buffer => {
+  const parts: Array<Uint8Array> = [stringField(1, systemVersion)]
+  for (const r of resources) parts.push(deltaEntry(r))
+  parts.push(stringField(4, typeUrl), stringField(5, nonce))
+  for (const name of removed) parts.push(stringField(6, name))
+  parts.push(DELTA_CONTROL_PLANE)
+  return concat(parts)
 }
-
-/** A Delta response from a shared body (`encodeDeltaBody`) and this stream's type URL and nonce. */
-export const encodeDeltaResponseFrom = (body: DeltaBody, typeUrl: string, nonce: string): Buffer =>
-  concat([body.head, stringField(4, typeUrl), stringField(5, nonce), body.tail])
 
 const identity = (b: Buffer) => b
 

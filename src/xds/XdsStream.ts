@@ -35,13 +35,7 @@ import { Held } from "./HeldVersions.js"
 import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE } from "./Resources.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
 import type { DeltaRequest, NodeInfo, SotwRequest } from "./Wire.js"
-import {
-  encodeDeltaBody,
-  encodeDeltaResponseFrom,
-  encodeResourceNames,
-  encodeSotwBody,
-  encodeSotwResponseFrom
-} from "./Wire.js"
+import { encodeDeltaResponse, encodeResourceNames, encodeSotwResponse } from "./Wire.js"
 import {
   inWildcard,
   serverListenerResource,
@@ -652,10 +646,9 @@ const wholeSet = (stream: StreamState, t: SotwWholeState, url: string, snapshot:
     return r === undefined ? [] : [r]
   }).sort(byName)
   const version = versionOf(resources)
-  const body = encodeSotwBody(version, resources)
   const built = {
     version,
-    response: respond((nonce) => encodeSotwResponseFrom(body, url, nonce)),
+    response: respond((nonce) => encodeSotwResponse(version, resources, url, nonce)),
     count: resources.length
   }
   if (shared) {
@@ -769,7 +762,7 @@ const sotwMergedPush = (
   if (plan.updates.length === 0 && !t.dirty) return undefined
   // The content of what this client holds, not the snapshot's version (see HeldVersions).
   const { updates, version } = plan
-  plan.response ??= respond((nonce) => encodeSotwResponseFrom(encodeSotwBody(version, updates), url, nonce))
+  plan.response ??= respond((nonce) => encodeSotwResponse(version, updates, url, nonce))
   sent(stream, t, plan.response, plan.version, now)
   t.dirty = false
   return { bytes: plan.response.bytes, resources: plan.updates.length, removed: 0 }
@@ -859,9 +852,7 @@ export const deltaPush = (stream: StreamState, url: string, snapshot: XdsSnapsho
   t.known = plan.next
   if (plan.updates.length === 0 && plan.removed.length === 0) return undefined
   const { removed, updates } = plan
-  plan.response ??= respond((nonce) =>
-    encodeDeltaResponseFrom(encodeDeltaBody(snapshot.version, updates, removed), url, nonce)
-  )
+  plan.response ??= respond((nonce) => encodeDeltaResponse(snapshot.version, updates, removed, url, nonce))
   sent(stream, t, plan.response, snapshot.version, now)
   return { bytes: plan.response.bytes, resources: updates.length, removed: removed.length }
 }
