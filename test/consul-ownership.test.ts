@@ -11,7 +11,7 @@ import {
   ownApiRegistrations,
   removableByAntiEntropy
 } from "../src/discovery/Consul.js"
-import { HeldVersions } from "../src/xds/HeldVersions.js"
+import { Held } from "../src/xds/HeldVersions.js"
 
 const owner = { mesh: "m", controllerId: "a-1" }
 
@@ -72,20 +72,14 @@ describe("who owns a Consul instance", () => {
 
 describe("the content version of what a SotW client holds", () => {
   it("equal sets have equal versions, whatever the order they were sent in; a change changes it", () => {
-    const a = new HeldVersions()
-    const b = new HeldVersions()
-    a.set("x", "1")
-    a.set("y", "2")
-    b.set("y", "2")
-    b.set("z", "9")
-    b.set("x", "0")
-    b.set("x", "1")
-    b.delete("z")
+    let a = Held.empty(true).with([["x", "1"]]).with([["y", "2"]])
+    const b = Held.empty(true).with([["y", "2"]]).with([["z", "9"]]).with([["x", "0"]]).with([["x", "1"]])
+      .with([["z", undefined]])
     assert.strictEqual(a.version, b.version)
-    a.set("y", "3")
+    a = a.with([["y", "3"]])
     assert.notStrictEqual(a.version, b.version)
-    a.set("y", "2")
+    a = a.with([["y", "2"]])
     assert.strictEqual(a.version, b.version, "back to the same content, back to the same version")
-    assert.notStrictEqual(new HeldVersions().version, a.version)
+    assert.notStrictEqual(Held.empty(true).version, a.version)
   })
 })

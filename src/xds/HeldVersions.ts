@@ -88,29 +88,3 @@ export class Held {
     return this.digest === undefined ? "" : Buffer.from(this.digest).toString("base64url")
   }
 }
-
-/** A mutable holder of a versioned `Held`, for code that keeps one set and changes it in place. */
-export class HeldVersions {
-  private held = Held.empty(true)
-
-  get(name: string): string | undefined {
-    return this.held.get(name)
-  }
-
-  keys(): IterableIterator<string> {
-    return this.held.keys()
-  }
-
-  set(name: string, version: string): void {
-    this.held = this.held.with([[name, version]])
-  }
-
-  delete(name: string): void {
-    this.held = this.held.with([[name, undefined]])
-  }
-
-  /** The content version of everything held: equal sets, equal versions. */
-  get version(): string {
-    return this.held.version
-  }
-}

@@ -760,7 +760,7 @@ const sotwMergedPush = (
   // A changed subscription is always answered (gRPC clients wait for an answer to each), even
   // when all it asks for is already held or does not exist.
   if (plan.updates.length === 0 && !t.dirty) return undefined
-  // The content of what this client holds, not the snapshot's version (see HeldVersions).
+  // The content of what this client holds, not the snapshot's version (see `Held`).
   const { updates, version } = plan
   plan.response ??= respond((nonce) => encodeSotwResponse(version, updates, url, nonce))
   sent(stream, t, plan.response, plan.version, now)
