@@ -427,10 +427,9 @@ const overLimit = (
   return undefined
 }
 
-/** Whether a SotW request subscribes by wildcard: `*`, or (LDS, CDS) no names at first or again. */
-const sotwWildcard = (request: SotwRequest, t: TypeStateBase): boolean =>
-  request.resource_names.includes("*") ||
-  (request.resource_names.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard))
+/** Whether a SotW request naming `names` subscribes by wildcard: `*`, or (LDS, CDS) no names at first or again. */
+const sotwWildcard = (names: ReadonlyArray<string>, url: string, t: TypeStateBase): boolean =>
+  names.includes("*") || (names.length === 0 && wildcardType(url) && (!t.subscribed || t.wildcard))
 
 export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: number): RequestOutcome => {
   bindNode(stream, request.node)
@@ -439,7 +438,7 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
   // Names some stream subscribes to already (a known subscription has no `*` and no repeats).
   const known = encodedSubscription(request.resourceNames)
   const same = held !== undefined && held.subscribed && known === held.subscription &&
-    (known.list.length === 0 && wildcardType(request.type_url) && held.wildcard) === held.wildcard
+    sotwWildcard(known.list, request.type_url, held) === held.wildcard
   if (!same) {
     const names = known?.list ?? request.resource_names
     const distinct = known?.list.length ?? new Set(names).size
@@ -451,9 +450,7 @@ export const onSotwRequest = (stream: StreamState, request: SotwRequest, now: nu
   const outcome = settle(t, request.response_nonce, request.version_info, request.error_detail, now)
   if (outcome._tag === "Stale") return outcome
   const subscription = known ?? internNames(new Set(request.resource_names.filter((n) => n !== "*")))
-  const wildcard = known !== undefined
-    ? known.list.length === 0 && wildcardType(request.type_url) && (!t.subscribed || t.wildcard)
-    : sotwWildcard(request, t)
+  const wildcard = sotwWildcard(known?.list ?? request.resource_names, request.type_url, t)
   if (
     !t.subscribed || wildcard !== t.wildcard ||
     (subscription !== t.subscription && !sameSet(subscription.names, t.names))
