@@ -138,17 +138,23 @@ export const changedSince = (
   return undefined
 }
 
-/** Where a service named `name` is, or would go, in `sorted` (sorted by name): a binary search. */
-export const indexByName = (sorted: ReadonlyArray<{ readonly name: string }>, name: string): number => {
+/** Where an element whose `keyOf` is `key` is, or would go, in `sorted` (sorted by `keyOf`): a binary search. */
+export const lowerBound = <A>(sorted: ReadonlyArray<A>, keyOf: (a: A) => string, key: string): number => {
   let lo = 0
   let hi = sorted.length
   while (lo < hi) {
     const mid = (lo + hi) >>> 1
-    if (sorted[mid]!.name < name) lo = mid + 1
+    if (keyOf(sorted[mid]!) < key) lo = mid + 1
     else hi = mid
   }
   return lo
 }
+
+const nameOf = (a: { readonly name: string }) => a.name
+
+/** Where a service named `name` is, or would go, in `sorted` (sorted by name). */
+export const indexByName = (sorted: ReadonlyArray<{ readonly name: string }>, name: string): number =>
+  lowerBound(sorted, nameOf, name)
 
 /** The service named `name` in `sorted` (sorted by name), if any. */
 export const findByName = <A extends { readonly name: string }>(
@@ -159,7 +165,11 @@ export const findByName = <A extends { readonly name: string }>(
   return at?.name === name ? at : undefined
 }
 
-const byName = <A extends { readonly name: string }>(a: A, b: A) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
+/** Orders by name (services, resources). */
+export const byName = <A extends { readonly name: string }>(
+  a: A,
+  b: A
+) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
 
 /** The mesh as the config file alone describes it: every endpoint's health still unknown. */
 export const fromConfig = (config: MeshConfig, policy: CompiledPolicy = compileUnchecked(config)): MeshState => ({

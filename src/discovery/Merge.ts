@@ -1,11 +1,13 @@
 import type { Protocol } from "../../schemas/Config.js"
 import {
+  byName,
   changedSince,
   type Endpoint,
   type EndpointHealth,
   endpointKey,
   findByName,
   indexByName,
+  lowerBound,
   markDerived,
   markSortedByName,
   type RegistrySource,
@@ -71,7 +73,7 @@ export const mergeRegistry = (
     const merged = mergeService(name, configByName.get(name), apiByService.get(name), consul.get(name))
     if (merged !== undefined) out.push(merged)
   }
-  return out.sort((a, b) => compare(a.name, b.name))
+  return out.sort(byName)
 }
 
 /**
@@ -199,7 +201,7 @@ export class RegistryMerger {
       const service = this.entry(name, configByName.get(name), api(name), consul.get(name))
       if (service !== undefined) out.push(service)
     }
-    out.sort((a, b) => compare(a.name, b.name))
+    out.sort(byName)
     const same = out.length === this.result.length && out.every((s, i) => s === this.result[i])
     if (!same) this.result = markSortedByName(out)
     return this.result
@@ -250,7 +252,7 @@ const withAppended = (
     const endpoint = apiEndpoint(after[i]!)
     const list = endpoints ?? service.endpoints
     const key = endpointKey(endpoint)
-    const at = indexByKey(list, key)
+    const at = lowerBound(list, endpointKey, key)
     const found = at < list.length && endpointKey(list[at]!) === key
     if (found && list[at]!.source === "config") continue
     if (found && list[at]!.source === "api") return undefined
@@ -259,18 +261,6 @@ const withAppended = (
     else endpoints.splice(at, 0, endpoint)
   }
   return endpoints === undefined ? service : { ...service, endpoints }
-}
-
-/** Where the endpoint with `key` is, or would go, in `sorted` (sorted by key, as `mergeService` sorts). */
-const indexByKey = (sorted: ReadonlyArray<Endpoint>, key: string): number => {
-  let lo = 0
-  let hi = sorted.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (compare(endpointKey(sorted[mid]!), key) < 0) lo = mid + 1
-    else hi = mid
-  }
-  return lo
 }
 
 const configIndexes = new WeakMap<ReadonlyArray<Service>, ReadonlyMap<string, Service>>()

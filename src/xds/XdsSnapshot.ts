@@ -13,7 +13,7 @@ import protobuf from "protobufjs"
 import { CERTIFICATE_PROVIDER } from "../agent/GrpcBootstrap.js"
 import { ROOT_CA_SECRET } from "../certs/Sds.js"
 import { routing } from "../health/Routing.js"
-import { changedSince, findByName, type MeshState, type Service } from "../MeshState.js"
+import { byName, changedSince, findByName, type MeshState, type Service } from "../MeshState.js"
 import { rbacFilters, servicePolicyKey, TRACING_CLUSTER, tracingCluster } from "../policy/Envoy.js"
 import { pairDigest, xorInto } from "./HeldVersions.js"
 import { LayeredMap } from "./LayeredMap.js"
@@ -397,7 +397,7 @@ const changedServices = (
       if (service !== old) out.push(service)
     }
     // In the registry's order, as the scan finds them (build errors are reported in this order).
-    return out.length > 1 ? out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)) : out
+    return out.length > 1 ? out.sort(byName) : out
   }
   for (let i = 0; i < now.length; i++) {
     const service = now[i]!
@@ -557,7 +557,7 @@ export const buildSnapshot = (state: MeshState, previous: XdsSnapshot = emptySna
   const shared = sameSecrets && oldTracing?.version === mesh.tracing?.version
     ? was.shared
     : [
-      ...[...secretsNow.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((
+      ...[...secretsNow.values()].sort(byName).flatMap((
         r
       ) => [r.name, r.version]),
       ...(mesh.tracing !== undefined ? [mesh.tracing.name, mesh.tracing.version] : [])

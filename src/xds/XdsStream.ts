@@ -31,6 +31,7 @@
  */
 import { mayReadSecret } from "../certs/Sds.js"
 import { serviceId } from "../certs/Spiffe.js"
+import { byName } from "../MeshState.js"
 import { Held } from "./HeldVersions.js"
 import { OWN_SECRET, SERVER_LISTENER_PREFIX, serverListenerMarker, TRUST_BUNDLE } from "./Resources.js"
 import { isKnownType, shortType, TypeUrls } from "./TypeUrls.js"
@@ -553,8 +554,6 @@ const wanted = (stream: StreamState, t: TypeState, url: string, snapshot: XdsSna
   for (const n of t.names) names.add(n)
   return [...names]
 }
-
-const byName = (a: XdsResource, b: XdsResource) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
 
 export interface Push {
   readonly bytes: Buffer
