@@ -208,10 +208,7 @@ const buildGroup = (
     const issues = check("envoy.config.route.v3.VirtualHost", outboundVirtualHost)
     if (issues.length > 0) throw new ServiceInvalid(name, `outbound virtual host: ${issues.join("; ")}`)
   }
-  // The server listener's inputs are part of the group's version: a change to them reaches servers.
-  const version = server === undefined
-    ? versionOf(resources)
-    : hash(`${versionOf(resources)}\n${JSON.stringify(server)}`)
+  const version = groupVersion(resources, server)
   return {
     service: name,
     key,
@@ -349,6 +346,10 @@ const sameService = (a: Service, b: Service): boolean =>
     a.endpoints.length === b.endpoints.length && a.endpoints.every((e, i) => e === b.endpoints[i])
   )
 
+/** A group's version: its resources', and the server listener's inputs (a change to them reaches servers). */
+const groupVersion = (resources: ReadonlyArray<XdsResource>, server: ServiceGroup["server"]): string =>
+  server === undefined ? versionOf(resources) : hash(`${versionOf(resources)}\n${JSON.stringify(server)}`)
+
 /** The same service but for its endpoints: every other part the same object (see `sameService`). */
 const onlyEndpointsDiffer = (a: Service, b: Service): boolean =>
   a.name === b.name && a.protocol === b.protocol && a.port === b.port && a.failMode === b.failMode &&
@@ -368,10 +369,7 @@ const withEndpoints = (before: ServiceGroup, service: Service, key: string): Ser
       ? resource(name, Types.ClusterLoadAssignment, name, loadAssignment(service))
       : r
   )
-  const version = before.server === undefined
-    ? versionOf(resources)
-    : hash(`${versionOf(resources)}\n${JSON.stringify(before.server)}`)
-  return { ...before, key, resources, version, source: service }
+  return { ...before, key, resources, version: groupVersion(resources, before.server), source: service }
 }
 
 /**
