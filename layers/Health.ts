@@ -442,6 +442,9 @@ export const make = (
     const probeLoop = (probe: Probe): Effect.Effect<never> =>
       Effect.gen(function*() {
         const prepared = yield* prepare(probe)
+        // The same probe every time (not one that reads the mesh CA each time): on the live clock
+        // `cycle` waits for the due time itself.
+        const fixed = !Effect.isEffect(prepared)
         const random = yield* Effect.random
         const interval = Duration.toMillis(probe.check.interval)
         let due = clock.unsafeCurrentTimeMillis() + (spreadStart ? yield* random.nextRange(0, interval) : 0)
@@ -449,7 +452,6 @@ export const make = (
           const now = clock.unsafeCurrentTimeMillis()
           // The layer's clock, not Effect.sleep: the same clock (a TestClock in tests) with fewer
           // effects held across the wait, which outlive young-generation GCs at this rate.
-          const fixed = !Effect.isEffect(prepared)
           if (due > now && !(fixed && liveClock)) yield* clock.sleep(Duration.millis(due - now))
           const next = due + (jitter === 0 ? interval : interval * (yield* random.nextRange(1 - jitter, 1 + jitter)))
           const recorded = yield* cycle(probe, fixed ? prepared : yield* prepared, due, next)
