@@ -4,7 +4,7 @@
  * command line itself (options, help) is in certsCommands.ts, which loads this module when a
  * command runs.
  */
-import { Clock, Console, Duration, Effect, Either, Schema } from "effect"
+import { Clock, Console, Duration, Effect } from "effect"
 import * as NodeFs from "node:fs/promises"
 import { issueIdentity, type WorkloadIdentity } from "../../layers/Certificates.js"
 import {
@@ -15,9 +15,9 @@ import {
   writeIdentityFiles
 } from "../../layers/internal/CaStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
-import { ServiceName } from "../../schemas/Config.js"
 import { type CaInvalid, CaOperationRefused, type CertificateStoreError, type SigningFailed } from "../certs/Errors.js"
 import { storeSettingsOf } from "./ca.js"
+import { serviceArg } from "./ServiceArg.js"
 
 export { formatRoots } from "./ca.js"
 
@@ -69,17 +69,7 @@ export interface IssueArgs {
 /** `certs issue`: checks the service name against the config, issues into `out`, prints what it wrote. */
 export const issueCommand = ({ allowUnknown, config, out, service }: IssueArgs) =>
   Effect.gen(function*() {
-    const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
-      onLeft: () =>
-        Effect.fail(
-          new CaOperationRefused({
-            reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
-              JSON.stringify(service)
-            }`
-          })
-        ),
-      onRight: Effect.succeed
-    })
+    const name = yield* serviceArg(service, (reason) => new CaOperationRefused({ reason }))
     const { config: mesh } = yield* loadFile(config)
     // A typo would otherwise mint a valid identity nobody expects (and the CA cannot take it back).
     // An admin identity (controller.admin.adminIdentities) is known too: its certificate is for curl.

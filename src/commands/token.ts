@@ -4,7 +4,7 @@
  * reads on every redemption, so no restart is needed. The command line itself (options, help) is
  * in tokenCommand.ts, which loads this module when a command runs.
  */
-import { Clock, Console, Effect, Either, Logger, LogLevel, Option, Schema } from "effect"
+import { Clock, Console, Effect, Logger, LogLevel, Option, Schema } from "effect"
 import type { ConsulUnavailable } from "../../layers/ConsulClient.js"
 import { openCa } from "../../layers/internal/CaStore.js"
 import type { ConsulCaStore } from "../../layers/internal/ConsulCaStore.js"
@@ -12,7 +12,6 @@ import { consulTokenStore } from "../../layers/internal/ConsulTokenStore.js"
 import { fileTokenStore, tokenDirectory, type TokenStore } from "../../layers/internal/TokenStore.js"
 import { loadFile } from "../../layers/LiveConfig.js"
 import type { MeshConfig } from "../../schemas/Config.js"
-import { ServiceName } from "../../schemas/Config.js"
 import { parseDurationMillis } from "../../schemas/Duration.js"
 import type { CaInvalid, CaOperationRefused } from "../certs/Errors.js"
 import {
@@ -24,6 +23,7 @@ import {
   type TokenRecord
 } from "../tokens/Token.js"
 import { withConsulStore } from "./ca.js"
+import { serviceArg } from "./ServiceArg.js"
 
 /** Bad command-line input: one line, exit 1. */
 export class TokenUsageError
@@ -119,17 +119,7 @@ export interface CreateArgs {
 /** `token create`: checks the flags, records a new token and prints it (alone on stdout). */
 export const createCommand = ({ config, instance, service, ttl, uses }: CreateArgs) =>
   Effect.gen(function*() {
-    const name = yield* Either.match(Schema.decodeEither(ServiceName)(service), {
-      onLeft: () =>
-        Effect.fail(
-          new TokenUsageError({
-            reason: `--service: expected a service name (lowercase letters, digits and '-'), got ${
-              JSON.stringify(service)
-            }`
-          })
-        ),
-      onRight: Effect.succeed
-    })
+    const name = yield* serviceArg(service, (reason) => new TokenUsageError({ reason }))
     const ttlMillis = Option.getOrUndefined(parseDurationMillis(ttl))
     if (ttlMillis === undefined || ttlMillis <= 0) {
       return yield* new TokenUsageError({
