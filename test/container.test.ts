@@ -13,6 +13,7 @@ import {
 } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { entrypointFlags } from "../bench/imageFlags.js"
 import { requireBuild, startDaemon } from "./support/daemon.js"
 
 /**
@@ -24,10 +25,7 @@ import { requireBuild, startDaemon } from "./support/daemon.js"
  */
 const RUNTIME_UID = 65532
 // The Node flags between node and the script in the image's exec-form ENTRYPOINT.
-const IMAGE_NODE_FLAGS =
-  (JSON.parse(/^ENTRYPOINT (\[.*\])$/m.exec(readFileSync("Dockerfile", "utf8"))?.[1] ?? "[]") as ReadonlyArray<
-    string
-  >).slice(1, -1)
+const IMAGE_NODE_FLAGS = entrypointFlags(process.cwd())
 const asRoot = process.getuid?.() === 0
 
 let root = ""
